@@ -1,0 +1,72 @@
+//! The one response body type the gateway serves: empty, a fixed buffer, or a backend's stream. An
+//! enum rather than a boxed trait object so that no response pays an allocation for its body.
+
+use crate::proxy::UpstreamBody;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Errors a response body can end with; hyper then aborts the response so the client sees it
+/// incomplete, never a clean end.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project! {
+    /// A response body.
+    #[project = ResponseBodyProj]
+    pub enum ResponseBody {
+        /// No bytes (redirects, 101, HEAD).
+        Empty,
+        /// A body known in full (error pages, `return`).
+        Full { data: Option<Bytes> },
+        /// A backend's response, forwarded frame by frame.
+        Upstream { #[pin] inner: UpstreamBody },
+    }
+}
+
+impl ResponseBody {
+    /// A body of known bytes.
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        if data.is_empty() {
+            ResponseBody::Empty
+        } else {
+            ResponseBody::Full { data: Some(data) }
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            ResponseBodyProj::Empty => Poll::Ready(None),
+            ResponseBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ResponseBodyProj::Upstream { inner } => inner.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Empty => true,
+            ResponseBody::Full { data } => data.is_none(),
+            ResponseBody::Upstream { inner } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Empty => SizeHint::with_exact(0),
+            ResponseBody::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ResponseBody::Upstream { inner } => inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Reading a config file: TOML syntax, then each table on its own so that one bad table does not hide
+//! the errors of the others. Every error carries the file, line and column it points at.
+
+use super::schema::{Config, HttpSettings, LocationConfig, ServerConfig, UpstreamConfig};
+use serde::Deserialize;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+/// The text of a config file and its name, kept so that any later step can turn a byte span into
+/// `FILE:LINE:COL`.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Path as given by the user (or `<embedded default>`).
+    pub name: String,
+    /// Folder against which relative paths in the file (certificates) are resolved.
+    pub dir: PathBuf,
+    /// The whole file.
+    pub text: String,
+}
+
+impl Source {
+    /// Reads a file; an unreadable file is itself a config error.
+    pub fn read(path: &Path) -> Result<Source, ConfigErrors> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                location: format!("{name}:1:1"),
+                message: format!("cannot read config file: {e}"),
+            }])
+        })?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(Source { name, dir, text })
+    }
+
+    /// An error about the bytes `span` of this file.
+    pub fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let start = span.start.min(self.text.len());
+        let before = &self.text[..start];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rfind('\n').map_or(before.chars().count(), |nl| {
+            before[nl + 1..].chars().count()
+        }) + 1;
+        ConfigError {
+            location: format!("{}:{line}:{col}", self.name),
+            message: message.into(),
+        }
+    }
+
+    /// Resolves a path written in the file against the file's folder.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.dir.join(path)
+        }
+    }
+}
+
+/// One problem in a config file, already located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `FILE:LINE:COL`
+    pub location: String,
+    /// What is wrong, and what was expected.
+    pub message: String,
+}
+
+/// Every problem found in a config file, in file order; printed one per line like `nginx -t`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}", e.location, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Parses a config text into its typed form, collecting every syntax and schema error.
+pub fn parse(source: &Source) -> Result<Config, ConfigErrors> {
+    let (root, syntax_errors) = DeTable::parse_recoverable(&source.text);
+    let mut errors: Vec<(usize, ConfigError)> = Vec::new();
+    let mut push = |span: Range<usize>, message: String| {
+        errors.push((span.start, source.error(span, message)))
+    };
+    for e in syntax_errors {
+        push(
+            e.span().unwrap_or(0..0),
+            format!("invalid TOML: {}", e.message()),
+        );
+    }
+
+    let mut config = Config::default();
+    for (key, value) in root.into_inner() {
+        let key_span = key.span();
+        match key.get_ref().as_ref() {
+            "http" => match decode::<HttpSettings>(value) {
+                Ok(http) => config.http = http,
+                Err((span, message)) => push(span, message),
+            },
+            "upstream" => {
+                for item in array_items(value, "upstream", &mut push) {
+                    match decode::<UpstreamConfig>(item) {
+                        Ok(upstream) => config.upstreams.push(upstream),
+                        Err((span, message)) => push(span, message),
+                    }
+                }
+            }
+            "server" => {
+                for item in array_items(value, "server", &mut push) {
+                    if let Some(server) = decode_server(item, &mut push) {
+                        config.servers.push(server);
+                    }
+                }
+            }
+            other => push(
+                key_span,
+                format!("unknown section `{other}` (expected `http`, `upstream` or `server`)"),
+            ),
+        }
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        errors.sort_by_key(|(start, _)| *start);
+        Err(ConfigErrors(errors.into_iter().map(|(_, e)| e).collect()))
+    }
+}
+
+/// Deserializes one TOML value into `T`, turning serde's error into a span and a message.
+fn decode<'de, T: Deserialize<'de>>(
+    value: Spanned<DeValue<'de>>,
+) -> Result<T, (Range<usize>, String)> {
+    let whole = value.span();
+    T::deserialize(ValueDeserializer::from(value))
+        .map_err(|e| (e.span().unwrap_or(whole), e.message().to_string()))
+}
+
+/// The elements of `[[name]]`; anything else there is an error.
+fn array_items<'de>(
+    value: Spanned<DeValue<'de>>,
+    name: &str,
+    push: &mut impl FnMut(Range<usize>, String),
+) -> Vec<Spanned<DeValue<'de>>> {
+    let span = value.span();
+    match value.into_inner() {
+        DeValue::Array(items) => items.into_iter().collect(),
+        other => {
+            push(
+                span,
+                format!(
+                    "`{name}` must be an array of tables written `[[{name}]]`, found a {}",
+                    other.type_str()
+                ),
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// A `[[server]]` table: its own keys, then each `[[server.location]]` on its own.
+fn decode_server(
+    item: Spanned<DeValue<'_>>,
+    push: &mut impl FnMut(Range<usize>, String),
+) -> Option<ServerConfig> {
+    let span = item.span();
+    let DeValue::Table(mut table) = item.into_inner() else {
+        push(span, "each `[[server]]` must be a table".into());
+        return None;
+    };
+    let locations = table.remove("location");
+    let server = decode::<ServerConfig>(Spanned::new(span.clone(), DeValue::Table(table)));
+    let mut parsed_locations = Vec::new();
+    if let Some(locations) = locations {
+        for location in array_items(locations, "server.location", push) {
+            let location_span = location.span();
+            match decode::<LocationConfig>(location) {
+                Ok(mut location) => {
+                    location.span = location_span;
+                    parsed_locations.push(location);
+                }
+                Err((span, message)) => push(span, message),
+            }
+        }
+    }
+    match server {
+        Ok(mut server) => {
+            server.locations = parsed_locations;
+            server.span = span;
+            Some(server)
+        }
+        Err((span, message)) => {
+            push(span, message);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(text: &str) -> Source {
+        Source {
+            name: "t.toml".into(),
+            dir: PathBuf::new(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn reports_every_bad_table_with_line_and_column() {
+        let text = "[[upstream]]\nname = \"a\"\nservers = []\nbogus = 1\n\n[[server]]\nlisten = [\"127.0.0.1:1\"]\n  [[server.location]]\n  prefix = \"/\"\n  proxxy = \"a\"\n";
+        let errors = parse(&source(text)).unwrap_err();
+        assert_eq!(errors.0.len(), 2, "{errors}");
+        assert!(errors.0[0].location.starts_with("t.toml:4:1"), "{errors}");
+        assert!(
+            errors.0[0].message.contains("unknown field `bogus`"),
+            "{errors}"
+        );
+        assert!(errors.0[1].location.starts_with("t.toml:10:3"), "{errors}");
+        assert!(errors.0[1].message.contains("proxxy"), "{errors}");
+    }
+
+    #[test]
+    fn bad_values_point_at_the_value() {
+        let errors = parse(&source("[http]\nclient_header_timeout = \"soon\"\n")).unwrap_err();
+        assert_eq!(errors.0[0].location, "t.toml:2:25");
+        assert!(errors.0[0].message.contains("invalid duration"), "{errors}");
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let errors = parse(&source("[http\n")).unwrap_err();
+        assert!(errors.0[0].location.starts_with("t.toml:1:"), "{errors}");
+        assert!(errors.0[0].message.starts_with("invalid TOML"), "{errors}");
+    }
+}

@@ -1,0 +1,34 @@
+//! The config file: its schema, how it is read with located errors, and the checks that need the whole
+//! file. Compiling it into something that serves traffic is `runtime`'s job.
+
+mod load;
+mod schema;
+mod units;
+mod validate;
+
+pub use load::{parse, ConfigError, ConfigErrors, Source};
+pub use schema::*;
+pub use units::{Size, Span};
+pub use validate::{parse_listen, validate};
+
+/// The config used when no `--config` is given and `./infergate.toml` does not exist: the seed's model
+/// service on 127.0.0.1:8080 behind a gateway on 127.0.0.1:8000.
+pub const EMBEDDED_DEFAULT: &str = r#"
+[[upstream]]
+name = "model"
+servers = [{ addr = "127.0.0.1:8080" }]
+
+[[server]]
+listen = ["127.0.0.1:8000"]
+
+  [[server.location]]
+  prefix = "/"
+  proxy = "model"
+"#;
+
+/// Reads, parses and validates a config source.
+pub fn load(source: &Source) -> Result<Config, ConfigErrors> {
+    let config = parse(source)?;
+    validate(&config, source)?;
+    Ok(config)
+}

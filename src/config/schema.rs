@@ -1,0 +1,250 @@
+//! The config file's shape: one serde type per TOML table, with every default stated beside its field.
+//! Key names follow nginx's directives where one exists; `docs/config.md` documents each key.
+
+use super::units::{Size, Span};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use toml::Spanned;
+
+/// The whole file: connection settings, upstreams and virtual servers.
+#[derive(Debug, Default)]
+pub struct Config {
+    /// `[http]`: client connection limits shared by every listener.
+    pub http: HttpSettings,
+    /// `[[upstream]]`: named groups of backend servers.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// `[[server]]`: virtual servers, each with listeners and locations.
+    pub servers: Vec<ServerConfig>,
+}
+
+/// `[http]`, nginx's `http {}` context for client connections.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Time to receive a request head (nginx `client_header_timeout`, 60 s).
+    pub client_header_timeout: Span,
+    /// Idle time after which a kept-alive client connection is closed (nginx `keepalive_timeout`, 75 s).
+    pub keepalive_timeout: Span,
+    /// Requests served on one client connection before it is closed (nginx `keepalive_requests`, 1000).
+    pub keepalive_requests: u64,
+    /// Longest request target (path and query); longer answers 414 (nginx's 8k header buffer).
+    pub max_uri_size: Size,
+    /// Largest request line plus headers; larger answers 431 (nginx `large_client_header_buffers 4 8k`: 32k).
+    pub max_header_size: Size,
+    /// Most header fields in one request (100).
+    pub max_headers: usize,
+    /// On SIGTERM, how long in-flight requests may run before the process exits anyway (30 s).
+    pub drain_timeout: Span,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            client_header_timeout: Span(Duration::from_secs(60)),
+            keepalive_timeout: Span(Duration::from_secs(75)),
+            keepalive_requests: 1000,
+            max_uri_size: Size(8 * 1024),
+            max_header_size: Size(32 * 1024),
+            max_headers: 100,
+            drain_timeout: Span(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// `[[upstream]]`, nginx's `upstream {}` block.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name that locations use in `proxy = "NAME"`.
+    pub name: Spanned<String>,
+    /// Backend servers, `host:port`.
+    pub servers: Vec<UpstreamServerConfig>,
+    /// Idle keep-alive connections kept per server (nginx `keepalive`, 32).
+    #[serde(default = "default_keepalive")]
+    pub keepalive: usize,
+    /// How long an idle pooled connection is kept (4 s: shorter than Uvicorn's 5 s keep-alive, so the
+    /// backend never closes a connection the pool is about to use).
+    #[serde(default = "default_pool_idle")]
+    pub keepalive_timeout: Span,
+    /// Connect, send and read timeouts (nginx `proxy_*_timeout`).
+    #[serde(default)]
+    pub timeouts: UpstreamTimeouts,
+}
+
+fn default_keepalive() -> usize {
+    32
+}
+
+fn default_pool_idle() -> Span {
+    Span(Duration::from_secs(4))
+}
+
+/// One backend server of an upstream.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamServerConfig {
+    /// `host:port` of the backend, e.g. `"127.0.0.1:8080"`.
+    pub addr: Spanned<String>,
+}
+
+/// nginx's `proxy_connect_timeout`, `proxy_send_timeout` and `proxy_read_timeout` (60 s each).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTimeouts {
+    /// Establishing the TCP connection: refused answers 502, timed out 504.
+    pub connect: Span,
+    /// Between two successful writes of the request to the backend.
+    pub send: Span,
+    /// Between two successful reads of the response, armed once the request is sent.
+    pub read: Span,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        let sixty = Span(Duration::from_secs(60));
+        UpstreamTimeouts {
+            connect: sixty,
+            send: sixty,
+            read: sixty,
+        }
+    }
+}
+
+/// `[[server]]`, nginx's `server {}` block. Its `[[server.location]]` tables are read separately so
+/// that an error in one location does not hide errors in the others.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Addresses to listen on, `ip:port` (nginx `listen`).
+    pub listen: Vec<Spanned<String>>,
+    /// Host names this server answers: exact (`api.example.com`) or leading wildcard
+    /// (`*.example.com`). Empty: answers only as the default server.
+    #[serde(default)]
+    pub server_name: Vec<String>,
+    /// This server answers requests whose Host matches no server of its listeners (nginx
+    /// `default_server`). Without one, the first server listed for an address is the default.
+    #[serde(default)]
+    pub default_server: bool,
+    /// TLS on every address of this server.
+    pub tls: Option<TlsConfig>,
+    /// Offer HTTP/2 (ALPN `h2` over TLS, prior knowledge in cleartext). Default true.
+    #[serde(default = "yes")]
+    pub http2: bool,
+    /// Response headers added to every response of this server, error responses included
+    /// (nginx `add_header ... always`).
+    #[serde(default)]
+    pub add_header: BTreeMap<String, String>,
+    /// How error responses look; locations may override. Default: `json` on proxy locations,
+    /// `text` elsewhere.
+    pub errors: Option<ErrorFormat>,
+    /// Filled by the loader from `[[server.location]]`.
+    #[serde(skip)]
+    pub locations: Vec<LocationConfig>,
+    /// Where this `[[server]]` table starts in the file, for errors about it as a whole.
+    #[serde(skip)]
+    pub span: std::ops::Range<usize>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `tls = { cert, key, protocols }` on a server.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first; relative to the config file's folder.
+    pub cert: Spanned<PathBuf>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<PathBuf>,
+    /// TLS versions offered, from `"1.2"` and `"1.3"` (default both, as the seed's `ssl_protocols`).
+    #[serde(default = "default_tls_protocols")]
+    pub protocols: Vec<Spanned<String>>,
+}
+
+fn default_tls_protocols() -> Vec<Spanned<String>> {
+    vec![
+        Spanned::new(0..0, "1.2".into()),
+        Spanned::new(0..0, "1.3".into()),
+    ]
+}
+
+/// Error bodies: OpenAI's JSON shape for API clients or one line of plain text.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorFormat {
+    /// `{"error": {"message", "type", "code"}}`
+    Json,
+    /// `STATUS REASON: message`
+    Text,
+}
+
+/// `[[server.location]]`, nginx's `location` block: one match and one handler.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct LocationConfig {
+    /// Matches this exact path (nginx `location = /path`).
+    pub exact: Option<String>,
+    /// Matches paths starting with this (nginx `location /path`); the longest wins.
+    pub prefix: Option<String>,
+    /// Matches paths against a regular expression, `(?i)` for case-insensitive (nginx `~` / `~*`);
+    /// checked in config order after prefixes, and the first match wins over the longest prefix.
+    pub regex: Option<Spanned<String>>,
+    /// On a prefix location: when it is the longest match, regexes are not checked (nginx `^~`).
+    #[serde(default)]
+    pub skip_regex: bool,
+    /// Handler: forward to this upstream.
+    pub proxy: Option<Spanned<String>>,
+    /// Handler: answer with a fixed status and body (nginx `return CODE TEXT`).
+    #[serde(rename = "return")]
+    pub return_: Option<ReturnConfig>,
+    /// Handler: redirect (nginx `return 301 URL`), with `$scheme`, `$host`, `$server_name`,
+    /// `$request_uri`, `$uri` and `$args`.
+    pub redirect: Option<RedirectConfig>,
+    /// Response headers added here, on top of the server's.
+    #[serde(default)]
+    pub add_header: BTreeMap<String, String>,
+    /// Error body format for this location.
+    pub errors: Option<ErrorFormat>,
+    /// nginx's `proxy_buffering`; accepted for parity and documented: infergate forwards every
+    /// response frame as it arrives whatever this says, so streams are never delayed.
+    #[serde(default)]
+    pub proxy_buffering: bool,
+    /// nginx's `proxy_buffer_size`; accepted with `proxy_buffering`, see there.
+    pub proxy_buffer_size: Option<Size>,
+    /// nginx's `proxy_buffers` (`"8 32k"`); accepted with `proxy_buffering`, see there.
+    pub proxy_buffers: Option<String>,
+    /// Where this table is in the file.
+    #[serde(skip)]
+    pub span: std::ops::Range<usize>,
+}
+
+/// `return = { status = 200, body = "ok" }`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ReturnConfig {
+    /// Response status (100-599).
+    pub status: Spanned<u16>,
+    /// Response body (default empty).
+    #[serde(default)]
+    pub body: String,
+    /// Content type of the body (default `text/plain; charset=utf-8`).
+    pub content_type: Option<String>,
+}
+
+/// `redirect = { url = "https://$host$request_uri", status = 301 }`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// Target, with variables.
+    pub url: Spanned<String>,
+    /// 301, 302, 303, 307 or 308 (default 301).
+    #[serde(default = "default_redirect_status")]
+    pub status: Spanned<u16>,
+}
+
+fn default_redirect_status() -> Spanned<u16> {
+    Spanned::new(0..0, 301)
+}

@@ -1,0 +1,130 @@
+//! Errors the gateway answers itself, and how they look to the client: OpenAI's JSON error shape for
+//! API locations, one line of text elsewhere.
+
+use crate::body::ResponseBody;
+use crate::config::ErrorFormat;
+use http::{header, HeaderValue, Response, StatusCode};
+
+/// Something the gateway answers instead of (or because of) the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No location matches the path.
+    #[error("no route for this path")]
+    NoRoute,
+    /// The backend refused the connection or could not be reached.
+    #[error("upstream unreachable: {0}")]
+    UpstreamUnreachable(String),
+    /// Connecting to the backend took longer than the connect timeout.
+    #[error("upstream connect timed out: {0}")]
+    ConnectTimeout(String),
+    /// Writing the request to the backend stalled longer than the send timeout.
+    #[error("upstream timed out while sending the request")]
+    SendTimeout,
+    /// The backend sent no response head within the read timeout.
+    #[error("upstream timed out before sending a response")]
+    ReadTimeout,
+    /// The backend broke the protocol or closed the connection before answering.
+    #[error("upstream failed: {0}")]
+    BadGateway(String),
+    /// The request target is longer than `[http] max_uri_size`.
+    #[error("request URI too long")]
+    UriTooLong,
+    /// The client's request could not be forwarded as sent.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// A bug: a request handler panicked. Logged; the process lives on.
+    #[error("internal error")]
+    Internal,
+}
+
+impl GatewayError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::UpstreamUnreachable(_) | GatewayError::BadGateway(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            GatewayError::ConnectTimeout(_)
+            | GatewayError::SendTimeout
+            | GatewayError::ReadTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
+            GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's `type` and a stable machine-readable `code`.
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            GatewayError::NoRoute => ("invalid_request_error", "not_found"),
+            GatewayError::UpstreamUnreachable(_) => ("upstream_error", "upstream_unreachable"),
+            GatewayError::BadGateway(_) => ("upstream_error", "bad_gateway"),
+            GatewayError::ConnectTimeout(_) => ("timeout_error", "upstream_connect_timeout"),
+            GatewayError::SendTimeout => ("timeout_error", "upstream_send_timeout"),
+            GatewayError::ReadTimeout => ("timeout_error", "upstream_read_timeout"),
+            GatewayError::BadRequest(_) => ("invalid_request_error", "bad_request"),
+            GatewayError::UriTooLong => ("invalid_request_error", "uri_too_long"),
+            GatewayError::Internal => ("server_error", "internal_error"),
+        }
+    }
+
+    /// The response for this error in the location's format.
+    pub fn to_response(&self, format: ErrorFormat) -> Response<ResponseBody> {
+        let (kind, code) = self.kind();
+        error_response(self.status(), kind, code, &self.to_string(), format)
+    }
+}
+
+/// Builds an error response; also used for errors that have no `GatewayError` (e.g. hyper's own).
+pub fn error_response(
+    status: StatusCode,
+    kind: &str,
+    code: &str,
+    message: &str,
+    format: ErrorFormat,
+) -> Response<ResponseBody> {
+    let (content_type, body) = match format {
+        ErrorFormat::Json => {
+            let body =
+                serde_json::json!({"error": {"message": message, "type": kind, "code": code}});
+            ("application/json", body.to_string())
+        }
+        ErrorFormat::Text => {
+            let reason = status.canonical_reason().unwrap_or("");
+            (
+                "text/plain; charset=utf-8",
+                format!("{} {reason}: {message}\n", status.as_u16()),
+            )
+        }
+    };
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_have_openai_shape() {
+        let response = GatewayError::ReadTimeout.to_response(ErrorFormat::Json);
+        let ResponseBody::Full { data: Some(body) } = response.into_body() else {
+            panic!("no body")
+        };
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["error"]["code"], "upstream_read_timeout");
+        assert_eq!(value["error"]["type"], "timeout_error");
+    }
+
+    #[test]
+    fn statuses_follow_the_mapping() {
+        assert_eq!(GatewayError::UpstreamUnreachable("x".into()).status(), 502);
+        assert_eq!(GatewayError::ConnectTimeout("x".into()).status(), 504);
+        assert_eq!(GatewayError::ReadTimeout.status(), 504);
+    }
+}

@@ -1,0 +1,15 @@
+//! infergate: one binary that does what an nginx front end does for a self-hosted model service, and
+//! does it for model serving. The modules follow the request's data path (ARCHITECTURE.md §3):
+//! `server` accepts and serves connections, `pipeline` runs a request's phases, `route` picks the
+//! location, `proxy` and `upstream` talk to backends; `config` and `runtime` form the control path.
+
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod pipeline;
+pub mod proxy;
+pub mod route;
+pub mod runtime;
+pub mod server;
+pub mod template;
+pub mod upstream;

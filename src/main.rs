@@ -1,0 +1,119 @@
+//! The `infergate` command line: `run` (the default) and `check`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use infergate::config::Source;
+use infergate::runtime::Runtime;
+use infergate::server::{signals, ConfigOrigin, Gateway};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "infergate",
+    version,
+    about = "A gateway for self-hosted AI model services"
+)]
+struct Cli {
+    /// Config file (TOML). Default: ./infergate.toml if present, else the built-in default that
+    /// listens on 127.0.0.1:8000 and proxies to 127.0.0.1:8080.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic (what a bare `infergate` does). SIGHUP reloads, SIGTERM drains and exits.
+    Run,
+    /// Check the config like `nginx -t`: exit 0 when valid, else print every error and exit 1.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let origin = match cli.config {
+        Some(path) => ConfigOrigin::File(path),
+        None if Path::new("infergate.toml").exists() => ConfigOrigin::File("infergate.toml".into()),
+        None => ConfigOrigin::Embedded,
+    };
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Check => check(&origin),
+        Command::Run => run(origin),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("infergate: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn check(origin: &ConfigOrigin) -> anyhow::Result<ExitCode> {
+    // TLS material is loaded too, as `nginx -t` does; the runtime needs tokio for nothing here.
+    let loaded = origin
+        .read()
+        .and_then(|source: Source| Runtime::load(&source, None).map(|_| source));
+    match loaded {
+        Ok(source) => {
+            println!("{}: configuration is valid", source.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            println!("{errors}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn run(origin: ConfigOrigin) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        if let ConfigOrigin::Embedded = origin {
+            eprintln!("infergate: no --config and no ./infergate.toml: using the built-in default");
+        }
+        let gateway = match Gateway::start(origin).await {
+            Ok(gateway) => gateway,
+            Err(errors) => {
+                eprintln!("{errors}");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        let current = gateway.runtime();
+        let mut addrs: Vec<_> = gateway.bound_addrs().into_values().collect();
+        addrs.sort();
+        for addr in addrs {
+            eprintln!("infergate: listening on {addr}");
+        }
+        let mut upstreams: Vec<_> = current.upstreams.values().collect();
+        upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+        for upstream in upstreams {
+            let servers: Vec<_> = upstream
+                .servers
+                .iter()
+                .map(|s| s.authority.as_str())
+                .collect();
+            eprintln!(
+                "infergate: upstream {} -> {}",
+                upstream.name,
+                servers.join(", ")
+            );
+        }
+        drop(current);
+        let drained = signals::run_until_stopped(gateway)
+            .await
+            .context("cannot install signal handlers")?;
+        if !drained {
+            eprintln!("infergate: drain deadline passed with requests still open; exiting");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

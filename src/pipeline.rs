@@ -1,0 +1,175 @@
+//! The life of one request, as the named phases of ARCHITECTURE.md's data path, run in this order:
+//!
+//! 1. [`check_limits`]: request limits hyper does not enforce itself (URI length).
+//! 2. [`route`]: the virtual server by Host, then the location by normalized path.
+//! 3. [`handle`]: the location's handler — proxy, return or redirect — guarded against panics.
+//! 4. [`finish`]: response policies: the server's and location's `add_header`.
+//!
+//! Each phase says when it runs and what it may change. Request policies (rate limits, body limits)
+//! and response policies (compression) slot in between these as they arrive.
+
+use crate::body::ResponseBody;
+use crate::error::GatewayError;
+use crate::proxy::{self, ClientInfo};
+use crate::route::{self, Handler, Location, VirtualServer};
+use crate::runtime::{ListenerSpec, Runtime};
+use crate::template::Vars;
+use futures_util::FutureExt;
+use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+/// Serves one request that arrived on `listener` under `runtime`.
+pub async fn serve(
+    runtime: &Runtime,
+    listener: &ListenerSpec,
+    client: ClientInfo,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let server = listener.hosts.select(host_of(&request));
+    let routed = check_limits(runtime, &request).and_then(|()| route(server, &request));
+    match routed {
+        Err(error) => finish(error.to_response(server.errors), &server.add_header),
+        Ok(location) => {
+            let response = handle(&location, server, client, request).await;
+            finish(response, &location.add_header)
+        }
+    }
+}
+
+/// Phase 1, before routing: rejects a request target longer than `max_uri_size` with 414. Changes nothing.
+fn check_limits(
+    runtime: &Runtime,
+    request: &Request<Incoming>,
+) -> Result<(), Response<ResponseBody>> {
+    let uri_len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if uri_len as u64 > runtime.http.max_uri_size.0 {
+        return Err(error_response(
+            StatusCode::URI_TOO_LONG,
+            "invalid_request_error",
+            "uri_too_long",
+            "request URI too long",
+            ErrorFormat::Text,
+        ));
+    }
+    Ok(())
+}
+
+/// Phase 2: picks the location for the request's normalized path. A malformed path answers 400 and
+/// no match answers 404, in the server's error format. Changes nothing.
+fn route(
+    server: &VirtualServer,
+    request: &Request<Incoming>,
+) -> Result<Arc<Location>, Response<ResponseBody>> {
+    let Some(path) = route::normalize_path(request.uri().path()) else {
+        return Err(
+            GatewayError::BadRequest("malformed request path".into()).to_response(server.errors)
+        );
+    };
+    server
+        .locations
+        .find(&path)
+        .cloned()
+        .ok_or_else(|| GatewayError::NoRoute.to_response(server.errors))
+}
+
+/// Phase 3: runs the location's handler. It owns the request from here; a proxied response's body is
+/// still streaming when this returns. A panic inside is logged and answered 500; the process lives on.
+async fn handle(
+    location: &Location,
+    server: &VirtualServer,
+    client: ClientInfo,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let work = async {
+        match &location.handler {
+            Handler::Proxy(upstream) => proxy::forward(request, client, upstream).await,
+            Handler::Return {
+                status,
+                body,
+                content_type,
+            } => {
+                let mut response = Response::new(ResponseBody::full(body.clone()));
+                *response.status_mut() = *status;
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, content_type.clone());
+                Ok(response)
+            }
+            Handler::Redirect { status, url } => redirect(*status, url, server, client, &request),
+        }
+    };
+    match AssertUnwindSafe(work).catch_unwind().await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "request failed");
+            error.to_response(location.errors)
+        }
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("?");
+            tracing::error!(panic = message, "request handler panicked");
+            GatewayError::Internal.to_response(location.errors)
+        }
+    }
+}
+
+fn redirect(
+    status: StatusCode,
+    url: &crate::template::Template,
+    server: &VirtualServer,
+    client: ClientInfo,
+    request: &Request<Incoming>,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let host = host_of(request)
+        .map(route::strip_port)
+        .unwrap_or(&server.primary_name)
+        .to_ascii_lowercase();
+    let uri = request.uri();
+    let vars = Vars {
+        scheme: if client.https { "https" } else { "http" },
+        host: &host,
+        server_name: if server.primary_name.is_empty() {
+            &host
+        } else {
+            &server.primary_name
+        },
+        request_uri: uri.path_and_query().map_or("/", |pq| pq.as_str()),
+        uri: uri.path(),
+        args: uri.query().unwrap_or(""),
+    };
+    let location = HeaderValue::try_from(url.render(&vars)).map_err(|_| {
+        GatewayError::BadRequest("redirect target is not a valid header value".into())
+    })?;
+    let mut response = Response::new(ResponseBody::Empty);
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
+}
+
+/// Phase 4, last: adds the configured headers to every response, errors included (nginx's `always`).
+fn finish(
+    mut response: Response<ResponseBody>,
+    add_header: &[(HeaderName, HeaderValue)],
+) -> Response<ResponseBody> {
+    for (name, value) in add_header {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
+/// The Host header, or the authority of an HTTP/2 request.
+fn host_of<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host())
+}

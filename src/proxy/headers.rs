@@ -1,0 +1,158 @@
+//! Header rewriting between client and backend, nginx's `proxy_set_header` defaults of the seed done
+//! right: hop-by-hop headers (RFC 9110 §7.6.1, and any named in `Connection`) never cross, the
+//! forwarding headers tell the backend who asked, and backend identity headers stay private.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::IpAddr;
+
+/// Headers that describe one connection, not the message; never forwarded.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Backend identity headers hidden from clients (nginx hides `Server`; `X-Powered-By` leaks the stack).
+const HIDDEN_RESPONSE: [HeaderName; 2] = [header::SERVER, HeaderName::from_static("x-powered-by")];
+
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Removes hop-by-hop headers and those the `Connection` header names. With `keep_upgrade`, the
+/// `Connection: upgrade` and `Upgrade` pair survives (a WebSocket handshake must reach the other side).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    let upgrade = keep_upgrade
+        .then(|| headers.remove(header::UPGRADE))
+        .flatten();
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::UPGRADE, upgrade);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Rewrites a client request's headers for the backend: `Host` as the client sent it (port kept),
+/// `X-Real-IP`, `X-Forwarded-For` with the client appended, `X-Forwarded-Proto`.
+pub fn to_upstream(
+    headers: &mut HeaderMap,
+    host: Option<HeaderValue>,
+    client_ip: IpAddr,
+    https: bool,
+    upgrade: bool,
+) {
+    strip_hop_by_hop(headers, upgrade);
+    if let Some(host) = host {
+        headers.insert(header::HOST, host);
+    }
+    let ip = client_ip.to_string();
+    let forwarded_for = {
+        let mut chain = String::new();
+        for value in headers.get_all(&X_FORWARDED_FOR) {
+            if let Ok(value) = value.to_str() {
+                chain.push_str(value);
+                chain.push_str(", ");
+            }
+        }
+        chain.push_str(&ip);
+        chain
+    };
+    if let Ok(value) = HeaderValue::try_from(forwarded_for) {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+    if let Ok(value) = HeaderValue::try_from(ip) {
+        headers.insert(&X_REAL_IP, value);
+    }
+    headers.insert(
+        &X_FORWARDED_PROTO,
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
+}
+
+/// Rewrites a backend response's headers for the client.
+pub fn to_client(headers: &mut HeaderMap, upgrade: bool) {
+    strip_hop_by_hop(headers, upgrade);
+    for name in &HIDDEN_RESPONSE {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "5"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("accept"));
+    }
+
+    #[test]
+    fn appends_to_forwarded_for() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+        ]);
+        to_upstream(
+            &mut headers,
+            Some(HeaderValue::from_static("h:8000")),
+            "10.0.0.9".parse().unwrap(),
+            true,
+            false,
+        );
+        assert_eq!(headers["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
+        assert_eq!(headers["x-real-ip"], "10.0.0.9");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["host"], "h:8000");
+    }
+
+    #[test]
+    fn keeps_the_upgrade_pair_for_websockets() {
+        let mut headers = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("server", "uvicorn"),
+        ]);
+        to_client(&mut headers, true);
+        assert_eq!(headers["upgrade"], "websocket");
+        assert_eq!(headers["connection"], "upgrade");
+        assert!(!headers.contains_key("server"));
+    }
+}

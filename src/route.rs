@@ -1,0 +1,320 @@
+//! Choosing what serves a request: the virtual server by Host (or TLS SNI), then the location by path
+//! in nginx's order — exact match, else the longest prefix (final if it says `skip_regex`), else the
+//! first matching regex in config order, else that longest prefix.
+
+use crate::config::ErrorFormat;
+use crate::template::Template;
+use crate::upstream::Upstream;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use regex::Regex;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What a location does with a request.
+pub enum Handler {
+    /// Forward to an upstream.
+    Proxy(Arc<Upstream>),
+    /// Answer a fixed response.
+    Return {
+        status: StatusCode,
+        body: Bytes,
+        content_type: HeaderValue,
+    },
+    /// Answer a redirect to a URL built from the request.
+    Redirect { status: StatusCode, url: Template },
+}
+
+/// A compiled `[[server.location]]`.
+pub struct Location {
+    /// Its handler.
+    pub handler: Handler,
+    /// Headers added to every response: the server's, then the location's.
+    pub add_header: Vec<(HeaderName, HeaderValue)>,
+    /// How errors answered here look.
+    pub errors: ErrorFormat,
+}
+
+/// Locations of one server, indexed for nginx's matching order.
+#[derive(Default)]
+pub struct LocationTable {
+    locations: Vec<Arc<Location>>,
+    exact: HashMap<String, usize>,
+    /// Longest first, so the first hit is the longest match.
+    prefixes: Vec<(String, bool, usize)>,
+    regexes: Vec<(Regex, usize)>,
+}
+
+impl LocationTable {
+    /// Adds an exact-path location.
+    pub fn add_exact(&mut self, path: String, location: Location) {
+        let index = self.push(location);
+        self.exact.entry(path).or_insert(index);
+    }
+
+    /// Adds a prefix location; `skip_regex` is nginx's `^~`.
+    pub fn add_prefix(&mut self, prefix: String, skip_regex: bool, location: Location) {
+        let index = self.push(location);
+        self.prefixes.push((prefix, skip_regex, index));
+        // Stable sort keeps config order among equal prefixes; the first one wins, as in nginx.
+        self.prefixes
+            .sort_by_key(|(prefix, _, _)| std::cmp::Reverse(prefix.len()));
+    }
+
+    /// Adds a regex location, checked after those added before it.
+    pub fn add_regex(&mut self, regex: Regex, location: Location) {
+        let index = self.push(location);
+        self.regexes.push((regex, index));
+    }
+
+    fn push(&mut self, location: Location) -> usize {
+        self.locations.push(Arc::new(location));
+        self.locations.len() - 1
+    }
+
+    /// The location for a normalized path, if any.
+    pub fn find(&self, path: &str) -> Option<&Arc<Location>> {
+        if let Some(&index) = self.exact.get(path) {
+            return Some(&self.locations[index]);
+        }
+        let prefix = self
+            .prefixes
+            .iter()
+            .find(|(prefix, _, _)| path.starts_with(prefix.as_str()));
+        if let Some((_, true, index)) = prefix {
+            return Some(&self.locations[*index]);
+        }
+        if let Some((_, index)) = self.regexes.iter().find(|(regex, _)| regex.is_match(path)) {
+            return Some(&self.locations[*index]);
+        }
+        prefix.map(|(_, _, index)| &self.locations[*index])
+    }
+}
+
+/// A compiled `[[server]]`.
+pub struct VirtualServer {
+    /// First `server_name`, for `$server_name`.
+    pub primary_name: String,
+    /// Its locations.
+    pub locations: LocationTable,
+    /// Headers added to responses that match no location.
+    pub add_header: Vec<(HeaderName, HeaderValue)>,
+    /// Error format when no location matches.
+    pub errors: ErrorFormat,
+}
+
+/// Values chosen by host name: exact names, then the longest matching `*.suffix` wildcard, then the
+/// default. Used for virtual servers by Host and for certificates by SNI.
+#[derive(Debug)]
+pub struct NameTable<T> {
+    exact: HashMap<String, T>,
+    /// `(".example.com", value)`, longest suffix first.
+    wildcard: Vec<(String, T)>,
+    default: T,
+}
+
+impl<T: Clone> NameTable<T> {
+    /// A table answering `default` for every name until names are added.
+    pub fn new(default: T) -> Self {
+        NameTable {
+            exact: HashMap::new(),
+            wildcard: Vec::new(),
+            default,
+        }
+    }
+
+    /// Adds `name` (`api.example.com` or `*.example.com`); the first value added for a name stays.
+    pub fn add(&mut self, name: &str, value: T) {
+        let name = name.to_ascii_lowercase();
+        match name.strip_prefix('*') {
+            Some(suffix) if suffix.starts_with('.') => {
+                if !self.wildcard.iter().any(|(s, _)| s == suffix) {
+                    self.wildcard.push((suffix.to_string(), value));
+                    self.wildcard
+                        .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+                }
+            }
+            _ => {
+                self.exact.entry(name).or_insert(value);
+            }
+        }
+    }
+
+    /// The value for a host name (any case, with or without `:port` or a trailing dot).
+    pub fn select(&self, host: Option<&str>) -> &T {
+        let Some(host) = host else {
+            return &self.default;
+        };
+        let host = strip_port(host).trim_end_matches('.');
+        let host: Cow<str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
+        if let Some(value) = self.exact.get(host.as_ref()) {
+            return value;
+        }
+        self.wildcard
+            .iter()
+            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+            .map_or(&self.default, |(_, value)| value)
+    }
+}
+
+/// `host` of `host:port` and `[v6]:port`.
+pub fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split_once(']').map_or(host, |(ip, _)| ip);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// The request path as locations see it, like nginx: `%XX` decoded, `//` merged, `.` and `..`
+/// resolved. Stops `/static/..%2Fv1/inference` from dodging the location it really names. `None`
+/// for a path that is malformed or climbs above `/` (answered 400). The backend still receives the
+/// path exactly as the client sent it.
+pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    if !path.contains(['%', '.']) && !path.contains("//") {
+        return Some(Cow::Borrowed(path));
+    }
+    let decoded = percent_decode(path)?;
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/').skip(1) {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop()?;
+            }
+            other => segments.push(other),
+        }
+    }
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut normalized = String::with_capacity(decoded.len());
+    for segment in &segments {
+        normalized.push('/');
+        normalized.push_str(segment);
+    }
+    if trailing || segments.is_empty() {
+        normalized.push('/');
+    }
+    Some(Cow::Owned(normalized))
+}
+
+fn percent_decode(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            let byte = u8::from_str_radix(hex, 16).ok()?;
+            if byte == 0 {
+                return None;
+            }
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(tag: u16) -> Location {
+        Location {
+            handler: Handler::Return {
+                status: StatusCode::from_u16(200 + tag).unwrap(),
+                body: Bytes::new(),
+                content_type: HeaderValue::from_static("text/plain"),
+            },
+            add_header: Vec::new(),
+            errors: ErrorFormat::Text,
+        }
+    }
+
+    fn tag(table: &LocationTable, path: &str) -> Option<u16> {
+        table.find(path).map(|l| match &l.handler {
+            Handler::Return { status, .. } => status.as_u16() - 200,
+            _ => unreachable!(),
+        })
+    }
+
+    #[test]
+    fn follows_nginx_order() {
+        let mut table = LocationTable::default();
+        table.add_prefix("/".into(), false, location(0));
+        table.add_regex(Regex::new(r"(?i)\.(png|css)$").unwrap(), location(1));
+        table.add_prefix("/v1/inference".into(), false, location(2));
+        table.add_exact("/health".into(), location(3));
+        table.add_prefix("/assets/".into(), true, location(4));
+        table.add_regex(Regex::new(r"\.png$").unwrap(), location(5));
+        assert_eq!(tag(&table, "/anything"), Some(0));
+        assert_eq!(
+            tag(&table, "/img/a.PNG"),
+            Some(1),
+            "regex beats the longest prefix"
+        );
+        assert_eq!(
+            tag(&table, "/img/a.png"),
+            Some(1),
+            "first regex in config order wins"
+        );
+        assert_eq!(tag(&table, "/v1/inference/run"), Some(2));
+        assert_eq!(tag(&table, "/health"), Some(3));
+        assert_eq!(tag(&table, "/health/x"), Some(0), "exact means exact");
+        assert_eq!(
+            tag(&table, "/assets/x.png"),
+            Some(4),
+            "skip_regex stops regex checks"
+        );
+    }
+
+    #[test]
+    fn no_location_no_match() {
+        let mut table = LocationTable::default();
+        table.add_prefix("/api".into(), false, location(0));
+        assert_eq!(tag(&table, "/other"), None);
+    }
+
+    #[test]
+    fn names_select_exact_then_longest_wildcard_then_default() {
+        let mut names = NameTable::new("default");
+        names.add("api.example.com", "api");
+        names.add("*.example.com", "wild");
+        names.add("*.eu.example.com", "eu");
+        assert_eq!(*names.select(Some("API.example.com:8443")), "api");
+        assert_eq!(*names.select(Some("x.example.com")), "wild");
+        assert_eq!(*names.select(Some("a.eu.example.com")), "eu");
+        assert_eq!(*names.select(Some("example.com")), "default");
+        assert_eq!(*names.select(None), "default");
+        assert_eq!(*names.select(Some("[::1]:80")), "default");
+    }
+
+    #[test]
+    fn paths_are_normalized_like_nginx() {
+        assert_eq!(normalize_path("/a/b").unwrap(), "/a/b");
+        assert_eq!(
+            normalize_path("/static/..%2Fv1/inference").unwrap(),
+            "/v1/inference"
+        );
+        assert_eq!(normalize_path("//a///b/./c/").unwrap(), "/a/b/c/");
+        assert_eq!(normalize_path("/a/%2e%2e/b").unwrap(), "/b");
+        assert_eq!(normalize_path("/file.png").unwrap(), "/file.png");
+        assert!(normalize_path("/../etc/passwd").is_none());
+        assert!(normalize_path("/%zz").is_none());
+        assert!(normalize_path("/a%00b").is_none());
+        assert_eq!(normalize_path("/a/..").unwrap(), "/");
+    }
+}

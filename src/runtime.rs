@@ -1,0 +1,225 @@
+//! The compiled, immutable form of a config that serves traffic. A reload builds a new `Runtime` beside
+//! the running one (reusing upstream pools by name) and swaps it in; requests keep the `Runtime` they
+//! started on until they finish.
+
+use crate::config::{
+    self, Config, ConfigError, ConfigErrors, ErrorFormat, HttpSettings, LocationConfig,
+    ServerConfig, Source,
+};
+use crate::route::{Handler, Location, LocationTable, NameTable, VirtualServer};
+use crate::server::tls::{self, TlsSite};
+use crate::template::Template;
+use crate::upstream::Upstream;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_rustls::TlsAcceptor;
+
+/// Everything one listening address needs to serve a connection.
+pub struct ListenerSpec {
+    /// TLS, when the address's servers have it.
+    pub tls: Option<TlsAcceptor>,
+    /// Offer HTTP/2 (the default server's `http2`).
+    pub http2: bool,
+    /// Virtual servers by Host.
+    pub hosts: NameTable<Arc<VirtualServer>>,
+}
+
+/// A compiled config.
+pub struct Runtime {
+    /// Counts loads since start: 1 for the first config.
+    pub version: u64,
+    /// Client connection settings.
+    pub http: HttpSettings,
+    /// Listeners by configured address (`127.0.0.1:0` stays the key even once bound to a real port).
+    pub listeners: HashMap<SocketAddr, Arc<ListenerSpec>>,
+    /// Upstreams by name, kept so the next reload can reuse their pools.
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+}
+
+impl Runtime {
+    /// Parses, validates and compiles a config source. `previous` is the running runtime on reload.
+    pub fn load(source: &Source, previous: Option<&Runtime>) -> Result<Runtime, ConfigErrors> {
+        let config = config::load(source)?;
+        Runtime::build(&config, source, previous)
+    }
+
+    /// Compiles a validated config; loads TLS material, so file errors surface here with their line.
+    pub fn build(
+        config: &Config,
+        source: &Source,
+        previous: Option<&Runtime>,
+    ) -> Result<Runtime, ConfigErrors> {
+        let mut errors: Vec<ConfigError> = Vec::new();
+        let mut upstreams = HashMap::new();
+        for upstream in &config.upstreams {
+            let name = upstream.name.get_ref();
+            let old = previous
+                .and_then(|p| p.upstreams.get(name))
+                .map(Arc::as_ref);
+            match Upstream::build(upstream, old) {
+                Ok(built) => {
+                    upstreams.insert(name.clone(), Arc::new(built));
+                }
+                Err(e) => errors.push(source.error(upstream.name.span(), e)),
+            }
+        }
+
+        // Group servers by address, keeping config order; the declared default goes first.
+        let mut by_addr: Vec<(SocketAddr, Vec<&ServerConfig>)> = Vec::new();
+        for server in &config.servers {
+            for listen in &server.listen {
+                let Some(addr) = config::parse_listen(listen.get_ref()) else {
+                    continue;
+                };
+                match by_addr.iter_mut().find(|(a, _)| *a == addr) {
+                    Some((_, servers)) if server.default_server => servers.insert(0, server),
+                    Some((_, servers)) => servers.push(server),
+                    None => by_addr.push((addr, vec![server])),
+                }
+            }
+        }
+
+        let mut compiled: HashMap<*const ServerConfig, Arc<VirtualServer>> = HashMap::new();
+        let mut listeners = HashMap::new();
+        for (addr, servers) in by_addr {
+            let mut hosts: Option<NameTable<Arc<VirtualServer>>> = None;
+            for server in &servers {
+                let vs = compiled
+                    .entry(*server as *const _)
+                    .or_insert_with(|| Arc::new(compile_server(server, &upstreams)))
+                    .clone();
+                let table = hosts.get_or_insert_with(|| NameTable::new(vs.clone()));
+                for name in &server.server_name {
+                    table.add(name, vs.clone());
+                }
+            }
+            let default = servers[0];
+            let tls = match default.tls {
+                None => None,
+                Some(_) => {
+                    let sites: Vec<TlsSite> = servers
+                        .iter()
+                        .filter_map(|s| {
+                            s.tls.as_ref().map(|tls| TlsSite {
+                                names: &s.server_name,
+                                tls,
+                            })
+                        })
+                        .collect();
+                    match tls::acceptor(&sites, default.http2, source) {
+                        Ok(acceptor) => Some(acceptor),
+                        Err(mut e) => {
+                            errors.append(&mut e);
+                            None
+                        }
+                    }
+                }
+            };
+            let Some(hosts) = hosts else { continue };
+            listeners.insert(
+                addr,
+                Arc::new(ListenerSpec {
+                    tls,
+                    http2: default.http2,
+                    hosts,
+                }),
+            );
+        }
+
+        if !errors.is_empty() {
+            errors.dedup();
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Runtime {
+            version: previous.map_or(1, |p| p.version + 1),
+            http: config.http.clone(),
+            listeners,
+            upstreams,
+        })
+    }
+}
+
+fn headers(map: &std::collections::BTreeMap<String, String>) -> Vec<(HeaderName, HeaderValue)> {
+    // Validated by config::validate; a pair that still fails to convert is skipped, never a panic.
+    map.iter()
+        .filter_map(|(name, value)| {
+            Some((
+                HeaderName::from_bytes(name.as_bytes()).ok()?,
+                HeaderValue::from_str(value).ok()?,
+            ))
+        })
+        .collect()
+}
+
+fn compile_server(
+    server: &ServerConfig,
+    upstreams: &HashMap<String, Arc<Upstream>>,
+) -> VirtualServer {
+    let server_headers = headers(&server.add_header);
+    let mut locations = LocationTable::default();
+    for location in &server.locations {
+        let Some(compiled) = compile_location(location, server, &server_headers, upstreams) else {
+            continue;
+        };
+        if let Some(path) = &location.exact {
+            locations.add_exact(path.clone(), compiled);
+        } else if let Some(prefix) = &location.prefix {
+            locations.add_prefix(prefix.clone(), location.skip_regex, compiled);
+        } else if let Some(Ok(regex)) = location
+            .regex
+            .as_ref()
+            .map(|r| regex::Regex::new(r.get_ref()))
+        {
+            locations.add_regex(regex, compiled);
+        }
+    }
+    VirtualServer {
+        primary_name: server.server_name.first().cloned().unwrap_or_default(),
+        locations,
+        add_header: server_headers,
+        errors: server.errors.unwrap_or(ErrorFormat::Text),
+    }
+}
+
+/// `None` only for a location `config::validate` already rejected.
+fn compile_location(
+    location: &LocationConfig,
+    server: &ServerConfig,
+    server_headers: &[(HeaderName, HeaderValue)],
+    upstreams: &HashMap<String, Arc<Upstream>>,
+) -> Option<Location> {
+    let handler = if let Some(proxy) = &location.proxy {
+        Handler::Proxy(upstreams.get(proxy.get_ref())?.clone())
+    } else if let Some(ret) = &location.return_ {
+        let content_type = ret
+            .content_type
+            .as_deref()
+            .unwrap_or("text/plain; charset=utf-8");
+        Handler::Return {
+            status: StatusCode::from_u16(*ret.status.get_ref()).ok()?,
+            body: Bytes::from(ret.body.clone()),
+            content_type: HeaderValue::from_str(content_type).ok()?,
+        }
+    } else {
+        let redirect = location.redirect.as_ref()?;
+        Handler::Redirect {
+            status: StatusCode::from_u16(*redirect.status.get_ref()).ok()?,
+            url: Template::parse(redirect.url.get_ref()).ok()?,
+        }
+    };
+    let default_format = if matches!(handler, Handler::Proxy(_)) {
+        ErrorFormat::Json
+    } else {
+        ErrorFormat::Text
+    };
+    let mut add_header = server_headers.to_vec();
+    add_header.extend(headers(&location.add_header));
+    Some(Location {
+        handler,
+        add_header,
+        errors: location.errors.or(server.errors).unwrap_or(default_format),
+    })
+}

@@ -1,0 +1,252 @@
+//! Serving one accepted client connection: the TLS handshake, HTTP/1.1 or HTTP/2 (ALPN, or prior
+//! knowledge in cleartext) by hyper, and the connection's limits: header read timeout, keep-alive idle
+//! timeout, requests per connection, and the drain on shutdown.
+
+use super::Gateway;
+use crate::body::{BoxError, ResponseBody};
+use crate::config::HttpSettings;
+use crate::pipeline;
+use crate::proxy::ClientInfo;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::rt::{Read, Write};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Serves a freshly accepted TCP connection that arrived on the listener configured as `listen_key`.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listen_key: SocketAddr,
+) {
+    let mut shutdown = gateway.shutdown_signal();
+    let runtime = gateway.runtime();
+    let Some(spec) = runtime.listeners.get(&listen_key).cloned() else {
+        return;
+    };
+    let http = runtime.http.clone();
+    drop(runtime);
+    let builder = builder(&http, spec.http2);
+    if let Some(acceptor) = &spec.tls {
+        let handshake = tokio::select! {
+            result = tokio::time::timeout(http.client_header_timeout.0, acceptor.accept(stream)) => result,
+            _ = shutdown.changed() => return,
+        };
+        match handshake {
+            Ok(Ok(tls)) => {
+                let client = ClientInfo { peer, https: true };
+                serve_http(
+                    gateway,
+                    TokioIo::new(tls),
+                    &builder,
+                    &http,
+                    client,
+                    listen_key,
+                    shutdown,
+                )
+                .await;
+            }
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
+    } else {
+        let client = ClientInfo { peer, https: false };
+        serve_http(
+            gateway,
+            TokioIo::new(stream),
+            &builder,
+            &http,
+            client,
+            listen_key,
+            shutdown,
+        )
+        .await;
+    }
+}
+
+/// hyper's connection settings from `[http]`.
+fn builder(http: &HttpSettings, http2: bool) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(http.client_header_timeout.0)
+        .max_buf_size(
+            usize::try_from(http.max_header_size.0)
+                .unwrap_or(usize::MAX)
+                .max(8192),
+        )
+        .max_headers(http.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(http.max_header_size.0).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    if http2 {
+        builder
+    } else {
+        builder.http1_only()
+    }
+}
+
+/// Per-connection counters shared by the request service and the connection's watchdog.
+struct ConnState {
+    opened: Instant,
+    requests: AtomicU64,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `opened` when the last response finished.
+    idle_since_ms: AtomicU64,
+    /// Woken when the connection should stop taking requests (requests-per-connection reached).
+    close: Notify,
+}
+
+impl ConnState {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// When the connection will have been idle for `timeout`, or `None` while a request is in flight.
+    fn idle_deadline(&self, timeout: std::time::Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(
+            self.opened
+                + std::time::Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
+                + timeout,
+        )
+    }
+}
+
+/// Counts a request in flight until its response body is finished or dropped.
+struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .idle_since_ms
+            .store(self.0.now_ms(), Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as in flight.
+    struct Tracked {
+        #[pin]
+        body: ResponseBody,
+        guard: InFlight,
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+async fn serve_http<I>(
+    gateway: Arc<Gateway>,
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    http: &HttpSettings,
+    client: ClientInfo,
+    listen_key: SocketAddr,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    let state = Arc::new(ConnState {
+        opened: Instant::now(),
+        requests: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+        idle_since_ms: AtomicU64::new(0),
+        close: Notify::new(),
+    });
+    let max_requests = http.keepalive_requests;
+    let service_state = state.clone();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let gateway = gateway.clone();
+        let state = service_state.clone();
+        async move {
+            state.in_flight.fetch_add(1, Ordering::AcqRel);
+            let guard = InFlight(state.clone());
+            let version = request.version();
+            let runtime = gateway.runtime();
+            let mut response = match runtime.listeners.get(&listen_key) {
+                Some(spec) => pipeline::serve(&runtime, spec, client, request).await,
+                // The listener was removed by a reload while this connection was open.
+                None => crate::error::error_response(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "listener_removed",
+                    "this address no longer serves",
+                    crate::config::ErrorFormat::Text,
+                ),
+            };
+            if state.requests.fetch_add(1, Ordering::AcqRel) + 1 >= max_requests {
+                if version == Version::HTTP_2 {
+                    state.close.notify_one();
+                } else {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+            }
+            Ok::<_, Infallible>(response.map(|body| Tracked { body, guard }))
+        }
+    });
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let keepalive = http.keepalive_timeout.0;
+    let stop_reason = loop {
+        let idle_check = match state.idle_deadline(keepalive) {
+            Some(deadline) => deadline,
+            None => Instant::now() + keepalive,
+        };
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %client.peer, error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.changed() => break "shutdown",
+            () = state.close.notified() => break "keepalive_requests reached",
+            () = tokio::time::sleep_until(idle_check) => {
+                if state.idle_deadline(keepalive).is_some_and(|deadline| deadline <= Instant::now()) {
+                    break "keep-alive idle timeout";
+                }
+            }
+        }
+    };
+    tracing::debug!(peer = %client.peer, reason = stop_reason, "closing client connection gracefully");
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
+}

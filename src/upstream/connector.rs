@@ -1,0 +1,174 @@
+//! Opening connections to backend servers: TCP with a connect deadline, TCP_NODELAY, and nginx's send
+//! timeout (the time between two successful writes) enforced on the socket itself.
+//!
+//! Written by hand rather than with hyper-util's `HttpConnector` because the send timeout must sit in
+//! the connection's write path, and refused and timed-out connects must stay distinguishable (502 vs 504).
+
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+/// Why a connection to a backend could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The backend did not accept within the connect timeout (answered 504).
+    #[error("connect to {0} timed out")]
+    TimedOut(String),
+    /// The backend refused or the address is unreachable (answered 502).
+    #[error("connect to {0} failed: {1}")]
+    Failed(String, io::Error),
+    /// The request URI carried no authority; a bug, never user input.
+    #[error("upstream URI has no host")]
+    NoAuthority,
+}
+
+/// Send timeout errors carry this marker so the proxy can answer 504 instead of 502.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream send timed out")]
+pub struct SendTimedOut;
+
+/// A `tower` service that connects to `uri`'s authority for hyper-util's pooled client.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    /// nginx `proxy_connect_timeout`.
+    pub connect_timeout: Duration,
+    /// nginx `proxy_send_timeout`.
+    pub send_timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TimedStream;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<TimedStream, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let authority = uri
+                .authority()
+                .ok_or(ConnectError::NoAuthority)?
+                .as_str()
+                .to_owned();
+            let stream =
+                match tokio::time::timeout(this.connect_timeout, TcpStream::connect(&authority))
+                    .await
+                {
+                    Err(_) => return Err(ConnectError::TimedOut(authority)),
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                        return Err(ConnectError::TimedOut(authority))
+                    }
+                    Ok(Err(e)) => return Err(ConnectError::Failed(authority, e)),
+                    Ok(Ok(stream)) => stream,
+                };
+            stream
+                .set_nodelay(true)
+                .map_err(|e| ConnectError::Failed(authority, e))?;
+            Ok(TimedStream {
+                io: TokioIo::new(stream),
+                send_timeout: this.send_timeout,
+                write_deadline: None,
+            })
+        })
+    }
+}
+
+/// A backend connection whose writes fail with `SendTimedOut` after waiting `send_timeout` without
+/// progress. Reads are not timed here: the read timeout is armed per request by the proxy, since an
+/// idle pooled connection waits for reads legitimately.
+pub struct TimedStream {
+    io: TokioIo<TcpStream>,
+    send_timeout: Duration,
+    write_deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl TimedStream {
+    /// Called when a write made no progress: arms the timer on first call, errors once it fires.
+    fn poll_write_stall(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let timeout = self.send_timeout;
+        let deadline = self
+            .write_deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(io::ErrorKind::TimedOut, SendTimedOut)),
+            Poll::Pending => Ok(()),
+        }
+    }
+
+    fn finish_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match poll {
+            Poll::Pending => {
+                self.poll_write_stall(cx)?;
+                Poll::Pending
+            }
+            ready => {
+                self.write_deadline = None;
+                ready
+            }
+        }
+    }
+}
+
+impl Read for TimedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl Write for TimedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.finish_write(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.finish_write(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.io).poll_flush(cx);
+        self.finish_write(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl Connection for TimedStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests: the gateway in-process on 127.0.0.1 port 0 with real backends, clients and TLS.
+
+mod support;
+
+mod proxy;

@@ -1,0 +1,277 @@
+//! Test support shared by every integration test: a gateway started in-process from a config text,
+//! small hyper backends on 127.0.0.1:0, HTTP/1.1, HTTP/2 and TLS clients, and test certificates.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use infergate::server::{ConfigOrigin, Gateway};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A body any test backend may answer with.
+pub type TestBody = BoxBody<Bytes, Infallible>;
+
+/// A full body.
+pub fn full(text: impl Into<Bytes>) -> TestBody {
+    Full::new(text.into()).boxed()
+}
+
+/// A gateway running in this test's runtime, with its config in a temporary folder.
+pub struct TestGateway {
+    pub gateway: Arc<Gateway>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// Writes `config` to `DIR/infergate.toml` (after `{dir}` is replaced by the folder) and starts it.
+    pub async fn start(config: &str) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, config).await
+    }
+
+    /// As `start`, with files (certificates) already placed in `dir`.
+    pub async fn start_in(dir: tempfile::TempDir, config: &str) -> TestGateway {
+        let path = dir.path().join("infergate.toml");
+        std::fs::write(
+            &path,
+            config.replace("{dir}", &dir.path().display().to_string()),
+        )
+        .unwrap();
+        let gateway = Gateway::start(ConfigOrigin::File(path))
+            .await
+            .unwrap_or_else(|e| panic!("gateway did not start:\n{e}"));
+        TestGateway { gateway, dir }
+    }
+
+    /// The bound address of the configured listen address `configured` (e.g. "127.0.0.1:0").
+    pub fn addr(&self, configured: &str) -> SocketAddr {
+        self.gateway
+            .bound_addr(configured)
+            .unwrap_or_else(|| panic!("no listener {configured}"))
+    }
+
+    /// Replaces the config file's text (for a reload).
+    pub fn rewrite(&self, config: &str) {
+        std::fs::write(
+            self.dir.path().join("infergate.toml"),
+            config.replace("{dir}", &self.dir.path().display().to_string()),
+        )
+        .unwrap();
+    }
+
+    /// Path of a file in the gateway's folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// What a test backend saw.
+#[derive(Default)]
+pub struct Seen {
+    /// Request heads, in arrival order.
+    pub requests: Mutex<Vec<http::request::Parts>>,
+    /// TCP connections accepted.
+    pub connections: AtomicUsize,
+}
+
+/// An HTTP/1.1 backend on 127.0.0.1:0 answering with `handler`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub seen: Arc<Seen>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Backend {
+    /// Starts a backend; every request's head is recorded before `handler` runs.
+    pub async fn start<F, Fut>(handler: F) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Seen::default());
+        let handler = Arc::new(handler);
+        let task_seen = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                task_seen.connections.fetch_add(1, Ordering::SeqCst);
+                let handler = handler.clone();
+                let seen = task_seen.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let (parts, body) = request.into_parts();
+                        seen.requests.lock().unwrap().push(parts.clone());
+                        let response = handler(Request::from_parts(parts, body));
+                        async move { Ok::<_, Infallible>(response.await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Backend { addr, seen, task }
+    }
+
+    /// A backend answering every request `200 "hello from backend"`.
+    pub async fn hello() -> Backend {
+        Backend::start(|_| async { Response::new(full("hello from backend")) }).await
+    }
+
+    /// The `host:port` of this backend.
+    pub fn authority(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Requests received so far.
+    pub fn request_count(&self) -> usize {
+        self.seen.requests.lock().unwrap().len()
+    }
+}
+
+/// A config with one plain listener on 127.0.0.1:0 proxying everything to `backend`.
+pub fn proxy_config(backend: &str, extra_upstream: &str) -> String {
+    format!(
+        r#"
+[[upstream]]
+name = "backend"
+servers = [{{ addr = "{backend}" }}]
+{extra_upstream}
+
+[[server]]
+listen = ["127.0.0.1:0"]
+
+  [[server.location]]
+  prefix = "/"
+  proxy = "backend"
+"#
+    )
+}
+
+/// An open HTTP/1.1 client connection.
+pub async fn http1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection.with_upgrades());
+    sender
+}
+
+/// An open HTTP/2 client connection over cleartext (prior knowledge).
+pub async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<TestBody> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// A GET request for `path` with `Host: localhost`.
+pub fn get(path: &str) -> Request<TestBody> {
+    Request::get(path)
+        .header("host", "localhost")
+        .body(full(""))
+        .unwrap()
+}
+
+/// Sends one GET on a fresh HTTP/1.1 connection and reads the whole answer.
+pub async fn fetch(addr: SocketAddr, path: &str) -> (StatusCode, http::HeaderMap, String) {
+    let mut client = http1(addr).await;
+    send(&mut client, get(path)).await
+}
+
+/// Sends a request on an HTTP/1.1 connection and reads the whole answer.
+pub async fn send(
+    client: &mut hyper::client::conn::http1::SendRequest<TestBody>,
+    request: Request<TestBody>,
+) -> (StatusCode, http::HeaderMap, String) {
+    let response = client.send_request(request).await.unwrap();
+    collect(response).await
+}
+
+/// Reads a whole response.
+pub async fn collect(response: Response<Incoming>) -> (StatusCode, http::HeaderMap, String) {
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+/// A test CA and a server certificate it signed for `names`, written as PEM files into `dir`
+/// (`NAME.crt`, `NAME.key`); returns the CA certificate for clients to trust.
+pub fn write_cert(
+    dir: &std::path::Path,
+    file_stem: &str,
+    names: &[&str],
+) -> rustls::pki_types::CertificateDer<'static> {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{file_stem} test CA"));
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+    std::fs::write(dir.join(format!("{file_stem}.crt")), leaf.pem()).unwrap();
+    std::fs::write(
+        dir.join(format!("{file_stem}.key")),
+        leaf_key.serialize_pem(),
+    )
+    .unwrap();
+    ca.der().clone()
+}
+
+/// A TLS client connection to `addr` for `server_name`, trusting `ca`, offering `alpn`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    server_name: &str,
+    ca: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+    connector.connect(name, stream).await.unwrap()
+}
