@@ -42,12 +42,10 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
-            GatewayError::UpstreamUnreachable(_) | GatewayError::BadGateway(_) => {
-                StatusCode::BAD_GATEWAY
+            GatewayError::UpstreamUnreachable(_) | GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::ConnectTimeout(_) | GatewayError::SendTimeout | GatewayError::ReadTimeout => {
+                StatusCode::GATEWAY_TIMEOUT
             }
-            GatewayError::ConnectTimeout(_)
-            | GatewayError::SendTimeout
-            | GatewayError::ReadTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -86,23 +84,17 @@ pub fn error_response(
 ) -> Response<ResponseBody> {
     let (content_type, body) = match format {
         ErrorFormat::Json => {
-            let body =
-                serde_json::json!({"error": {"message": message, "type": kind, "code": code}});
+            let body = serde_json::json!({"error": {"message": message, "type": kind, "code": code}});
             ("application/json", body.to_string())
         }
         ErrorFormat::Text => {
             let reason = status.canonical_reason().unwrap_or("");
-            (
-                "text/plain; charset=utf-8",
-                format!("{} {reason}: {message}\n", status.as_u16()),
-            )
+            ("text/plain; charset=utf-8", format!("{} {reason}: {message}\n", status.as_u16()))
         }
     };
     let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -113,9 +105,7 @@ mod tests {
     #[test]
     fn json_errors_have_openai_shape() {
         let response = GatewayError::ReadTimeout.to_response(ErrorFormat::Json);
-        let ResponseBody::Full { data: Some(body) } = response.into_body() else {
-            panic!("no body")
-        };
+        let ResponseBody::Full { data: Some(body) } = response.into_body() else { panic!("no body") };
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["error"]["code"], "upstream_read_timeout");
         assert_eq!(value["error"]["type"], "timeout_error");

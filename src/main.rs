@@ -9,11 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "infergate",
-    version,
-    about = "A gateway for self-hosted AI model services"
-)]
+#[command(name = "infergate", version, about = "A gateway for self-hosted AI model services")]
 struct Cli {
     /// Config file (TOML). Default: ./infergate.toml if present, else the built-in default that
     /// listens on 127.0.0.1:8000 and proxies to 127.0.0.1:8080.
@@ -34,9 +30,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let origin = match cli.config {
@@ -56,9 +50,7 @@ fn main() -> ExitCode {
 
 fn check(origin: &ConfigOrigin) -> anyhow::Result<ExitCode> {
     // TLS material is loaded too, as `nginx -t` does; the runtime needs tokio for nothing here.
-    let loaded = origin
-        .read()
-        .and_then(|source: Source| Runtime::load(&source, None).map(|_| source));
+    let loaded = origin.read().and_then(|source: Source| Runtime::load(&source, None).map(|_| source));
     match loaded {
         Ok(source) => {
             println!("{}: configuration is valid", source.name);
@@ -72,10 +64,8 @@ fn check(origin: &ConfigOrigin) -> anyhow::Result<ExitCode> {
 }
 
 fn run(origin: ConfigOrigin) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         if let ConfigOrigin::Embedded = origin {
             eprintln!("infergate: no --config and no ./infergate.toml: using the built-in default");
@@ -96,21 +86,11 @@ fn run(origin: ConfigOrigin) -> anyhow::Result<ExitCode> {
         let mut upstreams: Vec<_> = current.upstreams.values().collect();
         upstreams.sort_by(|a, b| a.name.cmp(&b.name));
         for upstream in upstreams {
-            let servers: Vec<_> = upstream
-                .servers
-                .iter()
-                .map(|s| s.authority.as_str())
-                .collect();
-            eprintln!(
-                "infergate: upstream {} -> {}",
-                upstream.name,
-                servers.join(", ")
-            );
+            let servers: Vec<_> = upstream.servers.iter().map(|s| s.authority.as_str()).collect();
+            eprintln!("infergate: upstream {} -> {}", upstream.name, servers.join(", "));
         }
         drop(current);
-        let drained = signals::run_until_stopped(gateway)
-            .await
-            .context("cannot install signal handlers")?;
+        let drained = signals::run_until_stopped(gateway).await.context("cannot install signal handlers")?;
         if !drained {
             eprintln!("infergate: drain deadline passed with requests still open; exiting");
         }

@@ -39,42 +39,21 @@ pub async fn serve(
 }
 
 /// Phase 1, before routing: rejects a request target longer than `max_uri_size` with 414. Changes nothing.
-fn check_limits(
-    runtime: &Runtime,
-    request: &Request<Incoming>,
-) -> Result<(), Response<ResponseBody>> {
-    let uri_len = request
-        .uri()
-        .path_and_query()
-        .map_or(0, |pq| pq.as_str().len());
+fn check_limits(runtime: &Runtime, request: &Request<Incoming>) -> Result<(), GatewayError> {
+    let uri_len = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len as u64 > runtime.http.max_uri_size.0 {
-        return Err(error_response(
-            StatusCode::URI_TOO_LONG,
-            "invalid_request_error",
-            "uri_too_long",
-            "request URI too long",
-            ErrorFormat::Text,
-        ));
+        return Err(GatewayError::UriTooLong);
     }
     Ok(())
 }
 
 /// Phase 2: picks the location for the request's normalized path. A malformed path answers 400 and
 /// no match answers 404, in the server's error format. Changes nothing.
-fn route(
-    server: &VirtualServer,
-    request: &Request<Incoming>,
-) -> Result<Arc<Location>, Response<ResponseBody>> {
+fn route(server: &VirtualServer, request: &Request<Incoming>) -> Result<Arc<Location>, GatewayError> {
     let Some(path) = route::normalize_path(request.uri().path()) else {
-        return Err(
-            GatewayError::BadRequest("malformed request path".into()).to_response(server.errors)
-        );
+        return Err(GatewayError::BadRequest("malformed request path".into()));
     };
-    server
-        .locations
-        .find(&path)
-        .cloned()
-        .ok_or_else(|| GatewayError::NoRoute.to_response(server.errors))
+    server.locations.find(&path).cloned().ok_or(GatewayError::NoRoute)
 }
 
 /// Phase 3: runs the location's handler. It owns the request from here; a proxied response's body is
@@ -88,16 +67,10 @@ async fn handle(
     let work = async {
         match &location.handler {
             Handler::Proxy(upstream) => proxy::forward(request, client, upstream).await,
-            Handler::Return {
-                status,
-                body,
-                content_type,
-            } => {
+            Handler::Return { status, body, content_type } => {
                 let mut response = Response::new(ResponseBody::full(body.clone()));
                 *response.status_mut() = *status;
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_TYPE, content_type.clone());
+                response.headers_mut().insert(header::CONTENT_TYPE, content_type.clone());
                 Ok(response)
             }
             Handler::Redirect { status, url } => redirect(*status, url, server, client, &request),
@@ -128,26 +101,18 @@ fn redirect(
     client: ClientInfo,
     request: &Request<Incoming>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    let host = host_of(request)
-        .map(route::strip_port)
-        .unwrap_or(&server.primary_name)
-        .to_ascii_lowercase();
+    let host = host_of(request).map(route::strip_port).unwrap_or(&server.primary_name).to_ascii_lowercase();
     let uri = request.uri();
     let vars = Vars {
         scheme: if client.https { "https" } else { "http" },
         host: &host,
-        server_name: if server.primary_name.is_empty() {
-            &host
-        } else {
-            &server.primary_name
-        },
+        server_name: if server.primary_name.is_empty() { &host } else { &server.primary_name },
         request_uri: uri.path_and_query().map_or("/", |pq| pq.as_str()),
         uri: uri.path(),
         args: uri.query().unwrap_or(""),
     };
-    let location = HeaderValue::try_from(url.render(&vars)).map_err(|_| {
-        GatewayError::BadRequest("redirect target is not a valid header value".into())
-    })?;
+    let location = HeaderValue::try_from(url.render(&vars))
+        .map_err(|_| GatewayError::BadRequest("redirect target is not a valid header value".into()))?;
     let mut response = Response::new(ResponseBody::Empty);
     *response.status_mut() = status;
     response.headers_mut().insert(header::LOCATION, location);
@@ -155,10 +120,7 @@ fn redirect(
 }
 
 /// Phase 4, last: adds the configured headers to every response, errors included (nginx's `always`).
-fn finish(
-    mut response: Response<ResponseBody>,
-    add_header: &[(HeaderName, HeaderValue)],
-) -> Response<ResponseBody> {
+fn finish(mut response: Response<ResponseBody>, add_header: &[(HeaderName, HeaderValue)]) -> Response<ResponseBody> {
     for (name, value) in add_header {
         response.headers_mut().insert(name.clone(), value.clone());
     }
@@ -167,9 +129,5 @@ fn finish(
 
 /// The Host header, or the authority of an HTTP/2 request.
 fn host_of<B>(request: &Request<B>) -> Option<&str> {
-    request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().host())
+    request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| request.uri().host())
 }

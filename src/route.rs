@@ -17,11 +17,7 @@ pub enum Handler {
     /// Forward to an upstream.
     Proxy(Arc<Upstream>),
     /// Answer a fixed response.
-    Return {
-        status: StatusCode,
-        body: Bytes,
-        content_type: HeaderValue,
-    },
+    Return { status: StatusCode, body: Bytes, content_type: HeaderValue },
     /// Answer a redirect to a URL built from the request.
     Redirect { status: StatusCode, url: Template },
 }
@@ -58,8 +54,7 @@ impl LocationTable {
         let index = self.push(location);
         self.prefixes.push((prefix, skip_regex, index));
         // Stable sort keeps config order among equal prefixes; the first one wins, as in nginx.
-        self.prefixes
-            .sort_by_key(|(prefix, _, _)| std::cmp::Reverse(prefix.len()));
+        self.prefixes.sort_by_key(|(prefix, _, _)| std::cmp::Reverse(prefix.len()));
     }
 
     /// Adds a regex location, checked after those added before it.
@@ -78,10 +73,7 @@ impl LocationTable {
         if let Some(&index) = self.exact.get(path) {
             return Some(&self.locations[index]);
         }
-        let prefix = self
-            .prefixes
-            .iter()
-            .find(|(prefix, _, _)| path.starts_with(prefix.as_str()));
+        let prefix = self.prefixes.iter().find(|(prefix, _, _)| path.starts_with(prefix.as_str()));
         if let Some((_, true, index)) = prefix {
             return Some(&self.locations[*index]);
         }
@@ -117,11 +109,7 @@ pub struct NameTable<T> {
 impl<T: Clone> NameTable<T> {
     /// A table answering `default` for every name until names are added.
     pub fn new(default: T) -> Self {
-        NameTable {
-            exact: HashMap::new(),
-            wildcard: Vec::new(),
-            default,
-        }
+        NameTable { exact: HashMap::new(), wildcard: Vec::new(), default }
     }
 
     /// Adds `name` (`api.example.com` or `*.example.com`); the first value added for a name stays.
@@ -131,8 +119,7 @@ impl<T: Clone> NameTable<T> {
             Some(suffix) if suffix.starts_with('.') => {
                 if !self.wildcard.iter().any(|(s, _)| s == suffix) {
                     self.wildcard.push((suffix.to_string(), value));
-                    self.wildcard
-                        .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+                    self.wildcard.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
                 }
             }
             _ => {
@@ -261,24 +248,12 @@ mod tests {
         table.add_prefix("/assets/".into(), true, location(4));
         table.add_regex(Regex::new(r"\.png$").unwrap(), location(5));
         assert_eq!(tag(&table, "/anything"), Some(0));
-        assert_eq!(
-            tag(&table, "/img/a.PNG"),
-            Some(1),
-            "regex beats the longest prefix"
-        );
-        assert_eq!(
-            tag(&table, "/img/a.png"),
-            Some(1),
-            "first regex in config order wins"
-        );
+        assert_eq!(tag(&table, "/img/a.PNG"), Some(1), "regex beats the longest prefix");
+        assert_eq!(tag(&table, "/img/a.png"), Some(1), "first regex in config order wins");
         assert_eq!(tag(&table, "/v1/inference/run"), Some(2));
         assert_eq!(tag(&table, "/health"), Some(3));
         assert_eq!(tag(&table, "/health/x"), Some(0), "exact means exact");
-        assert_eq!(
-            tag(&table, "/assets/x.png"),
-            Some(4),
-            "skip_regex stops regex checks"
-        );
+        assert_eq!(tag(&table, "/assets/x.png"), Some(4), "skip_regex stops regex checks");
     }
 
     #[test]
@@ -305,10 +280,7 @@ mod tests {
     #[test]
     fn paths_are_normalized_like_nginx() {
         assert_eq!(normalize_path("/a/b").unwrap(), "/a/b");
-        assert_eq!(
-            normalize_path("/static/..%2Fv1/inference").unwrap(),
-            "/v1/inference"
-        );
+        assert_eq!(normalize_path("/static/..%2Fv1/inference").unwrap(), "/v1/inference");
         assert_eq!(normalize_path("//a///b/./c/").unwrap(), "/a/b/c/");
         assert_eq!(normalize_path("/a/%2e%2e/b").unwrap(), "/b");
         assert_eq!(normalize_path("/file.png").unwrap(), "/file.png");

@@ -3,8 +3,7 @@
 //! started on until they finish.
 
 use crate::config::{
-    self, Config, ConfigError, ConfigErrors, ErrorFormat, HttpSettings, LocationConfig,
-    ServerConfig, Source,
+    self, Config, ConfigError, ConfigErrors, ErrorFormat, HttpSettings, LocationConfig, ServerConfig, Source,
 };
 use crate::route::{Handler, Location, LocationTable, NameTable, VirtualServer};
 use crate::server::tls::{self, TlsSite};
@@ -47,18 +46,12 @@ impl Runtime {
     }
 
     /// Compiles a validated config; loads TLS material, so file errors surface here with their line.
-    pub fn build(
-        config: &Config,
-        source: &Source,
-        previous: Option<&Runtime>,
-    ) -> Result<Runtime, ConfigErrors> {
+    pub fn build(config: &Config, source: &Source, previous: Option<&Runtime>) -> Result<Runtime, ConfigErrors> {
         let mut errors: Vec<ConfigError> = Vec::new();
         let mut upstreams = HashMap::new();
         for upstream in &config.upstreams {
             let name = upstream.name.get_ref();
-            let old = previous
-                .and_then(|p| p.upstreams.get(name))
-                .map(Arc::as_ref);
+            let old = previous.and_then(|p| p.upstreams.get(name)).map(Arc::as_ref);
             match Upstream::build(upstream, old) {
                 Ok(built) => {
                     upstreams.insert(name.clone(), Arc::new(built));
@@ -102,12 +95,7 @@ impl Runtime {
                 Some(_) => {
                     let sites: Vec<TlsSite> = servers
                         .iter()
-                        .filter_map(|s| {
-                            s.tls.as_ref().map(|tls| TlsSite {
-                                names: &s.server_name,
-                                tls,
-                            })
-                        })
+                        .filter_map(|s| s.tls.as_ref().map(|tls| TlsSite { names: &s.server_name, tls }))
                         .collect();
                     match tls::acceptor(&sites, default.http2, source) {
                         Ok(acceptor) => Some(acceptor),
@@ -119,26 +107,14 @@ impl Runtime {
                 }
             };
             let Some(hosts) = hosts else { continue };
-            listeners.insert(
-                addr,
-                Arc::new(ListenerSpec {
-                    tls,
-                    http2: default.http2,
-                    hosts,
-                }),
-            );
+            listeners.insert(addr, Arc::new(ListenerSpec { tls, http2: default.http2, hosts }));
         }
 
         if !errors.is_empty() {
             errors.dedup();
             return Err(ConfigErrors(errors));
         }
-        Ok(Runtime {
-            version: previous.map_or(1, |p| p.version + 1),
-            http: config.http.clone(),
-            listeners,
-            upstreams,
-        })
+        Ok(Runtime { version: previous.map_or(1, |p| p.version + 1), http: config.http.clone(), listeners, upstreams })
     }
 }
 
@@ -146,18 +122,12 @@ fn headers(map: &std::collections::BTreeMap<String, String>) -> Vec<(HeaderName,
     // Validated by config::validate; a pair that still fails to convert is skipped, never a panic.
     map.iter()
         .filter_map(|(name, value)| {
-            Some((
-                HeaderName::from_bytes(name.as_bytes()).ok()?,
-                HeaderValue::from_str(value).ok()?,
-            ))
+            Some((HeaderName::from_bytes(name.as_bytes()).ok()?, HeaderValue::from_str(value).ok()?))
         })
         .collect()
 }
 
-fn compile_server(
-    server: &ServerConfig,
-    upstreams: &HashMap<String, Arc<Upstream>>,
-) -> VirtualServer {
+fn compile_server(server: &ServerConfig, upstreams: &HashMap<String, Arc<Upstream>>) -> VirtualServer {
     let server_headers = headers(&server.add_header);
     let mut locations = LocationTable::default();
     for location in &server.locations {
@@ -168,11 +138,7 @@ fn compile_server(
             locations.add_exact(path.clone(), compiled);
         } else if let Some(prefix) = &location.prefix {
             locations.add_prefix(prefix.clone(), location.skip_regex, compiled);
-        } else if let Some(Ok(regex)) = location
-            .regex
-            .as_ref()
-            .map(|r| regex::Regex::new(r.get_ref()))
-        {
+        } else if let Some(Ok(regex)) = location.regex.as_ref().map(|r| regex::Regex::new(r.get_ref())) {
             locations.add_regex(regex, compiled);
         }
     }
@@ -194,10 +160,7 @@ fn compile_location(
     let handler = if let Some(proxy) = &location.proxy {
         Handler::Proxy(upstreams.get(proxy.get_ref())?.clone())
     } else if let Some(ret) = &location.return_ {
-        let content_type = ret
-            .content_type
-            .as_deref()
-            .unwrap_or("text/plain; charset=utf-8");
+        let content_type = ret.content_type.as_deref().unwrap_or("text/plain; charset=utf-8");
         Handler::Return {
             status: StatusCode::from_u16(*ret.status.get_ref()).ok()?,
             body: Bytes::from(ret.body.clone()),
@@ -210,16 +173,8 @@ fn compile_location(
             url: Template::parse(redirect.url.get_ref()).ok()?,
         }
     };
-    let default_format = if matches!(handler, Handler::Proxy(_)) {
-        ErrorFormat::Json
-    } else {
-        ErrorFormat::Text
-    };
+    let default_format = if matches!(handler, Handler::Proxy(_)) { ErrorFormat::Json } else { ErrorFormat::Text };
     let mut add_header = server_headers.to_vec();
     add_header.extend(headers(&location.add_header));
-    Some(Location {
-        handler,
-        add_header,
-        errors: location.errors.or(server.errors).unwrap_or(default_format),
-    })
+    Some(Location { handler, add_header, errors: location.errors.or(server.errors).unwrap_or(default_format) })
 }

@@ -61,16 +61,12 @@ impl Template {
                 Some(inner) => (true, inner),
                 None => (false, after),
             };
-            let name_len = name_area
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(name_area.len());
+            let name_len =
+                name_area.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(name_area.len());
             let name = &name_area[..name_len];
             let Some((_, var)) = VARIABLES.iter().find(|(known, _)| *known == name) else {
                 let known: Vec<_> = VARIABLES.iter().map(|(n, _)| format!("${n}")).collect();
-                return Err(format!(
-                    "unknown variable `${name}` (known: {})",
-                    known.join(", ")
-                ));
+                return Err(format!("unknown variable `${name}` (known: {})", known.join(", ")));
             };
             if !literal.is_empty() {
                 parts.push(Part::Text(std::mem::take(&mut literal)));
@@ -78,9 +74,7 @@ impl Template {
             parts.push(Part::Var(*var));
             rest = &name_area[name_len..];
             if braced {
-                rest = rest
-                    .strip_prefix('}')
-                    .ok_or_else(|| format!("unclosed `${{{name}` (expected `}}`)"))?;
+                rest = rest.strip_prefix('}').ok_or_else(|| format!("unclosed `${{{name}` (expected `}}`)"))?;
             }
         }
         literal.push_str(rest);
@@ -130,9 +124,7 @@ mod tests {
 
     #[test]
     fn unknown_variables_are_errors() {
-        assert!(Template::parse("$nope")
-            .unwrap_err()
-            .contains("unknown variable `$nope`"));
+        assert!(Template::parse("$nope").unwrap_err().contains("unknown variable `$nope`"));
         assert!(Template::parse("${host").is_err());
     }
 }

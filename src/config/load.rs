@@ -40,13 +40,8 @@ impl Source {
         let start = span.start.min(self.text.len());
         let before = &self.text[..start];
         let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map_or(before.chars().count(), |nl| {
-            before[nl + 1..].chars().count()
-        }) + 1;
-        ConfigError {
-            location: format!("{}:{line}:{col}", self.name),
-            message: message.into(),
-        }
+        let col = before.rfind('\n').map_or(before.chars().count(), |nl| before[nl + 1..].chars().count()) + 1;
+        ConfigError { location: format!("{}:{line}:{col}", self.name), message: message.into() }
     }
 
     /// Resolves a path written in the file against the file's folder.
@@ -90,14 +85,9 @@ impl std::error::Error for ConfigErrors {}
 pub fn parse(source: &Source) -> Result<Config, ConfigErrors> {
     let (root, syntax_errors) = DeTable::parse_recoverable(&source.text);
     let mut errors: Vec<(usize, ConfigError)> = Vec::new();
-    let mut push = |span: Range<usize>, message: String| {
-        errors.push((span.start, source.error(span, message)))
-    };
+    let mut push = |span: Range<usize>, message: String| errors.push((span.start, source.error(span, message)));
     for e in syntax_errors {
-        push(
-            e.span().unwrap_or(0..0),
-            format!("invalid TOML: {}", e.message()),
-        );
+        push(e.span().unwrap_or(0..0), format!("invalid TOML: {}", e.message()));
     }
 
     let mut config = Config::default();
@@ -123,10 +113,7 @@ pub fn parse(source: &Source) -> Result<Config, ConfigErrors> {
                     }
                 }
             }
-            other => push(
-                key_span,
-                format!("unknown section `{other}` (expected `http`, `upstream` or `server`)"),
-            ),
+            other => push(key_span, format!("unknown section `{other}` (expected `http`, `upstream` or `server`)")),
         }
     }
     if errors.is_empty() {
@@ -138,12 +125,9 @@ pub fn parse(source: &Source) -> Result<Config, ConfigErrors> {
 }
 
 /// Deserializes one TOML value into `T`, turning serde's error into a span and a message.
-fn decode<'de, T: Deserialize<'de>>(
-    value: Spanned<DeValue<'de>>,
-) -> Result<T, (Range<usize>, String)> {
+fn decode<'de, T: Deserialize<'de>>(value: Spanned<DeValue<'de>>) -> Result<T, (Range<usize>, String)> {
     let whole = value.span();
-    T::deserialize(ValueDeserializer::from(value))
-        .map_err(|e| (e.span().unwrap_or(whole), e.message().to_string()))
+    T::deserialize(ValueDeserializer::from(value)).map_err(|e| (e.span().unwrap_or(whole), e.message().to_string()))
 }
 
 /// The elements of `[[name]]`; anything else there is an error.
@@ -158,10 +142,7 @@ fn array_items<'de>(
         other => {
             push(
                 span,
-                format!(
-                    "`{name}` must be an array of tables written `[[{name}]]`, found a {}",
-                    other.type_str()
-                ),
+                format!("`{name}` must be an array of tables written `[[{name}]]`, found a {}", other.type_str()),
             );
             Vec::new()
         }
@@ -169,10 +150,7 @@ fn array_items<'de>(
 }
 
 /// A `[[server]]` table: its own keys, then each `[[server.location]]` on its own.
-fn decode_server(
-    item: Spanned<DeValue<'_>>,
-    push: &mut impl FnMut(Range<usize>, String),
-) -> Option<ServerConfig> {
+fn decode_server(item: Spanned<DeValue<'_>>, push: &mut impl FnMut(Range<usize>, String)) -> Option<ServerConfig> {
     let span = item.span();
     let DeValue::Table(mut table) = item.into_inner() else {
         push(span, "each `[[server]]` must be a table".into());
@@ -211,11 +189,7 @@ mod tests {
     use super::*;
 
     fn source(text: &str) -> Source {
-        Source {
-            name: "t.toml".into(),
-            dir: PathBuf::new(),
-            text: text.into(),
-        }
+        Source { name: "t.toml".into(), dir: PathBuf::new(), text: text.into() }
     }
 
     #[test]
@@ -224,10 +198,7 @@ mod tests {
         let errors = parse(&source(text)).unwrap_err();
         assert_eq!(errors.0.len(), 2, "{errors}");
         assert!(errors.0[0].location.starts_with("t.toml:4:1"), "{errors}");
-        assert!(
-            errors.0[0].message.contains("unknown field `bogus`"),
-            "{errors}"
-        );
+        assert!(errors.0[0].message.contains("unknown field `bogus`"), "{errors}");
         assert!(errors.0[1].location.starts_with("t.toml:10:3"), "{errors}");
         assert!(errors.0[1].message.contains("proxxy"), "{errors}");
     }

@@ -104,11 +104,7 @@ pub struct UpstreamTimeouts {
 impl Default for UpstreamTimeouts {
     fn default() -> Self {
         let sixty = Span(Duration::from_secs(60));
-        UpstreamTimeouts {
-            connect: sixty,
-            send: sixty,
-            read: sixty,
-        }
+        UpstreamTimeouts { connect: sixty, send: sixty, read: sixty }
     }
 }
 
@@ -165,10 +161,7 @@ pub struct TlsConfig {
 }
 
 fn default_tls_protocols() -> Vec<Spanned<String>> {
-    vec![
-        Spanned::new(0..0, "1.2".into()),
-        Spanned::new(0..0, "1.3".into()),
-    ]
+    vec![Spanned::new(0..0, "1.2".into()), Spanned::new(0..0, "1.3".into())]
 }
 
 /// Error bodies: OpenAI's JSON shape for API clients or one line of plain text.

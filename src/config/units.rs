@@ -13,9 +13,11 @@ pub struct Span(pub Duration);
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(text.trim())
-            .map(Span)
-            .map_err(|e| D::Error::custom(format!("invalid duration {text:?}: {e} (expected e.g. \"500ms\", \"30s\", \"5m\", \"7d\")")))
+        humantime::parse_duration(text.trim()).map(Span).map_err(|e| {
+            D::Error::custom(format!(
+                "invalid duration {text:?}: {e} (expected e.g. \"500ms\", \"30s\", \"5m\", \"7d\")"
+            ))
+        })
     }
 }
 
@@ -29,9 +31,7 @@ impl Size {
     /// (`k`, `m`, `g`, case-insensitive, optional `B`) differ from every size crate's.
     pub fn parse(text: &str) -> Option<Size> {
         let lower = text.trim().to_ascii_lowercase();
-        let digits_end = lower
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(lower.len());
+        let digits_end = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
         let number: u64 = lower[..digits_end].parse().ok()?;
         let multiplier = match lower[digits_end..].trim() {
             "" | "b" => 1,
@@ -53,19 +53,14 @@ impl<'de> Deserialize<'de> for Size {
                 f.write_str("a size such as \"16k\", \"20MB\" or a number of bytes")
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Size, E> {
-                u64::try_from(v)
-                    .map(Size)
-                    .map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v).map(Size).map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Size, E> {
                 Ok(Size(v))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Size, E> {
-                Size::parse(v).ok_or_else(|| {
-                    E::custom(format!(
-                        "invalid size {v:?} (expected e.g. \"16k\", \"20MB\", \"1g\")"
-                    ))
-                })
+                Size::parse(v)
+                    .ok_or_else(|| E::custom(format!("invalid size {v:?} (expected e.g. \"16k\", \"20MB\", \"1g\")")))
             }
         }
         deserializer.deserialize_any(SizeVisitor)

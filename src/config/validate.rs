@@ -22,22 +22,21 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
     for upstream in &config.upstreams {
         let name = upstream.name.get_ref();
         if !upstream_names.insert(name.as_str()) {
-            errors.push(source.error(
-                upstream.name.span(),
-                format!("duplicate upstream `{name}` (names must be unique)"),
-            ));
+            errors.push(
+                source.error(upstream.name.span(), format!("duplicate upstream `{name}` (names must be unique)")),
+            );
         }
         if upstream.servers.is_empty() {
-            errors.push(source.error(upstream.name.span(), format!("upstream `{name}` has no servers (expected at least one `{{ addr = \"host:port\" }}`)")));
+            errors.push(source.error(
+                upstream.name.span(),
+                format!("upstream `{name}` has no servers (expected at least one `{{ addr = \"host:port\" }}`)"),
+            ));
         }
         for server in &upstream.servers {
             if !is_host_port(server.addr.get_ref()) {
                 errors.push(source.error(
                     server.addr.span(),
-                    format!(
-                        "invalid upstream server address {:?} (expected host:port)",
-                        server.addr.get_ref()
-                    ),
+                    format!("invalid upstream server address {:?} (expected host:port)", server.addr.get_ref()),
                 ));
             }
         }
@@ -62,41 +61,33 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
             let Some(addr) = parse_listen(listen.get_ref()) else {
                 errors.push(source.error(
                     listen.span(),
-                    format!(
-                        "invalid listen address {:?} (expected ip:port, [ipv6]:port or a port)",
-                        listen.get_ref()
-                    ),
+                    format!("invalid listen address {:?} (expected ip:port, [ipv6]:port or a port)", listen.get_ref()),
                 ));
                 continue;
             };
             if !own.insert(addr) {
-                errors.push(source.error(
-                    listen.span(),
-                    format!("duplicate listener {addr} in this server"),
-                ));
+                errors.push(source.error(listen.span(), format!("duplicate listener {addr} in this server")));
                 continue;
             }
             let tls = server.tls.is_some();
-            let entry = listeners.entry(addr).or_insert(Listener {
-                tls,
-                names: HashSet::new(),
-                has_default: false,
-            });
+            let entry = listeners.entry(addr).or_insert(Listener { tls, names: HashSet::new(), has_default: false });
             if entry.tls != tls {
                 errors.push(source.error(listen.span(), format!("listener {addr} is TLS in one server and plain in another (every server on one address must agree)")));
             }
             if server.default_server {
                 if entry.has_default {
-                    errors.push(source.error(
-                        listen.span(),
-                        format!("duplicate default server for {addr}"),
-                    ));
+                    errors.push(source.error(listen.span(), format!("duplicate default server for {addr}")));
                 }
                 entry.has_default = true;
             }
             for name in &server.server_name {
                 if !entry.names.insert(name.as_str()) {
-                    errors.push(source.error(listen.span(), format!("duplicate listener: server name `{name}` on {addr} is already served by another server")));
+                    errors.push(source.error(
+                        listen.span(),
+                        format!(
+                            "duplicate listener: server name `{name}` on {addr} is already served by another server"
+                        ),
+                    ));
                 }
             }
         }
@@ -105,18 +96,14 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
                 if !matches!(protocol.get_ref().as_str(), "1.2" | "1.3") {
                     errors.push(source.error(
                         protocol.span(),
-                        format!(
-                            "unknown TLS protocol {:?} (expected \"1.2\" or \"1.3\")",
-                            protocol.get_ref()
-                        ),
+                        format!("unknown TLS protocol {:?} (expected \"1.2\" or \"1.3\")", protocol.get_ref()),
                     ));
                 }
             }
             if tls.protocols.is_empty() {
-                errors.push(source.error(
-                    server.span.clone(),
-                    "tls.protocols is empty (expected \"1.2\" and/or \"1.3\")",
-                ));
+                errors.push(
+                    source.error(server.span.clone(), "tls.protocols is empty (expected \"1.2\" and/or \"1.3\")"),
+                );
             }
         }
         for header in server.add_header.iter() {
@@ -147,16 +134,12 @@ fn check_header(
     errors: &mut Vec<ConfigError>,
 ) {
     if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-        errors.push(source.error(
-            span.clone(),
-            format!("invalid header name {name:?} in add_header"),
-        ));
+        errors.push(source.error(span.clone(), format!("invalid header name {name:?} in add_header")));
     }
     if http::HeaderValue::from_str(value).is_err() {
-        errors.push(source.error(
-            span,
-            format!("invalid value for header {name:?} in add_header (visible ASCII expected)"),
-        ));
+        errors.push(
+            source.error(span, format!("invalid value for header {name:?} in add_header (visible ASCII expected)")),
+        );
     }
 }
 
@@ -167,23 +150,13 @@ fn validate_location(
     errors: &mut Vec<ConfigError>,
 ) {
     let span = location.span.clone();
-    let matchers = [
-        location.exact.is_some(),
-        location.prefix.is_some(),
-        location.regex.is_some(),
-    ];
+    let matchers = [location.exact.is_some(), location.prefix.is_some(), location.regex.is_some()];
     if matchers.iter().filter(|m| **m).count() != 1 {
-        errors.push(source.error(
-            span.clone(),
-            "a location needs exactly one of `exact`, `prefix` or `regex`",
-        ));
+        errors.push(source.error(span.clone(), "a location needs exactly one of `exact`, `prefix` or `regex`"));
     }
     for path in [&location.exact, &location.prefix].into_iter().flatten() {
         if !path.starts_with('/') {
-            errors.push(source.error(
-                span.clone(),
-                format!("location path {path:?} must start with `/`"),
-            ));
+            errors.push(source.error(span.clone(), format!("location path {path:?} must start with `/`")));
         }
     }
     if let Some(regex) = &location.regex {
@@ -192,21 +165,12 @@ fn validate_location(
         }
     }
     if location.skip_regex && location.prefix.is_none() {
-        errors.push(source.error(
-            span.clone(),
-            "`skip_regex` applies only to `prefix` locations",
-        ));
+        errors.push(source.error(span.clone(), "`skip_regex` applies only to `prefix` locations"));
     }
-    let handlers = [
-        location.proxy.is_some(),
-        location.return_.is_some(),
-        location.redirect.is_some(),
-    ];
+    let handlers = [location.proxy.is_some(), location.return_.is_some(), location.redirect.is_some()];
     if handlers.iter().filter(|h| **h).count() != 1 {
-        errors.push(source.error(
-            span.clone(),
-            "a location needs exactly one handler: `proxy`, `return` or `redirect`",
-        ));
+        errors
+            .push(source.error(span.clone(), "a location needs exactly one handler: `proxy`, `return` or `redirect`"));
     }
     if let Some(proxy) = &location.proxy {
         if !upstreams.contains(proxy.get_ref().as_str()) {
@@ -214,30 +178,22 @@ fn validate_location(
             known.sort_unstable();
             errors.push(source.error(
                 proxy.span(),
-                format!(
-                    "unknown upstream `{}` (defined: {})",
-                    proxy.get_ref(),
-                    known.join(", ")
-                ),
+                format!("unknown upstream `{}` (defined: {})", proxy.get_ref(), known.join(", ")),
             ));
         }
     }
     if let Some(ret) = &location.return_ {
         if !(100..=599).contains(ret.status.get_ref()) {
-            errors.push(source.error(
-                ret.status.span(),
-                format!("invalid status {} (expected 100-599)", ret.status.get_ref()),
-            ));
+            errors.push(
+                source.error(ret.status.span(), format!("invalid status {} (expected 100-599)", ret.status.get_ref())),
+            );
         }
     }
     if let Some(redirect) = &location.redirect {
         if ![301, 302, 303, 307, 308].contains(redirect.status.get_ref()) {
             errors.push(source.error(
                 redirect.status.span(),
-                format!(
-                    "invalid redirect status {} (expected 301, 302, 303, 307 or 308)",
-                    redirect.status.get_ref()
-                ),
+                format!("invalid redirect status {} (expected 301, 302, 303, 307 or 308)", redirect.status.get_ref()),
             ));
         }
         if let Err(e) = crate::template::Template::parse(redirect.url.get_ref()) {
@@ -248,16 +204,16 @@ fn validate_location(
         check_header(header, span.clone(), source, errors);
     }
     if let Some(buffers) = &location.proxy_buffers {
-        let valid = buffers.split_once(' ').is_some_and(|(n, size)| {
-            n.parse::<u32>().is_ok() && super::Size::parse(size).is_some()
-        });
+        let valid = buffers
+            .split_once(' ')
+            .is_some_and(|(n, size)| n.parse::<u32>().is_ok() && super::Size::parse(size).is_some());
         if !valid {
-            errors.push(source.error(
-                span,
-                format!(
-                    "invalid proxy_buffers {buffers:?} (expected \"NUMBER SIZE\", e.g. \"8 32k\")"
+            errors.push(
+                source.error(
+                    span,
+                    format!("invalid proxy_buffers {buffers:?} (expected \"NUMBER SIZE\", e.g. \"8 32k\")"),
                 ),
-            ));
+            );
         }
     }
 }

@@ -28,13 +28,7 @@ impl RequestBody {
             return (RequestBody { inner, _sent: None }, None);
         }
         let (tx, rx) = oneshot::channel();
-        (
-            RequestBody {
-                inner,
-                _sent: Some(tx),
-            },
-            Some(rx),
-        )
+        (RequestBody { inner, _sent: Some(tx) }, Some(rx))
     }
 }
 
@@ -42,10 +36,7 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
@@ -74,11 +65,7 @@ pub struct UpstreamBody {
 impl UpstreamBody {
     /// Wraps a backend body.
     pub fn new(inner: Incoming, read_timeout: Duration) -> Self {
-        UpstreamBody {
-            inner,
-            read_timeout,
-            idle: None,
-        }
+        UpstreamBody { inner, read_timeout, idle: None }
     }
 }
 
@@ -86,10 +73,7 @@ impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
@@ -101,9 +85,7 @@ impl Body for UpstreamBody {
             }
             Poll::Pending => {
                 let timeout = this.read_timeout;
-                let idle = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                let idle = this.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 match idle.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ReadTimedOut(timeout))))),
                     Poll::Pending => Poll::Pending,

@@ -38,9 +38,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(&name);
         }
     }
-    let upgrade = keep_upgrade
-        .then(|| headers.remove(header::UPGRADE))
-        .flatten();
+    let upgrade = keep_upgrade.then(|| headers.remove(header::UPGRADE)).flatten();
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
@@ -52,13 +50,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Rewrites a client request's headers for the backend: `Host` as the client sent it (port kept),
 /// `X-Real-IP`, `X-Forwarded-For` with the client appended, `X-Forwarded-Proto`.
-pub fn to_upstream(
-    headers: &mut HeaderMap,
-    host: Option<HeaderValue>,
-    client_ip: IpAddr,
-    https: bool,
-    upgrade: bool,
-) {
+pub fn to_upstream(headers: &mut HeaderMap, host: Option<HeaderValue>, client_ip: IpAddr, https: bool, upgrade: bool) {
     strip_hop_by_hop(headers, upgrade);
     if let Some(host) = host {
         headers.insert(header::HOST, host);
@@ -81,10 +73,7 @@ pub fn to_upstream(
     if let Ok(value) = HeaderValue::try_from(ip) {
         headers.insert(&X_REAL_IP, value);
     }
-    headers.insert(
-        &X_FORWARDED_PROTO,
-        HeaderValue::from_static(if https { "https" } else { "http" }),
-    );
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(if https { "https" } else { "http" }));
 }
 
 /// Rewrites a backend response's headers for the client.
@@ -102,10 +91,7 @@ mod tests {
     fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for (name, value) in pairs {
-            headers.append(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
+            headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
         }
         headers
     }
@@ -126,17 +112,8 @@ mod tests {
 
     #[test]
     fn appends_to_forwarded_for() {
-        let mut headers = map(&[
-            ("x-forwarded-for", "1.1.1.1"),
-            ("x-forwarded-for", "2.2.2.2"),
-        ]);
-        to_upstream(
-            &mut headers,
-            Some(HeaderValue::from_static("h:8000")),
-            "10.0.0.9".parse().unwrap(),
-            true,
-            false,
-        );
+        let mut headers = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
+        to_upstream(&mut headers, Some(HeaderValue::from_static("h:8000")), "10.0.0.9".parse().unwrap(), true, false);
         assert_eq!(headers["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
         assert_eq!(headers["x-real-ip"], "10.0.0.9");
         assert_eq!(headers["x-forwarded-proto"], "https");
@@ -145,11 +122,7 @@ mod tests {
 
     #[test]
     fn keeps_the_upgrade_pair_for_websockets() {
-        let mut headers = map(&[
-            ("connection", "Upgrade"),
-            ("upgrade", "websocket"),
-            ("server", "uvicorn"),
-        ]);
+        let mut headers = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("server", "uvicorn")]);
         to_client(&mut headers, true);
         assert_eq!(headers["upgrade"], "websocket");
         assert_eq!(headers["connection"], "upgrade");

@@ -38,58 +38,38 @@ pub async fn forward(
     let server = upstream.pick();
 
     let (mut parts, body) = request.into_parts();
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    headers::to_upstream(
-        &mut parts.headers,
-        host,
-        client.peer.ip(),
-        client.https,
-        upgrade,
-    );
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    headers::to_upstream(&mut parts.headers, host, client.peer.ip(), client.https, upgrade);
     parts.uri = upstream_uri(&server.authority, &parts.uri)?;
     parts.version = Version::HTTP_11;
     let (body, sent) = RequestBody::new(body);
 
     let read_timeout = upstream.timeouts.read.0;
-    let mut response = await_head(
-        upstream.pool().request(Request::from_parts(parts, body)),
-        sent,
-        read_timeout,
-    )
-    .await?;
+    let mut response =
+        await_head(upstream.pool().request(Request::from_parts(parts, body)), sent, read_timeout).await?;
 
     let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(client_upgrade)) = (switched, client_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(websocket::tunnel(
-            client_upgrade,
-            upstream_upgrade,
-            read_timeout,
-        ));
+        tokio::spawn(websocket::tunnel(client_upgrade, upstream_upgrade, read_timeout));
     }
     let (mut parts, body) = response.into_parts();
     headers::to_client(&mut parts.headers, switched);
     let body = if switched {
         ResponseBody::Empty
     } else {
-        ResponseBody::Upstream {
-            inner: UpstreamBody::new(body, read_timeout),
-        }
+        ResponseBody::Upstream { inner: UpstreamBody::new(body, read_timeout) }
     };
     Ok(Response::from_parts(parts, body))
 }
 
 /// `http://SERVER/path?query` for the backend.
 fn upstream_uri(authority: &Authority, client_uri: &Uri) -> Result<Uri, GatewayError> {
-    let path = client_uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = client_uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(authority.clone())

@@ -21,10 +21,7 @@ pub fn is_upgrade_request<B>(request: &Request<B>) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-            })
+            .any(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade")))
 }
 
 /// Copies bytes between the upgraded client and backend connections; ends on close, error, or `idle`
@@ -39,11 +36,7 @@ pub async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
     };
     let start = Instant::now();
     let last_activity = Arc::new(AtomicU64::new(0));
-    let mut client = Activity {
-        io: TokioIo::new(client),
-        start,
-        last_activity: last_activity.clone(),
-    };
+    let mut client = Activity { io: TokioIo::new(client), start, last_activity: last_activity.clone() };
     let mut upstream = TokioIo::new(upstream);
     let watchdog = async {
         loop {
@@ -81,11 +74,7 @@ impl<T> Activity<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Activity<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let poll = Pin::new(&mut self.io).poll_read(cx, buf);
         if poll.is_ready() {
             self.touch();
@@ -95,11 +84,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Activity<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let poll = Pin::new(&mut self.io).poll_write(cx, buf);
         if poll.is_ready() {
             self.touch();

@@ -25,12 +25,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Serves a freshly accepted TCP connection that arrived on the listener configured as `listen_key`.
-pub async fn serve(
-    gateway: Arc<Gateway>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    listen_key: SocketAddr,
-) {
+pub async fn serve(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, listen_key: SocketAddr) {
     let mut shutdown = gateway.shutdown_signal();
     let runtime = gateway.runtime();
     let Some(spec) = runtime.listeners.get(&listen_key).cloned() else {
@@ -47,32 +42,14 @@ pub async fn serve(
         match handshake {
             Ok(Ok(tls)) => {
                 let client = ClientInfo { peer, https: true };
-                serve_http(
-                    gateway,
-                    TokioIo::new(tls),
-                    &builder,
-                    &http,
-                    client,
-                    listen_key,
-                    shutdown,
-                )
-                .await;
+                serve_http(gateway, TokioIo::new(tls), &builder, &http, client, listen_key, shutdown).await;
             }
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         }
     } else {
         let client = ClientInfo { peer, https: false };
-        serve_http(
-            gateway,
-            TokioIo::new(stream),
-            &builder,
-            &http,
-            client,
-            listen_key,
-            shutdown,
-        )
-        .await;
+        serve_http(gateway, TokioIo::new(stream), &builder, &http, client, listen_key, shutdown).await;
     }
 }
 
@@ -83,11 +60,7 @@ fn builder(http: &HttpSettings, http2: bool) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(http.client_header_timeout.0)
-        .max_buf_size(
-            usize::try_from(http.max_header_size.0)
-                .unwrap_or(usize::MAX)
-                .max(8192),
-        )
+        .max_buf_size(usize::try_from(http.max_header_size.0).unwrap_or(usize::MAX).max(8192))
         .max_headers(http.max_headers);
     builder
         .http2()
@@ -122,11 +95,7 @@ impl ConnState {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
-        Some(
-            self.opened
-                + std::time::Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
-                + timeout,
-        )
+        Some(self.opened + std::time::Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire)) + timeout)
     }
 }
 
@@ -135,9 +104,7 @@ struct InFlight(Arc<ConnState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0
-            .idle_since_ms
-            .store(self.0.now_ms(), Ordering::Release);
+        self.0.idle_since_ms.store(self.0.now_ms(), Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -155,10 +122,7 @@ impl Body for Tracked {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.project().body.poll_frame(cx)
     }
 
@@ -214,9 +178,7 @@ async fn serve_http<I>(
                 if version == Version::HTTP_2 {
                     state.close.notify_one();
                 } else {
-                    response
-                        .headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
             }
             Ok::<_, Infallible>(response.map(|body| Tracked { body, guard }))

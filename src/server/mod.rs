@@ -32,11 +32,9 @@ impl ConfigOrigin {
     pub fn read(&self) -> Result<Source, ConfigErrors> {
         match self {
             ConfigOrigin::File(path) => Source::read(path),
-            ConfigOrigin::Embedded => Ok(Source {
-                name: "<embedded default>".into(),
-                dir: PathBuf::from("."),
-                text: EMBEDDED_DEFAULT.into(),
-            }),
+            ConfigOrigin::Embedded => {
+                Ok(Source { name: "<embedded default>".into(), dir: PathBuf::from("."), text: EMBEDDED_DEFAULT.into() })
+            }
         }
     }
 }
@@ -83,10 +81,7 @@ impl Gateway {
 
     /// The bound address of each configured listen address (differs when the config says port 0).
     pub fn bound_addrs(&self) -> HashMap<SocketAddr, SocketAddr> {
-        self.lock_listeners()
-            .iter()
-            .map(|(configured, running)| (*configured, running.bound))
-            .collect()
+        self.lock_listeners().iter().map(|(configured, running)| (*configured, running.bound)).collect()
     }
 
     /// The bound address of one configured listen address, e.g. `"127.0.0.1:0"`.
@@ -110,29 +105,16 @@ impl Gateway {
     }
 
     /// Binds and starts the listeners the runtime has and we do not; stops those it no longer has.
-    async fn sync_listeners(
-        self: &Arc<Self>,
-        runtime: &Runtime,
-        source: &Source,
-    ) -> Result<(), ConfigErrors> {
+    async fn sync_listeners(self: &Arc<Self>, runtime: &Runtime, source: &Source) -> Result<(), ConfigErrors> {
         self.bind_new(runtime, source).await?;
         self.stop_removed(runtime);
         Ok(())
     }
 
-    async fn bind_new(
-        self: &Arc<Self>,
-        runtime: &Runtime,
-        source: &Source,
-    ) -> Result<(), ConfigErrors> {
+    async fn bind_new(self: &Arc<Self>, runtime: &Runtime, source: &Source) -> Result<(), ConfigErrors> {
         let missing: Vec<SocketAddr> = {
             let running = self.lock_listeners();
-            runtime
-                .listeners
-                .keys()
-                .filter(|addr| !running.contains_key(addr))
-                .copied()
-                .collect()
+            runtime.listeners.keys().filter(|addr| !running.contains_key(addr)).copied().collect()
         };
         let mut bound = Vec::new();
         for configured in missing {
@@ -176,9 +158,7 @@ impl Gateway {
             running.accept_loop.abort();
         }
         self.shutdown.send_replace(true);
-        tokio::time::timeout(drain, self.shutdown.closed())
-            .await
-            .is_ok()
+        tokio::time::timeout(drain, self.shutdown.closed()).await.is_ok()
     }
 
     fn shutdown_signal(&self) -> watch::Receiver<bool> {
@@ -187,18 +167,12 @@ impl Gateway {
 
     fn lock_listeners(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, RunningListener>> {
         // A poisoned lock only means a panic elsewhere while holding it; the map itself is still sound.
-        self.listeners
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.listeners.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
     socket.bind(addr)?;

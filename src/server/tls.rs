@@ -22,49 +22,26 @@ pub struct TlsSite<'a> {
 }
 
 /// Loads a certificate chain and key, with errors pointing at the config line that names the files.
-pub fn load_certified_key(
-    tls: &TlsConfig,
-    source: &Source,
-) -> Result<Arc<CertifiedKey>, ConfigError> {
+pub fn load_certified_key(tls: &TlsConfig, source: &Source) -> Result<Arc<CertifiedKey>, ConfigError> {
     let cert_path = source.resolve(tls.cert.get_ref());
     let key_path = source.resolve(tls.key.get_ref());
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
         .and_then(|certs| certs.collect::<Result<_, _>>())
-        .map_err(|e| {
-            source.error(
-                tls.cert.span(),
-                format!("cannot load certificate {}: {e}", cert_path.display()),
-            )
-        })?;
+        .map_err(|e| source.error(tls.cert.span(), format!("cannot load certificate {}: {e}", cert_path.display())))?;
     if chain.is_empty() {
-        return Err(source.error(
-            tls.cert.span(),
-            format!("no certificate in {} (expected PEM)", cert_path.display()),
-        ));
+        return Err(source.error(tls.cert.span(), format!("no certificate in {} (expected PEM)", cert_path.display())));
     }
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
-        source.error(
-            tls.key.span(),
-            format!("cannot load private key {}: {e}", key_path.display()),
-        )
-    })?;
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| source.error(tls.key.span(), format!("cannot load private key {}: {e}", key_path.display())))?;
     let provider = aws_lc_rs::default_provider();
-    let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
-        source.error(
-            tls.key.span(),
-            format!("certificate and key do not fit together: {e}"),
-        )
-    })?;
+    let certified = CertifiedKey::from_der(chain, key, &provider)
+        .map_err(|e| source.error(tls.key.span(), format!("certificate and key do not fit together: {e}")))?;
     Ok(Arc::new(certified))
 }
 
 /// Builds the acceptor of one listener. `sites[0]` is the listener's default server: its protocol
 /// versions apply to the listener and its certificate answers unknown or missing SNI.
-pub fn acceptor(
-    sites: &[TlsSite],
-    http2: bool,
-    source: &Source,
-) -> Result<TlsAcceptor, Vec<ConfigError>> {
+pub fn acceptor(sites: &[TlsSite], http2: bool, source: &Source) -> Result<TlsAcceptor, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut keys = Vec::new();
     for site in sites {
@@ -75,14 +52,12 @@ pub fn acceptor(
     }
     let default_tls = sites[0].tls;
     for site in &sites[1..] {
-        let versions = |t: &TlsConfig| {
-            t.protocols
-                .iter()
-                .map(|p| p.get_ref().clone())
-                .collect::<Vec<_>>()
-        };
+        let versions = |t: &TlsConfig| t.protocols.iter().map(|p| p.get_ref().clone()).collect::<Vec<_>>();
         if versions(site.tls) != versions(default_tls) {
-            errors.push(source.error(site.tls.cert.span(), "every TLS server on one address must offer the same `protocols` as the address's default server"));
+            errors.push(source.error(
+                site.tls.cert.span(),
+                "every TLS server on one address must offer the same `protocols` as the address's default server",
+            ));
         }
     }
     if !errors.is_empty() {
@@ -97,13 +72,7 @@ pub fn acceptor(
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = default_tls
         .protocols
         .iter()
-        .map(|p| {
-            if p.get_ref() == "1.2" {
-                &rustls::version::TLS12
-            } else {
-                &rustls::version::TLS13
-            }
-        })
+        .map(|p| if p.get_ref() == "1.2" { &rustls::version::TLS12 } else { &rustls::version::TLS13 })
         .collect();
     let provider = Arc::new(aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -111,11 +80,7 @@ pub fn acceptor(
         .map_err(|e| vec![source.error(default_tls.cert.span(), format!("TLS setup failed: {e}"))])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { names }));
-    config.alpn_protocols = if http2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
+    config.alpn_protocols = if http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     if let Ok(ticketer) = aws_lc_rs::Ticketer::new() {
         config.ticketer = ticketer;
     }

@@ -56,30 +56,15 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let authority = uri
-                .authority()
-                .ok_or(ConnectError::NoAuthority)?
-                .as_str()
-                .to_owned();
-            let stream =
-                match tokio::time::timeout(this.connect_timeout, TcpStream::connect(&authority))
-                    .await
-                {
-                    Err(_) => return Err(ConnectError::TimedOut(authority)),
-                    Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
-                        return Err(ConnectError::TimedOut(authority))
-                    }
-                    Ok(Err(e)) => return Err(ConnectError::Failed(authority, e)),
-                    Ok(Ok(stream)) => stream,
-                };
-            stream
-                .set_nodelay(true)
-                .map_err(|e| ConnectError::Failed(authority, e))?;
-            Ok(TimedStream {
-                io: TokioIo::new(stream),
-                send_timeout: this.send_timeout,
-                write_deadline: None,
-            })
+            let authority = uri.authority().ok_or(ConnectError::NoAuthority)?.as_str().to_owned();
+            let stream = match tokio::time::timeout(this.connect_timeout, TcpStream::connect(&authority)).await {
+                Err(_) => return Err(ConnectError::TimedOut(authority)),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => return Err(ConnectError::TimedOut(authority)),
+                Ok(Err(e)) => return Err(ConnectError::Failed(authority, e)),
+                Ok(Ok(stream)) => stream,
+            };
+            stream.set_nodelay(true).map_err(|e| ConnectError::Failed(authority, e))?;
+            Ok(TimedStream { io: TokioIo::new(stream), send_timeout: this.send_timeout, write_deadline: None })
         })
     }
 }
@@ -97,20 +82,14 @@ impl TimedStream {
     /// Called when a write made no progress: arms the timer on first call, errors once it fires.
     fn poll_write_stall(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let timeout = self.send_timeout;
-        let deadline = self
-            .write_deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        let deadline = self.write_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         match deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Err(io::Error::new(io::ErrorKind::TimedOut, SendTimedOut)),
             Poll::Pending => Ok(()),
         }
     }
 
-    fn finish_write<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        poll: Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
+    fn finish_write<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         match poll {
             Poll::Pending => {
                 self.poll_write_stall(cx)?;
@@ -125,21 +104,13 @@ impl TimedStream {
 }
 
 impl Read for TimedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl Write for TimedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.io).poll_write(cx, buf);
         self.finish_write(cx, poll)
     }

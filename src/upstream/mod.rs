@@ -95,10 +95,7 @@ impl Upstream {
 }
 
 fn new_pool(settings: PoolSettings) -> Pool {
-    let connector = Connector {
-        connect_timeout: settings.connect_timeout,
-        send_timeout: settings.send_timeout,
-    };
+    let connector = Connector { connect_timeout: settings.connect_timeout, send_timeout: settings.send_timeout };
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())

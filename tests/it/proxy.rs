@@ -54,29 +54,15 @@ async fn serves_http2_clients_in_cleartext() {
     let backend = Backend::hello().await;
     let gw = TestGateway::start(&proxy_config(&backend.authority(), "")).await;
     let mut client = h2c(gw.addr("127.0.0.1:0")).await;
-    let request = Request::get(format!(
-        "http://localhost:{}/h2",
-        gw.addr("127.0.0.1:0").port()
-    ))
-    .body(full(""))
-    .unwrap();
+    let request =
+        Request::get(format!("http://localhost:{}/h2", gw.addr("127.0.0.1:0").port())).body(full("")).unwrap();
     let response = client.send_request(request).await.unwrap();
     assert_eq!(response.version(), http::Version::HTTP_2);
     let (status, _, body) = collect(response).await;
-    assert_eq!(
-        (status, body.as_str()),
-        (StatusCode::OK, "hello from backend")
-    );
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from backend"));
     let seen = backend.seen.requests.lock().unwrap();
-    assert_eq!(
-        seen[0].version,
-        http::Version::HTTP_11,
-        "the backend speaks HTTP/1.1"
-    );
-    assert_eq!(
-        seen[0].headers["host"],
-        format!("localhost:{}", gw.addr("127.0.0.1:0").port())
-    );
+    assert_eq!(seen[0].version, http::Version::HTTP_11, "the backend speaks HTTP/1.1");
+    assert_eq!(seen[0].headers["host"], format!("localhost:{}", gw.addr("127.0.0.1:0").port()));
 }
 
 #[tokio::test]
@@ -88,13 +74,7 @@ async fn reuses_pooled_upstream_connections() {
         let (status, _, _) = send(&mut client, get("/")).await;
         assert_eq!(status, StatusCode::OK);
     }
-    assert_eq!(
-        backend
-            .seen
-            .connections
-            .load(std::sync::atomic::Ordering::SeqCst),
-        1
-    );
+    assert_eq!(backend.seen.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
@@ -120,9 +100,7 @@ async fn a_backend_that_closes_pooled_connections_costs_no_request() {
                     }
                     head.extend_from_slice(&buf[..n]);
                 }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nokay")
-                    .await;
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nokay").await;
                 // Closing right after answering, without `Connection: close`.
             });
         }
@@ -132,11 +110,7 @@ async fn a_backend_that_closes_pooled_connections_costs_no_request() {
     let mut client = http1(gw.addr("127.0.0.1:0")).await;
     for i in 0..50 {
         let (status, _, body) = send(&mut client, get("/")).await;
-        assert_eq!(
-            (status, body.as_str()),
-            (StatusCode::OK, "okay"),
-            "request {i}"
-        );
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "okay"), "request {i}");
     }
 }
 
@@ -151,8 +125,5 @@ async fn refused_upstream_answers_502_json() {
     assert_eq!(headers["content-type"], "application/json");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["error"]["code"], "upstream_unreachable");
-    assert!(json["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains(&addr.to_string()));
+    assert!(json["error"]["message"].as_str().unwrap().contains(&addr.to_string()));
 }

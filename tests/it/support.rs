@@ -42,22 +42,15 @@ impl TestGateway {
     /// As `start`, with files (certificates) already placed in `dir`.
     pub async fn start_in(dir: tempfile::TempDir, config: &str) -> TestGateway {
         let path = dir.path().join("infergate.toml");
-        std::fs::write(
-            &path,
-            config.replace("{dir}", &dir.path().display().to_string()),
-        )
-        .unwrap();
-        let gateway = Gateway::start(ConfigOrigin::File(path))
-            .await
-            .unwrap_or_else(|e| panic!("gateway did not start:\n{e}"));
+        std::fs::write(&path, config.replace("{dir}", &dir.path().display().to_string())).unwrap();
+        let gateway =
+            Gateway::start(ConfigOrigin::File(path)).await.unwrap_or_else(|e| panic!("gateway did not start:\n{e}"));
         TestGateway { gateway, dir }
     }
 
     /// The bound address of the configured listen address `configured` (e.g. "127.0.0.1:0").
     pub fn addr(&self, configured: &str) -> SocketAddr {
-        self.gateway
-            .bound_addr(configured)
-            .unwrap_or_else(|| panic!("no listener {configured}"))
+        self.gateway.bound_addr(configured).unwrap_or_else(|| panic!("no listener {configured}"))
     }
 
     /// Replaces the config file's text (for a reload).
@@ -172,9 +165,7 @@ listen = ["127.0.0.1:0"]
 /// An open HTTP/1.1 client connection.
 pub async fn http1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(connection.with_upgrades());
     sender
 }
@@ -183,19 +174,14 @@ pub async fn http1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<
 pub async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<TestBody> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
     tokio::spawn(connection);
     sender
 }
 
 /// A GET request for `path` with `Host: localhost`.
 pub fn get(path: &str) -> Request<TestBody> {
-    Request::get(path)
-        .header("host", "localhost")
-        .body(full(""))
-        .unwrap()
+    Request::get(path).header("host", "localhost").body(full("")).unwrap()
 }
 
 /// Sends one GET on a fresh HTTP/1.1 connection and reads the whole answer.
@@ -217,11 +203,7 @@ pub async fn send(
 pub async fn collect(response: Response<Incoming>) -> (StatusCode, http::HeaderMap, String) {
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.unwrap().to_bytes();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8_lossy(&bytes).into_owned(),
-    )
+    (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// A test CA and a server certificate it signed for `names`, written as PEM files into `dir`
@@ -234,22 +216,15 @@ pub fn write_cert(
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{file_stem} test CA"));
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, format!("{file_stem} test CA"));
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
     let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .unwrap()
-            .signed_by(&leaf_key, &ca)
-            .unwrap();
+    let leaf = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
     std::fs::write(dir.join(format!("{file_stem}.crt")), leaf.pem()).unwrap();
-    std::fs::write(
-        dir.join(format!("{file_stem}.key")),
-        leaf_key.serialize_pem(),
-    )
-    .unwrap();
+    std::fs::write(dir.join(format!("{file_stem}.key")), leaf_key.serialize_pem()).unwrap();
     ca.der().clone()
 }
 
