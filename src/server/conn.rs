@@ -210,5 +210,8 @@ async fn serve_http<I>(
     };
     tracing::debug!(peer = %client.peer, reason = stop_reason, "closing client connection gracefully");
     connection.as_mut().graceful_shutdown();
-    let _ = connection.await;
+    // In-flight requests get the drain deadline; so does a client that never acknowledges HTTP/2's GOAWAY.
+    if tokio::time::timeout(http.drain_timeout.0, connection).await.is_err() {
+        tracing::debug!(peer = %client.peer, "connection did not close within drain_timeout; dropped");
+    }
 }

@@ -3,3 +3,5 @@
 mod support;
 
 mod proxy;
+mod streaming;
+mod timeouts;

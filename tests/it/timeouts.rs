@@ -1,0 +1,188 @@
+//! nginx's upstream timeouts (connect, send, read) and the client-side limits, on tokio's paused clock:
+//! the runtime jumps to the next timer whenever every task waits, so a 120 s timeout takes no time.
+
+use crate::support::*;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use std::convert::Infallible;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+const TIMEOUTS: &str = r#"timeouts = { connect = "30s", send = "60s", read = "120s" }"#;
+
+/// Reads until the peer closes, returning what arrived.
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received).await;
+    received
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_timeout_answers_504() {
+    // A listener that never accepts, its accept queue full: further connects hang in SYN_SENT.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(0).unwrap();
+    let addr = full.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..3 {
+        // The first fills the queue; later ones hang and are given up (on the paused clock, at once).
+        if let Ok(Ok(stream)) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await
+        {
+            fillers.push(stream);
+        }
+    }
+    let gw = TestGateway::start(&proxy_config(&addr.to_string(), TIMEOUTS)).await;
+    let started = Instant::now();
+    let (status, _, body) = fetch(gw.addr("127.0.0.1:0"), "/").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(body.contains("upstream_connect_timeout"), "{body}");
+    assert_eq!(started.elapsed().as_secs(), 30);
+    drop(fillers);
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_timeout_before_the_response_head_answers_504() {
+    let backend = Backend::start(|_| async {
+        std::future::pending::<()>().await;
+        Response::new(full(""))
+    })
+    .await;
+    let gw = TestGateway::start(&proxy_config(&backend.authority(), TIMEOUTS)).await;
+    let started = Instant::now();
+    let (status, _, body) = fetch(gw.addr("127.0.0.1:0"), "/v1/chat").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(body.contains("upstream_read_timeout"), "{body}");
+    assert_eq!(started.elapsed().as_secs(), 120);
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_timeout_mid_response_cuts_the_client_off_without_a_clean_end() {
+    let backend = Backend::start(|_| async {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"data: 1\n\n")))).await.unwrap();
+        // Keep the stream open forever without sending more.
+        tokio::spawn(async move {
+            let _tx = tx;
+            std::future::pending::<()>().await;
+        });
+        let mut rx = rx;
+        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Response::builder().header("content-type", "text/event-stream").body(StreamBody::new(stream).boxed()).unwrap()
+    })
+    .await;
+    let gw = TestGateway::start(&proxy_config(&backend.authority(), TIMEOUTS)).await;
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    let response = client.send_request(get("/stream")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let started = Instant::now();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "data: 1\n\n");
+    let end = body.frame().await;
+    assert!(matches!(end, Some(Err(_))), "the client must see an incomplete response, got {end:?}");
+    assert_eq!(started.elapsed().as_secs(), 120);
+}
+
+#[tokio::test(start_paused = true)]
+async fn send_timeout_answers_504_when_the_backend_stops_reading() {
+    // A backend that accepts and never reads: the request body fills the socket buffers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let gw = TestGateway::start(&proxy_config(&addr.to_string(), TIMEOUTS)).await;
+    let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+    let chunks = futures_util::stream::iter((0..256).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))));
+    let request = Request::post("/v1/chat").header("host", "localhost").body(StreamBody::new(chunks).boxed()).unwrap();
+    let started = Instant::now();
+    let response = http1(gw.addr("127.0.0.1:0")).await.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(started.elapsed().as_secs(), 60);
+    let (_, _, body) = collect(response).await;
+    assert!(body.contains("upstream_send_timeout"), "{body}");
+}
+
+const LIMITS: &str = r#"
+[http]
+client_header_timeout = "10s"
+keepalive_timeout = "5s"
+keepalive_requests = 3
+max_uri_size = "1k"
+max_header_size = "16k"
+
+[[server]]
+listen = ["127.0.0.1:0"]
+
+  [[server.location]]
+  prefix = "/"
+  return = { status = 200, body = "ok" }
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn an_incomplete_request_head_is_cut_off_after_client_header_timeout() {
+    let gw = TestGateway::start(LIMITS).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr("127.0.0.1:0")).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: slow").await.unwrap();
+    let started = Instant::now();
+    let _ = read_to_close(&mut stream).await;
+    assert_eq!(started.elapsed().as_secs(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_keep_alive_connections_close_after_keepalive_timeout() {
+    let gw = TestGateway::start(LIMITS).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let started = Instant::now();
+    let received = read_to_close(&mut stream).await;
+    assert!(received.starts_with(b"HTTP/1.1 200"), "nothing answered");
+    assert_eq!(started.elapsed().as_secs(), 5, "http/1.1");
+
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let response = sender.send_request(Request::get("http://a/").body(full("")).unwrap()).await.unwrap();
+    let (status, _, _) = collect(response).await;
+    assert_eq!(status, StatusCode::OK);
+    let started = Instant::now();
+    connection.await.unwrap().unwrap();
+    assert_eq!(started.elapsed().as_secs(), 5, "h2");
+}
+
+#[tokio::test]
+async fn keepalive_requests_closes_the_connection_after_the_last_one() {
+    let gw = TestGateway::start(LIMITS).await;
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    for i in 1..=3 {
+        let (status, headers, _) = send(&mut client, get("/")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers.get("connection").is_some_and(|v| v == "close"), i == 3, "request {i}");
+    }
+}
+
+#[tokio::test]
+async fn oversized_uri_and_headers_answer_414_and_431() {
+    let gw = TestGateway::start(LIMITS).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let (status, _, _) = fetch(addr, &format!("/{}", "a".repeat(2000))).await;
+    assert_eq!(status, StatusCode::URI_TOO_LONG);
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(20_000));
+    stream.write_all(big.as_bytes()).await.unwrap();
+    let received = String::from_utf8_lossy(&read_to_close(&mut stream).await).into_owned();
+    assert!(received.starts_with("HTTP/1.1 431"), "{received}");
+}
