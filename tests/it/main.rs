@@ -5,3 +5,5 @@ mod support;
 mod proxy;
 mod streaming;
 mod timeouts;
+mod tls;
+mod websocket;
