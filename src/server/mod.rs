@@ -100,14 +100,14 @@ impl Gateway {
         // Bind new addresses before publishing, so a failed bind leaves everything as it was.
         self.bind_new(&next, &source).await?;
         self.runtime.store(next.clone());
-        self.stop_removed(&next);
+        self.stop_removed(&next).await;
         Ok(next.version)
     }
 
     /// Binds and starts the listeners the runtime has and we do not; stops those it no longer has.
     async fn sync_listeners(self: &Arc<Self>, runtime: &Runtime, source: &Source) -> Result<(), ConfigErrors> {
         self.bind_new(runtime, source).await?;
-        self.stop_removed(runtime);
+        self.stop_removed(runtime).await;
         Ok(())
     }
 
@@ -139,26 +139,33 @@ impl Gateway {
         Ok(())
     }
 
-    fn stop_removed(&self, runtime: &Runtime) {
-        self.lock_listeners().retain(|configured, running| {
-            let keep = runtime.listeners.contains_key(configured);
-            if !keep {
-                tracing::info!(listen = %running.bound, "listener removed");
-                running.accept_loop.abort();
-            }
-            keep
-        });
+    async fn stop_removed(&self, runtime: &Runtime) {
+        let removed: Vec<RunningListener> = {
+            let mut running = self.lock_listeners();
+            let gone: Vec<SocketAddr> = running.keys().filter(|addr| !runtime.listeners.contains_key(addr)).copied().collect();
+            gone.iter().filter_map(|addr| running.remove(addr)).collect()
+        };
+        for listener in removed {
+            tracing::info!(listen = %listener.bound, "listener removed");
+            stop(listener).await;
+        }
     }
 
     /// Stops accepting, lets open requests finish for up to `[http] drain_timeout`, and returns
     /// whether every connection closed in time.
     pub async fn shutdown(&self) -> bool {
+        self.stop_accepting().await;
         let drain: Duration = self.runtime().http.drain_timeout.0;
-        for (_, running) in self.lock_listeners().drain() {
-            running.accept_loop.abort();
-        }
         self.shutdown.send_replace(true);
         tokio::time::timeout(drain, self.shutdown.closed()).await.is_ok()
+    }
+
+    /// Closes every listening socket; returns once none accepts any more. Open connections go on.
+    pub async fn stop_accepting(&self) {
+        let running: Vec<RunningListener> = self.lock_listeners().drain().map(|(_, running)| running).collect();
+        for listener in running {
+            stop(listener).await;
+        }
     }
 
     fn shutdown_signal(&self) -> watch::Receiver<bool> {
@@ -169,6 +176,12 @@ impl Gateway {
         // A poisoned lock only means a panic elsewhere while holding it; the map itself is still sound.
         self.listeners.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Ends an accept loop and waits until its socket is closed.
+async fn stop(listener: RunningListener) {
+    listener.accept_loop.abort();
+    let _ = listener.accept_loop.await;
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -3,6 +3,7 @@
 mod support;
 
 mod proxy;
+mod reload;
 mod streaming;
 mod timeouts;
 mod tls;

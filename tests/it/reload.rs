@@ -1,0 +1,167 @@
+//! Reload and shutdown: a new config replaces the running one atomically under traffic, an invalid
+//! one changes nothing, listeners come and go, and a drain lets requests in flight finish.
+
+use crate::support::*;
+use http::{Response, StatusCode};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn two_backends_config(active: &str, a: &Backend, b: &Backend, extra_listen: bool) -> String {
+    let listen = if extra_listen { r#"["127.0.0.1:0", "127.0.0.2:0"]"# } else { r#"["127.0.0.1:0"]"# };
+    format!(
+        r#"
+[[upstream]]
+name = "a"
+servers = [{{ addr = "{a}" }}]
+
+[[upstream]]
+name = "b"
+servers = [{{ addr = "{b}" }}]
+
+[[server]]
+listen = {listen}
+
+  [[server.location]]
+  prefix = "/"
+  proxy = "{active}"
+"#,
+        a = a.authority(),
+        b = b.authority()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_reloads_under_continuous_traffic_fail_no_request() {
+    let a = Backend::start(|_| async { Response::new(full("a")) }).await;
+    let b = Backend::start(|_| async { Response::new(full("b")) }).await;
+    let gw = TestGateway::start(&two_backends_config("a", &a, &b, false)).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let mut clients = Vec::new();
+    for client_index in 0..4 {
+        let (stop, ok, progress) = (stop.clone(), ok.clone(), progress.clone());
+        clients.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            // Bounded: stops when told, or after 5,000 requests.
+            for i in 0..5_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                // Half the clients reconnect every 10 requests, so new connections meet reloads too.
+                let mut client = http1(addr).await;
+                let batch = if client_index % 2 == 0 { 10 } else { 1_000 };
+                for _ in 0..batch {
+                    let response = client.send_request(get(&format!("/r{i}"))).await;
+                    match response {
+                        Ok(response) => {
+                            let (status, _, body) = collect(response).await;
+                            if status == StatusCode::OK && (body == "a" || body == "b") {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                progress.notify_waiters();
+                            } else {
+                                failures.push(format!("{status} {body}"));
+                            }
+                        }
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+            }
+            failures
+        }));
+    }
+    for reload in 0..20 {
+        let active = if reload % 2 == 0 { "b" } else { "a" };
+        gw.rewrite(&two_backends_config(active, &a, &b, false));
+        let before = ok.load(Ordering::Relaxed);
+        let version = gw.gateway.reload().await.unwrap();
+        assert_eq!(version, reload + 2);
+        // Let traffic flow on each config before the next reload.
+        while ok.load(Ordering::Relaxed) < before + 20 {
+            let notified = progress.notified();
+            if ok.load(Ordering::Relaxed) >= before + 20 {
+                break;
+            }
+            tokio::time::timeout(Duration::from_secs(10), notified).await.expect("traffic stalled");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for client in clients {
+        failures.extend(client.await.unwrap());
+    }
+    assert!(failures.is_empty(), "{} failed requests, first: {:?}", failures.len(), failures.first());
+    assert!(ok.load(Ordering::Relaxed) > 400, "too little traffic to mean anything");
+    assert!(a.request_count() > 0 && b.request_count() > 0, "both configs served traffic");
+}
+
+#[tokio::test]
+async fn an_invalid_config_is_reported_with_its_location_and_the_old_one_keeps_serving() {
+    let a = Backend::start(|_| async { Response::new(full("a")) }).await;
+    let b = Backend::start(|_| async { Response::new(full("b")) }).await;
+    let gw = TestGateway::start(&two_backends_config("a", &a, &b, false)).await;
+    gw.rewrite(&two_backends_config("missing", &a, &b, false));
+    let errors = gw.gateway.reload().await.unwrap_err().to_string();
+    assert!(errors.contains("infergate.toml:15:11: unknown upstream `missing` (defined: a, b)"), "{errors}");
+    let (status, _, body) = fetch(gw.addr("127.0.0.1:0"), "/").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "a"));
+    assert_eq!(gw.gateway.runtime().version, 1);
+}
+
+#[tokio::test]
+async fn reload_adds_and_removes_listeners_and_keeps_pooled_connections() {
+    let a = Backend::start(|_| async { Response::new(full("a")) }).await;
+    let b = Backend::start(|_| async { Response::new(full("b")) }).await;
+    let gw = TestGateway::start(&two_backends_config("a", &a, &b, false)).await;
+    let main = gw.addr("127.0.0.1:0");
+    let (status, _, _) = fetch(main, "/").await;
+    assert_eq!(status, StatusCode::OK);
+
+    gw.rewrite(&two_backends_config("a", &a, &b, true));
+    gw.gateway.reload().await.unwrap();
+    let extra = gw.addr("127.0.0.2:0");
+    assert_eq!(gw.addr("127.0.0.1:0"), main, "an unchanged listener stays bound");
+    let (status, _, body) = fetch(extra, "/").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "a"));
+    assert_eq!(a.seen.connections.load(Ordering::SeqCst), 1, "the upstream pool survived the reload");
+
+    gw.rewrite(&two_backends_config("a", &a, &b, false));
+    gw.gateway.reload().await.unwrap();
+    assert!(gw.gateway.bound_addr("127.0.0.2:0").is_none());
+    assert!(tokio::net::TcpStream::connect(extra).await.is_err(), "removed listener still accepts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_requests_in_flight_finish_and_refuses_new_ones() {
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let backend = Backend::start(move |_| {
+        let mut release = release_rx.clone();
+        async move {
+            let _ = release.wait_for(|released| *released).await;
+            Response::new(full("finished"))
+        }
+    })
+    .await;
+    let gw = TestGateway::start(&proxy_config(&backend.authority(), "")).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let mut client = http1(addr).await;
+    let in_flight = tokio::spawn(async move { send(&mut client, get("/slow")).await });
+    while backend.request_count() == 0 {
+        tokio::task::yield_now().await;
+    }
+    gw.gateway.stop_accepting().await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "new connections still accepted during the drain");
+    let gateway = gw.gateway.clone();
+    let shutdown = tokio::spawn(async move { gateway.shutdown().await });
+    tokio::task::yield_now().await;
+    assert!(!shutdown.is_finished(), "shutdown did not wait for the request in flight");
+    release_tx.send(true).unwrap();
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "finished"));
+    assert!(shutdown.await.unwrap(), "drain did not complete");
+}
