@@ -9,6 +9,7 @@
 //! and response policies (compression) slot in between these as they arrive.
 
 use crate::body::ResponseBody;
+use crate::config::ErrorFormat;
 use crate::error::GatewayError;
 use crate::proxy::{self, ClientInfo};
 use crate::route::{self, Handler, Location, VirtualServer};
@@ -17,6 +18,7 @@ use crate::template::Vars;
 use futures_util::FutureExt;
 use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -76,11 +78,17 @@ async fn handle(
             Handler::Redirect { status, url } => redirect(*status, url, server, client, &request),
         }
     };
+    answer(work, location.errors).await
+}
+
+/// Turns a handler's outcome into a response: errors in the location's format, and a panic into a
+/// logged 500 instead of a dropped connection.
+async fn answer(work: impl Future<Output = Result<Response<ResponseBody>, GatewayError>>, errors: ErrorFormat) -> Response<ResponseBody> {
     match AssertUnwindSafe(work).catch_unwind().await {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
             tracing::warn!(%error, "request failed");
-            error.to_response(location.errors)
+            error.to_response(errors)
         }
         Err(panic) => {
             let message = panic
@@ -89,7 +97,7 @@ async fn handle(
                 .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
                 .unwrap_or("?");
             tracing::error!(panic = message, "request handler panicked");
-            GatewayError::Internal.to_response(location.errors)
+            GatewayError::Internal.to_response(errors)
         }
     }
 }
@@ -130,4 +138,19 @@ fn finish(mut response: Response<ResponseBody>, add_header: &[(HeaderName, Heade
 /// The Host header, or the authority of an HTTP/2 request.
 fn host_of<B>(request: &Request<B>) -> Option<&str> {
     request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| request.uri().host())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500_and_the_task_lives_on() {
+        let work = async { panic!("bug in a handler") };
+        let response = answer(work, ErrorFormat::Json).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let fine = answer(async { Err(GatewayError::ReadTimeout) }, ErrorFormat::Text).await;
+        assert_eq!(fine.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
 }
