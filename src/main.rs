@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use infergate::config::Source;
 use infergate::runtime::Runtime;
+use infergate::server::workers::Workers;
 use infergate::server::{signals, ConfigOrigin, Gateway};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -64,13 +65,17 @@ fn check(origin: &ConfigOrigin) -> anyhow::Result<ExitCode> {
 }
 
 fn run(origin: ConfigOrigin) -> anyhow::Result<ExitCode> {
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        if let ConfigOrigin::Embedded = origin {
-            eprintln!("infergate: no --config and no ./infergate.toml: using the built-in default");
-        }
-        let gateway = match Gateway::start(origin).await {
+    if let ConfigOrigin::Embedded = origin {
+        eprintln!("infergate: no --config and no ./infergate.toml: using the built-in default");
+    }
+    // The worker count is needed before the gateway starts; errors are reported by the start below.
+    let worker_count = origin.read().and_then(|source| infergate::config::load(&source)).map_or(0, |c| c.http.workers);
+    let workers = Workers::start(worker_count).context("cannot start worker threads")?;
+    // Signals and reloads run on the main thread; traffic on the workers.
+    let control =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    control.block_on(async move {
+        let gateway = match Gateway::start_on(origin, workers.handles()).await {
             Ok(gateway) => gateway,
             Err(errors) => {
                 eprintln!("{errors}");

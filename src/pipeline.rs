@@ -26,7 +26,7 @@ use std::sync::Arc;
 pub async fn serve(
     runtime: &Runtime,
     listener: &ListenerSpec,
-    client: ClientInfo,
+    client: &ClientInfo,
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let server = listener.hosts.select(host_of(&request));
@@ -34,7 +34,7 @@ pub async fn serve(
     match routed {
         Err(error) => finish(error.to_response(server.errors), &server.add_header),
         Ok(location) => {
-            let response = handle(&location, server, client, request).await;
+            let response = handle(location, server, client, request).await;
             finish(response, &location.add_header)
         }
     }
@@ -51,11 +51,11 @@ fn check_limits(runtime: &Runtime, request: &Request<Incoming>) -> Result<(), Ga
 
 /// Phase 2: picks the location for the request's normalized path. A malformed path answers 400 and
 /// no match answers 404, in the server's error format. Changes nothing.
-fn route(server: &VirtualServer, request: &Request<Incoming>) -> Result<Arc<Location>, GatewayError> {
+fn route<'a>(server: &'a VirtualServer, request: &Request<Incoming>) -> Result<&'a Location, GatewayError> {
     let Some(path) = route::normalize_path(request.uri().path()) else {
         return Err(GatewayError::BadRequest("malformed request path".into()));
     };
-    server.locations.find(&path).cloned().ok_or(GatewayError::NoRoute)
+    server.locations.find(&path).map(Arc::as_ref).ok_or(GatewayError::NoRoute)
 }
 
 /// Phase 3: runs the location's handler. It owns the request from here; a proxied response's body is
@@ -63,7 +63,7 @@ fn route(server: &VirtualServer, request: &Request<Incoming>) -> Result<Arc<Loca
 async fn handle(
     location: &Location,
     server: &VirtualServer,
-    client: ClientInfo,
+    client: &ClientInfo,
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let work = async {
@@ -83,7 +83,10 @@ async fn handle(
 
 /// Turns a handler's outcome into a response: errors in the location's format, and a panic into a
 /// logged 500 instead of a dropped connection.
-async fn answer(work: impl Future<Output = Result<Response<ResponseBody>, GatewayError>>, errors: ErrorFormat) -> Response<ResponseBody> {
+async fn answer(
+    work: impl Future<Output = Result<Response<ResponseBody>, GatewayError>>,
+    errors: ErrorFormat,
+) -> Response<ResponseBody> {
     match AssertUnwindSafe(work).catch_unwind().await {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
@@ -106,7 +109,7 @@ fn redirect(
     status: StatusCode,
     url: &crate::template::Template,
     server: &VirtualServer,
-    client: ClientInfo,
+    client: &ClientInfo,
     request: &Request<Incoming>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let host = host_of(request).map(route::strip_port).unwrap_or(&server.primary_name).to_ascii_lowercase();

@@ -23,6 +23,9 @@ pub struct Config {
 #[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
+    /// Worker threads serving connections (nginx `worker_processes`); 0 means one per core, like
+    /// `auto`. Read at start only: a reload keeps the running count.
+    pub workers: usize,
     /// Time to receive a request head (nginx `client_header_timeout`, 60 s).
     pub client_header_timeout: Span,
     /// Idle time after which a kept-alive client connection is closed (nginx `keepalive_timeout`, 75 s).
@@ -42,6 +45,7 @@ pub struct HttpSettings {
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
+            workers: 0,
             client_header_timeout: Span(Duration::from_secs(60)),
             keepalive_timeout: Span(Duration::from_secs(75)),
             keepalive_requests: 1000,

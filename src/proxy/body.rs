@@ -3,6 +3,7 @@
 //! forwarded frame by frame with nginx's read timeout between two frames.
 
 use crate::body::BoxError;
+use crate::upstream::{PoolKey, UpstreamConnection};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -54,18 +55,27 @@ impl Body for RequestBody {
 #[error("upstream read timed out after {0:?} without data")]
 pub struct ReadTimedOut(pub Duration);
 
-/// A backend's response body with the read timeout between frames. The timer is created only when a
-/// frame is not immediately ready, so a response that arrives in one piece never touches the timer wheel.
+/// A backend's response body with the read timeout between frames. It also drives the backend
+/// connection it arrives on, and hands that connection back to its pool once the body is complete;
+/// dropped early (the client left), it closes the connection instead. The timer is created only when
+/// a frame is not immediately ready, so a response that arrives in one piece never touches the timer wheel.
 pub struct UpstreamBody {
     inner: Incoming,
+    connection: Option<(UpstreamConnection, PoolKey)>,
     read_timeout: Duration,
     idle: Option<Pin<Box<Sleep>>>,
 }
 
 impl UpstreamBody {
-    /// Wraps a backend body.
-    pub fn new(inner: Incoming, read_timeout: Duration) -> Self {
-        UpstreamBody { inner, read_timeout, idle: None }
+    /// Wraps a backend body; `connection` is the pooled connection it arrives on, if any.
+    pub fn new(inner: Incoming, connection: Option<(UpstreamConnection, PoolKey)>, read_timeout: Duration) -> Self {
+        UpstreamBody { inner, connection, read_timeout, idle: None }
+    }
+
+    fn release_connection(&mut self) {
+        if let Some((connection, pool)) = self.connection.take() {
+            pool.checkin(connection);
+        }
     }
 }
 
@@ -75,19 +85,35 @@ impl Body for UpstreamBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some((connection, _)) = &mut this.connection {
+            connection.poll_driver(cx);
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
+            Poll::Ready(Some(Ok(frame))) => {
                 if let Some(idle) = &mut this.idle {
-                    let deadline = tokio::time::Instant::now() + this.read_timeout;
-                    idle.as_mut().reset(deadline);
+                    idle.as_mut().reset(tokio::time::Instant::now() + this.read_timeout);
                 }
-                Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+                if this.inner.is_end_stream() {
+                    this.release_connection();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.release_connection();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.connection = None;
+                Poll::Ready(Some(Err(e.into())))
             }
             Poll::Pending => {
                 let timeout = this.read_timeout;
                 let idle = this.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 match idle.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ReadTimedOut(timeout))))),
+                    Poll::Ready(()) => {
+                        this.connection = None;
+                        Poll::Ready(Some(Err(Box::new(ReadTimedOut(timeout)))))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

@@ -3,7 +3,6 @@
 //! forwarding headers tell the backend who asked, and backend identity headers stay private.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use std::net::IpAddr;
 
 /// Headers that describe one connection, not the message; never forwarded.
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -49,30 +48,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Rewrites a client request's headers for the backend: `Host` as the client sent it (port kept),
-/// `X-Real-IP`, `X-Forwarded-For` with the client appended, `X-Forwarded-Proto`.
-pub fn to_upstream(headers: &mut HeaderMap, host: Option<HeaderValue>, client_ip: IpAddr, https: bool, upgrade: bool) {
+/// `X-Real-IP`, `X-Forwarded-For` with the client appended, `X-Forwarded-Proto`. `client_ip` is the
+/// peer address as a header value, made once per connection.
+pub fn to_upstream(
+    headers: &mut HeaderMap,
+    host: Option<HeaderValue>,
+    client_ip: &HeaderValue,
+    https: bool,
+    upgrade: bool,
+) {
     strip_hop_by_hop(headers, upgrade);
     if let Some(host) = host {
         headers.insert(header::HOST, host);
     }
-    let ip = client_ip.to_string();
-    let forwarded_for = {
-        let mut chain = String::new();
+    let forwarded_for = if headers.contains_key(&X_FORWARDED_FOR) {
+        let mut chain = Vec::new();
         for value in headers.get_all(&X_FORWARDED_FOR) {
-            if let Ok(value) = value.to_str() {
-                chain.push_str(value);
-                chain.push_str(", ");
-            }
+            chain.extend_from_slice(value.as_bytes());
+            chain.extend_from_slice(b", ");
         }
-        chain.push_str(&ip);
-        chain
+        chain.extend_from_slice(client_ip.as_bytes());
+        HeaderValue::from_bytes(&chain).unwrap_or_else(|_| client_ip.clone())
+    } else {
+        client_ip.clone()
     };
-    if let Ok(value) = HeaderValue::try_from(forwarded_for) {
-        headers.insert(&X_FORWARDED_FOR, value);
-    }
-    if let Ok(value) = HeaderValue::try_from(ip) {
-        headers.insert(&X_REAL_IP, value);
-    }
+    headers.insert(&X_FORWARDED_FOR, forwarded_for);
+    headers.insert(&X_REAL_IP, client_ip.clone());
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(if https { "https" } else { "http" }));
 }
 
@@ -113,7 +114,13 @@ mod tests {
     #[test]
     fn appends_to_forwarded_for() {
         let mut headers = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
-        to_upstream(&mut headers, Some(HeaderValue::from_static("h:8000")), "10.0.0.9".parse().unwrap(), true, false);
+        to_upstream(
+            &mut headers,
+            Some(HeaderValue::from_static("h:8000")),
+            &HeaderValue::from_static("10.0.0.9"),
+            true,
+            false,
+        );
         assert_eq!(headers["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
         assert_eq!(headers["x-real-ip"], "10.0.0.9");
         assert_eq!(headers["x-forwarded-proto"], "https");

@@ -1,6 +1,6 @@
 //! The `proxy` handler: forwards one request to a server of its upstream over a pooled keep-alive
 //! connection and streams the answer back. Dropping the returned future or the response body (the
-//! client left) drops the backend request, which closes its connection at once.
+//! client left) drops the backend connection, which closes it at once and never returns it to the pool.
 
 mod body;
 mod headers;
@@ -10,31 +10,42 @@ pub use body::{ReadTimedOut, RequestBody, UpstreamBody};
 
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
-use crate::upstream::{ConnectError, SendTimedOut, Upstream};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use crate::upstream::{ConnectError, SendTimedOut, Upstream, UpstreamConnection, UpstreamServer};
+use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// Who sent the request, as the forwarding headers need it.
-#[derive(Debug, Clone, Copy)]
+/// Who sent the request, as the forwarding headers need it; made once per connection.
+#[derive(Debug, Clone)]
 pub struct ClientInfo {
     /// The client's socket address.
     pub peer: SocketAddr,
+    /// The client's IP as a header value, for `X-Real-IP` and `X-Forwarded-For`.
+    pub ip: HeaderValue,
     /// Whether the client connection is TLS.
     pub https: bool,
+}
+
+impl ClientInfo {
+    /// Facts about a client connection.
+    pub fn new(peer: SocketAddr, https: bool) -> ClientInfo {
+        let ip = HeaderValue::try_from(peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ClientInfo { peer, ip, https }
+    }
 }
 
 /// Forwards `request` to `upstream` and returns the backend's response, its body still streaming.
 pub async fn forward(
     mut request: Request<Incoming>,
-    client: ClientInfo,
+    client: &ClientInfo,
     upstream: &Upstream,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    let upgrade = websocket::is_upgrade_request(&request);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let upgrade = websocket::is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
     let server = upstream.pick();
 
     let (mut parts, body) = request.into_parts();
@@ -43,17 +54,95 @@ pub async fn forward(
         .get(header::HOST)
         .cloned()
         .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-    headers::to_upstream(&mut parts.headers, host, client.peer.ip(), client.https, upgrade);
-    parts.uri = upstream_uri(&server.authority, &parts.uri)?;
+    headers::to_upstream(&mut parts.headers, host, &client.ip, client.https, upgrade.is_some());
+    parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
-    let (body, sent) = RequestBody::new(body);
-
+    let (body, mut sent) = RequestBody::new(body);
+    let request = Request::from_parts(parts, body);
     let read_timeout = upstream.timeouts.read.0;
-    let mut response =
-        await_head(upstream.pool().request(Request::from_parts(parts, body)), sent, read_timeout).await?;
 
+    if let Some(client_upgrade) = upgrade {
+        return forward_upgrade(request, client_upgrade, server, &mut sent, read_timeout).await;
+    }
+
+    let mut connection = server.pool.checkout().await.map_err(connect_error)?;
+    let response = match exchange(&mut connection, request, &mut sent, read_timeout).await {
+        // A kept-alive connection the backend had closed: the request never left, so a fresh
+        // connection gets it.
+        Err(Failure::NotSent(request, error)) if connection.reused => {
+            tracing::debug!(%error, "pooled upstream connection was closed; retrying on a new one");
+            connection = server.pool.connect().await.map_err(connect_error)?;
+            exchange(&mut connection, request, &mut sent, read_timeout).await
+        }
+        other => other,
+    };
+    let response = response.map_err(|failure| match failure {
+        Failure::NotSent(_, error) => classify(&error),
+        Failure::Failed(error) => error,
+    })?;
+
+    let (mut parts, body) = response.into_parts();
+    headers::to_client(&mut parts.headers, false);
+    let body = if body.is_end_stream() {
+        server.pool.key().checkin(connection);
+        ResponseBody::Empty
+    } else {
+        ResponseBody::Upstream { inner: UpstreamBody::new(body, Some((connection, server.pool.key())), read_timeout) }
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Why one exchange on a connection produced no response.
+enum Failure {
+    /// The connection failed before the request was written; the request comes back for a retry.
+    NotSent(Request<RequestBody>, hyper::Error),
+    /// Anything else.
+    Failed(GatewayError),
+}
+
+/// Sends the request on `connection`, driving it inline, and waits for the response head.
+async fn exchange(
+    connection: &mut UpstreamConnection,
+    request: Request<RequestBody>,
+    sent: &mut Option<oneshot::Receiver<()>>,
+    read_timeout: Duration,
+) -> Result<Response<Incoming>, Failure> {
+    let mut response = pin!(connection.send(request));
+    let head = poll_fn(|cx| {
+        connection.poll_driver(cx);
+        response.as_mut().poll(cx)
+    });
+    match with_read_timeout(head, sent, read_timeout).await {
+        None => Err(Failure::Failed(GatewayError::ReadTimeout)),
+        Some(Ok(response)) => Ok(response),
+        Some(Err(mut error)) => match error.take_message() {
+            Some(request) => Err(Failure::NotSent(request, error.into_error())),
+            None => Err(Failure::Failed(classify(error.error()))),
+        },
+    }
+}
+
+/// An HTTP/1.1 Upgrade (WebSocket): a connection of its own, outside the pool, since after `101` it
+/// belongs to the tunnel.
+async fn forward_upgrade(
+    request: Request<RequestBody>,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    server: &UpstreamServer,
+    sent: &mut Option<oneshot::Receiver<()>>,
+    read_timeout: Duration,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let (mut sender, driver) = server.pool.connect_raw().await.map_err(connect_error)?;
+    tokio::spawn(async move {
+        if let Err(e) = driver.with_upgrades().await {
+            tracing::debug!(error = %e, "upgraded upstream connection ended");
+        }
+    });
+    let mut response = match with_read_timeout(sender.send_request(request), sent, read_timeout).await {
+        None => return Err(GatewayError::ReadTimeout),
+        Some(result) => result.map_err(|e| classify(&e))?,
+    };
     let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if let (true, Some(client_upgrade)) = (switched, client_upgrade) {
+    if switched {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         tokio::spawn(websocket::tunnel(client_upgrade, upstream_upgrade, read_timeout));
     }
@@ -62,29 +151,27 @@ pub async fn forward(
     let body = if switched {
         ResponseBody::Empty
     } else {
-        ResponseBody::Upstream { inner: UpstreamBody::new(body, read_timeout) }
+        ResponseBody::Upstream { inner: UpstreamBody::new(body, None, read_timeout) }
     };
     Ok(Response::from_parts(parts, body))
 }
 
-/// `http://SERVER/path?query` for the backend.
-fn upstream_uri(authority: &Authority, client_uri: &Uri) -> Result<Uri, GatewayError> {
-    let path = client_uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority.clone())
-        .path_and_query(path)
-        .build()
-        .map_err(|e| GatewayError::BadRequest(e.to_string()))
+/// The request target as the backend receives it: path and query only (HTTP/1.1 origin form). An
+/// HTTP/1.1 client's target is already that; an HTTP/2 client's carries scheme and authority.
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
+    }
+    Uri::from(uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")))
 }
 
-/// Waits for the response head. The read timeout starts once the request body has been handed to the
-/// backend (`sent` completes), as nginx arms `proxy_read_timeout` after the request is sent.
-async fn await_head(
-    response: hyper_util::client::legacy::ResponseFuture,
-    sent: Option<oneshot::Receiver<()>>,
+/// Runs `head` with nginx's read timeout, which starts once the request body has been handed to the
+/// backend (`sent` completes). `None` when the timeout fired first.
+async fn with_read_timeout<T>(
+    head: impl Future<Output = T>,
+    sent: &mut Option<oneshot::Receiver<()>>,
     read_timeout: Duration,
-) -> Result<Response<Incoming>, GatewayError> {
+) -> Option<T> {
     let deadline = async {
         if let Some(sent) = sent {
             let _ = sent.await;
@@ -93,21 +180,22 @@ async fn await_head(
     };
     tokio::select! {
         biased;
-        result = response => result.map_err(|e| classify(&e)),
-        () = deadline => Err(GatewayError::ReadTimeout),
+        result = head => Some(result),
+        () = deadline => None,
     }
 }
 
-/// Maps a client error to the answer nginx users expect: refused 502, connect or send timeout 504.
-fn classify(error: &hyper_util::client::legacy::Error) -> GatewayError {
+fn connect_error(error: ConnectError) -> GatewayError {
+    match error {
+        ConnectError::TimedOut(addr) => GatewayError::ConnectTimeout(addr),
+        other => GatewayError::UpstreamUnreachable(other.to_string()),
+    }
+}
+
+/// Maps a failed exchange to the answer nginx users expect: send timeout 504, anything else 502.
+fn classify(error: &hyper::Error) -> GatewayError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = source {
-        if let Some(connect) = current.downcast_ref::<ConnectError>() {
-            return match connect {
-                ConnectError::TimedOut(addr) => GatewayError::ConnectTimeout(addr.clone()),
-                other => GatewayError::UpstreamUnreachable(other.to_string()),
-            };
-        }
         if current.is::<SendTimedOut>() {
             return GatewayError::SendTimeout;
         }

@@ -7,6 +7,7 @@ use crate::body::{BoxError, ResponseBody};
 use crate::config::HttpSettings;
 use crate::pipeline;
 use crate::proxy::ClientInfo;
+use crate::runtime::Runtime;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -18,7 +19,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -41,14 +42,14 @@ pub async fn serve(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, l
         };
         match handshake {
             Ok(Ok(tls)) => {
-                let client = ClientInfo { peer, https: true };
+                let client = ClientInfo::new(peer, true);
                 serve_http(gateway, TokioIo::new(tls), &builder, &http, client, listen_key, shutdown).await;
             }
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         }
     } else {
-        let client = ClientInfo { peer, https: false };
+        let client = ClientInfo::new(peer, false);
         serve_http(gateway, TokioIo::new(stream), &builder, &http, client, listen_key, shutdown).await;
     }
 }
@@ -74,8 +75,14 @@ fn builder(http: &HttpSettings, http2: bool) -> auto::Builder<TokioExecutor> {
     }
 }
 
-/// Per-connection counters shared by the request service and the connection's watchdog.
+/// Per-connection state shared by the request service and the connection's watchdog. Only this
+/// connection's worker touches it, so its reference count and fields never bounce between cores.
 struct ConnState {
+    gateway: Arc<Gateway>,
+    client: ClientInfo,
+    /// This connection's reference to the current runtime: requests clone this outer `Arc`, whose
+    /// count is the connection's own, instead of the runtime's shared one.
+    runtime: Mutex<Arc<Arc<Runtime>>>,
     opened: Instant,
     requests: AtomicU64,
     in_flight: AtomicUsize,
@@ -86,6 +93,15 @@ struct ConnState {
 }
 
 impl ConnState {
+    /// The runtime a new request runs on: the cached one, refreshed when a reload published another.
+    fn runtime(&self) -> Arc<Arc<Runtime>> {
+        let mut cached = self.runtime.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cached.version != self.gateway.version() {
+            *cached = Arc::new(self.gateway.runtime());
+        }
+        cached.clone()
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -146,7 +162,12 @@ async fn serve_http<I>(
 ) where
     I: Read + Write + Unpin + Send + 'static,
 {
+    let runtime = Mutex::new(Arc::new(gateway.runtime()));
+    let peer = client.peer;
     let state = Arc::new(ConnState {
+        gateway,
+        client,
+        runtime,
         opened: Instant::now(),
         requests: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
@@ -156,15 +177,14 @@ async fn serve_http<I>(
     let max_requests = http.keepalive_requests;
     let service_state = state.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let gateway = gateway.clone();
         let state = service_state.clone();
         async move {
             state.in_flight.fetch_add(1, Ordering::AcqRel);
             let guard = InFlight(state.clone());
             let version = request.version();
-            let runtime = gateway.runtime();
+            let runtime = state.runtime();
             let mut response = match runtime.listeners.get(&listen_key) {
-                Some(spec) => pipeline::serve(&runtime, spec, client, request).await,
+                Some(spec) => pipeline::serve(&runtime, spec, &state.client, request).await,
                 // The listener was removed by a reload while this connection was open.
                 None => crate::error::error_response(
                     http::StatusCode::SERVICE_UNAVAILABLE,
@@ -195,7 +215,7 @@ async fn serve_http<I>(
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!(peer = %client.peer, error = %e, "client connection ended with an error");
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 }
                 return;
             }
@@ -208,10 +228,10 @@ async fn serve_http<I>(
             }
         }
     };
-    tracing::debug!(peer = %client.peer, reason = stop_reason, "closing client connection gracefully");
+    tracing::debug!(%peer, reason = stop_reason, "closing client connection gracefully");
     connection.as_mut().graceful_shutdown();
     // In-flight requests get the drain deadline; so does a client that never acknowledges HTTP/2's GOAWAY.
     if tokio::time::timeout(http.drain_timeout.0, connection).await.is_err() {
-        tracing::debug!(peer = %client.peer, "connection did not close within drain_timeout; dropped");
+        tracing::debug!(%peer, "connection did not close within drain_timeout; dropped");
     }
 }

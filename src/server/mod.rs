@@ -5,6 +5,7 @@
 mod conn;
 pub mod signals;
 pub mod tls;
+pub mod workers;
 
 use crate::config::{ConfigError, ConfigErrors, Source, EMBEDDED_DEFAULT};
 use crate::runtime::Runtime;
@@ -12,9 +13,11 @@ use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -39,15 +42,21 @@ impl ConfigOrigin {
     }
 }
 
+/// One configured address: a socket per worker, all bound to the same port with SO_REUSEPORT.
 struct RunningListener {
     bound: SocketAddr,
-    accept_loop: JoinHandle<()>,
+    accept_loops: Vec<JoinHandle<()>>,
 }
 
 /// A started gateway.
 pub struct Gateway {
     origin: ConfigOrigin,
+    /// The runtimes connections are served on, one listening socket per address each.
+    workers: Vec<Handle>,
     runtime: ArcSwap<Runtime>,
+    /// The loaded runtime's version, read by connections before each request: an atomic nobody
+    /// writes between reloads, so checking it costs no cross-core traffic.
+    version: AtomicU64,
     listeners: Mutex<HashMap<SocketAddr, RunningListener>>,
     /// Reloads run one at a time.
     reload_lock: tokio::sync::Mutex<()>,
@@ -56,14 +65,21 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Loads the config, binds every listener and starts accepting. Fails without side effects when
-    /// the config is invalid or an address cannot be bound.
+    /// Loads the config, binds every listener and starts accepting on the caller's runtime alone (as
+    /// tests do). Fails without side effects when the config is invalid or an address cannot be bound.
     pub async fn start(origin: ConfigOrigin) -> Result<Arc<Gateway>, ConfigErrors> {
+        Gateway::start_on(origin, vec![Handle::current()]).await
+    }
+
+    /// As `start`, serving connections on the given worker runtimes.
+    pub async fn start_on(origin: ConfigOrigin, workers: Vec<Handle>) -> Result<Arc<Gateway>, ConfigErrors> {
         let source = origin.read()?;
         let runtime = Runtime::load(&source, None)?;
         let (shutdown, _) = watch::channel(false);
         let gateway = Arc::new(Gateway {
             origin,
+            workers,
+            version: AtomicU64::new(runtime.version),
             runtime: ArcSwap::from_pointee(runtime),
             listeners: Mutex::new(HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -77,6 +93,11 @@ impl Gateway {
     /// The runtime new requests use.
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
+    }
+
+    /// The version of the runtime new requests use.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     /// The bound address of each configured listen address (differs when the config says port 0).
@@ -100,6 +121,7 @@ impl Gateway {
         // Bind new addresses before publishing, so a failed bind leaves everything as it was.
         self.bind_new(&next, &source).await?;
         self.runtime.store(next.clone());
+        self.version.store(next.version, Ordering::Release);
         self.stop_removed(&next).await;
         Ok(next.version)
     }
@@ -118,10 +140,10 @@ impl Gateway {
         };
         let mut bound = Vec::new();
         for configured in missing {
-            match bind(configured) {
-                Ok(listener) => bound.push((configured, listener)),
+            match self.bind_on_workers(configured) {
+                Ok(sockets) => bound.push((configured, sockets)),
                 Err(e) => {
-                    // Nothing was published yet: dropping the listeners bound so far undoes this step.
+                    // Nothing was published yet: dropping the sockets bound so far undoes this step.
                     return Err(ConfigErrors(vec![ConfigError {
                         location: source.name.clone(),
                         message: format!("cannot listen on {configured}: {e}"),
@@ -130,19 +152,36 @@ impl Gateway {
             }
         }
         let mut running = self.lock_listeners();
-        for (configured, listener) in bound {
-            let bound = listener.local_addr().unwrap_or(configured);
-            let accept_loop = tokio::spawn(accept_loop(self.clone(), listener, configured));
-            tracing::info!(listen = %bound, "listening");
-            running.insert(configured, RunningListener { bound, accept_loop });
+        for (configured, sockets) in bound {
+            let bound = sockets.first().and_then(|s| s.local_addr().ok()).unwrap_or(configured);
+            let accept_loops = sockets
+                .into_iter()
+                .zip(&self.workers)
+                .map(|(socket, worker)| worker.spawn(accept_loop(self.clone(), socket, configured)))
+                .collect();
+            tracing::info!(listen = %bound, workers = self.workers.len(), "listening");
+            running.insert(configured, RunningListener { bound, accept_loops });
         }
         Ok(())
+    }
+
+    /// One socket per worker, registered with that worker's runtime; with port 0, the first socket's
+    /// port is shared by the rest.
+    fn bind_on_workers(&self, configured: SocketAddr) -> std::io::Result<Vec<TcpListener>> {
+        let mut sockets: Vec<TcpListener> = Vec::with_capacity(self.workers.len());
+        for worker in &self.workers {
+            let addr = sockets.first().map_or(Ok(configured), TcpListener::local_addr)?;
+            let _in_worker = worker.enter();
+            sockets.push(bind(addr, self.workers.len() > 1)?);
+        }
+        Ok(sockets)
     }
 
     async fn stop_removed(&self, runtime: &Runtime) {
         let removed: Vec<RunningListener> = {
             let mut running = self.lock_listeners();
-            let gone: Vec<SocketAddr> = running.keys().filter(|addr| !runtime.listeners.contains_key(addr)).copied().collect();
+            let gone: Vec<SocketAddr> =
+                running.keys().filter(|addr| !runtime.listeners.contains_key(addr)).copied().collect();
             gone.iter().filter_map(|addr| running.remove(addr)).collect()
         };
         for listener in removed {
@@ -178,15 +217,22 @@ impl Gateway {
     }
 }
 
-/// Ends an accept loop and waits until its socket is closed.
+/// Ends a listener's accept loops and waits until their sockets are closed.
 async fn stop(listener: RunningListener) {
-    listener.accept_loop.abort();
-    let _ = listener.accept_loop.await;
+    for accept_loop in &listener.accept_loops {
+        accept_loop.abort();
+    }
+    for accept_loop in listener.accept_loops {
+        let _ = accept_loop.await;
+    }
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(1024)

@@ -4,9 +4,8 @@
 //! Written by hand rather than with hyper-util's `HttpConnector` because the send timeout must sit in
 //! the connection's write path, and refused and timed-out connects must stay distinguishable (502 vs 504).
 
+use http::uri::Authority;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::io;
@@ -25,9 +24,6 @@ pub enum ConnectError {
     /// The backend refused or the address is unreachable (answered 502).
     #[error("connect to {0} failed: {1}")]
     Failed(String, io::Error),
-    /// The request URI carried no authority; a bug, never user input.
-    #[error("upstream URI has no host")]
-    NoAuthority,
 }
 
 /// Send timeout errors carry this marker so the proxy can answer 504 instead of 502.
@@ -35,8 +31,8 @@ pub enum ConnectError {
 #[error("upstream send timed out")]
 pub struct SendTimedOut;
 
-/// A `tower` service that connects to `uri`'s authority for hyper-util's pooled client.
-#[derive(Clone, Debug)]
+/// Opens backend connections with nginx's connect and send timeouts.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Connector {
     /// nginx `proxy_connect_timeout`.
     pub connect_timeout: Duration,
@@ -44,28 +40,18 @@ pub struct Connector {
     pub send_timeout: Duration,
 }
 
-impl tower_service::Service<Uri> for Connector {
-    type Response = TimedStream;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<TimedStream, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let authority = uri.authority().ok_or(ConnectError::NoAuthority)?.as_str().to_owned();
-            let stream = match tokio::time::timeout(this.connect_timeout, TcpStream::connect(&authority)).await {
-                Err(_) => return Err(ConnectError::TimedOut(authority)),
-                Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => return Err(ConnectError::TimedOut(authority)),
-                Ok(Err(e)) => return Err(ConnectError::Failed(authority, e)),
-                Ok(Ok(stream)) => stream,
-            };
-            stream.set_nodelay(true).map_err(|e| ConnectError::Failed(authority, e))?;
-            Ok(TimedStream { io: TokioIo::new(stream), send_timeout: this.send_timeout, write_deadline: None })
-        })
+impl Connector {
+    /// Connects to `authority` (`host:port`, resolved by the system).
+    pub async fn connect(&self, authority: &Authority) -> Result<TimedStream, ConnectError> {
+        let target = authority.as_str();
+        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(target)).await {
+            Err(_) => return Err(ConnectError::TimedOut(target.to_owned())),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => return Err(ConnectError::TimedOut(target.to_owned())),
+            Ok(Err(e)) => return Err(ConnectError::Failed(target.to_owned(), e)),
+            Ok(Ok(stream)) => stream,
+        };
+        stream.set_nodelay(true).map_err(|e| ConnectError::Failed(target.to_owned(), e))?;
+        Ok(TimedStream { io: TokioIo::new(stream), send_timeout: self.send_timeout, write_deadline: None })
     }
 }
 
@@ -135,11 +121,5 @@ impl Write for TimedStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-impl Connection for TimedStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
     }
 }

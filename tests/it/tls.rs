@@ -65,9 +65,11 @@ async fn https_with_http1_and_h2_by_alpn() {
 
     let tls = tls_connect(addr, "api.example.com", &certs.api, &[b"h2", b"http/1.1"], rustls::ALL_VERSIONS).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
     tokio::spawn(connection);
-    let response = sender.send_request(Request::get("https://api.example.com/h2").body(full("")).unwrap()).await.unwrap();
+    let response =
+        sender.send_request(Request::get("https://api.example.com/h2").body(full("")).unwrap()).await.unwrap();
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.headers()["x-content-type-options"], "nosniff");
     let (status, _, _) = collect(response).await;

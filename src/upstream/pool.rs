@@ -1,0 +1,228 @@
+//! Keep-alive connections to one backend server, driven inline by the request that uses them.
+//!
+//! Written by hand instead of using hyper-util's pooled client: that client runs every connection in
+//! a task of its own, so each request crosses tasks (and often threads) several times, which measured
+//! at twice nginx's CPU per request. Here the request's own task polls the connection (while waiting
+//! for the head, then from the response body), and an idle connection waits in a LIFO stack unpolled.
+//! Before reuse it is polled once: a connection the backend closed while idle is thrown away then.
+
+use super::connector::{ConnectError, Connector, TimedStream};
+use crate::proxy::RequestBody;
+use http::uri::Authority;
+use hyper::client::conn::http1;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The task that reads and writes one backend connection; polled by whoever holds the connection.
+type Driver = Pin<Box<http1::Connection<TimedStream, RequestBody>>>;
+
+/// How a server's pool behaves; a reload keeps a pool (and its connections) when these are unchanged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolSettings {
+    /// Idle connections kept (nginx `keepalive`).
+    pub max_idle: usize,
+    /// How long an idle connection is kept.
+    pub idle_timeout: Duration,
+    /// Connect and send timeouts of new connections.
+    pub connector: Connector,
+}
+
+/// One HTTP/1.1 connection to a backend, checked out for one request.
+pub struct UpstreamConnection {
+    sender: http1::SendRequest<RequestBody>,
+    /// `None` once the connection has ended.
+    driver: Option<Driver>,
+    /// Whether it served a request before (a failure on it may be a stale keep-alive connection).
+    pub reused: bool,
+}
+
+impl UpstreamConnection {
+    /// Sends a request; the connection must be driven (`poll_driver`) for the answer to arrive.
+    pub fn send(
+        &mut self,
+        request: http::Request<RequestBody>,
+    ) -> impl Future<
+        Output = Result<
+            http::Response<hyper::body::Incoming>,
+            hyper::client::conn::TrySendError<http::Request<RequestBody>>,
+        >,
+    > + use<> {
+        self.sender.try_send_request(request)
+    }
+
+    /// Lets the connection read and write; call before polling the response or its body.
+    pub fn poll_driver(&mut self, cx: &mut Context<'_>) {
+        if let Some(driver) = &mut self.driver {
+            if let Poll::Ready(result) = driver.as_mut().poll(cx) {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+                self.driver = None;
+            }
+        }
+    }
+
+    /// Whether the connection can take another request now.
+    fn is_reusable(&mut self) -> bool {
+        self.poll_driver(&mut Context::from_waker(Waker::noop()));
+        self.driver.is_some() && self.sender.is_ready()
+    }
+}
+
+struct Idle {
+    connection: UpstreamConnection,
+    since: Instant,
+    idle_timeout: Duration,
+}
+
+thread_local! {
+    /// This worker thread's idle connections, a stack per pool id. Per thread, as nginx keeps a
+    /// keep-alive cache per worker: a connection is registered with the runtime of the thread that
+    /// opened it, and checking it in and out never touches memory another core writes.
+    static IDLE: RefCell<Vec<Vec<Idle>>> = const { RefCell::new(Vec::new()) };
+    /// Whether this thread's reaper task is running.
+    static REAPER_RUNNING: Cell<bool> = const { Cell::new(false) };
+}
+
+static NEXT_POOL_ID: AtomicUsize = AtomicUsize::new(0);
+
+/// The keep-alive connections of one server.
+pub struct ServerPool {
+    key: PoolKey,
+    authority: Authority,
+    /// The settings this pool was built with.
+    pub settings: PoolSettings,
+}
+
+/// What checking a connection back in needs: plain values, so a response body can carry it without
+/// sharing (and bouncing the reference count of) the pool between cores.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolKey {
+    id: usize,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl PoolKey {
+    /// Runs `f` on this thread's stack of this pool.
+    fn with_stack<T>(self, f: impl FnOnce(&mut Vec<Idle>) -> T) -> T {
+        IDLE.with_borrow_mut(|stacks| {
+            if stacks.len() <= self.id {
+                stacks.resize_with(self.id + 1, Vec::new);
+            }
+            f(&mut stacks[self.id])
+        })
+    }
+
+    /// Returns a connection whose response is complete; kept if it can serve again and there is room.
+    pub fn checkin(self, mut connection: UpstreamConnection) {
+        if !connection.is_reusable() {
+            return;
+        }
+        let (max_idle, idle_timeout) = (self.max_idle, self.idle_timeout);
+        let evicted = self.with_stack(|idle| {
+            // Keep the most recently used ones: drop the oldest.
+            let evicted = (idle.len() >= max_idle && !idle.is_empty()).then(|| idle.remove(0));
+            if max_idle > 0 {
+                idle.push(Idle { connection, since: Instant::now(), idle_timeout });
+            }
+            evicted
+        });
+        drop(evicted);
+        ensure_reaper();
+    }
+}
+
+impl ServerPool {
+    /// An empty pool for `authority`.
+    pub fn new(authority: Authority, settings: PoolSettings) -> Arc<ServerPool> {
+        let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
+        let key = PoolKey { id, max_idle: settings.max_idle, idle_timeout: settings.idle_timeout };
+        Arc::new(ServerPool { key, authority, settings })
+    }
+
+    /// The key to check connections of this pool back in with.
+    pub fn key(&self) -> PoolKey {
+        self.key
+    }
+
+    /// The most recently used idle connection that is still open, else a new one.
+    pub async fn checkout(&self) -> Result<UpstreamConnection, ConnectError> {
+        if let Some(connection) = self.take_idle() {
+            return Ok(connection);
+        }
+        self.connect().await
+    }
+
+    fn take_idle(&self) -> Option<UpstreamConnection> {
+        let now = Instant::now();
+        loop {
+            let Idle { mut connection, since, .. } = self.key.with_stack(Vec::pop)?;
+            if now.duration_since(since) < self.settings.idle_timeout && connection.is_reusable() {
+                connection.reused = true;
+                return Some(connection);
+            }
+        }
+    }
+
+    /// A new connection, never pooled before.
+    pub async fn connect(&self) -> Result<UpstreamConnection, ConnectError> {
+        let (sender, driver) = self.connect_raw().await?;
+        Ok(UpstreamConnection { sender, driver: Some(Box::pin(driver)), reused: false })
+    }
+
+    /// A new connection whose driver the caller runs (for upgrades, which leave the pool for good).
+    pub async fn connect_raw(
+        &self,
+    ) -> Result<(http1::SendRequest<RequestBody>, http1::Connection<TimedStream, RequestBody>), ConnectError> {
+        let stream = self.settings.connector.connect(&self.authority).await?;
+        http1::Builder::new()
+            .handshake(stream)
+            .await
+            .map_err(|e| ConnectError::Failed(self.authority.to_string(), std::io::Error::other(e)))
+    }
+}
+
+/// Closes this thread's idle connections past their lifetime even when no request comes to notice them.
+fn ensure_reaper() {
+    if REAPER_RUNNING.replace(true) {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        REAPER_RUNNING.set(false);
+        return;
+    };
+    runtime.spawn(async {
+        while let Some(next_expiry) = reap() {
+            tokio::time::sleep_until(next_expiry).await;
+        }
+    });
+}
+
+/// Drops this thread's expired idle connections; returns when the next one expires, or `None` (and
+/// marks the reaper stopped) when none is left.
+fn reap() -> Option<Instant> {
+    let now = Instant::now();
+    let expired: Vec<Idle> = IDLE.with_borrow_mut(|stacks| {
+        let mut expired = Vec::new();
+        for stack in stacks.iter_mut() {
+            let (keep, gone): (Vec<Idle>, Vec<Idle>) =
+                stack.drain(..).partition(|entry| now.duration_since(entry.since) < entry.idle_timeout);
+            *stack = keep;
+            expired.extend(gone);
+        }
+        expired
+    });
+    drop(expired);
+    let next = IDLE.with_borrow(|stacks| stacks.iter().flatten().map(|entry| entry.since + entry.idle_timeout).min());
+    if next.is_none() {
+        REAPER_RUNNING.set(false);
+    }
+    next
+}
