@@ -72,7 +72,7 @@ pub async fn forward(
         Err(Failure::NotSent(request, error)) if connection.reused => {
             tracing::debug!(%error, "pooled upstream connection was closed; retrying on a new one");
             connection = server.pool.connect().await.map_err(connect_error)?;
-            exchange(&mut connection, request, &mut sent, read_timeout).await
+            exchange(&mut connection, *request, &mut sent, read_timeout).await
         }
         other => other,
     };
@@ -95,7 +95,7 @@ pub async fn forward(
 /// Why one exchange on a connection produced no response.
 enum Failure {
     /// The connection failed before the request was written; the request comes back for a retry.
-    NotSent(Request<RequestBody>, hyper::Error),
+    NotSent(Box<Request<RequestBody>>, hyper::Error),
     /// Anything else.
     Failed(GatewayError),
 }
@@ -116,7 +116,7 @@ async fn exchange(
         None => Err(Failure::Failed(GatewayError::ReadTimeout)),
         Some(Ok(response)) => Ok(response),
         Some(Err(mut error)) => match error.take_message() {
-            Some(request) => Err(Failure::NotSent(request, error.into_error())),
+            Some(request) => Err(Failure::NotSent(Box::new(request), error.into_error())),
             None => Err(Failure::Failed(classify(error.error()))),
         },
     }

@@ -82,7 +82,7 @@ struct ConnState {
     client: ClientInfo,
     /// This connection's reference to the current runtime: requests clone this outer `Arc`, whose
     /// count is the connection's own, instead of the runtime's shared one.
-    runtime: Mutex<Arc<Arc<Runtime>>>,
+    runtime: Mutex<Arc<ConnRuntime>>,
     opened: Instant,
     requests: AtomicU64,
     in_flight: AtomicUsize,
@@ -94,10 +94,10 @@ struct ConnState {
 
 impl ConnState {
     /// The runtime a new request runs on: the cached one, refreshed when a reload published another.
-    fn runtime(&self) -> Arc<Arc<Runtime>> {
+    fn runtime(&self) -> Arc<ConnRuntime> {
         let mut cached = self.runtime.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if cached.version != self.gateway.version() {
-            *cached = Arc::new(self.gateway.runtime());
+        if cached.0.version != self.gateway.version() {
+            *cached = Arc::new(ConnRuntime(self.gateway.runtime()));
         }
         cached.clone()
     }
@@ -114,6 +114,9 @@ impl ConnState {
         Some(self.opened + std::time::Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire)) + timeout)
     }
 }
+
+/// A connection's own handle on the shared runtime (see `ConnState::runtime`).
+struct ConnRuntime(Arc<Runtime>);
 
 /// Counts a request in flight until its response body is finished or dropped.
 struct InFlight(Arc<ConnState>);
@@ -162,7 +165,7 @@ async fn serve_http<I>(
 ) where
     I: Read + Write + Unpin + Send + 'static,
 {
-    let runtime = Mutex::new(Arc::new(gateway.runtime()));
+    let runtime = Mutex::new(Arc::new(ConnRuntime(gateway.runtime())));
     let peer = client.peer;
     let state = Arc::new(ConnState {
         gateway,
@@ -183,8 +186,9 @@ async fn serve_http<I>(
             let guard = InFlight(state.clone());
             let version = request.version();
             let runtime = state.runtime();
+            let runtime = &runtime.0;
             let mut response = match runtime.listeners.get(&listen_key) {
-                Some(spec) => pipeline::serve(&runtime, spec, &state.client, request).await,
+                Some(spec) => pipeline::serve(runtime, spec, &state.client, request).await,
                 // The listener was removed by a reload while this connection was open.
                 None => crate::error::error_response(
                     http::StatusCode::SERVICE_UNAVAILABLE,
