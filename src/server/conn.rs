@@ -21,8 +21,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::Instant;
 
 /// Serves a freshly accepted TCP connection that arrived on the listener configured as `listen_key`.
@@ -161,7 +162,7 @@ async fn serve_http<I>(
     http: &HttpSettings,
     client: ClientInfo,
     listen_key: SocketAddr,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     I: Read + Write + Unpin + Send + 'static,
 {
@@ -210,19 +211,42 @@ async fn serve_http<I>(
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
-    let keepalive = http.keepalive_timeout.0;
-    let stop_reason = loop {
-        let idle_check = match state.idle_deadline(keepalive) {
-            Some(deadline) => deadline,
-            None => Instant::now() + keepalive,
-        };
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
-                }
-                return;
+    // The watchdog runs beside the connection so that its timer and signals are not polled on every
+    // wake-up of the connection; `shutdown` stays held here until the connection is done, which is
+    // what the gateway's drain waits for.
+    let (stop_tx, mut stop_rx) = oneshot::channel();
+    let watchdog = tokio::spawn(watchdog(state, http.keepalive_timeout.0, shutdown.clone(), stop_tx));
+    let stop_reason = tokio::select! {
+        biased;
+        result = connection.as_mut() => {
+            watchdog.abort();
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
             }
+            return;
+        }
+        reason = &mut stop_rx => reason.unwrap_or("watchdog ended"),
+    };
+    tracing::debug!(%peer, reason = stop_reason, "closing client connection gracefully");
+    connection.as_mut().graceful_shutdown();
+    // In-flight requests get the drain deadline; so does a client that never acknowledges HTTP/2's GOAWAY.
+    if tokio::time::timeout(http.drain_timeout.0, connection).await.is_err() {
+        tracing::debug!(%peer, "connection did not close within drain_timeout; dropped");
+    }
+    drop(shutdown);
+}
+
+/// Tells the connection to close gracefully, with the reason: on shutdown, when keep-alive requests
+/// are used up (HTTP/2), or after `keepalive` without a request in flight.
+async fn watchdog(
+    state: Arc<ConnState>,
+    keepalive: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    stop: oneshot::Sender<&'static str>,
+) {
+    let reason = loop {
+        let idle_check = state.idle_deadline(keepalive).unwrap_or_else(|| Instant::now() + keepalive);
+        tokio::select! {
             _ = shutdown.changed() => break "shutdown",
             () = state.close.notified() => break "keepalive_requests reached",
             () = tokio::time::sleep_until(idle_check) => {
@@ -232,10 +256,5 @@ async fn serve_http<I>(
             }
         }
     };
-    tracing::debug!(%peer, reason = stop_reason, "closing client connection gracefully");
-    connection.as_mut().graceful_shutdown();
-    // In-flight requests get the drain deadline; so does a client that never acknowledges HTTP/2's GOAWAY.
-    if tokio::time::timeout(http.drain_timeout.0, connection).await.is_err() {
-        tracing::debug!(%peer, "connection did not close within drain_timeout; dropped");
-    }
+    let _ = stop.send(reason);
 }
