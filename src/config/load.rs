@@ -28,6 +28,7 @@ impl Source {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 location: format!("{name}:1:1"),
+                offset: 0,
                 message: format!("cannot read config file: {e}"),
             }])
         })?;
@@ -41,7 +42,7 @@ impl Source {
         let before = &self.text[..start];
         let line = before.matches('\n').count() + 1;
         let col = before.rfind('\n').map_or(before.chars().count(), |nl| before[nl + 1..].chars().count()) + 1;
-        ConfigError { location: format!("{}:{line}:{col}", self.name), message: message.into() }
+        ConfigError { location: format!("{}:{line}:{col}", self.name), offset: start, message: message.into() }
     }
 
     /// Resolves a path written in the file against the file's folder.
@@ -59,6 +60,8 @@ impl Source {
 pub struct ConfigError {
     /// `FILE:LINE:COL`
     pub location: String,
+    /// Byte offset in the file, to report errors in file order.
+    pub offset: usize,
     /// What is wrong, and what was expected.
     pub message: String,
 }
@@ -81,11 +84,14 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Parses a config text into its typed form, collecting every syntax and schema error.
-pub fn parse(source: &Source) -> Result<Config, ConfigErrors> {
+/// Parses a config text into its typed form, as far as it goes: every table that is valid on its own,
+/// and every syntax and schema error found (in file order). Whether the file has syntax errors is
+/// returned too, since then the whole-file checks would only add noise.
+pub fn parse(source: &Source) -> (Config, Vec<ConfigError>, bool) {
     let (root, syntax_errors) = DeTable::parse_recoverable(&source.text);
-    let mut errors: Vec<(usize, ConfigError)> = Vec::new();
-    let mut push = |span: Range<usize>, message: String| errors.push((span.start, source.error(span, message)));
+    let syntax_ok = syntax_errors.is_empty();
+    let mut errors: Vec<ConfigError> = Vec::new();
+    let mut push = |span: Range<usize>, message: String| errors.push(source.error(span, message));
     for e in syntax_errors {
         push(e.span().unwrap_or(0..0), format!("invalid TOML: {}", e.message()));
     }
@@ -102,7 +108,10 @@ pub fn parse(source: &Source) -> Result<Config, ConfigErrors> {
                 for item in array_items(value, "upstream", &mut push) {
                     match decode::<UpstreamConfig>(item) {
                         Ok(upstream) => config.upstreams.push(upstream),
-                        Err((span, message)) => push(span, message),
+                        Err((span, message)) => {
+                            config.upstreams_incomplete = true;
+                            push(span, message);
+                        }
                     }
                 }
             }
@@ -116,12 +125,8 @@ pub fn parse(source: &Source) -> Result<Config, ConfigErrors> {
             other => push(key_span, format!("unknown section `{other}` (expected `http`, `upstream` or `server`)")),
         }
     }
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        errors.sort_by_key(|(start, _)| *start);
-        Err(ConfigErrors(errors.into_iter().map(|(_, e)| e).collect()))
-    }
+    errors.sort_by_key(|e| e.offset);
+    (config, errors, syntax_ok)
 }
 
 /// Deserializes one TOML value into `T`, turning serde's error into a span and a message.
@@ -195,7 +200,7 @@ mod tests {
     #[test]
     fn reports_every_bad_table_with_line_and_column() {
         let text = "[[upstream]]\nname = \"a\"\nservers = []\nbogus = 1\n\n[[server]]\nlisten = [\"127.0.0.1:1\"]\n  [[server.location]]\n  prefix = \"/\"\n  proxxy = \"a\"\n";
-        let errors = parse(&source(text)).unwrap_err();
+        let errors = ConfigErrors(parse(&source(text)).1);
         assert_eq!(errors.0.len(), 2, "{errors}");
         assert!(errors.0[0].location.starts_with("t.toml:4:1"), "{errors}");
         assert!(errors.0[0].message.contains("unknown field `bogus`"), "{errors}");
@@ -205,14 +210,14 @@ mod tests {
 
     #[test]
     fn bad_values_point_at_the_value() {
-        let errors = parse(&source("[http]\nclient_header_timeout = \"soon\"\n")).unwrap_err();
+        let errors = ConfigErrors(parse(&source("[http]\nclient_header_timeout = \"soon\"\n")).1);
         assert_eq!(errors.0[0].location, "t.toml:2:25");
         assert!(errors.0[0].message.contains("invalid duration"), "{errors}");
     }
 
     #[test]
     fn syntax_errors_are_located() {
-        let errors = parse(&source("[http\n")).unwrap_err();
+        let errors = ConfigErrors(parse(&source("[http\n")).1);
         assert!(errors.0[0].location.starts_with("t.toml:1:"), "{errors}");
         assert!(errors.0[0].message.starts_with("invalid TOML"), "{errors}");
     }

@@ -26,9 +26,18 @@ listen = ["127.0.0.1:8000"]
   proxy = "model"
 "#;
 
-/// Reads, parses and validates a config source.
+/// Parses and validates a config source, reporting every error found in file order.
 pub fn load(source: &Source) -> Result<Config, ConfigErrors> {
-    let config = parse(source)?;
-    validate(&config, source)?;
-    Ok(config)
+    let (config, mut errors, syntax_ok) = parse(source);
+    if syntax_ok {
+        if let Err(ConfigErrors(more)) = validate(&config, source) {
+            errors.extend(more);
+        }
+    }
+    if errors.is_empty() {
+        return Ok(config);
+    }
+    errors.sort_by_key(|e| e.offset);
+    errors.dedup();
+    Err(ConfigErrors(errors))
 }

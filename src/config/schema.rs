@@ -17,6 +17,9 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// `[[server]]`: virtual servers, each with listeners and locations.
     pub servers: Vec<ServerConfig>,
+    /// Some `[[upstream]]` table failed to parse: a location naming an unknown upstream may name that
+    /// one, so that is not reported as a second error.
+    pub upstreams_incomplete: bool,
 }
 
 /// `[http]`, nginx's `http {}` context for client connections.

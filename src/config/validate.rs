@@ -110,7 +110,7 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
             check_header(header, server.span.clone(), source, &mut errors);
         }
         for location in &server.locations {
-            validate_location(location, &upstream_names, source, &mut errors);
+            validate_location(location, &upstream_names, config.upstreams_incomplete, source, &mut errors);
         }
     }
     if errors.is_empty() {
@@ -146,6 +146,7 @@ fn check_header(
 fn validate_location(
     location: &LocationConfig,
     upstreams: &HashSet<&str>,
+    upstreams_incomplete: bool,
     source: &Source,
     errors: &mut Vec<ConfigError>,
 ) {
@@ -173,7 +174,7 @@ fn validate_location(
             .push(source.error(span.clone(), "a location needs exactly one handler: `proxy`, `return` or `redirect`"));
     }
     if let Some(proxy) = &location.proxy {
-        if !upstreams.contains(proxy.get_ref().as_str()) {
+        if !upstreams.contains(proxy.get_ref().as_str()) && !upstreams_incomplete {
             let mut known: Vec<_> = upstreams.iter().copied().collect();
             known.sort_unstable();
             errors.push(source.error(

@@ -146,6 +146,7 @@ impl Gateway {
                     // Nothing was published yet: dropping the sockets bound so far undoes this step.
                     return Err(ConfigErrors(vec![ConfigError {
                         location: source.name.clone(),
+                        offset: 0,
                         message: format!("cannot listen on {configured}: {e}"),
                     }]));
                 }

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod cli;
 mod proxy;
 mod reload;
 mod streaming;

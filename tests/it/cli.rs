@@ -1,0 +1,160 @@
+//! The `infergate` binary as a user runs it: `check` like `nginx -t`, `run` with SIGHUP reload and
+//! SIGTERM drain, as a real child process.
+
+use crate::support::*;
+use http::{Response, StatusCode};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_infergate");
+/// Guard against a hang; a healthy run answers in milliseconds.
+const GUARD: Duration = Duration::from_secs(20);
+
+fn check(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let output = Command::new(BINARY).arg("check").args(args).current_dir(dir).output().unwrap();
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[test]
+fn check_accepts_the_seed_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    write_cert(&dir.path().join("certs"), "example", &["api.example.com"]);
+    let seed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/seed.toml")).unwrap();
+    std::fs::write(dir.path().join("seed.toml"), seed).unwrap();
+    let (code, out) = check(dir.path(), &["--config", "seed.toml"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("seed.toml: configuration is valid"), "{out}");
+}
+
+#[test]
+fn check_prints_every_error_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = r#"[http]
+client_header_timeout = "sometime"
+
+[[upstream]]
+name = "glm"
+servers = [{ addr = "127.0.0.1" }]
+
+[[server]]
+listen = ["127.0.0.1:8000", "127.0.0.1:8000"]
+
+  [[server.location]]
+  prefix = "/"
+  proxy = "gml"
+
+  [[server.location]]
+  regex = "(unclosed"
+  return = { status = 200 }
+"#;
+    std::fs::write(dir.path().join("bad.toml"), config).unwrap();
+    let (code, out) = check(dir.path(), &["--config", "bad.toml"]);
+    assert_eq!(code, 1);
+    for expected in [
+        "bad.toml:2:25: invalid duration \"sometime\"",
+        "bad.toml:6:21: invalid upstream server address \"127.0.0.1\" (expected host:port)",
+        "bad.toml:9:29: duplicate listener 127.0.0.1:8000 in this server",
+        "bad.toml:13:11: unknown upstream `gml` (defined: glm)",
+        "bad.toml:16:11: invalid regex",
+    ] {
+        assert!(out.lines().any(|l| l.starts_with(expected)), "missing {expected:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn without_a_config_the_embedded_default_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = check(dir.path(), &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("<embedded default>: configuration is valid"), "{out}");
+}
+
+/// A running `infergate` child whose stderr lines arrive on a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(config: &std::path::Path) -> Running {
+        let mut child = Command::new(BINARY)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// Waits for a stderr line containing `needle` and returns it.
+    fn wait_for(&self, needle: &str) -> String {
+        loop {
+            let line = self.lines.recv_timeout(GUARD).unwrap_or_else(|_| panic!("no line with {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
+    let a = Backend::start(|_| async { Response::new(full("a")) }).await;
+    let b = Backend::start(|_| async { Response::new(full("b")) }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("infergate.toml");
+    std::fs::write(&path, proxy_config(&a.authority(), "")).unwrap();
+    let mut running = Running::start(&path);
+    let line = running.wait_for("infergate: listening on ");
+    let addr: std::net::SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    running.wait_for(&format!("infergate: upstream backend -> {}", a.authority()));
+    assert_eq!(fetch(addr, "/").await.2, "a");
+
+    std::fs::write(&path, proxy_config(&b.authority(), "")).unwrap();
+    running.signal("HUP");
+    running.wait_for("config reloaded");
+    assert_eq!(fetch(addr, "/").await.2, "b");
+
+    std::fs::write(&path, "this is not toml").unwrap();
+    running.signal("HUP");
+    running.wait_for("config reload failed");
+    let (status, _, body) = fetch(addr, "/").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "b"));
+
+    running.signal("TERM");
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = running.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(started.elapsed() < GUARD, "did not exit after SIGTERM");
+        tokio::task::yield_now().await;
+    }
+}
