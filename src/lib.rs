@@ -11,5 +11,6 @@ pub mod proxy;
 pub mod route;
 pub mod runtime;
 pub mod server;
+pub mod sim;
 pub mod template;
 pub mod upstream;

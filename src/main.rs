@@ -6,6 +6,8 @@ use infergate::config::Source;
 use infergate::runtime::Runtime;
 use infergate::server::workers::Workers;
 use infergate::server::{signals, ConfigOrigin, Gateway};
+use infergate::sim::{Sim, SimOptions};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -26,7 +28,24 @@ enum Command {
     Run,
     /// Check the config like `nginx -t`: exit 0 when valid, else print every error and exit 1.
     Check,
+    /// Run a simulated vision-language model server (OpenAI-compatible) for trying and testing.
+    Sim(SimOptions),
+    /// Start the simulated model and the gateway in front of it (examples/demo.toml), ready to curl.
+    Demo(DemoOptions),
 }
+
+#[derive(clap::Args)]
+struct DemoOptions {
+    /// Where the gateway listens.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+    /// Where the simulated model listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    sim_listen: SocketAddr,
+}
+
+/// The demo config, from the working copy when run from the repository, else the copy built in.
+const DEMO_CONFIG: &str = include_str!("../examples/demo.toml");
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -42,6 +61,8 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(&origin),
         Command::Run => run(origin),
+        Command::Sim(options) => sim(options),
+        Command::Demo(options) => demo(options),
     };
     result.unwrap_or_else(|e| {
         eprintln!("infergate: {e:#}");
@@ -62,6 +83,57 @@ fn check(origin: &ConfigOrigin) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn sim(options: SimOptions) -> anyhow::Result<ExitCode> {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let sim = Sim::start_with(options.clone(), true)
+            .await
+            .with_context(|| format!("cannot listen on {}", options.listen))?;
+        eprintln!(
+            "infergate sim: model {} on http://{} ({} slots)",
+            options.model_name, sim.addr, options.latency.slots
+        );
+        tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn demo(options: DemoOptions) -> anyhow::Result<ExitCode> {
+    let control =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    let workers = Workers::start(0).context("cannot start worker threads")?;
+    control.block_on(async move {
+        let sim_options = SimOptions { listen: options.sim_listen, ..SimOptions::default() };
+        let sim = Sim::start(sim_options).await.with_context(|| format!("cannot start the simulated model on {}", options.sim_listen))?;
+        let (name, template) = match std::fs::read_to_string("examples/demo.toml") {
+            Ok(text) => ("examples/demo.toml".to_string(), text),
+            Err(_) => ("<built-in examples/demo.toml>".to_string(), DEMO_CONFIG.to_string()),
+        };
+        let text = template.replace("127.0.0.1:8080", &sim.addr.to_string()).replace("127.0.0.1:8000", &options.listen.to_string());
+        let gateway = match Gateway::start_on(ConfigOrigin::Text { name, text }, workers.handles()).await {
+            Ok(gateway) => gateway,
+            Err(errors) => {
+                eprintln!("{errors}");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        let gateway_addr = gateway.bound_addrs().into_values().next().context("the demo config has no listener")?;
+        eprintln!("infergate demo: simulated model (infergate sim) on http://{}", sim.addr);
+        eprintln!("infergate demo: gateway on http://{gateway_addr} -> model");
+        eprintln!("infergate demo: try a streamed answer through the gateway:");
+        eprintln!(
+            "  curl -N http://{gateway_addr}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\": \"glm-4v-flash\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"What is in this image?\"}}]}}'"
+        );
+        eprintln!("infergate demo: Ctrl-C stops both");
+        let drained = signals::run_until_stopped(gateway).await.context("cannot install signal handlers")?;
+        if !drained {
+            eprintln!("infergate: drain deadline passed with requests still open; exiting");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn run(origin: ConfigOrigin) -> anyhow::Result<ExitCode> {

@@ -28,6 +28,13 @@ pub enum ConfigOrigin {
     File(PathBuf),
     /// The built-in default (no file): reloads keep it.
     Embedded,
+    /// A config text made by the program itself (`infergate demo`): reloads keep it.
+    Text {
+        /// Shown in errors in place of a file name.
+        name: String,
+        /// The config.
+        text: String,
+    },
 }
 
 impl ConfigOrigin {
@@ -37,6 +44,9 @@ impl ConfigOrigin {
             ConfigOrigin::File(path) => Source::read(path),
             ConfigOrigin::Embedded => {
                 Ok(Source { name: "<embedded default>".into(), dir: PathBuf::from("."), text: EMBEDDED_DEFAULT.into() })
+            }
+            ConfigOrigin::Text { name, text } => {
+                Ok(Source { name: name.clone(), dir: PathBuf::from("."), text: text.clone() })
             }
         }
     }

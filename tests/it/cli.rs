@@ -80,9 +80,12 @@ struct Running {
 
 impl Running {
     fn start(config: &std::path::Path) -> Running {
+        Running::spawn(&["run".as_ref(), "--config".as_ref(), config.as_os_str()])
+    }
+
+    fn spawn(args: &[&std::ffi::OsStr]) -> Running {
         let mut child = Command::new(BINARY)
-            .args(["run", "--config"])
-            .arg(config)
+            .args(args)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -155,6 +158,36 @@ async fn run_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
             break;
         }
         assert!(started.elapsed() < GUARD, "did not exit after SIGTERM");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_starts_the_sim_and_the_gateway_and_streams_an_answer() {
+    let mut running = Running::spawn(&[
+        "demo".as_ref(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--sim-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ]);
+    let line = running.wait_for("infergate demo: gateway on http://");
+    let addr: std::net::SocketAddr = line.split("http://").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    running.wait_for("curl -N");
+    let body = r#"{"model": "glm-4v-flash", "stream": true, "max_tokens": 3, "messages": [{"role": "user", "content": "What is in this image?"}]}"#;
+    let request = http::Request::post("/v1/chat/completions").header("host", "localhost").body(full(body)).unwrap();
+    let (status, headers, text) = send(&mut http1(addr).await, request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert!(text.contains("chat.completion.chunk") && text.ends_with("data: [DONE]\n\n"), "{text}");
+    running.signal("INT");
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = running.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(started.elapsed() < GUARD, "did not exit after Ctrl-C");
         tokio::task::yield_now().await;
     }
 }

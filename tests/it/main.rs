@@ -5,6 +5,7 @@ mod support;
 mod cli;
 mod proxy;
 mod reload;
+mod sim;
 mod streaming;
 mod timeouts;
 mod tls;

@@ -1,0 +1,227 @@
+//! OpenAI's chat completion shapes, as vLLM and SGLang serve them: reading a request (text and
+//! `image_url` parts) and writing responses and SSE chunks.
+
+use super::engine::{image_tokens, LatencyModel};
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+/// What the latency model needs from a chat request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// The `model` field, echoed back.
+    pub model: String,
+    /// `stream: true`.
+    pub stream: bool,
+    /// `stream_options.include_usage: true`.
+    pub include_usage: bool,
+    /// Output tokens to produce.
+    pub max_tokens: u32,
+    /// Whether `max_tokens` came from the request (then the answer ends with `length`).
+    pub limited: bool,
+    /// Prompt text tokens (about four characters each).
+    pub text_tokens: u32,
+    /// Image tokens over all images.
+    pub image_tokens: u32,
+}
+
+/// Images given by http(s) URL are counted as this size, never fetched.
+const REMOTE_IMAGE_SIDE: usize = 448;
+
+/// Reads an OpenAI chat completion body; errors say what is wrong for a 400.
+pub fn parse_chat(body: &[u8], model: &LatencyModel, default_model: &str) -> Result<ChatRequest, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
+    let object = value.as_object().ok_or("the body must be a JSON object")?;
+    let messages = object.get("messages").and_then(Value::as_array).ok_or("`messages` must be an array")?;
+    if messages.is_empty() {
+        return Err("`messages` must not be empty".into());
+    }
+    let (mut text_chars, mut images) = (0usize, 0u32);
+    for (i, message) in messages.iter().enumerate() {
+        message.get("role").and_then(Value::as_str).ok_or_else(|| format!("messages[{i}].role must be a string"))?;
+        match message.get("content") {
+            Some(Value::String(text)) => text_chars += text.chars().count(),
+            Some(Value::Array(parts)) => {
+                for (j, part) in parts.iter().enumerate() {
+                    match part.get("type").and_then(Value::as_str) {
+                        Some("text") => {
+                            text_chars += part.get("text").and_then(Value::as_str).map_or(0, |t| t.chars().count())
+                        }
+                        Some("image_url") => {
+                            let url = part
+                                .get("image_url")
+                                .and_then(|u| u.get("url").or(Some(u)))
+                                .and_then(Value::as_str)
+                                .ok_or_else(|| format!("messages[{i}].content[{j}].image_url.url must be a string"))?;
+                            images = images.saturating_add(
+                                image_url_tokens(url).map_err(|e| format!("messages[{i}].content[{j}]: {e}"))?,
+                            );
+                        }
+                        _ => return Err(format!("messages[{i}].content[{j}].type must be \"text\" or \"image_url\"")),
+                    }
+                }
+            }
+            Some(Value::Null) | None => {}
+            Some(_) => return Err(format!("messages[{i}].content must be a string or an array of parts")),
+        }
+    }
+    let requested = object.get("max_completion_tokens").or_else(|| object.get("max_tokens")).and_then(Value::as_u64);
+    let stream = object.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage =
+        object.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
+    Ok(ChatRequest {
+        model: object.get("model").and_then(Value::as_str).unwrap_or(default_model).to_string(),
+        stream,
+        include_usage,
+        max_tokens: requested.map_or(model.default_max_tokens, |n| u32::try_from(n).unwrap_or(u32::MAX)).max(1),
+        limited: requested.is_some(),
+        text_tokens: u32::try_from(text_chars.div_ceil(4)).unwrap_or(u32::MAX).max(1),
+        image_tokens: images,
+    })
+}
+
+/// Image tokens of a `data:` URL (size read from the decoded image header) or a remote URL.
+fn image_url_tokens(url: &str) -> Result<u32, String> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(image_tokens(REMOTE_IMAGE_SIDE, REMOTE_IMAGE_SIDE));
+    }
+    let data = url.strip_prefix("data:").ok_or("image_url must be a data: URL or an http(s) URL")?;
+    let (_, encoded) = data.split_once(";base64,").ok_or("data: URL must be base64-encoded")?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| format!("invalid base64 image: {e}"))?;
+    let size = imagesize::blob_size(&bytes).map_err(|e| format!("unreadable image: {e}"))?;
+    Ok(image_tokens(size.width, size.height))
+}
+
+/// The words the simulated model says, one per token.
+const WORDS: [&str; 16] = [
+    "The",
+    "image",
+    "shows",
+    "a",
+    "simulated",
+    "answer",
+    "from",
+    "infergate",
+    "sim,",
+    "one",
+    "token",
+    "at",
+    "a",
+    "time,",
+    "as",
+    "asked.",
+];
+
+/// The text of output token `index`.
+pub fn token(index: u32) -> String {
+    let word = WORDS[index as usize % WORDS.len()];
+    if index == 0 {
+        word.to_string()
+    } else {
+        format!(" {word}")
+    }
+}
+
+/// The `finish_reason` of a complete answer.
+pub fn finish_reason(request: &ChatRequest) -> &'static str {
+    if request.limited {
+        "length"
+    } else {
+        "stop"
+    }
+}
+
+fn usage(request: &ChatRequest, completion_tokens: u32) -> Value {
+    let prompt = request.text_tokens + request.image_tokens;
+    json!({"prompt_tokens": prompt, "completion_tokens": completion_tokens, "total_tokens": prompt + completion_tokens})
+}
+
+/// A non-streamed answer.
+pub fn completion(id: &str, created: u64, request: &ChatRequest) -> Value {
+    let content: String = (0..request.max_tokens).map(token).collect();
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": request.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": null, "finish_reason": finish_reason(request)}],
+        "usage": usage(request, request.max_tokens),
+    })
+}
+
+/// One SSE chunk: `delta` with optional `finish_reason`; with `include_usage`, `usage: null` as OpenAI sends.
+pub fn chunk(id: &str, created: u64, request: &ChatRequest, delta: Value, finish: Option<&str>) -> String {
+    let mut value = json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": request.model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+    });
+    if request.include_usage {
+        value["usage"] = Value::Null;
+    }
+    format!("data: {value}\n\n")
+}
+
+/// The final usage chunk (`choices: []`), sent when `stream_options.include_usage` is set.
+pub fn usage_chunk(id: &str, created: u64, request: &ChatRequest, completion_tokens: u32) -> String {
+    let value = json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": request.model,
+        "choices": [],
+        "usage": usage(request, completion_tokens),
+    });
+    format!("data: {value}\n\n")
+}
+
+/// An OpenAI-shaped error body.
+pub fn error(message: &str, kind: &str, code: u16) -> Value {
+    json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(width: u32, height: u32) -> String {
+        // A PNG signature and IHDR chunk are all imagesize reads.
+        let mut bytes = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13, b'I', b'H', b'D', b'R'];
+        bytes.extend_from_slice(&width.to_be_bytes());
+        bytes.extend_from_slice(&height.to_be_bytes());
+        bytes.extend_from_slice(&[8, 6, 0, 0, 0, 0, 0, 0, 0]);
+        format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    #[test]
+    fn reads_text_and_image_parts() {
+        let body = json!({
+            "model": "glm-4v-flash",
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "What is in this picture?"},
+                {"type": "image_url", "image_url": {"url": png(1024, 1024)}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}
+            ]}]
+        });
+        let request = parse_chat(body.to_string().as_bytes(), &LatencyModel::default(), "m").unwrap();
+        assert_eq!(request.image_tokens, 1296 + 256);
+        assert_eq!(request.text_tokens, 6);
+        assert!(request.stream && request.include_usage && request.limited);
+        assert_eq!(request.max_tokens, 5);
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_chat_request() {
+        let model = LatencyModel::default();
+        assert!(parse_chat(b"{not json", &model, "m").unwrap_err().contains("invalid JSON"));
+        assert!(parse_chat(b"{\"prompt\": \"hi\"}", &model, "m").unwrap_err().contains("messages"));
+        let bad_image = json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]});
+        assert!(parse_chat(bad_image.to_string().as_bytes(), &model, "m").unwrap_err().contains("unreadable image"));
+    }
+}
