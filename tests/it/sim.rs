@@ -155,3 +155,22 @@ async fn health_models_metrics_and_slow_start() {
         assert!(metrics.contains(name), "{name} missing");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_sdk_reads_the_sims_answers_through_the_gateway() {
+    let model = LatencyModel { prefill_base_ms: 1.0, decode_ms: 1.0, ..LatencyModel::default() };
+    let (sim, gw) = sim_behind_gateway(SimOptions { latency: model, ..SimOptions::default() }).await;
+    let base = format!("http://{}/v1", gw.addr("127.0.0.1:0"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_sdk.py");
+    let output = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(&base)
+        .output()
+        .await
+        .expect("python3 is needed (.ci/run installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "openai SDK check failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("openai SDK: ok"));
+    assert_eq!(sim.stats()["completed"], 2);
+}
