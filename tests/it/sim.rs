@@ -174,3 +174,57 @@ async fn the_official_openai_sdk_reads_the_sims_answers_through_the_gateway() {
     assert!(stdout.contains("openai SDK: ok"));
     assert_eq!(sim.stats()["completed"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sim_records_clients_leaving_during_prefill_and_non_streamed_answers() {
+    // Long prefill for the first case, long decode for the second.
+    let model = LatencyModel { prefill_base_ms: 60_000.0, ..LatencyModel::default() };
+    let (sim, gw) = sim_behind_gateway(SimOptions { latency: model, ..SimOptions::default() }).await;
+    let addr = gw.addr("127.0.0.1:0");
+    for (stream, expected) in [(true, 1), (false, 2)] {
+        let mut client = http1(addr).await;
+        let request = chat(json!({"stream": stream, "messages": [{"role": "user", "content": "hi"}]}));
+        let pending = tokio::spawn(async move { client.send_request(request).await });
+        while sim.stats()["running"] != 1 {
+            tokio::task::yield_now().await;
+        }
+        pending.abort();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sim.stats()["aborted"] != expected {
+            assert!(std::time::Instant::now() < deadline, "abort not seen: {}", sim.stats());
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(sim.stats()["running"], 0, "the slot is freed");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_rate_answers_500_and_stall_after_stops_mid_stream() {
+    let sim = Sim::start(SimOptions { fail_rate: 1.0, ..SimOptions::default() }).await.unwrap();
+    let (status, _, body) =
+        send(&mut http1(sim.addr).await, chat(json!({"messages": [{"role": "user", "content": "hi"}]}))).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(body.contains("--fail-rate"), "{body}");
+    assert_eq!(sim.stats()["errors"], 1);
+
+    let model = LatencyModel { prefill_base_ms: 1.0, decode_ms: 1.0, ..LatencyModel::default() };
+    let sim = Sim::start(SimOptions { latency: model, stall_after: Some(2), ..SimOptions::default() }).await.unwrap();
+    let response = http1(sim.addr)
+        .await
+        .send_request(chat(json!({"stream": true, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let mut tokens = 0;
+    // Role chunk, then two tokens; then nothing more arrives, and the stream is not closed either.
+    for _ in 0..3 {
+        let frame = body.frame().await.unwrap().unwrap();
+        tokens += usize::from(frame.data_ref().is_some_and(|d| {
+            d.windows(10).any(|w| w == b"\"content\":") && !d.windows(12).any(|w| w == b"\"content\":\"\"")
+        }));
+    }
+    assert_eq!(tokens, 2);
+    // On the paused clock a minute passes at once; an unstalled sim would send 60,000 tokens in it.
+    let more = tokio::time::timeout(Duration::from_secs(60), body.frame()).await;
+    assert!(more.is_err(), "the stream should stall open, got {more:?}");
+}

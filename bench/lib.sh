@@ -1,0 +1,78 @@
+# Shared helpers of the bench scripts (sourced, not run). Everything listens on 127.0.0.1 and is
+# stopped by `cleanup` on exit.
+
+need() { command -v "$1" >/dev/null 2>&1; }
+
+# Installs Debian's nginx, wrk and h2load when missing.
+install_tools() {
+  if ! need nginx || ! need wrk || ! need h2load || ! need openssl; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk nghttp2-client openssl >/dev/null
+  fi
+}
+
+WORK=$(mktemp -d)
+PIDS=()
+NGINX_DIRS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for dir in "${NGINX_DIRS[@]}"; do [ -f "$dir/nginx.pid" ] && kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true; done
+  sleep 0.5
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# start_nginx NAME 'http-block-contents': writes $WORK/NAME/nginx.conf and starts it.
+start_nginx() {
+  local dir="$WORK/$1"
+  mkdir -p "$dir"
+  cat > "$dir/nginx.conf" <<CONF
+worker_processes auto;
+worker_rlimit_nofile 65536;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 32768; }
+http {
+  access_log off;
+  client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir; uwsgi_temp_path $dir; scgi_temp_path $dir;
+  $2
+}
+CONF
+  nginx -c "$dir/nginx.conf" -e "$dir/error.log"
+  NGINX_DIRS+=("$dir")
+}
+
+# Pids of a started nginx (master and workers).
+nginx_pids() { local master; master=$(cat "$WORK/$1/nginx.pid"); echo "$master $(pgrep -P "$master" | tr '\n' ' ')"; }
+
+# start_gateway NAME CONFIG_TEXT: runs infergate with the config; sets GATEWAY_PID.
+start_gateway() {
+  printf '%s\n' "$2" > "$WORK/$1.toml"
+  RUST_LOG=warn target/release/infergate run --config "$WORK/$1.toml" 2>"$WORK/$1.log" &
+  GATEWAY_PID=$!
+  PIDS+=("$GATEWAY_PID")
+}
+
+# wait_port PORT: until something accepts on 127.0.0.1:PORT (at most 10 s).
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1" >&2; return 1
+}
+
+# CPU ticks (user+system) of a set of processes.
+ticks() { local total=0 pid; for pid in "$@"; do
+  [ -r "/proc/$pid/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo $total; }
+
+# Resident memory (kB) of a set of processes.
+rss_kb() { local total=0 pid; for pid in "$@"; do
+  [ -r "/proc/$pid/status" ] && total=$((total + $(awk '/VmRSS/ {print $2}' "/proc/$pid/status"))); done; echo $total; }
+
+median() { sort -g | awk '{a[NR]=$1} END { if (NR == 0) { print "nan" } else { print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2 } }'; }
+
+# ratio A B: A/B with two decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+
+# value KEY < "k=v k=v": the value of KEY in infergate-load's output.
+value() { tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }

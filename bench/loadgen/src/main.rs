@@ -1,0 +1,310 @@
+//! `infergate-load`: the load client behind `bench/run.sh` for what wrk cannot measure — time to
+//! first token of SSE streams, how fast a client's disconnect reaches the model, goodput under
+//! overload, and holding many idle keep-alive connections. Every mode is bounded in count and time,
+//! talks to the address it is given (loopback in the benchmarks), and prints `key=value` figures.
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Time to the first content token of streamed chat completions, one request at a time.
+    Ttft {
+        /// Address to send to (gateway or model).
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 50)]
+        requests: usize,
+    },
+    /// Milliseconds from closing a stream to the model recording the abort (`GET /stats` of the sim).
+    Cancel {
+        /// Address to send to (gateway or model).
+        #[arg(long)]
+        addr: SocketAddr,
+        /// The sim itself, for `/stats`.
+        #[arg(long)]
+        sim: SocketAddr,
+        #[arg(long, default_value_t = 20)]
+        requests: usize,
+    },
+    /// Closed-loop clients against an overloaded model: successes within the SLO per second,
+    /// rejection latency, and whether the model is still alive afterwards.
+    Overload {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// The sim itself, for `/health` afterwards.
+        #[arg(long)]
+        sim: SocketAddr,
+        #[arg(long, default_value_t = 48)]
+        clients: usize,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+        duration: Duration,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        slo: Duration,
+    },
+    /// Opens idle keep-alive connections (one request each, then silence) and holds them.
+    Idle {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        hold: Duration,
+    },
+}
+
+type Sender = SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+fn chat(stream: bool, max_tokens: u32) -> Request<Full<Bytes>> {
+    let body = serde_json::json!({
+        "model": "glm-4v-flash",
+        "stream": stream,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": "What is in this image? Answer briefly."}],
+    });
+    Request::post("/v1/chat/completions")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("static request")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn summary(name: &str, mut values: Vec<f64>) {
+    values.sort_by(f64::total_cmp);
+    println!(
+        "{name}_p50_ms={:.2} {name}_p90_ms={:.2} {name}_p99_ms={:.2} {name}_n={}",
+        percentile(&values, 50.0),
+        percentile(&values, 90.0),
+        percentile(&values, 99.0),
+        values.len()
+    );
+}
+
+/// Sends a streamed request and waits for the first frame carrying a non-empty content delta.
+async fn first_token(sender: &mut Sender) -> Result<(hyper::body::Incoming, Duration), String> {
+    let started = Instant::now();
+    let response = sender.send_request(chat(true, 16)).await.map_err(|e| e.to_string())?;
+    if response.status() != StatusCode::OK {
+        return Err(format!("status {}", response.status()));
+    }
+    let mut body = response.into_body();
+    loop {
+        let frame = body.frame().await.ok_or("stream ended before a token")?.map_err(|e| e.to_string())?;
+        if frame.data_ref().is_some_and(|data| has_token(data)) {
+            return Ok((body, started.elapsed()));
+        }
+    }
+}
+
+/// Whether SSE data carries a non-empty `"content":"..."` delta (several events may share a frame).
+fn has_token(data: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"content\":\"";
+    data.windows(KEY.len() + 1).any(|w| w.starts_with(KEY) && w[KEY.len()] != b'"')
+}
+
+async fn ttft(addr: SocketAddr, requests: usize) -> Result<(), String> {
+    let mut sender = connect(addr).await.map_err(|e| e.to_string())?;
+    let mut times = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let (body, elapsed) = first_token(&mut sender).await?;
+        body.collect().await.map_err(|e| e.to_string())?;
+        times.push(elapsed.as_secs_f64() * 1000.0);
+    }
+    summary("ttft", times);
+    Ok(())
+}
+
+async fn sim_stats(sim: SocketAddr) -> Result<serde_json::Value, String> {
+    let mut sender = connect(sim).await.map_err(|e| e.to_string())?;
+    let request = Request::get("/stats").header("host", "sim").body(Full::new(Bytes::new())).expect("static request");
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    serde_json::from_slice(&body).map_err(|e| e.to_string())
+}
+
+async fn cancel(addr: SocketAddr, sim: SocketAddr, requests: usize) -> Result<(), String> {
+    let mut delays = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let before = sim_stats(sim).await?["aborted"].as_u64().unwrap_or(0);
+        let mut sender = connect(addr).await.map_err(|e| e.to_string())?;
+        let (body, _) = first_token(&mut sender).await?;
+        drop(body);
+        drop(sender);
+        let closed = Instant::now();
+        // Poll until the abort shows, for at most 10 s; the sim says how long ago it happened.
+        loop {
+            let stats = sim_stats(sim).await?;
+            if stats["aborted"].as_u64().unwrap_or(0) > before {
+                let ago = stats["uptime_ms"].as_f64().unwrap_or(0.0) - stats["last_abort_ms"].as_f64().unwrap_or(0.0);
+                delays.push((closed.elapsed().as_secs_f64() * 1000.0 - ago).max(0.0));
+                break;
+            }
+            if closed.elapsed() > Duration::from_secs(10) {
+                println!("cancel_never_seen=1");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    summary("cancel", delays);
+    Ok(())
+}
+
+#[derive(Default)]
+struct Outcome {
+    good: u64,
+    late: u64,
+    rejected: Vec<f64>,
+    errors: u64,
+}
+
+async fn overload(
+    addr: SocketAddr,
+    sim: SocketAddr,
+    clients: usize,
+    duration: Duration,
+    slo: Duration,
+) -> Result<(), String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut outcome = Outcome::default();
+            let mut sender: Option<Sender> = None;
+            while !stop.load(Ordering::Relaxed) {
+                if sender.is_none() {
+                    match connect(addr).await {
+                        Ok(s) => sender = Some(s),
+                        Err(_) => {
+                            outcome.errors += 1;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    }
+                }
+                let Some(client) = sender.as_mut() else { continue };
+                let started = Instant::now();
+                let result = tokio::time::timeout(slo * 4, async {
+                    let response = client.send_request(chat(false, 32)).await.map_err(|_| ())?;
+                    let status = response.status();
+                    response.into_body().collect().await.map_err(|_| ())?;
+                    Ok::<_, ()>(status)
+                })
+                .await;
+                let elapsed = started.elapsed();
+                match result {
+                    Ok(Ok(status)) if status == StatusCode::OK => {
+                        if elapsed <= slo {
+                            outcome.good += 1;
+                        } else {
+                            outcome.late += 1;
+                        }
+                    }
+                    Ok(Ok(status))
+                        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS =>
+                    {
+                        outcome.rejected.push(elapsed.as_secs_f64() * 1000.0);
+                    }
+                    _ => {
+                        outcome.errors += 1;
+                        sender = None;
+                        // A dead backend answers at once: do not spin.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            outcome
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Outcome::default();
+    for task in tasks {
+        if let Ok(outcome) = tokio::time::timeout(slo * 5, task).await.map_err(|_| ()).and_then(|r| r.map_err(|_| ())) {
+            total.good += outcome.good;
+            total.late += outcome.late;
+            total.errors += outcome.errors;
+            total.rejected.extend(outcome.rejected);
+        }
+    }
+    let alive = sim_stats(sim).await.is_ok();
+    let rejected = total.rejected.len();
+    total.rejected.sort_by(f64::total_cmp);
+    println!(
+        "goodput_rps={:.2} good={} late={} rejected={} errors={} reject_p99_ms={:.1} sim_alive={}",
+        total.good as f64 / duration.as_secs_f64(),
+        total.good,
+        total.late,
+        rejected,
+        total.errors,
+        percentile(&total.rejected, 99.0),
+        if alive { "yes" } else { "no" }
+    );
+    Ok(())
+}
+
+async fn idle(addr: SocketAddr, connections: usize, hold: Duration) -> Result<(), String> {
+    let mut held = Vec::with_capacity(connections);
+    let started = Instant::now();
+    for _ in 0..connections {
+        let mut sender = connect(addr).await.map_err(|e| e.to_string())?;
+        let request =
+            Request::get("/").header("host", "localhost").body(Full::new(Bytes::new())).expect("static request");
+        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        response.into_body().collect().await.map_err(|e| e.to_string())?;
+        held.push(sender);
+    }
+    println!("idle_connections={} opened_in_s={:.1}", held.len(), started.elapsed().as_secs_f64());
+    tokio::time::sleep(hold).await;
+    let open = held.iter().filter(|s| !s.is_closed()).count();
+    println!("idle_still_open={open}");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.mode {
+        Mode::Ttft { addr, requests } => ttft(addr, requests).await,
+        Mode::Cancel { addr, sim, requests } => cancel(addr, sim, requests).await,
+        Mode::Overload { addr, sim, clients, duration, slo } => overload(addr, sim, clients, duration, slo).await,
+        Mode::Idle { addr, connections, hold } => idle(addr, connections, hold).await,
+    };
+    if let Err(e) = result {
+        eprintln!("infergate-load: {e}");
+        std::process::exit(1);
+    }
+}

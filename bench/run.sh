@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# infergate's benchmark suite: infergate against nginx (Debian's package) on this machine, in the same
+# run, alternating, medians of ROUNDS rounds. Prints one table; every figure has its nginx ratio.
+#
+#   bench/run.sh [ROUNDS]        (default 3; the whole suite stays under 15 minutes)
+#
+# Sections: plain proxy rps; HTTPS over HTTP/1.1 (wrk) and HTTP/2 (h2load); time to first token added
+# over a direct connection to the simulated model, with the seed's config (nginx `proxy_buffering on`);
+# milliseconds from a client closing a stream to the model noticing; goodput of an overloaded model
+# (8 slots, dies above 24 requests, 48 clients, 20 s, SLO 5 s); memory with 10,000 idle keep-alive
+# connections. All traffic stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+
+ROUNDS=${1:-3}
+install_tools
+cargo build --release -q --workspace
+LOAD=target/release/infergate-load
+ulimit -n 65536 2>/dev/null || true
+
+BACKEND=18080 SIM=18090
+NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092
+RESULTS="$WORK/results.txt"; : > "$RESULTS"
+# record SECTION METRIC NGINX_VALUE INFERGATE_VALUE BETTER(higher|lower)
+record() { echo "$1|$2|$3|$4|$5" >> "$RESULTS"; }
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+
+start_nginx backend "server { listen 127.0.0.1:$BACKEND; keepalive_requests 1000000;
+  location / { default_type application/json; return 200 '{\"id\":\"cmpl-1\",\"object\":\"chat.completion\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"ok\"}}]}'; } }"
+
+PROXY_HEADERS='proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host;
+  proxy_set_header X-Real-IP $remote_addr; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+  proxy_set_header X-Forwarded-Proto $scheme;'
+start_nginx proxy "upstream backend { server 127.0.0.1:$BACKEND; keepalive 32; }
+  upstream glm_backend { server 127.0.0.1:$SIM; keepalive 32; }
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$NGINX_HTTP; location / { proxy_pass http://backend; $PROXY_HEADERS } }
+  server { listen 127.0.0.1:$NGINX_TLS ssl http2; ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers HIGH:!aNULL:!MD5;
+    location / { proxy_pass http://backend; $PROXY_HEADERS } }
+  server { listen 127.0.0.1:$NGINX_SEED;
+    location / { proxy_pass http://glm_backend; $PROXY_HEADERS
+      proxy_connect_timeout 30s; proxy_send_timeout 60s; proxy_read_timeout 120s;
+      proxy_buffering on; proxy_buffer_size 16k; proxy_buffers 8 32k; } }"
+start_gateway proxy "[http]
+keepalive_requests = 1000000
+
+[[upstream]]
+name = \"backend\"
+servers = [{ addr = \"127.0.0.1:$BACKEND\" }]
+keepalive = 32
+
+[[upstream]]
+name = \"glm_backend\"
+servers = [{ addr = \"127.0.0.1:$SIM\" }]
+keepalive = 32
+timeouts = { connect = \"30s\", send = \"60s\", read = \"120s\" }
+
+[[server]]
+listen = [\"127.0.0.1:$GW_HTTP\"]
+  [[server.location]]
+  prefix = \"/\"
+  proxy = \"backend\"
+
+[[server]]
+listen = [\"127.0.0.1:$GW_TLS\"]
+tls = { cert = \"$WORK/tls.crt\", key = \"$WORK/tls.key\", protocols = [\"1.2\", \"1.3\"] }
+  [[server.location]]
+  prefix = \"/\"
+  proxy = \"backend\"
+
+[[server]]
+listen = [\"127.0.0.1:$GW_SEED\"]
+  [[server.location]]
+  prefix = \"/\"
+  proxy = \"glm_backend\"
+  proxy_buffering = true
+  proxy_buffer_size = \"16k\"
+  proxy_buffers = \"8 32k\""
+NGINX_PIDS=$(nginx_pids proxy)
+for port in $BACKEND $NGINX_HTTP $GW_HTTP $NGINX_TLS $GW_TLS; do wait_port $port; done
+
+# sim_start [ARGS...]: a fresh simulated model on $SIM; sets SIM_PID.
+sim_start() {
+  target/release/infergate sim --listen "127.0.0.1:$SIM" "$@" 2>>"$WORK/sim.log" &
+  SIM_PID=$!; PIDS+=("$SIM_PID"); wait_port $SIM
+}
+sim_stop() { kill "$SIM_PID" 2>/dev/null || true; wait "$SIM_PID" 2>/dev/null || true; }
+
+echo "infergate benchmark suite: $(date -u +%Y-%m-%d), $(nproc) cores, nginx $(nginx -v 2>&1 | cut -d/ -f2), $ROUNDS rounds" >&2
+
+# 1. rps, plain HTTP/1.1 and HTTPS (wrk), HTTP/2 over TLS (h2load).
+wrk_rps() { wrk -t2 -c50 -d10s "$1" | awk '/Requests\/sec/ {print $2}'; }
+h2_rps() { h2load -t2 -c50 -m10 -D 10 "$1" 2>/dev/null | awk '/^finished in/ {gsub(",", "", $4); print $4}'; }
+for round in $(seq "$ROUNDS"); do
+  echo "rps round $round" >&2
+  record rps "HTTP/1.1 small JSON (rps)" "$(wrk_rps http://127.0.0.1:$NGINX_HTTP/v1/models)" "$(wrk_rps http://127.0.0.1:$GW_HTTP/v1/models)" higher
+  record rps "HTTPS HTTP/1.1 (rps)" "$(wrk_rps https://127.0.0.1:$NGINX_TLS/v1/models)" "$(wrk_rps https://127.0.0.1:$GW_TLS/v1/models)" higher
+  record rps "HTTPS HTTP/2 (rps, h2load -m10)" "$(h2_rps https://127.0.0.1:$NGINX_TLS/v1/models)" "$(h2_rps https://127.0.0.1:$GW_TLS/v1/models)" higher
+done
+
+# 2. Time to first token over the seed config, and cancellation, against the default sim.
+sim_start
+for round in $(seq "$ROUNDS"); do
+  echo "ttft/cancel round $round" >&2
+  direct=$($LOAD ttft --addr 127.0.0.1:$SIM --requests 20)
+  via_nginx=$($LOAD ttft --addr 127.0.0.1:$NGINX_SEED --requests 10)
+  via_gw=$($LOAD ttft --addr 127.0.0.1:$GW_SEED --requests 20)
+  for p in p50 p90; do
+    d=$(echo "$direct" | value "ttft_${p}_ms")
+    n=$(echo "$via_nginx" | value "ttft_${p}_ms"); g=$(echo "$via_gw" | value "ttft_${p}_ms")
+    record ttft "TTFT added over direct, $p (ms)" "$(awk -v a="$n" -v b="$d" 'BEGIN {printf "%.2f", a - b}')" "$(awk -v a="$g" -v b="$d" 'BEGIN {printf "%.2f", a - b}')" lower
+  done
+  n=$($LOAD cancel --addr 127.0.0.1:$NGINX_SEED --sim 127.0.0.1:$SIM --requests 5 | value cancel_p50_ms)
+  g=$($LOAD cancel --addr 127.0.0.1:$GW_SEED --sim 127.0.0.1:$SIM --requests 10 | value cancel_p50_ms)
+  record cancel "client close -> model abort, p50 (ms)" "$n" "$g" lower
+done
+sim_stop
+
+# 3. Goodput under overload: a fresh sim each run (it may die), 48 closed-loop clients.
+for round in $(seq "$ROUNDS"); do
+  echo "overload round $round" >&2
+  for target in nginx:$NGINX_SEED gateway:$GW_SEED; do
+    sim_start --slots 8 --crash-above 24
+    out=$($LOAD overload --addr "127.0.0.1:${target#*:}" --sim 127.0.0.1:$SIM --clients 48 --duration 20s --slo 5s)
+    sim_stop
+    echo "  ${target%%:*}: $out" >&2
+    eval "${target%%:*}_goodput=$(echo "$out" | value goodput_rps)"
+    eval "${target%%:*}_alive=$(echo "$out" | value sim_alive)"
+    eval "${target%%:*}_reject=$(echo "$out" | value reject_p99_ms)"
+  done
+  # shellcheck disable=SC2154
+  record overload "goodput within 5 s SLO (req/s)" "$nginx_goodput" "$gateway_goodput" higher
+  # shellcheck disable=SC2154
+  record overload "model alive after (1 = yes)" "$([ "$nginx_alive" = yes ] && echo 1 || echo 0)" "$([ "$gateway_alive" = yes ] && echo 1 || echo 0)" higher
+  # shellcheck disable=SC2154
+  record overload "rejection latency p99 (ms)" "$nginx_reject" "$gateway_reject" lower
+done
+
+# 4. Memory with 10,000 idle keep-alive connections (resident set of the proxy processes).
+for round in $(seq "$ROUNDS"); do
+  echo "idle memory round $round" >&2
+  for target in nginx gateway; do
+    if [ $target = nginx ]; then port=$NGINX_HTTP; pids=$NGINX_PIDS; else port=$GW_HTTP; pids=$GATEWAY_PID; fi
+    # shellcheck disable=SC2086
+    before=$(rss_kb $pids)
+    $LOAD idle --addr 127.0.0.1:$port --connections 10000 --hold 8s > "$WORK/idle.txt" &
+    sleep 6
+    # shellcheck disable=SC2086
+    during=$(rss_kb $pids)
+    wait $!
+    eval "${target}_mem=$(( (during - before) / 1024 ))"
+  done
+  # shellcheck disable=SC2154
+  record memory "RSS added by 10,000 idle connections (MB)" "$nginx_mem" "$gateway_mem" lower
+done
+
+echo
+printf '| %-42s | %12s | %12s | %18s |\n' "measure (median of $ROUNDS)" nginx infergate "infergate/nginx"
+printf '|%s|%s|%s|%s|\n' "--------------------------------------------" "--------------" "--------------" "--------------------"
+awk -F'|' '{print $2}' "$RESULTS" | awk '!seen[$0]++' | while read -r metric; do
+  n=$(awk -F'|' -v m="$metric" '$2 == m {print $3}' "$RESULTS" | median)
+  g=$(awk -F'|' -v m="$metric" '$2 == m {print $4}' "$RESULTS" | median)
+  printf '| %-42s | %12s | %12s | %18s |\n' "$metric" "$n" "$g" "$(ratio "$g" "$n")"
+done
+echo "(ratio > 1 is better for rps, goodput and alive; < 1 is better for latencies and memory)"
