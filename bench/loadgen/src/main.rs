@@ -113,9 +113,10 @@ fn summary(name: &str, mut values: Vec<f64>) {
 }
 
 /// Sends a streamed request and waits for the first frame carrying a non-empty content delta.
-async fn first_token(sender: &mut Sender) -> Result<(hyper::body::Incoming, Duration), String> {
+async fn first_token(sender: &mut Sender, max_tokens: u32) -> Result<(hyper::body::Incoming, Duration), String> {
+    sender.ready().await.map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let response = sender.send_request(chat(true, 16)).await.map_err(|e| e.to_string())?;
+    let response = sender.send_request(chat(true, max_tokens)).await.map_err(|e| e.to_string())?;
     if response.status() != StatusCode::OK {
         return Err(format!("status {}", response.status()));
     }
@@ -138,7 +139,7 @@ async fn ttft(addr: SocketAddr, requests: usize) -> Result<(), String> {
     let mut sender = connect(addr).await.map_err(|e| e.to_string())?;
     let mut times = Vec::with_capacity(requests);
     for _ in 0..requests {
-        let (body, elapsed) = first_token(&mut sender).await?;
+        let (body, elapsed) = first_token(&mut sender, 16).await?;
         body.collect().await.map_err(|e| e.to_string())?;
         times.push(elapsed.as_secs_f64() * 1000.0);
     }
@@ -159,7 +160,8 @@ async fn cancel(addr: SocketAddr, sim: SocketAddr, requests: usize) -> Result<()
     for _ in 0..requests {
         let before = sim_stats(sim).await?["aborted"].as_u64().unwrap_or(0);
         let mut sender = connect(addr).await.map_err(|e| e.to_string())?;
-        let (body, _) = first_token(&mut sender).await?;
+        // A long answer, so the client leaves mid-stream whatever the proxy buffers.
+        let (body, _) = first_token(&mut sender, 4000).await?;
         drop(body);
         drop(sender);
         let closed = Instant::now();
@@ -218,6 +220,7 @@ async fn overload(
                 let Some(client) = sender.as_mut() else { continue };
                 let started = Instant::now();
                 let result = tokio::time::timeout(slo * 4, async {
+                    client.ready().await.map_err(|_| ())?;
                     let response = client.send_request(chat(false, 32)).await.map_err(|_| ())?;
                     let status = response.status();
                     response.into_body().collect().await.map_err(|_| ())?;
