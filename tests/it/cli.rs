@@ -191,3 +191,36 @@ async fn demo_starts_the_sim_and_the_gateway_and_streams_an_answer() {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_crash_above_exits_with_137_like_an_out_of_memory_kill() {
+    let mut running = Running::spawn(&[
+        "sim".as_ref(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--crash-above".as_ref(),
+        "1".as_ref(),
+    ]);
+    let line = running.wait_for("infergate sim: model glm-4v-flash on http://");
+    let addr: std::net::SocketAddr = line.split("http://").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert_eq!(fetch(addr, "/health").await.0, StatusCode::OK);
+    // Two requests present at once (the first one is in its prefill) exceed 1.
+    let body = r#"{"messages": [{"role": "user", "content": "hi"}]}"#;
+    let first = tokio::spawn(async move {
+        let request = http::Request::post("/v1/chat/completions").header("host", "sim").body(full(body)).unwrap();
+        http1(addr).await.send_request(request).await
+    });
+    tokio::task::yield_now().await;
+    let request = http::Request::post("/v1/chat/completions").header("host", "sim").body(full(body)).unwrap();
+    let _ = http1(addr).await.send_request(request).await;
+    let _ = first.await;
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = running.child.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(137));
+            break;
+        }
+        assert!(started.elapsed() < GUARD, "the sim did not die");
+        tokio::task::yield_now().await;
+    }
+}
