@@ -23,7 +23,7 @@ LOAD=target/release/infergate-load
 ulimit -n 65536 2>/dev/null || true
 
 BACKEND=18080 SIM=18090
-NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092
+NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092 GW_GUARD=18093
 RESULTS="$WORK/results.txt"; : > "$RESULTS"
 # record SECTION METRIC NGINX_VALUE INFERGATE_VALUE BETTER(higher|lower)
 record() { echo "$1|$2|$3|$4|$5" >> "$RESULTS"; }
@@ -61,6 +61,21 @@ name = \"glm_backend\"
 servers = [{ addr = \"127.0.0.1:$SIM\" }]
 keepalive = 32
 timeouts = { connect = \"30s\", send = \"60s\", read = \"120s\" }
+
+# The seed's upstream with admission control sized to the sim: 8 slots, a queue that an answer
+# admitted from it still finishes within the 5 s SLO.
+[[upstream]]
+name = \"glm_guarded\"
+servers = [{ addr = \"127.0.0.1:$SIM\", max_inflight = 8 }]
+queue = { max = 24, timeout = \"3s\" }
+keepalive = 32
+timeouts = { connect = \"30s\", send = \"60s\", read = \"120s\" }
+
+[[server]]
+listen = [\"127.0.0.1:$GW_GUARD\"]
+  [[server.location]]
+  prefix = \"/\"
+  proxy = \"glm_guarded\"
 
 [[server]]
 listen = [\"127.0.0.1:$GW_HTTP\"]
@@ -125,7 +140,7 @@ section ttft && sim_stop
 # 3. Goodput under overload: a fresh sim each run (it may die), 48 closed-loop clients.
 section overload && for round in $(seq "$ROUNDS"); do
   echo "overload round $round" >&2
-  for target in nginx:$NGINX_SEED gateway:$GW_SEED; do
+  for target in nginx:$NGINX_SEED gateway:$GW_GUARD; do
     sim_start --slots 8 --crash-above 24
     out=$($LOAD overload --addr "127.0.0.1:${target#*:}" --sim 127.0.0.1:$SIM --clients 48 --duration 20s --slo 5s)
     sim_stop

@@ -3,6 +3,7 @@
 
 use crate::body::ResponseBody;
 use crate::config::ErrorFormat;
+use crate::upstream::Rejection;
 use http::{header, HeaderValue, Response, StatusCode};
 
 /// Something the gateway answers instead of (or because of) the backend.
@@ -32,6 +33,9 @@ pub enum GatewayError {
     /// The client's request could not be forwarded as sent.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// Every server of the upstream is at `max_inflight` and the queue is full or the wait timed out.
+    #[error("{}", match .0 { Rejection::QueueFull { .. } => "the model is at capacity and its queue is full; retry later", Rejection::QueueTimeout { .. } => "the model stayed at capacity for the whole queue timeout; retry later" })]
+    Overloaded(Rejection),
     /// A bug: a request handler panicked. Logged; the process lives on.
     #[error("internal error")]
     Internal,
@@ -49,6 +53,7 @@ impl GatewayError {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -64,13 +69,22 @@ impl GatewayError {
             GatewayError::BadRequest(_) => ("invalid_request_error", "bad_request"),
             GatewayError::UriTooLong => ("invalid_request_error", "uri_too_long"),
             GatewayError::Internal => ("server_error", "internal_error"),
+            GatewayError::Overloaded(Rejection::QueueFull { .. }) => ("server_error", "queue_full"),
+            GatewayError::Overloaded(Rejection::QueueTimeout { .. }) => ("server_error", "queue_timeout"),
         }
     }
 
     /// The response for this error in the location's format.
     pub fn to_response(&self, format: ErrorFormat) -> Response<ResponseBody> {
         let (kind, code) = self.kind();
-        error_response(self.status(), kind, code, &self.to_string(), format)
+        let mut response = error_response(self.status(), kind, code, &self.to_string(), format);
+        if let GatewayError::Overloaded(
+            Rejection::QueueFull { retry_after } | Rejection::QueueTimeout { retry_after },
+        ) = self
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        response
     }
 }
 

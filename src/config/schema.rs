@@ -78,6 +78,25 @@ pub struct UpstreamConfig {
     /// Connect, send and read timeouts (nginx `proxy_*_timeout`).
     #[serde(default)]
     pub timeouts: UpstreamTimeouts,
+    /// Where requests wait when every server is at its `max_inflight`.
+    #[serde(default)]
+    pub queue: QueueConfig,
+}
+
+/// `queue = { max, timeout }` of an upstream: used only when some server has `max_inflight`.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Requests that may wait; one more is answered 503 at once (64).
+    pub max: usize,
+    /// Longest wait for a slot; then 503 (10 s).
+    pub timeout: Span,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig { max: 64, timeout: Span(Duration::from_secs(10)) }
+    }
 }
 
 fn default_keepalive() -> usize {
@@ -94,6 +113,8 @@ fn default_pool_idle() -> Span {
 pub struct UpstreamServerConfig {
     /// `host:port` of the backend, e.g. `"127.0.0.1:8080"`.
     pub addr: Spanned<String>,
+    /// Most requests sent to this server at once (its batch slots); unset: no limit.
+    pub max_inflight: Option<Spanned<usize>>,
 }
 
 /// nginx's `proxy_connect_timeout`, `proxy_send_timeout` and `proxy_read_timeout` (60 s each).

@@ -33,6 +33,12 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
             ));
         }
         for server in &upstream.servers {
+            if let Some(max) = &server.max_inflight {
+                if *max.get_ref() == 0 {
+                    errors
+                        .push(source.error(max.span(), "max_inflight must be at least 1 (leave it out for no limit)"));
+                }
+            }
             if !is_host_port(server.addr.get_ref()) {
                 errors.push(source.error(
                     server.addr.span(),

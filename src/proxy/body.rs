@@ -3,7 +3,7 @@
 //! forwarded frame by frame with nginx's read timeout between two frames.
 
 use crate::body::BoxError;
-use crate::upstream::{PoolKey, UpstreamConnection};
+use crate::upstream::{Permit, PoolKey, UpstreamConnection};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -62,14 +62,21 @@ pub struct ReadTimedOut(pub Duration);
 pub struct UpstreamBody {
     inner: Incoming,
     connection: Option<(UpstreamConnection, PoolKey)>,
+    /// The server slot this response holds until it ends or is dropped (admission control).
+    _permit: Option<Permit>,
     read_timeout: Duration,
     idle: Option<Pin<Box<Sleep>>>,
 }
 
 impl UpstreamBody {
     /// Wraps a backend body; `connection` is the pooled connection it arrives on, if any.
-    pub fn new(inner: Incoming, connection: Option<(UpstreamConnection, PoolKey)>, read_timeout: Duration) -> Self {
-        UpstreamBody { inner, connection, read_timeout, idle: None }
+    pub fn new(
+        inner: Incoming,
+        connection: Option<(UpstreamConnection, PoolKey)>,
+        permit: Option<Permit>,
+        read_timeout: Duration,
+    ) -> Self {
+        UpstreamBody { inner, connection, _permit: permit, read_timeout, idle: None }
     }
 
     fn release_connection(&mut self) {

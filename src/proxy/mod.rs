@@ -10,7 +10,7 @@ pub use body::{ReadTimedOut, RequestBody, UpstreamBody};
 
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
-use crate::upstream::{ConnectError, SendTimedOut, Upstream, UpstreamConnection, UpstreamServer};
+use crate::upstream::{ConnectError, Permit, SendTimedOut, Upstream, UpstreamConnection, UpstreamServer};
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
@@ -46,7 +46,7 @@ pub async fn forward(
     upstream: &Upstream,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let upgrade = websocket::is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
-    let server = upstream.pick();
+    let (server, permit) = upstream.admit().await.map_err(GatewayError::Overloaded)?;
 
     let (mut parts, body) = request.into_parts();
     let host = parts
@@ -62,7 +62,7 @@ pub async fn forward(
     let read_timeout = upstream.timeouts.read.0;
 
     if let Some(client_upgrade) = upgrade {
-        return forward_upgrade(request, client_upgrade, server, &mut sent, read_timeout).await;
+        return forward_upgrade(request, client_upgrade, server, permit, &mut sent, read_timeout).await;
     }
 
     let mut connection = server.pool.checkout().await.map_err(connect_error)?;
@@ -87,7 +87,9 @@ pub async fn forward(
         server.pool.key().checkin(connection);
         ResponseBody::Empty
     } else {
-        ResponseBody::Upstream { inner: UpstreamBody::new(body, Some((connection, server.pool.key())), read_timeout) }
+        ResponseBody::Upstream {
+            inner: UpstreamBody::new(body, Some((connection, server.pool.key())), permit, read_timeout),
+        }
     };
     Ok(Response::from_parts(parts, body))
 }
@@ -128,6 +130,7 @@ async fn forward_upgrade(
     request: Request<RequestBody>,
     client_upgrade: hyper::upgrade::OnUpgrade,
     server: &UpstreamServer,
+    permit: Option<Permit>,
     sent: &mut Option<oneshot::Receiver<()>>,
     read_timeout: Duration,
 ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -142,16 +145,22 @@ async fn forward_upgrade(
         Some(result) => result.map_err(|e| classify(&e))?,
     };
     let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let mut body_permit = permit;
     if switched {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(websocket::tunnel(client_upgrade, upstream_upgrade, read_timeout));
+        // The tunnel holds the server's slot for as long as it lives.
+        let tunnel_permit = body_permit.take();
+        tokio::spawn(async move {
+            websocket::tunnel(client_upgrade, upstream_upgrade, read_timeout).await;
+            drop(tunnel_permit);
+        });
     }
     let (mut parts, body) = response.into_parts();
     headers::to_client(&mut parts.headers, switched);
     let body = if switched {
         ResponseBody::Empty
     } else {
-        ResponseBody::Upstream { inner: UpstreamBody::new(body, None, read_timeout) }
+        ResponseBody::Upstream { inner: UpstreamBody::new(body, None, body_permit, read_timeout) }
     };
     Ok(Response::from_parts(parts, body))
 }

@@ -210,7 +210,10 @@ async fn sim_crash_above_exits_with_137_like_an_out_of_memory_kill() {
         let request = http::Request::post("/v1/chat/completions").header("host", "sim").body(full(body)).unwrap();
         http1(addr).await.send_request(request).await
     });
-    tokio::task::yield_now().await;
+    // Wait until the first one holds a slot, then send the one too many.
+    while !fetch(addr, "/stats").await.2.contains("\"running\":1") {
+        tokio::task::yield_now().await;
+    }
     let request = http::Request::post("/v1/chat/completions").header("host", "sim").body(full(body)).unwrap();
     let _ = http1(addr).await.send_request(request).await;
     let _ = first.await;

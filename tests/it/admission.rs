@@ -1,0 +1,128 @@
+//! Admission control in front of simulated models: no model ever sees more than its `max_inflight`,
+//! the overflow waits in FIFO order, and what cannot wait is told at once to come back later.
+
+use crate::support::*;
+use http::{Request, StatusCode};
+use infergate::sim::engine::LatencyModel;
+use infergate::sim::{Sim, SimOptions};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn admission_config(sim: &Sim, max_inflight: usize, queue: &str) -> String {
+    format!(
+        r#"
+[[upstream]]
+name = "model"
+servers = [{{ addr = "{}", max_inflight = {max_inflight} }}]
+queue = {queue}
+
+[[server]]
+listen = ["127.0.0.1:0"]
+
+  [[server.location]]
+  prefix = "/"
+  proxy = "model"
+"#,
+        sim.addr
+    )
+}
+
+fn chat(stream: bool) -> Request<TestBody> {
+    let body = json!({"stream": stream, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]});
+    Request::post("/v1/chat/completions").header("host", "localhost").body(full(body.to_string())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_never_sees_more_than_max_inflight_and_every_request_is_served() {
+    let model = LatencyModel { slots: 100, prefill_base_ms: 20.0, decode_ms: 5.0, ..LatencyModel::default() };
+    let sim = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
+    let gw = TestGateway::start(&admission_config(&sim, 3, r#"{ max = 64, timeout = "30s" }"#)).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let mut requests = Vec::new();
+    for i in 0..12 {
+        requests.push(tokio::spawn(async move { send(&mut http1(addr).await, chat(i % 2 == 0)).await }));
+    }
+    for request in requests {
+        let (status, _, body) = request.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(sim.stats()["completed"], 12);
+    assert_eq!(sim.stats()["max_running"], 3, "the model saw exactly its max_inflight at most");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_503_at_once_with_retry_after_and_a_json_error() {
+    let model = LatencyModel { prefill_base_ms: 60_000.0, ..LatencyModel::default() };
+    let sim = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
+    let gw = TestGateway::start(&admission_config(&sim, 1, r#"{ max = 1, timeout = "60s" }"#)).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let held = tokio::spawn(async move { send(&mut http1(addr).await, chat(false)).await });
+    let queued = tokio::spawn(async move { send(&mut http1(addr).await, chat(false)).await });
+    let upstream = gw.gateway.runtime().upstreams["model"].clone();
+    let admission = upstream.admission.as_ref().unwrap();
+    while admission.queued() != 1 {
+        tokio::task::yield_now().await;
+    }
+    let started = std::time::Instant::now();
+    let (status, headers, body) = send(&mut http1(addr).await, chat(false)).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(took < Duration::from_millis(500), "rejection took {took:?}");
+    assert!(headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], "queue_full");
+    assert_eq!(sim.stats()["received"], 1, "only the admitted request reached the model");
+    held.abort();
+    queued.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_past_the_queue_timeout_gets_503() {
+    let model = LatencyModel { prefill_base_ms: 600_000.0, ..LatencyModel::default() };
+    let sim = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
+    let gw = TestGateway::start(&admission_config(&sim, 1, r#"{ max = 8, timeout = "10s" }"#)).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let held = tokio::spawn(async move { send(&mut http1(addr).await, chat(true)).await });
+    let upstream = gw.gateway.runtime().upstreams["model"].clone();
+    while upstream.admission.as_ref().unwrap().inflight() != vec![1] {
+        tokio::task::yield_now().await;
+    }
+    let started = tokio::time::Instant::now();
+    let (status, headers, body) = send(&mut http1(addr).await, chat(true)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
+    assert!(headers.contains_key("retry-after"));
+    assert!(body.contains("queue_timeout"), "{body}");
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_client_that_leaves_is_removed_at_once_and_the_slot_passes_on() {
+    let model = LatencyModel { prefill_base_ms: 60_000.0, ..LatencyModel::default() };
+    let sim = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
+    let gw = TestGateway::start(&admission_config(&sim, 1, r#"{ max = 8, timeout = "60s" }"#)).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let upstream = gw.gateway.runtime().upstreams["model"].clone();
+    let admission = upstream.admission.as_ref().unwrap();
+    let held = tokio::spawn(async move { send(&mut http1(addr).await, chat(false)).await });
+    while admission.inflight() != vec![1] {
+        tokio::task::yield_now().await;
+    }
+    let leaving = tokio::spawn(async move { send(&mut http1(addr).await, chat(false)).await });
+    while admission.queued() != 1 {
+        tokio::task::yield_now().await;
+    }
+    leaving.abort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while admission.queued() != 0 {
+        assert!(std::time::Instant::now() < deadline, "the queued request was not removed");
+        tokio::task::yield_now().await;
+    }
+    // The holder leaves too: its slot is freed, and the model never saw the queued request.
+    held.abort();
+    while admission.inflight() != vec![0] {
+        assert!(std::time::Instant::now() < deadline, "the slot was not freed");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(sim.stats()["received"], 1);
+}
