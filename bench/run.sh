@@ -138,6 +138,14 @@ done
 section ttft && sim_stop
 
 # 3. Goodput under overload: a fresh sim each run (it may die), 48 closed-loop clients.
+CAPACITY=""
+if section overload; then
+  # The model's capacity: exactly as many closed-loop clients as it has slots, straight to it.
+  sim_start --slots 8 --crash-above 24
+  CAPACITY=$($LOAD overload --addr 127.0.0.1:$SIM --sim 127.0.0.1:$SIM --clients 8 --duration 20s --slo 5s | value goodput_rps)
+  sim_stop
+  echo "model capacity: $CAPACITY req/s" >&2
+fi
 section overload && for round in $(seq "$ROUNDS"); do
   echo "overload round $round" >&2
   for target in nginx:$NGINX_SEED gateway:$GW_GUARD; do
@@ -183,3 +191,8 @@ awk -F'|' '{print $2}' "$RESULTS" | awk '!seen[$0]++' | while read -r metric; do
   printf '| %-42s | %12s | %12s | %18s |\n' "$metric" "$n" "$g" "$(ratio "$g" "$n")"
 done
 echo "(ratio > 1 is better for rps, goodput and alive; < 1 is better for latencies and memory)"
+if [ -n "$CAPACITY" ]; then
+  g=$(awk -F'|' '$2 == "goodput within 5 s SLO (req/s)" {print $4}' "$RESULTS" | median)
+  n=$(awk -F'|' '$2 == "goodput within 5 s SLO (req/s)" {print $3}' "$RESULTS" | median)
+  echo "model capacity (8 clients straight to the sim): $CAPACITY req/s; goodput / capacity: nginx $(ratio "$n" "$CAPACITY"), infergate $(ratio "$g" "$CAPACITY")"
+fi
