@@ -25,6 +25,10 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 /// Removes hop-by-hop headers and those the `Connection` header names. With `keep_upgrade`, the
 /// `Connection: upgrade` and `Upgrade` pair survives (a WebSocket handshake must reach the other side).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names is cheaper than seven lookups.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -80,8 +84,10 @@ pub fn to_upstream(
 /// Rewrites a backend response's headers for the client.
 pub fn to_client(headers: &mut HeaderMap, upgrade: bool) {
     strip_hop_by_hop(headers, upgrade);
-    for name in &HIDDEN_RESPONSE {
-        headers.remove(name);
+    if headers.keys().any(|name| HIDDEN_RESPONSE.contains(name)) {
+        for name in &HIDDEN_RESPONSE {
+            headers.remove(name);
+        }
     }
 }
 
