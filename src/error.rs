@@ -36,6 +36,14 @@ pub enum GatewayError {
     /// Every server of the upstream is at `max_inflight` and the queue is full or the wait timed out.
     #[error("{}", match .0 { Rejection::QueueFull { .. } => "the model is at capacity and its queue is full; retry later", Rejection::QueueTimeout { .. } => "the model stayed at capacity for the whole queue timeout; retry later" })]
     Overloaded(Rejection),
+    /// A `limit_req` zone refused the request.
+    #[error("rate limit exceeded; retry after {retry_after_secs} s")]
+    RateLimited {
+        /// The zone's rejection status (429 unless configured).
+        status: StatusCode,
+        /// Seconds until the request would fit the limit.
+        retry_after_secs: u64,
+    },
     /// A bug: a request handler panicked. Logged; the process lives on.
     #[error("internal error")]
     Internal,
@@ -54,6 +62,7 @@ impl GatewayError {
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::RateLimited { status, .. } => *status,
         }
     }
 
@@ -71,6 +80,7 @@ impl GatewayError {
             GatewayError::Internal => ("server_error", "internal_error"),
             GatewayError::Overloaded(Rejection::QueueFull { .. }) => ("server_error", "queue_full"),
             GatewayError::Overloaded(Rejection::QueueTimeout { .. }) => ("server_error", "queue_timeout"),
+            GatewayError::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
         }
     }
 
@@ -78,11 +88,15 @@ impl GatewayError {
     pub fn to_response(&self, format: ErrorFormat) -> Response<ResponseBody> {
         let (kind, code) = self.kind();
         let mut response = error_response(self.status(), kind, code, &self.to_string(), format);
-        if let GatewayError::Overloaded(
-            Rejection::QueueFull { retry_after } | Rejection::QueueTimeout { retry_after },
-        ) = self
-        {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        let retry_after = match self {
+            GatewayError::Overloaded(
+                Rejection::QueueFull { retry_after } | Rejection::QueueTimeout { retry_after },
+            ) => Some(*retry_after),
+            GatewayError::RateLimited { retry_after_secs, .. } => Some(*retry_after_secs),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

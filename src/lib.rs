@@ -7,6 +7,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod pipeline;
+pub mod policy;
 pub mod proxy;
 pub mod route;
 pub mod runtime;

@@ -2,15 +2,17 @@
 //!
 //! 1. [`check_limits`]: request limits hyper does not enforce itself (URI length).
 //! 2. [`route`]: the virtual server by Host, then the location by normalized path.
-//! 3. [`handle`]: the location's handler — proxy, return or redirect — guarded against panics.
-//! 4. [`finish`]: response policies: the server's and location's `add_header`.
+//! 3. [`request_policies`]: the location's rate limits (more policies join here in a fixed order).
+//! 4. [`handle`]: the location's handler — proxy, return or redirect — guarded against panics.
+//! 5. [`finish`]: response policies: the server's and location's `add_header`.
 //!
-//! Each phase says when it runs and what it may change. Request policies (rate limits, body limits)
-//! and response policies (compression) slot in between these as they arrive.
+//! Each phase says when it runs and what it may change. Body limits and compression slot in as
+//! request and response policies as they arrive.
 
 use crate::body::ResponseBody;
 use crate::config::ErrorFormat;
 use crate::error::GatewayError;
+use crate::policy;
 use crate::proxy::{self, ClientInfo};
 use crate::route::{self, Handler, Location, VirtualServer};
 use crate::runtime::{ListenerSpec, Runtime};
@@ -34,7 +36,10 @@ pub async fn serve(
     match routed {
         Err(error) => finish(error.to_response(server.errors), &server.add_header),
         Ok(location) => {
-            let response = handle(location, server, client, request).await;
+            let response = match request_policies(location, client, &request).await {
+                Ok(()) => handle(location, server, client, request).await,
+                Err(error) => error.to_response(location.errors),
+            };
             finish(response, &location.add_header)
         }
     }
@@ -58,7 +63,18 @@ fn route<'a>(server: &'a VirtualServer, request: &Request<Incoming>) -> Result<&
     server.locations.find(&path).map(Arc::as_ref).ok_or(GatewayError::NoRoute)
 }
 
-/// Phase 3: runs the location's handler. It owns the request from here; a proxied response's body is
+/// Phase 3, after routing: the location's request policies. A rate limit may reject (429 and
+/// `Retry-After`, in the location's error format) or hold the request for its delay. Changes nothing
+/// in the request.
+async fn request_policies(
+    location: &Location,
+    client: &ClientInfo,
+    request: &Request<Incoming>,
+) -> Result<(), GatewayError> {
+    policy::limit_requests(&location.limits, client, request).await
+}
+
+/// Phase 4: runs the location's handler. It owns the request from here; a proxied response's body is
 /// still streaming when this returns. A panic inside is logged and answered 500; the process lives on.
 async fn handle(
     location: &Location,
@@ -130,7 +146,7 @@ fn redirect(
     Ok(response)
 }
 
-/// Phase 4, last: adds the configured headers to every response, errors included (nginx's `always`).
+/// Phase 5, last: adds the configured headers to every response, errors included (nginx's `always`).
 fn finish(mut response: Response<ResponseBody>, add_header: &[(HeaderName, HeaderValue)]) -> Response<ResponseBody> {
     for (name, value) in add_header {
         response.headers_mut().insert(name.clone(), value.clone());

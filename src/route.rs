@@ -3,6 +3,7 @@
 //! first matching regex in config order, else that longest prefix.
 
 use crate::config::ErrorFormat;
+use crate::policy::RateLimit;
 use crate::template::Template;
 use crate::upstream::Upstream;
 use bytes::Bytes;
@@ -28,6 +29,8 @@ pub struct Location {
     pub handler: Handler,
     /// Headers added to every response: the server's, then the location's.
     pub add_header: Vec<(HeaderName, HeaderValue)>,
+    /// Rate limits checked before the handler.
+    pub limits: Vec<RateLimit>,
     /// How errors answered here look.
     pub errors: ErrorFormat,
 }
@@ -227,6 +230,7 @@ mod tests {
                 content_type: HeaderValue::from_static("text/plain"),
             },
             add_header: Vec::new(),
+            limits: Vec::new(),
             errors: ErrorFormat::Text,
         }
     }

@@ -3,8 +3,11 @@
 //! started on until they finish.
 
 use crate::config::{
-    self, Config, ConfigError, ConfigErrors, ErrorFormat, HttpSettings, LocationConfig, ServerConfig, Source,
+    self, Config, ConfigError, ConfigErrors, ErrorFormat, HttpSettings, LimitZoneConfig, LocationConfig, ServerConfig,
+    Source,
 };
+use crate::policy::ratelimit::{parse_rate, Limit, Zone};
+use crate::policy::RateLimit;
 use crate::route::{Handler, Location, LocationTable, NameTable, VirtualServer};
 use crate::server::tls::{self, TlsSite};
 use crate::template::Template;
@@ -36,6 +39,8 @@ pub struct Runtime {
     pub listeners: HashMap<SocketAddr, Arc<ListenerSpec>>,
     /// Upstreams by name, kept so the next reload can reuse their pools.
     pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Rate limit zones by name, kept so the next reload can keep their counts.
+    pub zones: HashMap<String, Arc<Zone>>,
 }
 
 impl Runtime {
@@ -60,6 +65,19 @@ impl Runtime {
             }
         }
 
+        let mut zones = HashMap::new();
+        for (name, zone) in &config.limit_zones {
+            let Some(rate) = parse_rate(zone.rate.get_ref()) else { continue };
+            let kept = previous
+                .and_then(|p| p.zones.get(name.get_ref()))
+                .filter(|old| old.same_settings(rate, zone.max_keys, zone.dry_run));
+            let built = kept.cloned().unwrap_or_else(|| Arc::new(Zone::new(rate, zone.max_keys, zone.dry_run)));
+            zones.insert(name.get_ref().clone(), built);
+        }
+        let zone_configs: HashMap<&str, &LimitZoneConfig> =
+            config.limit_zones.iter().map(|(n, z)| (n.get_ref().as_str(), z)).collect();
+        let context = Context { upstreams: &upstreams, zones: &zones, zone_configs: &zone_configs };
+
         // Group servers by address, keeping config order; the declared default goes first.
         let mut by_addr: Vec<(SocketAddr, Vec<&ServerConfig>)> = Vec::new();
         for server in &config.servers {
@@ -82,7 +100,7 @@ impl Runtime {
             for server in &servers {
                 let vs = compiled
                     .entry(*server as *const _)
-                    .or_insert_with(|| Arc::new(compile_server(server, &upstreams)))
+                    .or_insert_with(|| Arc::new(compile_server(server, &context)))
                     .clone();
                 let table = hosts.get_or_insert_with(|| NameTable::new(vs.clone()));
                 for name in &server.server_name {
@@ -114,7 +132,13 @@ impl Runtime {
             errors.dedup();
             return Err(ConfigErrors(errors));
         }
-        Ok(Runtime { version: previous.map_or(1, |p| p.version + 1), http: config.http.clone(), listeners, upstreams })
+        Ok(Runtime {
+            version: previous.map_or(1, |p| p.version + 1),
+            http: config.http.clone(),
+            listeners,
+            upstreams,
+            zones,
+        })
     }
 }
 
@@ -127,11 +151,18 @@ fn headers(map: &std::collections::BTreeMap<String, String>) -> Vec<(HeaderName,
         .collect()
 }
 
-fn compile_server(server: &ServerConfig, upstreams: &HashMap<String, Arc<Upstream>>) -> VirtualServer {
+/// What compiling a location may refer to.
+struct Context<'a> {
+    upstreams: &'a HashMap<String, Arc<Upstream>>,
+    zones: &'a HashMap<String, Arc<Zone>>,
+    zone_configs: &'a HashMap<&'a str, &'a LimitZoneConfig>,
+}
+
+fn compile_server(server: &ServerConfig, context: &Context) -> VirtualServer {
     let server_headers = headers(&server.add_header);
     let mut locations = LocationTable::default();
     for location in &server.locations {
-        let Some(compiled) = compile_location(location, server, &server_headers, upstreams) else {
+        let Some(compiled) = compile_location(location, server, &server_headers, context) else {
             continue;
         };
         if let Some(path) = &location.exact {
@@ -155,10 +186,10 @@ fn compile_location(
     location: &LocationConfig,
     server: &ServerConfig,
     server_headers: &[(HeaderName, HeaderValue)],
-    upstreams: &HashMap<String, Arc<Upstream>>,
+    context: &Context,
 ) -> Option<Location> {
     let handler = if let Some(proxy) = &location.proxy {
-        Handler::Proxy(upstreams.get(proxy.get_ref())?.clone())
+        Handler::Proxy(context.upstreams.get(proxy.get_ref())?.clone())
     } else if let Some(ret) = &location.return_ {
         let content_type = ret.content_type.as_deref().unwrap_or("text/plain; charset=utf-8");
         Handler::Return {
@@ -176,5 +207,17 @@ fn compile_location(
     let default_format = if matches!(handler, Handler::Proxy(_)) { ErrorFormat::Json } else { ErrorFormat::Text };
     let mut add_header = server_headers.to_vec();
     add_header.extend(headers(&location.add_header));
-    Some(Location { handler, add_header, errors: location.errors.or(server.errors).unwrap_or(default_format) })
+    let mut limits = Vec::with_capacity(location.limit_req.len());
+    for limit in &location.limit_req {
+        let name = limit.zone.get_ref();
+        let zone_config = context.zone_configs.get(name.as_str())?;
+        limits.push(RateLimit {
+            zone_name: name.clone(),
+            zone: context.zones.get(name)?.clone(),
+            key: config::parse_zone_key(zone_config.key.get_ref())?,
+            limit: Limit { burst: limit.burst, delay: (!limit.nodelay).then_some(limit.delay) },
+            status: StatusCode::from_u16(*zone_config.status.get_ref()).ok()?,
+        });
+    }
+    Some(Location { handler, add_header, limits, errors: location.errors.or(server.errors).unwrap_or(default_format) })
 }

@@ -1,7 +1,7 @@
 //! Reading a config file: TOML syntax, then each table on its own so that one bad table does not hide
 //! the errors of the others. Every error carries the file, line and column it points at.
 
-use super::schema::{Config, HttpSettings, LocationConfig, ServerConfig, UpstreamConfig};
+use super::schema::{Config, HttpSettings, LimitZoneConfig, LocationConfig, ServerConfig, UpstreamConfig};
 use serde::Deserialize;
 use std::fmt;
 use std::ops::Range;
@@ -122,7 +122,26 @@ pub fn parse(source: &Source) -> (Config, Vec<ConfigError>, bool) {
                     }
                 }
             }
-            other => push(key_span, format!("unknown section `{other}` (expected `http`, `upstream` or `server`)")),
+            "limit_zone" => {
+                let span = value.span();
+                match value.into_inner() {
+                    DeValue::Table(zones) => {
+                        for (name, zone) in zones {
+                            match decode::<LimitZoneConfig>(zone) {
+                                Ok(zone) => config
+                                    .limit_zones
+                                    .push((Spanned::new(name.span(), name.get_ref().to_string()), zone)),
+                                Err((span, message)) => push(span, message),
+                            }
+                        }
+                    }
+                    _ => push(span, "`limit_zone` must be a table of zones written `[limit_zone.NAME]`".into()),
+                }
+            }
+            other => push(
+                key_span,
+                format!("unknown section `{other}` (expected `http`, `upstream`, `server` or `limit_zone`)"),
+            ),
         }
     }
     errors.sort_by_key(|e| e.offset);

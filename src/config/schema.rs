@@ -17,6 +17,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// `[[server]]`: virtual servers, each with listeners and locations.
     pub servers: Vec<ServerConfig>,
+    /// `[limit_zone.NAME]`: rate limit zones (nginx `limit_req_zone`), by name.
+    pub limit_zones: Vec<(Spanned<String>, LimitZoneConfig)>,
     /// Some `[[upstream]]` table failed to parse: a location naming an unknown upstream may name that
     /// one, so that is not reported as a second error.
     pub upstreams_incomplete: bool,
@@ -136,6 +138,69 @@ impl Default for UpstreamTimeouts {
     }
 }
 
+/// `[limit_zone.NAME]`, nginx's `limit_req_zone`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct LimitZoneConfig {
+    /// What requests are counted by: `"client_ip"` or `"header:NAME"` (e.g. `"header:Authorization"`).
+    pub key: Spanned<String>,
+    /// `"10r/s"` or `"600r/m"`.
+    pub rate: Spanned<String>,
+    /// Keys remembered; the least recently seen is forgotten first (100000, about nginx's 10m zone).
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+    /// Count and log, but never delay or reject (nginx `limit_req_dry_run`).
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Status of a rejection (nginx `limit_req_status`; 429 here, nginx's default is 503).
+    #[serde(default = "default_limit_status")]
+    pub status: Spanned<u16>,
+}
+
+fn default_max_keys() -> usize {
+    100_000
+}
+
+fn default_limit_status() -> Spanned<u16> {
+    Spanned::new(0..0, 429)
+}
+
+/// `limit_req = { zone, burst, nodelay, delay }` on a location (one table or an array of them).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct LimitReqConfig {
+    /// A `[limit_zone.NAME]`.
+    pub zone: Spanned<String>,
+    /// Requests allowed above the rate before rejecting (0).
+    #[serde(default)]
+    pub burst: u64,
+    /// Serve requests within the burst at once instead of spacing them at the rate (false).
+    #[serde(default)]
+    pub nodelay: bool,
+    /// Requests above the rate served at once before spacing starts (0); ignored with `nodelay`.
+    #[serde(default)]
+    pub delay: u64,
+}
+
+/// Accepts one table or an array of tables. A visitor rather than an untagged enum, so that toml's
+/// spans inside (for located errors) survive.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<LimitReqConfig>, D::Error> {
+    struct OneOrMany;
+    impl<'de> serde::de::Visitor<'de> for OneOrMany {
+        type Value = Vec<LimitReqConfig>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a table `{ zone = \"NAME\", burst = N, nodelay = true }` or an array of them")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            LimitReqConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(|one| vec![one])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+        }
+    }
+    deserializer.deserialize_any(OneOrMany)
+}
+
 /// `[[server]]`, nginx's `server {}` block. Its `[[server.location]]` tables are read separately so
 /// that an error in one location does not hide errors in the others.
 #[derive(Debug, Deserialize, Clone)]
@@ -227,6 +292,9 @@ pub struct LocationConfig {
     /// Response headers added here, on top of the server's.
     #[serde(default)]
     pub add_header: BTreeMap<String, String>,
+    /// Rate limits (nginx `limit_req`): one table or an array.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub limit_req: Vec<LimitReqConfig>,
     /// Error body format for this location.
     pub errors: Option<ErrorFormat>,
     /// nginx's `proxy_buffering`; accepted for parity and documented: infergate forwards every

@@ -48,6 +48,32 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
         }
     }
 
+    let mut zone_names = HashSet::new();
+    for (name, zone) in &config.limit_zones {
+        zone_names.insert(name.get_ref().as_str());
+        if parse_zone_key(zone.key.get_ref()).is_none() {
+            errors.push(source.error(
+                zone.key.span(),
+                format!("invalid zone key {:?} (expected \"client_ip\" or \"header:NAME\")", zone.key.get_ref()),
+            ));
+        }
+        if crate::policy::ratelimit::parse_rate(zone.rate.get_ref()).is_none() {
+            errors.push(source.error(
+                zone.rate.span(),
+                format!("invalid rate {:?} (expected e.g. \"10r/s\" or \"600r/m\")", zone.rate.get_ref()),
+            ));
+        }
+        if !(400..=599).contains(zone.status.get_ref()) {
+            errors.push(source.error(
+                zone.status.span(),
+                format!("invalid rejection status {} (expected 400-599)", zone.status.get_ref()),
+            ));
+        }
+        if zone.max_keys == 0 {
+            errors.push(source.error(name.span(), "max_keys must be at least 1"));
+        }
+    }
+
     // Per address: whether it speaks TLS, which names it serves and whether it has a declared default.
     struct Listener<'a> {
         tls: bool,
@@ -117,12 +143,35 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
         }
         for location in &server.locations {
             validate_location(location, &upstream_names, config.upstreams_incomplete, source, &mut errors);
+            for limit in &location.limit_req {
+                if !zone_names.contains(limit.zone.get_ref().as_str()) {
+                    errors.push(source.error(
+                        limit.zone.span(),
+                        format!(
+                            "unknown limit zone `{}` (define it as [limit_zone.{}])",
+                            limit.zone.get_ref(),
+                            limit.zone.get_ref()
+                        ),
+                    ));
+                }
+            }
         }
     }
     if errors.is_empty() {
         Ok(())
     } else {
         Err(ConfigErrors(errors))
+    }
+}
+
+/// Parses a zone's `key`: `client_ip` or `header:NAME`.
+pub fn parse_zone_key(text: &str) -> Option<crate::policy::ZoneKey> {
+    match text.split_once(':') {
+        None if text == "client_ip" => Some(crate::policy::ZoneKey::ClientIp),
+        Some(("header", name)) => {
+            http::HeaderName::from_bytes(name.trim().as_bytes()).ok().map(crate::policy::ZoneKey::Header)
+        }
+        _ => None,
     }
 }
 

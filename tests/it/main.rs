@@ -5,6 +5,7 @@ mod support;
 mod admission;
 mod cli;
 mod proxy;
+mod ratelimit;
 mod reload;
 mod sim;
 mod streaming;

@@ -1,0 +1,84 @@
+//! Request policies: what runs between routing and the handler, in one fixed order. Today: rate
+//! limits (nginx's `limit_req`).
+
+pub mod ratelimit;
+
+use crate::error::GatewayError;
+use crate::proxy::ClientInfo;
+use http::{HeaderName, Request, StatusCode};
+use ratelimit::{Limit, Verdict, Zone};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a zone counts requests by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZoneKey {
+    /// The client's IP address (the socket peer).
+    ClientIp,
+    /// A request header's value (an API key, say); requests without it are not limited.
+    Header(HeaderName),
+}
+
+/// One compiled `limit_req` of a location.
+pub struct RateLimit {
+    /// The zone's name, for logs.
+    pub zone_name: String,
+    /// Its zone (shared by every location naming it).
+    pub zone: Arc<Zone>,
+    /// What the zone counts by.
+    pub key: ZoneKey,
+    /// Burst and delay of this location.
+    pub limit: Limit,
+    /// Status of a rejection (default 429).
+    pub status: StatusCode,
+}
+
+/// Applies a location's rate limits: any rejection rejects (and changes no zone); otherwise every zone
+/// is updated and the request waits for the longest delay.
+pub async fn limit_requests<B>(
+    limits: &[RateLimit],
+    client: &ClientInfo,
+    request: &Request<B>,
+) -> Result<(), GatewayError> {
+    if limits.is_empty() {
+        return Ok(());
+    }
+    let mut accepted = Vec::with_capacity(limits.len());
+    let mut delay = Duration::ZERO;
+    for limit in limits {
+        let key: &[u8] = match &limit.key {
+            ZoneKey::ClientIp => client.ip.as_bytes(),
+            ZoneKey::Header(name) => match request.headers().get(name) {
+                Some(value) if !value.is_empty() => value.as_bytes(),
+                _ => continue,
+            },
+        };
+        let (verdict, state) = limit.zone.check(key, limit.limit);
+        match verdict {
+            Verdict::Reject(retry_after) if limit.zone.dry_run => {
+                tracing::info!(zone = %limit.zone_name, ?retry_after, "rate limit would reject (dry run)");
+            }
+            Verdict::Reject(retry_after) => {
+                return Err(GatewayError::RateLimited {
+                    status: limit.status,
+                    retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                });
+            }
+            Verdict::Accept(wait) => {
+                if !limit.zone.dry_run {
+                    delay = delay.max(wait);
+                }
+                if let Some(state) = state {
+                    accepted.push((limit, key, state));
+                }
+            }
+        }
+    }
+    for (limit, key, state) in accepted {
+        limit.zone.commit(key, state);
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! Request rate limits with nginx's `limit_req` semantics, exactly. Per key a zone keeps `excess`
+//! (in milli-requests) and `last` (ms): a request computes
+//! `excess = max(0, excess - rate * elapsed + 1000)`; above `burst * 1000` it is rejected and the state
+//! is left as it was; otherwise the state is updated and the request is delayed by
+//! `(excess - delay * 1000) / rate` unless `nodelay`. A new key's first request passes. Keys are
+//! bounded per zone, least recently used evicted first, so a flood of addresses cannot grow memory.
+
+use lru::LruCache;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Per-key state, as nginx's `ngx_http_limit_req_node_t`; `check` computes it, `commit` stores it.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyState {
+    /// Milli-requests above the rate.
+    excess: u64,
+    /// When the state was last updated, ms since the zone started.
+    last_ms: u64,
+}
+
+/// A `[limit_zone.NAME]`: the rate and the state of every key seen.
+pub struct Zone {
+    /// Requests per second times 1000 (nginx's `ctx->rate`).
+    rate_milli: u64,
+    /// Record what would happen without delaying or rejecting anything (`dry_run`).
+    pub dry_run: bool,
+    start: Instant,
+    keys: Mutex<LruCache<Box<[u8]>, KeyState>>,
+}
+
+/// One `limit_req` of a location.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    /// Requests allowed above the rate, in requests (nginx `burst`).
+    pub burst: u64,
+    /// Requests above the rate served without delay (nginx `delay`); `None` is `nodelay`.
+    pub delay: Option<u64>,
+}
+
+/// What a zone says about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Serve it after waiting this long (zero: at once).
+    Accept(Duration),
+    /// Refuse it; the client may retry after this long.
+    Reject(Duration),
+}
+
+impl Zone {
+    /// A zone of `rate_milli` milli-requests per second holding at most `max_keys` keys.
+    pub fn new(rate_milli: u64, max_keys: usize, dry_run: bool) -> Zone {
+        let capacity = NonZeroUsize::new(max_keys).unwrap_or(NonZeroUsize::MIN);
+        Zone {
+            rate_milli: rate_milli.max(1),
+            dry_run,
+            start: Instant::now(),
+            keys: Mutex::new(LruCache::new(capacity)),
+        }
+    }
+
+    /// Whether a reload can keep this zone's state for a zone with these settings.
+    pub fn same_settings(&self, rate_milli: u64, max_keys: usize, dry_run: bool) -> bool {
+        let capacity = self.keys.lock().unwrap_or_else(|p| p.into_inner()).cap().get();
+        self.rate_milli == rate_milli.max(1) && capacity == max_keys.max(1) && self.dry_run == dry_run
+    }
+
+    /// The verdict for a request with `key`, and for an accepted one the state to `commit`. Nothing is
+    /// stored yet: a location with several limits commits only when none of them rejects.
+    pub fn check(&self, key: &[u8], limit: Limit) -> (Verdict, Option<KeyState>) {
+        let now_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(state) = keys.get(key).copied() else {
+            return (Verdict::Accept(Duration::ZERO), Some(KeyState { excess: 0, last_ms: now_ms }));
+        };
+        let elapsed = now_ms.saturating_sub(state.last_ms);
+        let drained = self.rate_milli.saturating_mul(elapsed) / 1000;
+        let excess = (state.excess + 1000).saturating_sub(drained);
+        let burst = limit.burst * 1000;
+        if excess > burst {
+            // Time until the excess falls back within the burst.
+            let wait_ms = (excess - burst).saturating_mul(1000).div_ceil(self.rate_milli);
+            return (Verdict::Reject(Duration::from_millis(wait_ms)), None);
+        }
+        let last_ms = if elapsed > 0 { now_ms } else { state.last_ms };
+        let delay = match limit.delay {
+            None => Duration::ZERO,
+            Some(free) if excess <= free * 1000 => Duration::ZERO,
+            Some(free) => Duration::from_millis((excess - free * 1000) * 1000 / self.rate_milli),
+        };
+        (Verdict::Accept(delay), Some(KeyState { excess, last_ms }))
+    }
+
+    /// Stores the state `check` computed for an accepted request.
+    pub fn commit(&self, key: &[u8], state: KeyState) {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).put(key.into(), state);
+    }
+
+    /// Keys held now.
+    pub fn len(&self) -> usize {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Parses nginx's rate syntax, `"10r/s"` or `"600r/m"`, into milli-requests per second.
+pub fn parse_rate(text: &str) -> Option<u64> {
+    let (count, unit) = text.trim().split_once("r/")?;
+    let count: u64 = count.trim().parse().ok()?;
+    let per_second_milli = match unit.trim() {
+        "s" => count.checked_mul(1000)?,
+        "m" => count.checked_mul(1000)? / 60,
+        _ => return None,
+    };
+    (per_second_milli > 0).then_some(per_second_milli)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replays arrivals (ms since start) and returns accept-delay (ms) or `None` for a rejection.
+    async fn replay(rate: &str, limit: Limit, arrivals: &[u64]) -> Vec<Option<u64>> {
+        let zone = Zone::new(parse_rate(rate).unwrap(), 100, false);
+        let start = Instant::now();
+        let mut out = Vec::new();
+        for &at in arrivals {
+            tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+            match zone.check(b"1.2.3.4", limit) {
+                (Verdict::Accept(delay), Some(state)) => {
+                    zone.commit(b"1.2.3.4", state);
+                    out.push(Some(delay.as_millis() as u64));
+                }
+                _ => out.push(None),
+            }
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_seeds_10rps_burst_20_nodelay_rejects_the_22nd_immediate_request() {
+        let limit = Limit { burst: 20, delay: None };
+        let mut arrivals = vec![0; 22];
+        arrivals.push(100); // one rate interval later, one more fits
+        arrivals.push(100);
+        let verdicts = replay("10r/s", limit, &arrivals).await;
+        assert!(verdicts[..21].iter().all(|v| *v == Some(0)), "{verdicts:?}");
+        assert_eq!(verdicts[21], None, "the 22nd is rejected");
+        assert_eq!(verdicts[22], Some(0));
+        assert_eq!(verdicts[23], None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_nodelay_requests_above_the_rate_are_spaced() {
+        // 10 r/s, burst 5: the k-th immediate request waits k * 100 ms; the 7th is rejected.
+        let verdicts = replay("10r/s", Limit { burst: 5, delay: Some(0) }, &[0, 0, 0, 0, 0, 0, 0]).await;
+        assert_eq!(verdicts, vec![Some(0), Some(100), Some(200), Some(300), Some(400), Some(500), None]);
+        // delay=2: the first two above the rate go at once.
+        let verdicts = replay("10r/s", Limit { burst: 5, delay: Some(2) }, &[0, 0, 0, 0, 0]).await;
+        assert_eq!(verdicts, vec![Some(0), Some(0), Some(0), Some(100), Some(200)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn excess_drains_at_the_rate_and_per_minute_rates_work() {
+        // 60 r/m = 1 r/s, burst 1: at 0 ok, at 0 ok (excess 1000), at 500 rejected (1500 > 1000),
+        // at 1000 ok (excess 1000 - 1000 + 1000).
+        let verdicts = replay("60r/m", Limit { burst: 1, delay: None }, &[0, 0, 500, 1000]).await;
+        assert_eq!(verdicts, vec![Some(0), Some(0), None, Some(0)]);
+    }
+
+    #[test]
+    fn rates_parse_like_nginx() {
+        assert_eq!(parse_rate("10r/s"), Some(10_000));
+        assert_eq!(parse_rate("600r/m"), Some(10_000));
+        assert_eq!(parse_rate("1r/m"), Some(16));
+        assert_eq!(parse_rate("10 r/h"), None);
+        assert_eq!(parse_rate("0r/s"), None);
+    }
+
+    #[test]
+    fn keys_are_bounded_least_recently_used_first() {
+        let zone = Zone::new(10_000, 2, false);
+        for key in [b"a", b"b", b"c"] {
+            let (_, state) = zone.check(key, Limit { burst: 0, delay: None });
+            zone.commit(key, state.unwrap());
+        }
+        assert_eq!(zone.len(), 2);
+    }
+}

@@ -1,0 +1,69 @@
+//! nginx's `limit_req` end to end: the seed's `10r/s burst=20 nodelay` answers the 22nd immediate
+//! request 429 with `Retry-After` and a JSON error, per client address.
+
+use crate::support::*;
+use http::StatusCode;
+use serde_json::Value;
+
+const SEED_LIMIT: &str = r#"
+[limit_zone.glm_limit]
+key = "client_ip"
+rate = "10r/s"
+
+[[server]]
+listen = ["127.0.0.1:0"]
+
+  [[server.location]]
+  prefix = "/v1/inference"
+  return = { status = 200, body = "ok" }
+  errors = "json"
+  limit_req = { zone = "glm_limit", burst = 20, nodelay = true }
+
+  [[server.location]]
+  prefix = "/"
+  return = { status = 200, body = "unlimited" }
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn the_22nd_immediate_request_is_answered_429_with_retry_after() {
+    let gw = TestGateway::start(SEED_LIMIT).await;
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    for i in 1..=21 {
+        let (status, _, _) = send(&mut client, get("/v1/inference")).await;
+        assert_eq!(status, StatusCode::OK, "request {i}");
+    }
+    let (status, headers, body) = send(&mut client, get("/v1/inference")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["retry-after"], "1");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], "rate_limit_exceeded");
+    // Other locations are not limited; the limited one fits again one rate interval later.
+    assert_eq!(send(&mut client, get("/other")).await.0, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(send(&mut client, get("/v1/inference")).await.0, StatusCode::OK);
+    assert_eq!(send(&mut client, get("/v1/inference")).await.0, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_nodelay_requests_are_held_to_the_rate() {
+    let gw = TestGateway::start(&SEED_LIMIT.replace("burst = 20, nodelay = true", "burst = 5")).await;
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    let started = tokio::time::Instant::now();
+    for _ in 0..4 {
+        assert_eq!(send(&mut client, get("/v1/inference")).await.0, StatusCode::OK);
+    }
+    // Sequential requests: each waits until the previous one's excess drained: 0, 100, 100, 100 ms.
+    assert_eq!(started.elapsed(), std::time::Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn unknown_zones_and_bad_rates_are_config_errors() {
+    let source = infergate::config::Source {
+        name: "t.toml".into(),
+        dir: ".".into(),
+        text: SEED_LIMIT.replace("\"10r/s\"", "\"10 per second\"").replace("zone = \"glm_limit\"", "zone = \"nope\""),
+    };
+    let errors = infergate::config::load(&source).unwrap_err().to_string();
+    assert!(errors.contains("t.toml:4:8: invalid rate \"10 per second\""), "{errors}");
+    assert!(errors.contains("unknown limit zone `nope`"), "{errors}");
+}
