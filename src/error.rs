@@ -21,9 +21,12 @@ pub enum GatewayError {
     /// Writing the request to the backend stalled longer than the send timeout.
     #[error("upstream timed out while sending the request")]
     SendTimeout,
-    /// The backend sent no response head within the read timeout.
+    /// The backend sent no response head within the read (or first byte) timeout.
     #[error("upstream timed out before sending a response")]
     ReadTimeout,
+    /// The exchange took longer than the upstream's total timeout before the response head.
+    #[error("upstream exceeded the total timeout of {0:?}")]
+    TotalTimeout(std::time::Duration),
     /// The backend broke the protocol or closed the connection before answering.
     #[error("upstream failed: {0}")]
     BadGateway(String),
@@ -55,9 +58,10 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::UpstreamUnreachable(_) | GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            GatewayError::ConnectTimeout(_) | GatewayError::SendTimeout | GatewayError::ReadTimeout => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            GatewayError::ConnectTimeout(_)
+            | GatewayError::SendTimeout
+            | GatewayError::ReadTimeout
+            | GatewayError::TotalTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -75,6 +79,7 @@ impl GatewayError {
             GatewayError::ConnectTimeout(_) => ("timeout_error", "upstream_connect_timeout"),
             GatewayError::SendTimeout => ("timeout_error", "upstream_send_timeout"),
             GatewayError::ReadTimeout => ("timeout_error", "upstream_read_timeout"),
+            GatewayError::TotalTimeout(_) => ("timeout_error", "upstream_total_timeout"),
             GatewayError::BadRequest(_) => ("invalid_request_error", "bad_request"),
             GatewayError::UriTooLong => ("invalid_request_error", "uri_too_long"),
             GatewayError::Internal => ("server_error", "internal_error"),

@@ -119,7 +119,8 @@ pub struct UpstreamServerConfig {
     pub max_inflight: Option<Spanned<usize>>,
 }
 
-/// nginx's `proxy_connect_timeout`, `proxy_send_timeout` and `proxy_read_timeout` (60 s each).
+/// nginx's `proxy_connect_timeout`, `proxy_send_timeout` and `proxy_read_timeout` (60 s each), and
+/// the timeouts shaped for generation that refine `read`.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamTimeouts {
@@ -129,12 +130,30 @@ pub struct UpstreamTimeouts {
     pub send: Span,
     /// Between two successful reads of the response, armed once the request is sent.
     pub read: Span,
+    /// From the request sent to the response head (a model's prefill); default `read`.
+    pub first_byte: Option<Span>,
+    /// Between two chunks of the response (a model's token gap); default `read`.
+    pub idle: Option<Span>,
+    /// From the request's start to the response's last byte (a whole generation); default none.
+    pub total: Option<Span>,
 }
 
 impl Default for UpstreamTimeouts {
     fn default() -> Self {
         let sixty = Span(Duration::from_secs(60));
-        UpstreamTimeouts { connect: sixty, send: sixty, read: sixty }
+        UpstreamTimeouts { connect: sixty, send: sixty, read: sixty, first_byte: None, idle: None, total: None }
+    }
+}
+
+impl UpstreamTimeouts {
+    /// The wait for the response head.
+    pub fn first_byte(&self) -> Duration {
+        self.first_byte.unwrap_or(self.read).0
+    }
+
+    /// The longest gap between two response chunks.
+    pub fn idle(&self) -> Duration {
+        self.idle.unwrap_or(self.read).0
     }
 }
 

@@ -50,22 +50,56 @@ impl Body for RequestBody {
     }
 }
 
-/// The read timeout fired between two frames of a response that had begun.
+/// Why a response that had begun was cut off.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream read timed out after {0:?} without data")]
-pub struct ReadTimedOut(pub Duration);
+pub enum StreamTimedOut {
+    /// Nothing arrived for the idle timeout.
+    #[error("upstream sent nothing for {0:?}")]
+    Idle(Duration),
+    /// The whole response took longer than the total timeout.
+    #[error("upstream response exceeded the total timeout of {0:?}")]
+    Total(Duration),
+}
 
-/// A backend's response body with the read timeout between frames. It also drives the backend
-/// connection it arrives on, and hands that connection back to its pool once the body is complete;
-/// dropped early (the client left), it closes the connection instead. The timer is created only when
-/// a frame is not immediately ready, so a response that arrives in one piece never touches the timer wheel.
+impl StreamTimedOut {
+    /// The final SSE event telling a streaming client why its stream ends.
+    fn sse_event(&self) -> Bytes {
+        let code = match self {
+            StreamTimedOut::Idle(_) => "upstream_idle_timeout",
+            StreamTimedOut::Total(_) => "upstream_total_timeout",
+        };
+        let error = serde_json::json!({"error": {"message": self.to_string(), "type": "timeout_error", "code": code}});
+        Bytes::from(format!("event: error\ndata: {error}\n\n"))
+    }
+}
+
+/// Limits on a response body once its head has arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeouts {
+    /// Longest gap between two frames.
+    pub idle: Duration,
+    /// When the whole exchange must be over, with the configured total for messages.
+    pub total: Option<(tokio::time::Instant, Duration)>,
+    /// The response is `text/event-stream`: a timeout ends it with an SSE `event: error` first.
+    pub sse: bool,
+}
+
+/// A backend's response body with the idle and total timeouts between frames. It also drives the
+/// backend connection it arrives on, and hands that connection back to its pool once the body is
+/// complete; dropped early (the client left), it closes the connection instead. The timer is created
+/// only when a frame is not immediately ready, so a response that arrives in one piece never touches
+/// the timer wheel. A timeout never looks like a clean end: the body ends with an error (the client
+/// sees an incomplete response), after a final SSE `event: error` on event streams.
 pub struct UpstreamBody {
     inner: Incoming,
     connection: Option<(UpstreamConnection, PoolKey)>,
     /// The server slot this response holds until it ends or is dropped (admission control).
     _permit: Option<Permit>,
-    read_timeout: Duration,
-    idle: Option<Pin<Box<Sleep>>>,
+    timeouts: BodyTimeouts,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Set once the SSE error event went out: the body yields once (so the event is flushed) and
+    /// then ends with this error.
+    failed: Option<(StreamTimedOut, bool)>,
 }
 
 impl UpstreamBody {
@@ -74,15 +108,21 @@ impl UpstreamBody {
         inner: Incoming,
         connection: Option<(UpstreamConnection, PoolKey)>,
         permit: Option<Permit>,
-        read_timeout: Duration,
+        timeouts: BodyTimeouts,
     ) -> Self {
-        UpstreamBody { inner, connection, _permit: permit, read_timeout, idle: None }
+        UpstreamBody { inner, connection, _permit: permit, timeouts, timer: None, failed: None }
     }
 
     fn release_connection(&mut self) {
         if let Some((connection, pool)) = self.connection.take() {
             pool.checkin(connection);
         }
+    }
+
+    /// When the next frame must have arrived: the idle limit, or the total one if nearer.
+    fn next_deadline(&self) -> tokio::time::Instant {
+        let idle_deadline = tokio::time::Instant::now() + self.timeouts.idle;
+        self.timeouts.total.map_or(idle_deadline, |(total_deadline, _)| total_deadline.min(idle_deadline))
     }
 }
 
@@ -92,13 +132,26 @@ impl Body for UpstreamBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        match this.failed.take() {
+            Some((failure, false)) => {
+                // Pending once, woken at once: the connection flushes the error event meanwhile.
+                this.failed = Some((failure, true));
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Some((failure, true)) => return Poll::Ready(Some(Err(Box::new(failure)))),
+            None => {}
+        }
         if let Some((connection, _)) = &mut this.connection {
             connection.poll_driver(cx);
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(idle) = &mut this.idle {
-                    idle.as_mut().reset(tokio::time::Instant::now() + this.read_timeout);
+                if this.timer.is_some() {
+                    let deadline = this.next_deadline();
+                    if let Some(timer) = &mut this.timer {
+                        timer.as_mut().reset(deadline);
+                    }
                 }
                 if this.inner.is_end_stream() {
                     this.release_connection();
@@ -114,15 +167,22 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Pending => {
-                let timeout = this.read_timeout;
-                let idle = this.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match idle.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        this.connection = None;
-                        Poll::Ready(Some(Err(Box::new(ReadTimedOut(timeout)))))
-                    }
-                    Poll::Pending => Poll::Pending,
+                let deadline = this.next_deadline();
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
+                this.connection = None;
+                let failure = match this.timeouts.total {
+                    Some((deadline, total)) if tokio::time::Instant::now() >= deadline => StreamTimedOut::Total(total),
+                    _ => StreamTimedOut::Idle(this.timeouts.idle),
+                };
+                if this.timeouts.sse {
+                    let event = failure.sse_event();
+                    this.failed = Some((failure, false));
+                    return Poll::Ready(Some(Ok(Frame::data(event))));
+                }
+                Poll::Ready(Some(Err(Box::new(failure))))
             }
         }
     }

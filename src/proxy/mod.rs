@@ -6,7 +6,7 @@ mod body;
 mod headers;
 mod websocket;
 
-pub use body::{ReadTimedOut, RequestBody, UpstreamBody};
+pub use body::{BodyTimeouts, RequestBody, StreamTimedOut, UpstreamBody};
 
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
@@ -59,20 +59,23 @@ pub async fn forward(
     parts.version = Version::HTTP_11;
     let (body, mut sent) = RequestBody::new(body);
     let request = Request::from_parts(parts, body);
-    let read_timeout = upstream.timeouts.read.0;
+    let started = tokio::time::Instant::now();
+    let total = upstream.timeouts.total.map(|t| (started + t.0, t.0));
+    let waits = HeadWaits { first_byte: upstream.timeouts.first_byte(), total };
 
     if let Some(client_upgrade) = upgrade {
-        return forward_upgrade(request, client_upgrade, server, permit, &mut sent, read_timeout).await;
+        return forward_upgrade(request, client_upgrade, server, permit, &mut sent, waits, upstream.timeouts.read.0)
+            .await;
     }
 
     let mut connection = server.pool.checkout().await.map_err(connect_error)?;
-    let response = match exchange(&mut connection, request, &mut sent, read_timeout).await {
+    let response = match exchange(&mut connection, request, &mut sent, waits).await {
         // A kept-alive connection the backend had closed: the request never left, so a fresh
         // connection gets it.
         Err(Failure::NotSent(request, error)) if connection.reused => {
             tracing::debug!(%error, "pooled upstream connection was closed; retrying on a new one");
             connection = server.pool.connect().await.map_err(connect_error)?;
-            exchange(&mut connection, *request, &mut sent, read_timeout).await
+            exchange(&mut connection, *request, &mut sent, waits).await
         }
         other => other,
     };
@@ -88,7 +91,12 @@ pub async fn forward(
         ResponseBody::Empty
     } else {
         ResponseBody::Upstream {
-            inner: UpstreamBody::new(body, Some((connection, server.pool.key())), permit, read_timeout),
+            inner: UpstreamBody::new(
+                body,
+                Some((connection, server.pool.key())),
+                permit,
+                body_timeouts(&parts, upstream, total),
+            ),
         }
     };
     Ok(Response::from_parts(parts, body))
@@ -107,17 +115,17 @@ async fn exchange(
     connection: &mut UpstreamConnection,
     request: Request<RequestBody>,
     sent: &mut Option<oneshot::Receiver<()>>,
-    read_timeout: Duration,
+    waits: HeadWaits,
 ) -> Result<Response<Incoming>, Failure> {
     let mut response = pin!(connection.send(request));
     let head = poll_fn(|cx| {
         connection.poll_driver(cx);
         response.as_mut().poll(cx)
     });
-    match with_read_timeout(head, sent, read_timeout).await {
-        None => Err(Failure::Failed(GatewayError::ReadTimeout)),
-        Some(Ok(response)) => Ok(response),
-        Some(Err(mut error)) => match error.take_message() {
+    match with_head_timeouts(head, sent, waits).await {
+        Err(timeout) => Err(Failure::Failed(timeout)),
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(mut error)) => match error.take_message() {
             Some(request) => Err(Failure::NotSent(Box::new(request), error.into_error())),
             None => Err(Failure::Failed(classify(error.error()))),
         },
@@ -132,6 +140,7 @@ async fn forward_upgrade(
     server: &UpstreamServer,
     permit: Option<Permit>,
     sent: &mut Option<oneshot::Receiver<()>>,
+    waits: HeadWaits,
     read_timeout: Duration,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let (mut sender, driver) = server.pool.connect_raw().await.map_err(connect_error)?;
@@ -140,10 +149,8 @@ async fn forward_upgrade(
             tracing::debug!(error = %e, "upgraded upstream connection ended");
         }
     });
-    let mut response = match with_read_timeout(sender.send_request(request), sent, read_timeout).await {
-        None => return Err(GatewayError::ReadTimeout),
-        Some(result) => result.map_err(|e| classify(&e))?,
-    };
+    let mut response =
+        with_head_timeouts(sender.send_request(request), sent, waits).await?.map_err(|e| classify(&e))?;
     let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let mut body_permit = permit;
     if switched {
@@ -160,7 +167,8 @@ async fn forward_upgrade(
     let body = if switched {
         ResponseBody::Empty
     } else {
-        ResponseBody::Upstream { inner: UpstreamBody::new(body, None, body_permit, read_timeout) }
+        let timeouts = BodyTimeouts { idle: read_timeout, total: waits.total, sse: false };
+        ResponseBody::Upstream { inner: UpstreamBody::new(body, None, body_permit, timeouts) }
     };
     Ok(Response::from_parts(parts, body))
 }
@@ -174,24 +182,50 @@ fn origin_form(uri: &Uri) -> Uri {
     Uri::from(uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")))
 }
 
-/// Runs `head` with nginx's read timeout, which starts once the request body has been handed to the
-/// backend (`sent` completes). `None` when the timeout fired first.
-async fn with_read_timeout<T>(
+/// How long the response head may take.
+#[derive(Debug, Clone, Copy)]
+struct HeadWaits {
+    /// From the request sent (nginx arms `proxy_read_timeout` then) to the head.
+    first_byte: Duration,
+    /// The whole exchange's deadline, if any, with the configured duration for the message.
+    total: Option<(tokio::time::Instant, Duration)>,
+}
+
+/// Runs `head` under the first-byte timeout, which starts once the request body has been handed to
+/// the backend (`sent` completes), and under the total deadline.
+async fn with_head_timeouts<T>(
     head: impl Future<Output = T>,
     sent: &mut Option<oneshot::Receiver<()>>,
-    read_timeout: Duration,
-) -> Option<T> {
-    let deadline = async {
+    waits: HeadWaits,
+) -> Result<T, GatewayError> {
+    let first_byte = async {
         if let Some(sent) = sent {
             let _ = sent.await;
         }
-        tokio::time::sleep(read_timeout).await;
+        tokio::time::sleep(waits.first_byte).await;
+    };
+    let total = async {
+        match waits.total {
+            Some((deadline, _)) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
     };
     tokio::select! {
         biased;
-        result = head => Some(result),
-        () = deadline => None,
+        result = head => Ok(result),
+        () = first_byte => Err(GatewayError::ReadTimeout),
+        () = total => Err(GatewayError::TotalTimeout(waits.total.map_or(Duration::ZERO, |(_, d)| d))),
     }
+}
+
+/// The body limits of a response: idle and total timeouts, and whether it is an event stream.
+fn body_timeouts(
+    parts: &http::response::Parts,
+    upstream: &Upstream,
+    total: Option<(tokio::time::Instant, Duration)>,
+) -> BodyTimeouts {
+    let sse = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    BodyTimeouts { idle: upstream.timeouts.idle(), total, sse }
 }
 
 fn connect_error(error: ConnectError) -> GatewayError {

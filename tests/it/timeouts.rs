@@ -7,6 +7,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use std::convert::Infallible;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -82,9 +83,13 @@ async fn read_timeout_mid_response_cuts_the_client_off_without_a_clean_end() {
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap();
     assert_eq!(first.into_data().unwrap(), "data: 1\n\n");
+    // An event stream is told why it ends, then cut off: never a clean end.
+    let event = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let event = String::from_utf8_lossy(&event);
+    assert!(event.starts_with("event: error\ndata: {") && event.contains("upstream_idle_timeout"), "{event}");
+    assert_eq!(started.elapsed().as_secs(), 120);
     let end = body.frame().await;
     assert!(matches!(end, Some(Err(_))), "the client must see an incomplete response, got {end:?}");
-    assert_eq!(started.elapsed().as_secs(), 120);
 }
 
 #[tokio::test(start_paused = true)]
@@ -185,4 +190,81 @@ async fn oversized_uri_and_headers_answer_414_and_431() {
     stream.write_all(big.as_bytes()).await.unwrap();
     let received = String::from_utf8_lossy(&read_to_close(&mut stream).await).into_owned();
     assert!(received.starts_with("HTTP/1.1 431"), "{received}");
+}
+
+mod generation {
+    //! Timeouts shaped for generation, against the simulated model: first byte (prefill), idle (token
+    //! gap) and total, each ending a stream with an SSE error event.
+    use super::*;
+    use infergate::sim::engine::LatencyModel;
+    use infergate::sim::{Sim, SimOptions};
+
+    fn stream_request() -> Request<TestBody> {
+        let body = r#"{"stream": true, "max_tokens": 100000, "messages": [{"role": "user", "content": "hi"}]}"#;
+        Request::post("/v1/chat/completions").header("host", "localhost").body(full(body)).unwrap()
+    }
+
+    async fn gateway_for(sim: &Sim, timeouts: &str) -> TestGateway {
+        TestGateway::start(&proxy_config(&sim.addr.to_string(), &format!("timeouts = {timeouts}"))).await
+    }
+
+    /// Reads frames until the error event; returns it and when it came.
+    async fn error_event(body: &mut hyper::body::Incoming) -> (String, Instant) {
+        loop {
+            let frame = body
+                .frame()
+                .await
+                .expect("stream ended without an error event")
+                .expect("cut off before the error event");
+            let data = String::from_utf8_lossy(frame.data_ref().unwrap()).into_owned();
+            if data.starts_with("event: error") {
+                return (data, Instant::now());
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_stream_ends_with_an_idle_timeout_event() {
+        let model = LatencyModel { prefill_base_ms: 100.0, decode_ms: 20.0, ..LatencyModel::default() };
+        let sim =
+            Sim::start(SimOptions { latency: model, stall_after: Some(3), ..SimOptions::default() }).await.unwrap();
+        let gw = gateway_for(&sim, r#"{ read = "120s", idle = "30s" }"#).await;
+        let started = Instant::now();
+        let response = http1(gw.addr("127.0.0.1:0")).await.send_request(stream_request()).await.unwrap();
+        let mut body = response.into_body();
+        let (event, at) = error_event(&mut body).await;
+        assert!(event.contains("upstream_idle_timeout"), "{event}");
+        // Prefill 100 ms, tokens at 100, 120, 140 ms, then 30 s of silence (timers round up to the ms).
+        let took = at - started;
+        assert!((Duration::from_millis(30_140)..Duration::from_millis(30_145)).contains(&took), "{took:?}");
+        assert!(matches!(body.frame().await, Some(Err(_))), "then cut off");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_generation_past_the_total_timeout_is_ended() {
+        let model = LatencyModel { prefill_base_ms: 100.0, decode_ms: 20.0, ..LatencyModel::default() };
+        let sim = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
+        let gw = gateway_for(&sim, r#"{ idle = "30s", total = "2s" }"#).await;
+        let started = Instant::now();
+        let response = http1(gw.addr("127.0.0.1:0")).await.send_request(stream_request()).await.unwrap();
+        let mut body = response.into_body();
+        let (event, at) = error_event(&mut body).await;
+        assert!(event.contains("upstream_total_timeout"), "{event}");
+        assert_eq!(at - started, Duration::from_secs(2));
+        assert!(matches!(body.frame().await, Some(Err(_))));
+        // The model saw the stream end, as it would see any client leave.
+        assert_eq!(sim.stats()["aborted"], 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prefill_longer_than_first_byte_answers_504() {
+        let model = LatencyModel { prefill_base_ms: 60_000.0, ..LatencyModel::default() };
+        let sim = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
+        let gw = gateway_for(&sim, r#"{ read = "120s", first_byte = "5s" }"#).await;
+        let started = Instant::now();
+        let (status, _, body) = send(&mut http1(gw.addr("127.0.0.1:0")).await, stream_request()).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(body.contains("upstream_read_timeout"), "{body}");
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
 }
