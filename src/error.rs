@@ -39,6 +39,9 @@ pub enum GatewayError {
     /// Every server of the upstream is at `max_inflight` and the queue is full or the wait timed out.
     #[error("{}", match .0 { Rejection::QueueFull { .. } => "the model is at capacity and its queue is full; retry later", Rejection::QueueTimeout { .. } => "the model stayed at capacity for the whole queue timeout; retry later" })]
     Overloaded(Rejection),
+    /// Every server of the upstream is marked down (passive health).
+    #[error("no healthy server for this request; retry later")]
+    NoHealthyServer,
     /// A `limit_req` zone refused the request.
     #[error("rate limit exceeded; retry after {retry_after_secs} s")]
     RateLimited {
@@ -65,7 +68,7 @@ impl GatewayError {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            GatewayError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Overloaded(_) | GatewayError::NoHealthyServer => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::RateLimited { status, .. } => *status,
         }
     }
@@ -86,6 +89,7 @@ impl GatewayError {
             GatewayError::Overloaded(Rejection::QueueFull { .. }) => ("server_error", "queue_full"),
             GatewayError::Overloaded(Rejection::QueueTimeout { .. }) => ("server_error", "queue_timeout"),
             GatewayError::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
+            GatewayError::NoHealthyServer => ("server_error", "no_healthy_server"),
         }
     }
 
@@ -98,6 +102,7 @@ impl GatewayError {
                 Rejection::QueueFull { retry_after } | Rejection::QueueTimeout { retry_after },
             ) => Some(*retry_after),
             GatewayError::RateLimited { retry_after_secs, .. } => Some(*retry_after_secs),
+            GatewayError::NoHealthyServer => Some(1),
             _ => None,
         };
         if let Some(seconds) = retry_after {

@@ -83,6 +83,26 @@ pub struct UpstreamConfig {
     /// Where requests wait when every server is at its `max_inflight`.
     #[serde(default)]
     pub queue: QueueConfig,
+    /// Failures within `fail_timeout` that take a server out for `fail_timeout` (nginx `max_fails`, 1;
+    /// 0 never takes it out).
+    #[serde(default = "default_max_fails")]
+    pub max_fails: u32,
+    /// The window for counting failures and how long a failed server is skipped (nginx, 10 s).
+    #[serde(default = "default_fail_timeout")]
+    pub fail_timeout: Span,
+    /// Servers tried for one request (nginx `proxy_next_upstream_tries`; 0, the default: each server once).
+    #[serde(default)]
+    pub next_upstream_tries: usize,
+    /// Time after which no other server is tried (nginx `proxy_next_upstream_timeout`; default none).
+    pub next_upstream_timeout: Option<Span>,
+}
+
+fn default_max_fails() -> u32 {
+    1
+}
+
+fn default_fail_timeout() -> Span {
+    Span(Duration::from_secs(10))
 }
 
 /// `queue = { max, timeout }` of an upstream: used only when some server has `max_inflight`.

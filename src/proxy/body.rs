@@ -15,21 +15,27 @@ use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 /// The client's request body on its way to the backend. Dropping it (hyper does so once the body is
-/// written, or when it gives up) drops `sent`, which wakes the proxy to arm the read timeout.
+/// written, or when it gives up) drops `sent`, which wakes the proxy to arm the first-byte timeout.
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None`: no body (a replayed bodiless request).
+    inner: Option<Incoming>,
     _sent: Option<oneshot::Sender<()>>,
 }
 
 impl RequestBody {
     /// Wraps a client body; the returned receiver completes once the body is done with. `None` when the
-    /// body is empty, so the read timeout can start at once.
+    /// body is empty, so the timeout can start at once.
     pub fn new(inner: Incoming) -> (RequestBody, Option<oneshot::Receiver<()>>) {
         if inner.is_end_stream() {
-            return (RequestBody { inner, _sent: None }, None);
+            return (RequestBody { inner: Some(inner), _sent: None }, None);
         }
         let (tx, rx) = oneshot::channel();
-        (RequestBody { inner, _sent: Some(tx) }, Some(rx))
+        (RequestBody { inner: Some(inner), _sent: Some(tx) }, Some(rx))
+    }
+
+    /// No body, for sending a bodiless request again to another server.
+    pub fn empty() -> RequestBody {
+        RequestBody { inner: None, _sent: None }
     }
 }
 
@@ -38,15 +44,18 @@ impl Body for RequestBody {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        match &mut self.inner {
+            Some(inner) => Pin::new(inner).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 

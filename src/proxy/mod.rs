@@ -10,7 +10,7 @@ pub use body::{BodyTimeouts, RequestBody, StreamTimedOut, UpstreamBody};
 
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
-use crate::upstream::{ConnectError, Permit, SendTimedOut, Upstream, UpstreamConnection, UpstreamServer};
+use crate::upstream::{ConnectError, Permit, SendTimedOut, Unavailable, Upstream, UpstreamConnection, UpstreamServer};
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
@@ -40,14 +40,16 @@ impl ClientInfo {
 }
 
 /// Forwards `request` to `upstream` and returns the backend's response, its body still streaming.
+///
+/// A server that cannot be reached, or answers 502/503 to a request without a body, is counted as
+/// failed (passive health) and the request goes to another one, up to the upstream's tries and retry
+/// timeout, never twice to the same server and never once a response byte went to the client.
 pub async fn forward(
     mut request: Request<Incoming>,
     client: &ClientInfo,
     upstream: &Upstream,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let upgrade = websocket::is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
-    let (server, permit) = upstream.admit().await.map_err(GatewayError::Overloaded)?;
-
     let (mut parts, body) = request.into_parts();
     let host = parts
         .headers
@@ -58,54 +60,127 @@ pub async fn forward(
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
     let (body, mut sent) = RequestBody::new(body);
-    let request = Request::from_parts(parts, body);
+    let bodiless = body.is_end_stream();
+    let mut request = Request::from_parts(parts, body);
     let started = tokio::time::Instant::now();
     let total = upstream.timeouts.total.map(|t| (started + t.0, t.0));
     let waits = HeadWaits { first_byte: upstream.timeouts.first_byte(), total };
+    let retry_deadline = upstream.retry_timeout.map(|t| started + t);
 
-    if let Some(client_upgrade) = upgrade {
-        return forward_upgrade(request, client_upgrade, server, permit, &mut sent, waits, upstream.timeouts.read.0)
-            .await;
-    }
+    let mut tried: Vec<usize> = Vec::with_capacity(1);
+    loop {
+        let (index, permit) = upstream.admit(&tried).await.map_err(|unavailable| match unavailable {
+            Unavailable::Overloaded(rejection) => GatewayError::Overloaded(rejection),
+            Unavailable::NoHealthyServer => GatewayError::NoHealthyServer,
+        })?;
+        tried.push(index);
+        let server = &upstream.servers[index];
+        let may_retry = tried.len() < upstream.tries && retry_deadline.is_none_or(|d| tokio::time::Instant::now() < d);
+        let fail = || {
+            if server.health.record_failure(upstream.fail_policy) {
+                tracing::warn!(upstream = %upstream.name, server = %server.authority, "server marked down");
+            }
+        };
 
-    let mut connection = server.pool.checkout().await.map_err(connect_error)?;
-    let response = match exchange(&mut connection, request, &mut sent, waits).await {
-        // A kept-alive connection the backend had closed: the request never left, so a fresh
-        // connection gets it.
-        Err(Failure::NotSent(request, error)) if connection.reused => {
-            tracing::debug!(%error, "pooled upstream connection was closed; retrying on a new one");
-            connection = server.pool.connect().await.map_err(connect_error)?;
-            exchange(&mut connection, *request, &mut sent, waits).await
-        }
-        other => other,
-    };
-    let response = response.map_err(|failure| match failure {
-        Failure::NotSent(_, error) => classify(&error),
-        Failure::Failed(error) => error,
-    })?;
-
-    let (mut parts, body) = response.into_parts();
-    headers::to_client(&mut parts.headers, false);
-    let body = if body.is_end_stream() {
-        server.pool.key().checkin(connection);
-        ResponseBody::Empty
-    } else {
-        ResponseBody::Upstream {
-            inner: UpstreamBody::new(
-                body,
-                Some((connection, server.pool.key())),
+        if let Some(client_upgrade) = upgrade {
+            return forward_upgrade(
+                request,
+                client_upgrade,
+                server,
                 permit,
-                body_timeouts(&parts, upstream, total),
-            ),
+                &mut sent,
+                waits,
+                upstream.timeouts.read.0,
+            )
+            .await;
         }
-    };
-    Ok(Response::from_parts(parts, body))
+
+        let mut connection = match server.pool.checkout().await {
+            Ok(connection) => connection,
+            Err(error) => {
+                fail();
+                if may_retry {
+                    tracing::debug!(%error, "trying another server");
+                    continue;
+                }
+                return Err(connect_error(error));
+            }
+        };
+        // A bodiless request can be sent again: after a kept-alive connection turns out closed, or to
+        // another server after a 502/503. Its head is copied only when that may happen.
+        let copy = (bodiless && (connection.reused || may_retry)).then(|| bodiless_copy(&request));
+        let response = match exchange(&mut connection, request, &mut sent, waits).await {
+            // A kept-alive connection the backend had closed: the request never left (or, bodiless,
+            // got no answer at all), so a fresh connection gets it.
+            Err(Failure::NotSent(request, error)) if connection.reused => {
+                tracing::debug!(%error, "pooled upstream connection was closed; retrying on a new one");
+                connection = server.pool.connect().await.map_err(connect_error)?;
+                exchange(&mut connection, *request, &mut sent, waits).await
+            }
+            Err(Failure::Closed(error)) if connection.reused && copy.is_some() => {
+                tracing::debug!(%error, "pooled upstream connection closed under the request; resending it on a new one");
+                connection = server.pool.connect().await.map_err(connect_error)?;
+                let resend = copy.as_ref().map_or_else(|| Request::new(RequestBody::empty()), bodiless_copy);
+                exchange(&mut connection, resend, &mut sent, waits).await
+            }
+            other => other,
+        };
+        let response = match response {
+            Ok(response) => response,
+            Err(failure) => {
+                fail();
+                // Another server gets a request that never left, or a bodiless one that got no answer.
+                match (failure, copy) {
+                    (Failure::NotSent(unsent, _), _) if may_retry => request = *unsent,
+                    (Failure::Closed(_), Some(copy)) if may_retry => request = copy,
+                    (Failure::NotSent(_, error) | Failure::Closed(error), _) => return Err(classify(&error)),
+                    (Failure::Failed(error), _) => return Err(error),
+                }
+                tracing::debug!("trying another server");
+                continue;
+            }
+        };
+        let status = response.status();
+        if matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT) {
+            fail();
+            if let (true, Some(copy), false) = (may_retry, copy, status == StatusCode::GATEWAY_TIMEOUT) {
+                tracing::debug!(%status, "trying another server");
+                request = copy;
+                continue;
+            }
+        }
+
+        let (mut parts, body) = response.into_parts();
+        headers::to_client(&mut parts.headers, false);
+        let body = if body.is_end_stream() {
+            server.pool.key().checkin(connection);
+            ResponseBody::Empty
+        } else {
+            let timeouts = body_timeouts(&parts, upstream, total);
+            ResponseBody::Upstream {
+                inner: UpstreamBody::new(body, Some((connection, server.pool.key())), permit, timeouts),
+            }
+        };
+        return Ok(Response::from_parts(parts, body));
+    }
+}
+
+/// A copy of a bodiless request, to send it again.
+fn bodiless_copy(request: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut copy = Request::new(RequestBody::empty());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
 }
 
 /// Why one exchange on a connection produced no response.
 enum Failure {
     /// The connection failed before the request was written; the request comes back for a retry.
     NotSent(Box<Request<RequestBody>>, hyper::Error),
+    /// The connection closed after the request was written and before any byte of an answer.
+    Closed(hyper::Error),
     /// Anything else.
     Failed(GatewayError),
 }
@@ -127,6 +202,7 @@ async fn exchange(
         Ok(Ok(response)) => Ok(response),
         Ok(Err(mut error)) => match error.take_message() {
             Some(request) => Err(Failure::NotSent(Box::new(request), error.into_error())),
+            None if error.error().is_incomplete_message() => Err(Failure::Closed(error.into_error())),
             None => Err(Failure::Failed(classify(error.error()))),
         },
     }

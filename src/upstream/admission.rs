@@ -95,16 +95,17 @@ impl Admission {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A slot at once if a server has one free; else a place in the queue, waiting in FIFO order up
-    /// to `queue.timeout`. Dropping the returned future (the client left) leaves the queue at once.
-    pub async fn acquire(self: &Arc<Self>) -> Result<Permit, Rejection> {
+    /// A slot at once on an `eligible` server with one free; else (when `wait`) a place in the queue,
+    /// waiting in FIFO order up to `queue.timeout`. Dropping the returned future (the client left)
+    /// leaves the queue at once. Without `wait`, no free slot answers `QueueFull` at once.
+    pub async fn acquire(self: &Arc<Self>, eligible: impl Fn(usize) -> bool, wait: bool) -> Result<Permit, Rejection> {
         let (id, slot) = {
             let mut state = self.lock();
-            if let Some(server) = self.free_server(&mut state) {
+            if let Some(server) = self.free_server(&mut state, &eligible) {
                 state.inflight[server] += 1;
                 return Ok(Permit { admission: self.clone(), server, armed: true });
             }
-            if state.waiters.len() >= self.queue_max {
+            if !wait || state.waiters.len() >= self.queue_max {
                 return Err(Rejection::QueueFull { retry_after: retry_after(&state) });
             }
             let id = state.next_waiter_id;
@@ -120,14 +121,13 @@ impl Admission {
         }
     }
 
-    fn free_server(&self, state: &mut State) -> Option<usize> {
+    fn free_server(&self, state: &mut State, eligible: &impl Fn(usize) -> bool) -> Option<usize> {
         let count = self.limits.len();
-        (0..count)
+        let server = (0..count)
             .map(|offset| (state.cursor + offset) % count)
-            .find(|&server| self.limits[server].is_none_or(|max| state.inflight[server] < max))
-            .inspect(|&server| {
-                state.cursor = (server + 1) % count;
-            })
+            .find(|&server| eligible(server) && self.limits[server].is_none_or(|max| state.inflight[server] < max))?;
+        state.cursor = (server + 1) % count;
+        Some(server)
     }
 
     /// Gives a freed slot to the oldest waiter still waiting, or frees it.
@@ -196,15 +196,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn slots_are_capped_and_handed_to_waiters_in_order() {
         let admission = Admission::new(vec![Some(1), Some(1)], 4, Duration::from_secs(10));
-        let a = admission.acquire().await.unwrap();
-        let b = admission.acquire().await.unwrap();
+        let a = admission.acquire(|_| true, true).await.unwrap();
+        let b = admission.acquire(|_| true, true).await.unwrap();
         assert_ne!(a.server(), b.server(), "the second request goes to the free server");
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut waiters = Vec::new();
         for i in 0..3 {
             let (admission, order) = (admission.clone(), order.clone());
             waiters.push(tokio::spawn(async move {
-                let permit = admission.acquire().await.unwrap();
+                let permit = admission.acquire(|_| true, true).await.unwrap();
                 order.lock().unwrap().push(i);
                 permit
             }));
@@ -225,17 +225,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_rejects_at_once_and_a_long_wait_times_out() {
         let admission = Admission::new(vec![Some(1)], 1, Duration::from_secs(2));
-        let _held = admission.acquire().await.unwrap();
+        let _held = admission.acquire(|_| true, true).await.unwrap();
         let waiting = tokio::spawn({
             let admission = admission.clone();
             async move {
                 let started = Instant::now();
-                let result = admission.acquire().await.map(|_| ());
+                let result = admission.acquire(|_| true, true).await.map(|_| ());
                 (result, started.elapsed())
             }
         });
         tokio::task::yield_now().await;
-        assert!(matches!(admission.acquire().await.map(|_| ()), Err(Rejection::QueueFull { .. })));
+        assert!(matches!(admission.acquire(|_| true, true).await.map(|_| ()), Err(Rejection::QueueFull { .. })));
         let (result, waited) = waiting.await.unwrap();
         assert!(matches!(result, Err(Rejection::QueueTimeout { retry_after: 1.. })));
         assert_eq!(waited, Duration::from_secs(2));
@@ -245,10 +245,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_that_leaves_is_removed_and_never_holds_a_slot() {
         let admission = Admission::new(vec![Some(1)], 8, Duration::from_secs(60));
-        let held = admission.acquire().await.unwrap();
+        let held = admission.acquire(|_| true, true).await.unwrap();
         let gone = tokio::spawn({
             let admission = admission.clone();
-            async move { admission.acquire().await.map(|_| ()) }
+            async move { admission.acquire(|_| true, true).await.map(|_| ()) }
         });
         tokio::task::yield_now().await;
         assert_eq!(admission.queued(), 1);

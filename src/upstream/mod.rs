@@ -3,7 +3,10 @@
 
 mod admission;
 mod connector;
+mod health;
 mod pool;
+
+pub use health::{FailPolicy, ServerHealth};
 
 pub use admission::{Admission, Permit, Rejection};
 pub use connector::{ConnectError, Connector, SendTimedOut, TimedStream};
@@ -13,6 +16,7 @@ use crate::config::{UpstreamConfig, UpstreamTimeouts};
 use http::uri::Authority;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One backend server.
 pub struct UpstreamServer {
@@ -20,6 +24,8 @@ pub struct UpstreamServer {
     pub authority: Authority,
     /// Its idle keep-alive connections.
     pub pool: Arc<ServerPool>,
+    /// Its passive health.
+    pub health: Arc<ServerHealth>,
 }
 
 /// A compiled `[[upstream]]`.
@@ -32,7 +38,22 @@ pub struct Upstream {
     pub timeouts: UpstreamTimeouts,
     /// Slots and queue, when some server has `max_inflight`.
     pub admission: Option<Arc<Admission>>,
+    /// When a server counts as failed, and for how long it is skipped.
+    pub fail_policy: FailPolicy,
+    /// Servers one request may try (at least 1).
+    pub tries: usize,
+    /// Time after which no other server is tried.
+    pub retry_timeout: Option<Duration>,
     next: AtomicUsize,
+}
+
+/// Why no server was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Admission control: queue full or wait timed out.
+    Overloaded(Rejection),
+    /// Every server not yet tried is marked down.
+    NoHealthyServer,
 }
 
 impl Upstream {
@@ -52,7 +73,10 @@ impl Upstream {
                 .and_then(|old| old.servers.iter().find(|s| s.authority == authority && s.pool.settings == settings))
                 .map(|old| old.pool.clone());
             let pool = kept.unwrap_or_else(|| ServerPool::new(authority.clone(), settings));
-            servers.push(UpstreamServer { authority, pool });
+            let health = previous
+                .and_then(|old| old.servers.iter().find(|s| s.authority == authority))
+                .map_or_else(|| Arc::new(ServerHealth::new()), |old| old.health.clone());
+            servers.push(UpstreamServer { authority, pool, health });
         }
         let limits: Vec<Option<usize>> =
             config.servers.iter().map(|s| s.max_inflight.as_ref().map(|m| *m.get_ref())).collect();
@@ -72,28 +96,38 @@ impl Upstream {
             servers,
             timeouts: config.timeouts,
             admission,
+            fail_policy: FailPolicy { max_fails: config.max_fails, fail_timeout: config.fail_timeout.0 },
+            tries: if config.next_upstream_tries == 0 { config.servers.len() } else { config.next_upstream_tries }
+                .max(1),
+            retry_timeout: config.next_upstream_timeout.map(|t| t.0),
             next: AtomicUsize::new(previous.map_or(0, |old| old.next.load(Ordering::Relaxed))),
         })
     }
 
-    /// The server for the next request and, with admission control, its slot: waits in the queue
-    /// when every server is full.
-    pub async fn admit(&self) -> Result<(&UpstreamServer, Option<Permit>), Rejection> {
+    /// A server for the next try of a request, skipping servers marked down and those in `tried`,
+    /// with its slot under admission control. The first try may wait in the queue; a retry takes a
+    /// free slot or gives up at once.
+    pub async fn admit(&self, tried: &[usize]) -> Result<(usize, Option<Permit>), Unavailable> {
+        let eligible = |index: usize| !tried.contains(&index) && self.servers[index].health.is_up();
+        if !(0..self.servers.len()).any(eligible) {
+            return Err(Unavailable::NoHealthyServer);
+        }
         match &self.admission {
-            None => Ok((self.pick(), None)),
+            None => Ok((self.pick(eligible), None)),
             Some(admission) => {
-                let permit = admission.acquire().await?;
-                Ok((&self.servers[permit.server()], Some(permit)))
+                let permit = admission.acquire(eligible, tried.is_empty()).await.map_err(Unavailable::Overloaded)?;
+                Ok((permit.server(), Some(permit)))
             }
         }
     }
 
-    /// The server for the next request, in turn.
-    fn pick(&self) -> &UpstreamServer {
-        if let [only] = self.servers.as_slice() {
-            return only;
+    /// The next eligible server in turn (one exists).
+    fn pick(&self, eligible: impl Fn(usize) -> bool) -> usize {
+        if self.servers.len() == 1 {
+            return 0;
         }
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.servers[turn % self.servers.len()]
+        let count = self.servers.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..count).map(|offset| (start + offset) % count).find(|&index| eligible(index)).unwrap_or(start % count)
     }
 }

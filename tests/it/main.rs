@@ -4,6 +4,7 @@ mod support;
 
 mod admission;
 mod cli;
+mod health;
 mod proxy;
 mod ratelimit;
 mod reload;

@@ -1,0 +1,133 @@
+//! Passive health and retries across servers: a dead server costs no request that had not started,
+//! is skipped for `fail_timeout`, and with every server down the answer is an immediate 503.
+
+use crate::support::*;
+use http::{Response, StatusCode};
+use infergate::sim::engine::LatencyModel;
+use infergate::sim::{Sim, SimOptions};
+use serde_json::json;
+
+fn two_servers(a: &str, b: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[upstream]]
+name = "model"
+servers = [{{ addr = "{a}" }}, {{ addr = "{b}" }}]
+max_fails = 1
+fail_timeout = "10s"
+{extra}
+
+[[server]]
+listen = ["127.0.0.1:0"]
+
+  [[server.location]]
+  prefix = "/"
+  proxy = "model"
+"#
+    )
+}
+
+async fn closed_port() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr.to_string()
+}
+
+#[tokio::test]
+async fn a_dead_server_is_skipped_and_no_request_fails() {
+    let alive = Backend::hello().await;
+    let gw = TestGateway::start(&two_servers(&closed_port().await, &alive.authority(), "")).await;
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    for i in 0..10 {
+        let (status, _, body) = send(&mut client, get("/v1/models")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from backend"), "request {i}");
+    }
+    let upstream = gw.gateway.runtime().upstreams["model"].clone();
+    assert!(!upstream.servers[0].health.is_up(), "the dead server is marked down");
+    assert!(upstream.servers[1].health.is_up());
+}
+
+#[tokio::test]
+async fn a_bodiless_request_answered_502_goes_to_the_other_server() {
+    let failing = Backend::start(|_| async {
+        let mut response = Response::new(full("bad gateway"));
+        *response.status_mut() = StatusCode::BAD_GATEWAY;
+        response
+    })
+    .await;
+    let good = Backend::hello().await;
+    let gw = TestGateway::start(&two_servers(&failing.authority(), &good.authority(), "")).await;
+    let (status, _, body) = fetch(gw.addr("127.0.0.1:0"), "/v1/models").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from backend"));
+    assert_eq!(failing.request_count() + good.request_count(), 1 + usize::from(failing.request_count() == 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_every_server_down_the_answer_is_an_immediate_503() {
+    let gw = TestGateway::start(&two_servers(&closed_port().await, &closed_port().await, "")).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let (status, _, _) = fetch(addr, "/").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "both refused: the last error is answered");
+    let started = tokio::time::Instant::now();
+    let (status, headers, body) = fetch(addr, "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("no_healthy_server"), "{body}");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(started.elapsed(), std::time::Duration::ZERO, "no connect attempt, no wait");
+    // After fail_timeout the servers are tried again.
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    assert_eq!(fetch(addr, "/").await.0, StatusCode::BAD_GATEWAY);
+}
+
+fn chat_request() -> http::Request<TestBody> {
+    let body = json!({"max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    http::Request::post("/v1/chat/completions").header("host", "localhost").body(full(body)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_killed_mid_load_fails_only_what_it_held_and_nothing_after() {
+    let model = LatencyModel { prefill_base_ms: 60_000.0, ..LatencyModel::default() };
+    let doomed =
+        Sim::start(SimOptions { latency: model, crash_above: Some(2), ..SimOptions::default() }).await.unwrap();
+    let fast = LatencyModel { prefill_base_ms: 1.0, decode_ms: 1.0, ..LatencyModel::default() };
+    let survivor = Sim::start(SimOptions { latency: fast, ..SimOptions::default() }).await.unwrap();
+    let gw = TestGateway::start(&two_servers(&doomed.addr.to_string(), &survivor.addr.to_string(), "")).await;
+    let addr = gw.addr("127.0.0.1:0");
+    // Requests through the gateway until two are held by the doomed model (long prefill).
+    let mut in_flight = Vec::new();
+    let mut answered = 0;
+    let received = || doomed.stats()["received"].as_u64().unwrap() + survivor.stats()["received"].as_u64().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while doomed.stats()["running"] != 2 {
+        let request = tokio::spawn(async move { send(&mut http1(addr).await, chat_request()).await });
+        in_flight.push(request);
+        while received() < in_flight.len() as u64 || (doomed.stats()["waiting"] != 0) {
+            assert!(std::time::Instant::now() < deadline, "requests did not arrive");
+            tokio::task::yield_now().await;
+        }
+        assert!(in_flight.len() < 10, "the doomed model never filled up");
+    }
+    // One more request straight to it kills it, as a GPU running out of memory.
+    let _ = send(&mut http1(doomed.addr).await, chat_request()).await;
+    assert!(doomed.crashed());
+    let mut failed = 0;
+    for request in in_flight {
+        let (status, _, body) = request.await.unwrap();
+        if status == StatusCode::OK {
+            answered += 1;
+        } else {
+            // What the dead model held gets a clear error, never a hang.
+            assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+            assert!(body.contains("\"error\""), "{body}");
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 2, "exactly the two requests the dead model held fail ({answered} answered)");
+    // Nothing sent after the crash fails: the dead server is retried away from, then skipped.
+    for i in 0..10 {
+        let (status, _, body) = send(&mut http1(addr).await, chat_request()).await;
+        assert_eq!(status, StatusCode::OK, "request {i} after the crash: {body}");
+    }
+    assert!(!gw.gateway.runtime().upstreams["model"].servers[0].health.is_up());
+}
