@@ -83,6 +83,9 @@ pub struct UpstreamConfig {
     /// Where requests wait when every server is at its `max_inflight`.
     #[serde(default)]
     pub queue: QueueConfig,
+    /// How a server is chosen: `round_robin` (default) or `least_inflight`.
+    #[serde(default)]
+    pub balance: crate::upstream::Balance,
     /// Failures within `fail_timeout` that take a server out for `fail_timeout` (nginx `max_fails`, 1;
     /// 0 never takes it out).
     #[serde(default = "default_max_fails")]

@@ -3,7 +3,7 @@
 //! forwarded frame by frame with nginx's read timeout between two frames.
 
 use crate::body::BoxError;
-use crate::upstream::{Permit, PoolKey, UpstreamConnection};
+use crate::upstream::{Lease, PoolKey, UpstreamConnection};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -102,8 +102,8 @@ pub struct BodyTimeouts {
 pub struct UpstreamBody {
     inner: Incoming,
     connection: Option<(UpstreamConnection, PoolKey)>,
-    /// The server slot this response holds until it ends or is dropped (admission control).
-    _permit: Option<Permit>,
+    /// The server slot and in-flight count this response holds until it ends or is dropped.
+    _lease: Lease,
     timeouts: BodyTimeouts,
     timer: Option<Pin<Box<Sleep>>>,
     /// Set once the SSE error event went out: the body yields once (so the event is flushed) and
@@ -116,10 +116,10 @@ impl UpstreamBody {
     pub fn new(
         inner: Incoming,
         connection: Option<(UpstreamConnection, PoolKey)>,
-        permit: Option<Permit>,
+        lease: Lease,
         timeouts: BodyTimeouts,
     ) -> Self {
-        UpstreamBody { inner, connection, _permit: permit, timeouts, timer: None, failed: None }
+        UpstreamBody { inner, connection, _lease: lease, timeouts, timer: None, failed: None }
     }
 
     fn release_connection(&mut self) {

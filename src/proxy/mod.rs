@@ -10,7 +10,9 @@ pub use body::{BodyTimeouts, RequestBody, StreamTimedOut, UpstreamBody};
 
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
-use crate::upstream::{ConnectError, Permit, SendTimedOut, Unavailable, Upstream, UpstreamConnection, UpstreamServer};
+use crate::upstream::{
+    Balance, ConnectError, Lease, SendTimedOut, Unavailable, Upstream, UpstreamConnection, UpstreamServer,
+};
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
@@ -75,6 +77,9 @@ pub async fn forward(
         })?;
         tried.push(index);
         let server = &upstream.servers[index];
+        let balancing = upstream.balance == Balance::LeastInflight;
+        let lease = Lease { permit, in_flight: balancing.then(|| server.load.start()) };
+        let try_started = tokio::time::Instant::now();
         let may_retry = tried.len() < upstream.tries && retry_deadline.is_none_or(|d| tokio::time::Instant::now() < d);
         let fail = || {
             if server.health.record_failure(upstream.fail_policy) {
@@ -83,16 +88,8 @@ pub async fn forward(
         };
 
         if let Some(client_upgrade) = upgrade {
-            return forward_upgrade(
-                request,
-                client_upgrade,
-                server,
-                permit,
-                &mut sent,
-                waits,
-                upstream.timeouts.read.0,
-            )
-            .await;
+            return forward_upgrade(request, client_upgrade, server, lease, &mut sent, waits, upstream.timeouts.read.0)
+                .await;
         }
 
         let mut connection = match server.pool.checkout().await {
@@ -140,6 +137,9 @@ pub async fn forward(
                 continue;
             }
         };
+        if balancing {
+            server.load.observe_head(try_started.elapsed());
+        }
         let status = response.status();
         if matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT) {
             fail();
@@ -158,7 +158,7 @@ pub async fn forward(
         } else {
             let timeouts = body_timeouts(&parts, upstream, total);
             ResponseBody::Upstream {
-                inner: UpstreamBody::new(body, Some((connection, server.pool.key())), permit, timeouts),
+                inner: UpstreamBody::new(body, Some((connection, server.pool.key())), lease, timeouts),
             }
         };
         return Ok(Response::from_parts(parts, body));
@@ -214,7 +214,7 @@ async fn forward_upgrade(
     request: Request<RequestBody>,
     client_upgrade: hyper::upgrade::OnUpgrade,
     server: &UpstreamServer,
-    permit: Option<Permit>,
+    lease: Lease,
     sent: &mut Option<oneshot::Receiver<()>>,
     waits: HeadWaits,
     read_timeout: Duration,
@@ -228,14 +228,14 @@ async fn forward_upgrade(
     let mut response =
         with_head_timeouts(sender.send_request(request), sent, waits).await?.map_err(|e| classify(&e))?;
     let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    let mut body_permit = permit;
+    let mut body_lease = lease;
     if switched {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         // The tunnel holds the server's slot for as long as it lives.
-        let tunnel_permit = body_permit.take();
+        let tunnel_lease = std::mem::take(&mut body_lease);
         tokio::spawn(async move {
             websocket::tunnel(client_upgrade, upstream_upgrade, read_timeout).await;
-            drop(tunnel_permit);
+            drop(tunnel_lease);
         });
     }
     let (mut parts, body) = response.into_parts();
@@ -244,7 +244,7 @@ async fn forward_upgrade(
         ResponseBody::Empty
     } else {
         let timeouts = BodyTimeouts { idle: read_timeout, total: waits.total, sse: false };
-        ResponseBody::Upstream { inner: UpstreamBody::new(body, None, body_permit, timeouts) }
+        ResponseBody::Upstream { inner: UpstreamBody::new(body, None, body_lease, timeouts) }
     };
     Ok(Response::from_parts(parts, body))
 }

@@ -95,13 +95,18 @@ impl Admission {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A slot at once on an `eligible` server with one free; else (when `wait`) a place in the queue,
+    /// A slot at once on an `eligible` server with one free (in turn, or the least loaded per slot); else (when `wait`) a place in the queue,
     /// waiting in FIFO order up to `queue.timeout`. Dropping the returned future (the client left)
     /// leaves the queue at once. Without `wait`, no free slot answers `QueueFull` at once.
-    pub async fn acquire(self: &Arc<Self>, eligible: impl Fn(usize) -> bool, wait: bool) -> Result<Permit, Rejection> {
+    pub async fn acquire(
+        self: &Arc<Self>,
+        eligible: impl Fn(usize) -> bool,
+        least_loaded: bool,
+        wait: bool,
+    ) -> Result<Permit, Rejection> {
         let (id, slot) = {
             let mut state = self.lock();
-            if let Some(server) = self.free_server(&mut state, &eligible) {
+            if let Some(server) = self.free_server(&mut state, &eligible, least_loaded) {
                 state.inflight[server] += 1;
                 return Ok(Permit { admission: self.clone(), server, armed: true });
             }
@@ -121,11 +126,19 @@ impl Admission {
         }
     }
 
-    fn free_server(&self, state: &mut State, eligible: &impl Fn(usize) -> bool) -> Option<usize> {
+    fn free_server(&self, state: &mut State, eligible: &impl Fn(usize) -> bool, least_loaded: bool) -> Option<usize> {
         let count = self.limits.len();
-        let server = (0..count)
-            .map(|offset| (state.cursor + offset) % count)
-            .find(|&server| eligible(server) && self.limits[server].is_none_or(|max| state.inflight[server] < max))?;
+        let free =
+            |server: &usize| eligible(*server) && self.limits[*server].is_none_or(|max| state.inflight[*server] < max);
+        let in_turn = (0..count).map(|offset| (state.cursor + offset) % count);
+        let server = if least_loaded {
+            // Fewest in flight per slot; unlimited servers count their requests as if they had one slot.
+            in_turn
+                .filter(free)
+                .min_by_key(|&server| state.inflight[server] * 1000 / self.limits[server].unwrap_or(1).max(1))?
+        } else {
+            in_turn.filter(free).next()?
+        };
         state.cursor = (server + 1) % count;
         Some(server)
     }
@@ -196,15 +209,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn slots_are_capped_and_handed_to_waiters_in_order() {
         let admission = Admission::new(vec![Some(1), Some(1)], 4, Duration::from_secs(10));
-        let a = admission.acquire(|_| true, true).await.unwrap();
-        let b = admission.acquire(|_| true, true).await.unwrap();
+        let a = admission.acquire(|_| true, false, true).await.unwrap();
+        let b = admission.acquire(|_| true, false, true).await.unwrap();
         assert_ne!(a.server(), b.server(), "the second request goes to the free server");
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut waiters = Vec::new();
         for i in 0..3 {
             let (admission, order) = (admission.clone(), order.clone());
             waiters.push(tokio::spawn(async move {
-                let permit = admission.acquire(|_| true, true).await.unwrap();
+                let permit = admission.acquire(|_| true, false, true).await.unwrap();
                 order.lock().unwrap().push(i);
                 permit
             }));
@@ -225,17 +238,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_rejects_at_once_and_a_long_wait_times_out() {
         let admission = Admission::new(vec![Some(1)], 1, Duration::from_secs(2));
-        let _held = admission.acquire(|_| true, true).await.unwrap();
+        let _held = admission.acquire(|_| true, false, true).await.unwrap();
         let waiting = tokio::spawn({
             let admission = admission.clone();
             async move {
                 let started = Instant::now();
-                let result = admission.acquire(|_| true, true).await.map(|_| ());
+                let result = admission.acquire(|_| true, false, true).await.map(|_| ());
                 (result, started.elapsed())
             }
         });
         tokio::task::yield_now().await;
-        assert!(matches!(admission.acquire(|_| true, true).await.map(|_| ()), Err(Rejection::QueueFull { .. })));
+        assert!(matches!(admission.acquire(|_| true, false, true).await.map(|_| ()), Err(Rejection::QueueFull { .. })));
         let (result, waited) = waiting.await.unwrap();
         assert!(matches!(result, Err(Rejection::QueueTimeout { retry_after: 1.. })));
         assert_eq!(waited, Duration::from_secs(2));
@@ -245,10 +258,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_that_leaves_is_removed_and_never_holds_a_slot() {
         let admission = Admission::new(vec![Some(1)], 8, Duration::from_secs(60));
-        let held = admission.acquire(|_| true, true).await.unwrap();
+        let held = admission.acquire(|_| true, false, true).await.unwrap();
         let gone = tokio::spawn({
             let admission = admission.clone();
-            async move { admission.acquire(|_| true, true).await.map(|_| ()) }
+            async move { admission.acquire(|_| true, false, true).await.map(|_| ()) }
         });
         tokio::task::yield_now().await;
         assert_eq!(admission.queued(), 1);

@@ -2,10 +2,12 @@
 //! the choice of server for a request (round robin for now).
 
 mod admission;
+mod balance;
 mod connector;
 mod health;
 mod pool;
 
+pub use balance::{Balance, InFlight, ServerLoad};
 pub use health::{FailPolicy, ServerHealth};
 
 pub use admission::{Admission, Permit, Rejection};
@@ -26,6 +28,10 @@ pub struct UpstreamServer {
     pub pool: Arc<ServerPool>,
     /// Its passive health.
     pub health: Arc<ServerHealth>,
+    /// Its load, for `least_inflight`.
+    pub load: Arc<ServerLoad>,
+    /// Its `max_inflight`.
+    pub max_inflight: Option<usize>,
 }
 
 /// A compiled `[[upstream]]`.
@@ -40,11 +46,23 @@ pub struct Upstream {
     pub admission: Option<Arc<Admission>>,
     /// When a server counts as failed, and for how long it is skipped.
     pub fail_policy: FailPolicy,
+    /// How a server is chosen.
+    pub balance: Balance,
     /// Servers one request may try (at least 1).
     pub tries: usize,
     /// Time after which no other server is tried.
     pub retry_timeout: Option<Duration>,
     next: AtomicUsize,
+}
+
+/// What a request holds on its server until its response ends: a slot (admission control) and a
+/// place in the in-flight count (`least_inflight`). Dropping it releases both.
+#[derive(Default)]
+pub struct Lease {
+    /// The admission slot, if the upstream has limits.
+    pub permit: Option<Permit>,
+    /// The in-flight count, if the upstream balances by load.
+    pub in_flight: Option<InFlight>,
 }
 
 /// Why no server was chosen.
@@ -73,10 +91,11 @@ impl Upstream {
                 .and_then(|old| old.servers.iter().find(|s| s.authority == authority && s.pool.settings == settings))
                 .map(|old| old.pool.clone());
             let pool = kept.unwrap_or_else(|| ServerPool::new(authority.clone(), settings));
-            let health = previous
-                .and_then(|old| old.servers.iter().find(|s| s.authority == authority))
-                .map_or_else(|| Arc::new(ServerHealth::new()), |old| old.health.clone());
-            servers.push(UpstreamServer { authority, pool, health });
+            let old = previous.and_then(|old| old.servers.iter().find(|s| s.authority == authority));
+            let health = old.map_or_else(|| Arc::new(ServerHealth::new()), |old| old.health.clone());
+            let load = old.map_or_else(|| Arc::new(ServerLoad::default()), |old| old.load.clone());
+            let max_inflight = server.max_inflight.as_ref().map(|m| *m.get_ref());
+            servers.push(UpstreamServer { authority, pool, health, load, max_inflight });
         }
         let limits: Vec<Option<usize>> =
             config.servers.iter().map(|s| s.max_inflight.as_ref().map(|m| *m.get_ref())).collect();
@@ -97,6 +116,7 @@ impl Upstream {
             timeouts: config.timeouts,
             admission,
             fail_policy: FailPolicy { max_fails: config.max_fails, fail_timeout: config.fail_timeout.0 },
+            balance: config.balance,
             tries: if config.next_upstream_tries == 0 { config.servers.len() } else { config.next_upstream_tries }
                 .max(1),
             retry_timeout: config.next_upstream_timeout.map(|t| t.0),
@@ -115,16 +135,27 @@ impl Upstream {
         match &self.admission {
             None => Ok((self.pick(eligible), None)),
             Some(admission) => {
-                let permit = admission.acquire(eligible, tried.is_empty()).await.map_err(Unavailable::Overloaded)?;
+                let least_loaded = self.balance == Balance::LeastInflight;
+                let permit = admission
+                    .acquire(eligible, least_loaded, tried.is_empty())
+                    .await
+                    .map_err(Unavailable::Overloaded)?;
                 Ok((permit.server(), Some(permit)))
             }
         }
     }
 
-    /// The next eligible server in turn (one exists).
+    /// The next eligible server by the balance method (one exists).
     fn pick(&self, eligible: impl Fn(usize) -> bool) -> usize {
         if self.servers.len() == 1 {
             return 0;
+        }
+        if self.balance == Balance::LeastInflight {
+            let candidates: Vec<usize> = (0..self.servers.len()).filter(|&i| eligible(i)).collect();
+            let load = |i: usize| (&*self.servers[i].load, self.servers[i].max_inflight);
+            if let Some(index) = balance::least_loaded(&candidates, load) {
+                return index;
+            }
         }
         let count = self.servers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);

@@ -131,3 +131,40 @@ async fn a_model_killed_mid_load_fails_only_what_it_held_and_nothing_after() {
     }
     assert!(!gw.gateway.runtime().upstreams["model"].servers[0].health.is_up());
 }
+
+async fn spread(balance: &str) -> (u64, u64) {
+    let stuck = LatencyModel { prefill_base_ms: 600_000.0, ..LatencyModel::default() };
+    let slow = Sim::start(SimOptions { latency: stuck, ..SimOptions::default() }).await.unwrap();
+    let fast = LatencyModel { prefill_base_ms: 1.0, decode_ms: 1.0, ..LatencyModel::default() };
+    let quick = Sim::start(SimOptions { latency: fast, ..SimOptions::default() }).await.unwrap();
+    let gw = TestGateway::start(&two_servers(
+        &slow.addr.to_string(),
+        &quick.addr.to_string(),
+        &format!("balance = \"{balance}\""),
+    ))
+    .await;
+    let addr = gw.addr("127.0.0.1:0");
+    let received = || (slow.stats()["received"].as_u64().unwrap(), quick.stats()["received"].as_u64().unwrap());
+    let mut pending = Vec::new();
+    for sent in 1..=10u64 {
+        pending.push(tokio::spawn(async move { send(&mut http1(addr).await, chat_request()).await }));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // The next request leaves once this one reached a model (and a quick one is answered).
+        while received().0 + received().1 < sent || quick.stats()["running"] != 0 {
+            assert!(std::time::Instant::now() < deadline, "request {sent} did not arrive");
+            tokio::task::yield_now().await;
+        }
+    }
+    for request in pending {
+        request.abort();
+    }
+    received()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_inflight_keeps_requests_off_a_server_that_holds_them() {
+    let (slow, quick) = spread("round_robin").await;
+    assert_eq!((slow, quick), (5, 5), "round robin splits evenly whatever each server holds");
+    let (slow, quick) = spread("least_inflight").await;
+    assert!(slow <= 1 && quick >= 9, "least_inflight sent {slow} to the stuck server, {quick} to the quick one");
+}
