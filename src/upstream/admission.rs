@@ -130,14 +130,14 @@ impl Admission {
         let count = self.limits.len();
         let free =
             |server: &usize| eligible(*server) && self.limits[*server].is_none_or(|max| state.inflight[*server] < max);
-        let in_turn = (0..count).map(|offset| (state.cursor + offset) % count);
+        let mut in_turn = (0..count).map(|offset| (state.cursor + offset) % count);
         let server = if least_loaded {
             // Fewest in flight per slot; unlimited servers count their requests as if they had one slot.
             in_turn
                 .filter(free)
                 .min_by_key(|&server| state.inflight[server] * 1000 / self.limits[server].unwrap_or(1).max(1))?
         } else {
-            in_turn.filter(free).next()?
+            in_turn.find(free)?
         };
         state.cursor = (server + 1) % count;
         Some(server)

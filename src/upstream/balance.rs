@@ -47,11 +47,16 @@ impl ServerLoad {
         self.inflight.load(Ordering::Acquire)
     }
 
-    /// Load for comparison: in flight per slot (scaled), then latency.
+    /// Load for comparison: in flight per slot (scaled), then latency; a server that never answered
+    /// yet loses ties, so one that holds requests without answering is not preferred.
     fn rank(&self, max_inflight: Option<usize>) -> (u64, u64) {
         let inflight = self.inflight() as u64 * 1000;
         let per_slot = max_inflight.map_or(inflight, |max| inflight / max.max(1) as u64);
-        (per_slot, self.head_ewma_us.load(Ordering::Relaxed))
+        let latency = match self.head_ewma_us.load(Ordering::Relaxed) {
+            0 => u64::MAX,
+            ewma => ewma,
+        };
+        (per_slot, latency)
     }
 }
 
