@@ -3,7 +3,7 @@
 # run, alternating, medians of ROUNDS rounds. Prints one table; every figure has its nginx ratio.
 #
 #   bench/run.sh [ROUNDS]        (default 3; the whole suite takes about 12 minutes)
-#   SECTIONS=rps,ttft,overload,memory bench/run.sh   (a subset)
+#   SECTIONS=rps,ttft,overload,balance,memory bench/run.sh   (a subset)
 #
 # Sections: plain proxy rps; HTTPS over HTTP/1.1 (wrk) and HTTP/2 (h2load); time to first token added
 # over a direct connection to the simulated model, with the seed's config (nginx `proxy_buffering on`);
@@ -15,15 +15,15 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 ROUNDS=${1:-3}
-SECTIONS=${SECTIONS:-rps,ttft,overload,memory}
+SECTIONS=${SECTIONS:-rps,ttft,overload,balance,memory}
 section() { [[ ",$SECTIONS," == *",$1,"* ]]; }
 install_tools
 cargo build --release -q --workspace
 LOAD=target/release/infergate-load
 ulimit -n 65536 2>/dev/null || true
 
-BACKEND=18080 SIM=18090
-NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092 GW_GUARD=18093
+BACKEND=18080 SIM=18090 SIM_SLOW=18095
+NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092 GW_GUARD=18093 NGINX_PAIR=18096 GW_PAIR_RR=18097 GW_PAIR_LI=18098
 RESULTS="$WORK/results.txt"; : > "$RESULTS"
 # record SECTION METRIC NGINX_VALUE INFERGATE_VALUE BETTER(higher|lower)
 record() { echo "$1|$2|$3|$4|$5" >> "$RESULTS"; }
@@ -44,6 +44,8 @@ start_nginx proxy "upstream backend { server 127.0.0.1:$BACKEND; keepalive 32; }
   server { listen 127.0.0.1:$NGINX_TLS ssl http2; ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers HIGH:!aNULL:!MD5;
     location / { proxy_pass http://backend; $PROXY_HEADERS } }
+  upstream pair { server 127.0.0.1:$SIM; server 127.0.0.1:$SIM_SLOW; keepalive 32; }
+  server { listen 127.0.0.1:$NGINX_PAIR; location / { proxy_pass http://pair; $PROXY_HEADERS proxy_read_timeout 120s; } }
   server { listen 127.0.0.1:$NGINX_SEED;
     location / { proxy_pass http://glm_backend; $PROXY_HEADERS
       proxy_connect_timeout 30s; proxy_send_timeout 60s; proxy_read_timeout 120s;
@@ -70,6 +72,29 @@ servers = [{ addr = \"127.0.0.1:$SIM\", max_inflight = 8 }]
 queue = { max = 24, timeout = \"3s\" }
 keepalive = 32
 timeouts = { connect = \"30s\", send = \"60s\", read = \"120s\" }
+
+[[upstream]]
+name = \"pair_rr\"
+servers = [{ addr = \"127.0.0.1:$SIM\" }, { addr = \"127.0.0.1:$SIM_SLOW\" }]
+timeouts = { read = \"120s\" }
+
+[[upstream]]
+name = \"pair_li\"
+servers = [{ addr = \"127.0.0.1:$SIM\" }, { addr = \"127.0.0.1:$SIM_SLOW\" }]
+balance = \"least_inflight\"
+timeouts = { read = \"120s\" }
+
+[[server]]
+listen = [\"127.0.0.1:$GW_PAIR_RR\"]
+  [[server.location]]
+  prefix = \"/\"
+  proxy = \"pair_rr\"
+
+[[server]]
+listen = [\"127.0.0.1:$GW_PAIR_LI\"]
+  [[server.location]]
+  prefix = \"/\"
+  proxy = \"pair_li\"
 
 [[server]]
 listen = [\"127.0.0.1:$GW_GUARD\"]
@@ -165,7 +190,25 @@ section overload && for round in $(seq "$ROUNDS"); do
   record overload "rejection latency p99 (ms)" "$nginx_reject" "$gateway_reject" lower
 done
 
-# 4. Memory while holding 10,000 idle keep-alive connections: the whole resident set of the proxy's
+# 4. Balancing two models of different speed (the second decodes 3x slower), 16 closed-loop clients:
+# nginx's round robin against infergate's least_inflight; infergate's own round robin for reference.
+if section balance; then
+  sim_start --slots 16; FAST_PID=$SIM_PID
+  target/release/infergate sim --listen "127.0.0.1:$SIM_SLOW" --slots 16 --decode-ms 75 2>>"$WORK/sim.log" &
+  SLOW_PID=$!; PIDS+=("$SLOW_PID"); wait_port $SIM_SLOW
+  for round in $(seq "$ROUNDS"); do
+    echo "balance round $round" >&2
+    run_pair() { $LOAD overload --addr "127.0.0.1:$1" --sim 127.0.0.1:$SIM --clients 16 --duration 15s --slo 60s; }
+    n=$(run_pair $NGINX_PAIR); g=$(run_pair $GW_PAIR_LI); r=$(run_pair $GW_PAIR_RR)
+    echo "  infergate round_robin: $r" >&2
+    record balance "two models, 1x/3x: mean latency (ms)" "$(echo "$n" | value ok_mean_ms)" "$(echo "$g" | value ok_mean_ms)" lower
+    record balance "two models, 1x/3x: p99 latency (ms)" "$(echo "$n" | value ok_p99_ms)" "$(echo "$g" | value ok_p99_ms)" lower
+    record balance "two models, 1x/3x: answers/s" "$(echo "$n" | value goodput_rps)" "$(echo "$g" | value goodput_rps)" higher
+  done
+  kill "$FAST_PID" "$SLOW_PID" 2>/dev/null || true
+fi
+
+# 5. Memory while holding 10,000 idle keep-alive connections: the whole resident set of the proxy's
 # processes (nginx allocates its connection slots up front, so only the total compares fairly).
 section memory && for round in $(seq "$ROUNDS"); do
   echo "idle memory round $round" >&2

@@ -188,6 +188,8 @@ async fn cancel(addr: SocketAddr, sim: SocketAddr, requests: usize) -> Result<()
 struct Outcome {
     good: u64,
     late: u64,
+    /// Latency of every 200 answer, in ms.
+    answered: Vec<f64>,
     rejected: Vec<f64>,
     errors: u64,
 }
@@ -235,6 +237,7 @@ async fn overload(
                 }
                 match result {
                     Ok(Ok(status)) if status == StatusCode::OK => {
+                        outcome.answered.push(elapsed.as_secs_f64() * 1000.0);
                         if elapsed <= slo {
                             outcome.good += 1;
                         } else {
@@ -266,19 +269,24 @@ async fn overload(
             total.late += outcome.late;
             total.errors += outcome.errors;
             total.rejected.extend(outcome.rejected);
+            total.answered.extend(outcome.answered);
         }
     }
     let alive = sim_stats(sim).await.is_ok();
     let rejected = total.rejected.len();
     total.rejected.sort_by(f64::total_cmp);
+    total.answered.sort_by(f64::total_cmp);
+    let mean = total.answered.iter().sum::<f64>() / total.answered.len().max(1) as f64;
     println!(
-        "goodput_rps={:.2} good={} late={} rejected={} errors={} reject_p99_ms={:.1} sim_alive={}",
+        "goodput_rps={:.2} good={} late={} rejected={} errors={} reject_p99_ms={:.1} ok_mean_ms={:.1} ok_p99_ms={:.1} sim_alive={}",
         total.good as f64 / duration.as_secs_f64(),
         total.good,
         total.late,
         rejected,
         total.errors,
         percentile(&total.rejected, 99.0),
+        mean,
+        percentile(&total.answered, 99.0),
         if alive { "yes" } else { "no" }
     );
     Ok(())
