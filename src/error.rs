@@ -39,6 +39,17 @@ pub enum GatewayError {
     /// Every server of the upstream is at `max_inflight` and the queue is full or the wait timed out.
     #[error("{}", match .0 { Rejection::QueueFull { .. } => "the model is at capacity and its queue is full; retry later", Rejection::QueueTimeout { .. } => "the model stayed at capacity for the whole queue timeout; retry later" })]
     Overloaded(Rejection),
+    /// The request body is larger than the location reads.
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(u64),
+    /// The body names a model no upstream serves.
+    #[error("model `{model}` is not served here (known: {known})")]
+    UnknownModel {
+        /// The name the request gave.
+        model: String,
+        /// The names configured, comma-separated.
+        known: String,
+    },
     /// Every server of the upstream is marked down (passive health).
     #[error("no healthy server for this request; retry later")]
     NoHealthyServer,
@@ -59,7 +70,8 @@ impl GatewayError {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::NoRoute | GatewayError::UnknownModel { .. } => StatusCode::NOT_FOUND,
+            GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UpstreamUnreachable(_) | GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             GatewayError::ConnectTimeout(_)
             | GatewayError::SendTimeout
@@ -77,6 +89,8 @@ impl GatewayError {
     fn kind(&self) -> (&'static str, &'static str) {
         match self {
             GatewayError::NoRoute => ("invalid_request_error", "not_found"),
+            GatewayError::UnknownModel { .. } => ("invalid_request_error", "model_not_found"),
+            GatewayError::BodyTooLarge(_) => ("invalid_request_error", "body_too_large"),
             GatewayError::UpstreamUnreachable(_) => ("upstream_error", "upstream_unreachable"),
             GatewayError::BadGateway(_) => ("upstream_error", "bad_gateway"),
             GatewayError::ConnectTimeout(_) => ("timeout_error", "upstream_connect_timeout"),

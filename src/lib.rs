@@ -3,6 +3,7 @@
 //! `server` accepts and serves connections, `pipeline` runs a request's phases, `route` picks the
 //! location, `proxy` and `upstream` talk to backends; `config` and `runtime` form the control path.
 
+pub mod ai;
 pub mod body;
 pub mod config;
 pub mod error;

@@ -85,6 +85,7 @@ async fn handle(
     let work = async {
         match &location.handler {
             Handler::Proxy(upstream) => proxy::forward(request, client, upstream).await,
+            Handler::Models(router) => router.serve(request, client).await,
             Handler::Return { status, body, content_type } => {
                 let mut response = Response::new(ResponseBody::full(body.clone()));
                 *response.status_mut() = *status;

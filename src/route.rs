@@ -2,6 +2,7 @@
 //! in nginx's order — exact match, else the longest prefix (final if it says `skip_regex`), else the
 //! first matching regex in config order, else that longest prefix.
 
+use crate::ai::ModelRouter;
 use crate::config::ErrorFormat;
 use crate::policy::RateLimit;
 use crate::template::Template;
@@ -17,6 +18,8 @@ use std::sync::Arc;
 pub enum Handler {
     /// Forward to an upstream.
     Proxy(Arc<Upstream>),
+    /// Forward to the upstream serving the body's `model`.
+    Models(ModelRouter),
     /// Answer a fixed response.
     Return { status: StatusCode, body: Bytes, content_type: HeaderValue },
     /// Answer a redirect to a URL built from the request.

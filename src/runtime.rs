@@ -2,6 +2,7 @@
 //! the running one (reusing upstream pools by name) and swaps it in; requests keep the `Runtime` they
 //! started on until they finish.
 
+use crate::ai::ModelRouter;
 use crate::config::{
     self, Config, ConfigError, ConfigErrors, ErrorFormat, HttpSettings, LimitZoneConfig, LocationConfig, ServerConfig,
     Source,
@@ -190,6 +191,12 @@ fn compile_location(
 ) -> Option<Location> {
     let handler = if let Some(proxy) = &location.proxy {
         Handler::Proxy(context.upstreams.get(proxy.get_ref())?.clone())
+    } else if !location.models.is_empty() {
+        let mut models = std::collections::BTreeMap::new();
+        for (model, upstream) in &location.models {
+            models.insert(model.clone(), context.upstreams.get(upstream.get_ref())?.clone());
+        }
+        Handler::Models(ModelRouter::new(models, location.max_body_size.0))
     } else if let Some(ret) = &location.return_ {
         let content_type = ret.content_type.as_deref().unwrap_or("text/plain; charset=utf-8");
         Handler::Return {
@@ -204,7 +211,8 @@ fn compile_location(
             url: Template::parse(redirect.url.get_ref()).ok()?,
         }
     };
-    let default_format = if matches!(handler, Handler::Proxy(_)) { ErrorFormat::Json } else { ErrorFormat::Text };
+    let default_format =
+        if matches!(handler, Handler::Proxy(_) | Handler::Models(_)) { ErrorFormat::Json } else { ErrorFormat::Text };
     let mut add_header = server_headers.to_vec();
     add_header.extend(headers(&location.add_header));
     let mut limits = Vec::with_capacity(location.limit_req.len());

@@ -325,6 +325,14 @@ pub struct LocationConfig {
     pub skip_regex: bool,
     /// Handler: forward to this upstream.
     pub proxy: Option<Spanned<String>>,
+    /// Handler: route by the JSON body's `model` field, model name to upstream name; `GET .../models`
+    /// is answered from this table.
+    #[serde(default)]
+    pub models: BTreeMap<String, Spanned<String>>,
+    /// Largest request body a `models` location reads to find the model (20 MB: base64 images are
+    /// large); larger answers 413 before anything reaches a model.
+    #[serde(default = "default_max_body")]
+    pub max_body_size: Size,
     /// Handler: answer with a fixed status and body (nginx `return CODE TEXT`).
     #[serde(rename = "return")]
     pub return_: Option<ReturnConfig>,
@@ -374,6 +382,10 @@ pub struct RedirectConfig {
     /// 301, 302, 303, 307 or 308 (default 301).
     #[serde(default = "default_redirect_status")]
     pub status: Spanned<u16>,
+}
+
+fn default_max_body() -> Size {
+    Size(20 * 1024 * 1024)
 }
 
 fn default_redirect_status() -> Spanned<u16> {

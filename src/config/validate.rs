@@ -223,10 +223,20 @@ fn validate_location(
     if location.skip_regex && location.prefix.is_none() {
         errors.push(source.error(span.clone(), "`skip_regex` applies only to `prefix` locations"));
     }
-    let handlers = [location.proxy.is_some(), location.return_.is_some(), location.redirect.is_some()];
+    let handlers = [
+        location.proxy.is_some(),
+        location.return_.is_some(),
+        location.redirect.is_some(),
+        !location.models.is_empty(),
+    ];
     if handlers.iter().filter(|h| **h).count() != 1 {
-        errors
-            .push(source.error(span.clone(), "a location needs exactly one handler: `proxy`, `return` or `redirect`"));
+        let message = "a location needs exactly one handler: `proxy`, `models`, `return` or `redirect`";
+        errors.push(source.error(span.clone(), message));
+    }
+    for upstream in location.models.values() {
+        if !upstreams.contains(upstream.get_ref().as_str()) && !upstreams_incomplete {
+            errors.push(source.error(upstream.span(), format!("unknown upstream `{}` in models", upstream.get_ref())));
+        }
     }
     if let Some(proxy) = &location.proxy {
         if !upstreams.contains(proxy.get_ref().as_str()) && !upstreams_incomplete {

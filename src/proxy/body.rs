@@ -14,12 +14,18 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
-/// The client's request body on its way to the backend. Dropping it (hyper does so once the body is
-/// written, or when it gives up) drops `sent`, which wakes the proxy to arm the first-byte timeout.
+/// The client's request body on its way to the backend: streamed as it arrives, or already read in
+/// full (a model router read it to find the `model` field). Dropping it (hyper does so once the body
+/// is written, or when it gives up) drops `sent`, which wakes the proxy to arm the first-byte timeout.
 pub struct RequestBody {
-    /// `None`: no body (a replayed bodiless request).
-    inner: Option<Incoming>,
+    source: Source,
     _sent: Option<oneshot::Sender<()>>,
+}
+
+enum Source {
+    Streaming(Incoming),
+    /// Read in full; `None` once sent.
+    Buffered(Option<Bytes>),
 }
 
 impl RequestBody {
@@ -27,15 +33,24 @@ impl RequestBody {
     /// body is empty, so the timeout can start at once.
     pub fn new(inner: Incoming) -> (RequestBody, Option<oneshot::Receiver<()>>) {
         if inner.is_end_stream() {
-            return (RequestBody { inner: Some(inner), _sent: None }, None);
+            return (RequestBody { source: Source::Streaming(inner), _sent: None }, None);
         }
         let (tx, rx) = oneshot::channel();
-        (RequestBody { inner: Some(inner), _sent: Some(tx) }, Some(rx))
+        (RequestBody { source: Source::Streaming(inner), _sent: Some(tx) }, Some(rx))
     }
 
-    /// No body, for sending a bodiless request again to another server.
-    pub fn empty() -> RequestBody {
-        RequestBody { inner: None, _sent: None }
+    /// A body read in full.
+    pub fn buffered(bytes: Bytes) -> RequestBody {
+        RequestBody { source: Source::Buffered((!bytes.is_empty()).then_some(bytes)), _sent: None }
+    }
+
+    /// The same body again, for sending the request to another server: possible unless it streams.
+    pub fn replay(&self) -> Option<RequestBody> {
+        match &self.source {
+            Source::Buffered(bytes) => Some(RequestBody { source: Source::Buffered(bytes.clone()), _sent: None }),
+            Source::Streaming(inner) if inner.is_end_stream() => Some(RequestBody::buffered(Bytes::new())),
+            Source::Streaming(_) => None,
+        }
     }
 }
 
@@ -44,18 +59,24 @@ impl Body for RequestBody {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.inner {
-            Some(inner) => Pin::new(inner).poll_frame(cx),
-            None => Poll::Ready(None),
+        match &mut self.source {
+            Source::Streaming(inner) => Pin::new(inner).poll_frame(cx),
+            Source::Buffered(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+        match &self.source {
+            Source::Streaming(inner) => inner.is_end_stream(),
+            Source::Buffered(bytes) => bytes.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+        match &self.source {
+            Source::Streaming(inner) => inner.size_hint(),
+            Source::Buffered(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use crate::error::GatewayError;
 use crate::upstream::{
     Balance, ConnectError, Lease, SendTimedOut, Unavailable, Upstream, UpstreamConnection, UpstreamServer,
 };
+use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
@@ -43,7 +44,7 @@ impl ClientInfo {
 
 /// Forwards `request` to `upstream` and returns the backend's response, its body still streaming.
 ///
-/// A server that cannot be reached, or answers 502/503 to a request without a body, is counted as
+/// A server that cannot be reached, or answers 502/503 to a request without a streamed body, is counted as
 /// failed (passive health) and the request goes to another one, up to the upstream's tries and retry
 /// timeout, never twice to the same server and never once a response byte went to the client.
 pub async fn forward(
@@ -52,7 +53,30 @@ pub async fn forward(
     upstream: &Upstream,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let upgrade = websocket::is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
-    let (mut parts, body) = request.into_parts();
+    let (parts, body) = request.into_parts();
+    let (body, sent) = RequestBody::new(body);
+    forward_body(parts, body, sent, upgrade, client, upstream).await
+}
+
+/// As `forward`, for a request whose body was read in full (by a model router); such a request can
+/// be sent again to another server whatever its method.
+pub async fn forward_buffered(
+    parts: http::request::Parts,
+    body: Bytes,
+    client: &ClientInfo,
+    upstream: &Upstream,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    forward_body(parts, RequestBody::buffered(body), None, None, client, upstream).await
+}
+
+async fn forward_body(
+    mut parts: http::request::Parts,
+    body: RequestBody,
+    mut sent: Option<oneshot::Receiver<()>>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client: &ClientInfo,
+    upstream: &Upstream,
+) -> Result<Response<ResponseBody>, GatewayError> {
     let host = parts
         .headers
         .get(header::HOST)
@@ -61,8 +85,6 @@ pub async fn forward(
     headers::to_upstream(&mut parts.headers, host, &client.ip, client.https, upgrade.is_some());
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
-    let (body, mut sent) = RequestBody::new(body);
-    let bodiless = body.is_end_stream();
     let mut request = Request::from_parts(parts, body);
     let started = tokio::time::Instant::now();
     let total = upstream.timeouts.total.map(|t| (started + t.0, t.0));
@@ -103,9 +125,9 @@ pub async fn forward(
                 return Err(connect_error(error));
             }
         };
-        // A bodiless request can be sent again: after a kept-alive connection turns out closed, or to
-        // another server after a 502/503. Its head is copied only when that may happen.
-        let copy = (bodiless && (connection.reused || may_retry)).then(|| bodiless_copy(&request));
+        // A request without a streamed body can be sent again: after a kept-alive connection turns out
+        // closed, or to another server after a 502/503. It is copied only when that may happen.
+        let copy = (connection.reused || may_retry).then(|| replay_copy(&request)).flatten();
         let response = match exchange(&mut connection, request, &mut sent, waits).await {
             // A kept-alive connection the backend had closed: the request never left (or, bodiless,
             // got no answer at all), so a fresh connection gets it.
@@ -117,7 +139,10 @@ pub async fn forward(
             Err(Failure::Closed(error)) if connection.reused && copy.is_some() => {
                 tracing::debug!(%error, "pooled upstream connection closed under the request; resending it on a new one");
                 connection = server.pool.connect().await.map_err(connect_error)?;
-                let resend = copy.as_ref().map_or_else(|| Request::new(RequestBody::empty()), bodiless_copy);
+                let resend = copy
+                    .as_ref()
+                    .and_then(replay_copy)
+                    .unwrap_or_else(|| Request::new(RequestBody::buffered(Bytes::new())));
                 exchange(&mut connection, resend, &mut sent, waits).await
             }
             other => other,
@@ -165,14 +190,14 @@ pub async fn forward(
     }
 }
 
-/// A copy of a bodiless request, to send it again.
-fn bodiless_copy(request: &Request<RequestBody>) -> Request<RequestBody> {
-    let mut copy = Request::new(RequestBody::empty());
+/// A copy of a request whose body can be sent again (none, or read in full).
+fn replay_copy(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    let mut copy = Request::new(request.body().replay()?);
     *copy.method_mut() = request.method().clone();
     *copy.uri_mut() = request.uri().clone();
     *copy.version_mut() = request.version();
     *copy.headers_mut() = request.headers().clone();
-    copy
+    Some(copy)
 }
 
 /// Why one exchange on a connection produced no response.

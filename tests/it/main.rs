@@ -5,6 +5,7 @@ mod support;
 mod admission;
 mod cli;
 mod health;
+mod models;
 mod proxy;
 mod ratelimit;
 mod reload;

@@ -1,0 +1,77 @@
+//! Understanding OpenAI-compatible traffic: routing a request to the upstream serving the model its
+//! JSON body names, and answering `GET /v1/models` from the config.
+
+use crate::body::ResponseBody;
+use crate::error::GatewayError;
+use crate::proxy::{self, ClientInfo};
+use crate::upstream::Upstream;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// A location's `models` table, compiled: model name to upstream, and the `/v1/models` answer.
+pub struct ModelRouter {
+    routes: HashMap<String, Arc<Upstream>>,
+    /// The known names, sorted, for the 404 message.
+    known: String,
+    /// `GET /v1/models`, built once at load.
+    listing: Bytes,
+    /// Largest body read to find the model (413 beyond).
+    max_body: u64,
+}
+
+/// Only the field the router needs; serde skips the rest of the body (images included) unparsed.
+#[derive(serde::Deserialize)]
+struct ModelField {
+    model: Option<String>,
+}
+
+impl ModelRouter {
+    /// Compiles `models = { NAME = "UPSTREAM" }` (upstreams already resolved).
+    pub fn new(models: BTreeMap<String, Arc<Upstream>>, max_body: u64) -> ModelRouter {
+        let known = models.keys().cloned().collect::<Vec<_>>().join(", ");
+        let data: Vec<_> =
+            models.keys().map(|id| serde_json::json!({"id": id, "object": "model", "owned_by": "infergate"})).collect();
+        let listing = Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string());
+        ModelRouter { routes: models.into_iter().collect(), known, listing, max_body }
+    }
+
+    /// Serves a request of a model-routing location.
+    pub async fn serve(
+        &self,
+        request: Request<Incoming>,
+        client: &ClientInfo,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        if request.method() == Method::GET && request.uri().path().ends_with("/models") {
+            let mut response = Response::new(ResponseBody::full(self.listing.clone()));
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return Ok(response);
+        }
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.max_body) {
+            return Err(GatewayError::BodyTooLarge(self.max_body));
+        }
+        let (parts, body) = request.into_parts();
+        let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
+        let body = match Limited::new(body, limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                return Err(GatewayError::BodyTooLarge(self.max_body))
+            }
+            Err(error) => return Err(GatewayError::BadRequest(format!("cannot read the request body: {error}"))),
+        };
+        let field: ModelField = serde_json::from_slice(&body)
+            .map_err(|e| GatewayError::BadRequest(format!("the body is not a JSON object: {e}")))?;
+        let model = field.model.ok_or_else(|| GatewayError::BadRequest("the body names no `model`".into()))?;
+        let upstream =
+            self.routes.get(&model).ok_or_else(|| GatewayError::UnknownModel { model, known: self.known.clone() })?;
+        proxy::forward_buffered(parts, body, client, upstream).await
+    }
+}
