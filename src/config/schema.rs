@@ -83,6 +83,8 @@ pub struct UpstreamConfig {
     /// Where requests wait when every server is at its `max_inflight`.
     #[serde(default)]
     pub queue: QueueConfig,
+    /// Active health checks (default: none, only passive health).
+    pub health: Option<HealthConfig>,
     /// How a server is chosen: `round_robin` (default) or `least_inflight`.
     #[serde(default)]
     pub balance: crate::upstream::Balance,
@@ -106,6 +108,49 @@ fn default_max_fails() -> u32 {
 
 fn default_fail_timeout() -> Span {
     Span(Duration::from_secs(10))
+}
+
+/// `health = { path, interval, timeout, expect, rise, fall }` of an upstream.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Path requested with `GET` (a cheap one like `/health`: never a generation).
+    pub path: Spanned<String>,
+    /// Time between two checks (5 s).
+    #[serde(default = "default_health_interval")]
+    pub interval: Span,
+    /// Longest wait for an answer (2 s).
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Span,
+    /// Statuses that pass (200).
+    #[serde(default = "default_health_expect")]
+    pub expect: Vec<Spanned<u16>>,
+    /// Passed checks in a row that bring a server back (2).
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Failed checks in a row that take a server out (3).
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+fn default_health_interval() -> Span {
+    Span(Duration::from_secs(5))
+}
+
+fn default_health_timeout() -> Span {
+    Span(Duration::from_secs(2))
+}
+
+fn default_health_expect() -> Vec<Spanned<u16>> {
+    vec![Spanned::new(0..0, 200)]
+}
+
+fn default_rise() -> u32 {
+    2
+}
+
+fn default_fall() -> u32 {
+    3
 }
 
 /// `queue = { max, timeout }` of an upstream: used only when some server has `max_inflight`.

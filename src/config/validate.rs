@@ -32,6 +32,21 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
                 format!("upstream `{name}` has no servers (expected at least one `{{ addr = \"host:port\" }}`)"),
             ));
         }
+        if let Some(health) = &upstream.health {
+            if !health.path.get_ref().starts_with('/') {
+                errors.push(source.error(health.path.span(), "health.path must start with `/`"));
+            }
+            for status in &health.expect {
+                if !(100..=599).contains(status.get_ref()) {
+                    errors.push(
+                        source.error(status.span(), format!("invalid status {} (expected 100-599)", status.get_ref())),
+                    );
+                }
+            }
+            if health.rise == 0 || health.fall == 0 || health.interval.0.is_zero() {
+                errors.push(source.error(health.path.span(), "health: rise, fall and interval must be above zero"));
+            }
+        }
         for server in &upstream.servers {
             if let Some(max) = &server.max_inflight {
                 if *max.get_ref() == 0 {

@@ -9,6 +9,7 @@ pub mod workers;
 
 use crate::config::{ConfigError, ConfigErrors, Source, EMBEDDED_DEFAULT};
 use crate::runtime::Runtime;
+use crate::upstream::spawn_checks;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -97,6 +98,7 @@ impl Gateway {
         });
         let runtime = gateway.runtime();
         gateway.sync_listeners(&runtime, &source).await?;
+        runtime.upstreams.values().for_each(spawn_checks);
         Ok(gateway)
     }
 
@@ -131,6 +133,8 @@ impl Gateway {
         // Bind new addresses before publishing, so a failed bind leaves everything as it was.
         self.bind_new(&next, &source).await?;
         self.runtime.store(next.clone());
+        // Checks of the replaced upstreams end on their own when those are dropped.
+        next.upstreams.values().for_each(spawn_checks);
         self.version.store(next.version, Ordering::Release);
         self.stop_removed(&next).await;
         Ok(next.version)

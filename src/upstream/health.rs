@@ -1,9 +1,16 @@
-//! Passive health, as nginx's `max_fails` / `fail_timeout`: a server that fails `max_fails` times
-//! within `fail_timeout` (connect errors, timeouts, 502/503/504 answers) is skipped for `fail_timeout`,
-//! then tried again. Read on every pick with one atomic load; written only when a server fails.
+//! Server health. Passive, as nginx's `max_fails` / `fail_timeout`: a server that fails `max_fails`
+//! times within `fail_timeout` (connect errors, timeouts, 502/503/504 answers) is skipped for
+//! `fail_timeout`, then tried again. Active, when configured: a `GET` of a cheap path (never a
+//! generation) at an interval; `fall` failed checks in a row take a server out, `rise` good ones bring
+//! it back. Read on every pick with two atomic loads; written only when something changes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use super::Upstream;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -24,13 +31,23 @@ pub struct ServerHealth {
     down_until_ms: AtomicU64,
     /// Failures in the current window and when the window began.
     window: Mutex<(u32, Instant)>,
+    /// Taken out by active checks.
+    checked_down: AtomicBool,
+    /// Consecutive active check results against the current state (toward `rise` or `fall`).
+    streak: AtomicU32,
 }
 
 impl ServerHealth {
     /// A healthy server.
     pub fn new() -> ServerHealth {
         let origin = Instant::now();
-        ServerHealth { origin, down_until_ms: AtomicU64::new(0), window: Mutex::new((0, origin)) }
+        ServerHealth {
+            origin,
+            down_until_ms: AtomicU64::new(0),
+            window: Mutex::new((0, origin)),
+            checked_down: AtomicBool::new(false),
+            streak: AtomicU32::new(0),
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -39,8 +56,32 @@ impl ServerHealth {
 
     /// Whether requests may go to this server now.
     pub fn is_up(&self) -> bool {
+        if self.checked_down.load(Ordering::Acquire) {
+            return false;
+        }
         let down_until = self.down_until_ms.load(Ordering::Acquire);
         down_until == 0 || self.now_ms() + 1 >= down_until
+    }
+
+    /// Records an active check; returns the new state when it changed (true: up).
+    pub fn record_check(&self, passed: bool, rise: u32, fall: u32) -> Option<bool> {
+        let down = self.checked_down.load(Ordering::Acquire);
+        // A result agreeing with the current state resets the streak toward a change.
+        if passed != down {
+            self.streak.store(0, Ordering::Release);
+            return None;
+        }
+        let streak = self.streak.fetch_add(1, Ordering::AcqRel) + 1;
+        if streak < if down { rise } else { fall } {
+            return None;
+        }
+        self.streak.store(0, Ordering::Release);
+        self.checked_down.store(!down, Ordering::Release);
+        if passed {
+            // Back in service: passive failures from before start afresh.
+            self.down_until_ms.store(0, Ordering::Release);
+        }
+        Some(passed)
     }
 
     /// Counts a failure; returns true when it marked the server down.
@@ -70,6 +111,62 @@ impl Default for ServerHealth {
     }
 }
 
+/// `health = { ... }` of an upstream, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveCheck {
+    /// Path requested with `GET`.
+    pub path: String,
+    /// Time between two checks of a server.
+    pub interval: Duration,
+    /// Longest wait for a check's answer.
+    pub timeout: Duration,
+    /// Statuses that pass.
+    pub expect: Vec<StatusCode>,
+    /// Passed checks in a row that bring a server back.
+    pub rise: u32,
+    /// Failed checks in a row that take a server out.
+    pub fall: u32,
+}
+
+/// Runs an upstream's active checks until the upstream is dropped (replaced by a reload).
+pub fn spawn_checks(upstream: &Arc<Upstream>) {
+    let Some(check) = upstream.active_check.clone() else { return };
+    let weak: Weak<Upstream> = Arc::downgrade(upstream);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(check.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(upstream) = weak.upgrade() else { return };
+            for server in &upstream.servers {
+                let passed = probe(server, &check).await;
+                if let Some(up) = server.health.record_check(passed, check.rise, check.fall) {
+                    let state = if up { "back up" } else { "down" };
+                    tracing::warn!(upstream = %upstream.name, server = %server.authority, "active health check: {state}");
+                }
+            }
+        }
+    });
+}
+
+/// One `GET` of the check path on a fresh connection (never a pooled one, never a generation).
+async fn probe(server: &super::UpstreamServer, check: &ActiveCheck) -> bool {
+    let attempt = async {
+        let stream = tokio::net::TcpStream::connect(server.authority.as_str()).await.ok()?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+        tokio::spawn(connection);
+        let request = Request::get(check.path.as_str())
+            .header("host", server.authority.as_str())
+            .body(Empty::<Bytes>::new())
+            .ok()?;
+        let response = sender.send_request(request).await.ok()?;
+        let status = response.status();
+        response.into_body().collect().await.ok()?;
+        Some(check.expect.contains(&status))
+    };
+    tokio::time::timeout(check.timeout, attempt).await.ok().flatten().unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +182,21 @@ mod tests {
         assert!(!health.is_up());
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert!(health.is_up(), "tried again after fail_timeout");
+    }
+
+    #[test]
+    fn fall_failed_checks_take_a_server_out_and_rise_passed_ones_bring_it_back() {
+        let health = ServerHealth::new();
+        assert_eq!(health.record_check(false, 2, 3), None);
+        assert_eq!(health.record_check(false, 2, 3), None);
+        assert_eq!(health.record_check(true, 2, 3), None, "a pass breaks the streak");
+        for _ in 0..2 {
+            assert_eq!(health.record_check(false, 2, 3), None);
+        }
+        assert_eq!(health.record_check(false, 2, 3), Some(false));
+        assert!(!health.is_up());
+        assert_eq!(health.record_check(true, 2, 3), None);
+        assert_eq!(health.record_check(true, 2, 3), Some(true));
+        assert!(health.is_up());
     }
 }

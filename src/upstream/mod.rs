@@ -8,7 +8,7 @@ mod health;
 mod pool;
 
 pub use balance::{Balance, InFlight, ServerLoad};
-pub use health::{FailPolicy, ServerHealth};
+pub use health::{spawn_checks, ActiveCheck, FailPolicy, ServerHealth};
 
 pub use admission::{Admission, Permit, Rejection};
 pub use connector::{ConnectError, Connector, SendTimedOut, TimedStream};
@@ -48,6 +48,8 @@ pub struct Upstream {
     pub fail_policy: FailPolicy,
     /// How a server is chosen.
     pub balance: Balance,
+    /// Active health checks, if configured (run by `spawn_checks`).
+    pub active_check: Option<ActiveCheck>,
     /// Servers one request may try (at least 1).
     pub tries: usize,
     /// Time after which no other server is tried.
@@ -117,6 +119,14 @@ impl Upstream {
             admission,
             fail_policy: FailPolicy { max_fails: config.max_fails, fail_timeout: config.fail_timeout.0 },
             balance: config.balance,
+            active_check: config.health.as_ref().map(|h| ActiveCheck {
+                path: h.path.get_ref().clone(),
+                interval: h.interval.0,
+                timeout: h.timeout.0,
+                expect: h.expect.iter().filter_map(|s| http::StatusCode::from_u16(*s.get_ref()).ok()).collect(),
+                rise: h.rise,
+                fall: h.fall,
+            }),
             tries: if config.next_upstream_tries == 0 { config.servers.len() } else { config.next_upstream_tries }
                 .max(1),
             retry_timeout: config.next_upstream_timeout.map(|t| t.0),

@@ -175,3 +175,35 @@ async fn least_inflight_keeps_requests_off_a_server_that_holds_them() {
     let (slow, quick) = spread("least_inflight").await;
     assert!(slow <= 1 && quick >= 9, "least_inflight sent {slow} to the stuck server, {quick} to the quick one");
 }
+
+#[tokio::test(start_paused = true)]
+async fn active_checks_take_a_loading_model_out_and_bring_it_back() {
+    let fast = LatencyModel { prefill_base_ms: 1.0, decode_ms: 1.0, ..LatencyModel::default() };
+    // Loading for 30 s: its /health answers 503 until then.
+    let loading = Sim::start(SimOptions {
+        latency: fast.clone(),
+        slow_start: Some(std::time::Duration::from_secs(30)),
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let ready = Sim::start(SimOptions { latency: fast, ..SimOptions::default() }).await.unwrap();
+    let extra = r#"health = { path = "/health", interval = "1s", timeout = "1s", rise = 2, fall = 1 }"#;
+    let gw = TestGateway::start(&two_servers(&loading.addr.to_string(), &ready.addr.to_string(), extra)).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let upstream = gw.gateway.runtime().upstreams["model"].clone();
+    while upstream.servers[0].health.is_up() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for _ in 0..6 {
+        assert_eq!(send(&mut http1(addr).await, chat_request()).await.0, StatusCode::OK);
+    }
+    assert_eq!(loading.stats()["received"], 0, "no request reached the loading model");
+    // Loaded at 30 s; two passed checks later it is back in rotation.
+    tokio::time::sleep(std::time::Duration::from_secs(33)).await;
+    assert!(upstream.servers[0].health.is_up());
+    for _ in 0..6 {
+        assert_eq!(send(&mut http1(addr).await, chat_request()).await.0, StatusCode::OK);
+    }
+    assert_eq!(loading.stats()["completed"], 3, "round robin again");
+}
