@@ -185,6 +185,9 @@ pub struct UpstreamServerConfig {
     pub addr: Spanned<String>,
     /// Most requests sent to this server at once (its batch slots); unset: no limit.
     pub max_inflight: Option<Spanned<usize>>,
+    /// Send this server no new requests; those in flight finish (blue/green switches, maintenance).
+    #[serde(default)]
+    pub drain: bool,
 }
 
 /// nginx's `proxy_connect_timeout`, `proxy_send_timeout` and `proxy_read_timeout` (60 s each), and

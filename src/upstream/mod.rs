@@ -32,6 +32,8 @@ pub struct UpstreamServer {
     pub load: Arc<ServerLoad>,
     /// Its `max_inflight`.
     pub max_inflight: Option<usize>,
+    /// Marked `drain = true`: no new requests.
+    pub draining: bool,
 }
 
 /// A compiled `[[upstream]]`.
@@ -97,7 +99,7 @@ impl Upstream {
             let health = old.map_or_else(|| Arc::new(ServerHealth::new()), |old| old.health.clone());
             let load = old.map_or_else(|| Arc::new(ServerLoad::default()), |old| old.load.clone());
             let max_inflight = server.max_inflight.as_ref().map(|m| *m.get_ref());
-            servers.push(UpstreamServer { authority, pool, health, load, max_inflight });
+            servers.push(UpstreamServer { authority, pool, health, load, max_inflight, draining: server.drain });
         }
         let limits: Vec<Option<usize>> =
             config.servers.iter().map(|s| s.max_inflight.as_ref().map(|m| *m.get_ref())).collect();
@@ -138,7 +140,10 @@ impl Upstream {
     /// with its slot under admission control. The first try may wait in the queue; a retry takes a
     /// free slot or gives up at once.
     pub async fn admit(&self, tried: &[usize]) -> Result<(usize, Option<Permit>), Unavailable> {
-        let eligible = |index: usize| !tried.contains(&index) && self.servers[index].health.is_up();
+        let eligible = |index: usize| {
+            let server = &self.servers[index];
+            !tried.contains(&index) && !server.draining && server.health.is_up()
+        };
         if !(0..self.servers.len()).any(eligible) {
             return Err(Unavailable::NoHealthyServer);
         }

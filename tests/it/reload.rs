@@ -165,3 +165,80 @@ async fn shutdown_lets_requests_in_flight_finish_and_refuses_new_ones() {
     assert_eq!((status, body.as_str()), (StatusCode::OK, "finished"));
     assert!(shutdown.await.unwrap(), "drain did not complete");
 }
+
+/// The seed's upgrade story: start the new model service, switch traffic to it, stop the old one —
+/// under continuous streaming traffic, without one failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_switch_under_streaming_load_fails_no_request() {
+    use infergate::sim::engine::LatencyModel;
+    use infergate::sim::{Sim, SimOptions};
+    let model = LatencyModel { prefill_base_ms: 5.0, decode_ms: 2.0, ..LatencyModel::default() };
+    let blue = Sim::start(SimOptions { latency: model.clone(), ..SimOptions::default() }).await.unwrap();
+    let green = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
+    let config = |servers: &str| {
+        format!("[[upstream]]\nname = \"model\"\nservers = [{servers}]\n\n[[server]]\nlisten = [\"127.0.0.1:0\"]\n  [[server.location]]\n  prefix = \"/\"\n  proxy = \"model\"\n")
+    };
+    let gw = TestGateway::start(&config(&format!("{{ addr = \"{}\" }}", blue.addr))).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut failures) = (0, Vec::new());
+            for _ in 0..2_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let body = r#"{"stream": true, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}"#;
+                let request =
+                    http::Request::post("/v1/chat/completions").header("host", "localhost").body(full(body)).unwrap();
+                let (status, _, text) = send(&mut http1(addr).await, request).await;
+                if status == StatusCode::OK && text.ends_with("data: [DONE]\n\n") {
+                    ok += 1;
+                } else {
+                    failures.push(format!("{status}: {text}"));
+                }
+            }
+            (ok, failures)
+        }));
+    }
+    fn sim_completed(sim: &Sim) -> u64 {
+        sim.stats()["completed"].as_u64().unwrap()
+    }
+    /// Until `sim` has completed `n` more streams (bounded in time).
+    async fn wait_for(sim: &Sim, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let target = sim_completed(sim) + n;
+        while sim_completed(sim) < target {
+            assert!(std::time::Instant::now() < deadline, "traffic stalled");
+            tokio::task::yield_now().await;
+        }
+    }
+    wait_for(&blue, 20).await;
+    // 1. The new service starts beside the old one: both serve, the old one draining.
+    gw.rewrite(&config(&format!("{{ addr = \"{}\", drain = true }}, {{ addr = \"{}\" }}", blue.addr, green.addr)));
+    gw.gateway.reload().await.unwrap();
+    wait_for(&green, 20).await;
+    // 2. The old one leaves the config; it is stopped once its last stream ended.
+    gw.rewrite(&config(&format!("{{ addr = \"{}\" }}", green.addr)));
+    gw.gateway.reload().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while blue.stats()["running"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "the old service never went idle");
+        tokio::task::yield_now().await;
+    }
+    let blue_done = sim_completed(&blue);
+    wait_for(&green, 20).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failures) = (0, Vec::new());
+    for client in clients {
+        let (n, f) = client.await.unwrap();
+        ok += n;
+        failures.extend(f);
+    }
+    assert!(failures.is_empty(), "{} failed, first: {:?}", failures.len(), failures.first());
+    assert_eq!(sim_completed(&blue), blue_done, "no request went to the old service after the switch");
+    assert!(ok >= 60, "only {ok} streams");
+    assert_eq!(blue.stats()["aborted"], 0, "no stream on the old service was cut");
+}
