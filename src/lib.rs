@@ -5,6 +5,7 @@
 
 pub mod ai;
 pub mod body;
+pub mod canary;
 pub mod config;
 pub mod error;
 pub mod pipeline;

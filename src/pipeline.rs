@@ -84,7 +84,10 @@ async fn handle(
 ) -> Response<ResponseBody> {
     let work = async {
         match &location.handler {
-            Handler::Proxy(upstream) => proxy::forward(request, client, upstream).await,
+            Handler::Proxy(target) => {
+                let upstream = target.choose(&request, &client.ip);
+                proxy::forward(request, client, upstream).await
+            }
             Handler::Models(router) => router.serve(request, client).await,
             Handler::Return { status, body, content_type } => {
                 let mut response = Response::new(ResponseBody::full(body.clone()));

@@ -3,10 +3,10 @@
 //! first matching regex in config order, else that longest prefix.
 
 use crate::ai::ModelRouter;
+use crate::canary::ProxyTarget;
 use crate::config::ErrorFormat;
 use crate::policy::RateLimit;
 use crate::template::Template;
-use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use regex::Regex;
@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 /// What a location does with a request.
 pub enum Handler {
-    /// Forward to an upstream.
-    Proxy(Arc<Upstream>),
+    /// Forward to an upstream (or one of its canaries).
+    Proxy(ProxyTarget),
     /// Forward to the upstream serving the body's `model`.
     Models(ModelRouter),
     /// Answer a fixed response.

@@ -3,6 +3,7 @@
 //! started on until they finish.
 
 use crate::ai::ModelRouter;
+use crate::canary::{Canary, ProxyTarget};
 use crate::config::{
     self, Config, ConfigError, ConfigErrors, ErrorFormat, HttpSettings, LimitZoneConfig, LocationConfig, ServerConfig,
     Source,
@@ -190,7 +191,20 @@ fn compile_location(
     context: &Context,
 ) -> Option<Location> {
     let handler = if let Some(proxy) = &location.proxy {
-        Handler::Proxy(context.upstreams.get(proxy.get_ref())?.clone())
+        let primary = context.upstreams.get(proxy.get_ref())?.clone();
+        let mut canaries = Vec::with_capacity(location.canary.len());
+        for canary in &location.canary {
+            canaries.push(Canary {
+                upstream: context.upstreams.get(canary.upstream.get_ref())?.clone(),
+                weight: canary.weight,
+                header: match &canary.header {
+                    Some(header) => Some(config::parse_header_match(header.get_ref())?),
+                    None => None,
+                },
+                cookie: canary.cookie.clone(),
+            });
+        }
+        Handler::Proxy(ProxyTarget::new(primary, canaries, location.sticky))
     } else if !location.models.is_empty() {
         let mut models = std::collections::BTreeMap::new();
         for (model, upstream) in &location.models {

@@ -373,6 +373,12 @@ pub struct LocationConfig {
     pub skip_regex: bool,
     /// Handler: forward to this upstream.
     pub proxy: Option<Spanned<String>>,
+    /// With `proxy`: other upstreams taking matching requests and a weighted share of the rest.
+    #[serde(default)]
+    pub canary: Vec<CanaryConfig>,
+    /// With `canary`: choose the weighted share by client address, so a client keeps its version.
+    #[serde(default)]
+    pub sticky: bool,
     /// Handler: route by the JSON body's `model` field, model name to upstream name; `GET .../models`
     /// is answered from this table.
     #[serde(default)]
@@ -406,6 +412,21 @@ pub struct LocationConfig {
     /// Where this table is in the file.
     #[serde(skip)]
     pub span: std::ops::Range<usize>,
+}
+
+/// One `canary = [{ upstream, weight, header, cookie }]` entry of a proxy location.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// Where its requests go.
+    pub upstream: Spanned<String>,
+    /// Percent of the requests no rule matched (0-100; all canaries together at most 100).
+    #[serde(default)]
+    pub weight: u32,
+    /// `"Name: value"`: requests carrying it go here (e.g. `"X-Model-Version: canary"`).
+    pub header: Option<Spanned<String>>,
+    /// `"name=value"`: requests with this cookie go here.
+    pub cookie: Option<String>,
 }
 
 /// `return = { status = 200, body = "ok" }`.

@@ -179,6 +179,12 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
     }
 }
 
+/// Parses a canary `header`: `Name: value`.
+pub fn parse_header_match(text: &str) -> Option<(http::HeaderName, http::HeaderValue)> {
+    let (name, value) = text.split_once(':')?;
+    Some((http::HeaderName::from_bytes(name.trim().as_bytes()).ok()?, http::HeaderValue::from_str(value.trim()).ok()?))
+}
+
 /// Parses a zone's `key`: `client_ip` or `header:NAME`.
 pub fn parse_zone_key(text: &str) -> Option<crate::policy::ZoneKey> {
     match text.split_once(':') {
@@ -247,6 +253,36 @@ fn validate_location(
     if handlers.iter().filter(|h| **h).count() != 1 {
         let message = "a location needs exactly one handler: `proxy`, `models`, `return` or `redirect`";
         errors.push(source.error(span.clone(), message));
+    }
+    let mut total_weight = 0;
+    for canary in &location.canary {
+        if location.proxy.is_none() {
+            errors.push(
+                source
+                    .error(canary.upstream.span(), "`canary` needs `proxy` on the same location (where the rest goes)"),
+            );
+        }
+        if !upstreams.contains(canary.upstream.get_ref().as_str()) && !upstreams_incomplete {
+            errors.push(
+                source.error(
+                    canary.upstream.span(),
+                    format!("unknown upstream `{}` in canary", canary.upstream.get_ref()),
+                ),
+            );
+        }
+        total_weight += canary.weight;
+        if let Some(header) = &canary.header {
+            if parse_header_match(header.get_ref()).is_none() {
+                errors.push(source.error(
+                    header.span(),
+                    format!("invalid canary header {:?} (expected \"Name: value\")", header.get_ref()),
+                ));
+            }
+        }
+    }
+    if total_weight > 100 {
+        errors
+            .push(source.error(span.clone(), format!("canary weights add up to {total_weight} (at most 100 percent)")));
     }
     for upstream in location.models.values() {
         if !upstreams.contains(upstream.get_ref().as_str()) && !upstreams_incomplete {

@@ -3,6 +3,7 @@
 mod support;
 
 mod admission;
+mod canary;
 mod cli;
 mod health;
 mod models;

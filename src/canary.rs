@@ -1,0 +1,77 @@
+//! Canary releases: a `proxy` location sends some of its traffic to other upstreams — requests that
+//! carry a matching header or cookie, and a weighted share of the rest, optionally sticky per client
+//! address so one user keeps seeing one version.
+
+use crate::upstream::Upstream;
+use http::{header, HeaderName, HeaderValue, Request};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+
+/// One `canary = [...]` entry, compiled.
+pub struct Canary {
+    /// Where its requests go.
+    pub upstream: Arc<Upstream>,
+    /// Percent of the unmatched traffic (0-100).
+    pub weight: u32,
+    /// `Name: value` that sends a request here whatever the weight.
+    pub header: Option<(HeaderName, HeaderValue)>,
+    /// `name=value` cookie that does the same.
+    pub cookie: Option<String>,
+}
+
+/// The upstreams of a `proxy` location.
+pub struct ProxyTarget {
+    /// Where requests go unless a canary takes them.
+    pub primary: Arc<Upstream>,
+    /// Canaries, checked in config order.
+    pub canaries: Vec<Canary>,
+    /// The weighted share is chosen by client address, not at random.
+    pub sticky: bool,
+    /// Fixed hasher seed, so a client stays on its side across workers and reloads.
+    hasher: std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
+}
+
+impl ProxyTarget {
+    /// A target with canaries.
+    pub fn new(primary: Arc<Upstream>, canaries: Vec<Canary>, sticky: bool) -> ProxyTarget {
+        ProxyTarget { primary, canaries, sticky, hasher: Default::default() }
+    }
+
+    /// The upstream for this request.
+    pub fn choose<B>(&self, request: &Request<B>, client_ip: &HeaderValue) -> &Arc<Upstream> {
+        if self.canaries.is_empty() {
+            return &self.primary;
+        }
+        let headers = request.headers();
+        for canary in &self.canaries {
+            let by_header =
+                canary.header.as_ref().is_some_and(|(name, value)| headers.get_all(name).iter().any(|v| v == value));
+            let by_cookie = canary.cookie.as_deref().is_some_and(|wanted| {
+                headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .any(|c| c.trim() == wanted)
+            });
+            if by_header || by_cookie {
+                return &canary.upstream;
+            }
+        }
+        let roll = if self.sticky {
+            let mut hasher = self.hasher.build_hasher();
+            client_ip.as_bytes().hash(&mut hasher);
+            (hasher.finish() % 100) as u32
+        } else {
+            fastrand::u32(..100)
+        };
+        let mut threshold = 0;
+        for canary in &self.canaries {
+            threshold += canary.weight;
+            if roll < threshold {
+                return &canary.upstream;
+            }
+        }
+        &self.primary
+    }
+}
