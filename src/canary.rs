@@ -4,7 +4,7 @@
 
 use crate::upstream::Upstream;
 use http::{header, HeaderName, HeaderValue, Request};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 /// One `canary = [...]` entry, compiled.
@@ -59,9 +59,7 @@ impl ProxyTarget {
             }
         }
         let roll = if self.sticky {
-            let mut hasher = self.hasher.build_hasher();
-            client_ip.as_bytes().hash(&mut hasher);
-            (hasher.finish() % 100) as u32
+            (self.hasher.hash_one(client_ip.as_bytes()) % 100) as u32
         } else {
             fastrand::u32(..100)
         };
