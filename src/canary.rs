@@ -58,11 +58,8 @@ impl ProxyTarget {
                 return &canary.upstream;
             }
         }
-        let roll = if self.sticky {
-            (self.hasher.hash_one(client_ip.as_bytes()) % 100) as u32
-        } else {
-            fastrand::u32(..100)
-        };
+        let roll =
+            if self.sticky { (self.hasher.hash_one(client_ip.as_bytes()) % 100) as u32 } else { fastrand::u32(..100) };
         let mut threshold = 0;
         for canary in &self.canaries {
             threshold += canary.weight;

@@ -154,18 +154,21 @@ fn default_fall() -> u32 {
 }
 
 /// `queue = { max, timeout }` of an upstream: used only when some server has `max_inflight`.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// Requests that may wait; one more is answered 503 at once (64).
     pub max: usize,
     /// Longest wait for a slot; then 503 (10 s).
     pub timeout: Span,
+    /// Request header giving a request's place in the queue: `high`, `normal`, `low` or a digit
+    /// (higher first; default none: first come, first served).
+    pub priority_header: Option<String>,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { max: 64, timeout: Span(Duration::from_secs(10)) }
+        QueueConfig { max: 64, timeout: Span(Duration::from_secs(10)), priority_header: None }
     }
 }
 

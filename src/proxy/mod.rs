@@ -90,10 +90,11 @@ async fn forward_body(
     let total = upstream.timeouts.total.map(|t| (started + t.0, t.0));
     let waits = HeadWaits { first_byte: upstream.timeouts.first_byte(), total };
     let retry_deadline = upstream.retry_timeout.map(|t| started + t);
+    let priority = upstream.priority(request.headers());
 
     let mut tried: Vec<usize> = Vec::with_capacity(1);
     loop {
-        let (index, permit) = upstream.admit(&tried).await.map_err(|unavailable| match unavailable {
+        let (index, permit) = upstream.admit(&tried, priority).await.map_err(|unavailable| match unavailable {
             Unavailable::Overloaded(rejection) => GatewayError::Overloaded(rejection),
             Unavailable::NoHealthyServer => GatewayError::NoHealthyServer,
         })?;

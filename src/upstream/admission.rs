@@ -26,7 +26,20 @@ pub enum Rejection {
 
 struct Waiter {
     id: u64,
+    /// Higher goes first; equal priorities keep arrival order.
+    priority: u8,
     slot: oneshot::Sender<Permit>,
+}
+
+/// How one request asks for a slot.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask {
+    /// Take the free server with the fewest in flight per slot, instead of the next in turn.
+    pub least_loaded: bool,
+    /// Wait in the queue when no slot is free (else answer `QueueFull` at once).
+    pub wait: bool,
+    /// Place in the queue: higher is served first (`queue.priority_header`).
+    pub priority: u8,
 }
 
 struct State {
@@ -98,12 +111,8 @@ impl Admission {
     /// A slot at once on an `eligible` server with one free (in turn, or the least loaded per slot); else (when `wait`) a place in the queue,
     /// waiting in FIFO order up to `queue.timeout`. Dropping the returned future (the client left)
     /// leaves the queue at once. Without `wait`, no free slot answers `QueueFull` at once.
-    pub async fn acquire(
-        self: &Arc<Self>,
-        eligible: impl Fn(usize) -> bool,
-        least_loaded: bool,
-        wait: bool,
-    ) -> Result<Permit, Rejection> {
+    pub async fn acquire(self: &Arc<Self>, eligible: impl Fn(usize) -> bool, ask: Ask) -> Result<Permit, Rejection> {
+        let Ask { least_loaded, wait, priority } = ask;
         let (id, slot) = {
             let mut state = self.lock();
             if let Some(server) = self.free_server(&mut state, &eligible, least_loaded) {
@@ -116,7 +125,8 @@ impl Admission {
             let id = state.next_waiter_id;
             state.next_waiter_id += 1;
             let (tx, rx) = oneshot::channel();
-            state.waiters.push_back(Waiter { id, slot: tx });
+            let position = state.waiters.iter().position(|w| w.priority < priority).unwrap_or(state.waiters.len());
+            state.waiters.insert(position, Waiter { id, priority, slot: tx });
             (id, rx)
         };
         let _leave_queue = LeaveQueue { admission: self, id };
@@ -206,18 +216,42 @@ fn retry_after(state: &State) -> u64 {
 mod tests {
     use super::*;
 
+    const ASK: Ask = Ask { least_loaded: false, wait: true, priority: 1 };
+
+    #[tokio::test(start_paused = true)]
+    async fn higher_priority_waiters_go_first_and_equal_ones_in_order() {
+        let admission = Admission::new(vec![Some(1)], 8, Duration::from_secs(60));
+        let held = admission.acquire(|_| true, ASK).await.unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for (name, priority) in [("low", 0), ("normal-1", 1), ("high", 2), ("normal-2", 1)] {
+            let (admission, order) = (admission.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let permit = admission.acquire(|_| true, Ask { priority, ..ASK }).await.unwrap();
+                order.lock().unwrap().push(name);
+                drop(permit);
+            }));
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec!["high", "normal-1", "normal-2", "low"]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn slots_are_capped_and_handed_to_waiters_in_order() {
         let admission = Admission::new(vec![Some(1), Some(1)], 4, Duration::from_secs(10));
-        let a = admission.acquire(|_| true, false, true).await.unwrap();
-        let b = admission.acquire(|_| true, false, true).await.unwrap();
+        let a = admission.acquire(|_| true, ASK).await.unwrap();
+        let b = admission.acquire(|_| true, ASK).await.unwrap();
         assert_ne!(a.server(), b.server(), "the second request goes to the free server");
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut waiters = Vec::new();
         for i in 0..3 {
             let (admission, order) = (admission.clone(), order.clone());
             waiters.push(tokio::spawn(async move {
-                let permit = admission.acquire(|_| true, false, true).await.unwrap();
+                let permit = admission.acquire(|_| true, ASK).await.unwrap();
                 order.lock().unwrap().push(i);
                 permit
             }));
@@ -238,17 +272,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_rejects_at_once_and_a_long_wait_times_out() {
         let admission = Admission::new(vec![Some(1)], 1, Duration::from_secs(2));
-        let _held = admission.acquire(|_| true, false, true).await.unwrap();
+        let _held = admission.acquire(|_| true, ASK).await.unwrap();
         let waiting = tokio::spawn({
             let admission = admission.clone();
             async move {
                 let started = Instant::now();
-                let result = admission.acquire(|_| true, false, true).await.map(|_| ());
+                let result = admission.acquire(|_| true, ASK).await.map(|_| ());
                 (result, started.elapsed())
             }
         });
         tokio::task::yield_now().await;
-        assert!(matches!(admission.acquire(|_| true, false, true).await.map(|_| ()), Err(Rejection::QueueFull { .. })));
+        assert!(matches!(admission.acquire(|_| true, ASK).await.map(|_| ()), Err(Rejection::QueueFull { .. })));
         let (result, waited) = waiting.await.unwrap();
         assert!(matches!(result, Err(Rejection::QueueTimeout { retry_after: 1.. })));
         assert_eq!(waited, Duration::from_secs(2));
@@ -258,10 +292,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_that_leaves_is_removed_and_never_holds_a_slot() {
         let admission = Admission::new(vec![Some(1)], 8, Duration::from_secs(60));
-        let held = admission.acquire(|_| true, false, true).await.unwrap();
+        let held = admission.acquire(|_| true, ASK).await.unwrap();
         let gone = tokio::spawn({
             let admission = admission.clone();
-            async move { admission.acquire(|_| true, false, true).await.map(|_| ()) }
+            async move { admission.acquire(|_| true, ASK).await.map(|_| ()) }
         });
         tokio::task::yield_now().await;
         assert_eq!(admission.queued(), 1);

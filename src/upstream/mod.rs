@@ -10,7 +10,7 @@ mod pool;
 pub use balance::{Balance, InFlight, ServerLoad};
 pub use health::{spawn_checks, ActiveCheck, FailPolicy, ServerHealth};
 
-pub use admission::{Admission, Permit, Rejection};
+pub use admission::{Admission, Ask, Permit, Rejection};
 pub use connector::{ConnectError, Connector, SendTimedOut, TimedStream};
 pub use pool::{PoolKey, PoolSettings, ServerPool, UpstreamConnection};
 
@@ -50,6 +50,8 @@ pub struct Upstream {
     pub fail_policy: FailPolicy,
     /// How a server is chosen.
     pub balance: Balance,
+    /// The request header naming a request's queue priority, if configured.
+    pub priority_header: Option<http::HeaderName>,
     /// Active health checks, if configured (run by `spawn_checks`).
     pub active_check: Option<ActiveCheck>,
     /// Servers one request may try (at least 1).
@@ -121,6 +123,11 @@ impl Upstream {
             admission,
             fail_policy: FailPolicy { max_fails: config.max_fails, fail_timeout: config.fail_timeout.0 },
             balance: config.balance,
+            priority_header: config
+                .queue
+                .priority_header
+                .as_deref()
+                .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
             active_check: config.health.as_ref().map(|h| ActiveCheck {
                 path: h.path.get_ref().clone(),
                 interval: h.interval.0,
@@ -139,7 +146,7 @@ impl Upstream {
     /// A server for the next try of a request, skipping servers marked down and those in `tried`,
     /// with its slot under admission control. The first try may wait in the queue; a retry takes a
     /// free slot or gives up at once.
-    pub async fn admit(&self, tried: &[usize]) -> Result<(usize, Option<Permit>), Unavailable> {
+    pub async fn admit(&self, tried: &[usize], priority: u8) -> Result<(usize, Option<Permit>), Unavailable> {
         let eligible = |index: usize| {
             let server = &self.servers[index];
             !tried.contains(&index) && !server.draining && server.health.is_up()
@@ -150,13 +157,23 @@ impl Upstream {
         match &self.admission {
             None => Ok((self.pick(eligible), None)),
             Some(admission) => {
-                let least_loaded = self.balance == Balance::LeastInflight;
-                let permit = admission
-                    .acquire(eligible, least_loaded, tried.is_empty())
-                    .await
-                    .map_err(Unavailable::Overloaded)?;
+                let ask =
+                    Ask { least_loaded: self.balance == Balance::LeastInflight, wait: tried.is_empty(), priority };
+                let permit = admission.acquire(eligible, ask).await.map_err(Unavailable::Overloaded)?;
                 Ok((permit.server(), Some(permit)))
             }
+        }
+    }
+
+    /// A request's queue priority from `queue.priority_header`: `high` 2, `normal` or none 1, `low` 0,
+    /// or a digit 0-9.
+    pub fn priority(&self, headers: &http::HeaderMap) -> u8 {
+        let Some(value) = self.priority_header.as_ref().and_then(|name| headers.get(name)) else { return 1 };
+        match value.as_bytes() {
+            b"high" => 2,
+            b"low" => 0,
+            [digit @ b'0'..=b'9'] => digit - b'0',
+            _ => 1,
         }
     }
 

@@ -126,3 +126,39 @@ async fn a_queued_client_that_leaves_is_removed_at_once_and_the_slot_passes_on()
     }
     assert_eq!(sim.stats()["received"], 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_priority_header_orders_the_queue() {
+    let model = LatencyModel { prefill_base_ms: 100.0, decode_ms: 1.0, ..LatencyModel::default() };
+    let sim = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
+    let queue = r#"{ max = 8, timeout = "60s", priority_header = "X-Priority" }"#;
+    let gw = TestGateway::start(&admission_config(&sim, 1, queue)).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let upstream = gw.gateway.runtime().upstreams["model"].clone();
+    let admission = upstream.admission.as_ref().unwrap().clone();
+    let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut requests = Vec::new();
+    for (name, priority) in [("first", "normal"), ("low", "low"), ("high", "high")] {
+        let finished = finished.clone();
+        requests.push(tokio::spawn(async move {
+            let body = json!({"max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+            let request = Request::post("/v1/chat/completions")
+                .header("host", "h")
+                .header("x-priority", priority)
+                .body(full(body))
+                .unwrap();
+            let (status, _, _) = send(&mut http1(addr).await, request).await;
+            finished.lock().unwrap().push((name, status));
+        }));
+        // Each arrives (admitted or queued) before the next is sent.
+        let expected = requests.len();
+        while admission.queued() + admission.inflight()[0] < expected {
+            tokio::task::yield_now().await;
+        }
+    }
+    for request in requests {
+        request.await.unwrap();
+    }
+    let order: Vec<&str> = finished.lock().unwrap().iter().map(|(name, _)| *name).collect();
+    assert_eq!(order, vec!["first", "high", "low"]);
+}
