@@ -85,9 +85,11 @@ pub struct UpstreamConfig {
     pub queue: QueueConfig,
     /// Active health checks (default: none, only passive health).
     pub health: Option<HealthConfig>,
-    /// How a server is chosen: `round_robin` (default) or `least_inflight`.
+    /// How a server is chosen: `round_robin` (default), `least_inflight` or `hash`.
     #[serde(default)]
     pub balance: crate::upstream::Balance,
+    /// With `balance = "hash"`: `"client_ip"`, `"header:NAME"` or `"cookie:NAME"`.
+    pub hash_key: Option<Spanned<String>>,
     /// Failures within `fail_timeout` that take a server out for `fail_timeout` (nginx `max_fails`, 1;
     /// 0 never takes it out).
     #[serde(default = "default_max_fails")]
@@ -191,6 +193,13 @@ pub struct UpstreamServerConfig {
     /// Send this server no new requests; those in flight finish (blue/green switches, maintenance).
     #[serde(default)]
     pub drain: bool,
+    /// Its share under `round_robin` and `hash` (nginx `weight`, 1).
+    #[serde(default = "one")]
+    pub weight: Spanned<u32>,
+}
+
+fn one() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
 }
 
 /// nginx's `proxy_connect_timeout`, `proxy_send_timeout` and `proxy_read_timeout` (60 s each), and

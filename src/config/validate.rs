@@ -47,7 +47,28 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
                 errors.push(source.error(health.path.span(), "health: rise, fall and interval must be above zero"));
             }
         }
+        match (&upstream.hash_key, upstream.balance) {
+            (Some(key), crate::upstream::Balance::Hash) if crate::upstream::HashKey::parse(key.get_ref()).is_none() => {
+                errors.push(source.error(
+                    key.span(),
+                    format!(
+                        "invalid hash_key {:?} (expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\")",
+                        key.get_ref()
+                    ),
+                ));
+            }
+            (None, crate::upstream::Balance::Hash) => {
+                errors.push(source.error(upstream.name.span(), "balance = \"hash\" needs a hash_key"));
+            }
+            (Some(key), balance) if balance != crate::upstream::Balance::Hash => {
+                errors.push(source.error(key.span(), "hash_key applies only with balance = \"hash\""));
+            }
+            _ => {}
+        }
         for server in &upstream.servers {
+            if *server.weight.get_ref() == 0 {
+                errors.push(source.error(server.weight.span(), "weight must be at least 1"));
+            }
             if let Some(max) = &server.max_inflight {
                 if *max.get_ref() == 0 {
                     errors

@@ -10,9 +10,7 @@ pub use body::{BodyTimeouts, RequestBody, StreamTimedOut, UpstreamBody};
 
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
-use crate::upstream::{
-    Balance, ConnectError, Lease, SendTimedOut, Unavailable, Upstream, UpstreamConnection, UpstreamServer,
-};
+use crate::upstream::{ConnectError, Lease, SendTimedOut, Unavailable, Upstream, UpstreamConnection, UpstreamServer};
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
@@ -90,17 +88,17 @@ async fn forward_body(
     let total = upstream.timeouts.total.map(|t| (started + t.0, t.0));
     let waits = HeadWaits { first_byte: upstream.timeouts.first_byte(), total };
     let retry_deadline = upstream.retry_timeout.map(|t| started + t);
-    let priority = upstream.priority(request.headers());
+    let facts = upstream.facts(request.headers(), &client.ip);
 
     let mut tried: Vec<usize> = Vec::with_capacity(1);
     loop {
-        let (index, permit) = upstream.admit(&tried, priority).await.map_err(|unavailable| match unavailable {
+        let (index, permit) = upstream.admit(&tried, facts).await.map_err(|unavailable| match unavailable {
             Unavailable::Overloaded(rejection) => GatewayError::Overloaded(rejection),
             Unavailable::NoHealthyServer => GatewayError::NoHealthyServer,
         })?;
         tried.push(index);
         let server = &upstream.servers[index];
-        let balancing = upstream.balance == Balance::LeastInflight;
+        let balancing = upstream.tracks_load();
         let lease = Lease { permit, in_flight: balancing.then(|| server.load.start()) };
         let try_started = tokio::time::Instant::now();
         let may_retry = tried.len() < upstream.tries && retry_deadline.is_none_or(|d| tokio::time::Instant::now() < d);

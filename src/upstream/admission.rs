@@ -40,6 +40,8 @@ pub struct Ask {
     pub wait: bool,
     /// Place in the queue: higher is served first (`queue.priority_header`).
     pub priority: u8,
+    /// The server to take if it has a free slot (the hash ring's choice).
+    pub prefer: Option<usize>,
 }
 
 struct State {
@@ -112,10 +114,11 @@ impl Admission {
     /// waiting in FIFO order up to `queue.timeout`. Dropping the returned future (the client left)
     /// leaves the queue at once. Without `wait`, no free slot answers `QueueFull` at once.
     pub async fn acquire(self: &Arc<Self>, eligible: impl Fn(usize) -> bool, ask: Ask) -> Result<Permit, Rejection> {
-        let Ask { least_loaded, wait, priority } = ask;
+        let Ask { least_loaded, wait, priority, prefer } = ask;
         let (id, slot) = {
             let mut state = self.lock();
-            if let Some(server) = self.free_server(&mut state, &eligible, least_loaded) {
+            let preferred = prefer.filter(|&p| self.limits[p].is_none_or(|max| state.inflight[p] < max));
+            if let Some(server) = preferred.or_else(|| self.free_server(&mut state, &eligible, least_loaded)) {
                 state.inflight[server] += 1;
                 return Ok(Permit { admission: self.clone(), server, armed: true });
             }
@@ -216,7 +219,7 @@ fn retry_after(state: &State) -> u64 {
 mod tests {
     use super::*;
 
-    const ASK: Ask = Ask { least_loaded: false, wait: true, priority: 1 };
+    const ASK: Ask = Ask { least_loaded: false, wait: true, priority: 1, prefer: None };
 
     #[tokio::test(start_paused = true)]
     async fn higher_priority_waiters_go_first_and_equal_ones_in_order() {

@@ -1,7 +1,9 @@
-//! Choosing among an upstream's servers. `round_robin` takes them in turn, as nginx does by default;
-//! `least_inflight` takes the less loaded of two random servers (power of two choices), load being
-//! requests in flight over `max_inflight`, ties broken by a moving average of time to first byte.
-//! A stream that lasts a minute weighs as much as it costs, which round robin cannot see.
+//! Choosing among an upstream's servers. `round_robin` takes them in turn, as nginx does by default
+//! (by `weight` with nginx's smooth weighted round robin); `least_inflight` takes the less loaded of
+//! two random servers (power of two choices), load being requests in flight over `max_inflight`, ties
+//! broken by a moving average of time to first byte — a stream that lasts a minute weighs as much as it
+//! costs, which round robin cannot see; `hash` keeps a key (client, session, API key) on one server by
+//! consistent hashing with bounded load, so one hot key cannot sink its server.
 
 use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -17,6 +19,142 @@ pub enum Balance {
     RoundRobin,
     /// Power of two choices over in-flight load, then latency.
     LeastInflight,
+    /// Consistent hashing of `hash_key` with bounded load.
+    Hash,
+}
+
+/// What `hash` balancing keys on: `hash_key = "client_ip" | "header:NAME" | "cookie:NAME"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's address.
+    ClientIp,
+    /// A request header (a session or API key).
+    Header(http::HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+}
+
+impl HashKey {
+    /// Parses the config syntax.
+    pub fn parse(text: &str) -> Option<HashKey> {
+        match text.split_once(':') {
+            None if text == "client_ip" => Some(HashKey::ClientIp),
+            Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes()).ok().map(HashKey::Header),
+            Some(("cookie", name)) if !name.trim().is_empty() => Some(HashKey::Cookie(name.trim().to_string())),
+            _ => None,
+        }
+    }
+
+    /// The hash of this request's key; requests without one get `None` (then any server will do).
+    pub fn of(&self, headers: &http::HeaderMap, client_ip: &http::HeaderValue) -> Option<u64> {
+        match self {
+            HashKey::ClientIp => Some(hash(client_ip.as_bytes())),
+            HashKey::Header(name) => headers.get(name).map(|v| hash(v.as_bytes())),
+            HashKey::Cookie(name) => headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| pair.trim().split_once('='))
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| hash(value.as_bytes())),
+        }
+    }
+}
+
+/// nginx's smooth weighted round robin: each pick adds every eligible server's weight to its current
+/// weight, takes the largest, and subtracts the total from it; weights 5, 1, 1 give a a b a c a a.
+#[derive(Debug)]
+pub struct Weighted {
+    weights: Vec<i64>,
+    current: std::sync::Mutex<Vec<i64>>,
+}
+
+impl Weighted {
+    /// State for these weights.
+    pub fn new(weights: Vec<u32>) -> Weighted {
+        let current = std::sync::Mutex::new(vec![0; weights.len()]);
+        Weighted { weights: weights.into_iter().map(i64::from).collect(), current }
+    }
+
+    /// The next eligible server.
+    pub fn pick(&self, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total = 0;
+        let mut best: Option<usize> = None;
+        for (index, weight) in self.weights.iter().enumerate() {
+            if !eligible(index) {
+                continue;
+            }
+            current[index] += weight;
+            total += weight;
+            if best.is_none_or(|b| current[index] > current[b]) {
+                best = Some(index);
+            }
+        }
+        let chosen = best?;
+        current[chosen] -= total;
+        Some(chosen)
+    }
+}
+
+/// A consistent-hash ring: 100 points per unit of weight for each server.
+#[derive(Debug)]
+pub struct Ring {
+    points: Vec<(u64, usize)>,
+}
+
+/// Lets a server carry 25 % more than the average before the ring moves a key on.
+const LOAD_BOUND: f64 = 1.25;
+
+impl Ring {
+    /// The ring of servers named by `authorities`, with `weights`.
+    pub fn new(authorities: &[String], weights: &[u32]) -> Ring {
+        let mut points = Vec::new();
+        for (index, (authority, weight)) in authorities.iter().zip(weights).enumerate() {
+            for replica in 0..100 * weight.max(&1) {
+                points.push((hash(format!("{authority}#{replica}").as_bytes()), index));
+            }
+        }
+        points.sort_unstable();
+        Ring { points }
+    }
+
+    /// The server for `key`: the first eligible one clockwise whose load is within the bound.
+    pub fn pick(
+        &self,
+        key: u64,
+        eligible: impl Fn(usize) -> bool,
+        inflight: impl Fn(usize) -> usize,
+        servers: usize,
+    ) -> Option<usize> {
+        let candidates: Vec<usize> = (0..servers).filter(|&i| eligible(i)).collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let total: usize = candidates.iter().map(|&i| inflight(i)).sum();
+        let bound = ((total + 1) as f64 * LOAD_BOUND / candidates.len() as f64).ceil() as usize;
+        let start = self.points.partition_point(|(point, _)| *point < key);
+        let walk = self.points[start..].iter().chain(&self.points[..start]);
+        let mut first_eligible = None;
+        for &(_, index) in walk {
+            if !eligible(index) {
+                continue;
+            }
+            first_eligible.get_or_insert(index);
+            if inflight(index) < bound {
+                return Some(index);
+            }
+        }
+        first_eligible
+    }
+}
+
+/// A stable 64-bit hash (SipHash with fixed keys): the same key maps to the same point in every
+/// worker and after every reload.
+pub fn hash(bytes: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(bytes)
 }
 
 /// What `least_inflight` knows of one server; shared by every worker.
@@ -94,6 +232,35 @@ pub fn least_loaded<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smooth_weighted_round_robin_spreads_like_nginx() {
+        let weighted = Weighted::new(vec![5, 1, 1]);
+        let picks: String = (0..7).map(|_| ["a", "b", "c"][weighted.pick(|_| true).unwrap()]).collect();
+        assert_eq!(picks, "aabacaa");
+        assert_eq!(weighted.pick(|i| i == 2), Some(2));
+    }
+
+    #[test]
+    fn the_ring_keeps_keys_in_place_and_bounds_a_hot_server() {
+        let ring = Ring::new(&["a:1".into(), "b:1".into(), "c:1".into()], &[1, 1, 1]);
+        let idle = |_: usize| 0;
+        let key = hash(b"session-42");
+        let home = ring.pick(key, |_| true, idle, 3).unwrap();
+        assert_eq!(ring.pick(key, |_| true, idle, 3), Some(home), "stable");
+        // Taking another server out does not move this key.
+        let other = (home + 1) % 3;
+        assert_eq!(ring.pick(key, |i| i != other, idle, 3), Some(home));
+        // Its home at 10 in flight while the others idle: the key moves on.
+        let busy = |i: usize| if i == home { 10 } else { 0 };
+        assert_ne!(ring.pick(key, |_| true, busy, 3), Some(home));
+        // Keys spread over all servers.
+        let mut seen = [0; 3];
+        for k in 0..300u32 {
+            seen[ring.pick(hash(&k.to_be_bytes()), |_| true, idle, 3).unwrap()] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+    }
 
     #[test]
     fn the_less_loaded_of_two_wins_and_latency_breaks_ties() {

@@ -7,7 +7,8 @@ mod connector;
 mod health;
 mod pool;
 
-pub use balance::{Balance, InFlight, ServerLoad};
+pub use balance::{Balance, HashKey, InFlight, ServerLoad};
+use balance::{Ring, Weighted};
 pub use health::{spawn_checks, ActiveCheck, FailPolicy, ServerHealth};
 
 pub use admission::{Admission, Ask, Permit, Rejection};
@@ -50,6 +51,10 @@ pub struct Upstream {
     pub fail_policy: FailPolicy,
     /// How a server is chosen.
     pub balance: Balance,
+    /// Smooth weighted round robin, when servers have different weights.
+    weighted: Option<Weighted>,
+    /// The consistent-hash ring and what it keys on, with `balance = "hash"`.
+    hashing: Option<(Ring, HashKey)>,
     /// The request header naming a request's queue priority, if configured.
     pub priority_header: Option<http::HeaderName>,
     /// Active health checks, if configured (run by `spawn_checks`).
@@ -69,6 +74,15 @@ pub struct Lease {
     pub permit: Option<Permit>,
     /// The in-flight count, if the upstream balances by load.
     pub in_flight: Option<InFlight>,
+}
+
+/// What balancing and queueing need to know of one request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestFacts {
+    /// Queue priority (higher first).
+    pub priority: u8,
+    /// Hash of the `hash_key`, when balancing by hash and the request has one.
+    pub key: Option<u64>,
 }
 
 /// Why no server was chosen.
@@ -123,6 +137,19 @@ impl Upstream {
             admission,
             fail_policy: FailPolicy { max_fails: config.max_fails, fail_timeout: config.fail_timeout.0 },
             balance: config.balance,
+            weighted: {
+                let weights: Vec<u32> = config.servers.iter().map(|s| *s.weight.get_ref()).collect();
+                (config.balance == Balance::RoundRobin && weights.iter().any(|&w| w != 1))
+                    .then(|| Weighted::new(weights))
+            },
+            hashing: match (config.balance, config.hash_key.as_ref().and_then(|k| HashKey::parse(k.get_ref()))) {
+                (Balance::Hash, Some(key)) => {
+                    let names: Vec<String> = config.servers.iter().map(|s| s.addr.get_ref().clone()).collect();
+                    let weights: Vec<u32> = config.servers.iter().map(|s| *s.weight.get_ref()).collect();
+                    Some((Ring::new(&names, &weights), key))
+                }
+                _ => None,
+            },
             priority_header: config
                 .queue
                 .priority_header
@@ -146,7 +173,7 @@ impl Upstream {
     /// A server for the next try of a request, skipping servers marked down and those in `tried`,
     /// with its slot under admission control. The first try may wait in the queue; a retry takes a
     /// free slot or gives up at once.
-    pub async fn admit(&self, tried: &[usize], priority: u8) -> Result<(usize, Option<Permit>), Unavailable> {
+    pub async fn admit(&self, tried: &[usize], facts: RequestFacts) -> Result<(usize, Option<Permit>), Unavailable> {
         let eligible = |index: usize| {
             let server = &self.servers[index];
             !tried.contains(&index) && !server.draining && server.health.is_up()
@@ -154,15 +181,39 @@ impl Upstream {
         if !(0..self.servers.len()).any(eligible) {
             return Err(Unavailable::NoHealthyServer);
         }
+        let preferred = self.hash_pick(facts.key, eligible);
         match &self.admission {
-            None => Ok((self.pick(eligible), None)),
+            None => Ok((preferred.unwrap_or_else(|| self.pick(eligible)), None)),
             Some(admission) => {
-                let ask =
-                    Ask { least_loaded: self.balance == Balance::LeastInflight, wait: tried.is_empty(), priority };
+                let ask = Ask {
+                    least_loaded: self.balance == Balance::LeastInflight,
+                    wait: tried.is_empty(),
+                    priority: facts.priority,
+                    prefer: preferred,
+                };
                 let permit = admission.acquire(eligible, ask).await.map_err(Unavailable::Overloaded)?;
                 Ok((permit.server(), Some(permit)))
             }
         }
+    }
+
+    /// Whether requests are counted in flight per server (the balance method needs it).
+    pub fn tracks_load(&self) -> bool {
+        matches!(self.balance, Balance::LeastInflight | Balance::Hash)
+    }
+
+    /// What balancing and queueing need to know of a request.
+    pub fn facts(&self, headers: &http::HeaderMap, client_ip: &http::HeaderValue) -> RequestFacts {
+        RequestFacts {
+            priority: self.priority(headers),
+            key: self.hashing.as_ref().and_then(|(_, key)| key.of(headers, client_ip)),
+        }
+    }
+
+    /// The ring's server for a hash key, when balancing by hash.
+    fn hash_pick(&self, key: Option<u64>, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+        let (ring, _) = self.hashing.as_ref()?;
+        ring.pick(key?, eligible, |i| self.servers[i].load.inflight(), self.servers.len())
     }
 
     /// A request's queue priority from `queue.priority_header`: `high` 2, `normal` or none 1, `low` 0,
@@ -188,6 +239,9 @@ impl Upstream {
             if let Some(index) = balance::least_loaded(&candidates, load) {
                 return index;
             }
+        }
+        if let Some(index) = self.weighted.as_ref().and_then(|w| w.pick(&eligible)) {
+            return index;
         }
         let count = self.servers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);

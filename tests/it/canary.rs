@@ -76,3 +76,54 @@ async fn the_weight_is_a_share_and_sticky_keeps_a_client_on_its_side() {
         assert_eq!(version(&mut client, None).await, first, "a sticky client keeps its version");
     }
 }
+
+fn balanced(a: &Backend, b: &Backend, upstream_extra: &str, weights: (u32, u32)) -> String {
+    format!(
+        r#"
+[[upstream]]
+name = "pair"
+servers = [{{ addr = "{}", weight = {} }}, {{ addr = "{}", weight = {} }}]
+{upstream_extra}
+
+[[server]]
+listen = ["127.0.0.1:0"]
+
+  [[server.location]]
+  prefix = "/"
+  proxy = "pair"
+"#,
+        a.authority(),
+        weights.0,
+        b.authority(),
+        weights.1
+    )
+}
+
+#[tokio::test]
+async fn weights_share_round_robin_like_nginx() {
+    let (a, b) = (named("a").await, named("b").await);
+    let gw = TestGateway::start(&balanced(&a, &b, "", (3, 1))).await;
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    let mut picks = String::new();
+    for _ in 0..8 {
+        picks.push_str(&version(&mut client, None).await[..1]);
+    }
+    assert_eq!(picks, "aabaaaba");
+}
+
+#[tokio::test]
+async fn hash_keeps_a_session_on_one_server() {
+    let (a, b) = (named("a").await, named("b").await);
+    let gw = TestGateway::start(&balanced(&a, &b, "balance = \"hash\"\nhash_key = \"header:X-Session\"", (1, 1))).await;
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    let mut homes = std::collections::HashSet::new();
+    for session in 0..20 {
+        let id = format!("session-{session}");
+        let home = version(&mut client, Some(("x-session", &id))).await;
+        for _ in 0..3 {
+            assert_eq!(version(&mut client, Some(("x-session", &id))).await, home, "{id} moved");
+        }
+        homes.insert(home);
+    }
+    assert_eq!(homes.len(), 2, "sessions spread over both servers");
+}
