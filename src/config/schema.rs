@@ -85,6 +85,8 @@ pub struct UpstreamConfig {
     pub queue: QueueConfig,
     /// Active health checks (default: none, only passive health).
     pub health: Option<HealthConfig>,
+    /// Scrape each server's Prometheus metrics for `least_inflight` (default: none).
+    pub load_metrics: Option<LoadMetricsConfig>,
     /// How a server is chosen: `round_robin` (default), `least_inflight` or `hash`.
     #[serde(default)]
     pub balance: crate::upstream::Balance,
@@ -110,6 +112,33 @@ fn default_max_fails() -> u32 {
 
 fn default_fail_timeout() -> Span {
     Span(Duration::from_secs(10))
+}
+
+/// `load_metrics = { path, interval, stale_after }` of an upstream.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct LoadMetricsConfig {
+    /// Path of the Prometheus text (`/metrics`).
+    #[serde(default = "default_metrics_path")]
+    pub path: Spanned<String>,
+    /// Time between two scrapes (1 s).
+    #[serde(default = "default_scrape_interval")]
+    pub interval: Span,
+    /// Numbers older than this count as saturation (5 s).
+    #[serde(default = "default_stale_after")]
+    pub stale_after: Span,
+}
+
+fn default_metrics_path() -> Spanned<String> {
+    Spanned::new(0..0, "/metrics".into())
+}
+
+fn default_scrape_interval() -> Span {
+    Span(Duration::from_secs(1))
+}
+
+fn default_stale_after() -> Span {
+    Span(Duration::from_secs(5))
 }
 
 /// `health = { path, interval, timeout, expect, rise, fall }` of an upstream.

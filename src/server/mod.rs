@@ -9,7 +9,7 @@ pub mod workers;
 
 use crate::config::{ConfigError, ConfigErrors, Source, EMBEDDED_DEFAULT};
 use crate::runtime::Runtime;
-use crate::upstream::spawn_checks;
+use crate::upstream::{spawn_checks, spawn_scrapes};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -99,6 +99,7 @@ impl Gateway {
         let runtime = gateway.runtime();
         gateway.sync_listeners(&runtime, &source).await?;
         runtime.upstreams.values().for_each(spawn_checks);
+        runtime.upstreams.values().for_each(spawn_scrapes);
         Ok(gateway)
     }
 
@@ -135,6 +136,7 @@ impl Gateway {
         self.runtime.store(next.clone());
         // Checks of the replaced upstreams end on their own when those are dropped.
         next.upstreams.values().for_each(spawn_checks);
+        next.upstreams.values().for_each(spawn_scrapes);
         self.version.store(next.version, Ordering::Release);
         self.stop_removed(&next).await;
         Ok(next.version)

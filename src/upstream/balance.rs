@@ -163,6 +163,8 @@ pub struct ServerLoad {
     inflight: AtomicUsize,
     /// Moving average of the time to the response head, in microseconds (0: no sample yet).
     head_ewma_us: AtomicU64,
+    /// What the server itself last reported (`load_metrics`).
+    pub reported: super::metrics_scrape::Reported,
 }
 
 impl ServerLoad {
@@ -185,16 +187,18 @@ impl ServerLoad {
         self.inflight.load(Ordering::Acquire)
     }
 
-    /// Load for comparison: in flight per slot (scaled), then latency; a server that never answered
-    /// yet loses ties, so one that holds requests without answering is not preferred.
-    fn rank(&self, max_inflight: Option<usize>) -> (u64, u64) {
+    /// Load for comparison: the server's own report when scraped (stale: saturated), then in flight
+    /// per slot (scaled), then latency; a server that never answered yet loses ties, so one that holds
+    /// requests without answering is not preferred.
+    fn rank(&self, max_inflight: Option<usize>, stale_after: Option<Duration>) -> (u64, u64, u64) {
+        let reported = stale_after.map_or(0, |stale| self.reported.score(stale).unwrap_or(u64::MAX));
         let inflight = self.inflight() as u64 * 1000;
         let per_slot = max_inflight.map_or(inflight, |max| inflight / max.max(1) as u64);
         let latency = match self.head_ewma_us.load(Ordering::Relaxed) {
             0 => u64::MAX,
             ewma => ewma,
         };
-        (per_slot, latency)
+        (reported, per_slot, latency)
     }
 }
 
@@ -212,6 +216,7 @@ impl Drop for InFlight {
 pub fn least_loaded<'a>(
     candidates: &[usize],
     load: impl Fn(usize) -> (&'a ServerLoad, Option<usize>),
+    stale_after: Option<Duration>,
 ) -> Option<usize> {
     match candidates.len() {
         0 => None,
@@ -222,7 +227,7 @@ pub fn least_loaded<'a>(
             let (a, b) = (candidates[first], candidates[second]);
             let rank = |index: usize| {
                 let (server, max) = load(index);
-                server.rank(max)
+                server.rank(max, stale_after)
             };
             Some(if rank(b) < rank(a) { b } else { a })
         }
@@ -268,17 +273,17 @@ mod tests {
         let _busy = [loads[0].start(), loads[0].start()];
         let _one = loads[1].start();
         for _ in 0..20 {
-            assert_eq!(least_loaded(&[0, 1], |i| (&*loads[i], None)), Some(1));
+            assert_eq!(least_loaded(&[0, 1], |i| (&*loads[i], None), None), Some(1));
         }
         // Per slot: 2 of 8 is less loaded than 1 of 1.
         for _ in 0..20 {
-            assert_eq!(least_loaded(&[0, 1], |i| (&*loads[i], Some(if i == 0 { 8 } else { 1 }))), Some(0));
+            assert_eq!(least_loaded(&[0, 1], |i| (&*loads[i], Some(if i == 0 { 8 } else { 1 })), None), Some(0));
         }
         let idle: Vec<Arc<ServerLoad>> = (0..2).map(|_| Arc::new(ServerLoad::default())).collect();
         idle[0].observe_head(Duration::from_millis(300));
         idle[1].observe_head(Duration::from_millis(30));
         for _ in 0..20 {
-            assert_eq!(least_loaded(&[0, 1], |i| (&*idle[i], None)), Some(1));
+            assert_eq!(least_loaded(&[0, 1], |i| (&*idle[i], None), None), Some(1));
         }
     }
 }

@@ -5,7 +5,10 @@ mod admission;
 mod balance;
 mod connector;
 mod health;
+mod metrics_scrape;
 mod pool;
+
+pub use metrics_scrape::{spawn_scrapes, LoadMetrics};
 
 pub use balance::{Balance, HashKey, InFlight, ServerLoad};
 use balance::{Ring, Weighted};
@@ -57,6 +60,8 @@ pub struct Upstream {
     hashing: Option<(Ring, HashKey)>,
     /// The request header naming a request's queue priority, if configured.
     pub priority_header: Option<http::HeaderName>,
+    /// Backend-reported load, if configured (scraped by `spawn_scrapes`).
+    pub load_metrics: Option<LoadMetrics>,
     /// Active health checks, if configured (run by `spawn_checks`).
     pub active_check: Option<ActiveCheck>,
     /// Servers one request may try (at least 1).
@@ -155,6 +160,11 @@ impl Upstream {
                 .priority_header
                 .as_deref()
                 .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+            load_metrics: config.load_metrics.as_ref().map(|m| LoadMetrics {
+                path: m.path.get_ref().clone(),
+                interval: m.interval.0,
+                stale_after: m.stale_after.0,
+            }),
             active_check: config.health.as_ref().map(|h| ActiveCheck {
                 path: h.path.get_ref().clone(),
                 interval: h.interval.0,
@@ -236,7 +246,8 @@ impl Upstream {
         if self.balance == Balance::LeastInflight {
             let candidates: Vec<usize> = (0..self.servers.len()).filter(|&i| eligible(i)).collect();
             let load = |i: usize| (&*self.servers[i].load, self.servers[i].max_inflight);
-            if let Some(index) = balance::least_loaded(&candidates, load) {
+            let stale_after = self.load_metrics.as_ref().map(|m| m.stale_after);
+            if let Some(index) = balance::least_loaded(&candidates, load, stale_after) {
                 return index;
             }
         }

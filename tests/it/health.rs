@@ -207,3 +207,56 @@ async fn active_checks_take_a_loading_model_out_and_bring_it_back() {
     }
     assert_eq!(loading.stats()["completed"], 3, "round robin again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_load_steers_least_inflight_and_stale_metrics_count_as_saturated() {
+    let stuck = LatencyModel { prefill_base_ms: 600_000.0, ..LatencyModel::default() };
+    let busy = Sim::start(SimOptions { latency: stuck, ..SimOptions::default() }).await.unwrap();
+    let fast = LatencyModel { prefill_base_ms: 1.0, decode_ms: 1.0, ..LatencyModel::default() };
+    let idle = Sim::start(SimOptions { latency: fast, ..SimOptions::default() }).await.unwrap();
+    // Load the gateway does not see: clients talking to the busy model directly.
+    let mut direct = Vec::new();
+    for _ in 0..3 {
+        let addr = busy.addr;
+        direct.push(tokio::spawn(async move { send(&mut http1(addr).await, chat_request()).await }));
+    }
+    let extra = "balance = \"least_inflight\"\nload_metrics = { interval = \"50ms\", stale_after = \"5s\" }";
+    let gw = TestGateway::start(&two_servers(&busy.addr.to_string(), &idle.addr.to_string(), extra)).await;
+    let upstream = gw.gateway.runtime().upstreams["model"].clone();
+    let stale = std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (a, b) = (upstream.servers[0].load.reported.score(stale), upstream.servers[1].load.reported.score(stale));
+        if matches!((a, b), (Some(a), Some(b)) if a > b) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the busy model's load was never scraped");
+        tokio::task::yield_now().await;
+    }
+    let addr = gw.addr("127.0.0.1:0");
+    for _ in 0..6 {
+        assert_eq!(send(&mut http1(addr).await, chat_request()).await.0, StatusCode::OK);
+    }
+    assert_eq!(busy.stats()["received"], 3, "only the direct clients' requests reached the busy model");
+    for request in direct {
+        request.abort();
+    }
+
+    // A server with no model metrics is never fresh: it counts as saturated.
+    let plain = Backend::hello().await;
+    let gw = TestGateway::start(&two_servers(&plain.authority(), &idle.addr.to_string(), extra)).await;
+    let upstream = gw.gateway.runtime().upstreams["model"].clone();
+    while upstream.servers[1].load.reported.score(stale).is_none() {
+        assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(10), "never scraped");
+        tokio::task::yield_now().await;
+    }
+    let addr = gw.addr("127.0.0.1:0");
+    for _ in 0..6 {
+        assert_eq!(send(&mut http1(addr).await, chat_request()).await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        plain.request_count()
+            - plain.seen.requests.lock().unwrap().iter().filter(|h| h.uri.path() == "/metrics").count(),
+        0
+    );
+}
