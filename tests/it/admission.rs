@@ -105,7 +105,7 @@ async fn a_queued_client_that_leaves_is_removed_at_once_and_the_slot_passes_on()
     let upstream = gw.gateway.runtime().upstreams["model"].clone();
     let admission = upstream.admission.as_ref().unwrap();
     let held = tokio::spawn(async move { send(&mut http1(addr).await, chat(false)).await });
-    while admission.inflight() != vec![1] {
+    while admission.inflight() != vec![1] || sim.stats()["received"] != 1 {
         tokio::task::yield_now().await;
     }
     let leaving = tokio::spawn(async move { send(&mut http1(addr).await, chat(false)).await });
