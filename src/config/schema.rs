@@ -104,6 +104,14 @@ pub struct UpstreamConfig {
     pub next_upstream_tries: usize,
     /// Time after which no other server is tried (nginx `proxy_next_upstream_timeout`; default none).
     pub next_upstream_timeout: Option<Span>,
+    /// Request bodies up to this size are read before sending, so a failed request can go to another
+    /// server (1 MB); larger ones stream and are not sent again.
+    #[serde(default = "default_retry_body_max")]
+    pub next_upstream_body_max: Size,
+}
+
+fn default_retry_body_max() -> Size {
+    Size(1024 * 1024)
 }
 
 fn default_max_fails() -> u32 {

@@ -14,6 +14,7 @@ use crate::upstream::{ConnectError, Lease, SendTimedOut, Unavailable, Upstream, 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -52,6 +53,22 @@ pub async fn forward(
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let upgrade = websocket::is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
+    // A body small enough to keep is read first, so the request can go to another server if needed.
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if upgrade.is_none()
+        && upstream.tries > 1
+        && declared.is_some_and(|length| length > 0 && length <= upstream.retry_body_max)
+    {
+        // A client that stops sending gets the send timeout, as the backend would.
+        let read = tokio::time::timeout(upstream.timeouts.send.0, body.collect()).await;
+        let bytes = match read {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) => return Err(GatewayError::BadRequest(format!("cannot read the request body: {e}"))),
+            Err(_) => return Err(GatewayError::BadRequest("the request body did not arrive in time".into())),
+        };
+        return forward_buffered(parts, bytes, client, upstream).await;
+    }
     let (body, sent) = RequestBody::new(body);
     forward_body(parts, body, sent, upgrade, client, upstream).await
 }
@@ -165,9 +182,10 @@ async fn forward_body(
             server.load.observe_head(try_started.elapsed());
         }
         let status = response.status();
-        if matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT) {
+        if status.is_server_error() {
             fail();
-            if let (true, Some(copy), false) = (may_retry, copy, status == StatusCode::GATEWAY_TIMEOUT) {
+            let retryable = matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE);
+            if let (true, Some(copy), true) = (may_retry, copy, retryable) {
                 tracing::debug!(%status, "trying another server");
                 request = copy;
                 continue;

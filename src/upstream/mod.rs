@@ -68,6 +68,8 @@ pub struct Upstream {
     pub tries: usize,
     /// Time after which no other server is tried.
     pub retry_timeout: Option<Duration>,
+    /// Request bodies up to this size are kept, so the request can be sent to another server.
+    pub retry_body_max: u64,
     next: AtomicUsize,
 }
 
@@ -176,6 +178,7 @@ impl Upstream {
             tries: if config.next_upstream_tries == 0 { config.servers.len() } else { config.next_upstream_tries }
                 .max(1),
             retry_timeout: config.next_upstream_timeout.map(|t| t.0),
+            retry_body_max: config.next_upstream_body_max.0,
             next: AtomicUsize::new(previous.map_or(0, |old| old.next.load(Ordering::Relaxed))),
         })
     }

@@ -162,3 +162,39 @@ async fn the_priority_header_orders_the_queue() {
     let order: Vec<&str> = finished.lock().unwrap().iter().map(|(name, _)| *name).collect();
     assert_eq!(order, vec!["first", "high", "low"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn under_6x_overload_the_model_survives_and_the_rest_is_told_at_once() {
+    // 2 slots, and the model dies above 4 requests present (as a GPU out of memory).
+    let model = LatencyModel { slots: 2, prefill_base_ms: 100.0, decode_ms: 25.0, ..LatencyModel::default() };
+    let sim = Sim::start(SimOptions { latency: model, crash_above: Some(4), ..SimOptions::default() }).await.unwrap();
+    let gw = TestGateway::start(&admission_config(&sim, 2, r#"{ max = 2, timeout = "5s" }"#)).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let started = tokio::time::Instant::now();
+    let mut requests = Vec::new();
+    for _ in 0..12 {
+        requests.push(tokio::spawn(async move {
+            let (status, headers, _) = send(&mut http1(addr).await, chat(false)).await;
+            (status, headers.contains_key("retry-after"), started.elapsed())
+        }));
+    }
+    let (mut served, mut rejected) = (0, 0);
+    for request in requests {
+        let (status, retry_after, elapsed) = request.await.unwrap();
+        match status {
+            StatusCode::OK => {
+                served += 1;
+                assert!(elapsed < Duration::from_secs(5), "an admitted request missed the SLO: {elapsed:?}");
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                rejected += 1;
+                assert!(retry_after);
+                assert_eq!(elapsed, Duration::ZERO, "rejections are immediate");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((served, rejected), (4, 8), "2 slots and 2 queue places serve 4; 8 are told at once");
+    assert!(!sim.crashed(), "the model survived");
+    assert_eq!(sim.stats()["max_running"], 2);
+}

@@ -260,3 +260,31 @@ async fn reported_load_steers_least_inflight_and_stale_metrics_count_as_saturate
         0
     );
 }
+
+#[tokio::test]
+async fn a_request_with_a_small_body_is_replayed_on_another_server_after_a_502() {
+    let failing = Backend::start(|_| async {
+        let mut response = Response::new(full("bad gateway"));
+        *response.status_mut() = StatusCode::BAD_GATEWAY;
+        response
+    })
+    .await;
+    let echo = Backend::start(|request: http::Request<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        Response::new(full(body))
+    })
+    .await;
+    // The failing server is first in turn: the first request meets it, is replayed on the echo
+    // server, and the failing one is then skipped (max_fails = 1).
+    let gw = TestGateway::start(&two_servers(&failing.authority(), &echo.authority(), "")).await;
+    let addr = gw.addr("127.0.0.1:0");
+    for i in 0..4 {
+        let payload = format!("{{\"request\": {i}, \"image\": \"{}\"}}", "A".repeat(2000));
+        let request =
+            http::Request::post("/v1/chat/completions").header("host", "h").body(full(payload.clone())).unwrap();
+        let (status, _, body) = send(&mut http1(addr).await, request).await;
+        assert_eq!((status, body), (StatusCode::OK, payload), "request {i}");
+    }
+    assert_eq!(failing.request_count(), 1, "the failing server saw the first request only");
+}
