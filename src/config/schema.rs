@@ -108,6 +108,10 @@ pub struct UpstreamConfig {
     /// server (1 MB); larger ones stream and are not sent again.
     #[serde(default = "default_retry_body_max")]
     pub next_upstream_body_max: Size,
+    /// Send a request that reached a server (and failed there) to another one even if its method is
+    /// not idempotent, as a POST to a model is (nginx `proxy_next_upstream non_idempotent`; false).
+    #[serde(default)]
+    pub next_upstream_non_idempotent: bool,
 }
 
 fn default_retry_body_max() -> Size {

@@ -56,9 +56,8 @@ pub async fn forward(
     // A body small enough to keep is read first, so the request can go to another server if needed.
     let declared =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if upgrade.is_none()
-        && upstream.tries > 1
-        && declared.is_some_and(|length| length > 0 && length <= upstream.retry_body_max)
+    let may_resend = upstream.tries > 1 && (parts.method.is_idempotent() || upstream.retry_non_idempotent);
+    if upgrade.is_none() && may_resend && declared.is_some_and(|length| length > 0 && length <= upstream.retry_body_max)
     {
         // A client that stops sending gets the send timeout, as the backend would.
         let read = tokio::time::timeout(upstream.timeouts.send.0, body.collect()).await;
@@ -142,8 +141,10 @@ async fn forward_body(
             }
         };
         // A request without a streamed body can be sent again: after a kept-alive connection turns out
-        // closed, or to another server after a 502/503. It is copied only when that may happen.
-        let copy = (connection.reused || may_retry).then(|| replay_copy(&request)).flatten();
+        // closed, or to another server after a 502/503 (as nginx: only idempotent methods, unless the
+        // upstream allows others). It is copied only when that may happen.
+        let resend_elsewhere = may_retry && (request.method().is_idempotent() || upstream.retry_non_idempotent);
+        let copy = (connection.reused || resend_elsewhere).then(|| replay_copy(&request)).flatten();
         let response = match exchange(&mut connection, request, &mut sent, waits).await {
             // A kept-alive connection the backend had closed: the request never left (or, bodiless,
             // got no answer at all), so a fresh connection gets it.
@@ -170,7 +171,7 @@ async fn forward_body(
                 // Another server gets a request that never left, or a bodiless one that got no answer.
                 match (failure, copy) {
                     (Failure::NotSent(unsent, _), _) if may_retry => request = *unsent,
-                    (Failure::Closed(_), Some(copy)) if may_retry => request = copy,
+                    (Failure::Closed(_), Some(copy)) if resend_elsewhere => request = copy,
                     (Failure::NotSent(_, error) | Failure::Closed(error), _) => return Err(classify(&error)),
                     (Failure::Failed(error), _) => return Err(error),
                 }
@@ -185,7 +186,7 @@ async fn forward_body(
         if status.is_server_error() {
             fail();
             let retryable = matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE);
-            if let (true, Some(copy), true) = (may_retry, copy, retryable) {
+            if let (true, Some(copy), true) = (resend_elsewhere, copy, retryable) {
                 tracing::debug!(%status, "trying another server");
                 request = copy;
                 continue;

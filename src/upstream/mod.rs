@@ -70,6 +70,8 @@ pub struct Upstream {
     pub retry_timeout: Option<Duration>,
     /// Request bodies up to this size are kept, so the request can be sent to another server.
     pub retry_body_max: u64,
+    /// A request that reached a server may be sent to another even if its method is not idempotent.
+    pub retry_non_idempotent: bool,
     next: AtomicUsize,
 }
 
@@ -179,6 +181,7 @@ impl Upstream {
                 .max(1),
             retry_timeout: config.next_upstream_timeout.map(|t| t.0),
             retry_body_max: config.next_upstream_body_max.0,
+            retry_non_idempotent: config.next_upstream_non_idempotent,
             next: AtomicUsize::new(previous.map_or(0, |old| old.next.load(Ordering::Relaxed))),
         })
     }

@@ -276,8 +276,13 @@ async fn a_request_with_a_small_body_is_replayed_on_another_server_after_a_502()
     })
     .await;
     // The failing server is first in turn: the first request meets it, is replayed on the echo
-    // server, and the failing one is then skipped (max_fails = 1).
-    let gw = TestGateway::start(&two_servers(&failing.authority(), &echo.authority(), "")).await;
+    // server, and the failing one is then skipped (max_fails = 1). A POST is replayed only when allowed.
+    let gw = TestGateway::start(&two_servers(
+        &failing.authority(),
+        &echo.authority(),
+        "next_upstream_non_idempotent = true",
+    ))
+    .await;
     let addr = gw.addr("127.0.0.1:0");
     for i in 0..4 {
         let payload = format!("{{\"request\": {i}, \"image\": \"{}\"}}", "A".repeat(2000));
