@@ -89,6 +89,9 @@ pub enum StreamTimedOut {
     /// The whole response took longer than the total timeout.
     #[error("upstream response exceeded the total timeout of {0:?}")]
     Total(Duration),
+    /// The server was drained or removed, and the stream outlived the grace given to it.
+    #[error("the model server was taken out of service; retry")]
+    Drained,
 }
 
 impl StreamTimedOut {
@@ -97,6 +100,7 @@ impl StreamTimedOut {
         let code = match self {
             StreamTimedOut::Idle(_) => "upstream_idle_timeout",
             StreamTimedOut::Total(_) => "upstream_total_timeout",
+            StreamTimedOut::Drained => "upstream_drained",
         };
         let error = serde_json::json!({"error": {"message": self.to_string(), "type": "timeout_error", "code": code}});
         Bytes::from(format!("event: error\ndata: {error}\n\n"))
@@ -124,7 +128,7 @@ pub struct UpstreamBody {
     inner: Incoming,
     connection: Option<(UpstreamConnection, PoolKey)>,
     /// The server slot and in-flight count this response holds until it ends or is dropped.
-    _lease: Lease,
+    lease: Lease,
     timeouts: BodyTimeouts,
     timer: Option<Pin<Box<Sleep>>>,
     /// Set once the SSE error event went out: the body yields once (so the event is flushed) and
@@ -140,7 +144,7 @@ impl UpstreamBody {
         lease: Lease,
         timeouts: BodyTimeouts,
     ) -> Self {
-        UpstreamBody { inner, connection, _lease: lease, timeouts, timer: None, failed: None }
+        UpstreamBody { inner, connection, lease: lease, timeouts, timer: None, failed: None }
     }
 
     fn release_connection(&mut self) {
@@ -149,10 +153,39 @@ impl UpstreamBody {
         }
     }
 
-    /// When the next frame must have arrived: the idle limit, or the total one if nearer.
+    /// When the next frame must have arrived: the idle limit, or the total or drain one if nearer.
     fn next_deadline(&self) -> tokio::time::Instant {
         let idle_deadline = tokio::time::Instant::now() + self.timeouts.idle;
-        self.timeouts.total.map_or(idle_deadline, |(total_deadline, _)| total_deadline.min(idle_deadline))
+        let deadline =
+            self.timeouts.total.map_or(idle_deadline, |(total_deadline, _)| total_deadline.min(idle_deadline));
+        self.drain_deadline().map_or(deadline, |drain| drain.min(deadline))
+    }
+
+    fn drain_deadline(&self) -> Option<tokio::time::Instant> {
+        self.lease.drain_watch.as_ref().and_then(|load| load.drain_deadline())
+    }
+
+    /// The cut that applies now, if any.
+    fn expired(&self) -> Option<StreamTimedOut> {
+        let now = tokio::time::Instant::now();
+        if self.drain_deadline().is_some_and(|deadline| now >= deadline) {
+            return Some(StreamTimedOut::Drained);
+        }
+        match self.timeouts.total {
+            Some((deadline, total)) if now >= deadline => Some(StreamTimedOut::Total(total)),
+            _ => None,
+        }
+    }
+
+    /// Ends the body for `failure`: an SSE error event first on event streams, then an error.
+    fn cut(&mut self, failure: StreamTimedOut) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.connection = None;
+        if self.timeouts.sse {
+            let event = failure.sse_event();
+            self.failed = Some((failure, false));
+            return Poll::Ready(Some(Ok(Frame::data(event))));
+        }
+        Poll::Ready(Some(Err(Box::new(failure))))
     }
 }
 
@@ -171,6 +204,11 @@ impl Body for UpstreamBody {
             }
             Some((failure, true)) => return Poll::Ready(Some(Err(Box::new(failure)))),
             None => {}
+        }
+        if this.lease.drain_watch.is_some() {
+            if let Some(StreamTimedOut::Drained) = this.expired() {
+                return this.cut(StreamTimedOut::Drained);
+            }
         }
         if let Some((connection, _)) = &mut this.connection {
             connection.poll_driver(cx);
@@ -202,17 +240,8 @@ impl Body for UpstreamBody {
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                this.connection = None;
-                let failure = match this.timeouts.total {
-                    Some((deadline, total)) if tokio::time::Instant::now() >= deadline => StreamTimedOut::Total(total),
-                    _ => StreamTimedOut::Idle(this.timeouts.idle),
-                };
-                if this.timeouts.sse {
-                    let event = failure.sse_event();
-                    this.failed = Some((failure, false));
-                    return Poll::Ready(Some(Ok(Frame::data(event))));
-                }
-                Poll::Ready(Some(Err(Box::new(failure))))
+                let failure = this.expired().unwrap_or(StreamTimedOut::Idle(this.timeouts.idle));
+                this.cut(failure)
             }
         }
     }

@@ -115,7 +115,7 @@ async fn forward_body(
         tried.push(index);
         let server = &upstream.servers[index];
         let balancing = upstream.tracks_load();
-        let lease = Lease { permit, in_flight: balancing.then(|| server.load.start()) };
+        let mut lease = Lease { permit, in_flight: balancing.then(|| server.load.start()), drain_watch: None };
         let try_started = tokio::time::Instant::now();
         let may_retry = tried.len() < upstream.tries && retry_deadline.is_none_or(|d| tokio::time::Instant::now() < d);
         let fail = || {
@@ -200,6 +200,10 @@ async fn forward_body(
             ResponseBody::Empty
         } else {
             let timeouts = body_timeouts(&parts, upstream, total);
+            if timeouts.sse {
+                // Streams are long: they watch for their server being drained.
+                lease.drain_watch = Some(server.load.clone());
+            }
             ResponseBody::Upstream {
                 inner: UpstreamBody::new(body, Some((connection, server.pool.key())), lease, timeouts),
             }

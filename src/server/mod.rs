@@ -9,7 +9,7 @@ pub mod workers;
 
 use crate::config::{ConfigError, ConfigErrors, Source, EMBEDDED_DEFAULT};
 use crate::runtime::Runtime;
-use crate::upstream::{spawn_checks, spawn_scrapes};
+use crate::upstream::{mark_drains, spawn_checks, spawn_scrapes};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -134,6 +134,7 @@ impl Gateway {
         // Bind new addresses before publishing, so a failed bind leaves everything as it was.
         self.bind_new(&next, &source).await?;
         self.runtime.store(next.clone());
+        mark_drains(&current.upstreams, &next.upstreams, next.http.drain_timeout.0);
         // Checks of the replaced upstreams end on their own when those are dropped.
         next.upstreams.values().for_each(spawn_checks);
         next.upstreams.values().for_each(spawn_scrapes);

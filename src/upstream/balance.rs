@@ -157,9 +157,13 @@ pub fn hash(bytes: &[u8]) -> u64 {
     std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(bytes)
 }
 
-/// What `least_inflight` knows of one server; shared by every worker.
-#[derive(Debug, Default)]
+/// What the gateway knows of one server's load, and whether it is being drained; shared by every
+/// worker and kept across reloads.
+#[derive(Debug)]
 pub struct ServerLoad {
+    origin: tokio::time::Instant,
+    /// 0, or 1 + the millisecond (since `origin`) after which its streams are cut (drain).
+    drain_deadline_ms: AtomicU64,
     inflight: AtomicUsize,
     /// Moving average of the time to the response head, in microseconds (0: no sample yet).
     head_ewma_us: AtomicU64,
@@ -167,7 +171,37 @@ pub struct ServerLoad {
     pub reported: super::metrics_scrape::Reported,
 }
 
+impl Default for ServerLoad {
+    fn default() -> Self {
+        ServerLoad {
+            origin: tokio::time::Instant::now(),
+            drain_deadline_ms: AtomicU64::new(0),
+            inflight: AtomicUsize::new(0),
+            head_ewma_us: AtomicU64::new(0),
+            reported: Default::default(),
+        }
+    }
+}
+
 impl ServerLoad {
+    /// The server leaves rotation (drained or removed): its streams may run for `grace`, then are cut.
+    /// A drain already under way keeps its deadline.
+    pub fn start_drain(&self, grace: Duration) {
+        let deadline = u64::try_from((self.origin.elapsed() + grace).as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        let _ = self.drain_deadline_ms.compare_exchange(0, deadline, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The server is back in rotation.
+    pub fn stop_drain(&self) {
+        self.drain_deadline_ms.store(0, Ordering::Release);
+    }
+
+    /// When streams on this server are cut, if it is draining.
+    pub fn drain_deadline(&self) -> Option<tokio::time::Instant> {
+        let ms = self.drain_deadline_ms.load(Ordering::Acquire).checked_sub(1)?;
+        Some(self.origin + Duration::from_millis(ms))
+    }
+
     /// Counts a request in flight until the returned guard is dropped (its response ended).
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.inflight.fetch_add(1, Ordering::AcqRel);

@@ -20,6 +20,7 @@ pub use pool::{PoolKey, PoolSettings, ServerPool, UpstreamConnection};
 
 use crate::config::{UpstreamConfig, UpstreamTimeouts};
 use http::uri::Authority;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,14 +76,36 @@ pub struct Upstream {
     next: AtomicUsize,
 }
 
-/// What a request holds on its server until its response ends: a slot (admission control) and a
-/// place in the in-flight count (`least_inflight`). Dropping it releases both.
+/// What a request holds on its server until its response ends: a slot (admission control), a place
+/// in the in-flight count (`least_inflight`, `hash`), and for a stream the server's drain state, so
+/// the stream is cut when a drained server's grace ends. Dropping it releases them.
 #[derive(Default)]
 pub struct Lease {
     /// The admission slot, if the upstream has limits.
     pub permit: Option<Permit>,
     /// The in-flight count, if the upstream balances by load.
     pub in_flight: Option<InFlight>,
+    /// The server's load and drain state, watched by event streams.
+    pub drain_watch: Option<Arc<ServerLoad>>,
+}
+
+/// After a reload: servers the new config removed or marks `drain = true` leave rotation and their
+/// streams get `grace` to finish; servers back in rotation stop draining.
+pub fn mark_drains(previous: &HashMap<String, Arc<Upstream>>, next: &HashMap<String, Arc<Upstream>>, grace: Duration) {
+    for (name, old) in previous {
+        for server in &old.servers {
+            let now = next.get(name).and_then(|new| new.servers.iter().find(|s| s.authority == server.authority));
+            match now {
+                Some(new) if !new.draining => new.load.stop_drain(),
+                _ => server.load.start_drain(grace),
+            }
+        }
+    }
+    for upstream in next.values() {
+        for server in upstream.servers.iter().filter(|s| s.draining) {
+            server.load.start_drain(grace);
+        }
+    }
 }
 
 /// What balancing and queueing need to know of one request.

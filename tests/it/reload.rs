@@ -242,3 +242,37 @@ async fn blue_green_switch_under_streaming_load_fails_no_request() {
     assert!(ok >= 60, "only {ok} streams");
     assert_eq!(blue.stats()["aborted"], 0, "no stream on the old service was cut");
 }
+
+#[tokio::test(start_paused = true)]
+async fn streams_on_a_drained_server_finish_within_the_grace_or_end_with_an_error_event() {
+    use http_body_util::BodyExt;
+    use infergate::sim::engine::LatencyModel;
+    use infergate::sim::{Sim, SimOptions};
+    let model = LatencyModel { prefill_base_ms: 10.0, decode_ms: 10.0, ..LatencyModel::default() };
+    let sim = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
+    let config = |drain: bool| {
+        format!("[http]\ndrain_timeout = \"2s\"\n\n[[upstream]]\nname = \"model\"\nservers = [{{ addr = \"{}\", drain = {drain} }}]\n\n[[server]]\nlisten = [\"127.0.0.1:0\"]\n  [[server.location]]\n  prefix = \"/\"\n  proxy = \"model\"\n", sim.addr)
+    };
+    let gw = TestGateway::start(&config(false)).await;
+    let body = r#"{"stream": true, "max_tokens": 100000, "messages": [{"role": "user", "content": "hi"}]}"#;
+    let request = http::Request::post("/v1/chat/completions").header("host", "h").body(full(body)).unwrap();
+    let mut stream = http1(gw.addr("127.0.0.1:0")).await.send_request(request).await.unwrap().into_body();
+    stream.frame().await.unwrap().unwrap();
+    gw.rewrite(&config(true));
+    gw.gateway.reload().await.unwrap();
+    let drained_at = tokio::time::Instant::now();
+    let event = loop {
+        let frame = stream.frame().await.expect("ended without an event").expect("cut without an event");
+        let data = String::from_utf8_lossy(frame.data_ref().unwrap()).into_owned();
+        if data.starts_with("event: error") {
+            break data;
+        }
+    };
+    assert!(event.contains("upstream_drained"), "{event}");
+    let grace = drained_at.elapsed();
+    assert!((Duration::from_secs(2)..Duration::from_millis(2_020)).contains(&grace), "{grace:?}");
+    assert!(matches!(stream.frame().await, Some(Err(_))), "then cut, never a clean end");
+    // A drained server gets no new request: with no other server, the answer is 503 at once.
+    let (status, _, _) = fetch(gw.addr("127.0.0.1:0"), "/v1/models").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
