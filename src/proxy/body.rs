@@ -144,7 +144,7 @@ impl UpstreamBody {
         lease: Lease,
         timeouts: BodyTimeouts,
     ) -> Self {
-        UpstreamBody { inner, connection, lease: lease, timeouts, timer: None, failed: None }
+        UpstreamBody { inner, connection, lease, timeouts, timer: None, failed: None }
     }
 
     fn release_connection(&mut self) {
