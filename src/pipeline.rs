@@ -1,5 +1,6 @@
 //! The life of one request, as the named phases of ARCHITECTURE.md's data path, run in this order:
 //!
+//! 0. The client's address, from a trusted proxy's headers when `[http] trusted_proxies` says so.
 //! 1. [`check_limits`]: request limits hyper does not enforce itself (URI length).
 //! 2. [`route`]: the virtual server by Host, then the location by normalized path.
 //! 3. [`request_policies`]: the location's rate limits (more policies join here in a fixed order).
@@ -31,6 +32,7 @@ pub async fn serve(
     client: &ClientInfo,
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
+    let client = &*runtime.trusted_proxies.client(client, request.headers());
     let server = listener.hosts.select(host_of(&request));
     let routed = check_limits(runtime, &request).and_then(|()| route(server, &request));
     match routed {

@@ -9,6 +9,7 @@ use crate::config::{
     Source,
 };
 use crate::policy::ratelimit::{parse_rate, Limit, Zone};
+use crate::policy::realip::{parse_net, TrustedProxies};
 use crate::policy::RateLimit;
 use crate::route::{Handler, Location, LocationTable, NameTable, VirtualServer};
 use crate::server::tls::{self, TlsSite};
@@ -43,6 +44,8 @@ pub struct Runtime {
     pub upstreams: HashMap<String, Arc<Upstream>>,
     /// Rate limit zones by name, kept so the next reload can keep their counts.
     pub zones: HashMap<String, Arc<Zone>>,
+    /// Whose forwarding headers name the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Runtime {
@@ -67,6 +70,8 @@ impl Runtime {
             }
         }
 
+        let trusted_proxies =
+            TrustedProxies::new(config.http.trusted_proxies.iter().filter_map(|entry| parse_net(entry.get_ref())));
         let mut zones = HashMap::new();
         for (name, zone) in &config.limit_zones {
             let Some(rate) = parse_rate(zone.rate.get_ref()) else { continue };
@@ -140,6 +145,7 @@ impl Runtime {
             listeners,
             upstreams,
             zones,
+            trusted_proxies,
         })
     }
 }

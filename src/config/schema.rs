@@ -45,6 +45,9 @@ pub struct HttpSettings {
     pub max_headers: usize,
     /// On SIGTERM, how long in-flight requests may run before the process exits anyway (30 s).
     pub drain_timeout: Span,
+    /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` / `X-Real-IP` name the client (nginx
+    /// `set_real_ip_from`; default none: the client is the socket peer).
+    pub trusted_proxies: Vec<Spanned<String>>,
 }
 
 impl Default for HttpSettings {
@@ -58,6 +61,7 @@ impl Default for HttpSettings {
             max_header_size: Size(32 * 1024),
             max_headers: 100,
             drain_timeout: Span(Duration::from_secs(30)),
+            trusted_proxies: Vec::new(),
         }
     }
 }

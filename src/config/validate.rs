@@ -84,6 +84,17 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
         }
     }
 
+    for entry in &config.http.trusted_proxies {
+        if crate::policy::realip::parse_net(entry.get_ref()).is_none() {
+            errors.push(source.error(
+                entry.span(),
+                format!(
+                    "invalid trusted proxy {:?} (expected a CIDR like \"10.0.0.0/8\" or an address)",
+                    entry.get_ref()
+                ),
+            ));
+        }
+    }
     let mut zone_names = HashSet::new();
     for (name, zone) in &config.limit_zones {
         zone_names.insert(name.get_ref().as_str());

@@ -1,7 +1,8 @@
-//! Request policies: what runs between routing and the handler, in one fixed order. Today: rate
-//! limits (nginx's `limit_req`).
+//! Request policies: what runs between routing and the handler, in one fixed order. Today: the
+//! client's address behind trusted proxies (nginx's realip) and rate limits (nginx's `limit_req`).
 
 pub mod ratelimit;
+pub mod realip;
 
 use crate::error::GatewayError;
 use crate::proxy::ClientInfo;

@@ -67,3 +67,28 @@ async fn unknown_zones_and_bad_rates_are_config_errors() {
     assert!(errors.contains("t.toml:4:8: invalid rate \"10 per second\""), "{errors}");
     assert!(errors.contains("unknown limit zone `nope`"), "{errors}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() {
+    let limited = SEED_LIMIT.replace("burst = 20, nodelay = true", "burst = 0, nodelay = true");
+    let request = |client: &str| {
+        http::Request::get("/v1/inference")
+            .header("host", "h")
+            .header("x-forwarded-for", client.to_string())
+            .body(full(""))
+            .unwrap()
+    };
+    // Trusted: the loopback peer is a proxy, so every forwarded address is its own client.
+    let gw = TestGateway::start(&format!("[http]\ntrusted_proxies = [\"127.0.0.1\"]\n{limited}")).await;
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    for i in 0..5 {
+        let (status, _, _) = send(&mut client, request(&format!("198.51.100.{i}"))).await;
+        assert_eq!(status, StatusCode::OK, "client {i}");
+    }
+    assert_eq!(send(&mut client, request("198.51.100.0")).await.0, StatusCode::TOO_MANY_REQUESTS);
+    // Untrusted (no trusted_proxies): the header is ignored and all share the peer's bucket.
+    let gw = TestGateway::start(&limited).await;
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    assert_eq!(send(&mut client, request("198.51.100.1")).await.0, StatusCode::OK);
+    assert_eq!(send(&mut client, request("198.51.100.2")).await.0, StatusCode::TOO_MANY_REQUESTS);
+}
