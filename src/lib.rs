@@ -11,6 +11,7 @@ pub mod error;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;
+pub mod request_id;
 pub mod route;
 pub mod runtime;
 pub mod server;

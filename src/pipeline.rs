@@ -1,6 +1,7 @@
 //! The life of one request, as the named phases of ARCHITECTURE.md's data path, run in this order:
 //!
-//! 0. The client's address, from a trusted proxy's headers when `[http] trusted_proxies` says so.
+//! 0. The request's `X-Request-Id` (kept or made), and the client's address, from a trusted proxy's
+//!    headers when `[http] trusted_proxies` says so.
 //! 1. [`check_limits`]: request limits hyper does not enforce itself (URI length).
 //! 2. [`route`]: the virtual server by Host, then the location by normalized path.
 //! 3. [`request_policies`]: the location's rate limits (more policies join here in a fixed order).
@@ -15,6 +16,7 @@ use crate::config::ErrorFormat;
 use crate::error::GatewayError;
 use crate::policy;
 use crate::proxy::{self, ClientInfo};
+use crate::request_id;
 use crate::route::{self, Handler, Location, VirtualServer};
 use crate::runtime::{ListenerSpec, Runtime};
 use crate::template::Vars;
@@ -24,9 +26,23 @@ use hyper::body::Incoming;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Serves one request that arrived on `listener` under `runtime`.
 pub async fn serve(
+    runtime: &Runtime,
+    listener: &ListenerSpec,
+    client: &ClientInfo,
+    mut request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let request_id = request_id::ensure(request.headers_mut());
+    // Every log line of this request names its id (the span is free when debug logs are off).
+    let span = tracing::debug_span!("request", id = ?request_id);
+    let response = serve_identified(runtime, listener, client, request).instrument(span).await;
+    with_request_id(response, request_id)
+}
+
+async fn serve_identified(
     runtime: &Runtime,
     listener: &ListenerSpec,
     client: &ClientInfo,
@@ -157,6 +173,12 @@ fn finish(mut response: Response<ResponseBody>, add_header: &[(HeaderName, Heade
     for (name, value) in add_header {
         response.headers_mut().insert(name.clone(), value.clone());
     }
+    response
+}
+
+/// Returns the request's id to the client.
+fn with_request_id(mut response: Response<ResponseBody>, request_id: HeaderValue) -> Response<ResponseBody> {
+    response.headers_mut().insert(&request_id::X_REQUEST_ID, request_id);
     response
 }
 

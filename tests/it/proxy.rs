@@ -127,3 +127,19 @@ async fn refused_upstream_answers_502_json() {
     assert_eq!(json["error"]["code"], "upstream_unreachable");
     assert!(json["error"]["message"].as_str().unwrap().contains(&addr.to_string()));
 }
+
+#[tokio::test]
+async fn request_ids_are_kept_or_made_and_travel_both_ways() {
+    let backend = Backend::hello().await;
+    let gw = TestGateway::start(&proxy_config(&backend.authority(), "")).await;
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    let request = Request::get("/").header("host", "h").header("x-request-id", "trace-42").body(full("")).unwrap();
+    let (_, headers, _) = send(&mut client, request).await;
+    assert_eq!(headers["x-request-id"], "trace-42");
+    let (_, headers, _) = send(&mut client, get("/")).await;
+    let made = headers["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(made.len(), 32);
+    let seen = backend.seen.requests.lock().unwrap();
+    assert_eq!(seen[0].headers["x-request-id"], "trace-42");
+    assert_eq!(seen[1].headers["x-request-id"], made.as_str(), "the backend got the same id");
+}

@@ -1,0 +1,43 @@
+//! `X-Request-Id`: kept when the client sent a valid one, generated otherwise; sent upstream, returned
+//! to the client, and named in the gateway's logs, so one request can be followed across systems.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// The header's name.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request's id: the client's when valid (1-128 of `A-Z a-z 0-9 . _ -`), else a new random one
+/// (128 bits, hex). The request's headers are updated to carry it upstream.
+pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(value) = headers.get(&X_REQUEST_ID) {
+        let bytes = value.as_bytes();
+        if (1..=128).contains(&bytes.len())
+            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return value.clone();
+        }
+    }
+    let id =
+        HeaderValue::try_from(format!("{:032x}", fastrand::u128(..))).unwrap_or_else(|_| HeaderValue::from_static("0"));
+    headers.insert(&X_REQUEST_ID, id.clone());
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_valid_ids_and_replaces_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("trace-1.a_b"));
+        assert_eq!(ensure(&mut headers), "trace-1.a_b");
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("has spaces"));
+        let replaced = ensure(&mut headers);
+        assert_eq!(replaced.len(), 32);
+        assert_eq!(headers[&X_REQUEST_ID], replaced);
+        let mut empty = HeaderMap::new();
+        let generated = ensure(&mut empty);
+        assert_ne!(generated, ensure(&mut HeaderMap::new()), "random");
+    }
+}
