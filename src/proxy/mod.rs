@@ -10,7 +10,9 @@ pub use body::{BodyTimeouts, RequestBody, StreamTimedOut, UpstreamBody};
 
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
-use crate::upstream::{ConnectError, Lease, SendTimedOut, Unavailable, Upstream, UpstreamConnection, UpstreamServer};
+use crate::upstream::{
+    ConnectError, Lease, SendTimedOut, Tried, Unavailable, Upstream, UpstreamConnection, UpstreamServer,
+};
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
@@ -106,13 +108,13 @@ async fn forward_body(
     let retry_deadline = upstream.retry_timeout.map(|t| started + t);
     let facts = upstream.facts(request.headers(), &client.ip);
 
-    let mut tried: Vec<usize> = Vec::with_capacity(1);
+    let mut tried = Tried::default();
     loop {
         let (index, permit) = upstream.admit(&tried, facts).await.map_err(|unavailable| match unavailable {
             Unavailable::Overloaded(rejection) => GatewayError::Overloaded(rejection),
             Unavailable::NoHealthyServer => GatewayError::NoHealthyServer,
         })?;
-        tried.push(index);
+        tried.add(index);
         let server = &upstream.servers[index];
         let balancing = upstream.tracks_load();
         let mut lease = Lease { permit, in_flight: balancing.then(|| server.load.start()), drain_watch: None };

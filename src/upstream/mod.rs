@@ -108,6 +108,46 @@ pub fn mark_drains(previous: &HashMap<String, Arc<Upstream>>, next: &HashMap<Str
     }
 }
 
+/// The servers one request has tried, without allocating for the usual handful.
+#[derive(Debug, Default)]
+pub struct Tried {
+    /// Servers 0-63, one bit each.
+    low: u64,
+    /// Servers from 64 on.
+    high: Vec<usize>,
+    count: usize,
+}
+
+impl Tried {
+    /// Records a try on `index`.
+    pub fn add(&mut self, index: usize) {
+        match 1u64.checked_shl(u32::try_from(index).unwrap_or(u32::MAX)) {
+            Some(bit) if index < 64 => self.low |= bit,
+            _ => self.high.push(index),
+        }
+        self.count += 1;
+    }
+
+    /// Whether `index` was tried.
+    pub fn contains(&self, index: usize) -> bool {
+        if index < 64 {
+            self.low & (1 << index) != 0
+        } else {
+            self.high.contains(&index)
+        }
+    }
+
+    /// Tries so far.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// No try yet.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
 /// What balancing and queueing need to know of one request.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestFacts {
@@ -212,10 +252,10 @@ impl Upstream {
     /// A server for the next try of a request, skipping servers marked down and those in `tried`,
     /// with its slot under admission control. The first try may wait in the queue; a retry takes a
     /// free slot or gives up at once.
-    pub async fn admit(&self, tried: &[usize], facts: RequestFacts) -> Result<(usize, Option<Permit>), Unavailable> {
+    pub async fn admit(&self, tried: &Tried, facts: RequestFacts) -> Result<(usize, Option<Permit>), Unavailable> {
         let eligible = |index: usize| {
             let server = &self.servers[index];
-            !tried.contains(&index) && !server.draining && server.health.is_up()
+            !tried.contains(index) && !server.draining && server.health.is_up()
         };
         if !(0..self.servers.len()).any(eligible) {
             return Err(Unavailable::NoHealthyServer);
