@@ -41,6 +41,12 @@ CONF
   NGINX_DIRS+=("$dir")
 }
 
+# start_backend PORT: the fixed small JSON backend every proxy is measured against (an nginx).
+start_backend() {
+  start_nginx backend "server { listen 127.0.0.1:$1; keepalive_requests 1000000;
+    location / { default_type application/json; return 200 '{\"id\":\"cmpl-1\",\"object\":\"chat.completion\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"ok\"}}]}'; } }"
+}
+
 # Pids of a started nginx (master and workers).
 nginx_pids() { local master; master=$(cat "$WORK/$1/nginx.pid"); echo "$master $(pgrep -P "$master" | tr '\n' ' ')"; }
 

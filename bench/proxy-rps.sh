@@ -18,8 +18,7 @@ BACKEND=18080 NGINX=18081 GATEWAY=18082
 install_tools
 cargo build --release -q
 
-start_nginx backend "server { listen 127.0.0.1:$BACKEND; keepalive_requests 1000000;
-  location / { default_type application/json; return 200 '{\"id\":\"cmpl-1\",\"object\":\"chat.completion\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"ok\"}}]}'; } }"
+start_backend $BACKEND
 start_nginx proxy "upstream backend { server 127.0.0.1:$BACKEND; keepalive 32; }
   server { listen 127.0.0.1:$NGINX; keepalive_requests 1000000;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\";

@@ -5,12 +5,9 @@
 //! it back. Read on every pick with two atomic loads; written only when something changes.
 
 use super::Upstream;
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -131,40 +128,20 @@ pub struct ActiveCheck {
 /// Runs an upstream's active checks until the upstream is dropped (replaced by a reload).
 pub fn spawn_checks(upstream: &Arc<Upstream>) {
     let Some(check) = upstream.active_check.clone() else { return };
-    let weak: Weak<Upstream> = Arc::downgrade(upstream);
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(check.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            let Some(upstream) = weak.upgrade() else { return };
-            for server in &upstream.servers {
-                let passed = probe(server, &check).await;
-                if let Some(up) = server.health.record_check(passed, check.rise, check.fall) {
-                    let state = if up { "back up" } else { "down" };
-                    tracing::warn!(upstream = %upstream.name, server = %server.authority, "active health check: {state}");
-                }
+    let interval = check.interval;
+    super::probe::every(upstream, interval, move |upstream, index| {
+        let check = check.clone();
+        async move {
+            let server = &upstream.servers[index];
+            // The body is read (and dropped) so the check sees the whole answer.
+            let answer = super::probe::get(server, &check.path, check.timeout, 64 * 1024).await;
+            let passed = answer.is_some_and(|(status, _)| check.expect.contains(&status));
+            if let Some(up) = server.health.record_check(passed, check.rise, check.fall) {
+                let state = if up { "back up" } else { "down" };
+                tracing::warn!(upstream = %upstream.name, server = %server.authority, "active health check: {state}");
             }
         }
     });
-}
-
-/// One `GET` of the check path on a fresh connection (never a pooled one, never a generation).
-async fn probe(server: &super::UpstreamServer, check: &ActiveCheck) -> bool {
-    let attempt = async {
-        let stream = tokio::net::TcpStream::connect(server.authority.as_str()).await.ok()?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
-        tokio::spawn(connection);
-        let request = Request::get(check.path.as_str())
-            .header("host", server.authority.as_str())
-            .body(Empty::<Bytes>::new())
-            .ok()?;
-        let response = sender.send_request(request).await.ok()?;
-        let status = response.status();
-        response.into_body().collect().await.ok()?;
-        Some(check.expect.contains(&status))
-    };
-    tokio::time::timeout(check.timeout, attempt).await.ok().flatten().unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -3,12 +3,8 @@
 //! direct clients) and how full the KV cache is. A server whose numbers are stale counts as saturated.
 
 use super::Upstream;
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -105,36 +101,19 @@ fn parse(text: &str) -> Option<Sample> {
 /// Scrapes an upstream's servers until the upstream is dropped (replaced by a reload).
 pub fn spawn_scrapes(upstream: &Arc<Upstream>) {
     let Some(config) = upstream.load_metrics.clone() else { return };
-    let weak: Weak<Upstream> = Arc::downgrade(upstream);
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(config.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            let Some(upstream) = weak.upgrade() else { return };
-            for server in &upstream.servers {
-                if let Some(sample) = scrape(server.authority.as_str(), &config).await {
-                    server.load.reported.store(sample);
-                }
+    let interval = config.interval;
+    super::probe::every(upstream, interval, move |upstream, index| {
+        let config = config.clone();
+        async move {
+            let server = &upstream.servers[index];
+            let timeout = config.interval.max(Duration::from_millis(100));
+            let Some((status, body)) = super::probe::get(server, &config.path, timeout, 4 << 20).await else { return };
+            let sample = status.is_success().then(|| std::str::from_utf8(&body).ok().and_then(parse)).flatten();
+            if let Some(sample) = sample {
+                server.load.reported.store(sample);
             }
         }
     });
-}
-
-async fn scrape(authority: &str, config: &LoadMetrics) -> Option<Sample> {
-    let attempt = async {
-        let stream = tokio::net::TcpStream::connect(authority).await.ok()?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
-        tokio::spawn(connection);
-        let request = Request::get(config.path.as_str()).header("host", authority).body(Empty::<Bytes>::new()).ok()?;
-        let response = sender.send_request(request).await.ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        let body = Limited::new(response.into_body(), 4 << 20).collect().await.ok()?.to_bytes();
-        parse(std::str::from_utf8(&body).ok()?)
-    };
-    tokio::time::timeout(config.interval.max(Duration::from_millis(100)), attempt).await.ok().flatten()
 }
 
 #[cfg(test)]

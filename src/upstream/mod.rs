@@ -7,6 +7,7 @@ mod connector;
 mod health;
 mod metrics_scrape;
 mod pool;
+mod probe;
 
 pub use metrics_scrape::{spawn_scrapes, LoadMetrics};
 

@@ -113,6 +113,18 @@ impl Running {
         }
     }
 
+    /// Waits (bounded) for the process to exit.
+    async fn exit_status(&mut self) -> std::process::ExitStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < GUARD, "the process did not exit");
+            tokio::task::yield_now().await;
+        }
+    }
+
     fn signal(&self, name: &str) {
         let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
         assert!(status.success());
@@ -151,15 +163,8 @@ async fn run_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
     assert_eq!((status, body.as_str()), (StatusCode::OK, "b"));
 
     running.signal("TERM");
-    let started = std::time::Instant::now();
-    loop {
-        if let Some(status) = running.child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status}");
-            break;
-        }
-        assert!(started.elapsed() < GUARD, "did not exit after SIGTERM");
-        tokio::task::yield_now().await;
-    }
+    let status = running.exit_status().await;
+    assert!(status.success(), "exit status {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,15 +186,8 @@ async fn demo_starts_the_sim_and_the_gateway_and_streams_an_answer() {
     assert_eq!(headers["content-type"], "text/event-stream");
     assert!(text.contains("chat.completion.chunk") && text.ends_with("data: [DONE]\n\n"), "{text}");
     running.signal("INT");
-    let started = std::time::Instant::now();
-    loop {
-        if let Some(status) = running.child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status}");
-            break;
-        }
-        assert!(started.elapsed() < GUARD, "did not exit after Ctrl-C");
-        tokio::task::yield_now().await;
-    }
+    let status = running.exit_status().await;
+    assert!(status.success(), "exit status {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,13 +215,5 @@ async fn sim_crash_above_exits_with_137_like_an_out_of_memory_kill() {
     let request = http::Request::post("/v1/chat/completions").header("host", "sim").body(full(body)).unwrap();
     let _ = http1(addr).await.send_request(request).await;
     let _ = first.await;
-    let started = std::time::Instant::now();
-    loop {
-        if let Some(status) = running.child.try_wait().unwrap() {
-            assert_eq!(status.code(), Some(137));
-            break;
-        }
-        assert!(started.elapsed() < GUARD, "the sim did not die");
-        tokio::task::yield_now().await;
-    }
+    assert_eq!(running.exit_status().await.code(), Some(137));
 }
