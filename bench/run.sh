@@ -3,7 +3,7 @@
 # run, alternating, medians of ROUNDS rounds. Prints one table; every figure has its nginx ratio.
 #
 #   bench/run.sh [ROUNDS]        (default 3; the whole suite takes about 12 minutes)
-#   SECTIONS=rps,ttft,overload,balance,memory bench/run.sh   (a subset)
+#   SECTIONS=rps,ratelimit,ttft,overload,balance,memory bench/run.sh   (a subset)
 #
 # Sections: plain proxy rps; HTTPS over HTTP/1.1 (wrk) and HTTP/2 (h2load); time to first token added
 # over a direct connection to the simulated model, with the seed's config (nginx `proxy_buffering on`);
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 ROUNDS=${1:-3}
-SECTIONS=${SECTIONS:-rps,ttft,overload,balance,memory}
+SECTIONS=${SECTIONS:-rps,ratelimit,ttft,overload,balance,memory}
 section() { [[ ",$SECTIONS," == *",$1,"* ]]; }
 install_tools
 cargo build --release -q --workspace
@@ -23,7 +23,7 @@ LOAD=target/release/infergate-load
 ulimit -n 65536 2>/dev/null || true
 
 BACKEND=18080 SIM=18090 SIM_SLOW=18095
-NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092 GW_GUARD=18093 NGINX_PAIR=18096 GW_PAIR_RR=18097 GW_PAIR_LI=18098
+NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092 GW_GUARD=18093 NGINX_PAIR=18096 GW_PAIR_RR=18097 GW_PAIR_LI=18098 NGINX_LIMIT=18099 GW_LIMIT=18100
 RESULTS="$WORK/results.txt"; : > "$RESULTS"
 # record SECTION METRIC NGINX_VALUE INFERGATE_VALUE BETTER(higher|lower)
 record() { echo "$1|$2|$3|$4|$5" >> "$RESULTS"; }
@@ -40,6 +40,8 @@ start_nginx proxy "upstream backend { server 127.0.0.1:$BACKEND; keepalive 32; }
   upstream glm_backend { server 127.0.0.1:$SIM; keepalive 32; }
   keepalive_requests 1000000;
   server { listen 127.0.0.1:$NGINX_HTTP; location / { proxy_pass http://backend; $PROXY_HEADERS } }
+  limit_req_zone \$binary_remote_addr zone=generous:10m rate=1000000r/s;
+  server { listen 127.0.0.1:$NGINX_LIMIT; location / { limit_req zone=generous burst=1000000 nodelay; proxy_pass http://backend; $PROXY_HEADERS } }
   server { listen 127.0.0.1:$NGINX_TLS ssl http2; ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers HIGH:!aNULL:!MD5;
     location / { proxy_pass http://backend; $PROXY_HEADERS } }
@@ -51,6 +53,10 @@ start_nginx proxy "upstream backend { server 127.0.0.1:$BACKEND; keepalive 32; }
       proxy_buffering on; proxy_buffer_size 16k; proxy_buffers 8 32k; } }"
 start_gateway proxy "[http]
 keepalive_requests = 1000000
+
+[limit_zone.generous]
+key = \"client_ip\"
+rate = \"1000000r/s\"
 
 [[upstream]]
 name = \"backend\"
@@ -102,6 +108,13 @@ listen = [\"127.0.0.1:$GW_GUARD\"]
   proxy = \"glm_guarded\"
 
 [[server]]
+listen = [\"127.0.0.1:$GW_LIMIT\"]
+  [[server.location]]
+  prefix = \"/\"
+  proxy = \"backend\"
+  limit_req = { zone = \"generous\", burst = 1000000, nodelay = true }
+
+[[server]]
 listen = [\"127.0.0.1:$GW_HTTP\"]
   [[server.location]]
   prefix = \"/\"
@@ -142,6 +155,14 @@ section rps && for round in $(seq "$ROUNDS"); do
   record rps "HTTP/1.1 small JSON (rps)" "$(wrk_rps http://127.0.0.1:$NGINX_HTTP/v1/models)" "$(wrk_rps http://127.0.0.1:$GW_HTTP/v1/models)" higher
   record rps "HTTPS HTTP/1.1 (rps)" "$(wrk_rps https://127.0.0.1:$NGINX_TLS/v1/models)" "$(wrk_rps https://127.0.0.1:$GW_TLS/v1/models)" higher
   record rps "HTTPS HTTP/2 (rps, h2load -m10)" "$(h2_rps https://127.0.0.1:$NGINX_TLS/v1/models)" "$(h2_rps https://127.0.0.1:$GW_TLS/v1/models)" higher
+done
+
+# 1b. Cost of a per-client rate limit that never rejects: rps with it over rps without, for each.
+section ratelimit && for round in $(seq "$ROUNDS"); do
+  echo "ratelimit round $round" >&2
+  n_plain=$(wrk_rps http://127.0.0.1:$NGINX_HTTP/v1/models); n_limit=$(wrk_rps http://127.0.0.1:$NGINX_LIMIT/v1/models)
+  g_plain=$(wrk_rps http://127.0.0.1:$GW_HTTP/v1/models); g_limit=$(wrk_rps http://127.0.0.1:$GW_LIMIT/v1/models)
+  record ratelimit "rps with a generous per-IP limit / without" "$(ratio "$n_limit" "$n_plain")" "$(ratio "$g_limit" "$g_plain")" higher
 done
 
 # 2. Time to first token over the seed config, and cancellation, against the default sim.
