@@ -1,6 +1,7 @@
 //! The one response body type the gateway serves: empty, a fixed buffer, or a backend's stream. An
 //! enum rather than a boxed trait object so that no response pays an allocation for its body.
 
+use crate::policy::connlimit::ConnGuard;
 use crate::proxy::UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -22,6 +23,8 @@ pin_project! {
         Full { data: Option<Bytes> },
         /// A backend's response, forwarded frame by frame.
         Upstream { #[pin] inner: UpstreamBody },
+        /// A body whose request holds concurrency places (`limit_conn`) until it ends.
+        Held { inner: Box<ResponseBody>, places: Vec<ConnGuard> },
     }
 }
 
@@ -46,6 +49,7 @@ impl Body for ResponseBody {
             ResponseBodyProj::Empty => Poll::Ready(None),
             ResponseBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ResponseBodyProj::Upstream { inner } => inner.poll_frame(cx),
+            ResponseBodyProj::Held { inner, .. } => Pin::new(&mut **inner).poll_frame(cx),
         }
     }
 
@@ -54,6 +58,7 @@ impl Body for ResponseBody {
             ResponseBody::Empty => true,
             ResponseBody::Full { data } => data.is_none(),
             ResponseBody::Upstream { inner } => inner.is_end_stream(),
+            ResponseBody::Held { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -62,6 +67,7 @@ impl Body for ResponseBody {
             ResponseBody::Empty => SizeHint::with_exact(0),
             ResponseBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             ResponseBody::Upstream { inner } => inner.size_hint(),
+            ResponseBody::Held { inner, .. } => inner.size_hint(),
         }
     }
 }

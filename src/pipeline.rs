@@ -15,6 +15,7 @@ use crate::body::ResponseBody;
 use crate::config::ErrorFormat;
 use crate::error::GatewayError;
 use crate::policy;
+use crate::policy::connlimit::ConnGuard;
 use crate::proxy::{self, ClientInfo};
 use crate::request_id;
 use crate::route::{self, Handler, Location, VirtualServer};
@@ -55,7 +56,10 @@ async fn serve_identified(
         Err(error) => finish(error.to_response(server.errors), &server.add_header),
         Ok(location) => {
             let response = match request_policies(location, client, &request).await {
-                Ok(()) => handle(location, server, client, request).await,
+                Ok(places) if places.is_empty() => handle(location, server, client, request).await,
+                Ok(places) => handle(location, server, client, request)
+                    .await
+                    .map(|body| ResponseBody::Held { inner: Box::new(body), places }),
                 Err(error) => error.to_response(location.errors),
             };
             finish(response, &location.add_header)
@@ -81,15 +85,16 @@ fn route<'a>(server: &'a VirtualServer, request: &Request<Incoming>) -> Result<&
     server.locations.find(&path).map(Arc::as_ref).ok_or(GatewayError::NoRoute)
 }
 
-/// Phase 3, after routing: the location's request policies. A rate limit may reject (429 and
-/// `Retry-After`, in the location's error format) or hold the request for its delay. Changes nothing
-/// in the request.
+/// Phase 3, after routing: the location's request policies, rate limits then concurrency limits. A
+/// limit may reject (429 and `Retry-After`, in the location's error format) or hold the request for
+/// its delay; the returned places are held until the response ends. Changes nothing in the request.
 async fn request_policies(
     location: &Location,
     client: &ClientInfo,
     request: &Request<Incoming>,
-) -> Result<(), GatewayError> {
-    policy::limit_requests(&location.limits, client, request).await
+) -> Result<Vec<ConnGuard>, GatewayError> {
+    policy::limit_requests(&location.limits, client, request).await?;
+    policy::hold_places(&location.conn_limits, client, request)
 }
 
 /// Phase 4: runs the location's handler. It owns the request from here; a proxied response's body is

@@ -5,7 +5,7 @@
 use crate::ai::ModelRouter;
 use crate::canary::ProxyTarget;
 use crate::config::ErrorFormat;
-use crate::policy::RateLimit;
+use crate::policy::{ConnLimit, RateLimit};
 use crate::template::Template;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -34,6 +34,8 @@ pub struct Location {
     pub add_header: Vec<(HeaderName, HeaderValue)>,
     /// Rate limits checked before the handler.
     pub limits: Vec<RateLimit>,
+    /// Concurrency limits held until the response ends.
+    pub conn_limits: Vec<ConnLimit>,
     /// How errors answered here look.
     pub errors: ErrorFormat,
 }
@@ -234,6 +236,7 @@ mod tests {
             },
             add_header: Vec::new(),
             limits: Vec::new(),
+            conn_limits: Vec::new(),
             errors: ErrorFormat::Text,
         }
     }

@@ -8,9 +8,10 @@ use crate::config::{
     self, Config, ConfigError, ConfigErrors, ErrorFormat, HttpSettings, LimitZoneConfig, LocationConfig, ServerConfig,
     Source,
 };
+use crate::policy::connlimit::ConnCounter;
 use crate::policy::ratelimit::{parse_rate, Limit, Zone};
 use crate::policy::realip::{parse_net, TrustedProxies};
-use crate::policy::RateLimit;
+use crate::policy::{ConnLimit, RateLimit};
 use crate::route::{Handler, Location, LocationTable, NameTable, VirtualServer};
 use crate::server::tls::{self, TlsSite};
 use crate::template::Template;
@@ -44,6 +45,8 @@ pub struct Runtime {
     pub upstreams: HashMap<String, Arc<Upstream>>,
     /// Rate limit zones by name, kept so the next reload can keep their counts.
     pub zones: HashMap<String, Arc<Zone>>,
+    /// Concurrency counts by zone name, kept by reloads.
+    pub conn_zones: HashMap<String, Arc<ConnCounter>>,
     /// Whose forwarding headers name the client.
     pub trusted_proxies: TrustedProxies,
 }
@@ -74,16 +77,25 @@ impl Runtime {
             TrustedProxies::new(config.http.trusted_proxies.iter().filter_map(|entry| parse_net(entry.get_ref())));
         let mut zones = HashMap::new();
         for (name, zone) in &config.limit_zones {
-            let Some(rate) = parse_rate(zone.rate.get_ref()) else { continue };
+            let Some(rate) = zone.rate.as_ref().and_then(|r| parse_rate(r.get_ref())) else { continue };
             let kept = previous
                 .and_then(|p| p.zones.get(name.get_ref()))
                 .filter(|old| old.same_settings(rate, zone.max_keys, zone.dry_run));
             let built = kept.cloned().unwrap_or_else(|| Arc::new(Zone::new(rate, zone.max_keys, zone.dry_run)));
             zones.insert(name.get_ref().clone(), built);
         }
+        let conn_zones: HashMap<String, Arc<ConnCounter>> = config
+            .limit_zones
+            .iter()
+            .map(|(name, _)| {
+                let kept = previous.and_then(|p| p.conn_zones.get(name.get_ref())).cloned();
+                (name.get_ref().clone(), kept.unwrap_or_default())
+            })
+            .collect();
         let zone_configs: HashMap<&str, &LimitZoneConfig> =
             config.limit_zones.iter().map(|(n, z)| (n.get_ref().as_str(), z)).collect();
-        let context = Context { upstreams: &upstreams, zones: &zones, zone_configs: &zone_configs };
+        let context =
+            Context { upstreams: &upstreams, zones: &zones, conn_zones: &conn_zones, zone_configs: &zone_configs };
 
         // Group servers by address, keeping config order; the declared default goes first.
         let mut by_addr: Vec<(SocketAddr, Vec<&ServerConfig>)> = Vec::new();
@@ -145,6 +157,7 @@ impl Runtime {
             listeners,
             upstreams,
             zones,
+            conn_zones,
             trusted_proxies,
         })
     }
@@ -163,6 +176,7 @@ fn headers(map: &std::collections::BTreeMap<String, String>) -> Vec<(HeaderName,
 struct Context<'a> {
     upstreams: &'a HashMap<String, Arc<Upstream>>,
     zones: &'a HashMap<String, Arc<Zone>>,
+    conn_zones: &'a HashMap<String, Arc<ConnCounter>>,
     zone_configs: &'a HashMap<&'a str, &'a LimitZoneConfig>,
 }
 
@@ -247,5 +261,17 @@ fn compile_location(
             status: StatusCode::from_u16(*zone_config.status.get_ref()).ok()?,
         });
     }
-    Some(Location { handler, add_header, limits, errors: location.errors.or(server.errors).unwrap_or(default_format) })
+    let mut conn_limits = Vec::with_capacity(location.limit_conn.len());
+    for limit in &location.limit_conn {
+        let name = limit.zone.get_ref();
+        let zone_config = context.zone_configs.get(name.as_str())?;
+        conn_limits.push(ConnLimit {
+            counter: context.conn_zones.get(name)?.clone(),
+            key: config::parse_zone_key(zone_config.key.get_ref())?,
+            max: *limit.max.get_ref(),
+            status: StatusCode::from_u16(*zone_config.status.get_ref()).ok()?,
+        });
+    }
+    let errors = location.errors.or(server.errors).unwrap_or(default_format);
+    Some(Location { handler, add_header, limits, conn_limits, errors })
 }

@@ -291,8 +291,8 @@ impl UpstreamTimeouts {
 pub struct LimitZoneConfig {
     /// What requests are counted by: `"client_ip"` or `"header:NAME"` (e.g. `"header:Authorization"`).
     pub key: Spanned<String>,
-    /// `"10r/s"` or `"600r/m"`.
-    pub rate: Spanned<String>,
+    /// `"10r/s"` or `"600r/m"`; needed by `limit_req`, not by `limit_conn`.
+    pub rate: Option<Spanned<String>>,
     /// Keys remembered; the least recently seen is forgotten first (100000, about nginx's 10m zone).
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
@@ -329,23 +329,33 @@ pub struct LimitReqConfig {
     pub delay: u64,
 }
 
+/// `limit_conn = { zone, max }` on a location.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConnConfig {
+    /// A `[limit_zone.NAME]` (its `rate` is not used).
+    pub zone: Spanned<String>,
+    /// Requests in flight at once per key; one more is rejected.
+    pub max: Spanned<usize>,
+}
+
 /// Accepts one table or an array of tables. A visitor rather than an untagged enum, so that toml's
 /// spans inside (for located errors) survive.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<LimitReqConfig>, D::Error> {
-    struct OneOrMany;
-    impl<'de> serde::de::Visitor<'de> for OneOrMany {
-        type Value = Vec<LimitReqConfig>;
+fn one_or_many<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Vec<T>, D::Error> {
+    struct OneOrMany<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for OneOrMany<T> {
+        type Value = Vec<T>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a table `{ zone = \"NAME\", burst = N, nodelay = true }` or an array of them")
+            f.write_str("a table or an array of tables")
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-            LimitReqConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(|one| vec![one])
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(|one| vec![one])
         }
         fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
             Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
         }
     }
-    deserializer.deserialize_any(OneOrMany)
+    deserializer.deserialize_any(OneOrMany(std::marker::PhantomData))
 }
 
 /// `[[server]]`, nginx's `server {}` block. Its `[[server.location]]` tables are read separately so
@@ -456,6 +466,9 @@ pub struct LocationConfig {
     /// Rate limits (nginx `limit_req`): one table or an array.
     #[serde(default, deserialize_with = "one_or_many")]
     pub limit_req: Vec<LimitReqConfig>,
+    /// Concurrent request limits per key (nginx `limit_conn`): one table or an array.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub limit_conn: Vec<LimitConnConfig>,
     /// Error body format for this location.
     pub errors: Option<ErrorFormat>,
     /// nginx's `proxy_buffering`; accepted for parity and documented: infergate forwards every

@@ -96,19 +96,23 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
         }
     }
     let mut zone_names = HashSet::new();
+    let mut rated_zones = HashSet::new();
     for (name, zone) in &config.limit_zones {
         zone_names.insert(name.get_ref().as_str());
+        if zone.rate.is_some() {
+            rated_zones.insert(name.get_ref().as_str());
+        }
         if parse_zone_key(zone.key.get_ref()).is_none() {
             errors.push(source.error(
                 zone.key.span(),
                 format!("invalid zone key {:?} (expected \"client_ip\" or \"header:NAME\")", zone.key.get_ref()),
             ));
         }
-        if crate::policy::ratelimit::parse_rate(zone.rate.get_ref()).is_none() {
-            errors.push(source.error(
-                zone.rate.span(),
-                format!("invalid rate {:?} (expected e.g. \"10r/s\" or \"600r/m\")", zone.rate.get_ref()),
-            ));
+        if let Some(rate) = &zone.rate {
+            if crate::policy::ratelimit::parse_rate(rate.get_ref()).is_none() {
+                let message = format!("invalid rate {:?} (expected e.g. \"10r/s\" or \"600r/m\")", rate.get_ref());
+                errors.push(source.error(rate.span(), message));
+            }
         }
         if !(400..=599).contains(zone.status.get_ref()) {
             errors.push(source.error(
@@ -191,15 +195,27 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
         for location in &server.locations {
             validate_location(location, &upstream_names, config.upstreams_incomplete, source, &mut errors);
             for limit in &location.limit_req {
-                if !zone_names.contains(limit.zone.get_ref().as_str()) {
-                    errors.push(source.error(
-                        limit.zone.span(),
-                        format!(
-                            "unknown limit zone `{}` (define it as [limit_zone.{}])",
-                            limit.zone.get_ref(),
-                            limit.zone.get_ref()
+                let zone = limit.zone.get_ref().as_str();
+                if !zone_names.contains(zone) {
+                    let message = format!("unknown limit zone `{zone}` (define it as [limit_zone.{zone}])");
+                    errors.push(source.error(limit.zone.span(), message));
+                } else if !rated_zones.contains(zone) {
+                    errors.push(
+                        source.error(
+                            limit.zone.span(),
+                            format!("limit zone `{zone}` has no `rate` (limit_req needs one)"),
                         ),
-                    ));
+                    );
+                }
+            }
+            for limit in &location.limit_conn {
+                let zone = limit.zone.get_ref().as_str();
+                if !zone_names.contains(zone) {
+                    let message = format!("unknown limit zone `{zone}` (define it as [limit_zone.{zone}])");
+                    errors.push(source.error(limit.zone.span(), message));
+                }
+                if *limit.max.get_ref() == 0 {
+                    errors.push(source.error(limit.max.span(), "limit_conn max must be at least 1"));
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! Request policies: what runs between routing and the handler, in one fixed order. Today: the
 //! client's address behind trusted proxies (nginx's realip) and rate limits (nginx's `limit_req`).
 
+pub mod connlimit;
 pub mod ratelimit;
 pub mod realip;
 
@@ -34,6 +35,44 @@ pub struct RateLimit {
     pub status: StatusCode,
 }
 
+/// One compiled `limit_conn` of a location.
+pub struct ConnLimit {
+    /// The zone's counts (shared by every location naming it).
+    pub counter: Arc<connlimit::ConnCounter>,
+    /// What the zone counts by.
+    pub key: ZoneKey,
+    /// Requests in flight at once per key.
+    pub max: usize,
+    /// Status of a rejection (the zone's, default 429).
+    pub status: StatusCode,
+}
+
+/// The key of a request for a zone; `None` when the request has none (then it is not limited).
+fn key_of<'a, B>(key: &ZoneKey, client: &'a ClientInfo, request: &'a Request<B>) -> Option<&'a [u8]> {
+    match key {
+        ZoneKey::ClientIp => Some(client.ip.as_bytes()),
+        ZoneKey::Header(name) => request.headers().get(name).filter(|v| !v.is_empty()).map(|v| v.as_bytes()),
+    }
+}
+
+/// Takes a place in each of a location's concurrency limits; the guards must live as long as the
+/// response. Any full one rejects the request (and releases what was taken).
+pub fn hold_places<B>(
+    limits: &[ConnLimit],
+    client: &ClientInfo,
+    request: &Request<B>,
+) -> Result<Vec<connlimit::ConnGuard>, GatewayError> {
+    let mut guards = Vec::with_capacity(limits.len());
+    for limit in limits {
+        let Some(key) = key_of(&limit.key, client, request) else { continue };
+        match limit.counter.try_acquire(key, limit.max) {
+            Some(guard) => guards.push(guard),
+            None => return Err(GatewayError::RateLimited { status: limit.status, retry_after_secs: 1 }),
+        }
+    }
+    Ok(guards)
+}
+
 /// Applies a location's rate limits: any rejection rejects (and changes no zone); otherwise every zone
 /// is updated and the request waits for the longest delay.
 pub async fn limit_requests<B>(
@@ -47,13 +86,7 @@ pub async fn limit_requests<B>(
     let mut accepted = Vec::with_capacity(limits.len());
     let mut delay = Duration::ZERO;
     for limit in limits {
-        let key: &[u8] = match &limit.key {
-            ZoneKey::ClientIp => client.ip.as_bytes(),
-            ZoneKey::Header(name) => match request.headers().get(name) {
-                Some(value) if !value.is_empty() => value.as_bytes(),
-                _ => continue,
-            },
-        };
+        let Some(key) = key_of(&limit.key, client, request) else { continue };
         let (verdict, state) = limit.zone.check(key, limit.limit);
         match verdict {
             Verdict::Reject(retry_after) if limit.zone.dry_run => {

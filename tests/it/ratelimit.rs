@@ -92,3 +92,57 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() {
     assert_eq!(send(&mut client, request("198.51.100.1")).await.0, StatusCode::OK);
     assert_eq!(send(&mut client, request("198.51.100.2")).await.0, StatusCode::TOO_MANY_REQUESTS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_conn_caps_requests_in_flight_per_client_until_their_responses_end() {
+    use infergate::sim::engine::LatencyModel;
+    use infergate::sim::{Sim, SimOptions};
+    let model = LatencyModel { prefill_base_ms: 60_000.0, ..LatencyModel::default() };
+    let sim = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
+    let config = format!(
+        r#"
+[limit_zone.per_client]
+key = "client_ip"
+
+[[upstream]]
+name = "model"
+servers = [{{ addr = "{}" }}]
+
+[[server]]
+listen = ["127.0.0.1:0"]
+  [[server.location]]
+  prefix = "/"
+  proxy = "model"
+  limit_conn = {{ zone = "per_client", max = 1 }}
+"#,
+        sim.addr
+    );
+    let gw = TestGateway::start(&config).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let chat = || {
+        let body = r#"{"messages": [{"role": "user", "content": "hi"}]}"#;
+        http::Request::post("/v1/chat/completions").header("host", "h").body(full(body)).unwrap()
+    };
+    let held = tokio::spawn(async move { send(&mut http1(addr).await, chat()).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sim.stats()["running"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "the first request never reached the model");
+        tokio::task::yield_now().await;
+    }
+    let (status, headers, body) = send(&mut http1(addr).await, chat()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(headers.contains_key("retry-after"));
+    held.abort();
+    let zone = gw.gateway.runtime().conn_zones["per_client"].clone();
+    while zone.keys() != 0 {
+        assert!(std::time::Instant::now() < deadline, "the place was never freed");
+        tokio::task::yield_now().await;
+    }
+    // The place is free again: the next request is admitted (and held by the slow model).
+    let next = tokio::spawn(async move { send(&mut http1(addr).await, chat()).await });
+    while sim.stats()["received"] != 2 {
+        assert!(std::time::Instant::now() < deadline, "the next request was not admitted");
+        tokio::task::yield_now().await;
+    }
+    next.abort();
+}
