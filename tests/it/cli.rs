@@ -72,6 +72,15 @@ fn without_a_config_the_embedded_default_is_used() {
     assert!(out.contains("<embedded default>: configuration is valid"), "{out}");
 }
 
+/// The address in the first `http://ADDR` of a log line.
+fn url_addr(line: &str) -> std::net::SocketAddr {
+    line.split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
 /// A running `infergate` child whose stderr lines arrive on a channel.
 struct Running {
     child: Child,
@@ -83,7 +92,7 @@ impl Running {
         Running::spawn(&["run".as_ref(), "--config".as_ref(), config.as_os_str()])
     }
 
-    fn spawn(args: &[&std::ffi::OsStr]) -> Running {
+    fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Running {
         let mut child = Command::new(BINARY)
             .args(args)
             .env("RUST_LOG", "info")
@@ -169,15 +178,8 @@ async fn run_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_starts_the_sim_and_the_gateway_and_streams_an_answer() {
-    let mut running = Running::spawn(&[
-        "demo".as_ref(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--sim-listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-    ]);
-    let line = running.wait_for("infergate demo: gateway on http://");
-    let addr: std::net::SocketAddr = line.split("http://").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let mut running = Running::spawn(&["demo", "--listen", "127.0.0.1:0", "--sim-listen", "127.0.0.1:0"]);
+    let addr = url_addr(&running.wait_for("infergate demo: gateway on http://"));
     running.wait_for("curl -N");
     let body = r#"{"model": "glm-4v-flash", "stream": true, "max_tokens": 3, "messages": [{"role": "user", "content": "What is in this image?"}]}"#;
     let request = http::Request::post("/v1/chat/completions").header("host", "localhost").body(full(body)).unwrap();
@@ -192,15 +194,8 @@ async fn demo_starts_the_sim_and_the_gateway_and_streams_an_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sim_crash_above_exits_with_137_like_an_out_of_memory_kill() {
-    let mut running = Running::spawn(&[
-        "sim".as_ref(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--crash-above".as_ref(),
-        "1".as_ref(),
-    ]);
-    let line = running.wait_for("infergate sim: model glm-4v-flash on http://");
-    let addr: std::net::SocketAddr = line.split("http://").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let mut running = Running::spawn(&["sim", "--listen", "127.0.0.1:0", "--crash-above", "1"]);
+    let addr = url_addr(&running.wait_for("infergate sim: model glm-4v-flash on http://"));
     assert_eq!(fetch(addr, "/health").await.0, StatusCode::OK);
     // Two requests present at once (the first one is in its prefill) exceed 1.
     let body = r#"{"messages": [{"role": "user", "content": "hi"}]}"#;
