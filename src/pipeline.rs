@@ -4,9 +4,10 @@
 //!    headers when `[http] trusted_proxies` says so.
 //! 1. [`check_limits`]: request limits hyper does not enforce itself (URI length).
 //! 2. [`route`]: the virtual server by Host, then the location by normalized path.
-//! 3. [`request_policies`]: the location's rate limits (more policies join here in a fixed order).
+//! 3. [`request_policies`]: the location's rate and concurrency limits, body size limit and request
+//!    header edits.
 //! 4. [`handle`]: the location's handler — proxy, return or redirect — guarded against panics.
-//! 5. [`finish`]: response policies: the server's and location's `add_header`.
+//! 5. [`finish`]: response policies: the server's and location's header edits.
 //!
 //! Each phase says when it runs and what it may change. Body limits and compression slot in as
 //! request and response policies as they arrive.
@@ -16,13 +17,14 @@ use crate::config::ErrorFormat;
 use crate::error::GatewayError;
 use crate::policy;
 use crate::policy::connlimit::ConnGuard;
+use crate::policy::headers::HeaderEdits;
 use crate::proxy::{self, ClientInfo};
 use crate::request_id;
 use crate::route::{self, Handler, Location, VirtualServer};
 use crate::runtime::{ListenerSpec, Runtime};
 use crate::template::Vars;
 use futures_util::FutureExt;
-use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -53,16 +55,17 @@ async fn serve_identified(
     let server = listener.hosts.select(host_of(&request));
     let routed = check_limits(runtime, &request).and_then(|()| route(server, &request));
     match routed {
-        Err(error) => finish(error.to_response(server.errors), &server.add_header),
+        Err(error) => finish(error.to_response(server.errors), &server.response_headers),
         Ok(location) => {
-            let response = match request_policies(location, client, &request).await {
+            let mut request = request;
+            let response = match request_policies(location, client, &mut request).await {
                 Ok(places) if places.is_empty() => handle(location, server, client, request).await,
                 Ok(places) => handle(location, server, client, request)
                     .await
                     .map(|body| ResponseBody::Held { inner: Box::new(body), places }),
                 Err(error) => error.to_response(location.errors),
             };
-            finish(response, &location.add_header)
+            finish(response, &location.response_headers)
         }
     }
 }
@@ -85,16 +88,23 @@ fn route<'a>(server: &'a VirtualServer, request: &Request<Incoming>) -> Result<&
     server.locations.find(&path).map(Arc::as_ref).ok_or(GatewayError::NoRoute)
 }
 
-/// Phase 3, after routing: the location's request policies, rate limits then concurrency limits. A
-/// limit may reject (429 and `Retry-After`, in the location's error format) or hold the request for
-/// its delay; the returned places are held until the response ends. Changes nothing in the request.
+/// Phase 3, after routing: the location's request policies, in this order: rate limits, concurrency
+/// limits, the body size limit on the declared `Content-Length`, then `proxy_set_header`. A limit may
+/// reject (in the location's error format: 429 and `Retry-After`, or 413 before any byte of the body
+/// is read) or hold the request for its delay; the returned places are held until the response ends.
+/// Changes only the request headers `proxy_set_header` names.
 async fn request_policies(
     location: &Location,
     client: &ClientInfo,
-    request: &Request<Incoming>,
+    request: &mut Request<Incoming>,
 ) -> Result<Vec<ConnGuard>, GatewayError> {
     policy::limit_requests(&location.limits, client, request).await?;
-    policy::hold_places(&location.conn_limits, client, request)
+    let places = policy::hold_places(&location.conn_limits, client, request)?;
+    if proxy::declared_length(request.headers()).is_some_and(|length| length > location.max_body) {
+        return Err(GatewayError::BodyTooLarge(location.max_body));
+    }
+    location.request_headers.apply(request.headers_mut());
+    Ok(places)
 }
 
 /// Phase 4: runs the location's handler. It owns the request from here; a proxied response's body is
@@ -109,7 +119,7 @@ async fn handle(
         match &location.handler {
             Handler::Proxy(target) => {
                 let upstream = target.choose(&request, &client.ip);
-                proxy::forward(request, client, upstream).await
+                proxy::forward(request, client, upstream, location.max_body).await
             }
             Handler::Models(router) => router.serve(request, client).await,
             Handler::Return { status, body, content_type } => {
@@ -173,11 +183,10 @@ fn redirect(
     Ok(response)
 }
 
-/// Phase 5, last: adds the configured headers to every response, errors included (nginx's `always`).
-fn finish(mut response: Response<ResponseBody>, add_header: &[(HeaderName, HeaderValue)]) -> Response<ResponseBody> {
-    for (name, value) in add_header {
-        response.headers_mut().insert(name.clone(), value.clone());
-    }
+/// Phase 5, last: the response header edits (`proxy_hide_header`, then `add_header`) on every
+/// response, errors included (nginx's `always`).
+fn finish(mut response: Response<ResponseBody>, edits: &HeaderEdits) -> Response<ResponseBody> {
+    edits.apply(response.headers_mut());
     response
 }
 

@@ -5,10 +5,11 @@
 use crate::ai::ModelRouter;
 use crate::canary::ProxyTarget;
 use crate::config::ErrorFormat;
+use crate::policy::headers::HeaderEdits;
 use crate::policy::{ConnLimit, RateLimit};
 use crate::template::Template;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderValue, StatusCode};
 use regex::Regex;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -30,8 +31,13 @@ pub enum Handler {
 pub struct Location {
     /// Its handler.
     pub handler: Handler,
-    /// Headers added to every response: the server's, then the location's.
-    pub add_header: Vec<(HeaderName, HeaderValue)>,
+    /// Request headers set or removed before the handler (`proxy_set_header`): the server's, then the
+    /// location's.
+    pub request_headers: HeaderEdits,
+    /// Response headers removed (`proxy_hide_header`) and added (`add_header`) on every response.
+    pub response_headers: HeaderEdits,
+    /// Largest request body accepted (`client_max_body_size`; `u64::MAX` for no limit).
+    pub max_body: u64,
     /// Rate limits checked before the handler.
     pub limits: Vec<RateLimit>,
     /// Concurrency limits held until the response ends.
@@ -98,8 +104,8 @@ pub struct VirtualServer {
     pub primary_name: String,
     /// Its locations.
     pub locations: LocationTable,
-    /// Headers added to responses that match no location.
-    pub add_header: Vec<(HeaderName, HeaderValue)>,
+    /// Response header edits for responses that match no location.
+    pub response_headers: HeaderEdits,
     /// Error format when no location matches.
     pub errors: ErrorFormat,
 }
@@ -234,7 +240,9 @@ mod tests {
                 body: Bytes::new(),
                 content_type: HeaderValue::from_static("text/plain"),
             },
-            add_header: Vec::new(),
+            request_headers: Default::default(),
+            response_headers: Default::default(),
+            max_body: u64::MAX,
             limits: Vec::new(),
             conn_limits: Vec::new(),
             errors: ErrorFormat::Text,

@@ -9,6 +9,7 @@ use crate::config::{
     Source,
 };
 use crate::policy::connlimit::ConnCounter;
+use crate::policy::headers::HeaderEdits;
 use crate::policy::ratelimit::{parse_rate, Limit, Zone};
 use crate::policy::realip::{parse_net, TrustedProxies};
 use crate::policy::{ConnLimit, RateLimit};
@@ -18,7 +19,7 @@ use crate::template::Template;
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
@@ -163,13 +164,24 @@ impl Runtime {
     }
 }
 
-fn headers(map: &std::collections::BTreeMap<String, String>) -> Vec<(HeaderName, HeaderValue)> {
-    // Validated by config::validate; a pair that still fails to convert is skipped, never a panic.
-    map.iter()
-        .filter_map(|(name, value)| {
-            Some((HeaderName::from_bytes(name.as_bytes()).ok()?, HeaderValue::from_str(value).ok()?))
-        })
-        .collect()
+/// A header map from the config, validated by `config::validate`; a pair that still fails to convert
+/// is skipped, never a panic.
+fn header_pairs(map: &BTreeMap<String, String>) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
+    map.iter().filter_map(|(name, value)| {
+        Some((HeaderName::from_bytes(name.as_bytes()).ok()?, HeaderValue::from_str(value).ok()?))
+    })
+}
+
+/// `proxy_hide_header` then `add_header`.
+fn response_edits(hide: &[String], add: &BTreeMap<String, String>) -> HeaderEdits {
+    let remove = hide.iter().filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok()).collect();
+    HeaderEdits::new(remove, header_pairs(add).collect())
+}
+
+/// `proxy_set_header`, where an empty value removes the header (as in nginx).
+fn request_edits(set: &BTreeMap<String, String>) -> HeaderEdits {
+    let (remove, set): (Vec<_>, Vec<_>) = header_pairs(set).partition(|(_, value)| value.is_empty());
+    HeaderEdits::new(remove.into_iter().map(|(name, _)| name).collect(), set)
 }
 
 /// What compiling a location may refer to.
@@ -181,7 +193,7 @@ struct Context<'a> {
 }
 
 fn compile_server(server: &ServerConfig, context: &Context) -> VirtualServer {
-    let server_headers = headers(&server.add_header);
+    let server_headers = response_edits(&server.proxy_hide_header, &server.add_header);
     let mut locations = LocationTable::default();
     for location in &server.locations {
         let Some(compiled) = compile_location(location, server, &server_headers, context) else {
@@ -198,7 +210,7 @@ fn compile_server(server: &ServerConfig, context: &Context) -> VirtualServer {
     VirtualServer {
         primary_name: server.server_name.first().cloned().unwrap_or_default(),
         locations,
-        add_header: server_headers,
+        response_headers: server_headers,
         errors: server.errors.unwrap_or(ErrorFormat::Text),
     }
 }
@@ -207,9 +219,11 @@ fn compile_server(server: &ServerConfig, context: &Context) -> VirtualServer {
 fn compile_location(
     location: &LocationConfig,
     server: &ServerConfig,
-    server_headers: &[(HeaderName, HeaderValue)],
+    server_headers: &HeaderEdits,
     context: &Context,
 ) -> Option<Location> {
+    let max_body = location.client_max_body_size.or(server.client_max_body_size).unwrap_or(config::DEFAULT_MAX_BODY);
+    let max_body = if max_body.0 == 0 { u64::MAX } else { max_body.0 };
     let handler = if let Some(proxy) = &location.proxy {
         let primary = context.upstreams.get(proxy.get_ref())?.clone();
         let mut canaries = Vec::with_capacity(location.canary.len());
@@ -230,7 +244,7 @@ fn compile_location(
         for (model, upstream) in &location.models {
             models.insert(model.clone(), context.upstreams.get(upstream.get_ref())?.clone());
         }
-        Handler::Models(ModelRouter::new(models, location.max_body_size.0))
+        Handler::Models(ModelRouter::new(models, max_body))
     } else if let Some(ret) = &location.return_ {
         let content_type = ret.content_type.as_deref().unwrap_or("text/plain; charset=utf-8");
         Handler::Return {
@@ -247,8 +261,10 @@ fn compile_location(
     };
     let default_format =
         if matches!(handler, Handler::Proxy(_) | Handler::Models(_)) { ErrorFormat::Json } else { ErrorFormat::Text };
-    let mut add_header = server_headers.to_vec();
-    add_header.extend(headers(&location.add_header));
+    let location_headers = response_edits(&location.proxy_hide_header, &location.add_header);
+    let response_headers =
+        if location.add_header_inherit { server_headers.then(location_headers) } else { location_headers };
+    let request_headers = request_edits(&server.proxy_set_header).then(request_edits(&location.proxy_set_header));
     let mut limits = Vec::with_capacity(location.limit_req.len());
     for limit in &location.limit_req {
         let name = limit.zone.get_ref();
@@ -273,5 +289,5 @@ fn compile_location(
         });
     }
     let errors = location.errors.or(server.errors).unwrap_or(default_format);
-    Some(Location { handler, add_header, limits, conn_limits, errors })
+    Some(Location { handler, request_headers, response_headers, max_body, limits, conn_limits, errors })
 }

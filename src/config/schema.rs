@@ -382,6 +382,17 @@ pub struct ServerConfig {
     /// (nginx `add_header ... always`).
     #[serde(default)]
     pub add_header: BTreeMap<String, String>,
+    /// Largest request body (nginx `client_max_body_size`; default 20 MB since base64 images are
+    /// large; `"0"` means no limit). Locations may override.
+    pub client_max_body_size: Option<Size>,
+    /// Request headers set before the handler sees the request, `""` removing one (nginx
+    /// `proxy_set_header`); locations add to these.
+    #[serde(default)]
+    pub proxy_set_header: BTreeMap<String, String>,
+    /// Response headers removed before `add_header` runs (nginx `proxy_hide_header`, on every
+    /// response); locations add to these.
+    #[serde(default)]
+    pub proxy_hide_header: Vec<String>,
     /// How error responses look; locations may override. Default: `json` on proxy locations,
     /// `text` elsewhere.
     pub errors: Option<ErrorFormat>,
@@ -450,10 +461,6 @@ pub struct LocationConfig {
     /// is answered from this table.
     #[serde(default)]
     pub models: BTreeMap<String, Spanned<String>>,
-    /// Largest request body a `models` location reads to find the model (20 MB: base64 images are
-    /// large); larger answers 413 before anything reaches a model.
-    #[serde(default = "default_max_body")]
-    pub max_body_size: Size,
     /// Handler: answer with a fixed status and body (nginx `return CODE TEXT`).
     #[serde(rename = "return")]
     pub return_: Option<ReturnConfig>,
@@ -463,6 +470,18 @@ pub struct LocationConfig {
     /// Response headers added here, on top of the server's.
     #[serde(default)]
     pub add_header: BTreeMap<String, String>,
+    /// Whether the server's `add_header` and `proxy_hide_header` apply here too (default true; false
+    /// gives nginx's behaviour, where a location's `add_header` replaces the server's).
+    #[serde(default = "yes")]
+    pub add_header_inherit: bool,
+    /// Largest request body here (nginx `client_max_body_size`); default the server's.
+    pub client_max_body_size: Option<Size>,
+    /// Request headers set here, on top of the server's (nginx `proxy_set_header`; `""` removes).
+    #[serde(default)]
+    pub proxy_set_header: BTreeMap<String, String>,
+    /// Response headers removed here, on top of the server's (nginx `proxy_hide_header`).
+    #[serde(default)]
+    pub proxy_hide_header: Vec<String>,
     /// Rate limits (nginx `limit_req`): one table or an array.
     #[serde(default, deserialize_with = "one_or_many")]
     pub limit_req: Vec<LimitReqConfig>,
@@ -523,9 +542,8 @@ pub struct RedirectConfig {
     pub status: Spanned<u16>,
 }
 
-fn default_max_body() -> Size {
-    Size(20 * 1024 * 1024)
-}
+/// `client_max_body_size` when neither the location nor its server says: base64 images are large.
+pub const DEFAULT_MAX_BODY: Size = Size(20 * 1024 * 1024);
 
 fn default_redirect_status() -> Spanned<u16> {
     Spanned::new(0..0, 301)

@@ -3,7 +3,7 @@
 
 use super::load::{ConfigError, ConfigErrors, Source};
 use super::schema::{Config, LocationConfig};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
 /// Parses a `listen` entry: `ip:port`, `[v6]:port`, or a bare port meaning every IPv4 address.
@@ -189,9 +189,14 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
                 );
             }
         }
-        for header in server.add_header.iter() {
-            check_header(header, server.span.clone(), source, &mut errors);
-        }
+        check_headers(
+            &server.add_header,
+            &server.proxy_set_header,
+            &server.proxy_hide_header,
+            &server.span,
+            source,
+            &mut errors,
+        );
         for location in &server.locations {
             validate_location(location, &upstream_names, config.upstreams_incomplete, source, &mut errors);
             for limit in &location.limit_req {
@@ -251,19 +256,35 @@ fn is_host_port(text: &str) -> bool {
     }
 }
 
-fn check_header(
-    (name, value): (&String, &String),
-    span: std::ops::Range<usize>,
+/// Checks `add_header`, `proxy_set_header` and `proxy_hide_header` of a server or location.
+fn check_headers(
+    add: &BTreeMap<String, String>,
+    set: &BTreeMap<String, String>,
+    hide: &[String],
+    span: &std::ops::Range<usize>,
     source: &Source,
     errors: &mut Vec<ConfigError>,
 ) {
-    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-        errors.push(source.error(span.clone(), format!("invalid header name {name:?} in add_header")));
+    let names = add
+        .keys()
+        .map(|n| ("add_header", n))
+        .chain(set.keys().map(|n| ("proxy_set_header", n)))
+        .chain(hide.iter().map(|n| ("proxy_hide_header", n)));
+    for (key, name) in names {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            errors.push(source.error(span.clone(), format!("invalid header name {name:?} in {key}")));
+        }
     }
-    if http::HeaderValue::from_str(value).is_err() {
-        errors.push(
-            source.error(span, format!("invalid value for header {name:?} in add_header (visible ASCII expected)")),
-        );
+    for (key, (name, value)) in add.iter().map(|h| ("add_header", h)).chain(set.iter().map(|h| ("proxy_set_header", h)))
+    {
+        if http::HeaderValue::from_str(value).is_err() {
+            errors.push(
+                source.error(
+                    span.clone(),
+                    format!("invalid value for header {name:?} in {key} (visible ASCII expected)"),
+                ),
+            );
+        }
     }
 }
 
@@ -365,9 +386,7 @@ fn validate_location(
             errors.push(source.error(redirect.url.span(), e));
         }
     }
-    for header in location.add_header.iter() {
-        check_header(header, span.clone(), source, errors);
-    }
+    check_headers(&location.add_header, &location.proxy_set_header, &location.proxy_hide_header, &span, source, errors);
     if let Some(buffers) = &location.proxy_buffers {
         let valid = buffers
             .split_once(' ')

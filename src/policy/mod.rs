@@ -1,7 +1,9 @@
-//! Request policies: what runs between routing and the handler, in one fixed order. Today: the
-//! client's address behind trusted proxies (nginx's realip) and rate limits (nginx's `limit_req`).
+//! Request policies: what runs between routing and the handler, in one fixed order: the client's
+//! address behind trusted proxies (nginx's realip), rate limits (nginx's `limit_req`), concurrency
+//! limits (`limit_conn`), and header edits.
 
 pub mod connlimit;
+pub mod headers;
 pub mod ratelimit;
 pub mod realip;
 

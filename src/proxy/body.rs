@@ -23,20 +23,23 @@ pub struct RequestBody {
 }
 
 enum Source {
-    Streaming(Incoming),
+    /// Arriving from the client; it may still send `remaining` of its `limit`.
+    Streaming { inner: Incoming, remaining: u64, limit: u64 },
     /// Read in full; `None` once sent.
     Buffered(Option<Bytes>),
 }
 
 impl RequestBody {
-    /// Wraps a client body; the returned receiver completes once the body is done with. `None` when the
-    /// body is empty, so the timeout can start at once.
-    pub fn new(inner: Incoming) -> (RequestBody, Option<oneshot::Receiver<()>>) {
-        if inner.is_end_stream() {
-            return (RequestBody { source: Source::Streaming(inner), _sent: None }, None);
+    /// Wraps a client body that may carry up to `limit` bytes; the returned receiver completes once the
+    /// body is done with. `None` when the body is empty, so the timeout can start at once.
+    pub fn new(inner: Incoming, limit: u64) -> (RequestBody, Option<oneshot::Receiver<()>>) {
+        let empty = inner.is_end_stream();
+        let source = Source::Streaming { inner, remaining: limit, limit };
+        if empty {
+            return (RequestBody { source, _sent: None }, None);
         }
         let (tx, rx) = oneshot::channel();
-        (RequestBody { source: Source::Streaming(inner), _sent: Some(tx) }, Some(rx))
+        (RequestBody { source, _sent: Some(tx) }, Some(rx))
     }
 
     /// A body read in full.
@@ -48,33 +51,48 @@ impl RequestBody {
     pub fn replay(&self) -> Option<RequestBody> {
         match &self.source {
             Source::Buffered(bytes) => Some(RequestBody { source: Source::Buffered(bytes.clone()), _sent: None }),
-            Source::Streaming(inner) if inner.is_end_stream() => Some(RequestBody::buffered(Bytes::new())),
-            Source::Streaming(_) => None,
+            Source::Streaming { inner, .. } if inner.is_end_stream() => Some(RequestBody::buffered(Bytes::new())),
+            Source::Streaming { .. } => None,
         }
     }
 }
 
+/// The client sent more body than `client_max_body_size`; the proxy answers 413.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.source {
-            Source::Streaming(inner) => Pin::new(inner).poll_frame(cx),
+            Source::Streaming { inner, remaining, limit } => {
+                let frame = std::task::ready!(Pin::new(inner).poll_frame(cx));
+                if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+                    let length = data.map_or(0, |d| d.len() as u64);
+                    match remaining.checked_sub(length) {
+                        Some(left) => *remaining = left,
+                        None => return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit))))),
+                    }
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
             Source::Buffered(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.source {
-            Source::Streaming(inner) => inner.is_end_stream(),
+            Source::Streaming { inner, .. } => inner.is_end_stream(),
             Source::Buffered(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.source {
-            Source::Streaming(inner) => inner.size_hint(),
+            Source::Streaming { inner, .. } => inner.size_hint(),
             Source::Buffered(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

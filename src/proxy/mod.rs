@@ -6,7 +6,7 @@ mod body;
 mod headers;
 mod websocket;
 
-pub use body::{BodyTimeouts, RequestBody, StreamTimedOut, UpstreamBody};
+pub use body::{BodyTimeouts, BodyTooLarge, RequestBody, StreamTimedOut, UpstreamBody};
 
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
@@ -48,16 +48,19 @@ impl ClientInfo {
 /// A server that cannot be reached, or answers 502/503 to a request without a streamed body, is counted as
 /// failed (passive health) and the request goes to another one, up to the upstream's tries and retry
 /// timeout, never twice to the same server and never once a response byte went to the client.
+///
+/// A body that grows past `max_body` (`client_max_body_size`; a declared length was checked before)
+/// is cut off there and answered 413.
 pub async fn forward(
     mut request: Request<Incoming>,
     client: &ClientInfo,
     upstream: &Upstream,
+    max_body: u64,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let upgrade = websocket::is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
     // A body small enough to keep is read first, so the request can go to another server if needed.
-    let declared =
-        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(&parts.headers);
     let may_resend = upstream.tries > 1 && (parts.method.is_idempotent() || upstream.retry_non_idempotent);
     if upgrade.is_none() && may_resend && declared.is_some_and(|length| length > 0 && length <= upstream.retry_body_max)
     {
@@ -70,8 +73,13 @@ pub async fn forward(
         };
         return forward_buffered(parts, bytes, client, upstream).await;
     }
-    let (body, sent) = RequestBody::new(body);
+    let (body, sent) = RequestBody::new(body, max_body);
     forward_body(parts, body, sent, upgrade, client, upstream).await
+}
+
+/// The request's `Content-Length`, if it declares a valid one.
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
 }
 
 /// As `forward`, for a request whose body was read in full (by a model router); such a request can
@@ -360,12 +368,16 @@ fn connect_error(error: ConnectError) -> GatewayError {
     }
 }
 
-/// Maps a failed exchange to the answer nginx users expect: send timeout 504, anything else 502.
+/// Maps a failed exchange to the answer nginx users expect: send timeout 504, a client body past its
+/// limit 413, anything else 502.
 fn classify(error: &hyper::Error) -> GatewayError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = source {
         if current.is::<SendTimedOut>() {
             return GatewayError::SendTimeout;
+        }
+        if let Some(BodyTooLarge(limit)) = current.downcast_ref() {
+            return GatewayError::BodyTooLarge(*limit);
         }
         if let Some(io) = current.downcast_ref::<std::io::Error>() {
             if io.get_ref().is_some_and(|inner| inner.is::<SendTimedOut>()) {

@@ -24,7 +24,7 @@ listen = ["127.0.0.1:0"]
   [[server.location]]
   prefix = "/v1/"
   models = {{ "glm-4v-flash" = "glm", "qwen2-vl" = "qwen" }}
-  max_body_size = "1k"
+  client_max_body_size = "1k"
 "#,
         glm.addr, qwen.addr
     )
