@@ -1,6 +1,7 @@
 //! The one response body type the gateway serves: empty, a fixed buffer, or a backend's stream. An
 //! enum rather than a boxed trait object so that no response pays an allocation for its body.
 
+use crate::compress::CompressedBody;
 use crate::policy::connlimit::ConnGuard;
 use crate::proxy::UpstreamBody;
 use bytes::Bytes;
@@ -25,6 +26,8 @@ pin_project! {
         Upstream { #[pin] inner: UpstreamBody },
         /// A body whose request holds concurrency places (`limit_conn`) until it ends.
         Held { inner: Box<ResponseBody>, places: Vec<ConnGuard> },
+        /// A body compressed as it streams.
+        Compressed { inner: Box<CompressedBody> },
     }
 }
 
@@ -50,6 +53,7 @@ impl Body for ResponseBody {
             ResponseBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ResponseBodyProj::Upstream { inner } => inner.poll_frame(cx),
             ResponseBodyProj::Held { inner, .. } => Pin::new(&mut **inner).poll_frame(cx),
+            ResponseBodyProj::Compressed { inner } => Pin::new(&mut **inner).poll_frame(cx),
         }
     }
 
@@ -59,6 +63,7 @@ impl Body for ResponseBody {
             ResponseBody::Full { data } => data.is_none(),
             ResponseBody::Upstream { inner } => inner.is_end_stream(),
             ResponseBody::Held { inner, .. } => inner.is_end_stream(),
+            ResponseBody::Compressed { inner } => inner.is_end_stream(),
         }
     }
 
@@ -68,6 +73,7 @@ impl Body for ResponseBody {
             ResponseBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             ResponseBody::Upstream { inner } => inner.size_hint(),
             ResponseBody::Held { inner, .. } => inner.size_hint(),
+            ResponseBody::Compressed { .. } => SizeHint::default(),
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod ai;
 pub mod body;
 pub mod canary;
+pub mod compress;
 pub mod config;
 pub mod error;
 pub mod pipeline;

@@ -7,12 +7,13 @@
 //! 3. [`request_policies`]: the location's rate and concurrency limits, body size limit and request
 //!    header edits.
 //! 4. [`handle`]: the location's handler — proxy, return or redirect — guarded against panics.
-//! 5. [`finish`]: response policies: the server's and location's header edits.
+//! 5. [`finish`]: response policies: the server's and location's header edits, then compression
+//!    (`compress::CompressPolicy::apply`), which sees the headers as configured.
 //!
-//! Each phase says when it runs and what it may change. Body limits and compression slot in as
-//! request and response policies as they arrive.
+//! Each phase says when it runs and what it may change.
 
 use crate::body::ResponseBody;
+use crate::compress::RequestCodings;
 use crate::config::ErrorFormat;
 use crate::error::GatewayError;
 use crate::policy;
@@ -58,6 +59,7 @@ async fn serve_identified(
         Err(error) => finish(error.to_response(server.errors), &server.response_headers),
         Ok(location) => {
             let mut request = request;
+            let codings = location.compress.as_ref().map(|_| RequestCodings::of(&request));
             let response = match request_policies(location, client, &mut request).await {
                 Ok(places) if places.is_empty() => handle(location, server, client, request).await,
                 Ok(places) => handle(location, server, client, request)
@@ -65,7 +67,11 @@ async fn serve_identified(
                     .map(|body| ResponseBody::Held { inner: Box::new(body), places }),
                 Err(error) => error.to_response(location.errors),
             };
-            finish(response, &location.response_headers)
+            let response = finish(response, &location.response_headers);
+            match (&location.compress, codings) {
+                (Some(policy), Some(codings)) => policy.apply(&codings, response),
+                _ => response,
+            }
         }
     }
 }

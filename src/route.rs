@@ -4,6 +4,7 @@
 
 use crate::ai::ModelRouter;
 use crate::canary::ProxyTarget;
+use crate::compress::CompressPolicy;
 use crate::config::ErrorFormat;
 use crate::policy::headers::HeaderEdits;
 use crate::policy::{ConnLimit, RateLimit};
@@ -38,6 +39,8 @@ pub struct Location {
     pub response_headers: HeaderEdits,
     /// Largest request body accepted (`client_max_body_size`; `u64::MAX` for no limit).
     pub max_body: u64,
+    /// Response compression, if on.
+    pub compress: Option<CompressPolicy>,
     /// Rate limits checked before the handler.
     pub limits: Vec<RateLimit>,
     /// Concurrency limits held until the response ends.
@@ -243,6 +246,7 @@ mod tests {
             request_headers: Default::default(),
             response_headers: Default::default(),
             max_body: u64::MAX,
+            compress: None,
             limits: Vec::new(),
             conn_limits: Vec::new(),
             errors: ErrorFormat::Text,

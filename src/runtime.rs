@@ -4,9 +4,10 @@
 
 use crate::ai::ModelRouter;
 use crate::canary::{Canary, ProxyTarget};
+use crate::compress::{CompressPolicy, Encoding, Levels};
 use crate::config::{
-    self, Config, ConfigError, ConfigErrors, ErrorFormat, HttpSettings, LimitZoneConfig, LocationConfig, ServerConfig,
-    Source,
+    self, CompressConfig, Config, ConfigError, ConfigErrors, ErrorFormat, HttpSettings, LimitZoneConfig,
+    LocationConfig, ServerConfig, Source,
 };
 use crate::policy::connlimit::ConnCounter;
 use crate::policy::headers::HeaderEdits;
@@ -184,6 +185,20 @@ fn request_edits(set: &BTreeMap<String, String>) -> HeaderEdits {
     HeaderEdits::new(remove.into_iter().map(|(name, _)| name).collect(), set)
 }
 
+/// A validated `compress` table.
+fn compress_policy(config: &CompressConfig) -> CompressPolicy {
+    CompressPolicy {
+        encodings: config.encodings.iter().filter_map(|e| Encoding::parse(e.get_ref())).collect(),
+        types: config.types.iter().map(|t| t.trim().to_ascii_lowercase()).collect(),
+        min_length: config.min_length.0,
+        levels: Levels {
+            gzip: *config.gzip_level.get_ref(),
+            br: *config.br_level.get_ref(),
+            zstd: *config.zstd_level.get_ref(),
+        },
+    }
+}
+
 /// What compiling a location may refer to.
 struct Context<'a> {
     upstreams: &'a HashMap<String, Arc<Upstream>>,
@@ -289,5 +304,6 @@ fn compile_location(
         });
     }
     let errors = location.errors.or(server.errors).unwrap_or(default_format);
-    Some(Location { handler, request_headers, response_headers, max_body, limits, conn_limits, errors })
+    let compress = location.compress.as_ref().or(server.compress.as_ref()).filter(|c| c.enabled).map(compress_policy);
+    Some(Location { handler, request_headers, response_headers, max_body, compress, limits, conn_limits, errors })
 }

@@ -358,6 +358,54 @@ fn one_or_many<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(deserializ
     deserializer.deserialize_any(OneOrMany(std::marker::PhantomData))
 }
 
+/// `compress = { ... }`: nginx's `gzip on`, `gzip_types`, `gzip_min_length`, `gzip_comp_level`, with
+/// brotli and zstd beside gzip.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressConfig {
+    /// Whether to compress (default true once the table is there; `false` turns a server's off here).
+    pub enabled: bool,
+    /// Codings offered, preferred first when the client's q-values tie (default zstd, br, gzip).
+    pub encodings: Vec<Spanned<String>>,
+    /// Media types compressed (default: JSON, plain text, HTML, CSS, JavaScript, XML, SVG).
+    pub types: Vec<String>,
+    /// Responses declaring a shorter `Content-Length` are not compressed (default 1k).
+    pub min_length: Size,
+    /// gzip level, 1-9 (default 4; nginx's default is 1).
+    pub gzip_level: Spanned<u32>,
+    /// brotli quality, 0-11 (default 4).
+    pub br_level: Spanned<u32>,
+    /// zstd level, 1-19 (default 3).
+    pub zstd_level: Spanned<i32>,
+}
+
+impl Default for CompressConfig {
+    fn default() -> Self {
+        let spanned = |text: &str| Spanned::new(0..0, text.to_string());
+        CompressConfig {
+            enabled: true,
+            encodings: vec![spanned("zstd"), spanned("br"), spanned("gzip")],
+            types: [
+                "application/json",
+                "text/plain",
+                "text/html",
+                "text/css",
+                "application/javascript",
+                "text/javascript",
+                "application/xml",
+                "text/xml",
+                "image/svg+xml",
+            ]
+            .map(String::from)
+            .to_vec(),
+            min_length: Size(1024),
+            gzip_level: Spanned::new(0..0, 4),
+            br_level: Spanned::new(0..0, 4),
+            zstd_level: Spanned::new(0..0, 3),
+        }
+    }
+}
+
 /// `[[server]]`, nginx's `server {}` block. Its `[[server.location]]` tables are read separately so
 /// that an error in one location does not hide errors in the others.
 #[derive(Debug, Deserialize, Clone)]
@@ -393,6 +441,8 @@ pub struct ServerConfig {
     /// response); locations add to these.
     #[serde(default)]
     pub proxy_hide_header: Vec<String>,
+    /// Response compression (nginx `gzip`); default off. Locations may replace it.
+    pub compress: Option<CompressConfig>,
     /// How error responses look; locations may override. Default: `json` on proxy locations,
     /// `text` elsewhere.
     pub errors: Option<ErrorFormat>,
@@ -482,6 +532,8 @@ pub struct LocationConfig {
     /// Response headers removed here, on top of the server's (nginx `proxy_hide_header`).
     #[serde(default)]
     pub proxy_hide_header: Vec<String>,
+    /// Response compression here, replacing the server's table.
+    pub compress: Option<CompressConfig>,
     /// Rate limits (nginx `limit_req`): one table or an array.
     #[serde(default, deserialize_with = "one_or_many")]
     pub limit_req: Vec<LimitReqConfig>,

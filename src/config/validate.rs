@@ -2,7 +2,7 @@
 //! Everything found is reported at once, each error at the place the user must edit.
 
 use super::load::{ConfigError, ConfigErrors, Source};
-use super::schema::{Config, LocationConfig};
+use super::schema::{CompressConfig, Config, LocationConfig};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
@@ -197,6 +197,9 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
             source,
             &mut errors,
         );
+        if let Some(compress) = &server.compress {
+            check_compress(compress, source, &mut errors);
+        }
         for location in &server.locations {
             validate_location(location, &upstream_names, config.upstreams_incomplete, source, &mut errors);
             for limit in &location.limit_req {
@@ -285,6 +288,30 @@ fn check_headers(
                 ),
             );
         }
+    }
+}
+
+fn check_compress(compress: &CompressConfig, source: &Source, errors: &mut Vec<ConfigError>) {
+    for encoding in &compress.encodings {
+        if crate::compress::Encoding::parse(encoding.get_ref()).is_none() {
+            errors.push(source.error(
+                encoding.span(),
+                format!("unknown coding {:?} (expected \"zstd\", \"br\" or \"gzip\")", encoding.get_ref()),
+            ));
+        }
+    }
+    let levels = [(&compress.gzip_level, 1..=9, "gzip_level"), (&compress.br_level, 0..=11, "br_level")];
+    for (level, range, key) in levels {
+        if !range.contains(level.get_ref()) {
+            let message = format!("{key} {} out of range ({}-{})", level.get_ref(), range.start(), range.end());
+            errors.push(source.error(level.span(), message));
+        }
+    }
+    if !(1..=19).contains(compress.zstd_level.get_ref()) {
+        errors.push(source.error(
+            compress.zstd_level.span(),
+            format!("zstd_level {} out of range (1-19)", compress.zstd_level.get_ref()),
+        ));
     }
 }
 
@@ -387,6 +414,9 @@ fn validate_location(
         }
     }
     check_headers(&location.add_header, &location.proxy_set_header, &location.proxy_hide_header, &span, source, errors);
+    if let Some(compress) = &location.compress {
+        check_compress(compress, source, errors);
+    }
     if let Some(buffers) = &location.proxy_buffers {
         let valid = buffers
             .split_once(' ')

@@ -5,6 +5,7 @@ mod support;
 mod admission;
 mod canary;
 mod cli;
+mod compression;
 mod edge;
 mod health;
 mod models;

@@ -1,0 +1,119 @@
+//! Response compression (nginx's `gzip` module, with brotli and zstd too), a response policy of the
+//! pipeline's last phase: which responses qualify, which coding the client gets, and the streaming
+//! encoder. Event streams, already-encoded bodies, `no-transform`, ranges and HEAD are never touched.
+
+mod body;
+mod negotiate;
+
+pub use body::{CompressedBody, Levels};
+pub use negotiate::{negotiate, Encoding};
+
+use crate::body::ResponseBody;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+
+/// A location's compression settings, compiled from `compress = { ... }`.
+#[derive(Debug, Clone)]
+pub struct CompressPolicy {
+    /// Codings offered, the server's preference first.
+    pub encodings: Vec<Encoding>,
+    /// Media types compressed (`type/subtype`, lowercase).
+    pub types: Vec<String>,
+    /// Bodies declaring a shorter `Content-Length` are sent as they are.
+    pub min_length: u64,
+    /// Levels per coding.
+    pub levels: Levels,
+}
+
+/// What the response policy needs to remember of the request, taken before the handler owns it.
+pub struct RequestCodings {
+    /// The client's `Accept-Encoding`.
+    accept: Option<HeaderValue>,
+    head: bool,
+}
+
+impl RequestCodings {
+    /// Remembers what compression needs of a request.
+    pub fn of<B>(request: &http::Request<B>) -> RequestCodings {
+        RequestCodings {
+            accept: request.headers().get(header::ACCEPT_ENCODING).cloned(),
+            head: request.method() == Method::HEAD,
+        }
+    }
+
+    /// The client's `Accept-Encoding`.
+    pub fn accept(&self) -> Option<&HeaderValue> {
+        self.accept.as_ref()
+    }
+}
+
+impl CompressPolicy {
+    /// Compresses `response` when it qualifies and the client accepts an offered coding. A response of
+    /// a compressible type gets `Vary: Accept-Encoding` either way, so caches keep the variants apart.
+    pub fn apply(&self, request: &RequestCodings, mut response: Response<ResponseBody>) -> Response<ResponseBody> {
+        if request.head || !self.qualifies(&response) {
+            return response;
+        }
+        add_vary(response.headers_mut());
+        let Some(encoding) = negotiate(request.accept(), &self.encodings) else {
+            return response;
+        };
+        let encoder = match body::Encoder::new(encoding, self.levels) {
+            Ok(encoder) => encoder,
+            Err(error) => {
+                tracing::warn!(%error, "cannot start the compressor; sending the body as it is");
+                return response;
+            }
+        };
+        let (mut parts, body) = response.into_parts();
+        let body = ResponseBody::Compressed { inner: Box::new(CompressedBody::new(body, encoder)) };
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::ACCEPT_RANGES);
+        parts.headers.insert(header::CONTENT_ENCODING, encoding.header_value());
+        // The bytes differ from the uncompressed representation's: a strong validator becomes weak.
+        if let Some(etag) = parts.headers.get(header::ETAG).filter(|e| !e.as_bytes().starts_with(b"W/")) {
+            let mut weak = b"W/".to_vec();
+            weak.extend_from_slice(etag.as_bytes());
+            if let Ok(weak) = HeaderValue::from_bytes(&weak) {
+                parts.headers.insert(header::ETAG, weak);
+            }
+        }
+        Response::from_parts(parts, body)
+    }
+
+    /// nginx's rules: statuses 200, 403 and 404; a listed type other than an event stream; no
+    /// `Content-Encoding`, `Content-Range` or `Cache-Control: no-transform`; not declared shorter than
+    /// `min_length`; not empty.
+    fn qualifies(&self, response: &Response<ResponseBody>) -> bool {
+        let headers = response.headers();
+        if !matches!(response.status(), StatusCode::OK | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND)
+            || matches!(response.body(), ResponseBody::Empty)
+            || headers.contains_key(header::CONTENT_ENCODING)
+            || headers.contains_key(header::CONTENT_RANGE)
+        {
+            return false;
+        }
+        let no_transform = headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.to_ascii_lowercase().contains("no-transform")));
+        let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let media_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        !no_transform
+            && declared.is_none_or(|length| length >= self.min_length)
+            && media_type.is_some_and(|t| t != "text/event-stream" && self.types.contains(&t))
+    }
+}
+
+/// Adds `Accept-Encoding` to `Vary` unless it is there.
+pub fn add_vary(headers: &mut http::HeaderMap) {
+    let present = headers.get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("accept-encoding") || t.trim() == "*"))
+    });
+    if !present {
+        headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+}
