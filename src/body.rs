@@ -4,6 +4,7 @@
 use crate::compress::CompressedBody;
 use crate::policy::connlimit::ConnGuard;
 use crate::proxy::UpstreamBody;
+use crate::static_files::FileBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -28,6 +29,8 @@ pin_project! {
         Held { inner: Box<ResponseBody>, places: Vec<ConnGuard> },
         /// A body compressed as it streams.
         Compressed { inner: Box<CompressedBody> },
+        /// A static file, read as the client takes it.
+        File { inner: Box<FileBody> },
     }
 }
 
@@ -54,6 +57,7 @@ impl Body for ResponseBody {
             ResponseBodyProj::Upstream { inner } => inner.poll_frame(cx),
             ResponseBodyProj::Held { inner, .. } => Pin::new(&mut **inner).poll_frame(cx),
             ResponseBodyProj::Compressed { inner } => Pin::new(&mut **inner).poll_frame(cx),
+            ResponseBodyProj::File { inner } => Pin::new(&mut **inner).poll_frame(cx),
         }
     }
 
@@ -64,6 +68,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream { inner } => inner.is_end_stream(),
             ResponseBody::Held { inner, .. } => inner.is_end_stream(),
             ResponseBody::Compressed { inner } => inner.is_end_stream(),
+            ResponseBody::File { inner } => inner.is_end_stream(),
         }
     }
 
@@ -74,6 +79,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream { inner } => inner.size_hint(),
             ResponseBody::Held { inner, .. } => inner.size_hint(),
             ResponseBody::Compressed { .. } => SizeHint::default(),
+            ResponseBody::File { inner } => inner.size_hint(),
         }
     }
 }

@@ -12,6 +12,16 @@ pub enum GatewayError {
     /// No location matches the path.
     #[error("no route for this path")]
     NoRoute,
+    /// No such static file.
+    #[error("file not found")]
+    NotFound,
+    /// A static file or folder that may not be served (unreadable, a folder without index, or a
+    /// symlink leaving the root).
+    #[error("forbidden")]
+    Forbidden,
+    /// A method the handler does not serve (static files: only GET and HEAD).
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// The backend refused the connection or could not be reached.
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
@@ -70,7 +80,9 @@ impl GatewayError {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::NoRoute | GatewayError::UnknownModel { .. } => StatusCode::NOT_FOUND,
+            GatewayError::NoRoute | GatewayError::NotFound | GatewayError::UnknownModel { .. } => StatusCode::NOT_FOUND,
+            GatewayError::Forbidden => StatusCode::FORBIDDEN,
+            GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UpstreamUnreachable(_) | GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             GatewayError::ConnectTimeout(_)
@@ -88,7 +100,9 @@ impl GatewayError {
     /// OpenAI's `type` and a stable machine-readable `code`.
     fn kind(&self) -> (&'static str, &'static str) {
         match self {
-            GatewayError::NoRoute => ("invalid_request_error", "not_found"),
+            GatewayError::NoRoute | GatewayError::NotFound => ("invalid_request_error", "not_found"),
+            GatewayError::Forbidden => ("invalid_request_error", "forbidden"),
+            GatewayError::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
             GatewayError::UnknownModel { .. } => ("invalid_request_error", "model_not_found"),
             GatewayError::BodyTooLarge(_) => ("invalid_request_error", "body_too_large"),
             GatewayError::UpstreamUnreachable(_) => ("upstream_error", "upstream_unreachable"),
@@ -119,6 +133,9 @@ impl GatewayError {
             GatewayError::NoHealthyServer => Some(1),
             _ => None,
         };
+        if let GatewayError::MethodNotAllowed = self {
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
         if let Some(seconds) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }

@@ -17,5 +17,6 @@ pub mod route;
 pub mod runtime;
 pub mod server;
 pub mod sim;
+pub mod static_files;
 pub mod template;
 pub mod upstream;

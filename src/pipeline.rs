@@ -6,7 +6,8 @@
 //! 2. [`route`]: the virtual server by Host, then the location by normalized path.
 //! 3. [`request_policies`]: the location's rate and concurrency limits, body size limit and request
 //!    header edits.
-//! 4. [`handle`]: the location's handler — proxy, return or redirect — guarded against panics.
+//! 4. [`handle`]: the location's handler — proxy, models, static files, return or redirect — guarded
+//!    against panics.
 //! 5. [`finish`]: response policies: the server's and location's header edits, then compression
 //!    (`compress::CompressPolicy::apply`), which sees the headers as configured.
 //!
@@ -135,6 +136,7 @@ async fn handle(
                 Ok(response)
             }
             Handler::Redirect { status, url } => redirect(*status, url, server, client, &request),
+            Handler::Static(files) => files.serve(&request).await,
         }
     };
     answer(work, location.errors).await

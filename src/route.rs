@@ -8,6 +8,7 @@ use crate::compress::CompressPolicy;
 use crate::config::ErrorFormat;
 use crate::policy::headers::HeaderEdits;
 use crate::policy::{ConnLimit, RateLimit};
+use crate::static_files::StaticFiles;
 use crate::template::Template;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
@@ -22,6 +23,8 @@ pub enum Handler {
     Proxy(ProxyTarget),
     /// Forward to the upstream serving the body's `model`.
     Models(ModelRouter),
+    /// Serve files from a folder.
+    Static(StaticFiles),
     /// Answer a fixed response.
     Return { status: StatusCode, body: Bytes, content_type: HeaderValue },
     /// Answer a redirect to a URL built from the request.

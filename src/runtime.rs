@@ -16,6 +16,7 @@ use crate::policy::realip::{parse_net, TrustedProxies};
 use crate::policy::{ConnLimit, RateLimit};
 use crate::route::{Handler, Location, LocationTable, NameTable, VirtualServer};
 use crate::server::tls::{self, TlsSite};
+use crate::static_files::{StaticFiles, StaticSettings};
 use crate::template::Template;
 use crate::upstream::Upstream;
 use bytes::Bytes;
@@ -96,8 +97,13 @@ impl Runtime {
             .collect();
         let zone_configs: HashMap<&str, &LimitZoneConfig> =
             config.limit_zones.iter().map(|(n, z)| (n.get_ref().as_str(), z)).collect();
-        let context =
-            Context { upstreams: &upstreams, zones: &zones, conn_zones: &conn_zones, zone_configs: &zone_configs };
+        let context = Context {
+            upstreams: &upstreams,
+            zones: &zones,
+            conn_zones: &conn_zones,
+            zone_configs: &zone_configs,
+            source,
+        };
 
         // Group servers by address, keeping config order; the declared default goes first.
         let mut by_addr: Vec<(SocketAddr, Vec<&ServerConfig>)> = Vec::new();
@@ -205,6 +211,8 @@ struct Context<'a> {
     zones: &'a HashMap<String, Arc<Zone>>,
     conn_zones: &'a HashMap<String, Arc<ConnCounter>>,
     zone_configs: &'a HashMap<&'a str, &'a LimitZoneConfig>,
+    /// For paths relative to the config file's folder.
+    source: &'a Source,
 }
 
 fn compile_server(server: &ServerConfig, context: &Context) -> VirtualServer {
@@ -260,6 +268,17 @@ fn compile_location(
             models.insert(model.clone(), context.upstreams.get(upstream.get_ref())?.clone());
         }
         Handler::Models(ModelRouter::new(models, max_body))
+    } else if let Some(folder) = location.root.as_ref().or(location.alias.as_ref()) {
+        let alias_of = location.alias.as_ref().and(location.prefix.clone().or_else(|| location.exact.clone()));
+        Handler::Static(StaticFiles::new(StaticSettings {
+            dir: context.source.resolve(folder.get_ref()),
+            alias_of,
+            index: location.index.clone().unwrap_or_else(|| vec!["index.html".into()]),
+            expires: location.expires.map(|e| e.0),
+            cache_control: location.cache_control.clone(),
+            precompressed: location.precompressed.unwrap_or(true),
+            allow_symlinks_outside: location.allow_symlinks_outside.unwrap_or(false),
+        }))
     } else if let Some(ret) = &location.return_ {
         let content_type = ret.content_type.as_deref().unwrap_or("text/plain; charset=utf-8");
         Handler::Return {

@@ -511,6 +511,23 @@ pub struct LocationConfig {
     /// is answered from this table.
     #[serde(default)]
     pub models: BTreeMap<String, Spanned<String>>,
+    /// Handler: serve files from this folder, the request path appended (nginx `root`); relative to
+    /// the config file's folder.
+    pub root: Option<Spanned<PathBuf>>,
+    /// Handler: serve files from this folder, which stands for the location's path (nginx `alias`).
+    pub alias: Option<Spanned<PathBuf>>,
+    /// With `root` / `alias`: files tried for a folder, in order (default `["index.html"]`).
+    pub index: Option<Vec<String>>,
+    /// With `root` / `alias`: `Cache-Control: max-age` and `Expires` this far ahead (nginx `expires`).
+    pub expires: Option<Span>,
+    /// With `root` / `alias`: more `Cache-Control` directives, after `max-age` (`"public, no-transform"`).
+    pub cache_control: Option<String>,
+    /// With `root` / `alias`: serve `FILE.br`, `FILE.zst`, `FILE.gz` when present and accepted
+    /// (nginx `gzip_static`; default true).
+    pub precompressed: Option<bool>,
+    /// With `root` / `alias`: serve files whose real path, symlinks resolved, leaves the folder
+    /// (default false: 403).
+    pub allow_symlinks_outside: Option<bool>,
     /// Handler: answer with a fixed status and body (nginx `return CODE TEXT`).
     #[serde(rename = "return")]
     pub return_: Option<ReturnConfig>,

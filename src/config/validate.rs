@@ -345,10 +345,34 @@ fn validate_location(
         location.return_.is_some(),
         location.redirect.is_some(),
         !location.models.is_empty(),
+        location.root.is_some(),
+        location.alias.is_some(),
     ];
     if handlers.iter().filter(|h| **h).count() != 1 {
-        let message = "a location needs exactly one handler: `proxy`, `models`, `return` or `redirect`";
+        let message =
+            "a location needs exactly one handler: `proxy`, `models`, `return`, `redirect`, `root` or `alias`";
         errors.push(source.error(span.clone(), message));
+    }
+    if let (Some(alias), Some(_)) = (&location.alias, &location.regex) {
+        errors
+            .push(source.error(alias.span(), "`alias` needs a `prefix` or `exact` location (use `root` with `regex`)"));
+    }
+    let static_only = [
+        location.index.is_some(),
+        location.expires.is_some(),
+        location.cache_control.is_some(),
+        location.precompressed.is_some(),
+        location.allow_symlinks_outside.is_some(),
+    ];
+    if static_only.contains(&true) && location.root.is_none() && location.alias.is_none() {
+        let message =
+            "`index`, `expires`, `cache_control`, `precompressed` and `allow_symlinks_outside` need `root` or `alias`";
+        errors.push(source.error(span.clone(), message));
+    }
+    if let Some(directives) = &location.cache_control {
+        if http::HeaderValue::from_str(directives).is_err() {
+            errors.push(source.error(span.clone(), "invalid cache_control (visible ASCII expected)"));
+        }
     }
     let mut total_weight = 0;
     for canary in &location.canary {

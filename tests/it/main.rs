@@ -13,6 +13,7 @@ mod proxy;
 mod ratelimit;
 mod reload;
 mod sim;
+mod static_files;
 mod streaming;
 mod timeouts;
 mod tls;
