@@ -1,8 +1,8 @@
 //! The one response body type the gateway serves: empty, a fixed buffer, or a backend's stream. An
 //! enum rather than a boxed trait object so that no response pays an allocation for its body.
 
+use crate::accounting::TrackedBody;
 use crate::compress::CompressedBody;
-use crate::policy::connlimit::ConnGuard;
 use crate::proxy::UpstreamBody;
 use crate::static_files::FileBody;
 use bytes::Bytes;
@@ -25,8 +25,8 @@ pin_project! {
         Full { data: Option<Bytes> },
         /// A backend's response, forwarded frame by frame.
         Upstream { #[pin] inner: UpstreamBody },
-        /// A body whose request holds concurrency places (`limit_conn`) until it ends.
-        Held { inner: Box<ResponseBody>, places: Vec<ConnGuard> },
+        /// A body whose end is accounted (access log) or releases concurrency places (`limit_conn`).
+        Tracked { inner: Box<TrackedBody> },
         /// A body compressed as it streams.
         Compressed { inner: Box<CompressedBody> },
         /// A static file, read as the client takes it.
@@ -55,7 +55,7 @@ impl Body for ResponseBody {
             ResponseBodyProj::Empty => Poll::Ready(None),
             ResponseBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ResponseBodyProj::Upstream { inner } => inner.poll_frame(cx),
-            ResponseBodyProj::Held { inner, .. } => Pin::new(&mut **inner).poll_frame(cx),
+            ResponseBodyProj::Tracked { inner } => Pin::new(&mut **inner).poll_frame(cx),
             ResponseBodyProj::Compressed { inner } => Pin::new(&mut **inner).poll_frame(cx),
             ResponseBodyProj::File { inner } => Pin::new(&mut **inner).poll_frame(cx),
         }
@@ -66,7 +66,7 @@ impl Body for ResponseBody {
             ResponseBody::Empty => true,
             ResponseBody::Full { data } => data.is_none(),
             ResponseBody::Upstream { inner } => inner.is_end_stream(),
-            ResponseBody::Held { inner, .. } => inner.is_end_stream(),
+            ResponseBody::Tracked { inner } => inner.is_end_stream(),
             ResponseBody::Compressed { inner } => inner.is_end_stream(),
             ResponseBody::File { inner } => inner.is_end_stream(),
         }
@@ -77,7 +77,7 @@ impl Body for ResponseBody {
             ResponseBody::Empty => SizeHint::with_exact(0),
             ResponseBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             ResponseBody::Upstream { inner } => inner.size_hint(),
-            ResponseBody::Held { inner, .. } => inner.size_hint(),
+            ResponseBody::Tracked { inner } => inner.size_hint(),
             ResponseBody::Compressed { .. } => SizeHint::default(),
             ResponseBody::File { inner } => inner.size_hint(),
         }

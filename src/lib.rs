@@ -3,12 +3,15 @@
 //! `server` accepts and serves connections, `pipeline` runs a request's phases, `route` picks the
 //! location, `proxy` and `upstream` talk to backends; `config` and `runtime` form the control path.
 
+pub mod access_log;
+pub mod accounting;
 pub mod ai;
 pub mod body;
 pub mod canary;
 pub mod compress;
 pub mod config;
 pub mod error;
+pub mod error_log;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use infergate::config::Source;
+use infergate::error_log;
 use infergate::runtime::Runtime;
 use infergate::server::workers::Workers;
 use infergate::server::{signals, ConfigOrigin, Gateway};
@@ -49,18 +50,20 @@ const DEMO_CONFIG: &str = include_str!("../examples/demo.toml");
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let origin = match cli.config {
         Some(path) => ConfigOrigin::File(path),
         None if Path::new("infergate.toml").exists() => ConfigOrigin::File("infergate.toml".into()),
         None => ConfigOrigin::Embedded,
     };
-    let result = match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run);
+    // Only a running gateway logs where its config says; errors in the config are reported later.
+    let source = matches!(command, Command::Run).then(|| origin.read().ok()).flatten();
+    let config = source.as_ref().and_then(|source| infergate::config::load(source).ok());
+    let dir = source.as_ref().map_or(PathBuf::from("."), |s| s.dir.clone());
+    error_log::init(config.as_ref().and_then(|c| c.http.error_log.as_ref()), &dir);
+    let result = match command {
         Command::Check => check(&origin),
-        Command::Run => run(origin),
+        Command::Run => run(origin, config),
         Command::Sim(options) => sim(options),
         Command::Demo(options) => demo(options),
     };
@@ -136,12 +139,12 @@ fn demo(options: DemoOptions) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn run(origin: ConfigOrigin) -> anyhow::Result<ExitCode> {
+fn run(origin: ConfigOrigin, config: Option<infergate::config::Config>) -> anyhow::Result<ExitCode> {
     if let ConfigOrigin::Embedded = origin {
         eprintln!("infergate: no --config and no ./infergate.toml: using the built-in default");
     }
     // The worker count is needed before the gateway starts; errors are reported by the start below.
-    let worker_count = origin.read().and_then(|source| infergate::config::load(&source)).map_or(0, |c| c.http.workers);
+    let worker_count = config.map_or(0, |c| c.http.workers);
     let workers = Workers::start(worker_count).context("cannot start worker threads")?;
     // Signals and reloads run on the main thread; traffic on the workers.
     let control =

@@ -1,7 +1,8 @@
 //! The life of one request, as the named phases of ARCHITECTURE.md's data path, run in this order:
 //!
-//! 0. The request's `X-Request-Id` (kept or made), and the client's address, from a trusted proxy's
-//!    headers when `[http] trusted_proxies` says so.
+//! 0. The request's `X-Request-Id` (kept or made), the client's address (from a trusted proxy's
+//!    headers when `[http] trusted_proxies` says so), and its accounting record (`accounting`),
+//!    finished once when the response ends.
 //! 1. [`check_limits`]: request limits hyper does not enforce itself (URI length).
 //! 2. [`route`]: the virtual server by Host, then the location by normalized path.
 //! 3. [`request_policies`]: the location's rate and concurrency limits, body size limit and request
@@ -13,6 +14,7 @@
 //!
 //! Each phase says when it runs and what it may change.
 
+use crate::accounting::Accounting;
 use crate::body::ResponseBody;
 use crate::compress::RequestCodings;
 use crate::config::ErrorFormat;
@@ -33,7 +35,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tracing::Instrument;
 
-/// Serves one request that arrived on `listener` under `runtime`.
+/// Serves one request that arrived on `listener` under `runtime`. Its record (access log) is
+/// finished when the response body ends, or here if the client leaves first.
 pub async fn serve(
     runtime: &Runtime,
     listener: &ListenerSpec,
@@ -41,40 +44,45 @@ pub async fn serve(
     mut request: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let request_id = request_id::ensure(request.headers_mut());
+    let client = &*runtime.trusted_proxies.client(client, request.headers());
+    let mut account = Accounting::begin(runtime.access_logs.keep_headers(), client, &request, &request_id);
     // Every log line of this request names its id (the span is free when debug logs are off).
     let span = tracing::debug_span!("request", id = ?request_id);
-    let response = serve_identified(runtime, listener, client, request).instrument(span).await;
-    with_request_id(response, request_id)
+    let (response, places) = serve_identified(runtime, listener, client, request, &mut account).instrument(span).await;
+    let response = with_request_id(response, request_id);
+    account.attach(response, places)
 }
 
+/// Phases 1 to 5; returns the response and the concurrency places its request holds until it ends.
 async fn serve_identified(
     runtime: &Runtime,
     listener: &ListenerSpec,
     client: &ClientInfo,
     request: Request<Incoming>,
-) -> Response<ResponseBody> {
-    let client = &*runtime.trusted_proxies.client(client, request.headers());
+    account: &mut Accounting,
+) -> (Response<ResponseBody>, Vec<ConnGuard>) {
     let server = listener.hosts.select(host_of(&request));
     let routed = check_limits(runtime, &request).and_then(|()| route(server, &request));
-    match routed {
-        Err(error) => finish(error.to_response(server.errors), &server.response_headers),
-        Ok(location) => {
-            let mut request = request;
-            let codings = location.compress.as_ref().map(|_| RequestCodings::of(&request));
-            let response = match request_policies(location, client, &mut request).await {
-                Ok(places) if places.is_empty() => handle(location, server, client, request).await,
-                Ok(places) => handle(location, server, client, request)
-                    .await
-                    .map(|body| ResponseBody::Held { inner: Box::new(body), places }),
-                Err(error) => error.to_response(location.errors),
-            };
-            let response = finish(response, &location.response_headers);
-            match (&location.compress, codings) {
-                (Some(policy), Some(codings)) => policy.apply(&codings, response),
-                _ => response,
-            }
+    let location = match routed {
+        Ok(location) => location,
+        Err(error) => {
+            account.route(server.access_log.as_ref());
+            return (finish(error.to_response(server.errors), &server.response_headers), Vec::new());
         }
-    }
+    };
+    account.route(location.access_log.as_ref());
+    let mut request = request;
+    let codings = location.compress.as_ref().map(|_| RequestCodings::of(&request));
+    let (response, places) = match request_policies(location, client, &mut request).await {
+        Ok(places) => (handle(location, server, client, request).await, places),
+        Err(error) => (error.to_response(location.errors), Vec::new()),
+    };
+    let response = finish(response, &location.response_headers);
+    let response = match (&location.compress, codings) {
+        (Some(policy), Some(codings)) => policy.apply(&codings, response),
+        _ => response,
+    };
+    (response, places)
 }
 
 /// Phase 1, before routing: rejects a request target longer than `max_uri_size` with 414. Changes nothing.

@@ -2,6 +2,7 @@
 //! in nginx's order — exact match, else the longest prefix (final if it says `skip_regex`), else the
 //! first matching regex in config order, else that longest prefix.
 
+use crate::access_log::AccessLog;
 use crate::ai::ModelRouter;
 use crate::canary::ProxyTarget;
 use crate::compress::CompressPolicy;
@@ -44,6 +45,8 @@ pub struct Location {
     pub max_body: u64,
     /// Response compression, if on.
     pub compress: Option<CompressPolicy>,
+    /// Where requests here are logged, if anywhere.
+    pub access_log: Option<Arc<AccessLog>>,
     /// Rate limits checked before the handler.
     pub limits: Vec<RateLimit>,
     /// Concurrency limits held until the response ends.
@@ -112,6 +115,8 @@ pub struct VirtualServer {
     pub locations: LocationTable,
     /// Response header edits for responses that match no location.
     pub response_headers: HeaderEdits,
+    /// Where requests matching no location are logged, if anywhere.
+    pub access_log: Option<Arc<AccessLog>>,
     /// Error format when no location matches.
     pub errors: ErrorFormat,
 }
@@ -250,6 +255,7 @@ mod tests {
             response_headers: Default::default(),
             max_body: u64::MAX,
             compress: None,
+            access_log: None,
             limits: Vec::new(),
             conn_limits: Vec::new(),
             errors: ErrorFormat::Text,

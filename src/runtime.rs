@@ -2,12 +2,13 @@
 //! the running one (reusing upstream pools by name) and swaps it in; requests keep the `Runtime` they
 //! started on until they finish.
 
+use crate::access_log::AccessLogs;
 use crate::ai::ModelRouter;
 use crate::canary::{Canary, ProxyTarget};
 use crate::compress::{CompressPolicy, Encoding, Levels};
 use crate::config::{
-    self, CompressConfig, Config, ConfigError, ConfigErrors, ErrorFormat, HttpSettings, LimitZoneConfig,
-    LocationConfig, ServerConfig, Source,
+    self, AccessLogSetting, CompressConfig, Config, ConfigError, ConfigErrors, ErrorFormat, HttpSettings,
+    LimitZoneConfig, LocationConfig, ServerConfig, Source,
 };
 use crate::policy::connlimit::ConnCounter;
 use crate::policy::headers::HeaderEdits;
@@ -52,6 +53,8 @@ pub struct Runtime {
     pub conn_zones: HashMap<String, Arc<ConnCounter>>,
     /// Whose forwarding headers name the client.
     pub trusted_proxies: TrustedProxies,
+    /// Access log files and formats, kept by reloads.
+    pub access_logs: AccessLogs,
 }
 
 impl Runtime {
@@ -95,6 +98,13 @@ impl Runtime {
                 (name.get_ref().clone(), kept.unwrap_or_default())
             })
             .collect();
+        let access_logs = match AccessLogs::build(config, source, previous.map(|p| &p.access_logs)) {
+            Ok(logs) => logs,
+            Err(mut e) => {
+                errors.append(&mut e);
+                AccessLogs::default()
+            }
+        };
         let zone_configs: HashMap<&str, &LimitZoneConfig> =
             config.limit_zones.iter().map(|(n, z)| (n.get_ref().as_str(), z)).collect();
         let context = Context {
@@ -103,6 +113,8 @@ impl Runtime {
             conn_zones: &conn_zones,
             zone_configs: &zone_configs,
             source,
+            access_logs: &access_logs,
+            http_access_log: config.http.access_log.as_ref(),
         };
 
         // Group servers by address, keeping config order; the declared default goes first.
@@ -167,6 +179,7 @@ impl Runtime {
             zones,
             conn_zones,
             trusted_proxies,
+            access_logs,
         })
     }
 }
@@ -213,6 +226,8 @@ struct Context<'a> {
     zone_configs: &'a HashMap<&'a str, &'a LimitZoneConfig>,
     /// For paths relative to the config file's folder.
     source: &'a Source,
+    access_logs: &'a AccessLogs,
+    http_access_log: Option<&'a AccessLogSetting>,
 }
 
 fn compile_server(server: &ServerConfig, context: &Context) -> VirtualServer {
@@ -234,6 +249,7 @@ fn compile_server(server: &ServerConfig, context: &Context) -> VirtualServer {
         primary_name: server.server_name.first().cloned().unwrap_or_default(),
         locations,
         response_headers: server_headers,
+        access_log: context.access_logs.select(&[server.access_log.as_ref(), context.http_access_log]),
         errors: server.errors.unwrap_or(ErrorFormat::Text),
     }
 }
@@ -324,5 +340,20 @@ fn compile_location(
     }
     let errors = location.errors.or(server.errors).unwrap_or(default_format);
     let compress = location.compress.as_ref().or(server.compress.as_ref()).filter(|c| c.enabled).map(compress_policy);
-    Some(Location { handler, request_headers, response_headers, max_body, compress, limits, conn_limits, errors })
+    let access_log = context.access_logs.select(&[
+        location.access_log.as_ref(),
+        server.access_log.as_ref(),
+        context.http_access_log,
+    ]);
+    Some(Location {
+        handler,
+        request_headers,
+        response_headers,
+        max_body,
+        compress,
+        limits,
+        conn_limits,
+        access_log,
+        errors,
+    })
 }

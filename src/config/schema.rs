@@ -48,6 +48,78 @@ pub struct HttpSettings {
     /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` / `X-Real-IP` name the client (nginx
     /// `set_real_ip_from`; default none: the client is the socket peer).
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// Access log of every server (nginx `access_log`; default `"off"`). Servers and locations may
+    /// override.
+    pub access_log: Option<AccessLogSetting>,
+    /// Named access log formats with nginx variables (nginx `log_format`); `main`, `combined` and
+    /// `json` are built in.
+    pub log_format: BTreeMap<String, Spanned<String>>,
+    /// Where error and event logs go and from which level (nginx `error_log`; default stderr, `info`).
+    /// Read at start only.
+    pub error_log: Option<ErrorLogConfig>,
+}
+
+/// `access_log = "off"` or `access_log = { path = "FILE", format = "NAME" }`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccessLogSetting {
+    /// No access log here.
+    Off,
+    /// Log to `path` in `format`.
+    Log(AccessLogConfig),
+}
+
+/// `access_log = { path, format }`.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// The file, relative to the config file's folder; appended to, created if missing.
+    pub path: Spanned<PathBuf>,
+    /// `main`, `combined` (default), `json`, or a `[http] log_format` name.
+    #[serde(default = "default_log_format")]
+    pub format: Spanned<String>,
+}
+
+fn default_log_format() -> Spanned<String> {
+    Spanned::new(0..0, "combined".into())
+}
+
+/// A visitor rather than an untagged enum, so that toml's spans inside survive for located errors.
+impl<'de> Deserialize<'de> for AccessLogSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Setting;
+        impl<'de> serde::de::Visitor<'de> for Setting {
+            type Value = AccessLogSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"off\" or { path = \"FILE\", format = \"NAME\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<AccessLogSetting, E> {
+                match text {
+                    "off" => Ok(AccessLogSetting::Off),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<AccessLogSetting, A::Error> {
+                AccessLogConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(AccessLogSetting::Log)
+            }
+        }
+        deserializer.deserialize_any(Setting)
+    }
+}
+
+/// `error_log = { path, level }`.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorLogConfig {
+    /// The file (default: stderr); reopened on SIGUSR1.
+    pub path: Option<PathBuf>,
+    /// `error`, `warn`, `info` (default) or `debug`; `RUST_LOG` overrides.
+    #[serde(default = "default_log_level")]
+    pub level: Spanned<String>,
+}
+
+fn default_log_level() -> Spanned<String> {
+    Spanned::new(0..0, "info".into())
 }
 
 impl Default for HttpSettings {
@@ -62,6 +134,9 @@ impl Default for HttpSettings {
             max_headers: 100,
             drain_timeout: Span(Duration::from_secs(30)),
             trusted_proxies: Vec::new(),
+            access_log: None,
+            log_format: BTreeMap::new(),
+            error_log: None,
         }
     }
 }
@@ -443,6 +518,8 @@ pub struct ServerConfig {
     pub proxy_hide_header: Vec<String>,
     /// Response compression (nginx `gzip`); default off. Locations may replace it.
     pub compress: Option<CompressConfig>,
+    /// Access log of this server (default `[http]`'s); locations may override.
+    pub access_log: Option<AccessLogSetting>,
     /// How error responses look; locations may override. Default: `json` on proxy locations,
     /// `text` elsewhere.
     pub errors: Option<ErrorFormat>,
@@ -551,6 +628,8 @@ pub struct LocationConfig {
     pub proxy_hide_header: Vec<String>,
     /// Response compression here, replacing the server's table.
     pub compress: Option<CompressConfig>,
+    /// Access log here (default the server's); `"off"` logs nothing here.
+    pub access_log: Option<AccessLogSetting>,
     /// Rate limits (nginx `limit_req`): one table or an array.
     #[serde(default, deserialize_with = "one_or_many")]
     pub limit_req: Vec<LimitReqConfig>,

@@ -84,6 +84,15 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
         }
     }
 
+    if let Some(error_log) = &config.http.error_log {
+        let level = error_log.level.get_ref();
+        if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+            errors.push(source.error(
+                error_log.level.span(),
+                format!("unknown error_log level {level:?} (expected \"error\", \"warn\", \"info\", \"debug\" or \"trace\")"),
+            ));
+        }
+    }
     for entry in &config.http.trusted_proxies {
         if crate::policy::realip::parse_net(entry.get_ref()).is_none() {
             errors.push(source.error(

@@ -8,6 +8,7 @@ mod websocket;
 
 pub use body::{BodyTimeouts, BodyTooLarge, RequestBody, StreamTimedOut, UpstreamBody};
 
+use crate::accounting::UpstreamInfo;
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
 use crate::upstream::{
@@ -205,6 +206,12 @@ async fn forward_body(
 
         let (mut parts, body) = response.into_parts();
         headers::to_client(&mut parts.headers, false);
+        parts.extensions.insert(UpstreamInfo {
+            addr: server.authority.clone(),
+            status: status.as_u16(),
+            started_after: try_started.duration_since(started),
+            header_time: try_started.elapsed(),
+        });
         let body = if body.is_end_stream() {
             server.pool.key().checkin(connection);
             ResponseBody::Empty

@@ -212,3 +212,39 @@ async fn sim_crash_above_exits_with_137_like_an_out_of_memory_kill() {
     let _ = first.await;
     assert_eq!(running.exit_status().await.code(), Some(137));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_reopens_the_access_and_error_logs_after_rotation() {
+    let backend = Backend::hello().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("infergate.toml");
+    let config = proxy_config(&backend.authority(), "").replace(
+        "[[upstream]]",
+        "[http]\naccess_log = { path = \"access.log\" }\nerror_log = { path = \"error.log\", level = \"info\" }\n\n[[upstream]]",
+    );
+    std::fs::write(&path, config).unwrap();
+    let running = Running::start(&path);
+    let line = running.wait_for("infergate: listening on ");
+    let addr: std::net::SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let read_when = |name: &str, needle: &str| {
+        let file = dir.path().join(name);
+        let started = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(started.elapsed() < GUARD, "{name} never held {needle:?}: {text}");
+            std::thread::yield_now();
+        }
+    };
+    fetch(addr, "/before").await;
+    read_when("access.log", "GET /before HTTP/1.1");
+    std::fs::rename(dir.path().join("access.log"), dir.path().join("access.log.1")).unwrap();
+    std::fs::rename(dir.path().join("error.log"), dir.path().join("error.log.1")).unwrap();
+    running.signal("USR1");
+    read_when("error.log", "log files reopened");
+    fetch(addr, "/after").await;
+    let text = read_when("access.log", "GET /after HTTP/1.1");
+    assert!(!text.contains("/before"), "{text}");
+}

@@ -1,0 +1,530 @@
+//! Access logs: nginx's `main` and `combined` formats, custom formats with nginx variables, and JSON
+//! lines. A request's line is formatted on its worker and handed to the file's writer thread, which
+//! batches lines into one write whenever its queue runs empty: a request never waits on the disk. The
+//! file is reopened on SIGUSR1, as nginx does for log rotation.
+
+use crate::accounting::{BodyEnd, Record};
+use crate::config::{AccessLogSetting, Config, ConfigError, Source};
+use http::HeaderName;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+
+/// nginx's `combined`, its built-in default.
+pub const COMBINED: &str = r#"$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent""#;
+/// The seed's (and nginx's documented) `main`: `combined` plus `X-Forwarded-For`.
+pub const MAIN: &str = r#"$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" "$http_x_forwarded_for""#;
+
+/// Lines waiting for the writer; beyond this the newest are dropped (and counted) rather than
+/// making requests wait.
+const QUEUE_LINES: usize = 65_536;
+
+/// A variable of a log format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Var {
+    RemoteAddr,
+    RemoteUser,
+    TimeLocal,
+    TimeIso8601,
+    Msec,
+    Request,
+    RequestMethod,
+    RequestUri,
+    Uri,
+    Args,
+    ServerProtocol,
+    Scheme,
+    Host,
+    Status,
+    BodyBytesSent,
+    RequestTime,
+    RequestId,
+    UpstreamAddr,
+    UpstreamStatus,
+    UpstreamResponseTime,
+    UpstreamHeaderTime,
+    /// How the response ended: `complete`, `client_closed` or `error` (infergate's own).
+    ResponseEnd,
+    /// `$http_NAME`: a request header.
+    Header(HeaderName),
+}
+
+const VARIABLES: [(&str, Var); 22] = [
+    ("remote_addr", Var::RemoteAddr),
+    ("remote_user", Var::RemoteUser),
+    ("time_local", Var::TimeLocal),
+    ("time_iso8601", Var::TimeIso8601),
+    ("msec", Var::Msec),
+    ("request", Var::Request),
+    ("request_method", Var::RequestMethod),
+    ("request_uri", Var::RequestUri),
+    ("uri", Var::Uri),
+    ("args", Var::Args),
+    ("server_protocol", Var::ServerProtocol),
+    ("scheme", Var::Scheme),
+    ("host", Var::Host),
+    ("status", Var::Status),
+    ("body_bytes_sent", Var::BodyBytesSent),
+    ("request_time", Var::RequestTime),
+    ("request_id", Var::RequestId),
+    ("upstream_addr", Var::UpstreamAddr),
+    ("upstream_status", Var::UpstreamStatus),
+    ("upstream_response_time", Var::UpstreamResponseTime),
+    ("upstream_header_time", Var::UpstreamHeaderTime),
+    ("response_end", Var::ResponseEnd),
+];
+
+#[derive(Debug, Clone)]
+enum Part {
+    Text(String),
+    Var(Var),
+}
+
+/// A compiled log format.
+#[derive(Debug, Clone)]
+pub struct LogFormat(Shape);
+
+#[derive(Debug, Clone)]
+enum Shape {
+    /// Text with `$variables`, as nginx's `log_format`.
+    Text(Vec<Part>),
+    /// One JSON object per line with every field.
+    Json,
+}
+
+impl LogFormat {
+    /// Compiles `text`; an unknown variable is an error naming the known ones.
+    pub fn parse(text: &str) -> Result<LogFormat, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(dollar) = rest.find('$') {
+            if dollar > 0 {
+                parts.push(Part::Text(rest[..dollar].to_string()));
+            }
+            let after = &rest[dollar + 1..];
+            let (name, consumed) = match after.strip_prefix('{') {
+                Some(braced) => {
+                    let end = braced.find('}').ok_or("unclosed `${` in log format")?;
+                    (&braced[..end], end + 2)
+                }
+                None => {
+                    let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+                    (&after[..end], end)
+                }
+            };
+            parts.push(Part::Var(variable(name)?));
+            rest = &after[consumed..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_string()));
+        }
+        Ok(LogFormat(Shape::Text(parts)))
+    }
+
+    /// A format by name: `main`, `combined`, `json`, or one of `custom` (`[http] log_format`).
+    pub fn named(name: &str, custom: &BTreeMap<String, String>) -> Result<LogFormat, String> {
+        match (name, custom.get(name)) {
+            (_, Some(text)) => LogFormat::parse(text),
+            ("main", None) => LogFormat::parse(MAIN),
+            ("combined", None) => LogFormat::parse(COMBINED),
+            ("json", None) => Ok(LogFormat(Shape::Json)),
+            _ => {
+                let mut known: Vec<&str> = vec!["main", "combined", "json"];
+                known.extend(custom.keys().map(String::as_str));
+                Err(format!("unknown log format `{name}` (known: {})", known.join(", ")))
+            }
+        }
+    }
+
+    /// The request headers this format reads, which the request's record must keep.
+    pub fn headers(&self) -> Vec<HeaderName> {
+        match &self.0 {
+            Shape::Json => JSON_HEADERS.iter().map(|(_, name)| HeaderName::from_static(name)).collect(),
+            Shape::Text(parts) => parts
+                .iter()
+                .filter_map(|part| match part {
+                    Part::Var(Var::Header(name)) => Some(name.clone()),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+
+    /// The record as one line, without the newline.
+    pub fn format(&self, record: &Record) -> String {
+        match &self.0 {
+            Shape::Json => json_line(record),
+            Shape::Text(parts) => {
+                let mut line = String::with_capacity(256);
+                for part in parts {
+                    match part {
+                        Part::Text(text) => line.push_str(text),
+                        Part::Var(var) => push_var(&mut line, var, record),
+                    }
+                }
+                line
+            }
+        }
+    }
+}
+
+fn variable(name: &str) -> Result<Var, String> {
+    if let Some(header) = name.strip_prefix("http_") {
+        return HeaderName::from_bytes(header.replace('_', "-").as_bytes())
+            .map(Var::Header)
+            .map_err(|_| format!("invalid header variable `${name}`"));
+    }
+    VARIABLES.iter().find(|(known, _)| *known == name).map(|(_, var)| var.clone()).ok_or_else(|| {
+        let known: Vec<&str> = VARIABLES.iter().map(|(name, _)| *name).collect();
+        format!("unknown log variable `${name}` (known: {}, $http_NAME)", known.join(", "))
+    })
+}
+
+/// Request headers in JSON lines, by field name.
+const JSON_HEADERS: [(&str, &str); 3] =
+    [("http_referer", "referer"), ("http_user_agent", "user-agent"), ("http_x_forwarded_for", "x-forwarded-for")];
+
+fn push_var(line: &mut String, var: &Var, record: &Record) {
+    use std::fmt::Write as _;
+    let dash = |line: &mut String, text: &str| line.push_str(if text.is_empty() { "-" } else { text });
+    match var {
+        Var::RemoteAddr => {
+            let _ = write!(line, "{}", record.client_ip);
+        }
+        Var::RemoteUser => line.push('-'),
+        Var::TimeLocal => line.push_str(&time_local(record.ended_at)),
+        Var::TimeIso8601 => line.push_str(&time_iso8601(record.ended_at)),
+        Var::Msec => {
+            let since = record.ended_at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let _ = write!(line, "{}.{:03}", since.as_secs(), since.subsec_millis());
+        }
+        Var::Request => {
+            let _ = write!(line, "{} {} {}", record.method, record.request_uri, record.protocol);
+        }
+        Var::RequestMethod => line.push_str(record.method.as_str()),
+        Var::RequestUri => line.push_str(&record.request_uri),
+        Var::Uri => line.push_str(record.request_uri.split('?').next().unwrap_or("")),
+        Var::Args => line.push_str(record.request_uri.split_once('?').map_or("", |(_, args)| args)),
+        Var::ServerProtocol => line.push_str(record.protocol),
+        Var::Scheme => line.push_str(if record.https { "https" } else { "http" }),
+        Var::Host => dash(line, &record.host),
+        Var::Status => {
+            let _ = write!(line, "{}", record.status);
+        }
+        Var::BodyBytesSent => {
+            let _ = write!(line, "{}", record.body_bytes);
+        }
+        Var::RequestTime => push_seconds(line, Some(record.duration)),
+        Var::RequestId => line.push_str(record.request_id.to_str().unwrap_or("-")),
+        Var::UpstreamAddr => dash(line, record.upstream.as_ref().map_or("", |u| u.addr.as_str())),
+        Var::UpstreamStatus => match &record.upstream {
+            Some(upstream) => {
+                let _ = write!(line, "{}", upstream.status);
+            }
+            None => line.push('-'),
+        },
+        Var::UpstreamResponseTime => push_seconds(line, record.upstream_response_time()),
+        Var::UpstreamHeaderTime => push_seconds(line, record.upstream.as_ref().map(|u| u.header_time)),
+        Var::ResponseEnd => line.push_str(record.end.as_str()),
+        Var::Header(name) => dash(line, record.header(name).unwrap_or("")),
+    }
+}
+
+/// Seconds with milliseconds, or `-`.
+fn push_seconds(line: &mut String, time: Option<std::time::Duration>) {
+    use std::fmt::Write as _;
+    match time {
+        Some(time) => {
+            let _ = write!(line, "{:.3}", time.as_secs_f64());
+        }
+        None => line.push('-'),
+    }
+}
+
+fn json_line(record: &Record) -> String {
+    let mut object = serde_json::json!({
+        "time": time_iso8601(record.ended_at),
+        "remote_addr": record.client_ip.to_string(),
+        "request_id": record.request_id.to_str().unwrap_or(""),
+        "method": record.method.as_str(),
+        "request_uri": record.request_uri,
+        "protocol": record.protocol,
+        "host": record.host,
+        "status": record.status,
+        "body_bytes_sent": record.body_bytes,
+        "request_time": record.duration.as_secs_f64(),
+        "response_end": record.end.as_str(),
+        "upstream_addr": record.upstream.as_ref().map(|u| u.addr.to_string()),
+        "upstream_status": record.upstream.as_ref().map(|u| u.status),
+        "upstream_response_time": record.upstream_response_time().map(|t| t.as_secs_f64()),
+        "upstream_header_time": record.upstream.as_ref().map(|u| u.header_time.as_secs_f64()),
+    });
+    for (field, header) in JSON_HEADERS {
+        object[field] = record.header(&HeaderName::from_static(header)).into();
+    }
+    object.to_string()
+}
+
+/// `26/Nov/2026:20:11:08 +0000` (nginx's `$time_local`; infergate logs in UTC).
+fn time_local(at: std::time::SystemTime) -> String {
+    // httpdate gives `Thu, 26 Nov 2026 20:11:08 GMT`; the same fields in nginx's order.
+    let date = httpdate::fmt_http_date(at);
+    let fields: Vec<&str> = date.split(' ').collect();
+    match fields[..] {
+        [_, day, month, year, time, _] => format!("{day}/{month}/{year}:{time} +0000"),
+        _ => date,
+    }
+}
+
+/// `2026-11-26T20:11:08+00:00` (nginx's `$time_iso8601`, in UTC).
+fn time_iso8601(at: std::time::SystemTime) -> String {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let date = httpdate::fmt_http_date(at);
+    let fields: Vec<&str> = date.split(' ').collect();
+    match fields[..] {
+        [_, day, month, year, time, _] => {
+            let month = MONTHS.iter().position(|m| *m == month).map_or(0, |i| i + 1);
+            format!("{year}-{month:02}-{day}T{time}+00:00")
+        }
+        _ => date,
+    }
+}
+
+enum Message {
+    Line(String),
+    Reopen,
+}
+
+/// One log file and the thread writing it. Shared by every location logging there, and kept across
+/// reloads, so lines from two configs never interleave inside one write.
+pub struct LogWriter {
+    path: PathBuf,
+    queue: SyncSender<Message>,
+    dropped: AtomicU64,
+}
+
+impl LogWriter {
+    /// Opens (creating) `path` for appending and starts its writer thread.
+    pub fn open(path: &Path) -> std::io::Result<Arc<LogWriter>> {
+        let file = open_append(path)?;
+        let (queue, lines) = sync_channel(QUEUE_LINES);
+        let thread_path = path.to_path_buf();
+        std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(&thread_path, file, &lines))?;
+        Ok(Arc::new(LogWriter { path: path.to_path_buf(), queue, dropped: AtomicU64::new(0) }))
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues one line (without its newline); never blocks.
+    pub fn write(&self, line: String) {
+        match self.queue.try_send(Message::Line(line)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(path = %self.path.display(), "access log writer is behind; dropping lines");
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Reopens the file (after log rotation moved it away).
+    pub fn reopen(&self) {
+        let _ = self.queue.try_send(Message::Reopen);
+    }
+
+    /// Lines dropped because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// The writer thread: lines into a buffer, written out whenever the queue is empty; ends when every
+/// `LogWriter` handle is gone.
+fn write_lines(path: &Path, file: File, lines: &Receiver<Message>) {
+    let mut out = BufWriter::with_capacity(64 * 1024, file);
+    while let Ok(first) = lines.recv() {
+        let mut next = Some(first);
+        while let Some(message) = next {
+            match message {
+                Message::Line(line) => {
+                    let _ = out.write_all(line.as_bytes()).and_then(|()| out.write_all(b"\n"));
+                }
+                Message::Reopen => {
+                    let _ = out.flush();
+                    match open_append(path) {
+                        Ok(file) => out = BufWriter::with_capacity(64 * 1024, file),
+                        Err(error) => tracing::error!(path = %path.display(), %error, "cannot reopen the access log"),
+                    }
+                }
+            }
+            next = lines.try_recv().ok();
+        }
+        if let Err(error) = out.flush() {
+            tracing::error!(path = %path.display(), %error, "cannot write the access log");
+        }
+    }
+}
+
+/// A location's access log: where, and in which format.
+pub struct AccessLog {
+    /// The file's writer.
+    pub writer: Arc<LogWriter>,
+    /// The line format.
+    pub format: Arc<LogFormat>,
+}
+
+impl AccessLog {
+    /// Writes the record's line.
+    pub fn log(&self, record: &Record) {
+        self.writer.write(self.format.format(record));
+    }
+}
+
+/// The access logs of one config: writers by file (kept across reloads, so two configs never write
+/// one file at once) and each configured (file, format) pair compiled once.
+#[derive(Default)]
+pub struct AccessLogs {
+    writers: HashMap<PathBuf, Arc<LogWriter>>,
+    /// By the configured (unresolved) path and format name.
+    logs: HashMap<(PathBuf, String), Arc<AccessLog>>,
+    /// Request headers any format reads; `None` when nothing is logged at all.
+    keep_headers: Option<Vec<HeaderName>>,
+}
+
+impl AccessLogs {
+    /// Opens every configured log file (reusing `previous`'s writers) and compiles every format;
+    /// a file that cannot be opened or an unknown format or variable is an error at its place.
+    pub fn build(
+        config: &Config,
+        source: &Source,
+        previous: Option<&AccessLogs>,
+    ) -> Result<AccessLogs, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let custom: BTreeMap<String, String> =
+            config.http.log_format.iter().map(|(name, text)| (name.clone(), text.get_ref().clone())).collect();
+        for (name, text) in &config.http.log_format {
+            if let Err(message) = LogFormat::parse(text.get_ref()) {
+                errors.push(source.error(text.span(), format!("log_format `{name}`: {message}")));
+            }
+        }
+        let settings = std::iter::once(&config.http.access_log)
+            .chain(config.servers.iter().map(|s| &s.access_log))
+            .chain(config.servers.iter().flat_map(|s| s.locations.iter().map(|l| &l.access_log)));
+        let mut logs = AccessLogs::default();
+        let mut formats: HashMap<String, Arc<LogFormat>> = HashMap::new();
+        for setting in settings {
+            let Some(AccessLogSetting::Log(log)) = setting else { continue };
+            let key = (log.path.get_ref().clone(), log.format.get_ref().clone());
+            if logs.logs.contains_key(&key) {
+                continue;
+            }
+            let format = match formats.get(&key.1) {
+                Some(format) => format.clone(),
+                None => match LogFormat::named(&key.1, &custom) {
+                    Ok(format) => {
+                        let format = Arc::new(format);
+                        formats.insert(key.1.clone(), format.clone());
+                        format
+                    }
+                    Err(message) => {
+                        errors.push(source.error(log.format.span(), message));
+                        continue;
+                    }
+                },
+            };
+            let path = source.resolve(&key.0);
+            let writer = match logs.writers.get(&path).or_else(|| previous?.writers.get(&path)) {
+                Some(writer) => writer.clone(),
+                None => match LogWriter::open(&path) {
+                    Ok(writer) => writer,
+                    Err(error) => {
+                        let message = format!("cannot open access log {}: {error}", path.display());
+                        errors.push(source.error(log.path.span(), message));
+                        continue;
+                    }
+                },
+            };
+            logs.writers.insert(path, writer.clone());
+            let keep = logs.keep_headers.get_or_insert_with(Vec::new);
+            for name in format.headers() {
+                if !keep.contains(&name) {
+                    keep.push(name);
+                }
+            }
+            logs.logs.insert(key, Arc::new(AccessLog { writer, format }));
+        }
+        if errors.is_empty() {
+            Ok(logs)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The log for a place configured by `settings`, innermost first (location, server, `[http]`):
+    /// the first one set decides.
+    pub fn select(&self, settings: &[Option<&AccessLogSetting>]) -> Option<Arc<AccessLog>> {
+        match settings.iter().flatten().next()? {
+            AccessLogSetting::Off => None,
+            AccessLogSetting::Log(log) => {
+                self.logs.get(&(log.path.get_ref().clone(), log.format.get_ref().clone())).cloned()
+            }
+        }
+    }
+
+    /// The request headers a request's record must keep; `None` when nothing is logged.
+    pub fn keep_headers(&self) -> Option<&[HeaderName]> {
+        self.keep_headers.as_deref()
+    }
+
+    /// Reopens every log file (SIGUSR1, after rotation).
+    pub fn reopen(&self) {
+        for writer in self.writers.values() {
+            writer.reopen();
+        }
+    }
+}
+
+impl BodyEnd {
+    /// As `$response_end` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyEnd::Complete => "complete",
+            BodyEnd::ClientClosed => "client_closed",
+            BodyEnd::Error => "error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_parse_with_known_variables_only() {
+        assert!(LogFormat::parse(MAIN).is_ok());
+        assert!(LogFormat::parse("$status ${request_time}s $http_x_api_key").is_ok());
+        let error = LogFormat::parse("$status $bogus").unwrap_err();
+        assert!(error.starts_with("unknown log variable `$bogus`"), "{error}");
+        let LogFormat(Shape::Text(parts)) = LogFormat::parse("$http_x_api_key").unwrap() else { panic!() };
+        assert!(matches!(&parts[0], Part::Var(Var::Header(name)) if name == "x-api-key"));
+    }
+
+    #[test]
+    fn times_are_in_nginx_shapes() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_723_868);
+        assert_eq!(time_local(at), "26/Nov/2026:20:11:08 +0000");
+        assert_eq!(time_iso8601(at), "2026-11-26T20:11:08+00:00");
+    }
+}
