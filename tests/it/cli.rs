@@ -21,6 +21,7 @@ fn check(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
 fn check_accepts_the_seed_config() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("certs")).unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
     write_cert(&dir.path().join("certs"), "example", &["api.example.com"]);
     let seed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/seed.toml")).unwrap();
     std::fs::write(dir.path().join("seed.toml"), seed).unwrap();

@@ -13,6 +13,7 @@ mod models;
 mod proxy;
 mod ratelimit;
 mod reload;
+mod seed;
 mod sim;
 mod static_files;
 mod streaming;
