@@ -41,9 +41,17 @@ CONF
   NGINX_DIRS+=("$dir")
 }
 
-# start_backend PORT: the fixed small JSON backend every proxy is measured against (an nginx).
+# start_backend PORT: the fixed small JSON backend every proxy is measured against (an nginx); it
+# also serves /big.json, about 20 KB of chat-completion JSON, for the compression bench.
 start_backend() {
+  mkdir -p "$WORK/files"
+  awk 'BEGIN { printf "{\"object\":\"chat.completion\",\"choices\":["
+    for (i = 0; i < 250; i++) printf "%s{\"index\":%d,\"message\":{\"role\":\"assistant\",\"content\":\"token %d of the answer\"}}", (i ? "," : ""), i, i
+    printf "]}" }' > "$WORK/files/big.json"
+  # nginx's workers run as another user: they must be able to read it.
+  chmod 755 "$WORK" "$WORK/files"; chmod 644 "$WORK/files/big.json"
   start_nginx backend "server { listen 127.0.0.1:$1; keepalive_requests 1000000;
+    location = /big.json { root $WORK/files; default_type application/json; }
     location / { default_type application/json; return 200 '{\"id\":\"cmpl-1\",\"object\":\"chat.completion\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"ok\"}}]}'; } }"
 }
 

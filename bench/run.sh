@@ -3,9 +3,10 @@
 # run, alternating, medians of ROUNDS rounds. Prints one table; every figure has its nginx ratio.
 #
 #   bench/run.sh [ROUNDS]        (default 3; the whole suite takes about 12 minutes)
-#   SECTIONS=rps,ratelimit,ttft,overload,balance,memory bench/run.sh   (a subset)
+#   SECTIONS=rps,ratelimit,gzip,ttft,overload,balance,memory bench/run.sh   (a subset)
 #
-# Sections: plain proxy rps; HTTPS over HTTP/1.1 (wrk) and HTTP/2 (h2load); time to first token added
+# Sections: plain proxy rps; HTTPS over HTTP/1.1 (wrk) and HTTP/2 (h2load); the cost of a rate limit;
+# gzip of a 20 KB JSON answer with the seed's settings (rps, CPU per request, bytes); time to first token added
 # over a direct connection to the simulated model, with the seed's config (nginx `proxy_buffering on`);
 # milliseconds from a client closing a stream to the model noticing; goodput of an overloaded model
 # (8 slots, dies above 24 requests, 48 clients, 20 s, SLO 5 s); memory with 10,000 idle keep-alive
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 ROUNDS=${1:-3}
-SECTIONS=${SECTIONS:-rps,ratelimit,ttft,overload,balance,memory}
+SECTIONS=${SECTIONS:-rps,ratelimit,gzip,ttft,overload,balance,memory}
 section() { [[ ",$SECTIONS," == *",$1,"* ]]; }
 install_tools
 cargo build --release -q --workspace
@@ -23,7 +24,7 @@ LOAD=target/release/infergate-load
 ulimit -n 65536 2>/dev/null || true
 
 BACKEND=18080 SIM=18090 SIM_SLOW=18095
-NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092 GW_GUARD=18093 NGINX_PAIR=18096 GW_PAIR_RR=18097 GW_PAIR_LI=18098 NGINX_LIMIT=18099 GW_LIMIT=18100
+NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092 GW_GUARD=18093 NGINX_PAIR=18096 GW_PAIR_RR=18097 GW_PAIR_LI=18098 NGINX_LIMIT=18099 GW_LIMIT=18100 NGINX_GZIP=18101 GW_GZIP=18102
 RESULTS="$WORK/results.txt"; : > "$RESULTS"
 # record SECTION METRIC NGINX_VALUE INFERGATE_VALUE BETTER(higher|lower)
 record() { echo "$1|$2|$3|$4|$5" >> "$RESULTS"; }
@@ -42,6 +43,8 @@ start_nginx proxy "upstream backend { server 127.0.0.1:$BACKEND; keepalive 32; }
   server { listen 127.0.0.1:$NGINX_HTTP; location / { proxy_pass http://backend; $PROXY_HEADERS } }
   limit_req_zone \$binary_remote_addr zone=generous:10m rate=1000000r/s;
   server { listen 127.0.0.1:$NGINX_LIMIT; location / { limit_req zone=generous burst=1000000 nodelay; proxy_pass http://backend; $PROXY_HEADERS } }
+  server { listen 127.0.0.1:$NGINX_GZIP; gzip on; gzip_types text/plain application/json text/css application/javascript;
+    gzip_min_length 1024; location / { proxy_pass http://backend; $PROXY_HEADERS } }
   server { listen 127.0.0.1:$NGINX_TLS ssl http2; ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers HIGH:!aNULL:!MD5;
     location / { proxy_pass http://backend; $PROXY_HEADERS } }
@@ -115,6 +118,13 @@ listen = [\"127.0.0.1:$GW_LIMIT\"]
   limit_req = { zone = \"generous\", burst = 1000000, nodelay = true }
 
 [[server]]
+listen = [\"127.0.0.1:$GW_GZIP\"]
+compress = { encodings = [\"gzip\"], types = [\"text/plain\", \"application/json\", \"text/css\", \"application/javascript\"], min_length = 1024, gzip_level = 1 }
+  [[server.location]]
+  prefix = \"/\"
+  proxy = \"backend\"
+
+[[server]]
 listen = [\"127.0.0.1:$GW_HTTP\"]
   [[server.location]]
   prefix = \"/\"
@@ -163,6 +173,28 @@ section ratelimit && for round in $(seq "$ROUNDS"); do
   n_plain=$(wrk_rps http://127.0.0.1:$NGINX_HTTP/v1/models); n_limit=$(wrk_rps http://127.0.0.1:$NGINX_LIMIT/v1/models)
   g_plain=$(wrk_rps http://127.0.0.1:$GW_HTTP/v1/models); g_limit=$(wrk_rps http://127.0.0.1:$GW_LIMIT/v1/models)
   record ratelimit "rps with a generous per-IP limit / without" "$(ratio "$n_limit" "$n_plain")" "$(ratio "$g_limit" "$g_plain")" higher
+done
+
+# 1c. gzip of a 20 KB JSON answer with the seed's settings (gzip_comp_level 1 on both): rps, CPU per
+# request of the proxy's processes, and the compressed size.
+# gzip_run URL PIDS...: "RPS CPU_US_PER_REQUEST" for 10 s of wrk asking for gzip.
+gzip_run() {
+  local url=$1 before after out; shift
+  before=$(ticks "$@")
+  out=$(wrk -t2 -c50 -d10s -H 'Accept-Encoding: gzip' "$url")
+  after=$(ticks "$@")
+  echo "$(echo "$out" | awk '/Requests\/sec/ {print $2}')" \
+    "$(echo "$out" | awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" '/requests in/ {printf "%.1f", t / hz * 1e6 / $1}')"
+}
+gzip_size() { curl -s -H 'Accept-Encoding: gzip' "$1" | wc -c; }
+section gzip && for round in $(seq "$ROUNDS"); do
+  echo "gzip round $round" >&2
+  # shellcheck disable=SC2086
+  read -r n_rps n_cpu <<< "$(gzip_run http://127.0.0.1:$NGINX_GZIP/big.json $NGINX_PIDS)"
+  read -r g_rps g_cpu <<< "$(gzip_run http://127.0.0.1:$GW_GZIP/big.json "$GATEWAY_PID")"
+  record gzip "gzip 20 KB JSON (rps)" "$n_rps" "$g_rps" higher
+  record gzip "gzip 20 KB JSON: proxy CPU per request (us)" "$n_cpu" "$g_cpu" lower
+  record gzip "gzip 20 KB JSON: bytes sent" "$(gzip_size http://127.0.0.1:$NGINX_GZIP/big.json)" "$(gzip_size http://127.0.0.1:$GW_GZIP/big.json)" lower
 done
 
 # 2. Time to first token over the seed config, and cancellation, against the default sim.

@@ -3,9 +3,11 @@
 //! encoder. Event streams, already-encoded bodies, `no-transform`, ranges and HEAD are never touched.
 
 mod body;
+mod codec;
 mod negotiate;
 
-pub use body::{CompressedBody, Levels};
+pub use body::CompressedBody;
+pub use codec::Levels;
 pub use negotiate::{negotiate, Encoding};
 
 use crate::body::ResponseBody;
@@ -57,7 +59,7 @@ impl CompressPolicy {
         let Some(encoding) = negotiate(request.accept(), &self.encodings) else {
             return response;
         };
-        let encoder = match body::Encoder::new(encoding, self.levels) {
+        let encoder = match codec::Encoder::new(encoding, self.levels) {
             Ok(encoder) => encoder,
             Err(error) => {
                 tracing::warn!(%error, "cannot start the compressor; sending the body as it is");

@@ -114,7 +114,10 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
         if parse_zone_key(zone.key.get_ref()).is_none() {
             errors.push(source.error(
                 zone.key.span(),
-                format!("invalid zone key {:?} (expected \"client_ip\" or \"header:NAME\")", zone.key.get_ref()),
+                format!(
+                    "invalid zone key {:?} (expected \"client_ip\", \"api_key\" or \"header:NAME\")",
+                    zone.key.get_ref()
+                ),
             ));
         }
         if let Some(rate) = &zone.rate {
@@ -250,10 +253,11 @@ pub fn parse_header_match(text: &str) -> Option<(http::HeaderName, http::HeaderV
     Some((http::HeaderName::from_bytes(name.trim().as_bytes()).ok()?, http::HeaderValue::from_str(value.trim()).ok()?))
 }
 
-/// Parses a zone's `key`: `client_ip` or `header:NAME`.
+/// Parses a zone's `key`: `client_ip`, `api_key` or `header:NAME`.
 pub fn parse_zone_key(text: &str) -> Option<crate::policy::ZoneKey> {
     match text.split_once(':') {
         None if text == "client_ip" => Some(crate::policy::ZoneKey::ClientIp),
+        None if text == "api_key" => Some(crate::policy::ZoneKey::ApiKey),
         Some(("header", name)) => {
             http::HeaderName::from_bytes(name.trim().as_bytes()).ok().map(crate::policy::ZoneKey::Header)
         }

@@ -19,8 +19,11 @@ use std::time::Duration;
 pub enum ZoneKey {
     /// The client's IP address (the socket peer).
     ClientIp,
-    /// A request header's value (an API key, say); requests without it are not limited.
+    /// A request header's value; requests without it are not limited.
     Header(HeaderName),
+    /// The client's API key: the token of `Authorization: Bearer TOKEN`, else `X-API-Key`; requests
+    /// without one are not limited.
+    ApiKey,
 }
 
 /// One compiled `limit_req` of a location.
@@ -54,7 +57,18 @@ fn key_of<'a, B>(key: &ZoneKey, client: &'a ClientInfo, request: &'a Request<B>)
     match key {
         ZoneKey::ClientIp => Some(client.ip.as_bytes()),
         ZoneKey::Header(name) => request.headers().get(name).filter(|v| !v.is_empty()).map(|v| v.as_bytes()),
+        ZoneKey::ApiKey => api_key(request.headers()),
     }
+}
+
+/// The bearer token of `Authorization`, else `X-API-Key`.
+fn api_key(headers: &http::HeaderMap) -> Option<&[u8]> {
+    let bearer = headers.get(http::header::AUTHORIZATION).and_then(|value| {
+        let value = value.as_bytes();
+        let (scheme, token) = value.split_at_checked(7)?;
+        scheme.eq_ignore_ascii_case(b"bearer ").then(|| token.trim_ascii())
+    });
+    bearer.or_else(|| headers.get("x-api-key").map(|v| v.as_bytes())).filter(|key| !key.is_empty())
 }
 
 /// Takes a place in each of a location's concurrency limits; the guards must live as long as the
@@ -117,4 +131,27 @@ pub async fn limit_requests<B>(
         tokio::time::sleep(delay).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_key_is_the_bearer_token_else_x_api_key() {
+        let client = ClientInfo::new("127.0.0.1:1".parse().unwrap(), false);
+        let request = |headers: &[(&str, &str)]| {
+            let mut request = Request::get("/");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            request.body(()).unwrap()
+        };
+        let key = |headers| key_of(&ZoneKey::ApiKey, &client, &request(headers)).map(|k| k.to_vec());
+        assert_eq!(key(&[("authorization", "Bearer sk-abc ")]), Some(b"sk-abc".to_vec()));
+        assert_eq!(key(&[("authorization", "bearer sk-abc"), ("x-api-key", "other")]), Some(b"sk-abc".to_vec()));
+        assert_eq!(key(&[("authorization", "Basic dXNlcg=="), ("x-api-key", "k2")]), Some(b"k2".to_vec()));
+        assert_eq!(key(&[("authorization", "Bearer ")]), None);
+        assert_eq!(key(&[]), None);
+    }
 }

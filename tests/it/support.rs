@@ -195,6 +195,8 @@ pub async fn send(
     client: &mut hyper::client::conn::http1::SendRequest<TestBody>,
     request: Request<TestBody>,
 ) -> (StatusCode, http::HeaderMap, String) {
+    // A kept-alive connection takes requests once it has finished the previous exchange.
+    client.ready().await.unwrap();
     let response = client.send_request(request).await.unwrap();
     collect(response).await
 }
