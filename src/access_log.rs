@@ -47,7 +47,7 @@ enum Var {
     UpstreamStatus,
     UpstreamResponseTime,
     UpstreamHeaderTime,
-    /// How the response ended: `complete`, `client_closed` or `error` (infergate's own).
+    /// How the response ended: `complete`, `client_closed`, `timeout` or `error` (infergate's own).
     ResponseEnd,
     /// `$http_NAME`: a request header.
     Header(HeaderName),
@@ -203,15 +203,15 @@ fn push_var(line: &mut String, var: &Var, record: &Record) {
             let _ = write!(line, "{}.{:03}", since.as_secs(), since.subsec_millis());
         }
         Var::Request => {
-            let _ = write!(line, "{} {} {}", record.method, record.request_uri, record.protocol);
+            let _ = write!(line, "{} {} {}", record.method, record.request_uri(), record.protocol);
         }
         Var::RequestMethod => line.push_str(record.method.as_str()),
-        Var::RequestUri => line.push_str(&record.request_uri),
-        Var::Uri => line.push_str(record.request_uri.split('?').next().unwrap_or("")),
-        Var::Args => line.push_str(record.request_uri.split_once('?').map_or("", |(_, args)| args)),
+        Var::RequestUri => line.push_str(record.request_uri()),
+        Var::Uri => line.push_str(record.uri.path()),
+        Var::Args => line.push_str(record.uri.query().unwrap_or("")),
         Var::ServerProtocol => line.push_str(record.protocol),
         Var::Scheme => line.push_str(if record.https { "https" } else { "http" }),
-        Var::Host => dash(line, &record.host),
+        Var::Host => dash(line, record.host()),
         Var::Status => {
             let _ = write!(line, "{}", record.status);
         }
@@ -251,9 +251,9 @@ fn json_line(record: &Record) -> String {
         "remote_addr": record.client_ip.to_string(),
         "request_id": record.request_id.to_str().unwrap_or(""),
         "method": record.method.as_str(),
-        "request_uri": record.request_uri,
+        "request_uri": record.request_uri(),
         "protocol": record.protocol,
-        "host": record.host,
+        "host": record.host(),
         "status": record.status,
         "body_bytes_sent": record.body_bytes,
         "request_time": record.duration.as_secs_f64(),
@@ -399,8 +399,8 @@ pub struct AccessLogs {
     writers: HashMap<PathBuf, Arc<LogWriter>>,
     /// By the configured (unresolved) path and format name.
     logs: HashMap<(PathBuf, String), Arc<AccessLog>>,
-    /// Request headers any format reads; `None` when nothing is logged at all.
-    keep_headers: Option<Vec<HeaderName>>,
+    /// Request headers any format reads.
+    keep_headers: Vec<HeaderName>,
 }
 
 impl AccessLogs {
@@ -457,10 +457,9 @@ impl AccessLogs {
                 },
             };
             logs.writers.insert(path, writer.clone());
-            let keep = logs.keep_headers.get_or_insert_with(Vec::new);
             for name in format.headers() {
-                if !keep.contains(&name) {
-                    keep.push(name);
+                if !logs.keep_headers.contains(&name) {
+                    logs.keep_headers.push(name);
                 }
             }
             logs.logs.insert(key, Arc::new(AccessLog { writer, format }));
@@ -483,9 +482,14 @@ impl AccessLogs {
         }
     }
 
-    /// The request headers a request's record must keep; `None` when nothing is logged.
-    pub fn keep_headers(&self) -> Option<&[HeaderName]> {
-        self.keep_headers.as_deref()
+    /// The request headers a request's record must keep.
+    pub fn keep_headers(&self) -> &[HeaderName] {
+        &self.keep_headers
+    }
+
+    /// Whether anything is logged at all.
+    pub fn any(&self) -> bool {
+        !self.logs.is_empty()
     }
 
     /// Reopens every log file (SIGUSR1, after rotation).
@@ -502,6 +506,7 @@ impl BodyEnd {
         match self {
             BodyEnd::Complete => "complete",
             BodyEnd::ClientClosed => "client_closed",
+            BodyEnd::Timeout => "timeout",
             BodyEnd::Error => "error",
         }
     }

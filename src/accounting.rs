@@ -1,13 +1,14 @@
 //! Per-request accounting, done once at the end: when the response body finished, failed, or the
-//! client left (before or during the response). One `Record` per request feeds the access log (and
-//! whatever else reports on requests), so they never disagree. Costs nothing when no log is configured.
+//! client left (before or during the response). One `Record` per request feeds the access log and
+//! the metrics, so they never disagree. Costs nothing when neither is configured.
 
 use crate::access_log::AccessLog;
 use crate::body::{BoxError, ResponseBody};
+use crate::metrics::LocationMetrics;
 use crate::policy::connlimit::ConnGuard;
-use crate::proxy::ClientInfo;
+use crate::proxy::{ClientInfo, StreamTimedOut};
 use bytes::Bytes;
-use http::{header, HeaderName, HeaderValue, Method, Request, Response, Version};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -19,6 +20,8 @@ use tokio::time::Instant;
 /// What the proxy tells accounting about the backend exchange, as a response extension.
 #[derive(Debug, Clone)]
 pub struct UpstreamInfo {
+    /// The upstream's name.
+    pub upstream: Arc<str>,
     /// The server's `host:port`.
     pub addr: http::uri::Authority,
     /// The backend's status.
@@ -27,7 +30,13 @@ pub struct UpstreamInfo {
     pub started_after: Duration,
     /// From the exchange's start to the response head (`$upstream_header_time`).
     pub header_time: Duration,
+    /// When the response head arrived, for the latency the gateway adds.
+    pub head_at: Instant,
 }
+
+/// The machine-readable code of an error the gateway answered itself, as a response extension.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
 
 /// How a response ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +45,20 @@ pub enum BodyEnd {
     Complete,
     /// The client left before the end (before the head, nginx's 499).
     ClientClosed,
-    /// The body failed (a backend cut off or timed out mid-response).
+    /// A timeout cut the response (idle, total, or a drained server's grace).
+    Timeout,
+    /// The body failed (the backend cut off or broke the protocol).
     Error,
+}
+
+/// What an event stream's record adds.
+#[derive(Debug, Default, Clone)]
+pub struct StreamStats {
+    /// From the request head to the first data event.
+    pub first_token: Option<Duration>,
+    /// `completion_tokens` of the stream's `usage`, if it reported one.
+    pub output_tokens: Option<u64>,
+    last_event: Option<Instant>,
 }
 
 /// Everything known about one request when it ends.
@@ -48,18 +69,19 @@ pub struct Record {
     pub https: bool,
     /// The request method.
     pub method: Method,
-    /// Path and query as sent.
-    pub request_uri: String,
+    /// The request target as sent.
+    pub uri: Uri,
     /// `HTTP/1.1`, `HTTP/2.0`.
     pub protocol: &'static str,
-    /// The Host (or HTTP/2 authority).
-    pub host: String,
+    host: Option<HeaderValue>,
     /// The request's `X-Request-Id`.
     pub request_id: HeaderValue,
-    /// The request headers the configured formats read.
+    /// The request headers the configured log formats read.
     headers: Vec<(HeaderName, HeaderValue)>,
     /// The response status (499 when the client left before it).
     pub status: u16,
+    /// The code of an error the gateway answered itself.
+    pub error_code: Option<&'static str>,
     /// Body bytes handed to the client.
     pub body_bytes: u64,
     started: Instant,
@@ -69,16 +91,28 @@ pub struct Record {
     pub ended_at: SystemTime,
     /// The backend exchange, for proxied requests.
     pub upstream: Option<UpstreamInfo>,
+    /// For event streams: tokens and timing.
+    pub stream: Option<StreamStats>,
     /// How the response ended.
     pub end: BodyEnd,
-    /// Where the record goes (the location's access log).
     log: Option<Arc<AccessLog>>,
+    metrics: Option<Arc<LocationMetrics>>,
 }
 
 impl Record {
     /// A request header the formats asked to keep.
     pub fn header(&self, name: &HeaderName) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.to_str().ok())
+    }
+
+    /// Path and query as sent.
+    pub fn request_uri(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |pq| pq.as_str())
+    }
+
+    /// The Host (or HTTP/2 authority), or `""`.
+    pub fn host(&self) -> &str {
+        self.host.as_ref().and_then(|h| h.to_str().ok()).or_else(|| self.uri.host()).unwrap_or("")
     }
 
     /// From the upstream exchange's start to the response's end (nginx's `$upstream_response_time`).
@@ -90,28 +124,68 @@ impl Record {
         self.end = end;
         self.duration = self.started.elapsed();
         self.ended_at = SystemTime::now();
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(&self);
+        }
         if let Some(log) = &self.log {
             log.log(&self);
         }
     }
+
+    /// Notes a data frame of an event stream: the first token's time, the gap since the last event,
+    /// and the token count once `usage` arrives.
+    fn observe_event(&mut self, data: &[u8]) {
+        let Some(stream) = &mut self.stream else { return };
+        if !contains(data, b"data:") || data.starts_with(b"data: [DONE]") {
+            return;
+        }
+        let now = Instant::now();
+        match stream.last_event {
+            None => stream.first_token = Some(now.duration_since(self.started)),
+            Some(last) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.token_gap(now.duration_since(last));
+                }
+            }
+        }
+        stream.last_event = Some(now);
+        if let Some(tokens) = completion_tokens(data) {
+            stream.output_tokens = Some(tokens);
+        }
+    }
 }
 
-/// A request being accounted: created with the request, routed to its location's log, and attached
-/// to the response body. Dropped before a response exists (the client left), it records a 499.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle)
+}
+
+/// `"completion_tokens": N` in an OpenAI `usage` object.
+fn completion_tokens(data: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"completion_tokens\":";
+    let at = data.windows(KEY.len()).position(|window| window == KEY)? + KEY.len();
+    let digits: Vec<u8> =
+        data[at..].iter().skip_while(|b| b.is_ascii_whitespace()).take_while(|b| b.is_ascii_digit()).copied().collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// A request being accounted: created with the request, routed to its location's log and metrics,
+/// and attached to the response body. Dropped before a response exists (the client left), it
+/// records a 499.
 pub struct Accounting(Option<Box<Record>>);
 
 impl Accounting {
-    /// Starts the record, keeping the request headers in `keep`; `None` (no access log anywhere)
-    /// accounts nothing.
+    /// Starts the record when `enabled` (metrics or an access log are on), keeping the request headers
+    /// in `keep`.
     pub fn begin<B>(
-        keep: Option<&[HeaderName]>,
+        enabled: bool,
+        keep: &[HeaderName],
         client: &ClientInfo,
         request: &Request<B>,
         request_id: &HeaderValue,
     ) -> Accounting {
-        let Some(keep) = keep else {
+        if !enabled {
             return Accounting(None);
-        };
+        }
         let headers = request.headers();
         let protocol = match request.version() {
             Version::HTTP_2 => "HTTP/2.0",
@@ -119,31 +193,35 @@ impl Accounting {
             Version::HTTP_3 => "HTTP/3.0",
             _ => "HTTP/1.1",
         };
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| request.uri().host());
         Accounting(Some(Box::new(Record {
             client_ip: client.peer.ip(),
             https: client.https,
             method: request.method().clone(),
-            request_uri: request.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_string(),
+            uri: request.uri().clone(),
             protocol,
-            host: host.unwrap_or("").to_string(),
+            host: headers.get(header::HOST).cloned(),
             request_id: request_id.clone(),
             headers: keep.iter().filter_map(|name| Some((name.clone(), headers.get(name)?.clone()))).collect(),
             status: 499,
+            error_code: None,
             body_bytes: 0,
             started: Instant::now(),
             duration: Duration::ZERO,
             ended_at: SystemTime::UNIX_EPOCH,
             upstream: None,
+            stream: None,
             end: BodyEnd::ClientClosed,
             log: None,
+            metrics: None,
         })))
     }
 
-    /// Sends the record to `log` (the routed location's or server's; `None`: not logged there).
-    pub fn route(&mut self, log: Option<&Arc<AccessLog>>) {
+    /// Sends the record to `log` and `metrics` (the routed location's, or the server's when no
+    /// location matched).
+    pub fn route(&mut self, log: Option<&Arc<AccessLog>>, metrics: &Arc<LocationMetrics>, metrics_on: bool) {
         if let Some(record) = &mut self.0 {
             record.log = log.cloned();
+            record.metrics = metrics_on.then(|| metrics.clone());
         }
     }
 
@@ -152,7 +230,18 @@ impl Accounting {
     pub fn attach(mut self, mut response: Response<ResponseBody>, places: Vec<ConnGuard>) -> Response<ResponseBody> {
         let record = self.0.take().map(|mut record| {
             record.status = response.status().as_u16();
+            record.error_code = response.extensions().get::<ErrorCode>().map(|code| code.0);
             record.upstream = response.extensions_mut().remove::<UpstreamInfo>();
+            if let (Some(upstream), Some(metrics)) = (&record.upstream, &record.metrics) {
+                metrics.gateway_added(upstream.head_at.elapsed());
+            }
+            let event_stream = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            if event_stream {
+                record.stream = Some(StreamStats::default());
+            }
             record
         });
         if record.is_none() && places.is_empty() {
@@ -191,9 +280,12 @@ impl Body for TrackedBody {
             Some(Ok(frame)) => {
                 if let (Some(record), Some(data)) = (&mut this.record, frame.data_ref()) {
                     record.body_bytes += data.len() as u64;
+                    record.observe_event(data);
                 }
             }
-            Some(Err(_)) => this.end = Some(BodyEnd::Error),
+            Some(Err(error)) => {
+                this.end = Some(if error.is::<StreamTimedOut>() { BodyEnd::Timeout } else { BodyEnd::Error });
+            }
             None => this.end = Some(BodyEnd::Complete),
         }
         Poll::Ready(polled)
@@ -220,5 +312,17 @@ impl Drop for TrackedBody {
             };
             record.finish(end);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_reports_completion_tokens() {
+        let chunk = br#"data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens": 42,"total_tokens":51}}"#;
+        assert_eq!(completion_tokens(chunk), Some(42));
+        assert_eq!(completion_tokens(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}"), None);
     }
 }

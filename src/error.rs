@@ -1,6 +1,7 @@
 //! Errors the gateway answers itself, and how they look to the client: OpenAI's JSON error shape for
 //! API locations, one line of text elsewhere.
 
+use crate::accounting::ErrorCode;
 use crate::body::ResponseBody;
 use crate::config::ErrorFormat;
 use crate::upstream::Rejection;
@@ -125,6 +126,7 @@ impl GatewayError {
     pub fn to_response(&self, format: ErrorFormat) -> Response<ResponseBody> {
         let (kind, code) = self.kind();
         let mut response = error_response(self.status(), kind, code, &self.to_string(), format);
+        response.extensions_mut().insert(ErrorCode(code));
         let retry_after = match self {
             GatewayError::Overloaded(
                 Rejection::QueueFull { retry_after } | Rejection::QueueTimeout { retry_after },

@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod accounting;
+pub mod admin;
 pub mod ai;
 pub mod body;
 pub mod canary;
@@ -12,6 +13,7 @@ pub mod compress;
 pub mod config;
 pub mod error;
 pub mod error_log;
+pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;

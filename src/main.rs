@@ -3,11 +3,11 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use infergate::config::Source;
-use infergate::error_log;
 use infergate::runtime::Runtime;
 use infergate::server::workers::Workers;
 use infergate::server::{signals, ConfigOrigin, Gateway};
 use infergate::sim::{Sim, SimOptions};
+use infergate::{admin, error_log};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -43,6 +43,9 @@ struct DemoOptions {
     /// Where the simulated model listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     sim_listen: SocketAddr,
+    /// Where the admin API (metrics, status) listens.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin_listen: SocketAddr,
 }
 
 /// The demo config, from the working copy when run from the repository, else the copy built in.
@@ -115,7 +118,8 @@ fn demo(options: DemoOptions) -> anyhow::Result<ExitCode> {
             Ok(text) => ("examples/demo.toml".to_string(), text),
             Err(_) => ("<built-in examples/demo.toml>".to_string(), DEMO_CONFIG.to_string()),
         };
-        let text = template.replace("127.0.0.1:8080", &sim.addr.to_string()).replace("127.0.0.1:8000", &options.listen.to_string());
+        let text = template.replace("127.0.0.1:8080", &sim.addr.to_string()).replace("127.0.0.1:8000", &options.listen.to_string())
+            + &format!("\n[admin]\nlisten = \"{}\"\n", options.admin_listen);
         let gateway = match Gateway::start_on(ConfigOrigin::Text { name, text }, workers.handles()).await {
             Ok(gateway) => gateway,
             Err(errors) => {
@@ -124,12 +128,16 @@ fn demo(options: DemoOptions) -> anyhow::Result<ExitCode> {
             }
         };
         let gateway_addr = gateway.bound_addrs().into_values().next().context("the demo config has no listener")?;
+        let admin_addr = admin::start(gateway.clone()).await.context("cannot start the admin API")?;
         eprintln!("infergate demo: simulated model (infergate sim) on http://{}", sim.addr);
         eprintln!("infergate demo: gateway on http://{gateway_addr} -> model");
         eprintln!("infergate demo: try a streamed answer through the gateway:");
         eprintln!(
             "  curl -N http://{gateway_addr}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\": \"glm-4v-flash\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"What is in this image?\"}}]}}'"
         );
+        if let Some(addr) = admin_addr {
+            eprintln!("infergate demo: metrics on http://{addr}/metrics, status on http://{addr}/status");
+        }
         eprintln!("infergate demo: Ctrl-C stops both");
         let drained = signals::run_until_stopped(gateway).await.context("cannot install signal handlers")?;
         if !drained {
@@ -157,6 +165,14 @@ fn run(origin: ConfigOrigin, config: Option<infergate::config::Config>) -> anyho
                 return Ok(ExitCode::FAILURE);
             }
         };
+        match admin::start(gateway.clone()).await {
+            Ok(Some(addr)) => eprintln!("infergate: admin API on http://{addr} (/metrics, /status)"),
+            Ok(None) => {}
+            Err(error) => {
+                eprintln!("infergate: cannot start the admin API: {error}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         let current = gateway.runtime();
         let mut addrs: Vec<_> = gateway.bound_addrs().into_values().collect();
         addrs.sort();

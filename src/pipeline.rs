@@ -45,7 +45,8 @@ pub async fn serve(
 ) -> Response<ResponseBody> {
     let request_id = request_id::ensure(request.headers_mut());
     let client = &*runtime.trusted_proxies.client(client, request.headers());
-    let mut account = Accounting::begin(runtime.access_logs.keep_headers(), client, &request, &request_id);
+    let keep = runtime.access_logs.keep_headers();
+    let mut account = Accounting::begin(runtime.accounting, keep, client, &request, &request_id);
     // Every log line of this request names its id (the span is free when debug logs are off).
     let span = tracing::debug_span!("request", id = ?request_id);
     let (response, places) = serve_identified(runtime, listener, client, request, &mut account).instrument(span).await;
@@ -66,11 +67,11 @@ async fn serve_identified(
     let location = match routed {
         Ok(location) => location,
         Err(error) => {
-            account.route(server.access_log.as_ref());
+            account.route(server.access_log.as_ref(), &server.metrics, runtime.admin.metrics);
             return (finish(error.to_response(server.errors), &server.response_headers), Vec::new());
         }
     };
-    account.route(location.access_log.as_ref());
+    account.route(location.access_log.as_ref(), &location.metrics, runtime.admin.metrics);
     let mut request = request;
     let codings = location.compress.as_ref().map(|_| RequestCodings::of(&request));
     let (response, places) = match request_policies(location, client, &mut request).await {

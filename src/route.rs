@@ -7,6 +7,7 @@ use crate::ai::ModelRouter;
 use crate::canary::ProxyTarget;
 use crate::compress::CompressPolicy;
 use crate::config::ErrorFormat;
+use crate::metrics::LocationMetrics;
 use crate::policy::headers::HeaderEdits;
 use crate::policy::{ConnLimit, RateLimit};
 use crate::static_files::StaticFiles;
@@ -47,6 +48,8 @@ pub struct Location {
     pub compress: Option<CompressPolicy>,
     /// Where requests here are logged, if anywhere.
     pub access_log: Option<Arc<AccessLog>>,
+    /// Its metric handles.
+    pub metrics: Arc<LocationMetrics>,
     /// Rate limits checked before the handler.
     pub limits: Vec<RateLimit>,
     /// Concurrency limits held until the response ends.
@@ -117,6 +120,8 @@ pub struct VirtualServer {
     pub response_headers: HeaderEdits,
     /// Where requests matching no location are logged, if anywhere.
     pub access_log: Option<Arc<AccessLog>>,
+    /// Metric handles for requests matching no location.
+    pub metrics: Arc<LocationMetrics>,
     /// Error format when no location matches.
     pub errors: ErrorFormat,
 }
@@ -256,6 +261,7 @@ mod tests {
             max_body: u64::MAX,
             compress: None,
             access_log: None,
+            metrics: Arc::new(crate::metrics::Metrics::new().location("s", "l", &[])),
             limits: Vec::new(),
             conn_limits: Vec::new(),
             errors: ErrorFormat::Text,

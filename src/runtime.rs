@@ -7,9 +7,10 @@ use crate::ai::ModelRouter;
 use crate::canary::{Canary, ProxyTarget};
 use crate::compress::{CompressPolicy, Encoding, Levels};
 use crate::config::{
-    self, AccessLogSetting, CompressConfig, Config, ConfigError, ConfigErrors, ErrorFormat, HttpSettings,
+    self, AccessLogSetting, AdminConfig, CompressConfig, Config, ConfigError, ConfigErrors, ErrorFormat, HttpSettings,
     LimitZoneConfig, LocationConfig, ServerConfig, Source,
 };
+use crate::metrics::Metrics;
 use crate::policy::connlimit::ConnCounter;
 use crate::policy::headers::HeaderEdits;
 use crate::policy::ratelimit::{parse_rate, Limit, Zone};
@@ -55,6 +56,14 @@ pub struct Runtime {
     pub trusted_proxies: TrustedProxies,
     /// Access log files and formats, kept by reloads.
     pub access_logs: AccessLogs,
+    /// Metric families, kept by reloads.
+    pub metrics: Arc<Metrics>,
+    /// The admin API's settings (read at start).
+    pub admin: AdminConfig,
+    /// Whether requests are accounted (metrics on, or an access log anywhere).
+    pub accounting: bool,
+    /// When this config was loaded.
+    pub loaded_at: std::time::SystemTime,
 }
 
 impl Runtime {
@@ -67,11 +76,12 @@ impl Runtime {
     /// Compiles a validated config; loads TLS material, so file errors surface here with their line.
     pub fn build(config: &Config, source: &Source, previous: Option<&Runtime>) -> Result<Runtime, ConfigErrors> {
         let mut errors: Vec<ConfigError> = Vec::new();
+        let metrics = previous.map_or_else(Metrics::new, |p| p.metrics.clone());
         let mut upstreams = HashMap::new();
         for upstream in &config.upstreams {
             let name = upstream.name.get_ref();
             let old = previous.and_then(|p| p.upstreams.get(name)).map(Arc::as_ref);
-            match Upstream::build(upstream, old) {
+            match Upstream::build(upstream, old, &metrics) {
                 Ok(built) => {
                     upstreams.insert(name.clone(), Arc::new(built));
                 }
@@ -115,6 +125,7 @@ impl Runtime {
             source,
             access_logs: &access_logs,
             http_access_log: config.http.access_log.as_ref(),
+            metrics: &metrics,
         };
 
         // Group servers by address, keeping config order; the declared default goes first.
@@ -179,7 +190,11 @@ impl Runtime {
             zones,
             conn_zones,
             trusted_proxies,
+            accounting: config.admin.metrics || access_logs.any(),
             access_logs,
+            metrics,
+            admin: config.admin.clone(),
+            loaded_at: std::time::SystemTime::now(),
         })
     }
 }
@@ -228,6 +243,7 @@ struct Context<'a> {
     source: &'a Source,
     access_logs: &'a AccessLogs,
     http_access_log: Option<&'a AccessLogSetting>,
+    metrics: &'a Metrics,
 }
 
 fn compile_server(server: &ServerConfig, context: &Context) -> VirtualServer {
@@ -248,9 +264,25 @@ fn compile_server(server: &ServerConfig, context: &Context) -> VirtualServer {
     VirtualServer {
         primary_name: server.server_name.first().cloned().unwrap_or_default(),
         locations,
+        metrics: Arc::new(context.metrics.location(&server_label(server), "", &[])),
         response_headers: server_headers,
         access_log: context.access_logs.select(&[server.access_log.as_ref(), context.http_access_log]),
         errors: server.errors.unwrap_or(ErrorFormat::Text),
+    }
+}
+
+/// A server's `server` label: its first name, else its first address.
+fn server_label(server: &ServerConfig) -> String {
+    server.server_name.first().or(server.listen.first().map(|l| l.get_ref())).cloned().unwrap_or_default()
+}
+
+/// A location's `location` label, written as nginx writes the match: `/prefix`, `= /exact`, `~ regex`.
+fn location_label(location: &LocationConfig) -> String {
+    match (&location.exact, &location.prefix, &location.regex) {
+        (Some(exact), _, _) => format!("= {exact}"),
+        (_, Some(prefix), _) => prefix.clone(),
+        (_, _, Some(regex)) => format!("~ {}", regex.get_ref()),
+        _ => String::new(),
     }
 }
 
@@ -345,6 +377,14 @@ fn compile_location(
         server.access_log.as_ref(),
         context.http_access_log,
     ]);
+    let upstreams: Vec<&str> = location
+        .proxy
+        .iter()
+        .chain(location.canary.iter().map(|c| &c.upstream))
+        .chain(location.models.values())
+        .map(|name| name.get_ref().as_str())
+        .collect();
+    let metrics = Arc::new(context.metrics.location(&server_label(server), &location_label(location), &upstreams));
     Some(Location {
         handler,
         request_headers,
@@ -354,6 +394,7 @@ fn compile_location(
         limits,
         conn_limits,
         access_log,
+        metrics,
         errors,
     })
 }

@@ -1,7 +1,7 @@
 //! Reading a config file: TOML syntax, then each table on its own so that one bad table does not hide
 //! the errors of the others. Every error carries the file, line and column it points at.
 
-use super::schema::{Config, HttpSettings, LimitZoneConfig, LocationConfig, ServerConfig, UpstreamConfig};
+use super::schema::{AdminConfig, Config, HttpSettings, LimitZoneConfig, LocationConfig, ServerConfig, UpstreamConfig};
 use serde::Deserialize;
 use std::fmt;
 use std::ops::Range;
@@ -104,6 +104,10 @@ pub fn parse(source: &Source) -> (Config, Vec<ConfigError>, bool) {
                 Ok(http) => config.http = http,
                 Err((span, message)) => push(span, message),
             },
+            "admin" => match decode::<AdminConfig>(value) {
+                Ok(admin) => config.admin = admin,
+                Err((span, message)) => push(span, message),
+            },
             "upstream" => {
                 for item in array_items(value, "upstream", &mut push) {
                     match decode::<UpstreamConfig>(item) {
@@ -140,7 +144,7 @@ pub fn parse(source: &Source) -> (Config, Vec<ConfigError>, bool) {
             }
             other => push(
                 key_span,
-                format!("unknown section `{other}` (expected `http`, `upstream`, `server` or `limit_zone`)"),
+                format!("unknown section `{other}` (expected `http`, `admin`, `upstream`, `server` or `limit_zone`)"),
             ),
         }
     }

@@ -13,6 +13,8 @@ use toml::Spanned;
 pub struct Config {
     /// `[http]`: client connection limits shared by every listener.
     pub http: HttpSettings,
+    /// `[admin]`: the admin listener and metrics.
+    pub admin: AdminConfig,
     /// `[[upstream]]`: named groups of backend servers.
     pub upstreams: Vec<UpstreamConfig>,
     /// `[[server]]`: virtual servers, each with listeners and locations.
@@ -138,6 +140,26 @@ impl Default for HttpSettings {
             log_format: BTreeMap::new(),
             error_log: None,
         }
+    }
+}
+
+/// `[admin]`: the admin API (metrics, status, reload, drain) on a listener of its own.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin API (default true; `infergate run` and `demo` start it).
+    pub enabled: bool,
+    /// Its address (default `127.0.0.1:9901`); anything but loopback needs a `token`.
+    pub listen: Spanned<String>,
+    /// Bearer token every admin request must carry (default none).
+    pub token: Option<String>,
+    /// Keep metrics (default true); off, requests are accounted only for access logs.
+    pub metrics: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { enabled: true, listen: Spanned::new(0..0, "127.0.0.1:9901".into()), token: None, metrics: true }
     }
 }
 

@@ -84,6 +84,22 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
         }
     }
 
+    let admin = &config.admin;
+    if admin.enabled {
+        match parse_listen(admin.listen.get_ref()) {
+            None => errors.push(source.error(
+                admin.listen.span(),
+                format!("invalid admin listen address {:?} (expected ip:port)", admin.listen.get_ref()),
+            )),
+            Some(addr) if !addr.ip().is_loopback() && admin.token.as_deref().is_none_or(str::is_empty) => {
+                errors.push(source.error(
+                    admin.listen.span(),
+                    format!("refusing to serve the admin API on {addr} without a token (set `token`, or listen on 127.0.0.1)"),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
     if let Some(error_log) = &config.http.error_log {
         let level = error_log.level.get_ref();
         if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {

@@ -119,14 +119,22 @@ async fn forward_body(
 
     let mut tried = Tried::default();
     loop {
-        let (index, permit) = upstream.admit(&tried, facts).await.map_err(|unavailable| match unavailable {
+        if !tried.is_empty() {
+            upstream.metrics.retries.inc();
+        }
+        let admit_started = tokio::time::Instant::now();
+        let admitted = upstream.admit(&tried, facts).await;
+        if upstream.admission.is_some() {
+            upstream.metrics.queue_wait.observe(admit_started.elapsed().as_secs_f64());
+        }
+        let (index, permit) = admitted.map_err(|unavailable| match unavailable {
             Unavailable::Overloaded(rejection) => GatewayError::Overloaded(rejection),
             Unavailable::NoHealthyServer => GatewayError::NoHealthyServer,
         })?;
         tried.add(index);
         let server = &upstream.servers[index];
         let balancing = upstream.tracks_load();
-        let mut lease = Lease { permit, in_flight: balancing.then(|| server.load.start()), drain_watch: None };
+        let mut lease = Lease { permit, in_flight: Some(server.load.start()), drain_watch: None };
         let try_started = tokio::time::Instant::now();
         let may_retry = tried.len() < upstream.tries && retry_deadline.is_none_or(|d| tokio::time::Instant::now() < d);
         let fail = || {
@@ -141,7 +149,15 @@ async fn forward_body(
         }
 
         let mut connection = match server.pool.checkout().await {
-            Ok(connection) => connection,
+            Ok(connection) if connection.reused => {
+                upstream.metrics.reused.inc();
+                connection
+            }
+            Ok(connection) => {
+                upstream.metrics.opened.inc();
+                upstream.metrics.connect_time.observe(try_started.elapsed().as_secs_f64());
+                connection
+            }
             Err(error) => {
                 fail();
                 if may_retry {
@@ -162,11 +178,13 @@ async fn forward_body(
             Err(Failure::NotSent(request, error)) if connection.reused => {
                 tracing::debug!(%error, "pooled upstream connection was closed; retrying on a new one");
                 connection = server.pool.connect().await.map_err(connect_error)?;
+                upstream.metrics.opened.inc();
                 exchange(&mut connection, *request, &mut sent, waits).await
             }
             Err(Failure::Closed(error)) if connection.reused && copy.is_some() => {
                 tracing::debug!(%error, "pooled upstream connection closed under the request; resending it on a new one");
                 connection = server.pool.connect().await.map_err(connect_error)?;
+                upstream.metrics.opened.inc();
                 let resend = copy
                     .as_ref()
                     .and_then(replay_copy)
@@ -190,8 +208,10 @@ async fn forward_body(
                 continue;
             }
         };
+        let header_time = try_started.elapsed();
+        upstream.metrics.header_time.observe(header_time.as_secs_f64());
         if balancing {
-            server.load.observe_head(try_started.elapsed());
+            server.load.observe_head(header_time);
         }
         let status = response.status();
         if status.is_server_error() {
@@ -207,10 +227,12 @@ async fn forward_body(
         let (mut parts, body) = response.into_parts();
         headers::to_client(&mut parts.headers, false);
         parts.extensions.insert(UpstreamInfo {
+            upstream: upstream.name.clone(),
+            head_at: tokio::time::Instant::now(),
             addr: server.authority.clone(),
             status: status.as_u16(),
             started_after: try_started.duration_since(started),
-            header_time: try_started.elapsed(),
+            header_time,
         });
         let body = if body.is_end_stream() {
             server.pool.key().checkin(connection);

@@ -34,6 +34,7 @@ pub async fn serve(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, l
         return;
     };
     let http = runtime.http.clone();
+    let metrics = runtime.metrics.clone();
     drop(runtime);
     let builder = builder(&http, spec.http2);
     if let Some(acceptor) = &spec.tls {
@@ -41,8 +42,14 @@ pub async fn serve(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, l
             result = tokio::time::timeout(http.client_header_timeout.0, acceptor.accept(stream)) => result,
             _ = shutdown.changed() => return,
         };
+        metrics.tls_handshake(matches!(handshake, Ok(Ok(_))));
         match handshake {
             Ok(Ok(tls)) => {
+                let protocol = match tls.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => "h2",
+                    _ => "http/1.1",
+                };
+                let _open = metrics.client_connection(protocol);
                 let client = ClientInfo::new(peer, true);
                 serve_http(gateway, TokioIo::new(tls), &builder, &http, client, listen_key, shutdown).await;
             }
@@ -50,6 +57,8 @@ pub async fn serve(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, l
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         }
     } else {
+        // Cleartext connections may be either protocol (h2 by prior knowledge): counted as one.
+        let _open = metrics.client_connection("cleartext");
         let client = ClientInfo::new(peer, false);
         serve_http(gateway, TokioIo::new(stream), &builder, &http, client, listen_key, shutdown).await;
     }

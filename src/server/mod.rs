@@ -73,6 +73,8 @@ pub struct Gateway {
     reload_lock: tokio::sync::Mutex<()>,
     /// Flips to `true` on shutdown; every connection holds a receiver, so `closed()` means drained.
     shutdown: watch::Sender<bool>,
+    /// When the gateway started, for the admin API's uptime.
+    pub started: std::time::Instant,
 }
 
 impl Gateway {
@@ -95,6 +97,7 @@ impl Gateway {
             listeners: Mutex::new(HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             shutdown,
+            started: std::time::Instant::now(),
         });
         let runtime = gateway.runtime();
         gateway.sync_listeners(&runtime, &source).await?;
@@ -128,9 +131,15 @@ impl Gateway {
     /// and counters kept by name), an invalid one changes nothing. Returns the new version.
     pub async fn reload(self: &Arc<Self>) -> Result<u64, ConfigErrors> {
         let _one_at_a_time = self.reload_lock.lock().await;
-        let source = self.origin.read()?;
         let current = self.runtime();
-        let next = Arc::new(Runtime::load(&source, Some(&current))?);
+        let result = self.reload_from(&current).await;
+        current.metrics.reload(result.is_ok());
+        result
+    }
+
+    async fn reload_from(self: &Arc<Self>, current: &Arc<Runtime>) -> Result<u64, ConfigErrors> {
+        let source = self.origin.read()?;
+        let next = Arc::new(Runtime::load(&source, Some(current))?);
         // Bind new addresses before publishing, so a failed bind leaves everything as it was.
         self.bind_new(&next, &source).await?;
         self.runtime.store(next.clone());
@@ -225,7 +234,7 @@ impl Gateway {
         }
     }
 
-    fn shutdown_signal(&self) -> watch::Receiver<bool> {
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
     }
 

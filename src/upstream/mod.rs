@@ -20,6 +20,7 @@ pub use connector::{ConnectError, Connector, SendTimedOut, TimedStream};
 pub use pool::{PoolKey, PoolSettings, ServerPool, UpstreamConnection};
 
 use crate::config::{UpstreamConfig, UpstreamTimeouts};
+use crate::metrics::{Metrics, UpstreamMetrics};
 use http::uri::Authority;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,10 +43,19 @@ pub struct UpstreamServer {
     pub draining: bool,
 }
 
+impl UpstreamServer {
+    /// Out of rotation: marked `drain = true`, or drained through the admin API or a reload.
+    pub fn is_draining(&self) -> bool {
+        self.draining || self.load.drain_deadline().is_some()
+    }
+}
+
 /// A compiled `[[upstream]]`.
 pub struct Upstream {
     /// Its config name.
-    pub name: String,
+    pub name: Arc<str>,
+    /// Its metric handles.
+    pub metrics: UpstreamMetrics,
     /// Its servers, in config order.
     pub servers: Vec<UpstreamServer>,
     /// nginx-style timeouts; connect and send live in each pool's connector, read is applied per request.
@@ -170,7 +180,7 @@ pub enum Unavailable {
 impl Upstream {
     /// Compiles an upstream; `previous` is the same-named upstream of the running config, whose pools
     /// (and open connections) are kept for servers whose address and pool settings did not change.
-    pub fn build(config: &UpstreamConfig, previous: Option<&Upstream>) -> Result<Upstream, String> {
+    pub fn build(config: &UpstreamConfig, previous: Option<&Upstream>, metrics: &Metrics) -> Result<Upstream, String> {
         let settings = PoolSettings {
             max_idle: config.keepalive,
             idle_timeout: config.keepalive_timeout.0,
@@ -204,7 +214,8 @@ impl Upstream {
                 .unwrap_or_else(|| Admission::new(limits.clone(), queue_max, queue_timeout))
         });
         Ok(Upstream {
-            name: config.name.get_ref().clone(),
+            name: config.name.get_ref().as_str().into(),
+            metrics: metrics.upstream(config.name.get_ref()),
             servers,
             timeouts: config.timeouts,
             admission,
@@ -256,7 +267,7 @@ impl Upstream {
     pub async fn admit(&self, tried: &Tried, facts: RequestFacts) -> Result<(usize, Option<Permit>), Unavailable> {
         let eligible = |index: usize| {
             let server = &self.servers[index];
-            !tried.contains(index) && !server.draining && server.health.is_up()
+            !tried.contains(index) && !server.is_draining() && server.health.is_up()
         };
         if !(0..self.servers.len()).any(eligible) {
             return Err(Unavailable::NoHealthyServer);

@@ -82,6 +82,11 @@ fn url_addr(line: &str) -> std::net::SocketAddr {
         .unwrap_or_else(|| panic!("no address in {line:?}"))
 }
 
+/// `config` with the admin API on a free port (its default, 127.0.0.1:9901, is not for tests).
+fn with_admin(config: &str) -> String {
+    format!("{config}\n[admin]\nlisten = \"127.0.0.1:0\"\n")
+}
+
 /// A running `infergate` child whose stderr lines arrive on a channel.
 struct Running {
     child: Child,
@@ -154,12 +159,20 @@ async fn run_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
     let b = Backend::start(|_| async { Response::new(full("b")) }).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("infergate.toml");
-    std::fs::write(&path, proxy_config(&a.authority(), "")).unwrap();
+    std::fs::write(&path, with_admin(&proxy_config(&a.authority(), ""))).unwrap();
     let mut running = Running::start(&path);
+    let admin = url_addr(&running.wait_for("infergate: admin API on http://"));
     let line = running.wait_for("infergate: listening on ");
     let addr: std::net::SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
     running.wait_for(&format!("infergate: upstream backend -> {}", a.authority()));
     assert_eq!(fetch(addr, "/").await.2, "a");
+    let metrics = fetch(admin, "/metrics").await.2;
+    assert!(
+        metrics.contains(
+            r#"infergate_requests_total{server="127.0.0.1:0",location="/",upstream="backend",status="2xx"} 1"#
+        ),
+        "{metrics}"
+    );
 
     std::fs::write(&path, proxy_config(&b.authority(), "")).unwrap();
     running.signal("HUP");
@@ -179,7 +192,15 @@ async fn run_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_starts_the_sim_and_the_gateway_and_streams_an_answer() {
-    let mut running = Running::spawn(&["demo", "--listen", "127.0.0.1:0", "--sim-listen", "127.0.0.1:0"]);
+    let mut running = Running::spawn(&[
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--sim-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
     let addr = url_addr(&running.wait_for("infergate demo: gateway on http://"));
     running.wait_for("curl -N");
     let body = r#"{"model": "glm-4v-flash", "stream": true, "max_tokens": 3, "messages": [{"role": "user", "content": "What is in this image?"}]}"#;
@@ -223,7 +244,7 @@ async fn sigusr1_reopens_the_access_and_error_logs_after_rotation() {
         "[[upstream]]",
         "[http]\naccess_log = { path = \"access.log\" }\nerror_log = { path = \"error.log\", level = \"info\" }\n\n[[upstream]]",
     );
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, with_admin(&config)).unwrap();
     let running = Running::start(&path);
     let line = running.wait_for("infergate: listening on ");
     let addr: std::net::SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();

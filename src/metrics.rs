@@ -1,0 +1,437 @@
+//! Prometheus metrics that speak tokens: every family is registered here, beside the handles the data
+//! path holds. Per-request figures come from the request's accounting record once it ends
+//! (`accounting`), so the access log and the metrics never disagree; a few counters live where the
+//! event happens (retries, pooled connections, TLS handshakes, reloads); gauges of the current state
+//! (in flight, queue, health, drain) are read from the running config at scrape time.
+//!
+//! Handles are resolved once per location and upstream at config load, so a request only touches
+//! atomics and its histograms, never a label lookup.
+
+use crate::accounting::{BodyEnd, Record};
+use crate::runtime::Runtime;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Latencies a user feels, from a cached answer to a long generation (seconds).
+const LATENCY_BUCKETS: [f64; 15] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+/// Gaps between tokens of a stream (seconds): 10-100 ms is a healthy decode.
+const TOKEN_GAP_BUCKETS: [f64; 12] = [0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5];
+/// What the gateway itself adds (seconds): tens of microseconds when healthy.
+const GATEWAY_BUCKETS: [f64; 10] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1];
+/// Connecting to a backend (seconds).
+const CONNECT_BUCKETS: [f64; 11] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+/// Waiting for a model's slot (seconds).
+const QUEUE_BUCKETS: [f64; 11] = [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn histograms<L: Clone + std::hash::Hash + Eq>(buckets: fn() -> Histogram) -> Histograms<L> {
+    Family::new_with_constructor(buckets)
+}
+
+/// `server` (first `server_name`, or the listen address) and `location` (its match, as configured).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    server: String,
+    location: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    server: String,
+    location: String,
+    upstream: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamEndLabels {
+    server: String,
+    location: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    upstream: String,
+    connection: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    upstream: String,
+    server: String,
+}
+
+/// Status classes, as the `status` label writes them.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// How a stream ended, as the `reason` label writes it.
+fn end_reason(end: BodyEnd) -> &'static str {
+    match end {
+        BodyEnd::Complete => "complete",
+        BodyEnd::ClientClosed => "client",
+        BodyEnd::Timeout => "timeout",
+        BodyEnd::Error => "upstream_error",
+    }
+}
+
+/// Rejections counted by reason: the error codes of `GatewayError` that refuse a request to protect
+/// the model or enforce a policy.
+const REJECTION_CODES: [&str; 6] =
+    ["rate_limit_exceeded", "queue_full", "queue_timeout", "body_too_large", "no_healthy_server", "auth"];
+
+/// Every metric family of one gateway; kept across reloads so counts carry on.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Histograms<RouteLabels>,
+    ttft: Histograms<RouteLabels>,
+    token_gap: Histograms<RouteLabels>,
+    output_tokens: Family<RouteLabels, Counter>,
+    streams_ended: Family<StreamEndLabels, Counter>,
+    upstream_header_time: Histograms<UpstreamLabels>,
+    upstream_connect_time: Histograms<UpstreamLabels>,
+    queue_wait: Histograms<UpstreamLabels>,
+    retries: Family<UpstreamLabels, Counter>,
+    pool_connections: Family<PoolLabels, Counter>,
+    gateway_added: Histogram,
+    rejections: Family<ReasonLabels, Counter>,
+    client_connections: Family<ProtocolLabels, Gauge>,
+    tls_handshakes: Family<ResultLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// Registers every family under the `infergate_` prefix.
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("infergate");
+        let metrics = Metrics {
+            requests: Family::default(),
+            request_duration: histograms(|| Histogram::new(LATENCY_BUCKETS)),
+            ttft: histograms(|| Histogram::new(LATENCY_BUCKETS)),
+            token_gap: histograms(|| Histogram::new(TOKEN_GAP_BUCKETS)),
+            output_tokens: Family::default(),
+            streams_ended: Family::default(),
+            upstream_header_time: histograms(|| Histogram::new(LATENCY_BUCKETS)),
+            upstream_connect_time: histograms(|| Histogram::new(CONNECT_BUCKETS)),
+            queue_wait: histograms(|| Histogram::new(QUEUE_BUCKETS)),
+            retries: Family::default(),
+            pool_connections: Family::default(),
+            gateway_added: Histogram::new(GATEWAY_BUCKETS),
+            rejections: Family::default(),
+            client_connections: Family::default(),
+            tls_handshakes: Family::default(),
+            reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        let seconds = || Unit::Seconds;
+        registry.register(
+            "requests",
+            "Requests answered, by server, location, upstream and status class",
+            metrics.requests.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "From the request head to the response's end",
+            seconds(),
+            metrics.request_duration.clone(),
+        );
+        registry.register_with_unit(
+            "time_to_first_token",
+            "Event streams: from the request head to the first data event",
+            seconds(),
+            metrics.ttft.clone(),
+        );
+        registry.register_with_unit(
+            "inter_token_gap",
+            "Event streams: time between two data events",
+            seconds(),
+            metrics.token_gap.clone(),
+        );
+        registry.register(
+            "output_tokens",
+            "Completion tokens reported by streams' usage",
+            metrics.output_tokens.clone(),
+        );
+        registry.register(
+            "streams_ended",
+            "Event streams by how they ended: complete, client, timeout, upstream_error",
+            metrics.streams_ended.clone(),
+        );
+        registry.register_with_unit(
+            "upstream_header_time",
+            "From sending to a backend to its response head",
+            seconds(),
+            metrics.upstream_header_time.clone(),
+        );
+        registry.register_with_unit(
+            "upstream_connect_time",
+            "Opening a connection to a backend",
+            seconds(),
+            metrics.upstream_connect_time.clone(),
+        );
+        registry.register_with_unit(
+            "queue_wait",
+            "Time spent waiting for a model slot (admission control)",
+            seconds(),
+            metrics.queue_wait.clone(),
+        );
+        registry.register("upstream_retries", "Requests sent again to another server", metrics.retries.clone());
+        registry.register(
+            "upstream_connections",
+            "Backend connections used, reused from the pool or new",
+            metrics.pool_connections.clone(),
+        );
+        registry.register_with_unit(
+            "gateway_added_latency",
+            "From the backend's response head to handing it to the client",
+            seconds(),
+            metrics.gateway_added.clone(),
+        );
+        registry.register("rejections", "Requests refused, by reason", metrics.rejections.clone());
+        registry.register(
+            "client_connections",
+            "Open client connections, by protocol",
+            metrics.client_connections.clone(),
+        );
+        registry.register("tls_handshakes", "TLS handshakes, by result", metrics.tls_handshakes.clone());
+        registry.register("config_reloads", "Config reloads, by result", metrics.reloads.clone());
+        registry.register("build", "The running build", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
+        Arc::new(Metrics { registry, ..metrics })
+    }
+
+    /// The handles of one location's requests.
+    pub fn location(&self, server: &str, location: &str, upstreams: &[&str]) -> LocationMetrics {
+        let route = RouteLabels { server: server.to_string(), location: location.to_string() };
+        let by_upstream = upstreams
+            .iter()
+            .copied()
+            .chain([""])
+            .map(|upstream| {
+                let classes = STATUS_CLASSES.map(|status| {
+                    self.requests.get_or_create_owned(&RequestLabels {
+                        server: route.server.clone(),
+                        location: route.location.clone(),
+                        upstream: upstream.to_string(),
+                        status,
+                    })
+                });
+                (upstream.to_string(), classes)
+            })
+            .collect();
+        let ends = [BodyEnd::Complete, BodyEnd::ClientClosed, BodyEnd::Timeout, BodyEnd::Error].map(|end| {
+            self.streams_ended.get_or_create_owned(&StreamEndLabels {
+                server: route.server.clone(),
+                location: route.location.clone(),
+                reason: end_reason(end),
+            })
+        });
+        LocationMetrics {
+            by_upstream,
+            duration: self.request_duration.get_or_create_owned(&route),
+            ttft: self.ttft.get_or_create_owned(&route),
+            token_gap: self.token_gap.get_or_create_owned(&route),
+            output_tokens: self.output_tokens.get_or_create_owned(&route),
+            streams_ended: ends,
+            gateway_added: self.gateway_added.clone(),
+            rejections: REJECTION_CODES.map(|reason| self.rejections.get_or_create_owned(&ReasonLabels { reason })),
+        }
+    }
+
+    /// The handles of one upstream.
+    pub fn upstream(&self, name: &str) -> UpstreamMetrics {
+        let labels = UpstreamLabels { upstream: name.to_string() };
+        let pool = |connection| {
+            self.pool_connections.get_or_create_owned(&PoolLabels { upstream: name.to_string(), connection })
+        };
+        UpstreamMetrics {
+            header_time: self.upstream_header_time.get_or_create_owned(&labels),
+            connect_time: self.upstream_connect_time.get_or_create_owned(&labels),
+            queue_wait: self.queue_wait.get_or_create_owned(&labels),
+            retries: self.retries.get_or_create_owned(&labels),
+            reused: pool("reused"),
+            opened: pool("new"),
+        }
+    }
+
+    /// Counts a request refused before any location (no such handle there): `auth` on the admin API.
+    pub fn reject(&self, reason: &'static str) {
+        self.rejections.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// A client connection opened; the gauge goes down when the guard is dropped.
+    pub fn client_connection(&self, protocol: &'static str) -> ConnectionGauge {
+        let gauge = self.client_connections.get_or_create_owned(&ProtocolLabels { protocol });
+        gauge.inc();
+        ConnectionGauge(gauge)
+    }
+
+    /// Counts a TLS handshake.
+    pub fn tls_handshake(&self, ok: bool) {
+        self.tls_handshakes.get_or_create(&ResultLabels { result: if ok { "success" } else { "failure" } }).inc();
+    }
+
+    /// Counts a config reload.
+    pub fn reload(&self, ok: bool) {
+        self.reloads.get_or_create(&ResultLabels { result: if ok { "success" } else { "failure" } }).inc();
+    }
+
+    /// The exposition (OpenMetrics text): every family, then the state of `runtime` now.
+    pub fn encode(&self, runtime: &Runtime) -> String {
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode_registry(&mut text, &self.registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut text, &state_now(runtime));
+        let _ = prometheus_client::encoding::text::encode_eof(&mut text);
+        text
+    }
+}
+
+/// Gauges of the running config's state, made per scrape: in flight, queue, health and drain per
+/// server, and the config version.
+fn state_now(runtime: &Runtime) -> Registry {
+    let mut registry = Registry::with_prefix("infergate");
+    let in_flight = Family::<ServerLabels, Gauge>::default();
+    let healthy = Family::<ServerLabels, Gauge>::default();
+    let draining = Family::<ServerLabels, Gauge>::default();
+    let queued = Family::<UpstreamLabels, Gauge>::default();
+    let mut upstreams: Vec<_> = runtime.upstreams.values().collect();
+    upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+    for upstream in upstreams {
+        let admitted = upstream.admission.as_ref().map(|a| a.inflight());
+        for (index, server) in upstream.servers.iter().enumerate() {
+            let labels = ServerLabels { upstream: upstream.name.to_string(), server: server.authority.to_string() };
+            let count = admitted.as_ref().map_or_else(|| server.load.inflight(), |counts| counts[index]);
+            in_flight.get_or_create(&labels).set(count as i64);
+            healthy.get_or_create(&labels).set(i64::from(server.health.is_up()));
+            draining.get_or_create(&labels).set(i64::from(server.is_draining()));
+        }
+        if let Some(admission) = &upstream.admission {
+            queued
+                .get_or_create(&UpstreamLabels { upstream: upstream.name.to_string() })
+                .set(admission.queued() as i64);
+        }
+    }
+    registry.register("upstream_in_flight", "Requests in flight per server", in_flight);
+    registry.register("upstream_healthy", "1 while a server is in rotation by health, 0 while marked down", healthy);
+    registry.register("upstream_draining", "1 while a server is drained", draining);
+    registry.register("upstream_queue_length", "Requests waiting for a slot", queued);
+    let version: Gauge = Gauge::default();
+    version.set(runtime.version as i64);
+    registry.register("config_version", "Loads of the config since start (1 for the first)", version);
+    registry
+}
+
+/// Keeps a client connection counted while alive.
+pub struct ConnectionGauge(Gauge);
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The metric handles of one location, resolved at config load.
+pub struct LocationMetrics {
+    /// Request counters by status class, per upstream name (`""` for none).
+    by_upstream: Vec<(String, [Counter; 5])>,
+    duration: Histogram,
+    ttft: Histogram,
+    token_gap: Histogram,
+    output_tokens: Counter,
+    streams_ended: [Counter; 4],
+    gateway_added: Histogram,
+    rejections: [Counter; 6],
+}
+
+impl LocationMetrics {
+    /// Records a finished request.
+    pub fn observe(&self, record: &Record) {
+        let upstream = record.upstream.as_ref().map_or("", |u| &*u.upstream);
+        let class = usize::from(record.status / 100).clamp(1, 5) - 1;
+        if let Some((_, classes)) =
+            self.by_upstream.iter().find(|(name, _)| name == upstream).or(self.by_upstream.last())
+        {
+            classes[class].inc();
+        }
+        self.duration.observe(record.duration.as_secs_f64());
+        if let Some(code) = record.error_code {
+            if let Some(index) = REJECTION_CODES.iter().position(|c| *c == code) {
+                self.rejections[index].inc();
+            }
+        }
+        if let Some(stream) = &record.stream {
+            let index = [BodyEnd::Complete, BodyEnd::ClientClosed, BodyEnd::Timeout, BodyEnd::Error]
+                .iter()
+                .position(|e| *e == record.end)
+                .unwrap_or(0);
+            self.streams_ended[index].inc();
+            if let Some(first) = stream.first_token {
+                self.ttft.observe(first.as_secs_f64());
+            }
+            if let Some(tokens) = stream.output_tokens {
+                self.output_tokens.inc_by(tokens);
+            }
+        }
+    }
+
+    /// Records the gap between two data events of a stream, as it happens.
+    pub fn token_gap(&self, gap: Duration) {
+        self.token_gap.observe(gap.as_secs_f64());
+    }
+
+    /// Records what the gateway added between the backend's head and the client's.
+    pub fn gateway_added(&self, took: Duration) {
+        self.gateway_added.observe(took.as_secs_f64());
+    }
+}
+
+/// The metric handles of one upstream, resolved at config load.
+pub struct UpstreamMetrics {
+    /// Time to the response head.
+    pub header_time: Histogram,
+    /// Connect time of new connections.
+    pub connect_time: Histogram,
+    /// Wait for a slot.
+    pub queue_wait: Histogram,
+    /// Requests sent again.
+    pub retries: Counter,
+    /// Pooled connections reused.
+    pub reused: Counter,
+    /// Connections opened.
+    pub opened: Counter,
+}
