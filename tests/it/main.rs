@@ -3,6 +3,7 @@
 mod support;
 
 mod access_log;
+mod admin;
 mod admission;
 mod canary;
 mod cli;
