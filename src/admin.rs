@@ -9,6 +9,8 @@
 //! | `POST /reload` | as SIGHUP: the new version, or 400 with the errors (`FILE:LINE:COL: ...`) |
 //! | `POST /upstreams/NAME/servers/ADDR/drain` | takes the server out of rotation; its streams get `drain_timeout` |
 //! | `POST /upstreams/NAME/servers/ADDR/undrain` | puts it back (a server with `drain = true` in the config stays out) |
+//!
+//! A drain by hand lasts across reloads, until undrained.
 
 use crate::config::parse_listen;
 use crate::server::Gateway;
@@ -104,11 +106,7 @@ async fn handle(gateway: &Arc<Gateway>, token: Option<&str>, request: Request<In
                     json!({"error": format!("upstream `{name}` has no server {addr}")}),
                 );
             };
-            if *action == "drain" {
-                server.load.start_drain(runtime.http.drain_timeout.0);
-            } else {
-                server.load.stop_drain();
-            }
+            server.load.drain_by_hand(*action == "drain", runtime.http.drain_timeout.0);
             reply(StatusCode::OK, json!({"upstream": name, "server": addr, "draining": server.is_draining()}))
         }
         (_, ["metrics" | "status"]) | (_, ["reload"]) | (_, ["upstreams", _, "servers", _, "drain" | "undrain"]) => {

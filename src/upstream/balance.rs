@@ -164,6 +164,8 @@ pub struct ServerLoad {
     origin: tokio::time::Instant,
     /// 0, or 1 + the millisecond (since `origin`) after which its streams are cut (drain).
     drain_deadline_ms: AtomicU64,
+    /// Drained through the admin API: out of rotation whatever the config says, across reloads.
+    drained_by_hand: std::sync::atomic::AtomicBool,
     inflight: AtomicUsize,
     /// Moving average of the time to the response head, in microseconds (0: no sample yet).
     head_ewma_us: AtomicU64,
@@ -176,6 +178,7 @@ impl Default for ServerLoad {
         ServerLoad {
             origin: tokio::time::Instant::now(),
             drain_deadline_ms: AtomicU64::new(0),
+            drained_by_hand: std::sync::atomic::AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             head_ewma_us: AtomicU64::new(0),
             reported: Default::default(),
@@ -194,6 +197,21 @@ impl ServerLoad {
     /// The server is back in rotation.
     pub fn stop_drain(&self) {
         self.drain_deadline_ms.store(0, Ordering::Release);
+    }
+
+    /// Takes the server out of rotation by hand (admin API), or puts it back; its streams get `grace`.
+    pub fn drain_by_hand(&self, drained: bool, grace: Duration) {
+        self.drained_by_hand.store(drained, Ordering::Release);
+        if drained {
+            self.start_drain(grace);
+        } else {
+            self.stop_drain();
+        }
+    }
+
+    /// Whether the admin API drained this server.
+    pub fn drained_by_hand(&self) -> bool {
+        self.drained_by_hand.load(Ordering::Acquire)
     }
 
     /// When streams on this server are cut, if it is draining.

@@ -44,9 +44,9 @@ pub struct UpstreamServer {
 }
 
 impl UpstreamServer {
-    /// Out of rotation: marked `drain = true`, or drained through the admin API or a reload.
+    /// Out of rotation: marked `drain = true`, or drained through the admin API.
     pub fn is_draining(&self) -> bool {
-        self.draining || self.load.drain_deadline().is_some()
+        self.draining || self.load.drained_by_hand()
     }
 }
 
@@ -107,7 +107,7 @@ pub fn mark_drains(previous: &HashMap<String, Arc<Upstream>>, next: &HashMap<Str
         for server in &old.servers {
             let now = next.get(name).and_then(|new| new.servers.iter().find(|s| s.authority == server.authority));
             match now {
-                Some(new) if !new.draining => new.load.stop_drain(),
+                Some(new) if !new.is_draining() => new.load.stop_drain(),
                 _ => server.load.start_drain(grace),
             }
         }

@@ -132,7 +132,7 @@ async fn after_known_traffic_the_exposition_holds_exact_counts() {
     let started = std::time::Instant::now();
     let scrape = loop {
         let scrape = scrape(admin).await;
-        let limited = [("location", "/limited"), ("status", "4xx")];
+        let limited = [("location", "/limited"), ("upstream", ""), ("status", "4xx")];
         if try_value(&scrape, "infergate_requests_total", &limited) == Some(1.0) {
             break scrape;
         }
