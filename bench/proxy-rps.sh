@@ -27,6 +27,9 @@ start_nginx proxy "upstream backend { server 127.0.0.1:$BACKEND; keepalive 32; }
 start_gateway proxy "[http]
 keepalive_requests = 1000000
 
+[admin]
+enabled = false
+
 [[upstream]]
 name = \"backend\"
 servers = [{ addr = \"127.0.0.1:$BACKEND\" }]

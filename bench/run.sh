@@ -3,9 +3,10 @@
 # run, alternating, medians of ROUNDS rounds. Prints one table; every figure has its nginx ratio.
 #
 #   bench/run.sh [ROUNDS]        (default 3; the whole suite takes about 12 minutes)
-#   SECTIONS=rps,ratelimit,gzip,ttft,overload,balance,memory bench/run.sh   (a subset)
+#   SECTIONS=rps,ratelimit,metrics,gzip,ttft,overload,balance,memory bench/run.sh   (a subset)
 #
-# Sections: plain proxy rps; HTTPS over HTTP/1.1 (wrk) and HTTP/2 (h2load); the cost of a rate limit;
+# Sections: plain proxy rps; HTTPS over HTTP/1.1 (wrk) and HTTP/2 (h2load); the cost of a rate limit
+# and of metrics;
 # gzip of a 20 KB JSON answer with the seed's settings (rps, CPU per request, bytes); time to first token added
 # over a direct connection to the simulated model, with the seed's config (nginx `proxy_buffering on`);
 # milliseconds from a client closing a stream to the model noticing; goodput of an overloaded model
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 ROUNDS=${1:-3}
-SECTIONS=${SECTIONS:-rps,ratelimit,gzip,ttft,overload,balance,memory}
+SECTIONS=${SECTIONS:-rps,ratelimit,metrics,gzip,ttft,overload,balance,memory}
 section() { [[ ",$SECTIONS," == *",$1,"* ]]; }
 install_tools
 cargo build --release -q --workspace
@@ -24,7 +25,7 @@ LOAD=target/release/infergate-load
 ulimit -n 65536 2>/dev/null || true
 
 BACKEND=18080 SIM=18090 SIM_SLOW=18095
-NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092 GW_GUARD=18093 NGINX_PAIR=18096 GW_PAIR_RR=18097 GW_PAIR_LI=18098 NGINX_LIMIT=18099 GW_LIMIT=18100 NGINX_GZIP=18101 GW_GZIP=18102
+NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092 GW_GUARD=18093 NGINX_PAIR=18096 GW_PAIR_RR=18097 GW_PAIR_LI=18098 NGINX_LIMIT=18099 GW_LIMIT=18100 NGINX_GZIP=18101 GW_GZIP=18102 GW_ADMIN=18103 GW_BARE=18104
 RESULTS="$WORK/results.txt"; : > "$RESULTS"
 # record SECTION METRIC NGINX_VALUE INFERGATE_VALUE BETTER(higher|lower)
 record() { echo "$1|$2|$3|$4|$5" >> "$RESULTS"; }
@@ -56,6 +57,9 @@ start_nginx proxy "upstream backend { server 127.0.0.1:$BACKEND; keepalive 32; }
       proxy_buffering on; proxy_buffer_size 16k; proxy_buffers 8 32k; } }"
 start_gateway proxy "[http]
 keepalive_requests = 1000000
+
+[admin]
+listen = \"127.0.0.1:$GW_ADMIN\"
 
 [limit_zone.generous]
 key = \"client_ip\"
@@ -145,8 +149,25 @@ listen = [\"127.0.0.1:$GW_SEED\"]
   proxy_buffering = true
   proxy_buffer_size = \"16k\"
   proxy_buffers = \"8 32k\""
+GW_PID=$GATEWAY_PID
+# The same small-JSON proxy without metrics (no request is accounted), for their cost.
+start_gateway bare "[admin]
+enabled = false
+metrics = false
+
+[[upstream]]
+name = \"backend\"
+servers = [{ addr = \"127.0.0.1:$BACKEND\" }]
+keepalive = 32
+
+[[server]]
+listen = [\"127.0.0.1:$GW_BARE\"]
+  [[server.location]]
+  prefix = \"/\"
+  proxy = \"backend\""
+GATEWAY_PID=$GW_PID
 NGINX_PIDS=$(nginx_pids proxy)
-for port in $BACKEND $NGINX_HTTP $GW_HTTP $NGINX_TLS $GW_TLS; do wait_port $port; done
+for port in $BACKEND $NGINX_HTTP $GW_HTTP $NGINX_TLS $GW_TLS $GW_BARE; do wait_port $port; done
 
 # sim_start [ARGS...]: a fresh simulated model on $SIM; sets SIM_PID.
 sim_start() {
@@ -173,6 +194,14 @@ section ratelimit && for round in $(seq "$ROUNDS"); do
   n_plain=$(wrk_rps http://127.0.0.1:$NGINX_HTTP/v1/models); n_limit=$(wrk_rps http://127.0.0.1:$NGINX_LIMIT/v1/models)
   g_plain=$(wrk_rps http://127.0.0.1:$GW_HTTP/v1/models); g_limit=$(wrk_rps http://127.0.0.1:$GW_LIMIT/v1/models)
   record ratelimit "rps with a generous per-IP limit / without" "$(ratio "$n_limit" "$n_plain")" "$(ratio "$g_limit" "$g_plain")" higher
+done
+
+# 1b'. Cost of metrics (every request accounted: counters, histograms, TTFT): rps with over without,
+# infergate only (nginx has no such metrics; its column is empty).
+section metrics && for round in $(seq "$ROUNDS"); do
+  echo "metrics round $round" >&2
+  g_bare=$(wrk_rps http://127.0.0.1:$GW_BARE/v1/models); g_metrics=$(wrk_rps http://127.0.0.1:$GW_HTTP/v1/models)
+  record metrics "rps with metrics / without (infergate)" nan "$(ratio "$g_metrics" "$g_bare")" higher
 done
 
 # 1c. gzip of a 20 KB JSON answer with the seed's settings (gzip_comp_level 1 on both): rps, CPU per

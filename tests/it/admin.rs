@@ -39,7 +39,7 @@ servers = [{{ addr = "{first}" }}, {{ addr = "{second}" }}]
 
 [[upstream]]
 name = "dead"
-servers = [{{ addr = "{dead}" }}]
+servers = [{{ addr = "{dead}", max_inflight = 4 }}]
 max_fails = 1
 
 [[server]]
@@ -220,4 +220,25 @@ async fn a_token_guards_the_api_and_is_required_off_loopback() {
         errors.contains("t.toml:2:10: refusing to serve the admin API on 0.0.0.0:9901 without a token"),
         "{errors}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_series_the_dashboard_queries_is_exposed() {
+    let (_gw, admin, addr, _backends) = start("").await;
+    fetch(addr, "/v1/models").await;
+    let exposition = fetch(admin, "/metrics").await.2;
+    let dashboard =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/infergate.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&dashboard).unwrap();
+    let names = regex::Regex::new(r"infergate_[a-z_]+").unwrap();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            for name in names.find_iter(target["expr"].as_str().unwrap()) {
+                queried += 1;
+                assert!(exposition.contains(&format!("\n{}", name.as_str())), "{} is not exposed", name.as_str());
+            }
+        }
+    }
+    assert!(queried > 20, "{queried}");
 }

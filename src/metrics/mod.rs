@@ -4,8 +4,13 @@
 //! event happens (retries, pooled connections, TLS handshakes, reloads); gauges of the current state
 //! (in flight, queue, health, drain) are read from the running config at scrape time.
 //!
-//! Handles are resolved once per location and upstream at config load, so a request only touches
-//! atomics and its histograms, never a label lookup.
+//! Handles are resolved once per location and upstream at config load, so a request never looks a
+//! label up, and the per-request ones are split per worker thread (`sharded`), so a request writes
+//! only cache lines of its own core.
+
+mod sharded;
+
+pub use sharded::{ShardedCounter, ShardedHistogram};
 
 use crate::accounting::{BodyEnd, Record};
 use crate::runtime::Runtime;
@@ -13,7 +18,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
@@ -31,9 +35,10 @@ const CONNECT_BUCKETS: [f64; 11] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 /// Waiting for a model's slot (seconds).
 const QUEUE_BUCKETS: [f64; 11] = [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+type Histograms<L> = Family<L, ShardedHistogram, fn() -> ShardedHistogram>;
+type Counters<L> = Family<L, ShardedCounter>;
 
-fn histograms<L: Clone + std::hash::Hash + Eq>(buckets: fn() -> Histogram) -> Histograms<L> {
+fn histograms<L: Clone + std::hash::Hash + Eq>(buckets: fn() -> ShardedHistogram) -> Histograms<L> {
     Family::new_with_constructor(buckets)
 }
 
@@ -112,19 +117,19 @@ const REJECTION_CODES: [&str; 6] =
 /// Every metric family of one gateway; kept across reloads so counts carry on.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
+    requests: Counters<RequestLabels>,
     request_duration: Histograms<RouteLabels>,
     ttft: Histograms<RouteLabels>,
     token_gap: Histograms<RouteLabels>,
-    output_tokens: Family<RouteLabels, Counter>,
-    streams_ended: Family<StreamEndLabels, Counter>,
+    output_tokens: Counters<RouteLabels>,
+    streams_ended: Counters<StreamEndLabels>,
     upstream_header_time: Histograms<UpstreamLabels>,
     upstream_connect_time: Histograms<UpstreamLabels>,
     queue_wait: Histograms<UpstreamLabels>,
-    retries: Family<UpstreamLabels, Counter>,
-    pool_connections: Family<PoolLabels, Counter>,
-    gateway_added: Histogram,
-    rejections: Family<ReasonLabels, Counter>,
+    retries: Counters<UpstreamLabels>,
+    pool_connections: Counters<PoolLabels>,
+    gateway_added: ShardedHistogram,
+    rejections: Counters<ReasonLabels>,
     client_connections: Family<ProtocolLabels, Gauge>,
     tls_handshakes: Family<ResultLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
@@ -142,17 +147,17 @@ impl Metrics {
         let mut registry = Registry::with_prefix("infergate");
         let metrics = Metrics {
             requests: Family::default(),
-            request_duration: histograms(|| Histogram::new(LATENCY_BUCKETS)),
-            ttft: histograms(|| Histogram::new(LATENCY_BUCKETS)),
-            token_gap: histograms(|| Histogram::new(TOKEN_GAP_BUCKETS)),
+            request_duration: histograms(|| ShardedHistogram::new(&LATENCY_BUCKETS)),
+            ttft: histograms(|| ShardedHistogram::new(&LATENCY_BUCKETS)),
+            token_gap: histograms(|| ShardedHistogram::new(&TOKEN_GAP_BUCKETS)),
             output_tokens: Family::default(),
             streams_ended: Family::default(),
-            upstream_header_time: histograms(|| Histogram::new(LATENCY_BUCKETS)),
-            upstream_connect_time: histograms(|| Histogram::new(CONNECT_BUCKETS)),
-            queue_wait: histograms(|| Histogram::new(QUEUE_BUCKETS)),
+            upstream_header_time: histograms(|| ShardedHistogram::new(&LATENCY_BUCKETS)),
+            upstream_connect_time: histograms(|| ShardedHistogram::new(&CONNECT_BUCKETS)),
+            queue_wait: histograms(|| ShardedHistogram::new(&QUEUE_BUCKETS)),
             retries: Family::default(),
             pool_connections: Family::default(),
-            gateway_added: Histogram::new(GATEWAY_BUCKETS),
+            gateway_added: ShardedHistogram::new(&GATEWAY_BUCKETS),
             rejections: Family::default(),
             client_connections: Family::default(),
             tls_handshakes: Family::default(),
@@ -232,6 +237,11 @@ impl Metrics {
         registry.register("tls_handshakes", "TLS handshakes, by result", metrics.tls_handshakes.clone());
         registry.register("config_reloads", "Config reloads, by result", metrics.reloads.clone());
         registry.register("build", "The running build", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
+        // Series that exist before their first event, so dashboards and alerts see zeros, not gaps.
+        for result in ["success", "failure"] {
+            metrics.tls_handshakes.get_or_create_owned(&ResultLabels { result });
+            metrics.reloads.get_or_create_owned(&ResultLabels { result });
+        }
         Arc::new(Metrics { registry, ..metrics })
     }
 
@@ -368,14 +378,14 @@ impl Drop for ConnectionGauge {
 /// The metric handles of one location, resolved at config load.
 pub struct LocationMetrics {
     /// Request counters by status class, per upstream name (`""` for none).
-    by_upstream: Vec<(String, [Counter; 5])>,
-    duration: Histogram,
-    ttft: Histogram,
-    token_gap: Histogram,
-    output_tokens: Counter,
-    streams_ended: [Counter; 4],
-    gateway_added: Histogram,
-    rejections: [Counter; 6],
+    by_upstream: Vec<(String, [ShardedCounter; 5])>,
+    duration: ShardedHistogram,
+    ttft: ShardedHistogram,
+    token_gap: ShardedHistogram,
+    output_tokens: ShardedCounter,
+    streams_ended: [ShardedCounter; 4],
+    gateway_added: ShardedHistogram,
+    rejections: [ShardedCounter; 6],
 }
 
 impl LocationMetrics {
@@ -423,15 +433,15 @@ impl LocationMetrics {
 /// The metric handles of one upstream, resolved at config load.
 pub struct UpstreamMetrics {
     /// Time to the response head.
-    pub header_time: Histogram,
+    pub header_time: ShardedHistogram,
     /// Connect time of new connections.
-    pub connect_time: Histogram,
+    pub connect_time: ShardedHistogram,
     /// Wait for a slot.
-    pub queue_wait: Histogram,
+    pub queue_wait: ShardedHistogram,
     /// Requests sent again.
-    pub retries: Counter,
+    pub retries: ShardedCounter,
     /// Pooled connections reused.
-    pub reused: Counter,
+    pub reused: ShardedCounter,
     /// Connections opened.
-    pub opened: Counter,
+    pub opened: ShardedCounter,
 }
