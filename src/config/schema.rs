@@ -504,7 +504,9 @@ impl Default for CompressConfig {
 }
 
 /// `[[server]]`, nginx's `server {}` block. Its `[[server.location]]` tables are read separately so
-/// that an error in one location does not hide errors in the others.
+/// that an error in one location does not hide errors in the others. The keys a location may
+/// override (`add_header`, `client_max_body_size`, `compress`, ...) are declared in both structs:
+/// serde's `flatten` cannot be combined with `deny_unknown_fields`.
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
