@@ -131,7 +131,9 @@ async fn handle(
     client: &ClientInfo,
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let work = async {
+    // Boxed: handler futures are kilobytes, and hyper keeps the slot of a connection's request future
+    // for the connection's life, so an unboxed one would cost every idle connection that much.
+    let work = Box::pin(async {
         match &location.handler {
             Handler::Proxy(target) => {
                 let upstream = target.choose(&request, &client.ip);
@@ -147,7 +149,7 @@ async fn handle(
             Handler::Redirect { status, url } => redirect(*status, url, server, client, &request),
             Handler::Static(files) => files.serve(&request).await,
         }
-    };
+    });
     answer(work, location.errors).await
 }
 
