@@ -131,8 +131,8 @@ async fn handle(
     client: &ClientInfo,
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    // Boxed: handler futures are kilobytes, and hyper keeps the slot of a connection's request future
-    // for the connection's life, so an unboxed one would cost every idle connection that much.
+    // Boxed: handler futures are kilobytes. Inline, they made the request future hyper allocates and
+    // moves for every request 12 KB instead of 2 (measured: 5 % of small-request throughput).
     let work = Box::pin(async {
         match &location.handler {
             Handler::Proxy(target) => {
