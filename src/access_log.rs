@@ -220,7 +220,7 @@ fn push_var(line: &mut String, var: &Var, record: &Record) {
         }
         Var::RequestTime => push_seconds(line, Some(record.duration)),
         Var::RequestId => line.push_str(record.request_id.to_str().unwrap_or("-")),
-        Var::UpstreamAddr => dash(line, record.upstream.as_ref().map_or("", |u| u.addr.as_str())),
+        Var::UpstreamAddr => dash(line, record.upstream_addr().unwrap_or("")),
         Var::UpstreamStatus => match &record.upstream {
             Some(upstream) => {
                 let _ = write!(line, "{}", upstream.status);
@@ -258,7 +258,7 @@ fn json_line(record: &Record) -> String {
         "body_bytes_sent": record.body_bytes,
         "request_time": record.duration.as_secs_f64(),
         "response_end": record.end.as_str(),
-        "upstream_addr": record.upstream.as_ref().map(|u| u.addr.to_string()),
+        "upstream_addr": record.upstream_addr(),
         "upstream_status": record.upstream.as_ref().map(|u| u.status),
         "upstream_response_time": record.upstream_response_time().map(|t| t.as_secs_f64()),
         "upstream_header_time": record.upstream.as_ref().map(|u| u.header_time.as_secs_f64()),

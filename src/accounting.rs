@@ -2,11 +2,11 @@
 //! client left (before or during the response). One `Record` per request feeds the access log and
 //! the metrics, so they never disagree. Costs nothing when neither is configured.
 
-use crate::access_log::AccessLog;
 use crate::body::{BoxError, ResponseBody};
 use crate::metrics::LocationMetrics;
 use crate::policy::connlimit::ConnGuard;
 use crate::proxy::{ClientInfo, StreamTimedOut};
+use crate::runtime::{Account, RuntimeRef};
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -17,13 +17,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
-/// What the proxy tells accounting about the backend exchange, as a response extension.
-#[derive(Debug, Clone)]
+/// What the proxy tells accounting about the backend exchange; it rides in the response body
+/// (`ResponseBody::upstream_info`). Plain values, so copying it touches no shared counter.
+#[derive(Debug, Clone, Copy)]
 pub struct UpstreamInfo {
-    /// The upstream's name.
-    pub upstream: Arc<str>,
-    /// The server's `host:port`.
-    pub addr: http::uri::Authority,
+    /// The upstream's `Upstream::id`.
+    pub upstream: usize,
+    /// The server's index in its upstream.
+    pub server: usize,
     /// The backend's status.
     pub status: u16,
     /// From the request's start to the upstream exchange's start (queueing, retries).
@@ -95,8 +96,11 @@ pub struct Record {
     pub stream: Option<StreamStats>,
     /// How the response ended.
     pub end: BodyEnd,
-    log: Option<Arc<AccessLog>>,
-    metrics: Option<Arc<LocationMetrics>>,
+    /// The runtime the request ran on (the connection's own handle, so cloning it is free of
+    /// cross-core traffic) and its account there, once routed.
+    runtime: Arc<RuntimeRef>,
+    account: Option<usize>,
+    metrics_on: bool,
 }
 
 impl Record {
@@ -115,38 +119,54 @@ impl Record {
         self.host.as_ref().and_then(|h| h.to_str().ok()).or_else(|| self.uri.host()).unwrap_or("")
     }
 
+    /// The `host:port` of the server that answered.
+    pub fn upstream_addr(&self) -> Option<&str> {
+        let info = self.upstream?;
+        let upstream = self.runtime.0.upstream_list.get(info.upstream)?;
+        Some(upstream.servers.get(info.server)?.authority.as_str())
+    }
+
+    fn account(&self) -> Option<&Account> {
+        self.runtime.0.accounts.get(self.account?)
+    }
+
+    fn metrics(&self) -> Option<&LocationMetrics> {
+        self.account().filter(|_| self.metrics_on).map(|a| &a.metrics)
+    }
+
     /// From the upstream exchange's start to the response's end (nginx's `$upstream_response_time`).
     pub fn upstream_response_time(&self) -> Option<Duration> {
         self.upstream.as_ref().map(|u| self.duration.saturating_sub(u.started_after))
     }
 
-    fn finish(mut self, end: BodyEnd) {
+    fn finish(&mut self, end: BodyEnd) {
         self.end = end;
         self.duration = self.started.elapsed();
-        self.ended_at = SystemTime::now();
-        if let Some(metrics) = &self.metrics {
-            metrics.observe(&self);
+        if let Some(metrics) = self.metrics() {
+            metrics.observe(self);
         }
-        if let Some(log) = &self.log {
-            log.log(&self);
+        let runtime = self.runtime.clone();
+        if let Some(log) = self.account.and_then(|id| runtime.0.accounts.get(id)?.log.as_ref()) {
+            self.ended_at = SystemTime::now();
+            log.log(self);
         }
     }
 
     /// Notes a data frame of an event stream: the first token's time, the gap since the last event,
     /// and the token count once `usage` arrives.
     fn observe_event(&mut self, data: &[u8]) {
-        let Some(stream) = &mut self.stream else { return };
-        if !contains(data, b"data:") || data.starts_with(b"data: [DONE]") {
+        if self.stream.is_none() || !contains(data, b"data:") || data.starts_with(b"data: [DONE]") {
             return;
         }
         let now = Instant::now();
-        match stream.last_event {
-            None => stream.first_token = Some(now.duration_since(self.started)),
-            Some(last) => {
-                if let Some(metrics) = &self.metrics {
-                    metrics.token_gap(now.duration_since(last));
-                }
-            }
+        let last = self.stream.as_ref().and_then(|stream| stream.last_event);
+        if let (Some(last), Some(metrics)) = (last, self.metrics()) {
+            metrics.token_gap(now.duration_since(last));
+        }
+        let started = self.started;
+        let Some(stream) = &mut self.stream else { return };
+        if last.is_none() {
+            stream.first_token = Some(now.duration_since(started));
         }
         stream.last_event = Some(now);
         if let Some(tokens) = completion_tokens(data) {
@@ -168,32 +188,33 @@ fn completion_tokens(data: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
-/// A request being accounted: created with the request, routed to its location's log and metrics,
-/// and attached to the response body. Dropped before a response exists (the client left), it
-/// records a 499.
-pub struct Accounting(Option<Box<Record>>);
+/// A request being accounted: created with the request, routed to its location's account, and
+/// attached to the response body. Its record lives from the start in the box that becomes the
+/// response body's wrapper, so accounting costs one allocation. Dropped before a response exists
+/// (the client left), it records a 499.
+pub struct Accounting(Option<Box<TrackedBody>>);
 
 impl Accounting {
-    /// Starts the record when `enabled` (metrics or an access log are on), keeping the request headers
-    /// in `keep`.
+    /// Starts the record when the runtime accounts requests (metrics or an access log are on),
+    /// keeping the request headers the log formats read.
     pub fn begin<B>(
-        enabled: bool,
-        keep: &[HeaderName],
+        runtime: &Arc<RuntimeRef>,
         client: &ClientInfo,
         request: &Request<B>,
         request_id: &HeaderValue,
     ) -> Accounting {
-        if !enabled {
+        if !runtime.0.accounting {
             return Accounting(None);
         }
         let headers = request.headers();
+        let keep = runtime.0.access_logs.keep_headers();
         let protocol = match request.version() {
             Version::HTTP_2 => "HTTP/2.0",
             Version::HTTP_10 => "HTTP/1.0",
             Version::HTTP_3 => "HTTP/3.0",
             _ => "HTTP/1.1",
         };
-        Accounting(Some(Box::new(Record {
+        let record = Record {
             client_ip: client.peer.ip(),
             https: client.https,
             method: request.method().clone(),
@@ -211,28 +232,42 @@ impl Accounting {
             upstream: None,
             stream: None,
             end: BodyEnd::ClientClosed,
-            log: None,
-            metrics: None,
+            runtime: runtime.clone(),
+            account: None,
+            metrics_on: runtime.0.admin.metrics,
+        };
+        Accounting(Some(Box::new(TrackedBody {
+            inner: ResponseBody::Empty,
+            places: Vec::new(),
+            record: Some(record),
+            end: None,
         })))
     }
 
-    /// Sends the record to `log` and `metrics` (the routed location's, or the server's when no
-    /// location matched).
-    pub fn route(&mut self, log: Option<&Arc<AccessLog>>, metrics: &Arc<LocationMetrics>, metrics_on: bool) {
-        if let Some(record) = &mut self.0 {
-            record.log = log.cloned();
-            record.metrics = metrics_on.then(|| metrics.clone());
+    /// Accounts the request to `account` (an index into `Runtime::accounts`: the routed location's,
+    /// or the server's when no location matched).
+    pub fn route(&mut self, account: usize) {
+        if let Some(record) = self.0.as_mut().and_then(|tracked| tracked.record.as_mut()) {
+            record.account = Some(account);
         }
     }
 
     /// Attaches the record (and the concurrency places the request holds) to the response body, which
     /// finishes the record when it ends or is dropped.
-    pub fn attach(mut self, mut response: Response<ResponseBody>, places: Vec<ConnGuard>) -> Response<ResponseBody> {
-        let record = self.0.take().map(|mut record| {
+    pub fn attach(mut self, response: Response<ResponseBody>, places: Vec<ConnGuard>) -> Response<ResponseBody> {
+        let Some(mut tracked) = self.0.take() else {
+            if places.is_empty() {
+                return response;
+            }
+            return response.map(|inner| ResponseBody::Tracked {
+                inner: Box::new(TrackedBody { inner, places, record: None, end: None }),
+            });
+        };
+        if let Some(record) = &mut tracked.record {
             record.status = response.status().as_u16();
             record.error_code = response.extensions().get::<ErrorCode>().map(|code| code.0);
-            record.upstream = response.extensions_mut().remove::<UpstreamInfo>();
-            if let (Some(upstream), Some(metrics)) = (&record.upstream, &record.metrics) {
+            record.upstream = response.body().upstream_info();
+            if let (Some(upstream), Some(metrics)) = (record.upstream, record.metrics()) {
                 metrics.gateway_added(upstream.head_at.elapsed());
             }
             let event_stream = response
@@ -242,20 +277,20 @@ impl Accounting {
             if event_stream {
                 record.stream = Some(StreamStats::default());
             }
-            record
-        });
-        if record.is_none() && places.is_empty() {
-            return response;
         }
-        response
-            .map(|inner| ResponseBody::Tracked { inner: Box::new(TrackedBody { inner, places, record, end: None }) })
+        tracked.places = places;
+        response.map(|inner| {
+            tracked.inner = inner;
+            ResponseBody::Tracked { inner: tracked }
+        })
     }
 }
 
 impl Drop for Accounting {
     fn drop(&mut self) {
-        if let Some(record) = self.0.take() {
-            record.finish(BodyEnd::ClientClosed);
+        if let Some(mut tracked) = self.0.take() {
+            // The client left before a response existed; the body's drop finishes the record.
+            tracked.end = Some(BodyEnd::ClientClosed);
         }
     }
 }
@@ -265,8 +300,15 @@ impl Drop for Accounting {
 pub struct TrackedBody {
     inner: ResponseBody,
     places: Vec<ConnGuard>,
-    record: Option<Box<Record>>,
+    record: Option<Record>,
     end: Option<BodyEnd>,
+}
+
+impl TrackedBody {
+    /// The body being tracked.
+    pub fn source(&self) -> &ResponseBody {
+        &self.inner
+    }
 }
 
 impl Body for TrackedBody {
@@ -303,7 +345,7 @@ impl Body for TrackedBody {
 impl Drop for TrackedBody {
     fn drop(&mut self) {
         self.places.clear();
-        if let Some(record) = self.record.take() {
+        if let Some(mut record) = self.record.take() {
             let end = match self.end {
                 Some(end) => end,
                 // hyper does not poll a body that is empty from the start.

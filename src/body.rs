@@ -1,7 +1,7 @@
 //! The one response body type the gateway serves: empty, a fixed buffer, or a backend's stream. An
 //! enum rather than a boxed trait object so that no response pays an allocation for its body.
 
-use crate::accounting::TrackedBody;
+use crate::accounting::{TrackedBody, UpstreamInfo};
 use crate::compress::CompressedBody;
 use crate::proxy::UpstreamBody;
 use crate::static_files::FileBody;
@@ -35,6 +35,16 @@ pin_project! {
 }
 
 impl ResponseBody {
+    /// The backend exchange this body comes from, through any wrapper (compression, accounting).
+    pub fn upstream_info(&self) -> Option<UpstreamInfo> {
+        match self {
+            ResponseBody::Upstream { inner } => inner.info(),
+            ResponseBody::Compressed { inner } => inner.source().upstream_info(),
+            ResponseBody::Tracked { inner } => inner.source().upstream_info(),
+            ResponseBody::Empty | ResponseBody::Full { .. } | ResponseBody::File { .. } => None,
+        }
+    }
+
     /// A body of known bytes.
     pub fn full(data: impl Into<Bytes>) -> Self {
         let data: Bytes = data.into();

@@ -25,7 +25,7 @@ use crate::policy::headers::HeaderEdits;
 use crate::proxy::{self, ClientInfo};
 use crate::request_id;
 use crate::route::{self, Handler, Location, VirtualServer};
-use crate::runtime::{ListenerSpec, Runtime};
+use crate::runtime::{ListenerSpec, Runtime, RuntimeRef};
 use crate::template::Vars;
 use futures_util::FutureExt;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -38,15 +38,15 @@ use tracing::Instrument;
 /// Serves one request that arrived on `listener` under `runtime`. Its record (access log) is
 /// finished when the response body ends, or here if the client leaves first.
 pub async fn serve(
-    runtime: &Runtime,
+    handle: &Arc<RuntimeRef>,
     listener: &ListenerSpec,
     client: &ClientInfo,
     mut request: Request<Incoming>,
 ) -> Response<ResponseBody> {
+    let runtime = &handle.0;
     let request_id = request_id::ensure(request.headers_mut());
     let client = &*runtime.trusted_proxies.client(client, request.headers());
-    let keep = runtime.access_logs.keep_headers();
-    let mut account = Accounting::begin(runtime.accounting, keep, client, &request, &request_id);
+    let mut account = Accounting::begin(handle, client, &request, &request_id);
     // Every log line of this request names its id (the span is free when debug logs are off).
     let span = tracing::debug_span!("request", id = ?request_id);
     let (response, places) = serve_identified(runtime, listener, client, request, &mut account).instrument(span).await;
@@ -67,11 +67,11 @@ async fn serve_identified(
     let location = match routed {
         Ok(location) => location,
         Err(error) => {
-            account.route(server.access_log.as_ref(), &server.metrics, runtime.admin.metrics);
+            account.route(server.account);
             return (finish(error.to_response(server.errors), &server.response_headers), Vec::new());
         }
     };
-    account.route(location.access_log.as_ref(), &location.metrics, runtime.admin.metrics);
+    account.route(location.account);
     let mut request = request;
     let codings = location.compress.as_ref().map(|_| RequestCodings::of(&request));
     let (response, places) = match request_policies(location, client, &mut request).await {

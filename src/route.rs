@@ -2,12 +2,10 @@
 //! in nginx's order — exact match, else the longest prefix (final if it says `skip_regex`), else the
 //! first matching regex in config order, else that longest prefix.
 
-use crate::access_log::AccessLog;
 use crate::ai::ModelRouter;
 use crate::canary::ProxyTarget;
 use crate::compress::CompressPolicy;
 use crate::config::ErrorFormat;
-use crate::metrics::LocationMetrics;
 use crate::policy::headers::HeaderEdits;
 use crate::policy::{ConnLimit, RateLimit};
 use crate::static_files::StaticFiles;
@@ -46,10 +44,8 @@ pub struct Location {
     pub max_body: u64,
     /// Response compression, if on.
     pub compress: Option<CompressPolicy>,
-    /// Where requests here are logged, if anywhere.
-    pub access_log: Option<Arc<AccessLog>>,
-    /// Its metric handles.
-    pub metrics: Arc<LocationMetrics>,
+    /// Where requests here are accounted (metrics, access log): an index into `Runtime::accounts`.
+    pub account: usize,
     /// Rate limits checked before the handler.
     pub limits: Vec<RateLimit>,
     /// Concurrency limits held until the response ends.
@@ -118,10 +114,8 @@ pub struct VirtualServer {
     pub locations: LocationTable,
     /// Response header edits for responses that match no location.
     pub response_headers: HeaderEdits,
-    /// Where requests matching no location are logged, if anywhere.
-    pub access_log: Option<Arc<AccessLog>>,
-    /// Metric handles for requests matching no location.
-    pub metrics: Arc<LocationMetrics>,
+    /// Where requests matching no location are accounted: an index into `Runtime::accounts`.
+    pub account: usize,
     /// Error format when no location matches.
     pub errors: ErrorFormat,
 }
@@ -260,8 +254,7 @@ mod tests {
             response_headers: Default::default(),
             max_body: u64::MAX,
             compress: None,
-            access_log: None,
-            metrics: Arc::new(crate::metrics::Metrics::new().location("s", "l", &[])),
+            account: 0,
             limits: Vec::new(),
             conn_limits: Vec::new(),
             errors: ErrorFormat::Text,

@@ -2,7 +2,7 @@
 //! the running one (reusing upstream pools by name) and swaps it in; requests keep the `Runtime` they
 //! started on until they finish.
 
-use crate::access_log::AccessLogs;
+use crate::access_log::{AccessLog, AccessLogs};
 use crate::ai::ModelRouter;
 use crate::canary::{Canary, ProxyTarget};
 use crate::compress::{CompressPolicy, Encoding, Levels};
@@ -10,7 +10,7 @@ use crate::config::{
     self, AccessLogSetting, AdminConfig, CompressConfig, Config, ConfigError, ConfigErrors, ErrorFormat, HttpSettings,
     LimitZoneConfig, LocationConfig, ServerConfig, Source,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{LocationMetrics, Metrics};
 use crate::policy::connlimit::ConnCounter;
 use crate::policy::headers::HeaderEdits;
 use crate::policy::ratelimit::{parse_rate, Limit, Zone};
@@ -64,7 +64,23 @@ pub struct Runtime {
     pub accounting: bool,
     /// When this config was loaded.
     pub loaded_at: std::time::SystemTime,
+    /// Where each location's (and each server's no-match) requests are accounted, by `Account` id.
+    pub accounts: Vec<Account>,
+    /// Upstreams by `Upstream::id`.
+    pub upstream_list: Vec<Arc<Upstream>>,
 }
+
+/// Where the requests of one location (or of a server's unmatched paths) are accounted.
+pub struct Account {
+    /// Its metric handles.
+    pub metrics: LocationMetrics,
+    /// Its access log, if any.
+    pub log: Option<Arc<AccessLog>>,
+}
+
+/// A connection's own handle on a runtime: requests clone an `Arc<RuntimeRef>` whose count is the
+/// connection's alone, instead of bouncing the runtime's shared count between cores.
+pub struct RuntimeRef(pub Arc<Runtime>);
 
 impl Runtime {
     /// Parses, validates and compiles a config source. `previous` is the running runtime on reload.
@@ -78,12 +94,15 @@ impl Runtime {
         let mut errors: Vec<ConfigError> = Vec::new();
         let metrics = previous.map_or_else(Metrics::new, |p| p.metrics.clone());
         let mut upstreams = HashMap::new();
+        let mut upstream_list = Vec::new();
         for upstream in &config.upstreams {
             let name = upstream.name.get_ref();
             let old = previous.and_then(|p| p.upstreams.get(name)).map(Arc::as_ref);
-            match Upstream::build(upstream, old, &metrics) {
+            match Upstream::build(upstream, old, &metrics, upstream_list.len()) {
                 Ok(built) => {
-                    upstreams.insert(name.clone(), Arc::new(built));
+                    let built = Arc::new(built);
+                    upstream_list.push(built.clone());
+                    upstreams.insert(name.clone(), built);
                 }
                 Err(e) => errors.push(source.error(upstream.name.span(), e)),
             }
@@ -126,6 +145,7 @@ impl Runtime {
             access_logs: &access_logs,
             http_access_log: config.http.access_log.as_ref(),
             metrics: &metrics,
+            accounts: std::cell::RefCell::new(Vec::new()),
         };
 
         // Group servers by address, keeping config order; the declared default goes first.
@@ -182,6 +202,7 @@ impl Runtime {
             errors.dedup();
             return Err(ConfigErrors(errors));
         }
+        let context_accounts = context.accounts.into_inner();
         Ok(Runtime {
             version: previous.map_or(1, |p| p.version + 1),
             http: config.http.clone(),
@@ -195,6 +216,8 @@ impl Runtime {
             metrics,
             admin: config.admin.clone(),
             loaded_at: std::time::SystemTime::now(),
+            accounts: context_accounts,
+            upstream_list,
         })
     }
 }
@@ -244,6 +267,17 @@ struct Context<'a> {
     access_logs: &'a AccessLogs,
     http_access_log: Option<&'a AccessLogSetting>,
     metrics: &'a Metrics,
+    /// The accounts made so far; a location or server keeps its index.
+    accounts: std::cell::RefCell<Vec<Account>>,
+}
+
+impl Context<'_> {
+    /// Adds an account and returns its id.
+    fn account(&self, metrics: LocationMetrics, log: Option<Arc<AccessLog>>) -> usize {
+        let mut accounts = self.accounts.borrow_mut();
+        accounts.push(Account { metrics, log });
+        accounts.len() - 1
+    }
 }
 
 fn compile_server(server: &ServerConfig, context: &Context) -> VirtualServer {
@@ -264,9 +298,11 @@ fn compile_server(server: &ServerConfig, context: &Context) -> VirtualServer {
     VirtualServer {
         primary_name: server.server_name.first().cloned().unwrap_or_default(),
         locations,
-        metrics: Arc::new(context.metrics.location(&server_label(server), "", &[])),
+        account: context.account(
+            context.metrics.location(&server_label(server), "", &[]),
+            context.access_logs.select(&[server.access_log.as_ref(), context.http_access_log]),
+        ),
         response_headers: server_headers,
-        access_log: context.access_logs.select(&[server.access_log.as_ref(), context.http_access_log]),
         errors: server.errors.unwrap_or(ErrorFormat::Text),
     }
 }
@@ -377,14 +413,15 @@ fn compile_location(
         server.access_log.as_ref(),
         context.http_access_log,
     ]);
-    let upstreams: Vec<&str> = location
+    let upstreams: Vec<(usize, &str)> = location
         .proxy
         .iter()
         .chain(location.canary.iter().map(|c| &c.upstream))
         .chain(location.models.values())
-        .map(|name| name.get_ref().as_str())
+        .filter_map(|name| Some((context.upstreams.get(name.get_ref())?.id, name.get_ref().as_str())))
         .collect();
-    let metrics = Arc::new(context.metrics.location(&server_label(server), &location_label(location), &upstreams));
+    let metrics = context.metrics.location(&server_label(server), &location_label(location), &upstreams);
+    let account = context.account(metrics, access_log);
     Some(Location {
         handler,
         request_headers,
@@ -393,8 +430,7 @@ fn compile_location(
         compress,
         limits,
         conn_limits,
-        access_log,
-        metrics,
+        account,
         errors,
     })
 }

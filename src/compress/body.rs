@@ -24,6 +24,11 @@ impl CompressedBody {
     pub(super) fn new(inner: ResponseBody, encoder: Encoder) -> CompressedBody {
         CompressedBody { inner, encoder: Some(encoder), unflushed: false }
     }
+
+    /// The body being compressed.
+    pub fn source(&self) -> &ResponseBody {
+        &self.inner
+    }
 }
 
 impl Body for CompressedBody {

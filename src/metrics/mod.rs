@@ -245,14 +245,14 @@ impl Metrics {
         Arc::new(Metrics { registry, ..metrics })
     }
 
-    /// The handles of one location's requests.
-    pub fn location(&self, server: &str, location: &str, upstreams: &[&str]) -> LocationMetrics {
+    /// The handles of one location's requests; `upstreams` are the (id, name) of those it sends to.
+    pub fn location(&self, server: &str, location: &str, upstreams: &[(usize, &str)]) -> LocationMetrics {
         let route = RouteLabels { server: server.to_string(), location: location.to_string() };
         let by_upstream = upstreams
             .iter()
-            .copied()
-            .chain([""])
-            .map(|upstream| {
+            .map(|&(id, name)| (Some(id), name))
+            .chain([(None, "")])
+            .map(|(id, upstream)| {
                 let classes = STATUS_CLASSES.map(|status| {
                     self.requests.get_or_create_owned(&RequestLabels {
                         server: route.server.clone(),
@@ -261,7 +261,7 @@ impl Metrics {
                         status,
                     })
                 });
-                (upstream.to_string(), classes)
+                (id, classes)
             })
             .collect();
         let ends = [BodyEnd::Complete, BodyEnd::ClientClosed, BodyEnd::Timeout, BodyEnd::Error].map(|end| {
@@ -377,8 +377,8 @@ impl Drop for ConnectionGauge {
 
 /// The metric handles of one location, resolved at config load.
 pub struct LocationMetrics {
-    /// Request counters by status class, per upstream name (`""` for none).
-    by_upstream: Vec<(String, [ShardedCounter; 5])>,
+    /// Request counters by status class, per upstream id (`None`: no upstream, always last).
+    by_upstream: Vec<(Option<usize>, [ShardedCounter; 5])>,
     duration: ShardedHistogram,
     ttft: ShardedHistogram,
     token_gap: ShardedHistogram,
@@ -391,10 +391,9 @@ pub struct LocationMetrics {
 impl LocationMetrics {
     /// Records a finished request.
     pub fn observe(&self, record: &Record) {
-        let upstream = record.upstream.as_ref().map_or("", |u| &*u.upstream);
+        let upstream = record.upstream.map(|u| u.upstream);
         let class = usize::from(record.status / 100).clamp(1, 5) - 1;
-        if let Some((_, classes)) =
-            self.by_upstream.iter().find(|(name, _)| name == upstream).or(self.by_upstream.last())
+        if let Some((_, classes)) = self.by_upstream.iter().find(|(id, _)| *id == upstream).or(self.by_upstream.last())
         {
             classes[class].inc();
         }

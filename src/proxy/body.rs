@@ -2,6 +2,7 @@
 //! when it has been sent (so the read timeout starts then), and the backend's response body is
 //! forwarded frame by frame with nginx's read timeout between two frames.
 
+use crate::accounting::UpstreamInfo;
 use crate::body::BoxError;
 use crate::upstream::{Lease, PoolKey, UpstreamConnection};
 use bytes::Bytes;
@@ -152,6 +153,8 @@ pub struct UpstreamBody {
     /// Set once the SSE error event went out: the body yields once (so the event is flushed) and
     /// then ends with this error.
     failed: Option<(StreamTimedOut, bool)>,
+    /// The exchange, for accounting.
+    info: Option<UpstreamInfo>,
 }
 
 impl UpstreamBody {
@@ -162,7 +165,18 @@ impl UpstreamBody {
         lease: Lease,
         timeouts: BodyTimeouts,
     ) -> Self {
-        UpstreamBody { inner, connection, lease, timeouts, timer: None, failed: None }
+        UpstreamBody { inner, connection, lease, timeouts, timer: None, failed: None, info: None }
+    }
+
+    /// Records the exchange this body comes from, for accounting.
+    pub fn with_info(mut self, info: UpstreamInfo) -> UpstreamBody {
+        self.info = Some(info);
+        self
+    }
+
+    /// The exchange this body comes from, if recorded.
+    pub fn info(&self) -> Option<UpstreamInfo> {
+        self.info
     }
 
     fn release_connection(&mut self) {

@@ -226,27 +226,27 @@ async fn forward_body(
 
         let (mut parts, body) = response.into_parts();
         headers::to_client(&mut parts.headers, false);
-        parts.extensions.insert(UpstreamInfo {
-            upstream: upstream.name.clone(),
-            head_at: tokio::time::Instant::now(),
-            addr: server.authority.clone(),
+        let info = UpstreamInfo {
+            upstream: upstream.id,
+            server: index,
             status: status.as_u16(),
             started_after: try_started.duration_since(started),
             header_time,
-        });
-        let body = if body.is_end_stream() {
+            head_at: tokio::time::Instant::now(),
+        };
+        let timeouts = body_timeouts(&parts, upstream, total);
+        let connection = if body.is_end_stream() {
             server.pool.key().checkin(connection);
-            ResponseBody::Empty
+            None
         } else {
-            let timeouts = body_timeouts(&parts, upstream, total);
             if timeouts.sse {
                 // Streams are long: they watch for their server being drained.
                 lease.drain_watch = Some(server.load.clone());
             }
-            ResponseBody::Upstream {
-                inner: UpstreamBody::new(body, Some((connection, server.pool.key())), lease, timeouts),
-            }
+            Some((connection, server.pool.key()))
         };
+        let body =
+            ResponseBody::Upstream { inner: UpstreamBody::new(body, connection, lease, timeouts).with_info(info) };
         return Ok(Response::from_parts(parts, body));
     }
 }

@@ -7,7 +7,7 @@ use crate::body::{BoxError, ResponseBody};
 use crate::config::HttpSettings;
 use crate::pipeline;
 use crate::proxy::ClientInfo;
-use crate::runtime::Runtime;
+use crate::runtime::RuntimeRef;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -92,7 +92,7 @@ struct ConnState {
     client: ClientInfo,
     /// This connection's reference to the current runtime: requests clone this outer `Arc`, whose
     /// count is the connection's own, instead of the runtime's shared one.
-    runtime: Mutex<Arc<ConnRuntime>>,
+    runtime: Mutex<Arc<RuntimeRef>>,
     opened: Instant,
     requests: AtomicU64,
     in_flight: AtomicUsize,
@@ -104,10 +104,10 @@ struct ConnState {
 
 impl ConnState {
     /// The runtime a new request runs on: the cached one, refreshed when a reload published another.
-    fn runtime(&self) -> Arc<ConnRuntime> {
+    fn runtime(&self) -> Arc<RuntimeRef> {
         let mut cached = self.runtime.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if cached.0.version != self.gateway.version() {
-            *cached = Arc::new(ConnRuntime(self.gateway.runtime()));
+            *cached = Arc::new(RuntimeRef(self.gateway.runtime()));
         }
         cached.clone()
     }
@@ -124,9 +124,6 @@ impl ConnState {
         Some(self.opened + std::time::Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire)) + timeout)
     }
 }
-
-/// A connection's own handle on the shared runtime (see `ConnState::runtime`).
-struct ConnRuntime(Arc<Runtime>);
 
 /// Counts a request in flight until its response body is finished or dropped.
 struct InFlight(Arc<ConnState>);
@@ -175,7 +172,7 @@ async fn serve_http<I>(
 ) where
     I: Read + Write + Unpin + Send + 'static,
 {
-    let runtime = Mutex::new(Arc::new(ConnRuntime(gateway.runtime())));
+    let runtime = Mutex::new(Arc::new(RuntimeRef(gateway.runtime())));
     let peer = client.peer;
     let state = Arc::new(ConnState {
         gateway,
@@ -195,10 +192,9 @@ async fn serve_http<I>(
             state.in_flight.fetch_add(1, Ordering::AcqRel);
             let guard = InFlight(state.clone());
             let version = request.version();
-            let runtime = state.runtime();
-            let runtime = &runtime.0;
-            let mut response = match runtime.listeners.get(&listen_key) {
-                Some(spec) => pipeline::serve(runtime, spec, &state.client, request).await,
+            let handle = state.runtime();
+            let mut response = match handle.0.listeners.get(&listen_key) {
+                Some(spec) => pipeline::serve(&handle, spec, &state.client, request).await,
                 // The listener was removed by a reload while this connection was open.
                 None => crate::error::error_response(
                     http::StatusCode::SERVICE_UNAVAILABLE,

@@ -52,6 +52,8 @@ impl UpstreamServer {
 
 /// A compiled `[[upstream]]`.
 pub struct Upstream {
+    /// Its position in the config, for `Runtime::upstream_list`.
+    pub id: usize,
     /// Its config name.
     pub name: Arc<str>,
     /// Its metric handles.
@@ -180,7 +182,12 @@ pub enum Unavailable {
 impl Upstream {
     /// Compiles an upstream; `previous` is the same-named upstream of the running config, whose pools
     /// (and open connections) are kept for servers whose address and pool settings did not change.
-    pub fn build(config: &UpstreamConfig, previous: Option<&Upstream>, metrics: &Metrics) -> Result<Upstream, String> {
+    pub fn build(
+        config: &UpstreamConfig,
+        previous: Option<&Upstream>,
+        metrics: &Metrics,
+        id: usize,
+    ) -> Result<Upstream, String> {
         let settings = PoolSettings {
             max_idle: config.keepalive,
             idle_timeout: config.keepalive_timeout.0,
@@ -214,6 +221,7 @@ impl Upstream {
                 .unwrap_or_else(|| Admission::new(limits.clone(), queue_max, queue_timeout))
         });
         Ok(Upstream {
+            id,
             name: config.name.get_ref().as_str().into(),
             metrics: metrics.upstream(config.name.get_ref()),
             servers,
