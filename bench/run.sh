@@ -25,7 +25,7 @@ LOAD=target/release/infergate-load
 ulimit -n 65536 2>/dev/null || true
 
 BACKEND=18080 SIM=18090 SIM_SLOW=18095
-NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092 GW_GUARD=18093 NGINX_PAIR=18096 GW_PAIR_RR=18097 GW_PAIR_LI=18098 NGINX_LIMIT=18099 GW_LIMIT=18100 NGINX_GZIP=18101 GW_GZIP=18102 GW_ADMIN=18103 GW_BARE=18104
+NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092 GW_GUARD=18093 NGINX_PAIR=18096 GW_PAIR_RR=18097 GW_PAIR_LI=18098 NGINX_LIMIT=18099 GW_LIMIT=18100 NGINX_GZIP=18101 GW_GZIP=18102 GW_ADMIN=18103 GW_BARE=18104 GW_METRICS=18105
 RESULTS="$WORK/results.txt"; : > "$RESULTS"
 # record SECTION METRIC NGINX_VALUE INFERGATE_VALUE BETTER(higher|lower)
 record() { echo "$1|$2|$3|$4|$5" >> "$RESULTS"; }
@@ -150,10 +150,16 @@ listen = [\"127.0.0.1:$GW_SEED\"]
   proxy_buffer_size = \"16k\"
   proxy_buffers = \"8 32k\""
 GW_PID=$GATEWAY_PID
-# The same small-JSON proxy without metrics (no request is accounted), for their cost.
-start_gateway bare "[admin]
+# Two identical small-JSON proxies but for metrics (on in the first, off in the second: then no
+# request is accounted), for the cost of metrics.
+for variant in metrics:true:$GW_METRICS bare:false:$GW_BARE; do
+  IFS=: read -r name on port <<< "$variant"
+  start_gateway "$name" "[http]
+keepalive_requests = 1000000
+
+[admin]
 enabled = false
-metrics = false
+metrics = $on
 
 [[upstream]]
 name = \"backend\"
@@ -161,13 +167,14 @@ servers = [{ addr = \"127.0.0.1:$BACKEND\" }]
 keepalive = 32
 
 [[server]]
-listen = [\"127.0.0.1:$GW_BARE\"]
+listen = [\"127.0.0.1:$port\"]
   [[server.location]]
   prefix = \"/\"
   proxy = \"backend\""
+done
 GATEWAY_PID=$GW_PID
 NGINX_PIDS=$(nginx_pids proxy)
-for port in $BACKEND $NGINX_HTTP $GW_HTTP $NGINX_TLS $GW_TLS $GW_BARE; do wait_port $port; done
+for port in $BACKEND $NGINX_HTTP $GW_HTTP $NGINX_TLS $GW_TLS $GW_BARE $GW_METRICS; do wait_port $port; done
 
 # sim_start [ARGS...]: a fresh simulated model on $SIM; sets SIM_PID.
 sim_start() {
@@ -200,7 +207,12 @@ done
 # infergate only (nginx has no such metrics; its column is empty).
 section metrics && for round in $(seq "$ROUNDS"); do
   echo "metrics round $round" >&2
-  g_bare=$(wrk_rps http://127.0.0.1:$GW_BARE/v1/models); g_metrics=$(wrk_rps http://127.0.0.1:$GW_HTTP/v1/models)
+  # Alternate which goes first, so drift in the machine's load does not favour one.
+  if (( round % 2 )); then
+    g_bare=$(wrk_rps http://127.0.0.1:$GW_BARE/v1/models); g_metrics=$(wrk_rps http://127.0.0.1:$GW_METRICS/v1/models)
+  else
+    g_metrics=$(wrk_rps http://127.0.0.1:$GW_METRICS/v1/models); g_bare=$(wrk_rps http://127.0.0.1:$GW_BARE/v1/models)
+  fi
   record metrics "rps with metrics / without (infergate)" nan "$(ratio "$g_metrics" "$g_bare")" higher
 done
 
