@@ -242,3 +242,33 @@ async fn every_series_the_dashboard_queries_is_exposed() {
     }
     assert!(queried > 20, "{queried}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_client_leaves_is_counted_as_ended_by_the_client() {
+    let backend = Backend::start(|_| async {
+        let first =
+            futures_util::stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from("data: {\"choices\":[]}\n\n")))]);
+        let body = StreamBody::new(futures_util::StreamExt::chain(first, futures_util::stream::pending())).boxed();
+        Response::builder().header("content-type", "text/event-stream").body(body).unwrap()
+    })
+    .await;
+    let other = model_backend().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let gw = TestGateway::start(&config(&backend, &other, dead, "")).await;
+    let admin = infergate::admin::start(gw.gateway.clone()).await.unwrap().unwrap();
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    let response = client.send_request(get("/v1/chat/completions")).await.unwrap();
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    drop(client);
+    let started = std::time::Instant::now();
+    let ended = [("location", "/"), ("reason", "client")];
+    while try_value(&scrape(admin).await, "infergate_streams_ended_total", &ended) != Some(1.0) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the stream's end was not counted");
+        tokio::task::yield_now().await;
+    }
+    let scrape = scrape(admin).await;
+    assert_eq!(value(&scrape, "infergate_time_to_first_token_seconds_count", &[("location", "/")]), 1.0);
+    assert_eq!(value(&scrape, "infergate_streams_ended_total", &[("location", "/"), ("reason", "complete")]), 0.0);
+}
