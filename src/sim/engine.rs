@@ -123,9 +123,10 @@ impl Engine {
 
     /// Records that a client left a request that never got a slot.
     fn record_abort(&self) {
-        self.stats.aborted.fetch_add(1, Ordering::AcqRel);
+        // The time first: whoever sees the count grow must see the time too.
         let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
         self.stats.last_abort_ms.store(ms, Ordering::Release);
+        self.stats.aborted.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Milliseconds since start.
