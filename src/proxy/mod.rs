@@ -122,9 +122,10 @@ async fn forward_body(
         if !tried.is_empty() {
             upstream.metrics.retries.inc();
         }
-        let admit_started = tokio::time::Instant::now();
+        // Only an upstream with slots can make a request wait: others read no clock here.
+        let admit_started = upstream.admission.is_some().then(tokio::time::Instant::now);
         let admitted = upstream.admit(&tried, facts).await;
-        if upstream.admission.is_some() {
+        if let Some(admit_started) = admit_started {
             upstream.metrics.queue_wait.observe(admit_started.elapsed().as_secs_f64());
         }
         let (index, permit) = admitted.map_err(|unavailable| match unavailable {
@@ -208,7 +209,8 @@ async fn forward_body(
                 continue;
             }
         };
-        let header_time = try_started.elapsed();
+        let head_at = tokio::time::Instant::now();
+        let header_time = head_at.duration_since(try_started);
         upstream.metrics.header_time.observe(header_time.as_secs_f64());
         if balancing {
             server.load.observe_head(header_time);
@@ -232,7 +234,7 @@ async fn forward_body(
             status: status.as_u16(),
             started_after: try_started.duration_since(started),
             header_time,
-            head_at: tokio::time::Instant::now(),
+            head_at,
         };
         let timeouts = body_timeouts(&parts, upstream, total);
         let connection = if body.is_end_stream() {
