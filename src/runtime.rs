@@ -17,6 +17,7 @@ use crate::policy::ratelimit::{parse_rate, Limit, Zone};
 use crate::policy::realip::{parse_net, TrustedProxies};
 use crate::policy::{ConnLimit, RateLimit};
 use crate::route::{Handler, Location, LocationTable, NameTable, VirtualServer};
+use crate::server::conn::{self, ConnLimits};
 use crate::server::tls::{self, TlsSite};
 use crate::static_files::{StaticFiles, StaticSettings};
 use crate::template::Template;
@@ -36,6 +37,10 @@ pub struct ListenerSpec {
     pub http2: bool,
     /// Virtual servers by Host.
     pub hosts: NameTable<Arc<VirtualServer>>,
+    /// hyper's connection settings, built once here rather than per connection.
+    pub builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    /// Client connection limits from `[http]`.
+    pub limits: ConnLimits,
 }
 
 /// A compiled config.
@@ -195,7 +200,9 @@ impl Runtime {
                 }
             };
             let Some(hosts) = hosts else { continue };
-            listeners.insert(addr, Arc::new(ListenerSpec { tls, http2: default.http2, hosts }));
+            let builder = conn::builder(&config.http, default.http2);
+            let limits = ConnLimits::of(&config.http);
+            listeners.insert(addr, Arc::new(ListenerSpec { tls, http2: default.http2, hosts, builder, limits }));
         }
 
         if !errors.is_empty() {

@@ -7,7 +7,7 @@ use crate::body::{BoxError, ResponseBody};
 use crate::config::HttpSettings;
 use crate::pipeline;
 use crate::proxy::ClientInfo;
-use crate::runtime::RuntimeRef;
+use crate::runtime::{ListenerSpec, RuntimeRef};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -33,13 +33,11 @@ pub async fn serve(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, l
     let Some(spec) = runtime.listeners.get(&listen_key).cloned() else {
         return;
     };
-    let http = runtime.http.clone();
     let metrics = runtime.metrics.clone();
     drop(runtime);
-    let builder = builder(&http, spec.http2);
     if let Some(acceptor) = &spec.tls {
         let handshake = tokio::select! {
-            result = tokio::time::timeout(http.client_header_timeout.0, acceptor.accept(stream)) => result,
+            result = tokio::time::timeout(spec.limits.header_timeout, acceptor.accept(stream)) => result,
             _ = shutdown.changed() => return,
         };
         metrics.tls_handshake(matches!(handshake, Ok(Ok(_))));
@@ -51,7 +49,7 @@ pub async fn serve(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, l
                 };
                 let _open = metrics.client_connection(protocol);
                 let client = ClientInfo::new(peer, true);
-                serve_http(gateway, TokioIo::new(tls), &builder, &http, client, listen_key, shutdown).await;
+                serve_http(gateway, TokioIo::new(tls), &spec, client, listen_key, shutdown).await;
             }
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -60,12 +58,37 @@ pub async fn serve(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, l
         // Cleartext connections may be either protocol (h2 by prior knowledge): counted as one.
         let _open = metrics.client_connection("cleartext");
         let client = ClientInfo::new(peer, false);
-        serve_http(gateway, TokioIo::new(stream), &builder, &http, client, listen_key, shutdown).await;
+        serve_http(gateway, TokioIo::new(stream), &spec, client, listen_key, shutdown).await;
     }
 }
 
-/// hyper's connection settings from `[http]`.
-fn builder(http: &HttpSettings, http2: bool) -> auto::Builder<TokioExecutor> {
+/// What a client connection needs of `[http]`, taken once at config load.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// TLS handshake and request head (`client_header_timeout`).
+    pub header_timeout: Duration,
+    /// Idle time before a kept-alive connection is closed (`keepalive_timeout`).
+    pub keepalive_timeout: Duration,
+    /// Requests per connection (`keepalive_requests`).
+    pub keepalive_requests: u64,
+    /// How long a closing connection may take (`drain_timeout`).
+    pub drain_timeout: Duration,
+}
+
+impl ConnLimits {
+    /// The limits `[http]` sets.
+    pub fn of(http: &HttpSettings) -> ConnLimits {
+        ConnLimits {
+            header_timeout: http.client_header_timeout.0,
+            keepalive_timeout: http.keepalive_timeout.0,
+            keepalive_requests: http.keepalive_requests,
+            drain_timeout: http.drain_timeout.0,
+        }
+    }
+}
+
+/// hyper's connection settings from `[http]`, built once per listener at config load.
+pub fn builder(http: &HttpSettings, http2: bool) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -164,8 +187,7 @@ impl Body for Tracked {
 async fn serve_http<I>(
     gateway: Arc<Gateway>,
     io: I,
-    builder: &auto::Builder<TokioExecutor>,
-    http: &HttpSettings,
+    spec: &ListenerSpec,
     client: ClientInfo,
     listen_key: SocketAddr,
     shutdown: watch::Receiver<bool>,
@@ -184,7 +206,7 @@ async fn serve_http<I>(
         idle_since_ms: AtomicU64::new(0),
         close: Notify::new(),
     });
-    let max_requests = http.keepalive_requests;
+    let max_requests = spec.limits.keepalive_requests;
     let service_state = state.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let state = service_state.clone();
@@ -214,13 +236,13 @@ async fn serve_http<I>(
             Ok::<_, Infallible>(response.map(|body| Tracked { body, guard }))
         }
     });
-    let connection = builder.serve_connection_with_upgrades(io, service);
+    let connection = spec.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     // The watchdog runs beside the connection so that its timer and signals are not polled on every
     // wake-up of the connection; `shutdown` stays held here until the connection is done, which is
     // what the gateway's drain waits for.
     let (stop_tx, mut stop_rx) = oneshot::channel();
-    let watchdog = tokio::spawn(watchdog(state, http.keepalive_timeout.0, shutdown.clone(), stop_tx));
+    let watchdog = tokio::spawn(watchdog(state, spec.limits.keepalive_timeout, shutdown.clone(), stop_tx));
     let stop_reason = tokio::select! {
         biased;
         result = connection.as_mut() => {
@@ -235,7 +257,7 @@ async fn serve_http<I>(
     tracing::debug!(%peer, reason = stop_reason, "closing client connection gracefully");
     connection.as_mut().graceful_shutdown();
     // In-flight requests get the drain deadline; so does a client that never acknowledges HTTP/2's GOAWAY.
-    if tokio::time::timeout(http.drain_timeout.0, connection).await.is_err() {
+    if tokio::time::timeout(spec.limits.drain_timeout, connection).await.is_err() {
         tracing::debug!(%peer, "connection did not close within drain_timeout; dropped");
     }
     drop(shutdown);

@@ -2,7 +2,7 @@
 //! graceful shutdown. Connections look the runtime up per request, so a reload applies to the next
 //! request while requests in flight finish on the runtime they started with.
 
-mod conn;
+pub mod conn;
 pub mod signals;
 pub mod tls;
 pub mod workers;
