@@ -94,18 +94,23 @@ impl CompressPolicy {
         {
             return false;
         }
-        let no_transform = headers
-            .get_all(header::CACHE_CONTROL)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.to_ascii_lowercase().contains("no-transform")));
+        // Compared in place, case-insensitively: nothing is allocated per response.
+        let no_transform = headers.get_all(header::CACHE_CONTROL).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|directive| directive.trim_ascii().eq_ignore_ascii_case(b"no-transform"))
+        });
         let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let media_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+            .map(|v| v.split(';').next().unwrap_or("").trim());
         !no_transform
             && declared.is_none_or(|length| length >= self.min_length)
-            && media_type.is_some_and(|t| t != "text/event-stream" && self.types.contains(&t))
+            && media_type.is_some_and(|t| {
+                !t.eq_ignore_ascii_case("text/event-stream")
+                    && self.types.iter().any(|listed| listed.eq_ignore_ascii_case(t))
+            })
     }
 }
 
