@@ -60,7 +60,8 @@ async fn a_full_queue_answers_503_at_once_with_retry_after_and_a_json_error() {
     let queued = tokio::spawn(async move { send(&mut http1(addr).await, chat(false)).await });
     let upstream = gw.gateway.runtime().upstreams["model"].clone();
     let admission = upstream.admission.as_ref().unwrap();
-    while admission.queued() != 1 {
+    // The admitted request has reached the model and the other one waits in the queue.
+    while admission.queued() != 1 || sim.stats()["received"] != 1 {
         tokio::task::yield_now().await;
     }
     let started = std::time::Instant::now();
