@@ -137,15 +137,17 @@ pub struct BodyTimeouts {
     pub sse: bool,
 }
 
-/// A backend's response body with the idle and total timeouts between frames. It also drives the
-/// backend connection it arrives on, and hands that connection back to its pool once the body is
-/// complete; dropped early (the client left), it closes the connection instead. The timer is created
-/// only when a frame is not immediately ready, so a response that arrives in one piece never touches
-/// the timer wheel. A timeout never looks like a clean end: the body ends with an error (the client
-/// sees an incomplete response), after a final SSE `event: error` on event streams.
+/// A backend's response body with the idle and total timeouts between frames, read straight from the
+/// backend connection it arrives on; the connection goes back to its pool once the body is complete
+/// and, dropped early (the client left), is closed instead. The timer is created only when a frame is
+/// not immediately ready, so a response that arrives in one piece never touches the timer wheel. A
+/// timeout never looks like a clean end: the body ends with an error (the client sees an incomplete
+/// response), after a final SSE `event: error` on event streams.
 pub struct UpstreamBody {
-    inner: Incoming,
-    connection: Option<(UpstreamConnection, PoolKey)>,
+    /// `None` once the body is complete or cut.
+    connection: Option<UpstreamConnection>,
+    /// Where the connection goes back to; `None` for connections that never return (upgrades).
+    pool: Option<PoolKey>,
     /// The server slot and in-flight count this response holds until it ends or is dropped.
     lease: Lease,
     timeouts: BodyTimeouts,
@@ -158,14 +160,15 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    /// Wraps a backend body; `connection` is the pooled connection it arrives on, if any.
+    /// The body still to come on `connection` (`None`: nothing is left); `pool` takes the connection
+    /// back once it is read in full.
     pub fn new(
-        inner: Incoming,
-        connection: Option<(UpstreamConnection, PoolKey)>,
+        connection: Option<UpstreamConnection>,
+        pool: Option<PoolKey>,
         lease: Lease,
         timeouts: BodyTimeouts,
     ) -> Self {
-        UpstreamBody { inner, connection, lease, timeouts, timer: None, failed: None, info: None }
+        UpstreamBody { connection, pool, lease, timeouts, timer: None, failed: None, info: None }
     }
 
     /// Records the exchange this body comes from, for accounting.
@@ -180,7 +183,7 @@ impl UpstreamBody {
     }
 
     fn release_connection(&mut self) {
-        if let Some((connection, pool)) = self.connection.take() {
+        if let (Some(connection), Some(pool)) = (self.connection.take(), self.pool) {
             pool.checkin(connection);
         }
     }
@@ -242,21 +245,23 @@ impl Body for UpstreamBody {
                 return this.cut(StreamTimedOut::Drained);
             }
         }
-        if let Some((connection, _)) = &mut this.connection {
-            connection.poll_driver(cx);
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+        let Some(connection) = &mut this.connection else {
+            return Poll::Ready(None);
+        };
+        let polled = connection.poll_body(cx);
+        let done = connection.body_done();
+        match polled {
+            Poll::Ready(Some(Ok(data))) => {
                 if this.timer.is_some() {
                     let deadline = this.next_deadline();
                     if let Some(timer) = &mut this.timer {
                         timer.as_mut().reset(deadline);
                     }
                 }
-                if this.inner.is_end_stream() {
+                if done {
                     this.release_connection();
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
             Poll::Ready(None) => {
                 this.release_connection();
@@ -279,10 +284,13 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.failed.is_none() && self.connection.as_ref().is_none_or(UpstreamConnection::body_done)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.connection {
+            None => SizeHint::with_exact(0),
+            Some(connection) => connection.body_left().map_or_else(SizeHint::default, SizeHint::with_exact),
+        }
     }
 }

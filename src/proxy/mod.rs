@@ -9,19 +9,17 @@ mod websocket;
 pub use body::{BodyTimeouts, BodyTooLarge, RequestBody, StreamTimedOut, UpstreamBody};
 
 use crate::accounting::UpstreamInfo;
-use crate::body::ResponseBody;
+use crate::body::{BoxError, ResponseBody};
 use crate::error::GatewayError;
 use crate::upstream::{
-    ConnectError, Lease, SendTimedOut, Tried, Unavailable, Upstream, UpstreamConnection, UpstreamServer,
+    ConnectError, ExchangeError, Lease, SendTimedOut, Tried, Unavailable, Upstream, UpstreamConnection, UpstreamServer,
 };
 use bytes::Bytes;
-use http::uri::PathAndQuery;
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
-use std::future::{poll_fn, Future};
+use hyper::body::Incoming;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -96,7 +94,7 @@ pub async fn forward_buffered(
 
 async fn forward_body(
     mut parts: http::request::Parts,
-    body: RequestBody,
+    mut body: RequestBody,
     mut sent: Option<oneshot::Receiver<()>>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     client: &ClientInfo,
@@ -108,14 +106,11 @@ async fn forward_body(
         .cloned()
         .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
     headers::to_upstream(&mut parts.headers, host, &client.ip, client.https, upgrade.is_some());
-    parts.uri = origin_form(&parts.uri);
-    parts.version = Version::HTTP_11;
-    let mut request = Request::from_parts(parts, body);
     let started = tokio::time::Instant::now();
     let total = upstream.timeouts.total.map(|t| (started + t.0, t.0));
     let waits = HeadWaits { first_byte: upstream.timeouts.first_byte(), total };
     let retry_deadline = upstream.retry_timeout.map(|t| started + t);
-    let facts = upstream.facts(request.headers(), &client.ip);
+    let facts = upstream.facts(&parts.headers, &client.ip);
 
     let mut tried = Tried::default();
     loop {
@@ -145,8 +140,17 @@ async fn forward_body(
         };
 
         if let Some(client_upgrade) = upgrade {
-            return forward_upgrade(request, client_upgrade, server, lease, &mut sent, waits, upstream.timeouts.read.0)
-                .await;
+            return forward_upgrade(
+                &parts,
+                body,
+                client_upgrade,
+                server,
+                lease,
+                &mut sent,
+                waits,
+                upstream.timeouts.read.0,
+            )
+            .await;
         }
 
         let mut connection = match server.pool.checkout().await {
@@ -170,27 +174,27 @@ async fn forward_body(
         };
         // A request without a streamed body can be sent again: after a kept-alive connection turns out
         // closed, or to another server after a 502/503 (as nginx: only idempotent methods, unless the
-        // upstream allows others). It is copied only when that may happen.
-        let resend_elsewhere = may_retry && (request.method().is_idempotent() || upstream.retry_non_idempotent);
-        let copy = (connection.reused || resend_elsewhere).then(|| replay_copy(&request)).flatten();
-        let response = match exchange(&mut connection, request, &mut sent, waits).await {
-            // A kept-alive connection the backend had closed: the request never left (or, bodiless,
-            // got no answer at all), so a fresh connection gets it.
-            Err(Failure::NotSent(request, error)) if connection.reused => {
+        // upstream allows others).
+        let resend_elsewhere = may_retry && (parts.method.is_idempotent() || upstream.retry_non_idempotent);
+        let mut replay = (connection.reused || resend_elsewhere).then(|| body.replay()).flatten();
+        let response = match exchange(&mut connection, &parts, body, &mut sent, waits).await {
+            // A kept-alive connection the backend had closed: the request never left (or got no answer
+            // at all), so a fresh connection gets it.
+            Err(Failure::NotSent(unsent, error)) if connection.reused => {
                 tracing::debug!(%error, "pooled upstream connection was closed; retrying on a new one");
                 connection = server.pool.connect().await.map_err(connect_error)?;
                 upstream.metrics.opened.inc();
-                exchange(&mut connection, *request, &mut sent, waits).await
+                exchange(&mut connection, &parts, *unsent, &mut sent, waits).await
             }
-            Err(Failure::Closed(error)) if connection.reused && copy.is_some() => {
+            Err(Failure::Closed(error)) if connection.reused && replay.is_some() => {
                 tracing::debug!(%error, "pooled upstream connection closed under the request; resending it on a new one");
                 connection = server.pool.connect().await.map_err(connect_error)?;
                 upstream.metrics.opened.inc();
-                let resend = copy
+                let resend = replay
                     .as_ref()
-                    .and_then(replay_copy)
-                    .unwrap_or_else(|| Request::new(RequestBody::buffered(Bytes::new())));
-                exchange(&mut connection, resend, &mut sent, waits).await
+                    .and_then(RequestBody::replay)
+                    .unwrap_or_else(|| RequestBody::buffered(Bytes::new()));
+                exchange(&mut connection, &parts, resend, &mut sent, waits).await
             }
             other => other,
         };
@@ -199,11 +203,15 @@ async fn forward_body(
             Err(failure) => {
                 fail();
                 // Another server gets a request that never left, or a bodiless one that got no answer.
-                match (failure, copy) {
-                    (Failure::NotSent(unsent, _), _) if may_retry => request = *unsent,
-                    (Failure::Closed(_), Some(copy)) if resend_elsewhere => request = copy,
-                    (Failure::NotSent(_, error) | Failure::Closed(error), _) => return Err(classify(&error)),
-                    (Failure::Failed(error), _) => return Err(error),
+                match failure {
+                    Failure::NotSent(unsent, _) if may_retry => body = *unsent,
+                    Failure::Closed(_) if resend_elsewhere && replay.is_some() => {
+                        body = replay.take().unwrap_or_else(|| RequestBody::buffered(Bytes::new()))
+                    }
+                    Failure::NotSent(_, error) | Failure::Closed(error) => {
+                        return Err(GatewayError::BadGateway(error_chain(&error)))
+                    }
+                    Failure::Failed(error) => return Err(error),
                 }
                 tracing::debug!("trying another server");
                 continue;
@@ -215,18 +223,18 @@ async fn forward_body(
         if balancing {
             server.load.observe_head(header_time);
         }
-        let status = response.status();
+        let status = response.status;
         if status.is_server_error() {
             fail();
             let retryable = matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE);
-            if let (true, Some(copy), true) = (resend_elsewhere, copy, retryable) {
+            if let (true, Some(copy), true) = (resend_elsewhere, replay, retryable) {
                 tracing::debug!(%status, "trying another server");
-                request = copy;
+                body = copy;
                 continue;
             }
         }
 
-        let (mut parts, body) = response.into_parts();
+        let mut parts = response;
         headers::to_client(&mut parts.headers, false);
         let info = UpstreamInfo {
             upstream: upstream.id,
@@ -237,7 +245,7 @@ async fn forward_body(
             head_at,
         };
         let timeouts = body_timeouts(&parts, upstream, total);
-        let connection = if body.is_end_stream() {
+        let connection = if connection.body_done() {
             server.pool.key().checkin(connection);
             None
         } else {
@@ -245,61 +253,47 @@ async fn forward_body(
                 // Streams are long: they watch for their server being drained.
                 lease.drain_watch = Some(server.load.clone());
             }
-            Some((connection, server.pool.key()))
+            Some(connection)
         };
-        let body =
-            ResponseBody::Upstream { inner: UpstreamBody::new(body, connection, lease, timeouts).with_info(info) };
-        return Ok(Response::from_parts(parts, body));
+        let body = UpstreamBody::new(connection, Some(server.pool.key()), lease, timeouts).with_info(info);
+        return Ok(Response::from_parts(parts, ResponseBody::Upstream { inner: body }));
     }
-}
-
-/// A copy of a request whose body can be sent again (none, or read in full).
-fn replay_copy(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
-    let mut copy = Request::new(request.body().replay()?);
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    Some(copy)
 }
 
 /// Why one exchange on a connection produced no response.
 enum Failure {
-    /// The connection failed before the request was written; the request comes back for a retry.
-    NotSent(Box<Request<RequestBody>>, hyper::Error),
+    /// The connection failed before the request was written; its body comes back for a retry.
+    NotSent(Box<RequestBody>, std::io::Error),
     /// The connection closed after the request was written and before any byte of an answer.
-    Closed(hyper::Error),
+    Closed(std::io::Error),
     /// Anything else.
     Failed(GatewayError),
 }
 
-/// Sends the request on `connection`, driving it inline, and waits for the response head.
+/// Sends the request on `connection` and waits for the response head, under the head timeouts.
 async fn exchange(
     connection: &mut UpstreamConnection,
-    request: Request<RequestBody>,
+    parts: &http::request::Parts,
+    body: RequestBody,
     sent: &mut Option<oneshot::Receiver<()>>,
     waits: HeadWaits,
-) -> Result<Response<Incoming>, Failure> {
-    let mut response = pin!(connection.send(request));
-    let head = poll_fn(|cx| {
-        connection.poll_driver(cx);
-        response.as_mut().poll(cx)
-    });
-    match with_head_timeouts(head, sent, waits).await {
+) -> Result<http::response::Parts, Failure> {
+    match with_head_timeouts(connection.exchange(parts, body), sent, waits).await {
         Err(timeout) => Err(Failure::Failed(timeout)),
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(mut error)) => match error.take_message() {
-            Some(request) => Err(Failure::NotSent(Box::new(request), error.into_error())),
-            None if error.error().is_incomplete_message() => Err(Failure::Closed(error.into_error())),
-            None => Err(Failure::Failed(classify(error.error()))),
-        },
+        Ok(Ok(head)) => Ok(head),
+        Ok(Err(ExchangeError::NotSent(body, error))) => Err(Failure::NotSent(Box::new(body), error)),
+        Ok(Err(ExchangeError::Closed(error))) => Err(Failure::Closed(error)),
+        Ok(Err(ExchangeError::Body(error))) => Err(Failure::Failed(body_error(error))),
+        Ok(Err(ExchangeError::Backend(error))) => Err(Failure::Failed(backend_error(&error))),
     }
 }
 
 /// An HTTP/1.1 Upgrade (WebSocket): a connection of its own, outside the pool, since after `101` it
 /// belongs to the tunnel.
+#[allow(clippy::too_many_arguments)]
 async fn forward_upgrade(
-    request: Request<RequestBody>,
+    parts: &http::request::Parts,
+    body: RequestBody,
     client_upgrade: hyper::upgrade::OnUpgrade,
     server: &UpstreamServer,
     lease: Lease,
@@ -307,43 +301,30 @@ async fn forward_upgrade(
     waits: HeadWaits,
     read_timeout: Duration,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    let (mut sender, driver) = server.pool.connect_raw().await.map_err(connect_error)?;
-    tokio::spawn(async move {
-        if let Err(e) = driver.with_upgrades().await {
-            tracing::debug!(error = %e, "upgraded upstream connection ended");
+    let mut connection = server.pool.connect().await.map_err(connect_error)?;
+    let mut head = match exchange(&mut connection, parts, body, sent, waits).await {
+        Ok(head) => head,
+        Err(Failure::Failed(error)) => return Err(error),
+        Err(Failure::NotSent(_, error) | Failure::Closed(error)) => {
+            return Err(GatewayError::BadGateway(error_chain(&error)))
         }
-    });
-    let mut response =
-        with_head_timeouts(sender.send_request(request), sent, waits).await?.map_err(|e| classify(&e))?;
-    let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    let mut body_lease = lease;
-    if switched {
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
-        // The tunnel holds the server's slot for as long as it lives.
-        let tunnel_lease = std::mem::take(&mut body_lease);
-        tokio::spawn(async move {
-            websocket::tunnel(client_upgrade, upstream_upgrade, read_timeout).await;
-            drop(tunnel_lease);
-        });
-    }
-    let (mut parts, body) = response.into_parts();
-    headers::to_client(&mut parts.headers, switched);
+    };
+    let switched = head.status == StatusCode::SWITCHING_PROTOCOLS;
+    headers::to_client(&mut head.headers, switched);
     let body = if switched {
+        // The tunnel holds the server's slot for as long as it lives.
+        let upstream_io = connection.into_upgraded();
+        tokio::spawn(async move {
+            websocket::tunnel(client_upgrade, upstream_io, read_timeout).await;
+            drop(lease);
+        });
         ResponseBody::Empty
     } else {
         let timeouts = BodyTimeouts { idle: read_timeout, total: waits.total, sse: false };
-        ResponseBody::Upstream { inner: UpstreamBody::new(body, None, body_lease, timeouts) }
+        let connection = (!connection.body_done()).then_some(connection);
+        ResponseBody::Upstream { inner: UpstreamBody::new(connection, None, lease, timeouts) }
     };
-    Ok(Response::from_parts(parts, body))
-}
-
-/// The request target as the backend receives it: path and query only (HTTP/1.1 origin form). An
-/// HTTP/1.1 client's target is already that; an HTTP/2 client's carries scheme and authority.
-fn origin_form(uri: &Uri) -> Uri {
-    if uri.scheme().is_none() && uri.authority().is_none() {
-        return uri.clone();
-    }
-    Uri::from(uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")))
+    Ok(Response::from_parts(head, body))
 }
 
 /// How long the response head may take.
@@ -399,23 +380,19 @@ fn connect_error(error: ConnectError) -> GatewayError {
     }
 }
 
-/// Maps a failed exchange to the answer nginx users expect: send timeout 504, a client body past its
-/// limit 413, anything else 502.
-fn classify(error: &hyper::Error) -> GatewayError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = source {
-        if current.is::<SendTimedOut>() {
-            return GatewayError::SendTimeout;
-        }
-        if let Some(BodyTooLarge(limit)) = current.downcast_ref() {
-            return GatewayError::BodyTooLarge(*limit);
-        }
-        if let Some(io) = current.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.is::<SendTimedOut>()) {
-                return GatewayError::SendTimeout;
-            }
-        }
-        source = current.source();
+/// A client body that failed on its way: larger than `client_max_body_size` is 413, anything else
+/// (the client went away, or sent less or more than it declared) 400.
+fn body_error(error: BoxError) -> GatewayError {
+    match error.downcast_ref::<BodyTooLarge>() {
+        Some(BodyTooLarge(limit)) => GatewayError::BodyTooLarge(*limit),
+        None => GatewayError::BadRequest(format!("cannot read the request body: {}", error_chain(&*error))),
+    }
+}
+
+/// A failed exchange with the backend: the send timeout is 504 (nginx), anything else 502.
+fn backend_error(error: &std::io::Error) -> GatewayError {
+    if error.get_ref().is_some_and(|inner| inner.is::<SendTimedOut>()) {
+        return GatewayError::SendTimeout;
     }
     GatewayError::BadGateway(error_chain(error))
 }

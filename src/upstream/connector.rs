@@ -5,13 +5,12 @@
 //! the connection's write path, and refused and timed-out connects must stay distinguishable (502 vs 504).
 
 use http::uri::Authority;
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
@@ -51,7 +50,7 @@ impl Connector {
             Ok(Ok(stream)) => stream,
         };
         stream.set_nodelay(true).map_err(|e| ConnectError::Failed(target.to_owned(), e))?;
-        Ok(TimedStream { io: TokioIo::new(stream), send_timeout: self.send_timeout, write_deadline: None })
+        Ok(TimedStream { io: stream, send_timeout: self.send_timeout, write_deadline: None })
     }
 }
 
@@ -59,7 +58,7 @@ impl Connector {
 /// progress. Reads are not timed here: the read timeout is armed per request by the proxy, since an
 /// idle pooled connection waits for reads legitimately.
 pub struct TimedStream {
-    io: TokioIo<TcpStream>,
+    io: TcpStream,
     send_timeout: Duration,
     write_deadline: Option<Pin<Box<Sleep>>>,
 }
@@ -89,13 +88,13 @@ impl TimedStream {
     }
 }
 
-impl Read for TimedStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+impl AsyncRead for TimedStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
-impl Write for TimedStream {
+impl AsyncWrite for TimedStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.io).poll_write(cx, buf);
         self.finish_write(cx, poll)
@@ -111,7 +110,7 @@ impl Write for TimedStream {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        true
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

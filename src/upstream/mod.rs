@@ -5,6 +5,7 @@ mod admission;
 mod balance;
 mod connector;
 mod health;
+mod http1;
 mod metrics_scrape;
 mod pool;
 mod probe;
@@ -17,6 +18,7 @@ pub use health::{spawn_checks, ActiveCheck, FailPolicy, ServerHealth};
 
 pub use admission::{Admission, Ask, Permit, Rejection};
 pub use connector::{ConnectError, Connector, SendTimedOut, TimedStream};
+pub use http1::{ExchangeError, Upgraded};
 pub use pool::{PoolKey, PoolSettings, ServerPool, UpstreamConnection};
 
 use crate::config::{UpstreamConfig, UpstreamTimeouts};

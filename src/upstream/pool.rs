@@ -1,26 +1,18 @@
-//! Keep-alive connections to one backend server, driven inline by the request that uses them.
+//! Keep-alive connections to one backend server, used by the request's own task (see `http1`).
 //!
 //! Written by hand instead of using hyper-util's pooled client: that client runs every connection in
 //! a task of its own, so each request crosses tasks (and often threads) several times, which measured
-//! at twice nginx's CPU per request. Here the request's own task polls the connection (while waiting
-//! for the head, then from the response body), and an idle connection waits in a LIFO stack unpolled.
-//! Before reuse it is polled once: a connection the backend closed while idle is thrown away then.
+//! at twice nginx's CPU per request. An idle connection waits in a per-thread LIFO stack, unpolled;
+//! before reuse it is checked once: a connection the backend closed while idle is thrown away then.
 
-use super::connector::{ConnectError, Connector, TimedStream};
-use crate::proxy::RequestBody;
+use super::connector::{ConnectError, Connector};
+pub use super::http1::UpstreamConnection;
 use http::uri::Authority;
-use hyper::client::conn::http1;
 use std::cell::{Cell, RefCell};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// The task that reads and writes one backend connection; polled by whoever holds the connection.
-type Driver = Pin<Box<http1::Connection<TimedStream, RequestBody>>>;
 
 /// How a server's pool behaves; a reload keeps a pool (and its connections) when these are unchanged.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,48 +23,6 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// Connect and send timeouts of new connections.
     pub connector: Connector,
-}
-
-/// One HTTP/1.1 connection to a backend, checked out for one request.
-pub struct UpstreamConnection {
-    sender: http1::SendRequest<RequestBody>,
-    /// `None` once the connection has ended.
-    driver: Option<Driver>,
-    /// Whether it served a request before (a failure on it may be a stale keep-alive connection).
-    pub reused: bool,
-}
-
-impl UpstreamConnection {
-    /// Sends a request; the connection must be driven (`poll_driver`) for the answer to arrive.
-    pub fn send(
-        &mut self,
-        request: http::Request<RequestBody>,
-    ) -> impl Future<
-        Output = Result<
-            http::Response<hyper::body::Incoming>,
-            hyper::client::conn::TrySendError<http::Request<RequestBody>>,
-        >,
-    > + use<> {
-        self.sender.try_send_request(request)
-    }
-
-    /// Lets the connection read and write; call before polling the response or its body.
-    pub fn poll_driver(&mut self, cx: &mut Context<'_>) {
-        if let Some(driver) = &mut self.driver {
-            if let Poll::Ready(result) = driver.as_mut().poll(cx) {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-                self.driver = None;
-            }
-        }
-    }
-
-    /// Whether the connection can take another request now.
-    fn is_reusable(&mut self) -> bool {
-        self.poll_driver(&mut Context::from_waker(Waker::noop()));
-        self.driver.is_some() && self.sender.is_ready()
-    }
 }
 
 struct Idle {
@@ -171,21 +121,9 @@ impl ServerPool {
         }
     }
 
-    /// A new connection, never pooled before.
+    /// A new connection, never pooled before (also for upgrades, which leave the pool for good).
     pub async fn connect(&self) -> Result<UpstreamConnection, ConnectError> {
-        let (sender, driver) = self.connect_raw().await?;
-        Ok(UpstreamConnection { sender, driver: Some(Box::pin(driver)), reused: false })
-    }
-
-    /// A new connection whose driver the caller runs (for upgrades, which leave the pool for good).
-    pub async fn connect_raw(
-        &self,
-    ) -> Result<(http1::SendRequest<RequestBody>, http1::Connection<TimedStream, RequestBody>), ConnectError> {
-        let stream = self.settings.connector.connect(&self.authority).await?;
-        http1::Builder::new()
-            .handshake(stream)
-            .await
-            .map_err(|e| ConnectError::Failed(self.authority.to_string(), std::io::Error::other(e)))
+        Ok(UpstreamConnection::new(self.settings.connector.connect(&self.authority).await?))
     }
 }
 

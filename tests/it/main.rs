@@ -20,4 +20,5 @@ mod static_files;
 mod streaming;
 mod timeouts;
 mod tls;
+mod upstream_wire;
 mod websocket;

@@ -81,32 +81,11 @@ async fn reuses_pooled_upstream_connections() {
 async fn a_backend_that_closes_pooled_connections_costs_no_request() {
     // Like a backend whose keep-alive ran out: it answers, then closes the connection without
     // saying so. The pool must notice or retry on a fresh connection, never answer 502.
-    let backend = Backend::start(|_| async { Response::new(full("once")) }).await;
-    let closing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let closing_addr = closing.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = closing.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = vec![0u8; 4096];
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = stream.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    head.extend_from_slice(&buf[..n]);
-                }
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nokay").await;
-                // Closing right after answering, without `Connection: close`.
-            });
-        }
-    });
-    drop(backend);
-    let gw = TestGateway::start(&proxy_config(&closing_addr.to_string(), "")).await;
+    let closing = RawBackend::start(RawMode { close_after_answer: true, ..RawMode::default() }, |_| {
+        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nokay".to_vec()
+    })
+    .await;
+    let gw = TestGateway::start(&proxy_config(&closing.addr.to_string(), "")).await;
     let mut client = http1(gw.addr("127.0.0.1:0")).await;
     for i in 0..50 {
         let (status, _, body) = send(&mut client, get("/")).await;

@@ -143,6 +143,114 @@ impl Backend {
     }
 }
 
+/// How a raw backend treats each request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawMode {
+    /// Close the connection after each answer (without saying so).
+    pub close_after_answer: bool,
+    /// Answer as soon as the head is in, without reading the body.
+    pub answer_before_body: bool,
+}
+
+/// A backend writing raw bytes, for what a hyper server would never send. Each request (its head
+/// and its body, read by `Content-Length` or to the end of a chunked body) is recorded as it came
+/// on the wire and answered with `answer(request)`.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    /// Requests as received, head and body.
+    pub requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// TCP connections accepted.
+    pub connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawBackend {
+    /// Starts a raw backend on 127.0.0.1:0.
+    pub async fn start(mode: RawMode, answer: fn(&[u8]) -> Vec<u8>) -> RawBackend {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (task_requests, task_connections) = (requests.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                task_connections.fetch_add(1, Ordering::SeqCst);
+                let requests = task_requests.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let Some(length) = read_raw_request(&mut stream, &mut buf, mode.answer_before_body).await
+                        else {
+                            return;
+                        };
+                        let request: Vec<u8> = buf.drain(..length).collect();
+                        let reply = answer(&request);
+                        requests.lock().unwrap().push(request);
+                        if stream.write_all(&reply).await.is_err() || mode.close_after_answer {
+                            return;
+                        }
+                        if mode.answer_before_body {
+                            // Leave, with the unread body, as a backend refusing an upload does.
+                            let _ = stream.read(&mut [0; 1]).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RawBackend { addr, requests, connections, task }
+    }
+
+    /// The recorded requests as text.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect()
+    }
+}
+
+/// Reads one whole request into `buf` (head only with `head_only`); returns its length, or `None`
+/// when the connection ends first.
+async fn read_raw_request(stream: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    let find = |buf: &[u8], needle: &[u8]| buf.windows(needle.len()).position(|w| w == needle);
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let body_start = end + 4;
+            let length = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let complete = if head_only {
+                Some(body_start)
+            } else if head.contains("transfer-encoding: chunked") {
+                find(&buf[body_start..], b"0\r\n\r\n").map(|at| body_start + at + 5)
+            } else {
+                let total = body_start + length.unwrap_or(0);
+                (buf.len() >= total).then_some(total)
+            };
+            if let Some(complete) = complete {
+                return Some(complete);
+            }
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// A config with one plain listener on 127.0.0.1:0 proxying everything to `backend`.
 pub fn proxy_config(backend: &str, extra_upstream: &str) -> String {
     format!(
