@@ -1,5 +1,6 @@
-//! The one response body type the gateway serves: empty, a fixed buffer, or a backend's stream. An
-//! enum rather than a boxed trait object so that no response pays an allocation for its body.
+//! The one response body type the gateway serves: empty, a fixed buffer, a backend's stream, or a
+//! wrapper. An enum of small variants rather than a boxed trait object: fixed answers allocate nothing
+//! for their body, and the response hyper and the pipeline move around stays small.
 
 use crate::accounting::{TrackedBody, UpstreamInfo};
 use crate::compress::CompressedBody;
@@ -7,7 +8,6 @@ use crate::proxy::UpstreamBody;
 use crate::static_files::FileBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -15,23 +15,21 @@ use std::task::{Context, Poll};
 /// incomplete, never a clean end.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pin_project! {
-    /// A response body.
-    #[project = ResponseBodyProj]
-    pub enum ResponseBody {
-        /// No bytes (redirects, 101, HEAD).
-        Empty,
-        /// A body known in full (error pages, `return`).
-        Full { data: Option<Bytes> },
-        /// A backend's response, forwarded frame by frame.
-        Upstream { #[pin] inner: UpstreamBody },
-        /// A body whose end is accounted (access log) or releases concurrency places (`limit_conn`).
-        Tracked { inner: Box<TrackedBody> },
-        /// A body compressed as it streams.
-        Compressed { inner: Box<CompressedBody> },
-        /// A static file, read as the client takes it.
-        File { inner: Box<FileBody> },
-    }
+/// A response body.
+pub enum ResponseBody {
+    /// No bytes (redirects, 101, HEAD).
+    Empty,
+    /// A body known in full (error pages, `return`).
+    Full { data: Option<Bytes> },
+    /// A backend's response, forwarded frame by frame. Boxed like the others: inline it made every
+    /// response 500 bytes, copied at each step of the pipeline.
+    Upstream { inner: Box<UpstreamBody> },
+    /// A body whose end is accounted (access log) or releases concurrency places (`limit_conn`).
+    Tracked { inner: Box<TrackedBody> },
+    /// A body compressed as it streams.
+    Compressed { inner: Box<CompressedBody> },
+    /// A static file, read as the client takes it.
+    File { inner: Box<FileBody> },
 }
 
 impl ResponseBody {
@@ -61,13 +59,13 @@ impl Body for ResponseBody {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            ResponseBodyProj::Empty => Poll::Ready(None),
-            ResponseBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ResponseBodyProj::Upstream { inner } => inner.poll_frame(cx),
-            ResponseBodyProj::Tracked { inner } => Pin::new(&mut **inner).poll_frame(cx),
-            ResponseBodyProj::Compressed { inner } => Pin::new(&mut **inner).poll_frame(cx),
-            ResponseBodyProj::File { inner } => Pin::new(&mut **inner).poll_frame(cx),
+        match self.get_mut() {
+            ResponseBody::Empty => Poll::Ready(None),
+            ResponseBody::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ResponseBody::Upstream { inner } => Pin::new(&mut **inner).poll_frame(cx),
+            ResponseBody::Tracked { inner } => Pin::new(&mut **inner).poll_frame(cx),
+            ResponseBody::Compressed { inner } => Pin::new(&mut **inner).poll_frame(cx),
+            ResponseBody::File { inner } => Pin::new(&mut **inner).poll_frame(cx),
         }
     }
 

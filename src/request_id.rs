@@ -17,10 +17,19 @@ pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
             return value.clone();
         }
     }
-    let id =
-        HeaderValue::try_from(format!("{:032x}", fastrand::u128(..))).unwrap_or_else(|_| HeaderValue::from_static("0"));
+    let id = HeaderValue::from_bytes(&hex(fastrand::u128(..))).unwrap_or_else(|_| HeaderValue::from_static("0"));
     headers.insert(&X_REQUEST_ID, id.clone());
     id
+}
+
+/// 32 lowercase hex digits, written directly: `format!` cost a third of the id's making, per request.
+fn hex(value: u128) -> [u8; 32] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = DIGITS[((value >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    out
 }
 
 #[cfg(test)]
@@ -39,5 +48,12 @@ mod tests {
         let mut empty = HeaderMap::new();
         let generated = ensure(&mut empty);
         assert_ne!(generated, ensure(&mut HeaderMap::new()), "random");
+    }
+
+    #[test]
+    fn hex_matches_format() {
+        for value in [0, 1, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210, fastrand::u128(..)] {
+            assert_eq!(hex(value), format!("{value:032x}").as_bytes());
+        }
     }
 }

@@ -4,8 +4,10 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+const HOP_BY_HOP_COUNT: usize = 7;
+
 /// Headers that describe one connection, not the message; never forwarded.
-const HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -16,7 +18,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// Backend identity headers hidden from clients (nginx hides `Server`; `X-Powered-By` leaks the stack).
-const HIDDEN_RESPONSE: [HeaderName; 2] = [header::SERVER, HeaderName::from_static("x-powered-by")];
+static HIDDEN_RESPONSE: [HeaderName; 2] = [header::SERVER, HeaderName::from_static("x-powered-by")];
 
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -25,8 +27,15 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 /// Removes hop-by-hop headers and those the `Connection` header names. With `keep_upgrade`, the
 /// `Connection: upgrade` and `Upgrade` pair survives (a WebSocket handshake must reach the other side).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none: one pass over the names is cheaper than seven lookups.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // One pass over the names finds the few present (most messages carry none, or `Connection`
+    // alone): removing all seven by name cost more than the rest of the header rewrite.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[index] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -34,15 +43,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|name| !HOP_BY_HOP.iter().any(|hop| hop.as_str().eq_ignore_ascii_case(name)))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named {
-        if !(keep_upgrade && name == header::UPGRADE) {
-            headers.remove(&name);
-        }
+        headers.remove(&name);
     }
     let upgrade = keep_upgrade.then(|| headers.remove(header::UPGRADE)).flatten();
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, present)| *present) {
         headers.remove(name);
     }
     if let Some(upgrade) = upgrade {
@@ -84,10 +93,14 @@ pub fn to_upstream(
 /// Rewrites a backend response's headers for the client.
 pub fn to_client(headers: &mut HeaderMap, upgrade: bool) {
     strip_hop_by_hop(headers, upgrade);
-    if headers.keys().any(|name| HIDDEN_RESPONSE.contains(name)) {
-        for name in &HIDDEN_RESPONSE {
-            headers.remove(name);
+    let mut present = [false; 2];
+    for name in headers.keys() {
+        if let Some(index) = HIDDEN_RESPONSE.iter().position(|hidden| hidden == name) {
+            present[index] = true;
         }
+    }
+    for (name, _) in HIDDEN_RESPONSE.iter().zip(present).filter(|(_, present)| *present) {
+        headers.remove(name);
     }
 }
 

@@ -131,7 +131,11 @@ async fn forward_body(
         let server = &upstream.servers[index];
         let balancing = upstream.tracks_load();
         let mut lease = Lease { permit, in_flight: Some(server.load.start()), drain_watch: None };
-        let try_started = tokio::time::Instant::now();
+        // A first try that could not wait for admission starts with the exchange: one clock read fewer.
+        let try_started = match admit_started {
+            None if tried.len() == 1 => started,
+            _ => tokio::time::Instant::now(),
+        };
         let may_retry = tried.len() < upstream.tries && retry_deadline.is_none_or(|d| tokio::time::Instant::now() < d);
         let fail = || {
             if server.health.record_failure(upstream.fail_policy) {
@@ -256,7 +260,7 @@ async fn forward_body(
             Some(connection)
         };
         let body = UpstreamBody::new(connection, Some(server.pool.key()), lease, timeouts).with_info(info);
-        return Ok(Response::from_parts(parts, ResponseBody::Upstream { inner: body }));
+        return Ok(Response::from_parts(parts, ResponseBody::Upstream { inner: Box::new(body) }));
     }
 }
 
@@ -322,7 +326,7 @@ async fn forward_upgrade(
     } else {
         let timeouts = BodyTimeouts { idle: read_timeout, total: waits.total, sse: false };
         let connection = (!connection.body_done()).then_some(connection);
-        ResponseBody::Upstream { inner: UpstreamBody::new(connection, None, lease, timeouts) }
+        ResponseBody::Upstream { inner: Box::new(UpstreamBody::new(connection, None, lease, timeouts)) }
     };
     Ok(Response::from_parts(head, body))
 }

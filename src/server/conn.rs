@@ -18,7 +18,7 @@ use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -78,6 +78,13 @@ pub struct ConnLimits {
 }
 
 impl ConnLimits {
+    /// How long a connection may go without a request in flight: `keepalive_timeout`, or
+    /// `client_header_timeout` if shorter, since the next request's head may have begun to arrive
+    /// (hyper's own header timer also ran from the end of the previous request).
+    pub fn idle_timeout(&self) -> Duration {
+        self.keepalive_timeout.min(self.header_timeout)
+    }
+
     /// The limits `[http]` sets.
     pub fn of(http: &HttpSettings) -> ConnLimits {
         ConnLimits {
@@ -92,10 +99,11 @@ impl ConnLimits {
 /// hyper's connection settings from `[http]`, built once per listener at config load.
 pub fn builder(http: &HttpSettings, http2: bool) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No header read timer in hyper: it arms one per request (a clock read, an allocation and a timer
+    // insert and removal each time). The connection's watchdog enforces `client_header_timeout`.
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(http.client_header_timeout.0)
+        .header_read_timeout(None)
         .max_buf_size(usize::try_from(http.max_header_size.0).unwrap_or(usize::MAX).max(8192))
         .max_headers(http.max_headers);
     builder
@@ -125,6 +133,8 @@ struct ConnState {
     idle_since_ms: AtomicU64,
     /// Woken when the connection should stop taking requests (requests-per-connection reached).
     close: Notify,
+    /// Whether requests arrived over HTTP/2 (an idle HTTP/2 connection is closed with GOAWAY).
+    http2: AtomicBool,
 }
 
 impl ConnState {
@@ -207,6 +217,7 @@ async fn serve_http<I>(
         in_flight: AtomicUsize::new(0),
         idle_since_ms: AtomicU64::new(0),
         close: Notify::new(),
+        http2: AtomicBool::new(false),
     });
     let max_requests = spec.limits.keepalive_requests;
     let service_state = state.clone();
@@ -228,6 +239,9 @@ async fn serve_http<I>(
                     crate::config::ErrorFormat::Text,
                 ),
             };
+            if version == Version::HTTP_2 {
+                state.http2.store(true, Ordering::Relaxed);
+            }
             if state.requests.fetch_add(1, Ordering::AcqRel) + 1 >= max_requests {
                 if version == Version::HTTP_2 {
                     state.close.notify_one();
@@ -244,7 +258,7 @@ async fn serve_http<I>(
     // wake-up of the connection; `shutdown` stays held here until the connection is done, which is
     // what the gateway's drain waits for.
     let (stop_tx, mut stop_rx) = oneshot::channel();
-    let watchdog = tokio::spawn(watchdog(state, spec.limits.keepalive_timeout, shutdown.clone(), stop_tx));
+    let watchdog = tokio::spawn(watchdog(state.clone(), spec.limits.idle_timeout(), shutdown.clone(), stop_tx));
     let stop_reason = tokio::select! {
         biased;
         result = connection.as_mut() => {
@@ -256,6 +270,12 @@ async fn serve_http<I>(
         }
         reason = &mut stop_rx => reason.unwrap_or("watchdog ended"),
     };
+    if stop_reason == IDLE && !state.http2.load(Ordering::Relaxed) {
+        // Nothing in flight: an idle HTTP/1.1 connection, or one whose next request head is late, is
+        // closed at once (nginx answers a late head 408 and closes; hyper would wait for the head).
+        tracing::debug!(%peer, reason = stop_reason, "closing client connection");
+        return;
+    }
     tracing::debug!(%peer, reason = stop_reason, "closing client connection gracefully");
     connection.as_mut().graceful_shutdown();
     // In-flight requests get the drain deadline; so does a client that never acknowledges HTTP/2's GOAWAY.
@@ -265,22 +285,26 @@ async fn serve_http<I>(
     drop(shutdown);
 }
 
+/// The watchdog's reason for a connection without a request in flight for too long.
+const IDLE: &str = "idle, or the request head late";
+
 /// Tells the connection to close gracefully, with the reason: on shutdown, when keep-alive requests
-/// are used up (HTTP/2), or after `keepalive` without a request in flight.
+/// are used up (HTTP/2), or after `idle` without a request in flight (no request, or one whose head
+/// has not fully arrived).
 async fn watchdog(
     state: Arc<ConnState>,
-    keepalive: Duration,
+    idle: Duration,
     mut shutdown: watch::Receiver<bool>,
     stop: oneshot::Sender<&'static str>,
 ) {
     let reason = loop {
-        let idle_check = state.idle_deadline(keepalive).unwrap_or_else(|| Instant::now() + keepalive);
+        let idle_check = state.idle_deadline(idle).unwrap_or_else(|| Instant::now() + idle);
         tokio::select! {
             _ = shutdown.changed() => break "shutdown",
             () = state.close.notified() => break "keepalive_requests reached",
             () = tokio::time::sleep_until(idle_check) => {
-                if state.idle_deadline(keepalive).is_some_and(|deadline| deadline <= Instant::now()) {
-                    break "keep-alive idle timeout";
+                if state.idle_deadline(idle).is_some_and(|deadline| deadline <= Instant::now()) {
+                    break IDLE;
                 }
             }
         }

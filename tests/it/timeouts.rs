@@ -133,7 +133,8 @@ listen = ["127.0.0.1:0"]
 
 #[tokio::test(start_paused = true)]
 async fn an_incomplete_request_head_is_cut_off_after_client_header_timeout() {
-    let gw = TestGateway::start(LIMITS).await;
+    // With a longer keep-alive timeout, so that only the header timeout can cut it.
+    let gw = TestGateway::start(&LIMITS.replace(r#"keepalive_timeout = "5s""#, r#"keepalive_timeout = "75s""#)).await;
     let mut stream = tokio::net::TcpStream::connect(gw.addr("127.0.0.1:0")).await.unwrap();
     stream.write_all(b"GET / HTTP/1.1\r\nHost: slow").await.unwrap();
     let started = Instant::now();

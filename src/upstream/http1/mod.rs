@@ -20,13 +20,14 @@ use http::{request, response, Method, Response, StatusCode, Version};
 use http_body::Body;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Largest response head accepted (nginx's `proxy_buffer_size` is 4-8 KB; model servers send small
-/// heads, so a larger one is a broken backend): answered 502.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Largest response head accepted, 64 KiB (nginx's `proxy_buffer_size` is 4-8 KB; model servers send
+/// small heads, so a larger one is a broken backend): answered 502. Offsets into it fit a `u16`.
+const MAX_RESPONSE_HEAD: usize = u16::MAX as usize;
 /// Most response headers accepted.
 const MAX_HEADERS: usize = 128;
 /// How much the read buffer grows by when it is full.
@@ -482,25 +483,26 @@ struct Head {
 /// Parses a response head at the start of `buf` and removes it; `None` when it is not complete yet.
 /// Header values share the head's memory instead of being copied.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let length = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(length)) => length,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
-            return Err(invalid_response(format!("head larger than {MAX_RESPONSE_HEAD} bytes")))
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(invalid_response(e.to_string())),
-    };
+    // Uninitialized: zeroing 128 headers cost more than parsing a small head.
+    let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let length =
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut headers) {
+            Ok(httparse::Status::Complete(length)) if length <= MAX_RESPONSE_HEAD => length,
+            Ok(httparse::Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD => return Ok(None),
+            Ok(_) => return Err(invalid_response(format!("head larger than {MAX_RESPONSE_HEAD} bytes"))),
+            Err(e) => return Err(invalid_response(e.to_string())),
+        };
     let status = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|e| invalid_response(e.to_string()))?;
     let http11 = parsed.version == Some(1);
-    // Where each header sits in the buffer, so the values can be slices of the head once split off.
+    // Where each header sits in the head (under 64 KiB, so u16 offsets), so the values can be slices
+    // of the head once it is split off the buffer.
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
+    let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u16;
+    let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
     for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
-        let name = header.name.as_ptr() as usize - base;
-        let value = header.value.as_ptr() as usize - base;
-        *span = (name, name + header.name.len(), value, value + header.value.len());
+        let (name, value) = (offset(header.name.as_bytes()), offset(header.value));
+        *span = (name, name + header.name.len() as u16, value, value + header.value.len() as u16);
     }
     let count = parsed.headers.len();
     let head = buf.split_to(length).freeze();
@@ -509,8 +511,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
     let (mut content_length, mut chunked, mut transfer_encoding) = (None, false, false);
     let (mut close, mut keep_alive_asked) = (false, false);
     for &(name_start, name_end, value_start, value_end) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[name_start..name_end]).map_err(|e| invalid_response(e.to_string()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
+        let name = HeaderName::from_bytes(&head[usize::from(name_start)..usize::from(name_end)])
+            .map_err(|e| invalid_response(e.to_string()))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(usize::from(value_start)..usize::from(value_end)))
             .map_err(|e| invalid_response(e.to_string()))?;
         if name == header::CONTENT_LENGTH {
             let length = parse_content_length(value.as_bytes())?;
@@ -640,6 +643,8 @@ mod tests {
         assert!(parse("HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none());
         let endless = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_RESPONSE_HEAD));
         assert!(parse(&endless).is_err());
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}\r\n\r\n", "a".repeat(MAX_RESPONSE_HEAD));
+        assert!(parse(&huge).is_err(), "a complete head over the limit is refused too");
     }
 
     #[test]
