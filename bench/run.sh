@@ -25,7 +25,7 @@ LOAD=target/release/infergate-load
 ulimit -n 65536 2>/dev/null || true
 
 BACKEND=18080 SIM=18090 SIM_SLOW=18095
-NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092 GW_GUARD=18093 NGINX_PAIR=18096 GW_PAIR_RR=18097 GW_PAIR_LI=18098 NGINX_LIMIT=18099 GW_LIMIT=18100 NGINX_GZIP=18101 GW_GZIP=18102 GW_ADMIN=18103 GW_BARE=18104 GW_METRICS=18105
+NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092 GW_GUARD=18093 NGINX_PAIR=18096 GW_PAIR_RR=18097 GW_PAIR_LI=18098 NGINX_LIMIT=18099 GW_LIMIT=18100 NGINX_GZIP=18101 GW_GZIP=18102 GW_ADMIN=18103 GW_BARE=18104 GW_METRICS=18105 GW_METRICS_ADMIN=18106
 RESULTS="$WORK/results.txt"; : > "$RESULTS"
 # record SECTION METRIC NGINX_VALUE INFERGATE_VALUE BETTER(higher|lower)
 record() { echo "$1|$2|$3|$4|$5" >> "$RESULTS"; }
@@ -150,16 +150,15 @@ listen = [\"127.0.0.1:$GW_SEED\"]
   proxy_buffer_size = \"16k\"
   proxy_buffers = \"8 32k\""
 GW_PID=$GATEWAY_PID
-# Two identical small-JSON proxies but for metrics (on in the first, off in the second: then no
-# request is accounted), for the cost of metrics.
-for variant in metrics:true:$GW_METRICS bare:false:$GW_BARE; do
-  IFS=: read -r name on port <<< "$variant"
+# Two identical small-JSON proxies but for metrics (kept and served in the first; in the second no
+# admin API, so no request is accounted), for the cost of metrics.
+for variant in "metrics|listen = \"127.0.0.1:$GW_METRICS_ADMIN\"|$GW_METRICS" "bare|enabled = false|$GW_BARE"; do
+  IFS='|' read -r name admin port <<< "$variant"
   start_gateway "$name" "[http]
 keepalive_requests = 1000000
 
 [admin]
-enabled = false
-metrics = $on
+$admin
 
 [[upstream]]
 name = \"backend\"

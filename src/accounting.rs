@@ -234,7 +234,7 @@ impl Accounting {
             end: BodyEnd::ClientClosed,
             runtime: runtime.clone(),
             account: None,
-            metrics_on: runtime.0.admin.metrics,
+            metrics_on: runtime.0.metrics_kept,
         };
         Accounting(Some(Box::new(TrackedBody {
             inner: ResponseBody::Empty,

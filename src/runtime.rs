@@ -65,8 +65,10 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     /// The admin API's settings (read at start).
     pub admin: AdminConfig,
-    /// Whether requests are accounted (metrics on, or an access log anywhere).
+    /// Whether requests are accounted (metrics kept, or an access log anywhere).
     pub accounting: bool,
+    /// Whether metrics are kept: `[admin] metrics`, and an admin API to serve them.
+    pub metrics_kept: bool,
     /// When this config was loaded.
     pub loaded_at: std::time::SystemTime,
     /// Where each location's (and each server's no-match) requests are accounted, by `Account` id.
@@ -218,7 +220,8 @@ impl Runtime {
             zones,
             conn_zones,
             trusted_proxies,
-            accounting: config.admin.metrics || access_logs.any(),
+            accounting: (config.admin.enabled && config.admin.metrics) || access_logs.any(),
+            metrics_kept: config.admin.enabled && config.admin.metrics,
             access_logs,
             metrics,
             admin: config.admin.clone(),
