@@ -123,10 +123,7 @@ impl ServerPool {
 
     /// A new connection, never pooled before (also for upgrades, which leave the pool for good).
     pub async fn connect(&self) -> Result<UpstreamConnection, ConnectError> {
-        // Boxed: a connect's future (name resolution, connect timeout) is large and rarely needed;
-        // inline, every request's future would be sized, allocated and moved for it.
-        let stream = Box::pin(self.settings.connector.connect(&self.authority)).await?;
-        Ok(UpstreamConnection::new(stream))
+        Ok(UpstreamConnection::new(self.settings.connector.connect(&self.authority).await?))
     }
 }
 
