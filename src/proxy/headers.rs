@@ -60,7 +60,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Rewrites a client request's headers for the backend: `Host` as the client sent it (port kept),
+/// Rewrites a client request's headers for the backend: `Host` as the client sent it (port kept;
+/// `host` is set when the request carried none, as HTTP/2 requests carry the authority instead),
 /// `X-Real-IP`, `X-Forwarded-For` with the client appended, `X-Forwarded-Proto`. `client_ip` is the
 /// peer address as a header value, made once per connection.
 pub fn to_upstream(
@@ -93,6 +94,12 @@ pub fn to_upstream(
 /// Rewrites a backend response's headers for the client.
 pub fn to_client(headers: &mut HeaderMap, upgrade: bool) {
     strip_hop_by_hop(headers, upgrade);
+    hide_backend_identity(headers);
+}
+
+/// Hides the backend's identity headers. Alone (without `to_client`) for responses whose
+/// connection-level headers the upstream connection consumed already.
+pub fn hide_backend_identity(headers: &mut HeaderMap) {
     let mut present = [false; 2];
     for name in headers.keys() {
         if let Some(index) = HIDDEN_RESPONSE.iter().position(|hidden| hidden == name) {

@@ -100,11 +100,11 @@ async fn forward_body(
     client: &ClientInfo,
     upstream: &Upstream,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    // `Host` as the client sent it; an HTTP/2 client sends the authority instead.
+    let host = match parts.headers.contains_key(header::HOST) {
+        true => None,
+        false => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
     headers::to_upstream(&mut parts.headers, host, &client.ip, client.https, upgrade.is_some());
     let started = tokio::time::Instant::now();
     let total = upstream.timeouts.total.map(|t| (started + t.0, t.0));
@@ -239,7 +239,8 @@ async fn forward_body(
         }
 
         let mut parts = response;
-        headers::to_client(&mut parts.headers, false);
+        // The upstream connection consumed the connection-level headers already.
+        headers::hide_backend_identity(&mut parts.headers);
         let info = UpstreamInfo {
             upstream: upstream.id,
             server: index,

@@ -510,11 +510,15 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
     let mut map = HeaderMap::with_capacity(count);
     let (mut content_length, mut chunked, mut transfer_encoding) = (None, false, false);
     let (mut close, mut keep_alive_asked) = (false, false);
+    // Other headers the `Connection` header names, to drop too (rare: allocated only then).
+    let mut named = Vec::new();
     for &(name_start, name_end, value_start, value_end) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[usize::from(name_start)..usize::from(name_end)])
             .map_err(|e| invalid_response(e.to_string()))?;
         let value = HeaderValue::from_maybe_shared(head.slice(usize::from(value_start)..usize::from(value_end)))
             .map_err(|e| invalid_response(e.to_string()))?;
+        // Connection-level fields (RFC 9110 §7.6.1) are this connection's business: used here and
+        // not handed on. `Upgrade` stays on a `101`, for the proxy to pass on with the switch.
         if name == header::CONTENT_LENGTH {
             let length = parse_content_length(value.as_bytes())?;
             if content_length.is_some_and(|previous| previous != length) {
@@ -524,11 +528,30 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoding = true;
             chunked = last_token(value.as_bytes()).eq_ignore_ascii_case(b"chunked");
+            continue;
         } else if name == header::CONNECTION {
-            close |= has_token(value.as_bytes(), b"close");
-            keep_alive_asked |= has_token(value.as_bytes(), b"keep-alive");
+            for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive_asked = true;
+                } else if !token.eq_ignore_ascii_case(b"upgrade") {
+                    named.extend(HeaderName::from_bytes(token).ok());
+                }
+            }
+            continue;
+        } else if name == header::TE
+            || name == header::TRAILER
+            || name == "keep-alive"
+            || name == "proxy-connection"
+            || (name == header::UPGRADE && status != StatusCode::SWITCHING_PROTOCOLS)
+        {
+            continue;
         }
         map.append(name, value);
+    }
+    for name in named {
+        map.remove(name);
     }
     if transfer_encoding {
         // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, which must not be passed on.
@@ -581,10 +604,6 @@ fn parse_content_length(value: &[u8]) -> io::Result<u64> {
 
 fn last_token(value: &[u8]) -> &[u8] {
     value.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii()
-}
-
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value.split(|&b| b == b',').any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// The backend side of a tunnel after `101`: bytes the backend sent along with its head come first.
@@ -659,6 +678,22 @@ mod tests {
         assert!(matches!(framing("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n").framing, Framing::Done));
         let head = parse_head(&mut BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"), true);
         assert!(matches!(head.unwrap().unwrap().framing, Framing::Done), "a HEAD answer has no body");
+    }
+
+    #[test]
+    fn connection_level_headers_are_consumed() {
+        let head = parse(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nKeep-Alive: timeout=5\r\nx-hop: 1\r\n\
+             Transfer-Encoding: chunked\r\nTrailer: x-sum\r\nUpgrade: h2c\r\nx-end: 2\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        let names: Vec<&str> = head.parts.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-end"]);
+        assert!(head.keep_alive);
+        let switch = parse("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        let names: Vec<String> = switch.unwrap().unwrap().parts.headers.keys().map(|n| n.to_string()).collect();
+        assert_eq!(names, ["upgrade"], "a switch keeps Upgrade for the proxy to pass on");
     }
 
     #[test]
