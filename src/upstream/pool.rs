@@ -71,8 +71,9 @@ impl PoolKey {
     }
 
     /// Returns a connection whose response is complete; kept if it can serve again and there is room.
-    pub fn checkin(self, mut connection: UpstreamConnection) {
-        if !connection.is_reusable() {
+    pub fn checkin(self, connection: UpstreamConnection) {
+        // The socket is looked at when the connection is taken again, after its idle time.
+        if !connection.may_serve_again() {
             return;
         }
         let (max_idle, idle_timeout) = (self.max_idle, self.idle_timeout);

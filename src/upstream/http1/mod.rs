@@ -162,14 +162,17 @@ impl UpstreamConnection {
         }
     }
 
-    /// Whether the connection can take another request now: its last response was read in full, the
-    /// backend allows keep-alive, and it has neither closed the connection nor sent anything unasked.
+    /// Whether the exchange left the connection fit for another: the response was read in full and
+    /// the backend allows keep-alive. Flags only; `is_reusable` also looks at the socket.
+    pub fn may_serve_again(&self) -> bool {
+        self.keep_alive && self.body_done() && self.read_buf.is_empty()
+    }
+
+    /// Whether the connection can take another request now: `may_serve_again`, and the backend has
+    /// neither closed the connection nor sent anything unasked while it was idle.
     pub fn is_reusable(&mut self) -> bool {
-        if !(self.keep_alive && self.body_done() && self.read_buf.is_empty()) {
-            return false;
-        }
         // Readiness is cached by the runtime: an idle socket answers Pending without a system call.
-        matches!(self.poll_fill(&mut Context::from_waker(Waker::noop())), Poll::Pending)
+        self.may_serve_again() && matches!(self.poll_fill(&mut Context::from_waker(Waker::noop())), Poll::Pending)
     }
 
     /// The connection after a `101 Switching Protocols`: the backend's side of a tunnel.
