@@ -60,24 +60,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Rewrites a client request's headers for the backend: `Host` as the client sent it (port kept;
-/// `host` is set when the request carried none, as HTTP/2 requests carry the authority instead),
-/// `X-Real-IP`, `X-Forwarded-For` with the client appended, `X-Forwarded-Proto`. `client_ip` is the
-/// peer address as a header value, made once per connection.
+/// The headers the proxy adds to a forwarded request: `X-Forwarded-For` (the client appended to any
+/// it came with), `X-Real-IP`, `X-Forwarded-Proto`. The upstream connection writes them after the
+/// request's own headers, which lose any of these names: they never enter the request's map, which
+/// saved three insertions and the map's growth per request.
+pub type Forwarding = [(&'static HeaderName, HeaderValue); 3];
+
+/// Rewrites a client request's headers for the backend: hop-by-hop headers go, `Host` stays as the
+/// client sent it (port kept; `host` is set when the request carried none, as HTTP/2 requests carry
+/// the authority instead). Returns the forwarding headers to add; `client_ip` is the peer address as
+/// a header value, made once per connection.
 pub fn to_upstream(
     headers: &mut HeaderMap,
     host: Option<HeaderValue>,
     client_ip: &HeaderValue,
     https: bool,
     upgrade: bool,
-) {
+) -> Forwarding {
     strip_hop_by_hop(headers, upgrade);
     if let Some(host) = host {
         headers.insert(header::HOST, host);
     }
-    let forwarded_for = if headers.contains_key(&X_FORWARDED_FOR) {
+    let mut earlier = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    let forwarded_for = if earlier.peek().is_some() {
         let mut chain = Vec::new();
-        for value in headers.get_all(&X_FORWARDED_FOR) {
+        for value in earlier {
             chain.extend_from_slice(value.as_bytes());
             chain.extend_from_slice(b", ");
         }
@@ -86,9 +93,11 @@ pub fn to_upstream(
     } else {
         client_ip.clone()
     };
-    headers.insert(&X_FORWARDED_FOR, forwarded_for);
-    headers.insert(&X_REAL_IP, client_ip.clone());
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(if https { "https" } else { "http" }));
+    [
+        (&X_FORWARDED_FOR, forwarded_for),
+        (&X_REAL_IP, client_ip.clone()),
+        (&X_FORWARDED_PROTO, HeaderValue::from_static(if https { "https" } else { "http" })),
+    ]
 }
 
 /// Rewrites a backend response's headers for the client.
@@ -140,16 +149,23 @@ mod tests {
     #[test]
     fn appends_to_forwarded_for() {
         let mut headers = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
-        to_upstream(
+        let added = to_upstream(
             &mut headers,
             Some(HeaderValue::from_static("h:8000")),
             &HeaderValue::from_static("10.0.0.9"),
             true,
             false,
         );
-        assert_eq!(headers["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
-        assert_eq!(headers["x-real-ip"], "10.0.0.9");
-        assert_eq!(headers["x-forwarded-proto"], "https");
+        let added: Vec<(&str, &str)> =
+            added.iter().map(|(name, value)| (name.as_str(), value.to_str().unwrap())).collect();
+        assert_eq!(
+            added,
+            [
+                ("x-forwarded-for", "1.1.1.1, 2.2.2.2, 10.0.0.9"),
+                ("x-real-ip", "10.0.0.9"),
+                ("x-forwarded-proto", "https")
+            ]
+        );
         assert_eq!(headers["host"], "h:8000");
     }
 

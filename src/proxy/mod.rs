@@ -7,12 +7,14 @@ mod headers;
 mod websocket;
 
 pub use body::{BodyTimeouts, BodyTooLarge, RequestBody, StreamTimedOut, UpstreamBody};
+pub use headers::Forwarding;
 
 use crate::accounting::UpstreamInfo;
 use crate::body::{BoxError, ResponseBody};
 use crate::error::GatewayError;
 use crate::upstream::{
-    ConnectError, ExchangeError, Lease, SendTimedOut, Tried, Unavailable, Upstream, UpstreamConnection, UpstreamServer,
+    ConnectError, ExchangeError, Lease, SendTimedOut, Tried, Unavailable, Upstream, UpstreamConnection,
+    UpstreamRequest, UpstreamServer,
 };
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -105,7 +107,8 @@ async fn forward_body(
         true => None,
         false => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
-    headers::to_upstream(&mut parts.headers, host, &client.ip, client.https, upgrade.is_some());
+    let forwarding = headers::to_upstream(&mut parts.headers, host, &client.ip, client.https, upgrade.is_some());
+    let request = UpstreamRequest { head: &parts, forwarding: &forwarding };
     let started = tokio::time::Instant::now();
     let total = upstream.timeouts.total.map(|t| (started + t.0, t.0));
     let waits = HeadWaits { first_byte: upstream.timeouts.first_byte(), total };
@@ -145,7 +148,7 @@ async fn forward_body(
 
         if let Some(client_upgrade) = upgrade {
             return forward_upgrade(
-                &parts,
+                request,
                 body,
                 client_upgrade,
                 server,
@@ -181,14 +184,14 @@ async fn forward_body(
         // upstream allows others).
         let resend_elsewhere = may_retry && (parts.method.is_idempotent() || upstream.retry_non_idempotent);
         let mut replay = (connection.reused || resend_elsewhere).then(|| body.replay()).flatten();
-        let response = match exchange(&mut connection, &parts, body, &mut sent, waits).await {
+        let response = match exchange(&mut connection, request, body, &mut sent, waits).await {
             // A kept-alive connection the backend had closed: the request never left (or got no answer
             // at all), so a fresh connection gets it.
             Err(Failure::NotSent(unsent, error)) if connection.reused => {
                 tracing::debug!(%error, "pooled upstream connection was closed; retrying on a new one");
                 connection = server.pool.connect().await.map_err(connect_error)?;
                 upstream.metrics.opened.inc();
-                exchange(&mut connection, &parts, *unsent, &mut sent, waits).await
+                exchange(&mut connection, request, *unsent, &mut sent, waits).await
             }
             Err(Failure::Closed(error)) if connection.reused && replay.is_some() => {
                 tracing::debug!(%error, "pooled upstream connection closed under the request; resending it on a new one");
@@ -198,7 +201,7 @@ async fn forward_body(
                     .as_ref()
                     .and_then(RequestBody::replay)
                     .unwrap_or_else(|| RequestBody::buffered(Bytes::new()));
-                exchange(&mut connection, &parts, resend, &mut sent, waits).await
+                exchange(&mut connection, request, resend, &mut sent, waits).await
             }
             other => other,
         };
@@ -278,12 +281,12 @@ enum Failure {
 /// Sends the request on `connection` and waits for the response head, under the head timeouts.
 async fn exchange(
     connection: &mut UpstreamConnection,
-    parts: &http::request::Parts,
+    request: UpstreamRequest<'_>,
     body: RequestBody,
     sent: &mut Option<oneshot::Receiver<()>>,
     waits: HeadWaits,
 ) -> Result<http::response::Parts, Failure> {
-    match with_head_timeouts(connection.exchange(parts, body), sent, waits).await {
+    match with_head_timeouts(connection.exchange(request, body), sent, waits).await {
         Err(timeout) => Err(Failure::Failed(timeout)),
         Ok(Ok(head)) => Ok(head),
         Ok(Err(ExchangeError::NotSent(body, error))) => Err(Failure::NotSent(Box::new(body), error)),
@@ -297,7 +300,7 @@ async fn exchange(
 /// belongs to the tunnel.
 #[allow(clippy::too_many_arguments)]
 async fn forward_upgrade(
-    parts: &http::request::Parts,
+    request: UpstreamRequest<'_>,
     body: RequestBody,
     client_upgrade: hyper::upgrade::OnUpgrade,
     server: &UpstreamServer,
@@ -307,7 +310,7 @@ async fn forward_upgrade(
     read_timeout: Duration,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let mut connection = server.pool.connect().await.map_err(connect_error)?;
-    let mut head = match exchange(&mut connection, parts, body, sent, waits).await {
+    let mut head = match exchange(&mut connection, request, body, sent, waits).await {
         Ok(head) => head,
         Err(Failure::Failed(error)) => return Err(error),
         Err(Failure::NotSent(_, error) | Failure::Closed(error)) => {

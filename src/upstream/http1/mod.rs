@@ -12,7 +12,7 @@ mod chunked;
 
 use super::connector::TimedStream;
 use crate::body::BoxError;
-use crate::proxy::RequestBody;
+use crate::proxy::{Forwarding, RequestBody};
 use bytes::{Buf, Bytes, BytesMut};
 use chunked::{ChunkedDecoder, Decoded};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -32,6 +32,15 @@ const MAX_RESPONSE_HEAD: usize = u16::MAX as usize;
 const MAX_HEADERS: usize = 128;
 /// How much the read buffer grows by when it is full.
 const READ_SIZE: usize = 16 * 1024;
+
+/// A request as it goes to the backend: its head, and the headers the proxy adds to it.
+#[derive(Clone, Copy)]
+pub struct UpstreamRequest<'a> {
+    /// Method, target and the request's own headers.
+    pub head: &'a request::Parts,
+    /// Written after the request's own headers, which lose any of these names.
+    pub forwarding: &'a Forwarding,
+}
 
 /// One keep-alive HTTP/1.1 connection to a backend server.
 pub struct UpstreamConnection {
@@ -91,15 +100,15 @@ impl UpstreamConnection {
     /// answers before taking the whole body gets no more of it, and the connection is not reused.
     pub async fn exchange(
         &mut self,
-        request: &request::Parts,
+        request: UpstreamRequest<'_>,
         body: RequestBody,
     ) -> Result<response::Parts, ExchangeError> {
-        let framing = BodyOut::for_request(&request.method, &body);
+        let framing = BodyOut::for_request(&request.head.method, &body);
         self.write_head(request, framing);
         let head = self.head_buf.split().freeze();
         let mut outgoing = Outgoing { pending: Pending::default(), body: Some(body), framing, pulled: false };
         outgoing.pending.push(head);
-        let head_request = request.method == Method::HEAD;
+        let head_request = request.head.method == Method::HEAD;
         poll_fn(|cx| self.poll_exchange(cx, &mut outgoing, head_request)).await
     }
 
@@ -189,17 +198,20 @@ impl UpstreamConnection {
     }
 
     /// Writes the request line and headers; framing headers are the connection's own.
-    fn write_head(&mut self, request: &request::Parts, framing: BodyOut) {
+    fn write_head(&mut self, request: UpstreamRequest<'_>, framing: BodyOut) {
+        let UpstreamRequest { head, forwarding } = request;
         let buf = &mut self.head_buf;
         buf.reserve(512);
-        buf.extend_from_slice(request.method.as_str().as_bytes());
+        buf.extend_from_slice(head.method.as_str().as_bytes());
         buf.extend_from_slice(b" ");
-        buf.extend_from_slice(request.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+        buf.extend_from_slice(head.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
         buf.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &request.headers {
-            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-                continue;
-            }
+        let own = head.headers.iter().filter(|(name, _)| {
+            *name != header::CONTENT_LENGTH
+                && *name != header::TRANSFER_ENCODING
+                && !forwarding.iter().any(|(added, _)| *added == *name)
+        });
+        for (name, value) in own.chain(forwarding.iter().map(|(name, value)| (*name, value))) {
             buf.extend_from_slice(name.as_str().as_bytes());
             buf.extend_from_slice(b": ");
             buf.extend_from_slice(value.as_bytes());
