@@ -138,3 +138,35 @@ async fn an_answer_before_the_whole_upload_reaches_the_client() {
     let (status, _, body) = collect(response).await;
     assert_eq!((status, body.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "too big!"));
 }
+
+#[tokio::test]
+async fn large_bodies_cross_whole_both_ways() {
+    // Bodies far larger than socket buffers, so every write and read is partial somewhere: the
+    // backend answers with the checksum of what it got, then a body of its own.
+    let backend = Backend::start(|request: Request<hyper::body::Incoming>| async move {
+        let bytes = request.into_body().collect().await.unwrap().to_bytes();
+        let sum: u64 = bytes.iter().map(|&b| u64::from(b)).sum();
+        let mut answer = format!("{} {sum}\n", bytes.len()).into_bytes();
+        answer.extend((0..3 << 20).map(|i: u32| (i % 251) as u8));
+        http::Response::new(full(answer))
+    })
+    .await;
+    let gw = TestGateway::start(&proxy_config(&backend.authority(), "")).await;
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    let upload: Vec<u8> = (0..5u32 << 20).map(|i| (i % 253) as u8).collect();
+    let sum: u64 = upload.iter().map(|&b| u64::from(b)).sum();
+    let expected_head = format!("{} {sum}\n", upload.len());
+    let chunks: Vec<Result<Frame<Bytes>, Infallible>> =
+        upload.chunks(100_000).map(|piece| Ok(Frame::data(Bytes::copy_from_slice(piece)))).collect();
+    for body in [full(upload.clone()), StreamBody::new(futures_util::stream::iter(chunks)).boxed()] {
+        let request = Request::post("/v1/upload").header("host", "localhost").body(body).unwrap();
+        client.ready().await.unwrap();
+        let response = client.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let answer = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(answer.starts_with(expected_head.as_bytes()), "{:?}", String::from_utf8_lossy(&answer[..40]));
+        let tail = &answer[expected_head.len()..];
+        assert_eq!(tail.len(), 3 << 20);
+        assert!(tail.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8), "the download arrived intact");
+    }
+}
