@@ -4,8 +4,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use infergate::config::Source;
 use infergate::runtime::Runtime;
+use infergate::server::signals::Signals;
 use infergate::server::workers::Workers;
-use infergate::server::{signals, ConfigOrigin, Gateway};
+use infergate::server::{ConfigOrigin, Gateway};
 use infergate::sim::{Sim, SimOptions};
 use infergate::{admin, error_log};
 use std::net::SocketAddr;
@@ -112,6 +113,7 @@ fn demo(options: DemoOptions) -> anyhow::Result<ExitCode> {
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     let workers = Workers::start(0).context("cannot start worker threads")?;
     control.block_on(async move {
+        let signals = Signals::install().context("cannot install signal handlers")?;
         let sim_options = SimOptions { listen: options.sim_listen, ..SimOptions::default() };
         let sim = Sim::start(sim_options).await.with_context(|| format!("cannot start the simulated model on {}", options.sim_listen))?;
         let (name, template) = match std::fs::read_to_string("examples/demo.toml") {
@@ -139,7 +141,7 @@ fn demo(options: DemoOptions) -> anyhow::Result<ExitCode> {
             eprintln!("infergate demo: metrics on http://{addr}/metrics, status on http://{addr}/status");
         }
         eprintln!("infergate demo: Ctrl-C stops both");
-        let drained = signals::run_until_stopped(gateway).await.context("cannot install signal handlers")?;
+        let drained = signals.run_until_stopped(gateway).await;
         if !drained {
             eprintln!("infergate: drain deadline passed with requests still open; exiting");
         }
@@ -158,6 +160,7 @@ fn run(origin: ConfigOrigin, config: Option<infergate::config::Config>) -> anyho
     let control =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     control.block_on(async move {
+        let signals = Signals::install().context("cannot install signal handlers")?;
         let gateway = match Gateway::start_on(origin, workers.handles()).await {
             Ok(gateway) => gateway,
             Err(errors) => {
@@ -186,7 +189,7 @@ fn run(origin: ConfigOrigin, config: Option<infergate::config::Config>) -> anyho
             eprintln!("infergate: upstream {} -> {}", upstream.name, servers.join(", "));
         }
         drop(current);
-        let drained = signals::run_until_stopped(gateway).await.context("cannot install signal handlers")?;
+        let drained = signals.run_until_stopped(gateway).await;
         if !drained {
             eprintln!("infergate: drain deadline passed with requests still open; exiting");
         }

@@ -3,30 +3,49 @@
 
 use super::Gateway;
 use std::sync::Arc;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
-/// Serves until SIGTERM or SIGINT, reloading on every SIGHUP; then drains. Returns whether the drain
-/// finished within the deadline.
-pub async fn run_until_stopped(gateway: Arc<Gateway>) -> std::io::Result<bool> {
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut reopen = signal(SignalKind::user_defined1())?;
-    loop {
-        tokio::select! {
-            _ = hangup.recv() => match gateway.reload().await {
-                Ok(version) => tracing::info!(version, "config reloaded"),
-                Err(errors) => tracing::error!("config reload failed, the running config stays:\n{errors}"),
-            },
-            _ = reopen.recv() => {
-                crate::error_log::reopen();
-                gateway.runtime().access_logs.reopen();
-                tracing::info!("log files reopened");
-            }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-        }
+/// The signals the gateway answers, caught from the moment this exists: installed before the
+/// gateway says it listens, so a supervisor's SIGHUP or SIGUSR1 right after never meets the default
+/// action (which ends the process).
+pub struct Signals {
+    hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
+    reopen: Signal,
+}
+
+impl Signals {
+    /// Catches SIGHUP, SIGTERM, SIGINT and SIGUSR1 from now on; needs a tokio runtime.
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup())?,
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            reopen: signal(SignalKind::user_defined1())?,
+        })
     }
-    tracing::info!("shutting down: no new connections, draining requests in flight");
-    Ok(gateway.shutdown().await)
+
+    /// Serves until SIGTERM or SIGINT, reloading on every SIGHUP; then drains. Returns whether the
+    /// drain finished within the deadline.
+    pub async fn run_until_stopped(self, gateway: Arc<Gateway>) -> bool {
+        let Signals { mut hangup, mut terminate, mut interrupt, mut reopen } = self;
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => match gateway.reload().await {
+                    Ok(version) => tracing::info!(version, "config reloaded"),
+                    Err(errors) => tracing::error!("config reload failed, the running config stays:\n{errors}"),
+                },
+                _ = reopen.recv() => {
+                    crate::error_log::reopen();
+                    gateway.runtime().access_logs.reopen();
+                    tracing::info!("log files reopened");
+                }
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+            }
+        }
+        tracing::info!("shutting down: no new connections, draining requests in flight");
+        gateway.shutdown().await
+    }
 }
