@@ -81,10 +81,8 @@ async fn reuses_pooled_upstream_connections() {
 async fn a_backend_that_closes_pooled_connections_costs_no_request() {
     // Like a backend whose keep-alive ran out: it answers, then closes the connection without
     // saying so. The pool must notice or retry on a fresh connection, never answer 502.
-    let closing = RawBackend::start(RawMode { close_after_answer: true, ..RawMode::default() }, |_| {
-        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nokay".to_vec()
-    })
-    .await;
+    let closing =
+        RawBackend::start(RawMode::CLOSING, |_| b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nokay".to_vec()).await;
     let gw = TestGateway::start(&proxy_config(&closing.addr.to_string(), "")).await;
     let mut client = http1(gw.addr("127.0.0.1:0")).await;
     for i in 0..50 {

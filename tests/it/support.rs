@@ -170,6 +170,11 @@ impl Drop for RawBackend {
     }
 }
 
+impl RawMode {
+    /// A backend that closes the connection after each answer, without saying so.
+    pub const CLOSING: RawMode = RawMode { close_after_answer: true, answer_before_body: false };
+}
+
 impl RawBackend {
     /// Starts a raw backend on 127.0.0.1:0.
     pub async fn start(mode: RawMode, answer: fn(&[u8]) -> Vec<u8>) -> RawBackend {

@@ -49,7 +49,7 @@ async fn a_chunked_answer_with_trailers_is_decoded_and_the_connection_kept() {
 
 #[tokio::test]
 async fn a_body_delimited_by_close_is_forwarded_whole() {
-    let backend = RawBackend::start(RawMode { close_after_answer: true, ..RawMode::default() }, |_| {
+    let backend = RawBackend::start(RawMode::CLOSING, |_| {
         b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the very end".to_vec()
     })
     .await;
@@ -64,7 +64,7 @@ async fn a_body_delimited_by_close_is_forwarded_whole() {
 
 #[tokio::test]
 async fn broken_answers_are_502_with_what_went_wrong() {
-    let backend = RawBackend::start(RawMode { close_after_answer: true, ..RawMode::default() }, |request| {
+    let backend = RawBackend::start(RawMode::CLOSING, |request| {
         if request.starts_with(b"GET /not-http") {
             b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec()
         } else {
@@ -85,10 +85,8 @@ async fn broken_answers_are_502_with_what_went_wrong() {
 
 #[tokio::test]
 async fn a_body_cut_short_never_ends_cleanly_for_the_client() {
-    let backend = RawBackend::start(RawMode { close_after_answer: true, ..RawMode::default() }, |_| {
-        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n1234".to_vec()
-    })
-    .await;
+    let backend =
+        RawBackend::start(RawMode::CLOSING, |_| b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n1234".to_vec()).await;
     let gw = gateway_for(&backend).await;
     let mut client = http1(gw.addr("127.0.0.1:0")).await;
     client.ready().await.unwrap();
