@@ -59,9 +59,14 @@ start_backend() {
 nginx_pids() { local master; master=$(cat "$WORK/$1/nginx.pid"); echo "$master $(pgrep -P "$master" | tr '\n' ' ')"; }
 
 # start_gateway NAME CONFIG_TEXT: runs infergate with the config; sets GATEWAY_PID.
+#
+# In a session of its own (setsid), as nginx is once it daemonizes and as a service manager starts a
+# service: with the kernel's autogroup scheduling (sched_autogroup_enabled, on by default) every
+# session is one scheduling group, and a gateway left in the script's session shares one CPU share
+# with wrk while nginx gets a share of its own (measured: 5-10 % fewer requests per second).
 start_gateway() {
   printf '%s\n' "$2" > "$WORK/$1.toml"
-  RUST_LOG=warn target/release/infergate run --config "$WORK/$1.toml" 2>"$WORK/$1.log" &
+  RUST_LOG=warn setsid target/release/infergate run --config "$WORK/$1.toml" 2>"$WORK/$1.log" &
   GATEWAY_PID=$!
   PIDS+=("$GATEWAY_PID")
 }
