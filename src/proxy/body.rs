@@ -145,7 +145,7 @@ pub struct BodyTimeouts {
 /// response), after a final SSE `event: error` on event streams.
 pub struct UpstreamBody {
     /// `None` once the body is complete or cut.
-    connection: Option<UpstreamConnection>,
+    connection: Option<Box<UpstreamConnection>>,
     /// Where the connection goes back to; `None` for connections that never return (upgrades).
     pool: Option<PoolKey>,
     /// The server slot and in-flight count this response holds until it ends or is dropped.
@@ -163,7 +163,7 @@ impl UpstreamBody {
     /// The body still to come on `connection` (`None`: nothing is left); `pool` takes the connection
     /// back once it is read in full.
     pub fn new(
-        connection: Option<UpstreamConnection>,
+        connection: Option<Box<UpstreamConnection>>,
         pool: Option<PoolKey>,
         lease: Lease,
         timeouts: BodyTimeouts,
@@ -284,7 +284,7 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.failed.is_none() && self.connection.as_ref().is_none_or(UpstreamConnection::body_done)
+        self.failed.is_none() && self.connection.as_deref().is_none_or(UpstreamConnection::body_done)
     }
 
     fn size_hint(&self) -> SizeHint {

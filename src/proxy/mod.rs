@@ -147,7 +147,9 @@ async fn forward_body(
         };
 
         if let Some(client_upgrade) = upgrade {
-            return forward_upgrade(
+            // Boxed: the tunnel's setup is the largest state here, and every request's future
+            // would otherwise be sized (and copied) for it.
+            return Box::pin(forward_upgrade(
                 request,
                 body,
                 client_upgrade,
@@ -156,7 +158,7 @@ async fn forward_body(
                 &mut sent,
                 waits,
                 upstream.timeouts.read.0,
-            )
+            ))
             .await;
         }
 

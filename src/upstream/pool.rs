@@ -26,7 +26,7 @@ pub struct PoolSettings {
 }
 
 struct Idle {
-    connection: UpstreamConnection,
+    connection: Box<UpstreamConnection>,
     since: Instant,
     idle_timeout: Duration,
 }
@@ -71,7 +71,7 @@ impl PoolKey {
     }
 
     /// Returns a connection whose response is complete; kept if it can serve again and there is room.
-    pub fn checkin(self, connection: UpstreamConnection) {
+    pub fn checkin(self, connection: Box<UpstreamConnection>) {
         // The socket is looked at when the connection is taken again, after its idle time.
         if !connection.may_serve_again() {
             return;
@@ -103,15 +103,16 @@ impl ServerPool {
         self.key
     }
 
-    /// The most recently used idle connection that is still open, else a new one.
-    pub async fn checkout(&self) -> Result<UpstreamConnection, ConnectError> {
+    /// The most recently used idle connection that is still open, else a new one. Boxed: a connection
+    /// moves between the pool, the request and its response body several times per request.
+    pub async fn checkout(&self) -> Result<Box<UpstreamConnection>, ConnectError> {
         if let Some(connection) = self.take_idle() {
             return Ok(connection);
         }
         self.connect().await
     }
 
-    fn take_idle(&self) -> Option<UpstreamConnection> {
+    fn take_idle(&self) -> Option<Box<UpstreamConnection>> {
         let now = Instant::now();
         loop {
             let Idle { mut connection, since, .. } = self.key.with_stack(Vec::pop)?;
@@ -123,8 +124,8 @@ impl ServerPool {
     }
 
     /// A new connection, never pooled before (also for upgrades, which leave the pool for good).
-    pub async fn connect(&self) -> Result<UpstreamConnection, ConnectError> {
-        Ok(UpstreamConnection::new(self.settings.connector.connect(&self.authority).await?))
+    pub async fn connect(&self) -> Result<Box<UpstreamConnection>, ConnectError> {
+        Ok(Box::new(UpstreamConnection::new(self.settings.connector.connect(&self.authority).await?)))
     }
 }
 
