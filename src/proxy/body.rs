@@ -184,7 +184,7 @@ impl UpstreamBody {
 
     fn release_connection(&mut self) {
         if let (Some(connection), Some(pool)) = (self.connection.take(), self.pool) {
-            pool.checkin(connection);
+            pool.checkin(connection, tokio::time::Instant::now());
         }
     }
 

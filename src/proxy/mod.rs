@@ -111,7 +111,7 @@ async fn forward_body(
     let request = UpstreamRequest { head: &parts, forwarding: &forwarding };
     let started = tokio::time::Instant::now();
     let total = upstream.timeouts.total.map(|t| (started + t.0, t.0));
-    let waits = HeadWaits { first_byte: upstream.timeouts.first_byte(), total };
+    let waits = HeadWaits { first_byte: upstream.timeouts.first_byte(), total, from: started };
     let retry_deadline = upstream.retry_timeout.map(|t| started + t);
     let facts = upstream.facts(&parts.headers, &client.ip);
 
@@ -162,7 +162,7 @@ async fn forward_body(
             .await;
         }
 
-        let mut connection = match server.pool.checkout().await {
+        let mut connection = match server.pool.checkout(try_started).await {
             Ok(connection) if connection.reused => {
                 upstream.metrics.reused.inc();
                 connection
@@ -181,6 +181,8 @@ async fn forward_body(
                 return Err(connect_error(error));
             }
         };
+        // Taking a kept-alive connection took no time: its request goes out as of `try_started`.
+        let waits = if connection.reused { HeadWaits { from: try_started, ..waits } } else { waits.starting_now() };
         // A request without a streamed body can be sent again: after a kept-alive connection turns out
         // closed, or to another server after a 502/503 (as nginx: only idempotent methods, unless the
         // upstream allows others).
@@ -193,7 +195,7 @@ async fn forward_body(
                 tracing::debug!(%error, "pooled upstream connection was closed; retrying on a new one");
                 connection = server.pool.connect().await.map_err(connect_error)?;
                 upstream.metrics.opened.inc();
-                exchange(&mut connection, request, *unsent, &mut sent, waits).await
+                exchange(&mut connection, request, *unsent, &mut sent, waits.starting_now()).await
             }
             Err(Failure::Closed(error)) if connection.reused && replay.is_some() => {
                 tracing::debug!(%error, "pooled upstream connection closed under the request; resending it on a new one");
@@ -203,7 +205,7 @@ async fn forward_body(
                     .as_ref()
                     .and_then(RequestBody::replay)
                     .unwrap_or_else(|| RequestBody::buffered(Bytes::new()));
-                exchange(&mut connection, request, resend, &mut sent, waits).await
+                exchange(&mut connection, request, resend, &mut sent, waits.starting_now()).await
             }
             other => other,
         };
@@ -256,7 +258,7 @@ async fn forward_body(
         };
         let timeouts = body_timeouts(&parts, upstream, total);
         let connection = if connection.body_done() {
-            server.pool.key().checkin(connection);
+            server.pool.key().checkin(connection, head_at);
             None
         } else {
             if timeouts.sse {
@@ -312,7 +314,7 @@ async fn forward_upgrade(
     read_timeout: Duration,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let mut connection = server.pool.connect().await.map_err(connect_error)?;
-    let mut head = match exchange(&mut connection, request, body, sent, waits).await {
+    let mut head = match exchange(&mut connection, request, body, sent, waits.starting_now()).await {
         Ok(head) => head,
         Err(Failure::Failed(error)) => return Err(error),
         Err(Failure::NotSent(_, error) | Failure::Closed(error)) => {
@@ -344,6 +346,16 @@ struct HeadWaits {
     first_byte: Duration,
     /// The whole exchange's deadline, if any, with the configured duration for the message.
     total: Option<(tokio::time::Instant, Duration)>,
+    /// When the request starts going out: the first byte's timer runs from here for a request
+    /// without a body to wait for. A time read already, as clock reads cost.
+    from: tokio::time::Instant,
+}
+
+impl HeadWaits {
+    /// The same waits for a request going out now.
+    fn starting_now(self) -> HeadWaits {
+        HeadWaits { from: tokio::time::Instant::now(), ..self }
+    }
 }
 
 /// Runs `head` under the first-byte timeout, which starts once the request body has been handed to
@@ -354,10 +366,13 @@ async fn with_head_timeouts<T>(
     waits: HeadWaits,
 ) -> Result<T, GatewayError> {
     let first_byte = async {
-        if let Some(sent) = sent {
-            let _ = sent.await;
+        match sent {
+            Some(sent) => {
+                let _ = sent.await;
+                tokio::time::sleep(waits.first_byte).await;
+            }
+            None => tokio::time::sleep_until(waits.from + waits.first_byte).await,
         }
-        tokio::time::sleep(waits.first_byte).await;
     };
     let total = async {
         match waits.total {

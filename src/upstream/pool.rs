@@ -70,8 +70,9 @@ impl PoolKey {
         })
     }
 
-    /// Returns a connection whose response is complete; kept if it can serve again and there is room.
-    pub fn checkin(self, connection: Box<UpstreamConnection>) {
+    /// Returns a connection whose response is complete (at `now`, a time the caller read already);
+    /// kept if it can serve again and there is room.
+    pub fn checkin(self, connection: Box<UpstreamConnection>, now: Instant) {
         // The socket is looked at when the connection is taken again, after its idle time.
         if !connection.may_serve_again() {
             return;
@@ -81,7 +82,7 @@ impl PoolKey {
             // Keep the most recently used ones: drop the oldest.
             let evicted = (idle.len() >= max_idle && !idle.is_empty()).then(|| idle.remove(0));
             if max_idle > 0 {
-                idle.push(Idle { connection, since: Instant::now(), idle_timeout });
+                idle.push(Idle { connection, since: now, idle_timeout });
             }
             evicted
         });
@@ -103,17 +104,17 @@ impl ServerPool {
         self.key
     }
 
-    /// The most recently used idle connection that is still open, else a new one. Boxed: a connection
-    /// moves between the pool, the request and its response body several times per request.
-    pub async fn checkout(&self) -> Result<Box<UpstreamConnection>, ConnectError> {
-        if let Some(connection) = self.take_idle() {
+    /// The most recently used idle connection that is still open at `now` (a time the caller read
+    /// already: each clock read costs), else a new one. Boxed: a connection moves between the pool,
+    /// the request and its response body several times per request.
+    pub async fn checkout(&self, now: Instant) -> Result<Box<UpstreamConnection>, ConnectError> {
+        if let Some(connection) = self.take_idle(now) {
             return Ok(connection);
         }
         self.connect().await
     }
 
-    fn take_idle(&self) -> Option<Box<UpstreamConnection>> {
-        let now = Instant::now();
+    fn take_idle(&self, now: Instant) -> Option<Box<UpstreamConnection>> {
         loop {
             let Idle { mut connection, since, .. } = self.key.with_stack(Vec::pop)?;
             if now.duration_since(since) < self.settings.idle_timeout && connection.is_reusable() {
