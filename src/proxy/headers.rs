@@ -17,8 +17,10 @@ static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::UPGRADE,
 ];
 
-/// Backend identity headers hidden from clients (nginx hides `Server`; `X-Powered-By` leaks the stack).
-static HIDDEN_RESPONSE: [HeaderName; 2] = [header::SERVER, HeaderName::from_static("x-powered-by")];
+/// Backend response headers never passed to clients, as nginx: the backend's identity (`Server`;
+/// `X-Powered-By` leaks the stack) and its `Date` (the gateway writes its own). The upstream
+/// connection drops them as it parses the head.
+pub static HIDDEN_RESPONSE: [&str; 3] = ["server", "x-powered-by", "date"];
 
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -100,26 +102,6 @@ pub fn to_upstream(
     ]
 }
 
-/// Rewrites a backend response's headers for the client.
-pub fn to_client(headers: &mut HeaderMap, upgrade: bool) {
-    strip_hop_by_hop(headers, upgrade);
-    hide_backend_identity(headers);
-}
-
-/// Hides the backend's identity headers. Alone (without `to_client`) for responses whose
-/// connection-level headers the upstream connection consumed already.
-pub fn hide_backend_identity(headers: &mut HeaderMap) {
-    let mut present = [false; 2];
-    for name in headers.keys() {
-        if let Some(index) = HIDDEN_RESPONSE.iter().position(|hidden| hidden == name) {
-            present[index] = true;
-        }
-    }
-    for (name, _) in HIDDEN_RESPONSE.iter().zip(present).filter(|(_, present)| *present) {
-        headers.remove(name);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,10 +153,9 @@ mod tests {
 
     #[test]
     fn keeps_the_upgrade_pair_for_websockets() {
-        let mut headers = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("server", "uvicorn")]);
-        to_client(&mut headers, true);
+        let mut headers = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut headers, true);
         assert_eq!(headers["upgrade"], "websocket");
         assert_eq!(headers["connection"], "upgrade");
-        assert!(!headers.contains_key("server"));
     }
 }

@@ -108,7 +108,7 @@ async fn forward_body(
         false => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     let forwarding = headers::to_upstream(&mut parts.headers, host, &client.ip, client.https, upgrade.is_some());
-    let request = UpstreamRequest { head: &parts, forwarding: &forwarding };
+    let request = UpstreamRequest { head: &parts, forwarding: &forwarding, hidden: &headers::HIDDEN_RESPONSE };
     let started = tokio::time::Instant::now();
     let total = upstream.timeouts.total.map(|t| (started + t.0, t.0));
     let waits = HeadWaits { first_byte: upstream.timeouts.first_byte(), total, from: started };
@@ -245,9 +245,8 @@ async fn forward_body(
             }
         }
 
-        let mut parts = response;
-        // The upstream connection consumed the connection-level headers already.
-        headers::hide_backend_identity(&mut parts.headers);
+        // The upstream connection consumed the connection-level and hidden headers already.
+        let parts = response;
         let info = UpstreamInfo {
             upstream: upstream.id,
             server: index,
@@ -322,7 +321,7 @@ async fn forward_upgrade(
         }
     };
     let switched = head.status == StatusCode::SWITCHING_PROTOCOLS;
-    headers::to_client(&mut head.headers, switched);
+    headers::strip_hop_by_hop(&mut head.headers, switched);
     let body = if switched {
         // The tunnel holds the server's slot for as long as it lives.
         let upstream_io = connection.into_upgraded();

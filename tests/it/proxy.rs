@@ -10,6 +10,7 @@ async fn forwards_and_rewrites_headers_both_ways() {
         Response::builder()
             .header("server", "uvicorn")
             .header("x-powered-by", "FastAPI")
+            .header("date", "Thu, 01 Jan 1970 00:00:00 GMT")
             .header("connection", "x-internal")
             .header("x-internal", "secret")
             .header("x-model", "glm")
@@ -36,6 +37,8 @@ async fn forwards_and_rewrites_headers_both_ways() {
     for hidden in ["server", "x-powered-by", "x-internal"] {
         assert!(!headers.contains_key(hidden), "{hidden} reached the client");
     }
+    let date = headers.get_all("date").iter().collect::<Vec<_>>();
+    assert!(date.len() == 1 && date[0] != "Thu, 01 Jan 1970 00:00:00 GMT", "the gateway's own Date: {date:?}");
     let seen = backend.seen.requests.lock().unwrap();
     let head = &seen[0];
     assert_eq!(head.uri, "/v1/chat?x=1");

@@ -40,6 +40,18 @@ pub struct UpstreamRequest<'a> {
     pub head: &'a request::Parts,
     /// Written after the request's own headers, which lose any of these names.
     pub forwarding: &'a Forwarding,
+    /// Response headers dropped as the head is parsed (lowercase names), besides the
+    /// connection-level ones: never made into header map entries only to be removed.
+    pub hidden: &'a [&'static str],
+}
+
+/// What a request says about reading its response.
+#[derive(Clone, Copy)]
+struct ResponseRules<'a> {
+    /// A response to `HEAD` has no body, whatever its head declares.
+    head_request: bool,
+    /// Headers dropped from the response head (see `UpstreamRequest::hidden`).
+    hidden: &'a [&'static str],
 }
 
 /// One keep-alive HTTP/1.1 connection to a backend server.
@@ -108,8 +120,8 @@ impl UpstreamConnection {
         let head = self.head_buf.split().freeze();
         let mut outgoing = Outgoing { pending: Pending::default(), body: Some(body), framing, pulled: false };
         outgoing.pending.push(head);
-        let head_request = request.head.method == Method::HEAD;
-        poll_fn(|cx| self.poll_exchange(cx, &mut outgoing, head_request)).await
+        let rules = ResponseRules { head_request: request.head.method == Method::HEAD, hidden: request.hidden };
+        poll_fn(|cx| self.poll_exchange(cx, &mut outgoing, rules)).await
     }
 
     /// Whether the response body has been read in full.
@@ -199,7 +211,7 @@ impl UpstreamConnection {
 
     /// Writes the request line and headers; framing headers are the connection's own.
     fn write_head(&mut self, request: UpstreamRequest<'_>, framing: BodyOut) {
-        let UpstreamRequest { head, forwarding } = request;
+        let UpstreamRequest { head, forwarding, .. } = request;
         let buf = &mut self.head_buf;
         buf.reserve(512);
         buf.extend_from_slice(head.method.as_str().as_bytes());
@@ -233,7 +245,7 @@ impl UpstreamConnection {
         &mut self,
         cx: &mut Context<'_>,
         outgoing: &mut Outgoing,
-        head_request: bool,
+        rules: ResponseRules<'_>,
     ) -> Poll<Result<response::Parts, ExchangeError>> {
         if !outgoing.is_sent() {
             match outgoing.poll_send(&mut self.io, cx) {
@@ -258,7 +270,7 @@ impl UpstreamConnection {
                 }
             }
         }
-        let head = ready!(self.poll_head(cx, head_request));
+        let head = ready!(self.poll_head(cx, rules));
         if head.is_ok() && !outgoing.is_sent() {
             // An answer before the whole request: the rest is not sent, so the framing is broken.
             self.keep_alive = false;
@@ -268,10 +280,14 @@ impl UpstreamConnection {
     }
 
     /// Reads until a final response head is parsed, and sets up reading its body.
-    fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<Result<response::Parts, ExchangeError>> {
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        rules: ResponseRules<'_>,
+    ) -> Poll<Result<response::Parts, ExchangeError>> {
         loop {
             if !self.read_buf.is_empty() {
-                match parse_head(&mut self.read_buf, head_request) {
+                match parse_head(&mut self.read_buf, rules) {
                     Ok(Some(Head { parts, framing, keep_alive })) => {
                         if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
                             continue;
@@ -497,7 +513,7 @@ struct Head {
 
 /// Parses a response head at the start of `buf` and removes it; `None` when it is not complete yet.
 /// Header values share the head's memory instead of being copied.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>> {
+fn parse_head(buf: &mut BytesMut, rules: ResponseRules<'_>) -> io::Result<Option<Head>> {
     // Uninitialized: zeroing 128 headers cost more than parsing a small head.
     let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -528,8 +544,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
     // Other headers the `Connection` header names, to drop too (rare: allocated only then).
     let mut named = Vec::new();
     for &(name_start, name_end, value_start, value_end) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[usize::from(name_start)..usize::from(name_end)])
-            .map_err(|e| invalid_response(e.to_string()))?;
+        let raw_name = &head[usize::from(name_start)..usize::from(name_end)];
+        if rules.hidden.iter().any(|hidden| raw_name.eq_ignore_ascii_case(hidden.as_bytes())) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(raw_name).map_err(|e| invalid_response(e.to_string()))?;
         let value = HeaderValue::from_maybe_shared(head.slice(usize::from(value_start)..usize::from(value_end)))
             .map_err(|e| invalid_response(e.to_string()))?;
         // Connection-level fields (RFC 9110 §7.6.1) are this connection's business: used here and
@@ -572,7 +591,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
         // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, which must not be passed on.
         map.remove(header::CONTENT_LENGTH);
     }
-    let framing = if head_request || status.is_informational() || matches!(status.as_u16(), 204 | 304) {
+    let framing = if rules.head_request || status.is_informational() || matches!(status.as_u16(), 204 | 304) {
         Framing::Done
     } else if chunked {
         Framing::Chunked(ChunkedDecoder::default())
@@ -657,14 +676,16 @@ impl AsyncWrite for Upgraded {
 mod tests {
     use super::*;
 
+    const GET: ResponseRules = ResponseRules { head_request: false, hidden: &[] };
+
     fn parse(text: &str) -> io::Result<Option<Head>> {
-        parse_head(&mut BytesMut::from(text), false)
+        parse_head(&mut BytesMut::from(text), GET)
     }
 
     #[test]
     fn reads_status_headers_and_framing() {
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello");
-        let head = parse_head(&mut buf, false).unwrap().unwrap();
+        let head = parse_head(&mut buf, GET).unwrap().unwrap();
         assert_eq!(head.parts.status, StatusCode::OK);
         assert_eq!(head.parts.headers.get_all("x-a").iter().count(), 2);
         assert!(matches!(head.framing, Framing::Length(5)));
@@ -691,7 +712,8 @@ mod tests {
         assert!(matches!(until_close.framing, Framing::UntilClose) && !until_close.keep_alive);
         assert!(matches!(framing("HTTP/1.1 204 No Content\r\n\r\n").framing, Framing::Done));
         assert!(matches!(framing("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n").framing, Framing::Done));
-        let head = parse_head(&mut BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"), true);
+        let head_request = ResponseRules { head_request: true, ..GET };
+        let head = parse_head(&mut BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"), head_request);
         assert!(matches!(head.unwrap().unwrap().framing, Framing::Done), "a HEAD answer has no body");
     }
 
@@ -709,6 +731,15 @@ mod tests {
         let switch = parse("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
         let names: Vec<String> = switch.unwrap().unwrap().parts.headers.keys().map(|n| n.to_string()).collect();
         assert_eq!(names, ["upgrade"], "a switch keeps Upgrade for the proxy to pass on");
+    }
+
+    #[test]
+    fn hidden_headers_are_dropped_whatever_their_case() {
+        let rules = ResponseRules { head_request: false, hidden: &["server", "x-powered-by"] };
+        let text = "HTTP/1.1 200 OK\r\nServer: uvicorn\r\nX-Powered-By: php\r\nX-Served: 1\r\nSERVER: b\r\n\r\n";
+        let head = parse_head(&mut BytesMut::from(text), rules).unwrap().unwrap();
+        let names: Vec<&str> = head.parts.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-served"]);
     }
 
     #[test]
