@@ -13,12 +13,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// mimalloc instead of glibc's malloc: a request allocates and frees a few dozen small blocks (header
-/// maps, buffers, boxed futures), and glibc's arenas spent about 7 % of a proxied request's
-/// instructions on them.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "infergate", version, about = "A gateway for self-hosted AI model services")]
 struct Cli {
