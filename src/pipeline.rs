@@ -49,8 +49,10 @@ pub async fn serve(
     let mut account = Accounting::begin(handle, client, &request, &request_id);
     // Every log line of this request names its id (the span is free when debug logs are off).
     let span = tracing::debug_span!("request", id = ?request_id);
-    let (response, places) = serve_identified(runtime, listener, client, request, &mut account).instrument(span).await;
-    let response = with_request_id(response, request_id);
+    let (mut response, places) =
+        serve_identified(runtime, listener, client, request, &mut account).instrument(span).await;
+    // The id goes back to the client.
+    response.headers_mut().insert(&request_id::X_REQUEST_ID, request_id);
     account.attach(response, places)
 }
 
@@ -68,17 +70,19 @@ async fn serve_identified(
         Ok(location) => location,
         Err(error) => {
             account.route(server.account);
-            return (finish(error.to_response(server.errors), &server.response_headers), Vec::new());
+            let mut response = error.to_response(server.errors);
+            finish(&mut response, &server.response_headers);
+            return (response, Vec::new());
         }
     };
     account.route(location.account);
     let mut request = request;
     let codings = location.compress.as_ref().map(|_| RequestCodings::of(&request));
-    let (response, places) = match request_policies(location, client, &mut request).await {
+    let (mut response, places) = match request_policies(location, client, &mut request).await {
         Ok(places) => (handle(location, server, client, request).await, places),
         Err(error) => (error.to_response(location.errors), Vec::new()),
     };
-    let response = finish(response, &location.response_headers);
+    finish(&mut response, &location.response_headers);
     let response = match (&location.compress, codings) {
         (Some(policy), Some(codings)) => policy.apply(&codings, response),
         _ => response,
@@ -204,15 +208,8 @@ fn redirect(
 
 /// Phase 5, last: the response header edits (`proxy_hide_header`, then `add_header`) on every
 /// response, errors included (nginx's `always`).
-fn finish(mut response: Response<ResponseBody>, edits: &HeaderEdits) -> Response<ResponseBody> {
+fn finish(response: &mut Response<ResponseBody>, edits: &HeaderEdits) {
     edits.apply(response.headers_mut());
-    response
-}
-
-/// Returns the request's id to the client.
-fn with_request_id(mut response: Response<ResponseBody>, request_id: HeaderValue) -> Response<ResponseBody> {
-    response.headers_mut().insert(&request_id::X_REQUEST_ID, request_id);
-    response
 }
 
 /// The Host header, or the authority of an HTTP/2 request.

@@ -1,6 +1,7 @@
 //! `X-Request-Id`: kept when the client sent a valid one, generated otherwise; sent upstream, returned
 //! to the client, and named in the gateway's logs, so one request can be followed across systems.
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The header's name.
@@ -17,7 +18,10 @@ pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
             return value.clone();
         }
     }
-    let id = HeaderValue::from_bytes(&hex(fastrand::u128(..))).unwrap_or_else(|_| HeaderValue::from_static("0"));
+    // Bytes owning their 32-byte array: the clones below share it by reference count, where bytes
+    // copied from a slice are allocated again on their first clone.
+    let id = HeaderValue::from_maybe_shared(Bytes::from_owner(hex(fastrand::u128(..))))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"));
     headers.insert(&X_REQUEST_ID, id.clone());
     id
 }
