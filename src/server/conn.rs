@@ -101,12 +101,12 @@ pub fn builder(http: &HttpSettings, http2: bool) -> auto::Builder<TokioExecutor>
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // No header read timer in hyper: it arms one per request (a clock read, an allocation and a timer
     // insert and removal each time). The connection's watchdog enforces `client_header_timeout`.
-    // Without writev: a small body is copied behind its head and both go in one write (2 % fewer
-    // instructions per proxied request than gathering them).
+    // hyper's default write strategy (writev, head and body gathered) is kept: copying the body
+    // behind the head (`writev(false)`) saved 2 % of the instructions for a small JSON answer but
+    // cost 10 % of the requests per second for 27 KB answers.
     builder
         .http1()
         .header_read_timeout(None)
-        .writev(false)
         .max_buf_size(usize::try_from(http.max_header_size.0).unwrap_or(usize::MAX).max(8192))
         .max_headers(http.max_headers);
     builder
