@@ -5,7 +5,7 @@
 #   bench/run.sh [ROUNDS]        (default 3; the whole suite takes about 12 minutes)
 #   SECTIONS=rps,ratelimit,metrics,gzip,ttft,overload,balance,memory bench/run.sh   (a subset)
 #
-# Sections: plain proxy rps; HTTPS over HTTP/1.1 (wrk) and HTTP/2 (h2load); the cost of a rate limit
+# Sections: plain proxy rps (a small and a 20 KB answer); HTTPS over HTTP/1.1 (wrk) and HTTP/2 (h2load); the cost of a rate limit
 # and of metrics;
 # gzip of a 20 KB JSON answer with the seed's settings (rps, CPU per request, bytes); time to first token added
 # over a direct connection to the simulated model, with the seed's config (nginx `proxy_buffering on`);
@@ -184,12 +184,13 @@ sim_stop() { kill "$SIM_PID" 2>/dev/null || true; wait "$SIM_PID" 2>/dev/null ||
 
 echo "infergate benchmark suite: $(date -u +%Y-%m-%d), $(nproc) cores, nginx $(nginx -v 2>&1 | cut -d/ -f2), $ROUNDS rounds" >&2
 
-# 1. rps, plain HTTP/1.1 and HTTPS (wrk), HTTP/2 over TLS (h2load).
+# 1. rps, plain HTTP/1.1 (a small and a 20 KB answer) and HTTPS (wrk), HTTP/2 over TLS (h2load).
 wrk_rps() { wrk -t2 -c50 -d10s "$1" | awk '/Requests\/sec/ {print $2}'; }
 h2_rps() { h2load -t2 -c50 -m10 -D 10 "$1" 2>/dev/null | awk '/^finished in/ {gsub(",", "", $4); print $4}'; }
 section rps && for round in $(seq "$ROUNDS"); do
   echo "rps round $round" >&2
   record rps "HTTP/1.1 small JSON (rps)" "$(wrk_rps http://127.0.0.1:$NGINX_HTTP/v1/models)" "$(wrk_rps http://127.0.0.1:$GW_HTTP/v1/models)" higher
+  record rps "HTTP/1.1 20 KB JSON (rps)" "$(wrk_rps http://127.0.0.1:$NGINX_HTTP/big.json)" "$(wrk_rps http://127.0.0.1:$GW_HTTP/big.json)" higher
   record rps "HTTPS HTTP/1.1 (rps)" "$(wrk_rps https://127.0.0.1:$NGINX_TLS/v1/models)" "$(wrk_rps https://127.0.0.1:$GW_TLS/v1/models)" higher
   record rps "HTTPS HTTP/2 (rps, h2load -m10)" "$(h2_rps https://127.0.0.1:$NGINX_TLS/v1/models)" "$(h2_rps https://127.0.0.1:$GW_TLS/v1/models)" higher
 done
