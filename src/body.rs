@@ -91,3 +91,43 @@ impl Body for ResponseBody {
         }
     }
 }
+
+/// A client's request body, whichever protocol brought it: read from the HTTP/1.1 connection as it is
+/// polled, or hyper's stream of an HTTP/2 request.
+pub enum ClientBody {
+    /// No body.
+    Empty,
+    /// From an HTTP/1.1 connection (`server::http1`).
+    Http1(crate::server::http1::Http1Body),
+    /// From an HTTP/2 stream.
+    Http2(hyper::body::Incoming),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Http1(body) => Pin::new(body).poll_frame(cx),
+            ClientBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::Http1(body) => body.is_end_stream(),
+            ClientBody::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Http1(body) => body.size_hint(),
+            ClientBody::Http2(body) => body.size_hint(),
+        }
+    }
+}

@@ -25,3 +25,4 @@ pub mod sim;
 pub mod static_files;
 pub mod template;
 pub mod upstream;
+pub mod wire;

@@ -37,8 +37,10 @@ pub struct ListenerSpec {
     pub http2: bool,
     /// Virtual servers by Host.
     pub hosts: NameTable<Arc<VirtualServer>>,
-    /// hyper's connection settings, built once here rather than per connection.
-    pub builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    /// hyper's HTTP/2 connection settings, built once here rather than per connection.
+    pub http2_builder: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
+    /// The HTTP/1.1 connection limits.
+    pub http1: crate::server::http1::Limits,
     /// Client connection limits from `[http]`.
     pub limits: ConnLimits,
 }
@@ -202,9 +204,11 @@ impl Runtime {
                 }
             };
             let Some(hosts) = hosts else { continue };
-            let builder = conn::builder(&config.http, default.http2);
+            let http2_builder = conn::http2_builder(&config.http);
+            let http1 = conn::http1_limits(&config.http);
             let limits = ConnLimits::of(&config.http);
-            listeners.insert(addr, Arc::new(ListenerSpec { tls, http2: default.http2, hosts, builder, limits }));
+            let spec = ListenerSpec { tls, http2: default.http2, hosts, http2_builder, http1, limits };
+            listeners.insert(addr, Arc::new(spec));
         }
 
         if !errors.is_empty() {

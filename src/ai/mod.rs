@@ -1,6 +1,7 @@
 //! Understanding OpenAI-compatible traffic: routing a request to the upstream serving the model its
 //! JSON body names, and answering `GET /v1/models` from the config.
 
+use crate::body::ClientBody;
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
 use crate::proxy::{self, ClientInfo};
@@ -8,7 +9,6 @@ use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -42,7 +42,7 @@ impl ModelRouter {
     /// Serves a request of a model-routing location.
     pub async fn serve(
         &self,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         client: &ClientInfo,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         if request.method() == Method::GET && request.uri().path().ends_with("/models") {

@@ -4,10 +4,10 @@
 
 use crate::accounting::UpstreamInfo;
 use crate::body::BoxError;
+use crate::body::ClientBody;
 use crate::upstream::{Lease, PoolKey, UpstreamConnection};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -25,7 +25,7 @@ pub struct RequestBody {
 
 enum Source {
     /// Arriving from the client; it may still send `remaining` of its `limit`.
-    Streaming { inner: Incoming, remaining: u64, limit: u64 },
+    Streaming { inner: ClientBody, remaining: u64, limit: u64 },
     /// Read in full; `None` once sent.
     Buffered(Option<Bytes>),
 }
@@ -33,7 +33,7 @@ enum Source {
 impl RequestBody {
     /// Wraps a client body that may carry up to `limit` bytes; the returned receiver completes once the
     /// body is done with. `None` when the body is empty, so the timeout can start at once.
-    pub fn new(inner: Incoming, limit: u64) -> (RequestBody, Option<oneshot::Receiver<()>>) {
+    pub fn new(inner: ClientBody, limit: u64) -> (RequestBody, Option<oneshot::Receiver<()>>) {
         let empty = inner.is_end_stream();
         let source = Source::Streaming { inner, remaining: limit, limit };
         if empty {
@@ -78,7 +78,7 @@ impl Body for RequestBody {
                         None => return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit))))),
                     }
                 }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                Poll::Ready(frame)
             }
             Source::Buffered(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }

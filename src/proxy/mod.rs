@@ -10,8 +10,9 @@ pub use body::{BodyTimeouts, BodyTooLarge, RequestBody, StreamTimedOut, Upstream
 pub use headers::Forwarding;
 
 use crate::accounting::UpstreamInfo;
-use crate::body::{BoxError, ResponseBody};
+use crate::body::{BoxError, ClientBody, ResponseBody};
 use crate::error::GatewayError;
+use crate::server::http1::PendingUpgrade;
 use crate::upstream::{
     ConnectError, ExchangeError, Lease, SendTimedOut, Tried, Unavailable, Upstream, UpstreamConnection,
     UpstreamRequest, UpstreamServer,
@@ -19,7 +20,6 @@ use crate::upstream::{
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -53,12 +53,13 @@ impl ClientInfo {
 /// A body that grows past `max_body` (`client_max_body_size`; a declared length was checked before)
 /// is cut off there and answered 413.
 pub async fn forward(
-    mut request: Request<Incoming>,
+    mut request: Request<ClientBody>,
     client: &ClientInfo,
     upstream: &Upstream,
     max_body: u64,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    let upgrade = websocket::is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
+    let upgrade =
+        websocket::is_upgrade_request(&request).then(|| request.extensions_mut().remove::<PendingUpgrade>()).flatten();
     let (parts, body) = request.into_parts();
     // A body small enough to keep is read first, so the request can go to another server if needed.
     let declared = declared_length(&parts.headers);
@@ -98,7 +99,7 @@ async fn forward_body(
     mut parts: http::request::Parts,
     mut body: RequestBody,
     mut sent: Option<oneshot::Receiver<()>>,
-    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    upgrade: Option<PendingUpgrade>,
     client: &ClientInfo,
     upstream: &Upstream,
 ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -305,7 +306,7 @@ async fn exchange(
 async fn forward_upgrade(
     request: UpstreamRequest<'_>,
     body: RequestBody,
-    client_upgrade: hyper::upgrade::OnUpgrade,
+    client_upgrade: PendingUpgrade,
     server: &UpstreamServer,
     lease: Lease,
     sent: &mut Option<oneshot::Receiver<()>>,

@@ -1,10 +1,9 @@
 //! WebSocket (HTTP/1.1 Upgrade) pass-through: once both sides switched protocols, bytes are copied
 //! both ways until either side closes or nothing moves for the location's read timeout.
 
+use crate::server::http1::PendingUpgrade;
 use crate::upstream::Upgraded;
 use http::{header, Request};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,8 +26,8 @@ pub fn is_upgrade_request<B>(request: &Request<B>) -> bool {
 
 /// Copies bytes between the upgraded client and backend connections; ends on close, error, or `idle`
 /// without traffic in either direction.
-pub async fn tunnel(client: OnUpgrade, mut upstream: Upgraded, idle: Duration) {
-    let client = match client.await {
+pub async fn tunnel(client: PendingUpgrade, mut upstream: Upgraded, idle: Duration) {
+    let client = match client.upgraded().await {
         Ok(client) => client,
         Err(e) => {
             tracing::debug!(error = %e, "websocket upgrade failed");
@@ -37,7 +36,7 @@ pub async fn tunnel(client: OnUpgrade, mut upstream: Upgraded, idle: Duration) {
     };
     let start = Instant::now();
     let last_activity = Arc::new(AtomicU64::new(0));
-    let mut client = Activity { io: TokioIo::new(client), start, last_activity: last_activity.clone() };
+    let mut client = Activity { io: client, start, last_activity: last_activity.clone() };
     let watchdog = async {
         loop {
             let last = start + Duration::from_millis(last_activity.load(Ordering::Relaxed));

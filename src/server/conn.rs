@@ -1,23 +1,24 @@
-//! Serving one accepted client connection: the TLS handshake, HTTP/1.1 or HTTP/2 (ALPN, or prior
-//! knowledge in cleartext) by hyper, and the connection's limits: header read timeout, keep-alive idle
-//! timeout, requests per connection, and the drain on shutdown.
+//! Serving one accepted client connection: the TLS handshake, HTTP/1.1 (`http1`) or HTTP/2 by hyper
+//! (ALPN, or prior knowledge in cleartext), and the connection's limits: header read timeout,
+//! keep-alive idle timeout, requests per connection, and the drain on shutdown.
 
-use super::Gateway;
-use crate::body::{BoxError, ResponseBody};
+use super::{http1, Gateway};
+use crate::body::{BoxError, ClientBody, ResponseBody};
 use crate::config::HttpSettings;
 use crate::pipeline;
 use crate::proxy::ClientInfo;
 use crate::runtime::{ListenerSpec, RuntimeRef};
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Version};
+use futures_util::FutureExt;
+use http::{header, HeaderValue, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::rt::{Read, Write};
+use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -44,14 +45,14 @@ pub async fn serve(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, l
         match handshake {
             Ok(Ok(tls)) => {
                 let protocol = match tls.get_ref().1.alpn_protocol() {
-                    Some(b"h2") => "h2",
-                    _ => "http/1.1",
+                    Some(b"h2") => Protocol::Http2,
+                    _ => Protocol::Http1,
                 };
-                let _open = metrics.client_connection(protocol);
+                let _open = metrics.client_connection(protocol.name());
                 let client = ClientInfo::new(peer, true);
                 // Boxed, so a cleartext connection's task is not sized for TLS state it never has
                 // (measured: 7.0 KB per connection task, 3.4 KB with the box).
-                Box::pin(serve_http(gateway, TokioIo::new(tls), &spec, client, listen_key, shutdown)).await;
+                Box::pin(serve_http(gateway, tls, protocol, &spec, client, listen_key, shutdown)).await;
             }
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -60,7 +61,25 @@ pub async fn serve(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, l
         // Cleartext connections may be either protocol (h2 by prior knowledge): counted as one.
         let _open = metrics.client_connection("cleartext");
         let client = ClientInfo::new(peer, false);
-        serve_http(gateway, TokioIo::new(stream), &spec, client, listen_key, shutdown).await;
+        let http2 = spec.http2 && http1::is_http2_preface(&stream, spec.limits.header_timeout).await;
+        let protocol = if http2 { Protocol::Http2 } else { Protocol::Http1 };
+        serve_http(gateway, stream, protocol, &spec, client, listen_key, shutdown).await;
+    }
+}
+
+/// Which protocol a connection speaks, decided before its first request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http/1.1",
+            Protocol::Http2 => "h2",
+        }
     }
 }
 
@@ -96,28 +115,21 @@ impl ConnLimits {
     }
 }
 
-/// hyper's connection settings from `[http]`, built once per listener at config load.
-pub fn builder(http: &HttpSettings, http2: bool) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // No header read timer in hyper: it arms one per request (a clock read, an allocation and a timer
-    // insert and removal each time). The connection's watchdog enforces `client_header_timeout`.
-    // hyper's default write strategy (writev, head and body gathered) is kept: copying the body
-    // behind the head (`writev(false)`) saved 2 % of the instructions for a small JSON answer but
-    // cost 10 % of the requests per second for 27 KB answers.
+/// hyper's HTTP/2 connection settings from `[http]`, built once per listener at config load.
+pub fn http2_builder(http: &HttpSettings) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
-        .http1()
-        .header_read_timeout(None)
-        .max_buf_size(usize::try_from(http.max_header_size.0).unwrap_or(usize::MAX).max(8192))
-        .max_headers(http.max_headers);
-    builder
-        .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(http.max_header_size.0).unwrap_or(u32::MAX))
         .max_concurrent_streams(256);
-    if http2 {
-        builder
-    } else {
-        builder.http1_only()
+    builder
+}
+
+/// The HTTP/1.1 limits from `[http]`, taken once per listener at config load.
+pub fn http1_limits(http: &HttpSettings) -> http1::Limits {
+    http1::Limits {
+        max_head: usize::try_from(http.max_header_size.0).unwrap_or(usize::MAX),
+        max_headers: http.max_headers.min(http1::HEADER_SLOTS),
     }
 }
 
@@ -136,8 +148,8 @@ struct ConnState {
     idle_since_ms: AtomicU64,
     /// Woken when the connection should stop taking requests (requests-per-connection reached).
     close: Notify,
-    /// Whether requests arrived over HTTP/2 (an idle HTTP/2 connection is closed with GOAWAY).
-    http2: AtomicBool,
+    /// Set when the connection should end after the response in flight (HTTP/1.1).
+    draining: AtomicBool,
 }
 
 impl ConnState {
@@ -202,12 +214,13 @@ impl Body for Tracked {
 async fn serve_http<I>(
     gateway: Arc<Gateway>,
     io: I,
+    protocol: Protocol,
     spec: &ListenerSpec,
     client: ClientInfo,
     listen_key: SocketAddr,
     shutdown: watch::Receiver<bool>,
 ) where
-    I: Read + Write + Unpin + Send + 'static,
+    I: http1::Io,
 {
     let runtime = Mutex::new(Arc::new(RuntimeRef(gateway.runtime())));
     let peer = client.peer;
@@ -220,72 +233,97 @@ async fn serve_http<I>(
         in_flight: AtomicUsize::new(0),
         idle_since_ms: AtomicU64::new(0),
         close: Notify::new(),
-        http2: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
     });
     let max_requests = spec.limits.keepalive_requests;
-    let service_state = state.clone();
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let state = service_state.clone();
-        async move {
-            state.in_flight.fetch_add(1, Ordering::AcqRel);
-            let guard = InFlight(state.clone());
-            let version = request.version();
-            let handle = state.runtime();
-            let mut response = match handle.0.listeners.get(&listen_key) {
-                Some(spec) => pipeline::serve(&handle, spec, &state.client, request).await,
-                // The listener was removed by a reload while this connection was open.
-                None => crate::error::error_response(
-                    http::StatusCode::SERVICE_UNAVAILABLE,
-                    "server_error",
-                    "listener_removed",
-                    "this address no longer serves",
-                    crate::config::ErrorFormat::Text,
-                ),
-            };
-            if version == Version::HTTP_2 {
-                state.http2.store(true, Ordering::Relaxed);
-            }
-            if state.requests.fetch_add(1, Ordering::AcqRel) + 1 >= max_requests {
-                if version == Version::HTTP_2 {
-                    state.close.notify_one();
-                } else {
-                    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-            }
-            Ok::<_, Infallible>(response.map(|body| Tracked { body, guard }))
-        }
-    });
-    let connection = spec.builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
     // The watchdog runs beside the connection so that its timer and signals are not polled on every
     // wake-up of the connection; `shutdown` stays held here until the connection is done, which is
     // what the gateway's drain waits for.
-    let (stop_tx, mut stop_rx) = oneshot::channel();
+    let (stop_tx, stop_rx) = oneshot::channel();
     let watchdog = tokio::spawn(watchdog(state.clone(), spec.limits.idle_timeout(), shutdown.clone(), stop_tx));
-    let stop_reason = tokio::select! {
-        biased;
-        result = connection.as_mut() => {
-            watchdog.abort();
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    let service_state = state.clone();
+    let service = move |request| respond(service_state.clone(), listen_key, max_requests, request);
+    let outcome = match protocol {
+        Protocol::Http1 => {
+            let mut connection = pin!(http1::serve(io, spec.http1, &state.draining, service));
+            let outcome = supervise(connection.as_mut(), stop_rx).await;
+            // Nothing in flight (an idle connection, or one whose next head is late or partial): closed
+            // at once. Otherwise the response in flight finishes, and the connection ends.
+            if outcome.is_some_and(|reason| reason != IDLE && state.in_flight.load(Ordering::Acquire) > 0) {
+                state.draining.store(true, Ordering::Relaxed);
+                drain(connection, spec.limits.drain_timeout).await;
             }
-            return;
+            outcome
         }
-        reason = &mut stop_rx => reason.unwrap_or("watchdog ended"),
+        Protocol::Http2 => {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                service(request.map(ClientBody::Http2)).map(Ok::<_, Infallible>)
+            });
+            let mut connection = pin!(spec.http2_builder.serve_connection(TokioIo::new(io), service));
+            let outcome = supervise(connection.as_mut(), stop_rx).await;
+            if outcome.is_some() {
+                // GOAWAY: streams in flight finish; so does a client that never acknowledges it, at
+                // the drain deadline.
+                connection.as_mut().graceful_shutdown();
+                drain(connection, spec.limits.drain_timeout).await;
+            }
+            outcome
+        }
     };
-    if stop_reason == IDLE && !state.http2.load(Ordering::Relaxed) {
-        // Nothing in flight: an idle HTTP/1.1 connection, or one whose next request head is late, is
-        // closed at once (nginx answers a late head 408 and closes; hyper would wait for the head).
-        tracing::debug!(%peer, reason = stop_reason, "closing client connection");
-        return;
-    }
-    tracing::debug!(%peer, reason = stop_reason, "closing client connection gracefully");
-    connection.as_mut().graceful_shutdown();
-    // In-flight requests get the drain deadline; so does a client that never acknowledges HTTP/2's GOAWAY.
-    if tokio::time::timeout(spec.limits.drain_timeout, connection).await.is_err() {
-        tracing::debug!(%peer, "connection did not close within drain_timeout; dropped");
+    watchdog.abort();
+    if let Some(reason) = outcome {
+        tracing::debug!(%peer, reason, "client connection closed");
     }
     drop(shutdown);
+}
+
+/// Runs `connection` until it ends (`None`), or until the watchdog gives a reason to stop it.
+async fn supervise<C: Future>(connection: Pin<&mut C>, stop: oneshot::Receiver<&'static str>) -> Option<&'static str> {
+    tokio::select! {
+        biased;
+        _ = connection => None,
+        reason = stop => Some(reason.unwrap_or("watchdog ended")),
+    }
+}
+
+/// Lets a closing connection finish what is in flight, up to the drain deadline.
+async fn drain<C: Future>(connection: Pin<&mut C>, deadline: Duration) {
+    if tokio::time::timeout(deadline, connection).await.is_err() {
+        tracing::debug!("connection did not close within drain_timeout; dropped");
+    }
+}
+
+/// The service of one connection: runs a request through the pipeline and counts it, in flight
+/// until its response body is done with, and against `keepalive_requests`.
+async fn respond(
+    state: Arc<ConnState>,
+    listen_key: SocketAddr,
+    max_requests: u64,
+    request: Request<ClientBody>,
+) -> Response<Tracked> {
+    state.in_flight.fetch_add(1, Ordering::AcqRel);
+    let guard = InFlight(state.clone());
+    let version = request.version();
+    let handle = state.runtime();
+    let mut response = match handle.0.listeners.get(&listen_key) {
+        Some(spec) => pipeline::serve(&handle, spec, &state.client, request).await,
+        // The listener was removed by a reload while this connection was open.
+        None => crate::error::error_response(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "listener_removed",
+            "this address no longer serves",
+            crate::config::ErrorFormat::Text,
+        ),
+    };
+    if state.requests.fetch_add(1, Ordering::AcqRel) + 1 >= max_requests {
+        if version == Version::HTTP_2 {
+            state.close.notify_one();
+        } else {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+    response.map(|body| Tracked { body, guard })
 }
 
 /// The watchdog's reason for a connection without a request in flight for too long.

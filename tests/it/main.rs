@@ -7,6 +7,7 @@ mod admin;
 mod admission;
 mod canary;
 mod cli;
+mod client_wire;
 mod compression;
 mod edge;
 mod health;

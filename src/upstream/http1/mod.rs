@@ -8,22 +8,20 @@
 //! between, and the head is written from the borrowed request, so sending it again after a stale
 //! keep-alive connection needs no copy. Parsing is httparse's, the parser hyper uses.
 
-mod chunked;
-
 use super::connector::TimedStream;
 use crate::body::BoxError;
 use crate::proxy::{Forwarding, RequestBody};
-use bytes::{Buf, Bytes, BytesMut};
-use chunked::{ChunkedDecoder, Decoded};
+use crate::wire::chunked::{ChunkedDecoder, Decoded};
+use crate::wire::{last_token, Rewound, WriteQueue};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, response, Method, Response, StatusCode, Version};
 use http_body::Body;
 use std::future::poll_fn;
-use std::io::{self, IoSlice};
+use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Largest response head accepted, 64 KiB (nginx's `proxy_buffer_size` is 4-8 KB; model servers send
 /// small heads, so a larger one is a broken backend): answered 502. Offsets into it fit a `u16`.
@@ -118,7 +116,7 @@ impl UpstreamConnection {
         let framing = BodyOut::for_request(&request.head.method, &body);
         self.write_head(request, framing);
         let head = self.head_buf.split().freeze();
-        let mut outgoing = Outgoing { pending: Pending::default(), body: Some(body), framing, pulled: false };
+        let mut outgoing = Outgoing { pending: WriteQueue::default(), body: Some(body), framing, pulled: false };
         outgoing.pending.push(head);
         let rules = ResponseRules { head_request: request.head.method == Method::HEAD, hidden: request.hidden };
         poll_fn(|cx| self.poll_exchange(cx, &mut outgoing, rules)).await
@@ -198,7 +196,7 @@ impl UpstreamConnection {
 
     /// The connection after a `101 Switching Protocols`: the backend's side of a tunnel.
     pub fn into_upgraded(self) -> Upgraded {
-        Upgraded { early: self.read_buf.freeze(), io: self.io }
+        Rewound::new(self.read_buf.freeze(), self.io)
     }
 
     /// Reads more of the backend's bytes into the read buffer; `Ok(0)` when it closed.
@@ -358,7 +356,7 @@ enum SendError {
 
 /// The request on its way out: bytes waiting for the socket and the body still to read.
 struct Outgoing {
-    pending: Pending,
+    pending: WriteQueue,
     /// `None` once read to its end (dropping it tells the proxy the request is sent).
     body: Option<RequestBody>,
     framing: BodyOut,
@@ -372,13 +370,13 @@ impl Outgoing {
     }
 
     fn wrote_any(&self) -> bool {
-        self.pending.wrote_any
+        self.pending.wrote_any()
     }
 
     /// Stops sending: the body is dropped and nothing more is written.
     fn abandon(&mut self) {
         self.body = None;
-        self.pending = Pending::default();
+        self.pending = WriteQueue::default();
     }
 
     /// Writes what it can; `Ok` when the request is sent or the socket or body makes it wait.
@@ -450,60 +448,6 @@ impl Outgoing {
     }
 }
 
-/// Bytes waiting to be written, oldest first: at most the head, one chunk with its framing, and the
-/// last-chunk marker. A fixed array, as a queue would allocate per request.
-#[derive(Default)]
-struct Pending {
-    pieces: [Bytes; 5],
-    first: usize,
-    len: usize,
-    /// Whether any byte went to the socket.
-    wrote_any: bool,
-}
-
-impl Pending {
-    fn is_empty(&self) -> bool {
-        self.first == self.len
-    }
-
-    /// Free slots.
-    fn room(&self) -> usize {
-        self.pieces.len() - self.len
-    }
-
-    fn push(&mut self, bytes: Bytes) {
-        self.pieces[self.len] = bytes;
-        self.len += 1;
-    }
-
-    /// One vectored write of what is waiting; `Ready(Ok)` once some bytes went.
-    fn poll_write(&mut self, io: &mut TimedStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut slices = [IoSlice::new(&[]); 5];
-        for (slice, piece) in slices.iter_mut().zip(&self.pieces[self.first..self.len]) {
-            *slice = IoSlice::new(piece);
-        }
-        let mut written = ready!(Pin::new(io).poll_write_vectored(cx, &slices[..self.len - self.first]))?;
-        if written == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-        self.wrote_any = true;
-        while written > 0 {
-            let piece = &mut self.pieces[self.first];
-            let step = written.min(piece.len());
-            piece.advance(step);
-            written -= step;
-            if piece.is_empty() {
-                self.first += 1;
-            }
-        }
-        if self.is_empty() {
-            self.first = 0;
-            self.len = 0;
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
 /// A parsed response head and what it says about the body and the connection.
 struct Head {
     parts: response::Parts,
@@ -554,7 +498,7 @@ fn parse_head(buf: &mut BytesMut, rules: ResponseRules<'_>) -> io::Result<Option
         // Connection-level fields (RFC 9110 §7.6.1) are this connection's business: used here and
         // not handed on. `Upgrade` stays on a `101`, for the proxy to pass on with the switch.
         if name == header::CONTENT_LENGTH {
-            let length = parse_content_length(value.as_bytes())?;
+            let length = crate::wire::parse_content_length(value.as_bytes()).map_err(|e| invalid_response(e.into()))?;
             if content_length.is_some_and(|previous| previous != length) {
                 return Err(invalid_response("conflicting Content-Length headers".into()));
             }
@@ -618,59 +562,8 @@ fn invalid_response(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("invalid response from the backend: {what}"))
 }
 
-/// A `Content-Length` value: digits, or a list of equal ones (`5, 5`).
-fn parse_content_length(value: &[u8]) -> io::Result<u64> {
-    let mut length = None;
-    for item in value.split(|&b| b == b',') {
-        let item = item.trim_ascii();
-        let parsed = std::str::from_utf8(item)
-            .ok()
-            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| invalid_response("bad Content-Length".into()))?;
-        if length.is_some_and(|previous| previous != parsed) {
-            return Err(invalid_response("conflicting Content-Length values".into()));
-        }
-        length = Some(parsed);
-    }
-    length.ok_or_else(|| invalid_response("empty Content-Length".into()))
-}
-
-fn last_token(value: &[u8]) -> &[u8] {
-    value.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii()
-}
-
 /// The backend side of a tunnel after `101`: bytes the backend sent along with its head come first.
-pub struct Upgraded {
-    early: Bytes,
-    io: TimedStream,
-}
-
-impl AsyncRead for Upgraded {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.early.is_empty() {
-            let take = self.early.len().min(buf.remaining());
-            buf.put_slice(&self.early[..take]);
-            self.early.advance(take);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
+pub type Upgraded = Rewound<TimedStream>;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,6 @@
-//! Decoding a `Transfer-Encoding: chunked` response body (RFC 9112 §7.1) as its bytes arrive, in any
-//! split: chunk data is handed on as it comes (never waiting for a whole chunk), extensions and
-//! trailers are read and dropped.
+//! Decoding a `Transfer-Encoding: chunked` body (RFC 9112 §7.1), a client's request body or a
+//! backend's response body, as its bytes arrive, in any split: chunk data is handed on as it comes
+//! (never waiting for a whole chunk), extensions and trailers are read and dropped.
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
@@ -57,7 +57,7 @@ impl Default for ChunkedDecoder {
 }
 
 fn invalid(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("invalid chunked body from the backend: {what}"))
+    io::Error::new(io::ErrorKind::InvalidData, format!("invalid chunked body: {what}"))
 }
 
 impl ChunkedDecoder {

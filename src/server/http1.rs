@@ -1,0 +1,895 @@
+//! HTTP/1.1 to a client over one connection (cleartext or TLS): request heads are parsed, each request
+//! is handed to the gateway's service, and its response is written frame by frame as it is produced.
+//! One request at a time; pipelined requests wait in the read buffer.
+//!
+//! Written by hand rather than with hyper's server connection, as the upstream side is: hyper's layers
+//! (dispatcher, buffered IO, a body channel, the per-request read-ahead that reallocated its read
+//! buffer) were about a third of the gateway's cycles per proxied small request (callgrind with its
+//! cache model). Here the connection's read buffer is reused, the request body is read straight from
+//! the socket when the backend side asks for it, and the head and a ready first body frame go out in
+//! one vectored write. Parsing is httparse's, the parser hyper uses. HTTP/2 stays with hyper.
+//!
+//! The connection's socket is shared, behind a lock that is never held across an await, between this
+//! loop (heads, responses, noticing a client that left) and the request body (read by the proxy).
+
+use crate::body::{BoxError, ClientBody};
+use crate::error::error_response;
+use crate::wire::chunked::{ChunkedDecoder, Decoded};
+use crate::wire::{last_token, parse_content_length, Rewound, WriteQueue};
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
+
+/// Most header fields a request may have whatever `[http] max_headers` says: the parser's slots
+/// live on the stack.
+pub const HEADER_SLOTS: usize = 256;
+/// Read buffer growth: a fresh buffer holds many small requests before it is reclaimed.
+const READ_SIZE: usize = 8 * 1024;
+/// What a closing connection reads and drops of a request body nobody read, so that the client gets
+/// its response rather than a reset (nginx's lingering close).
+const LINGER_BYTES: usize = 64 * 1024;
+/// How long a closing connection waits for those bytes (nginx's `lingering_timeout` is 5 s).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The client-side HTTP/1.1 limits of a listener, taken from `[http]` at config load.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request line plus headers (`max_header_size`): larger answers 431, or 414 when the
+    /// request line alone does not fit.
+    pub max_head: usize,
+    /// Most header fields (`max_headers`, at most `HEADER_SLOTS`): more answers 431.
+    pub max_headers: usize,
+}
+
+/// An HTTP/1.1 connection after a `101 Switching Protocols`: the client side of a tunnel.
+pub type Upgraded = Rewound<Box<dyn Io>>;
+
+/// What a client connection is: a TCP stream or a TLS stream over one.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// Carried in an upgrade request's extensions: the connection, once the `101` answer is written.
+/// (Shared and taken once, as extensions must be `Clone`.)
+#[derive(Clone)]
+pub struct PendingUpgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
+
+impl PendingUpgrade {
+    /// The upgraded connection, once the `101` went out; an error if the connection ended instead.
+    pub async fn upgraded(self) -> Result<Upgraded, oneshot::error::RecvError> {
+        let receiver = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        match receiver {
+            Some(receiver) => receiver.await,
+            None => oneshot::channel::<Upgraded>().1.await,
+        }
+    }
+}
+
+/// Serves requests on `io` with `service` until the client closes, a response asks to close
+/// (`Connection: close`), `draining` is set after a response, or a request or write fails.
+pub async fn serve<I, S, F, B>(io: I, limits: Limits, draining: &AtomicBool, mut service: S)
+where
+    I: Io,
+    S: FnMut(Request<ClientBody>) -> F,
+    F: Future<Output = Response<B>>,
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    let shared = Arc::new(Mutex::new(Shared {
+        io,
+        buf: BytesMut::with_capacity(READ_SIZE),
+        body: Inbound::Done,
+        continue_left: None,
+        spans: Vec::new(),
+    }));
+    let connection = Connection(shared);
+    let mut head_buf = BytesMut::new();
+    // The service future is kilobytes: one place for it per connection, reused by every request.
+    let mut in_flight = Box::pin(None);
+    loop {
+        let head = match poll_fn(|cx| connection.lock().poll_head(cx, limits)).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(rejection) => {
+                let response = rejection.response();
+                let _ = write_response(&connection, &mut head_buf, response, Answering::closing()).await;
+                connection.close().await;
+                return;
+            }
+        };
+        let Head { mut request, inbound, keep_alive, expects_continue, upgrade } = head;
+        let has_body = !matches!(inbound, Inbound::Done);
+        let head_request = request.method() == Method::HEAD;
+        let version = request.version();
+        {
+            let mut shared = connection.lock();
+            shared.body = inbound;
+            shared.continue_left = (expects_continue && has_body).then_some(0);
+        }
+        if has_body {
+            *request.body_mut() = ClientBody::Http1(Http1Body::new(&connection.0, request.headers()));
+        }
+        in_flight.set(Some(service(request)));
+        let response = poll_fn(|cx| {
+            if let Some(service) = in_flight.as_mut().as_pin_mut() {
+                if let Poll::Ready(response) = service.poll(cx) {
+                    return Poll::Ready(Some(response));
+                }
+            }
+            match connection.lock().poll_client_gone(cx) {
+                true => Poll::Ready(None),
+                false => Poll::Pending,
+            }
+        })
+        .await;
+        in_flight.set(None);
+        let Some(response) = response else {
+            tracing::debug!("client closed the connection before the response");
+            return;
+        };
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let answering =
+            Answering { head_request, version, keep_alive: keep_alive && !draining.load(Ordering::Relaxed) };
+        let Ok(kept) = write_response(&connection, &mut head_buf, response, answering).await else {
+            return;
+        };
+        if switching {
+            if let Some(upgrade) = upgrade {
+                connection.upgrade(upgrade);
+            }
+            return;
+        }
+        // A request body nobody read in full leaves the connection's framing unknown.
+        let body_read = matches!(connection.lock().body, Inbound::Done);
+        if !kept || !body_read || draining.load(Ordering::Relaxed) {
+            connection.close().await;
+            return;
+        }
+    }
+}
+
+/// The socket and what has been read from it, shared by the connection loop and the request body.
+struct Shared<I> {
+    io: I,
+    /// Bytes read and not yet consumed: the next head, or body bytes.
+    buf: BytesMut,
+    /// What is left of the current request's body.
+    body: Inbound,
+    /// `100 Continue` bytes written so far, while the answer is due (the body is first read).
+    continue_left: Option<usize>,
+    /// Scratch space for parsing heads.
+    spans: Vec<Spans>,
+}
+
+/// How the rest of a request body is delimited.
+#[derive(Debug)]
+enum Inbound {
+    /// Nothing is left to read.
+    Done,
+    /// `Content-Length`: this many bytes are left.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked(ChunkedDecoder),
+    /// The body broke (bad framing, or the client left mid-body): the connection cannot go on.
+    Broken,
+}
+
+struct Connection<I>(Arc<Mutex<Shared<I>>>);
+
+impl<I: Io> Connection<I> {
+    fn lock(&self) -> MutexGuard<'_, Shared<I>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Ends the connection: the write side is shut (FIN, or TLS close_notify), then what the client
+    /// still sends is read and dropped for a while, so that unread bytes do not turn the close into a
+    /// reset that could destroy the response before the client read it.
+    async fn close(&self) {
+        let linger = poll_fn(|cx| {
+            let mut shared = self.lock();
+            ready!(Pin::new(&mut shared.io).poll_shutdown(cx)).ok();
+            let mut dropped = 0;
+            loop {
+                shared.buf.clear();
+                match ready!(shared.poll_fill(cx)) {
+                    Ok(read) if read > 0 && dropped < LINGER_BYTES => dropped += read,
+                    _ => return Poll::Ready(()),
+                }
+            }
+        });
+        let _ = tokio::time::timeout(LINGER_TIME, linger).await;
+    }
+
+    /// Hands the connection to the tunnel waiting for it; the bytes after the head go first.
+    fn upgrade(self, upgrade: oneshot::Sender<Upgraded>) {
+        let Ok(shared) = Arc::try_unwrap(self.0) else {
+            tracing::debug!("upgraded connection still shared with a request body; closed");
+            return;
+        };
+        let shared = shared.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let io: Box<dyn Io> = Box::new(shared.io);
+        let _ = upgrade.send(Rewound::new(shared.buf.freeze(), io));
+    }
+}
+
+impl<I: Io> Shared<I> {
+    /// Reads more of the client's bytes into the buffer; `Ok(0)` when it closed.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Reads until a request head is parsed; `None` when the client closed between requests.
+    fn poll_head(&mut self, cx: &mut Context<'_>, limits: Limits) -> Poll<Result<Option<Head>, Rejection>> {
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(head) = parse_head(&mut self.buf, &mut self.spans, limits)? {
+                    return Poll::Ready(Ok(Some(head)));
+                }
+                if self.buf.len() >= limits.max_head {
+                    let line_complete = self.buf.windows(2).any(|w| w == b"\r\n");
+                    return Poll::Ready(Err(if line_complete {
+                        Rejection::HeadTooLarge
+                    } else {
+                        Rejection::UriTooLong
+                    }));
+                }
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) | Err(_) => return Poll::Ready(Ok(None)),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Whether the client went away while its request is served: reads ahead into the buffer's room
+    /// (body bytes and a pipelined request wait there for their reader) to notice the connection
+    /// closing. A full buffer stops the watch rather than grow.
+    fn poll_client_gone(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.buf.capacity() > self.buf.len() {
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
+                Poll::Ready(Ok(0) | Err(_)) => return true,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return false,
+            }
+        }
+        false
+    }
+
+    /// The next piece of the request body; `None` at its end.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        if let Some(written) = self.continue_left {
+            // The client waits for this before it sends the body.
+            let mut written = written;
+            while written < CONTINUE.len() {
+                match ready!(Pin::new(&mut self.io).poll_write(cx, &CONTINUE[written..])) {
+                    Ok(0) => return Poll::Ready(Some(Err(io::ErrorKind::WriteZero.into()))),
+                    Ok(n) => written += n,
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                }
+                self.continue_left = Some(written);
+            }
+            self.continue_left = None;
+        }
+        loop {
+            let data = match &mut self.body {
+                Inbound::Done => return Poll::Ready(None),
+                Inbound::Broken => {
+                    return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, "request body broken"))))
+                }
+                Inbound::Length(left) if !self.buf.is_empty() => {
+                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(self.buf.len());
+                    *left -= take as u64;
+                    if *left == 0 {
+                        self.body = Inbound::Done;
+                    }
+                    Some(self.buf.split_to(take).freeze())
+                }
+                Inbound::Chunked(decoder) => match decoder.decode(&mut self.buf) {
+                    Ok(Decoded::Data(data)) => Some(data),
+                    Ok(Decoded::End) => {
+                        self.body = Inbound::Done;
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => None,
+                    Err(e) => {
+                        self.body = Inbound::Broken;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+                Inbound::Length(_) => None,
+            };
+            if let Some(data) = data {
+                return Poll::Ready(Some(Ok(data)));
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) => {
+                    self.body = Inbound::Broken;
+                    let e = io::Error::new(io::ErrorKind::UnexpectedEof, "the client closed the connection mid-body");
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.body = Inbound::Broken;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+}
+
+/// The request body's view of the connection, whatever its stream type.
+trait BodySource: Send + Sync {
+    fn poll_body(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>>;
+}
+
+impl<I: Io> BodySource for Mutex<Shared<I>> {
+    fn poll_body(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        self.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).poll_body(cx)
+    }
+}
+
+/// A request body read from the client connection as it is polled.
+pub struct Http1Body {
+    source: Arc<dyn BodySource>,
+    /// Bytes still to come when the length was declared.
+    left: Option<u64>,
+    done: bool,
+}
+
+impl Http1Body {
+    fn new<I: Io>(shared: &Arc<Mutex<Shared<I>>>, headers: &HeaderMap) -> Http1Body {
+        let left = match headers.contains_key(header::TRANSFER_ENCODING) {
+            true => None,
+            false => headers.get(header::CONTENT_LENGTH).and_then(|v| parse_content_length(v.as_bytes()).ok()),
+        };
+        let source: Arc<dyn BodySource> = shared.clone();
+        Http1Body { source, left, done: false }
+    }
+}
+
+impl Body for Http1Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match ready!(self.source.poll_body(cx)) {
+            Some(Ok(data)) => {
+                if let Some(left) = &mut self.left {
+                    *left = left.saturating_sub(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Some(Err(e)) => {
+                self.done = true;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            None => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.left == Some(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.left {
+            Some(left) => SizeHint::with_exact(left),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// A parsed request head and what it says about its body and the connection.
+struct Head {
+    request: Request<ClientBody>,
+    inbound: Inbound,
+    keep_alive: bool,
+    expects_continue: bool,
+    upgrade: Option<oneshot::Sender<Upgraded>>,
+}
+
+/// A request head the connection cannot serve; answered, then the connection closes.
+#[derive(Debug, PartialEq)]
+enum Rejection {
+    /// Malformed: 400.
+    Bad(&'static str),
+    /// The request line does not fit `max_head`: 414.
+    UriTooLong,
+    /// The head does not fit `max_head`, or has too many fields: 431.
+    HeadTooLarge,
+}
+
+impl Rejection {
+    fn response(&self) -> Response<crate::body::ResponseBody> {
+        let (status, code, message) = match self {
+            Rejection::Bad(what) => (StatusCode::BAD_REQUEST, "bad_request", *what),
+            Rejection::UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long", "request line too long"),
+            Rejection::HeadTooLarge => {
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_too_large", "request header too large")
+            }
+        };
+        error_response(status, "invalid_request_error", code, message, crate::config::ErrorFormat::Text)
+    }
+}
+
+/// Where a header's name and value sit in the head.
+type Spans = ((usize, usize), (usize, usize));
+
+/// Parses a request head at the start of `buf` and removes it; `None` when it is not complete yet.
+/// Header values and the target share the head's memory instead of being copied; `spans` is scratch
+/// space the connection keeps (an array for the most headers allowed would be kilobytes to zero).
+fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Result<Option<Head>, Rejection> {
+    // Uninitialized: zeroing the slots would cost more than parsing a small head.
+    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; HEADER_SLOTS];
+    let slots = &mut slots[..limits.max_headers.clamp(1, HEADER_SLOTS)];
+    let mut parsed = httparse::Request::new(&mut []);
+    let length = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, buf, slots) {
+        Ok(httparse::Status::Complete(length)) if length <= limits.max_head => length,
+        Ok(httparse::Status::Complete(_)) => return Err(Rejection::HeadTooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Rejection::HeadTooLarge),
+        Err(_) => return Err(Rejection::Bad("malformed request head")),
+    };
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+        .map_err(|_| Rejection::Bad("malformed method"))?;
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    // Where the target and each header sit in the head, so they can be slices of it once split off.
+    let base = buf.as_ptr() as usize;
+    let span = |part: &[u8]| {
+        let start = part.as_ptr() as usize - base;
+        (start, start + part.len())
+    };
+    let target = span(parsed.path.unwrap_or_default().as_bytes());
+    let count = parsed.headers.len();
+    spans.clear();
+    spans.extend(parsed.headers.iter().map(|field| (span(field.name.as_bytes()), span(field.value))));
+    let head = buf.split_to(length).freeze();
+
+    let uri = Uri::from_maybe_shared(head.slice(target.0..target.1)).map_err(|_| Rejection::Bad("malformed target"))?;
+    let mut headers = HeaderMap::with_capacity(count);
+    let (mut content_length, mut transfer_encoding, mut chunked) = (None, false, false);
+    let (mut close, mut keep_alive_asked, mut upgrade_asked, mut expects_continue) = (false, false, false, false);
+    for &((name_start, name_end), (value_start, value_end)) in spans.iter() {
+        let name =
+            HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| Rejection::Bad("malformed header"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
+            .map_err(|_| Rejection::Bad("malformed header value"))?;
+        if name == header::CONTENT_LENGTH {
+            let length = parse_content_length(value.as_bytes()).map_err(Rejection::Bad)?;
+            if content_length.is_some_and(|previous| previous != length) {
+                return Err(Rejection::Bad("conflicting Content-Length headers"));
+            }
+            content_length = Some(length);
+        } else if name == header::TRANSFER_ENCODING {
+            transfer_encoding = true;
+            chunked = last_token(value.as_bytes()).eq_ignore_ascii_case(b"chunked");
+        } else if name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_asked |= token.eq_ignore_ascii_case(b"keep-alive");
+                upgrade_asked |= token.eq_ignore_ascii_case(b"upgrade");
+            }
+        } else if name == header::EXPECT {
+            expects_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        }
+        headers.append(name, value);
+    }
+    // RFC 9112 §6.3: a request body is chunked or has a length; chunked wins over a length, which is
+    // then not passed on, and such a request closes the connection (a smuggling attempt, or broken).
+    let inbound = if transfer_encoding {
+        if !chunked {
+            return Err(Rejection::Bad("unsupported Transfer-Encoding"));
+        }
+        headers.remove(header::CONTENT_LENGTH);
+        Inbound::Chunked(ChunkedDecoder::default())
+    } else {
+        match content_length {
+            Some(0) | None => Inbound::Done,
+            Some(length) => Inbound::Length(length),
+        }
+    };
+    let keep_alive = match version {
+        Version::HTTP_11 => !close,
+        _ => keep_alive_asked,
+    } && !(transfer_encoding && content_length.is_some());
+    let upgrade = (version == Version::HTTP_11 && upgrade_asked && headers.contains_key(header::UPGRADE)).then(|| {
+        let (sender, receiver) = oneshot::channel();
+        (sender, PendingUpgrade(Arc::new(Mutex::new(Some(receiver)))))
+    });
+    let mut request = Request::new(ClientBody::Empty);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    let upgrade = upgrade.map(|(sender, pending)| {
+        request.extensions_mut().insert(pending);
+        sender
+    });
+    Ok(Some(Head {
+        request,
+        inbound,
+        keep_alive,
+        expects_continue: expects_continue && version == Version::HTTP_11,
+        upgrade,
+    }))
+}
+
+/// What the request says about writing its response.
+#[derive(Clone, Copy)]
+struct Answering {
+    head_request: bool,
+    version: Version,
+    keep_alive: bool,
+}
+
+impl Answering {
+    /// For an answer to a request that could not be read.
+    fn closing() -> Answering {
+        Answering { head_request: false, version: Version::HTTP_11, keep_alive: false }
+    }
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Clone, Copy, PartialEq)]
+enum BodyOut {
+    /// Not sent (HEAD, 1xx, 204, 304).
+    None,
+    /// `Content-Length`: this many bytes are left.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client and no known length).
+    UntilClose,
+}
+
+/// Writes `response`: its head, then its body frame by frame as it comes, each written at once.
+/// `Ok(true)` when the connection may serve another request; `Err` when the response could not be
+/// completed (the client then sees it cut off, never a clean end).
+async fn write_response<I: Io, B>(
+    connection: &Connection<I>,
+    head_buf: &mut BytesMut,
+    response: Response<B>,
+    answering: Answering,
+) -> Result<bool, ()>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    let (parts, mut body) = response.into_parts();
+    let (out, keep_alive) = encode_head(head_buf, &parts, &body, answering);
+    let mut queue = WriteQueue::default();
+    queue.push(head_buf.split().freeze());
+    let mut out = out;
+    let mut ended = out == BodyOut::None;
+    let result = poll_fn(|cx| {
+        let mut shared = connection.lock();
+        loop {
+            // A frame at hand goes out with what waits (the head and the first frame in one write).
+            if !ended && queue.room() >= 3 {
+                match Pin::new(&mut body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            if queue_data(&mut queue, &mut out, data).is_err() {
+                                return Poll::Ready(Err(()));
+                            }
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(error))) => {
+                        tracing::debug!(%error, "response body failed; connection closed");
+                        return Poll::Ready(Err(()));
+                    }
+                    Poll::Ready(None) => {
+                        ended = true;
+                        match out {
+                            BodyOut::Chunked => queue.push(Bytes::from_static(b"0\r\n\r\n")),
+                            BodyOut::Length(left) if left > 0 => return Poll::Ready(Err(())),
+                            _ => {}
+                        }
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if queue.is_empty() {
+                if ended {
+                    return Poll::Ready(Ok(()));
+                }
+                // Waiting for the body: a client that leaves meanwhile ends the response (and the
+                // backend's request with it).
+                return match shared.poll_client_gone(cx) {
+                    true => Poll::Ready(Err(())),
+                    false => Poll::Pending,
+                };
+            }
+            match ready!(queue.poll_write(&mut shared.io, cx)) {
+                Ok(()) => {}
+                Err(_) => return Poll::Ready(Err(())),
+            }
+        }
+    })
+    .await;
+    // The body (and what it holds: the request's place, its accounting) ends only after its bytes went.
+    drop(body);
+    result.map(|()| keep_alive && out != BodyOut::UntilClose)
+}
+
+/// Queues one data frame with its framing.
+fn queue_data(queue: &mut WriteQueue, out: &mut BodyOut, data: Bytes) -> Result<(), ()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    match out {
+        BodyOut::None => {}
+        BodyOut::Chunked => {
+            queue.push(Bytes::from(format!("{:x}\r\n", data.len())));
+            queue.push(data);
+            queue.push(Bytes::from_static(b"\r\n"));
+        }
+        BodyOut::Length(left) => match left.checked_sub(data.len() as u64) {
+            Some(rest) => {
+                *left = rest;
+                queue.push(data);
+            }
+            None => {
+                tracing::debug!("response body longer than its Content-Length; connection closed");
+                return Err(());
+            }
+        },
+        BodyOut::UntilClose => queue.push(data),
+    }
+    Ok(())
+}
+
+/// Writes the status line and headers into `buf`; framing and connection headers are the
+/// connection's own. Returns the body framing and whether the connection is kept alive.
+fn encode_head<B: Body>(
+    buf: &mut BytesMut,
+    parts: &http::response::Parts,
+    body: &B,
+    answering: Answering,
+) -> (BodyOut, bool) {
+    let status = parts.status;
+    let no_body = answering.head_request || status.is_informational() || matches!(status.as_u16(), 204 | 304);
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| parse_content_length(v.as_bytes()).ok());
+    let close_asked = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().split(|&b| b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close")));
+    let mut keep_alive = answering.keep_alive && !close_asked;
+    let (out, length_header) = if no_body {
+        let length = declared.or_else(|| (answering.head_request).then(|| body.size_hint().exact()).flatten());
+        (BodyOut::None, length.filter(|_| !status.is_informational() && status != StatusCode::NO_CONTENT))
+    } else if let Some(length) = declared.or_else(|| body.size_hint().exact()) {
+        (BodyOut::Length(length), Some(length))
+    } else if answering.version == Version::HTTP_11 {
+        (BodyOut::Chunked, None)
+    } else {
+        keep_alive = false;
+        (BodyOut::UntilClose, None)
+    };
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+
+    buf.reserve(256);
+    buf.extend_from_slice(b"HTTP/1.1 ");
+    buf.extend_from_slice(status.as_str().as_bytes());
+    buf.extend_from_slice(b" ");
+    buf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    buf.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    for (name, value) in &parts.headers {
+        if *name == header::CONTENT_LENGTH
+            || *name == header::TRANSFER_ENCODING
+            || (*name == header::CONNECTION && !switching)
+        {
+            continue;
+        }
+        has_date |= *name == header::DATE;
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    if let Some(length) = length_header {
+        buf.extend_from_slice(b"content-length: ");
+        buf.extend_from_slice(itoa(length, &mut [0; 20]));
+        buf.extend_from_slice(b"\r\n");
+    }
+    if out == BodyOut::Chunked {
+        buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !switching {
+        match (keep_alive, answering.version) {
+            (false, _) => buf.extend_from_slice(b"connection: close\r\n"),
+            (true, Version::HTTP_10) => buf.extend_from_slice(b"connection: keep-alive\r\n"),
+            (true, _) => {}
+        }
+    }
+    if !has_date {
+        buf.extend_from_slice(b"date: ");
+        DATE.with(|date| buf.extend_from_slice(date.borrow_mut().now()));
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+    (out, keep_alive)
+}
+
+/// `value` in decimal, without allocating.
+fn itoa(mut value: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            return &digits[start..];
+        }
+    }
+}
+
+thread_local! {
+    /// The `Date` value, formatted once a second per worker thread.
+    static DATE: RefCell<CachedDate> = const { RefCell::new(CachedDate { second: 0, text: [0; 29] }) };
+}
+
+/// An HTTP date (29 bytes, RFC 9110 §5.6.7) and the Unix second it was made for.
+struct CachedDate {
+    second: u64,
+    text: [u8; 29],
+}
+
+impl CachedDate {
+    fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second {
+            self.second = second;
+            self.text.copy_from_slice(httpdate::fmt_http_date(now).as_bytes());
+        }
+        &self.text
+    }
+}
+
+/// Whether `io`'s first bytes are HTTP/2's connection preface (a cleartext client with prior
+/// knowledge), by peeking: nothing is consumed. Gives up on a preface that stalls half-sent after
+/// `patience`.
+pub async fn is_http2_preface(stream: &tokio::net::TcpStream, patience: Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut first = [0u8; PREFACE.len()];
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match stream.peek(&mut first).await {
+            Ok(read) if read > 0 && PREFACE.starts_with(&first[..read]) => {
+                if read == PREFACE.len() {
+                    return true;
+                }
+            }
+            _ => return false,
+        }
+        // Part of a preface: the rest is due in a moment (peeking again at once would spin).
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits { max_head: 1024, max_headers: 8 };
+
+    fn parse(text: &str) -> Result<Option<Head>, Rejection> {
+        parse_head(&mut BytesMut::from(text), &mut Vec::new(), LIMITS)
+    }
+
+    #[test]
+    fn reads_method_target_headers_and_framing() {
+        let mut buf = BytesMut::from(
+            "POST /v1/chat?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhelloGET",
+        );
+        let head = parse_head(&mut buf, &mut Vec::new(), LIMITS).unwrap().unwrap();
+        assert_eq!(head.request.method(), Method::POST);
+        assert_eq!(head.request.uri().path(), "/v1/chat");
+        assert_eq!(head.request.uri().query(), Some("x=1"));
+        assert_eq!(head.request.headers().get_all("x-a").iter().count(), 2);
+        assert!(matches!(head.inbound, Inbound::Length(5)));
+        assert!(head.keep_alive && !head.expects_continue && head.upgrade.is_none());
+        assert_eq!(&buf[..], b"helloGET", "the body and what follows stay in the buffer");
+    }
+
+    #[test]
+    fn incomplete_heads_wait_and_broken_ones_are_refused() {
+        assert!(parse("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n").err(),
+            Some(Rejection::Bad("conflicting Content-Length headers"))
+        );
+        assert!(matches!(parse("GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), Err(Rejection::Bad(_))));
+        assert!(matches!(parse("GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), Err(Rejection::Bad(_))));
+        assert!(matches!(parse("GET /\x01 HTTP/1.1\r\n\r\n"), Err(Rejection::Bad(_))));
+        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "x: 1\r\n".repeat(9));
+        assert_eq!(parse(&many).err(), Some(Rejection::HeadTooLarge));
+        let large = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(1100));
+        assert_eq!(parse(&large).err(), Some(Rejection::HeadTooLarge));
+    }
+
+    #[test]
+    fn chunked_wins_over_a_length_and_closes_the_connection() {
+        let head =
+            parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n").unwrap().unwrap();
+        assert!(matches!(head.inbound, Inbound::Chunked(_)));
+        assert!(!head.request.headers().contains_key("content-length"));
+        assert!(!head.keep_alive);
+    }
+
+    #[test]
+    fn keep_alive_expect_and_upgrade_follow_the_head() {
+        let head = |text: &str| parse(text).unwrap().unwrap();
+        assert!(!head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+        assert!(head("POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n").expects_continue);
+        let upgrade = head("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert!(upgrade.upgrade.is_some() && upgrade.request.extensions().get::<PendingUpgrade>().is_some());
+    }
+
+    #[test]
+    fn response_heads_declare_their_framing() {
+        let encode = |response: Response<crate::body::ResponseBody>, answering: Answering| {
+            let mut buf = BytesMut::new();
+            let (parts, body) = response.into_parts();
+            let (out, keep) = encode_head(&mut buf, &parts, &body, answering);
+            (String::from_utf8(buf.to_vec()).unwrap(), out, keep)
+        };
+        let get = Answering { head_request: false, version: Version::HTTP_11, keep_alive: true };
+        let (text, out, keep) = encode(Response::new(crate::body::ResponseBody::full("hello")), get);
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\n")
+                && text.contains("content-length: 5\r\n")
+                && text.contains("date: ")
+        );
+        assert!(out == BodyOut::Length(5) && keep);
+        let mut closing = Response::new(crate::body::ResponseBody::Empty);
+        closing.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let (text, _, keep) = encode(closing, get);
+        assert!(text.contains("connection: close\r\n") && !keep);
+        let old = Answering { version: Version::HTTP_10, ..get };
+        let (text, _, _) = encode(Response::new(crate::body::ResponseBody::Empty), old);
+        assert!(text.contains("connection: keep-alive\r\n") && text.contains("content-length: 0\r\n"));
+        let head = Answering { head_request: true, ..get };
+        let (text, out, _) = encode(Response::new(crate::body::ResponseBody::full("hello")), head);
+        assert!(text.contains("content-length: 5\r\n") && out == BodyOut::None);
+    }
+
+    #[test]
+    fn itoa_writes_decimal() {
+        for value in [0u64, 7, 10, 12345, u64::MAX] {
+            assert_eq!(itoa(value, &mut [0; 20]), value.to_string().as_bytes());
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! HTTP/1.1 wire pieces both sides of the proxy share: the server side (`server::http1`, clients)
+//! and the client side (`upstream::http1`, backends). Message framing (RFC 9112 §6-7), the queue of
+//! bytes waiting for a socket, and a connection handed over after `101 Switching Protocols`.
+
+pub mod chunked;
+
+use bytes::{Buf, Bytes};
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A `Content-Length` value: digits, or a list of equal ones (`5, 5`).
+pub fn parse_content_length(value: &[u8]) -> Result<u64, &'static str> {
+    // The common case, one plain number, without the list's splitting and UTF-8 checks.
+    if !value.is_empty() && value.len() <= 19 && value.iter().all(u8::is_ascii_digit) {
+        return Ok(value.iter().fold(0, |length, digit| length * 10 + u64::from(digit - b'0')));
+    }
+    let mut length = None;
+    for item in value.split(|&b| b == b',') {
+        let item = item.trim_ascii();
+        let parsed = std::str::from_utf8(item)
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or("bad Content-Length")?;
+        if length.is_some_and(|previous| previous != parsed) {
+            return Err("conflicting Content-Length values");
+        }
+        length = Some(parsed);
+    }
+    length.ok_or("empty Content-Length")
+}
+
+/// The last item of a comma-separated list (the coding applied last, for `Transfer-Encoding`).
+pub fn last_token(value: &[u8]) -> &[u8] {
+    value.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii()
+}
+
+/// Bytes waiting to be written, oldest first: at most a head, one chunk with its framing, and the
+/// last-chunk marker. A fixed array, as a queue would allocate per message.
+#[derive(Default)]
+pub struct WriteQueue {
+    pieces: [Bytes; 5],
+    first: usize,
+    len: usize,
+    /// Whether any byte went to the socket.
+    wrote_any: bool,
+}
+
+impl WriteQueue {
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.first == self.len
+    }
+
+    /// Free slots.
+    pub fn room(&self) -> usize {
+        self.pieces.len() - self.len
+    }
+
+    /// Whether any byte was written since the queue was made.
+    pub fn wrote_any(&self) -> bool {
+        self.wrote_any
+    }
+
+    /// Queues `bytes` behind what waits; the caller keeps within `room`.
+    pub fn push(&mut self, bytes: Bytes) {
+        self.pieces[self.len] = bytes;
+        self.len += 1;
+    }
+
+    /// One vectored write of what is waiting; `Ready(Ok)` once some bytes went.
+    pub fn poll_write<W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut slices = [IoSlice::new(&[]); 5];
+        for (slice, piece) in slices.iter_mut().zip(&self.pieces[self.first..self.len]) {
+            *slice = IoSlice::new(piece);
+        }
+        let mut written = ready!(Pin::new(io).poll_write_vectored(cx, &slices[..self.len - self.first]))?;
+        if written == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        self.wrote_any = true;
+        while written > 0 {
+            let piece = &mut self.pieces[self.first];
+            let step = written.min(piece.len());
+            piece.advance(step);
+            written -= step;
+            if piece.is_empty() {
+                self.first += 1;
+            }
+        }
+        if self.is_empty() {
+            self.first = 0;
+            self.len = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes everything that waits.
+    pub fn poll_write_all<W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while !self.is_empty() {
+            ready!(self.poll_write(io, cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A connection after `101 Switching Protocols`, one side of a tunnel: the bytes that arrived along
+/// with the last head come first.
+pub struct Rewound<T> {
+    early: Bytes,
+    io: T,
+}
+
+impl<T> Rewound<T> {
+    /// `io`, whose reads start with `early`.
+    pub fn new(early: Bytes, io: T) -> Rewound<T> {
+        Rewound { early, io }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewound<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.early.is_empty() {
+            let take = self.early.len().min(buf.remaining());
+            buf.put_slice(&self.early[..take]);
+            self.early.advance(take);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewound<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
