@@ -1,13 +1,13 @@
 //! Understanding OpenAI-compatible traffic: routing a request to the upstream serving the model its
 //! JSON body names, and answering `GET /v1/models` from the config.
 
-use crate::body::ClientBody;
+use crate::body::ClientRequest;
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
 use crate::proxy::{self, ClientInfo};
 use crate::upstream::Upstream;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response};
+use http::{header, HeaderValue, Method, Response};
 use http_body_util::{BodyExt, Limited};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -42,7 +42,7 @@ impl ModelRouter {
     /// Serves a request of a model-routing location.
     pub async fn serve(
         &self,
-        request: Request<ClientBody>,
+        request: ClientRequest,
         client: &ClientInfo,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         if request.method() == Method::GET && request.uri().path().ends_with("/models") {

@@ -10,7 +10,7 @@ pub use body::{BodyTimeouts, BodyTooLarge, RequestBody, StreamTimedOut, Upstream
 pub use headers::Forwarding;
 
 use crate::accounting::UpstreamInfo;
-use crate::body::{BoxError, ClientBody, ResponseBody};
+use crate::body::{BoxError, ClientRequest, ResponseBody};
 use crate::error::GatewayError;
 use crate::server::http1::PendingUpgrade;
 use crate::upstream::{
@@ -18,7 +18,7 @@ use crate::upstream::{
     UpstreamRequest, UpstreamServer,
 };
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,7 +53,7 @@ impl ClientInfo {
 /// A body that grows past `max_body` (`client_max_body_size`; a declared length was checked before)
 /// is cut off there and answered 413.
 pub async fn forward(
-    mut request: Request<ClientBody>,
+    mut request: ClientRequest,
     client: &ClientInfo,
     upstream: &Upstream,
     max_body: u64,

@@ -3,7 +3,7 @@
 //! keep-alive idle timeout, requests per connection, and the drain on shutdown.
 
 use super::{http1, Gateway};
-use crate::body::{BoxError, ClientBody, ResponseBody};
+use crate::body::{BoxError, ClientBody, ClientRequest, ResponseBody};
 use crate::config::HttpSettings;
 use crate::pipeline;
 use crate::proxy::ClientInfo;
@@ -257,7 +257,7 @@ async fn serve_http<I>(
         }
         Protocol::Http2 => {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                service(request.map(ClientBody::Http2)).map(Ok::<_, Infallible>)
+                service(Box::new(request.map(ClientBody::Http2))).map(Ok::<_, Infallible>)
             });
             let mut connection = pin!(spec.http2_builder.serve_connection(TokioIo::new(io), service));
             let outcome = supervise(connection.as_mut(), stop_rx).await;
@@ -299,7 +299,7 @@ async fn respond(
     state: Arc<ConnState>,
     listen_key: SocketAddr,
     max_requests: u64,
-    request: Request<ClientBody>,
+    request: ClientRequest,
 ) -> Response<Tracked> {
     state.in_flight.fetch_add(1, Ordering::AcqRel);
     let guard = InFlight(state.clone());

@@ -12,7 +12,7 @@
 //! The connection's socket is shared, behind a lock that is never held across an await, between this
 //! loop (heads, responses, noticing a client that left) and the request body (read by the proxy).
 
-use crate::body::{BoxError, ClientBody};
+use crate::body::{BoxError, ClientBody, ClientRequest};
 use crate::error::error_response;
 use crate::wire::chunked::{ChunkedDecoder, Decoded};
 use crate::wire::{last_token, parse_content_length, Rewound, WriteQueue};
@@ -82,7 +82,7 @@ impl PendingUpgrade {
 pub async fn serve<I, S, F, B>(io: I, limits: Limits, draining: &AtomicBool, mut service: S)
 where
     I: Io,
-    S: FnMut(Request<ClientBody>) -> F,
+    S: FnMut(ClientRequest) -> F,
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
@@ -401,7 +401,7 @@ impl Body for Http1Body {
 
 /// A parsed request head and what it says about its body and the connection.
 struct Head {
-    request: Request<ClientBody>,
+    request: ClientRequest,
     inbound: Inbound,
     keep_alive: bool,
     expects_continue: bool,
@@ -519,7 +519,7 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Res
         let (sender, receiver) = oneshot::channel();
         (sender, PendingUpgrade(Arc::new(Mutex::new(Some(receiver)))))
     });
-    let mut request = Request::new(ClientBody::Empty);
+    let mut request = Box::new(Request::new(ClientBody::Empty));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
