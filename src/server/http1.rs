@@ -469,7 +469,8 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Res
     let head = buf.split_to(length).freeze();
 
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.1)).map_err(|_| Rejection::Bad("malformed target"))?;
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the `X-Request-Id` the gateway adds: growing the map later reallocates it.
+    let mut headers = HeaderMap::with_capacity(count + 1);
     let (mut content_length, mut transfer_encoding, mut chunked) = (None, false, false);
     let (mut close, mut keep_alive_asked, mut upgrade_asked, mut expects_continue) = (false, false, false, false);
     for &((name_start, name_end), (value_start, value_end)) in spans.iter() {
