@@ -184,7 +184,13 @@ impl UpstreamBody {
 
     fn release_connection(&mut self) {
         if let (Some(connection), Some(pool)) = (self.connection.take(), self.pool) {
-            pool.checkin(connection, tokio::time::Instant::now());
+            // A body that never waited for the backend is checked in as of its head, one clock read
+            // fewer: an earlier time only makes the pool retire the connection sooner, never later.
+            let last_used = match (&self.timer, &self.info) {
+                (None, Some(info)) => info.head_at,
+                _ => tokio::time::Instant::now(),
+            };
+            pool.checkin(connection, last_used);
         }
     }
 

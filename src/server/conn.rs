@@ -163,7 +163,9 @@ impl ConnState {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+        // Seconds and milliseconds apart: `as_millis` divides a u128, per request.
+        let open_for = self.opened.elapsed();
+        open_for.as_secs().saturating_mul(1000).saturating_add(u64::from(open_for.subsec_millis()))
     }
 
     /// When the connection will have been idle for `timeout`, or `None` while a request is in flight.
