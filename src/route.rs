@@ -192,9 +192,15 @@ pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
     if !path.starts_with('/') {
         return None;
     }
-    if !path.contains(['%', '.']) && !path.contains("//") {
+    if is_plain(path.as_bytes()) {
         return Some(Cow::Borrowed(path));
     }
+    rebuild(path).map(Cow::Owned)
+}
+
+/// Decodes escapes and resolves dot and empty segments; `None` when the path leaves the root or
+/// decodes to NUL or invalid UTF-8.
+fn rebuild(path: &str) -> Option<String> {
     let decoded = percent_decode(path)?;
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/').skip(1) {
@@ -215,7 +221,20 @@ pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
     if trailing || segments.is_empty() {
         normalized.push('/');
     }
-    Some(Cow::Owned(normalized))
+    Some(normalized)
+}
+
+/// Whether a path is already normal: no escapes, no dot segments, no empty segments. One pass over
+/// the bytes (the standard library's pattern searches cost several times more, per request).
+fn is_plain(path: &[u8]) -> bool {
+    let mut previous = 0u8;
+    for &byte in path {
+        if byte == b'%' || byte == b'.' || (byte == b'/' && previous == b'/') {
+            return false;
+        }
+        previous = byte;
+    }
+    true
 }
 
 fn percent_decode(path: &str) -> Option<String> {
@@ -318,5 +337,19 @@ mod tests {
         assert!(normalize_path("/%zz").is_none());
         assert!(normalize_path("/a%00b").is_none());
         assert_eq!(normalize_path("/a/..").unwrap(), "/");
+    }
+
+    #[test]
+    fn plain_paths_are_already_what_normalizing_makes_of_them() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let alphabet = ['/', 'a', 'b', '.', '%', '2', 'e', 'F'];
+        for _ in 0..20_000 {
+            let length = rng.usize(1..12);
+            let path: String =
+                std::iter::once('/').chain((0..length).map(|_| alphabet[rng.usize(..alphabet.len())])).collect();
+            if is_plain(path.as_bytes()) {
+                assert_eq!(rebuild(&path).as_deref(), Some(path.as_str()), "{path}");
+            }
+        }
     }
 }
