@@ -108,6 +108,15 @@ pub enum ClientBody {
     Http2(hyper::body::Incoming),
 }
 
+impl ClientBody {
+    /// The body's length as its request declared it (`Content-Length`, or none at all), known
+    /// before any of it is read; `None` for a chunked body. Taken from the body, which parsed the
+    /// header once, rather than from the header map again.
+    pub fn declared_length(&self) -> Option<u64> {
+        self.size_hint().exact()
+    }
+}
+
 impl Body for ClientBody {
     type Data = Bytes;
     type Error = BoxError;

@@ -120,7 +120,7 @@ async fn request_policies(
 ) -> Result<Vec<ConnGuard>, GatewayError> {
     policy::limit_requests(&location.limits, client, request).await?;
     let places = policy::hold_places(&location.conn_limits, client, request)?;
-    if proxy::declared_length(request.headers()).is_some_and(|length| length > location.max_body) {
+    if request.body().declared_length().is_some_and(|length| length > location.max_body) {
         return Err(GatewayError::BodyTooLarge(location.max_body));
     }
     location.request_headers.apply(request.headers_mut());

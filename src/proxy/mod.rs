@@ -62,7 +62,7 @@ pub async fn forward(
         websocket::is_upgrade_request(&request).then(|| request.extensions_mut().remove::<PendingUpgrade>()).flatten();
     let (parts, body) = request.into_parts();
     // A body small enough to keep is read first, so the request can go to another server if needed.
-    let declared = declared_length(&parts.headers);
+    let declared = body.declared_length();
     let may_resend = upstream.tries > 1 && (parts.method.is_idempotent() || upstream.retry_non_idempotent);
     if upgrade.is_none() && may_resend && declared.is_some_and(|length| length > 0 && length <= upstream.retry_body_max)
     {
@@ -77,11 +77,6 @@ pub async fn forward(
     }
     let (body, sent) = RequestBody::new(body, max_body);
     forward_body(parts, body, sent, upgrade, client, upstream).await
-}
-
-/// The request's `Content-Length`, if it declares a valid one.
-pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
 }
 
 /// As `forward`, for a request whose body was read in full (by a model router); such a request can
