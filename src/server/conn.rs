@@ -61,9 +61,41 @@ pub async fn serve(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, l
         // Cleartext connections may be either protocol (h2 by prior knowledge): counted as one.
         let _open = metrics.client_connection("cleartext");
         let client = ClientInfo::new(peer, false);
-        let http2 = spec.http2 && http1::is_http2_preface(&stream, spec.limits.header_timeout).await;
-        let protocol = if http2 { Protocol::Http2 } else { Protocol::Http1 };
+        let protocol = if spec.http2 {
+            // The first bytes tell. A client that sends none within `client_header_timeout` is
+            // closed, as nginx closes a connection without a request; so is it on shutdown.
+            let sniffed = tokio::select! {
+                sniffed = tokio::time::timeout(spec.limits.header_timeout, is_http2_preface(&stream)) => sniffed,
+                _ = shutdown.changed() => return,
+            };
+            match sniffed {
+                Ok(true) => Protocol::Http2,
+                Ok(false) => Protocol::Http1,
+                Err(_) => return,
+            }
+        } else {
+            Protocol::Http1
+        };
         serve_http(gateway, stream, protocol, &spec, client, listen_key, shutdown).await;
+    }
+}
+
+/// Whether a cleartext client's first bytes are HTTP/2's connection preface (prior knowledge), by
+/// peeking: nothing is consumed.
+async fn is_http2_preface(stream: &TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut first = [0u8; PREFACE.len()];
+    loop {
+        match stream.peek(&mut first).await {
+            Ok(read) if read > 0 && PREFACE.starts_with(&first[..read]) => {
+                if read == PREFACE.len() {
+                    return true;
+                }
+            }
+            _ => return false,
+        }
+        // Part of a preface: the rest is due in a moment (peeking again at once would spin).
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -43,6 +43,10 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// How long a closing connection waits for those bytes (nginx's `lingering_timeout` is 5 s).
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// Pieces a response write gathers: the head, up to five chunks that are ready together (each with
+/// its size line and CRLF), and the last-chunk marker. Frames are written once the body has nothing
+/// more ready: one write for what a compressor emits at its end, not one per frame.
+const QUEUED_PIECES: usize = 17;
 
 /// The client-side HTTP/1.1 limits of a listener, taken from `[http]` at config load.
 #[derive(Debug, Clone, Copy)]
@@ -580,7 +584,7 @@ where
 {
     let (parts, mut body) = response.into_parts();
     let (out, keep_alive) = encode_head(head_buf, &parts, &body, answering);
-    let mut queue = WriteQueue::default();
+    let mut queue = WriteQueue::<QUEUED_PIECES>::default();
     queue.push(head_buf.split().freeze());
     let mut out = out;
     let mut ended = out == BodyOut::None;
@@ -592,7 +596,7 @@ where
                 match Pin::new(&mut body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Ok(data) = frame.into_data() {
-                            if queue_data(&mut queue, &mut out, data).is_err() {
+                            if queue_data(&mut queue, head_buf, &mut out, data).is_err() {
                                 return Poll::Ready(Err(()));
                             }
                         }
@@ -638,14 +642,22 @@ where
 }
 
 /// Queues one data frame with its framing.
-fn queue_data(queue: &mut WriteQueue, out: &mut BodyOut, data: Bytes) -> Result<(), ()> {
+fn queue_data(
+    queue: &mut WriteQueue<QUEUED_PIECES>,
+    scratch: &mut BytesMut,
+    out: &mut BodyOut,
+    data: Bytes,
+) -> Result<(), ()> {
     if data.is_empty() {
         return Ok(());
     }
     match out {
         BodyOut::None => {}
         BodyOut::Chunked => {
-            queue.push(Bytes::from(format!("{:x}\r\n", data.len())));
+            // The size line shares the connection's scratch buffer: no allocation per chunk.
+            scratch.extend_from_slice(hex(data.len(), &mut [0; 16]));
+            scratch.extend_from_slice(b"\r\n");
+            queue.push(scratch.split().freeze());
             queue.push(data);
             queue.push(Bytes::from_static(b"\r\n"));
         }
@@ -738,6 +750,19 @@ fn encode_head<B: Body>(
     (out, keep_alive)
 }
 
+/// `value` in lowercase hexadecimal, without allocating.
+fn hex(mut value: usize, digits: &mut [u8; 16]) -> &[u8] {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b"0123456789abcdef"[value % 16];
+        value /= 16;
+        if value == 0 {
+            return &digits[start..];
+        }
+    }
+}
+
 /// `value` in decimal, without allocating.
 fn itoa(mut value: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut start = digits.len();
@@ -771,30 +796,6 @@ impl CachedDate {
             self.text.copy_from_slice(httpdate::fmt_http_date(now).as_bytes());
         }
         &self.text
-    }
-}
-
-/// Whether `io`'s first bytes are HTTP/2's connection preface (a cleartext client with prior
-/// knowledge), by peeking: nothing is consumed. Gives up on a preface that stalls half-sent after
-/// `patience`.
-pub async fn is_http2_preface(stream: &tokio::net::TcpStream, patience: Duration) -> bool {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let mut first = [0u8; PREFACE.len()];
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        match stream.peek(&mut first).await {
-            Ok(read) if read > 0 && PREFACE.starts_with(&first[..read]) => {
-                if read == PREFACE.len() {
-                    return true;
-                }
-            }
-            _ => return false,
-        }
-        // Part of a preface: the rest is due in a moment (peeking again at once would spin).
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -888,9 +889,11 @@ mod tests {
     }
 
     #[test]
-    fn itoa_writes_decimal() {
-        for value in [0u64, 7, 10, 12345, u64::MAX] {
+    fn itoa_and_hex_write_numbers() {
+        for value in [0u64, 7, 10, 255, 12345, u64::MAX] {
             assert_eq!(itoa(value, &mut [0; 20]), value.to_string().as_bytes());
+            let small = value as usize;
+            assert_eq!(hex(small, &mut [0; 16]), format!("{small:x}").as_bytes());
         }
     }
 }

@@ -37,18 +37,24 @@ pub fn last_token(value: &[u8]) -> &[u8] {
     value.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii()
 }
 
-/// Bytes waiting to be written, oldest first: at most a head, one chunk with its framing, and the
-/// last-chunk marker. A fixed array, as a queue would allocate per message.
-#[derive(Default)]
-pub struct WriteQueue {
-    pieces: [Bytes; 5],
+/// Bytes waiting to be written, oldest first, at most `N` pieces (a head, chunks with their framing,
+/// the last-chunk marker), written with one vectored write. A fixed array, as a queue would allocate
+/// per message.
+pub struct WriteQueue<const N: usize> {
+    pieces: [Bytes; N],
     first: usize,
     len: usize,
     /// Whether any byte went to the socket.
     wrote_any: bool,
 }
 
-impl WriteQueue {
+impl<const N: usize> Default for WriteQueue<N> {
+    fn default() -> Self {
+        WriteQueue { pieces: std::array::from_fn(|_| Bytes::new()), first: 0, len: 0, wrote_any: false }
+    }
+}
+
+impl<const N: usize> WriteQueue<N> {
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.first == self.len
@@ -76,7 +82,7 @@ impl WriteQueue {
         io: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut slices = [IoSlice::new(&[]); 5];
+        let mut slices = [IoSlice::new(&[]); N];
         for (slice, piece) in slices.iter_mut().zip(&self.pieces[self.first..self.len]) {
             *slice = IoSlice::new(piece);
         }

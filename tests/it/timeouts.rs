@@ -143,6 +143,17 @@ async fn an_incomplete_request_head_is_cut_off_after_client_header_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_connection_that_sends_nothing_is_closed_after_client_header_timeout() {
+    // Cleartext with HTTP/2 offered: the first bytes decide the protocol, and none come.
+    let gw = TestGateway::start(&LIMITS.replace(r#"keepalive_timeout = "5s""#, r#"keepalive_timeout = "75s""#)).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr("127.0.0.1:0")).await.unwrap();
+    let started = Instant::now();
+    let received = tokio::time::timeout(Duration::from_secs(3600), read_to_close(&mut stream)).await;
+    assert!(received.expect("never closed").is_empty());
+    assert_eq!(started.elapsed().as_secs(), 10);
+}
+
+#[tokio::test(start_paused = true)]
 async fn idle_keep_alive_connections_close_after_keepalive_timeout() {
     let gw = TestGateway::start(LIMITS).await;
     let addr = gw.addr("127.0.0.1:0");

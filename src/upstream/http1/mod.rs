@@ -356,7 +356,8 @@ enum SendError {
 
 /// The request on its way out: bytes waiting for the socket and the body still to read.
 struct Outgoing {
-    pending: WriteQueue,
+    /// The head, one chunk with its framing, and the last-chunk marker.
+    pending: WriteQueue<5>,
     /// `None` once read to its end (dropping it tells the proxy the request is sent).
     body: Option<RequestBody>,
     framing: BodyOut,
