@@ -15,7 +15,7 @@
 use crate::body::{BoxError, ClientBody, ClientRequest};
 use crate::error::error_response;
 use crate::wire::chunked::{ChunkedDecoder, Decoded};
-use crate::wire::{last_token, parse_content_length, Rewound, WriteQueue};
+use crate::wire::{last_token, parse_content_length, take_declared, Rewound, WriteQueue};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -294,13 +294,12 @@ impl<I: Io> Shared<I> {
                 Inbound::Broken => {
                     return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, "request body broken"))))
                 }
-                Inbound::Length(left) if !self.buf.is_empty() => {
-                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(self.buf.len());
-                    *left -= take as u64;
+                Inbound::Length(left) => {
+                    let data = take_declared(left, &mut self.buf);
                     if *left == 0 {
                         self.body = Inbound::Done;
                     }
-                    Some(self.buf.split_to(take).freeze())
+                    data
                 }
                 Inbound::Chunked(decoder) => match decoder.decode(&mut self.buf) {
                     Ok(Decoded::Data(data)) => Some(data),
@@ -314,7 +313,6 @@ impl<I: Io> Shared<I> {
                         return Poll::Ready(Some(Err(e)));
                     }
                 },
-                Inbound::Length(_) => None,
             };
             if let Some(data) = data {
                 return Poll::Ready(Some(Ok(data)));

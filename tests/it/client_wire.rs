@@ -57,6 +57,14 @@ async fn read_responses(stream: &mut TcpStream, count: usize) -> String {
     String::from_utf8(received).unwrap()
 }
 
+/// Sends `request` and reads until the gateway closes the connection.
+async fn answer_then_close(stream: &mut TcpStream, request: &[u8]) -> String {
+    stream.write_all(request).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_on_one_connection() {
     let (_gw, backend, mut stream) = gateway().await;
@@ -76,9 +84,7 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
 #[tokio::test]
 async fn http_1_0_clients_keep_alive_only_when_they_ask() {
     let (gw, _backend, mut stream) = gateway().await;
-    stream.write_all(b"GET /once HTTP/1.0\r\nHost: a\r\n\r\n").await.unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
+    let answer = answer_then_close(&mut stream, b"GET /once HTTP/1.0\r\nHost: a\r\n\r\n").await;
     assert!(answer.contains("connection: close\r\n") && answer.ends_with("GET /once "), "{answer}");
 
     let mut stream = TcpStream::connect(gw.addr("127.0.0.1:0")).await.unwrap();
@@ -131,16 +137,12 @@ async fn head_is_answered_with_the_length_and_no_body() {
 #[tokio::test]
 async fn malformed_heads_are_answered_400_and_the_connection_closes() {
     let (gw, backend, mut stream) = gateway().await;
-    stream.write_all(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").await.unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
+    let answer = answer_then_close(&mut stream, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n") && answer.contains("connection: close"), "{answer}");
 
     let mut stream = TcpStream::connect(gw.addr("127.0.0.1:0")).await.unwrap();
     let smuggled = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd";
-    stream.write_all(smuggled.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
+    let answer = answer_then_close(&mut stream, smuggled.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     assert_eq!(backend.request_count(), 0, "nothing malformed reached the backend");
 }

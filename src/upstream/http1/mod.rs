@@ -12,7 +12,7 @@ use super::connector::TimedStream;
 use crate::body::BoxError;
 use crate::proxy::{Forwarding, RequestBody};
 use crate::wire::chunked::{ChunkedDecoder, Decoded};
-use crate::wire::{last_token, Rewound, WriteQueue};
+use crate::wire::{last_token, take_declared, Rewound, WriteQueue};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, response, Method, Response, StatusCode, Version};
@@ -141,13 +141,12 @@ impl UpstreamConnection {
         loop {
             let data = match &mut self.body {
                 Framing::Done => return Poll::Ready(None),
-                Framing::Length(left) if !self.read_buf.is_empty() => {
-                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(self.read_buf.len());
-                    *left -= take as u64;
+                Framing::Length(left) => {
+                    let data = take_declared(left, &mut self.read_buf);
                     if *left == 0 {
                         self.body = Framing::Done;
                     }
-                    Some(self.read_buf.split_to(take).freeze())
+                    data
                 }
                 Framing::Chunked(decoder) => match decoder.decode(&mut self.read_buf) {
                     Ok(Decoded::Data(data)) => Some(data),
@@ -159,7 +158,7 @@ impl UpstreamConnection {
                     Err(e) => return Poll::Ready(Some(Err(e))),
                 },
                 Framing::UntilClose if !self.read_buf.is_empty() => Some(self.read_buf.split().freeze()),
-                Framing::Length(_) | Framing::UntilClose => None,
+                Framing::UntilClose => None,
             };
             if let Some(data) = data {
                 return Poll::Ready(Some(Ok(data)));
