@@ -58,14 +58,20 @@ run() {
 
 echo "proxy throughput: small JSON, HTTP/1.1 keep-alive, wrk -t2 -c50, ${SECONDS_PER_RUN}s x $ROUNDS rounds, $(nproc) cores"
 : > "$WORK/nginx.txt"; : > "$WORK/gateway.txt"
+: > "$WORK/ratios.txt"
 for round in $(seq "$ROUNDS"); do
+  # The two take turns going first: on a shared machine, load drifts within a round.
   # shellcheck disable=SC2046
-  n=$(run $NGINX $(nginx_pids proxy)); echo "$n" >> "$WORK/nginx.txt"
-  g=$(run $GATEWAY "$GATEWAY_PID"); echo "$g" >> "$WORK/gateway.txt"
-  echo "  round $round: nginx ${n% *} rps (${n#* } us CPU/req)   infergate ${g% *} rps (${g#* } us CPU/req)"
+  if [ $((round % 2)) = 1 ]; then
+    n=$(run $NGINX $(nginx_pids proxy)); g=$(run $GATEWAY "$GATEWAY_PID")
+  else
+    g=$(run $GATEWAY "$GATEWAY_PID"); n=$(run $NGINX $(nginx_pids proxy))
+  fi
+  echo "$n" >> "$WORK/nginx.txt"; echo "$g" >> "$WORK/gateway.txt"; echo "$(ratio "${g% *}" "${n% *}")" >> "$WORK/ratios.txt"
+  echo "  round $round: nginx ${n% *} rps (${n#* } us CPU/req)   infergate ${g% *} rps (${g#* } us CPU/req)   ratio $(tail -1 "$WORK/ratios.txt")"
 done
 nginx_rps=$(cut -d' ' -f1 "$WORK/nginx.txt" | median); gw_rps=$(cut -d' ' -f1 "$WORK/gateway.txt" | median)
 nginx_cpu=$(cut -d' ' -f2 "$WORK/nginx.txt" | median); gw_cpu=$(cut -d' ' -f2 "$WORK/gateway.txt" | median)
 printf '\n%-10s %12s %16s\n' "" "median rps" "us CPU/request"
 printf '%-10s %12s %16s\n' nginx "$nginx_rps" "$nginx_cpu" infergate "$gw_rps" "$gw_cpu"
-echo "infergate/nginx: rps $(ratio "$gw_rps" "$nginx_rps")x, CPU per request $(ratio "$gw_cpu" "$nginx_cpu")x"
+echo "infergate/nginx: rps $(ratio "$gw_rps" "$nginx_rps")x (median of the rounds' own ratios $(median < "$WORK/ratios.txt")x), CPU per request $(ratio "$gw_cpu" "$nginx_cpu")x"

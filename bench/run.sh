@@ -187,12 +187,23 @@ echo "infergate benchmark suite: $(date -u +%Y-%m-%d), $(nproc) cores, nginx $(n
 # 1. rps, plain HTTP/1.1 (a small and a 20 KB answer) and HTTPS (wrk), HTTP/2 over TLS (h2load).
 wrk_rps() { wrk -t2 -c50 -d10s "$1" | awk '/Requests\/sec/ {print $2}'; }
 h2_rps() { h2load -t2 -c50 -m10 -D 10 "$1" 2>/dev/null | awk '/^finished in/ {gsub(",", "", $4); print $4}'; }
+# rps_pair ROUND COMMAND NGINX_URL INFERGATE_URL -> "nginx_rps infergate_rps"; the two take turns going
+# first (odd rounds nginx), since load on a shared machine drifts within a round.
+rps_pair() {
+  local n g
+  if [ $(($1 % 2)) = 1 ]; then n=$($2 "$3"); g=$($2 "$4"); else g=$($2 "$4"); n=$($2 "$3"); fi
+  echo "$n $g"
+}
 section rps && for round in $(seq "$ROUNDS"); do
   echo "rps round $round" >&2
-  record rps "HTTP/1.1 small JSON (rps)" "$(wrk_rps http://127.0.0.1:$NGINX_HTTP/v1/models)" "$(wrk_rps http://127.0.0.1:$GW_HTTP/v1/models)" higher
-  record rps "HTTP/1.1 20 KB JSON (rps)" "$(wrk_rps http://127.0.0.1:$NGINX_HTTP/big.json)" "$(wrk_rps http://127.0.0.1:$GW_HTTP/big.json)" higher
-  record rps "HTTPS HTTP/1.1 (rps)" "$(wrk_rps https://127.0.0.1:$NGINX_TLS/v1/models)" "$(wrk_rps https://127.0.0.1:$GW_TLS/v1/models)" higher
-  record rps "HTTPS HTTP/2 (rps, h2load -m10)" "$(h2_rps https://127.0.0.1:$NGINX_TLS/v1/models)" "$(h2_rps https://127.0.0.1:$GW_TLS/v1/models)" higher
+  for row in "HTTP/1.1 small JSON (rps)|wrk_rps|http://127.0.0.1:$NGINX_HTTP/v1/models|http://127.0.0.1:$GW_HTTP/v1/models" \
+    "HTTP/1.1 20 KB JSON (rps)|wrk_rps|http://127.0.0.1:$NGINX_HTTP/big.json|http://127.0.0.1:$GW_HTTP/big.json" \
+    "HTTPS HTTP/1.1 (rps)|wrk_rps|https://127.0.0.1:$NGINX_TLS/v1/models|https://127.0.0.1:$GW_TLS/v1/models" \
+    "HTTPS HTTP/2 (rps, h2load -m10)|h2_rps|https://127.0.0.1:$NGINX_TLS/v1/models|https://127.0.0.1:$GW_TLS/v1/models"; do
+    IFS='|' read -r metric tool nginx_url gateway_url <<< "$row"
+    read -r n g <<< "$(rps_pair "$round" "$tool" "$nginx_url" "$gateway_url")"
+    record rps "$metric" "$n" "$g" higher
+  done
 done
 
 # 1b. Cost of a per-client rate limit that never rejects: rps with it over rps without, for each.
