@@ -293,13 +293,15 @@ async fn serve_http<I>(
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 service(Box::new(request.map(ClientBody::Http2))).map(Ok::<_, Infallible>)
             });
-            let mut connection = pin!(spec.http2_builder.serve_connection(TokioIo::new(io), service));
+            // Boxed: hyper's HTTP/2 connection is kilobytes, and every connection's task would be
+            // sized for it, HTTP/1.1 ones included (which most cleartext connections are).
+            let mut connection = Box::pin(spec.http2_builder.serve_connection(TokioIo::new(io), service));
             let outcome = supervise(connection.as_mut(), stop_rx).await;
             if outcome.is_some() {
                 // GOAWAY: streams in flight finish; so does a client that never acknowledges it, at
                 // the drain deadline.
                 connection.as_mut().graceful_shutdown();
-                drain(connection, spec.limits.drain_timeout).await;
+                drain(connection.as_mut(), spec.limits.drain_timeout).await;
             }
             outcome
         }

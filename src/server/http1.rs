@@ -5,9 +5,9 @@
 //! Written by hand rather than with hyper's server connection, as the upstream side is: hyper's layers
 //! (dispatcher, buffered IO, a body channel, the per-request read-ahead that reallocated its read
 //! buffer) were about a third of the gateway's cycles per proxied small request (callgrind with its
-//! cache model). Here the connection's read buffer is reused, the request body is read straight from
-//! the socket when the backend side asks for it, and the head and a ready first body frame go out in
-//! one vectored write. Parsing is httparse's, the parser hyper uses. HTTP/2 stays with hyper.
+//! cache model). Here read buffers are reused (and held only while a request arrives), the request
+//! body is read straight from the socket when the backend side asks for it, and the head and a ready
+//! first body frame go out in one vectored write. Parsing is httparse's, the parser hyper uses. HTTP/2 stays with hyper.
 //!
 //! The connection's socket is shared, behind a lock that is never held across an await, between this
 //! loop (heads, responses, noticing a client that left) and the request body (read by the proxy).
@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
 /// Most header fields a request may have whatever `[http] max_headers` says: the parser's slots
@@ -37,6 +37,10 @@ use tokio::sync::oneshot;
 pub const HEADER_SLOTS: usize = 256;
 /// Read buffer growth: a fresh buffer holds many small requests before it is reclaimed.
 const READ_SIZE: usize = 8 * 1024;
+/// Read buffers a worker thread keeps for its connections' next requests (see `spare_buffers`).
+const SPARE_BUFFERS: usize = 64;
+/// The first read of a connection without a read buffer: most request heads fit.
+const FIRST_READ: usize = 4 * 1024;
 /// What a closing connection reads and drops of a request body nobody read, so that the client gets
 /// its response rather than a reset (nginx's lingering close).
 const LINGER_BYTES: usize = 64 * 1024;
@@ -92,7 +96,7 @@ where
 {
     let shared = Arc::new(Mutex::new(Shared {
         io,
-        buf: BytesMut::with_capacity(READ_SIZE),
+        buf: BytesMut::new(),
         body: Inbound::Done,
         continue_left: None,
         spans: Vec::new(),
@@ -155,10 +159,46 @@ where
             return;
         }
         // A request body nobody read in full leaves the connection's framing unknown.
-        let body_read = matches!(connection.lock().body, Inbound::Done);
+        let body_read = {
+            let mut shared = connection.lock();
+            shared.release_idle_buffer();
+            matches!(shared.body, Inbound::Done)
+        };
         if !kept || !body_read || draining.load(Ordering::Relaxed) {
             connection.close().await;
             return;
+        }
+    }
+}
+
+/// The read buffers of connections between requests. A kept-alive connection waiting for its next
+/// request holds no read buffer (nginx frees its own too): with thousands of idle connections that is
+/// half of the memory each one holds. Its next request takes a buffer from this worker thread's spares,
+/// so a busy connection pays a pop and a push per request, not an allocation.
+mod spare_buffers {
+    use super::{READ_SIZE, SPARE_BUFFERS};
+    use bytes::BytesMut;
+    use std::cell::RefCell;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty buffer with room for `READ_SIZE` bytes.
+    pub fn take() -> BytesMut {
+        SPARE.with_borrow_mut(Vec::pop).unwrap_or_else(|| BytesMut::with_capacity(READ_SIZE))
+    }
+
+    /// Keeps `buffer` for another connection when its memory is not shared any more (the last
+    /// request's head may still be referenced) and the thread keeps fewer than `SPARE_BUFFERS`.
+    pub fn give_back(mut buffer: BytesMut) {
+        buffer.clear();
+        if buffer.try_reclaim(READ_SIZE) {
+            SPARE.with_borrow_mut(|spare| {
+                if spare.len() < SPARE_BUFFERS {
+                    spare.push(buffer);
+                }
+            });
         }
     }
 }
@@ -230,10 +270,29 @@ impl<I: Io> Connection<I> {
 impl<I: Io> Shared<I> {
     /// Reads more of the client's bytes into the buffer; `Ok(0)` when it closed.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() == 0 {
+            // A connection waiting for its next request holds no buffer: the first bytes land on
+            // the stack, and only bytes that arrived take a buffer.
+            let mut first = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+            let mut first = ReadBuf::uninit(&mut first);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut first))?;
+            if !first.filled().is_empty() {
+                self.buf = spare_buffers::take();
+                self.buf.extend_from_slice(first.filled());
+            }
+            return Poll::Ready(Ok(first.filled().len()));
+        }
         if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
             self.buf.reserve(READ_SIZE);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Between requests: gives an empty read buffer back to the thread's spares (`spare_buffers`).
+    fn release_idle_buffer(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            spare_buffers::give_back(std::mem::take(&mut self.buf));
+        }
     }
 
     /// Reads until a request head is parsed; `None` when the client closed between requests.
@@ -805,6 +864,24 @@ mod tests {
 
     fn parse(text: &str) -> Result<Option<Head>, Rejection> {
         parse_head(&mut BytesMut::from(text), &mut Vec::new(), LIMITS)
+    }
+
+    #[test]
+    fn spare_read_buffers_are_reused_unless_their_memory_is_still_shared() {
+        let mut used = spare_buffers::take();
+        used.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let memory = used.as_ptr();
+        spare_buffers::give_back(used);
+        let again = spare_buffers::take();
+        assert_eq!((again.as_ptr(), again.len()), (memory, 0));
+        assert!(again.capacity() >= READ_SIZE);
+
+        // A request head split off the buffer still lives: the buffer's memory is not handed out again.
+        let mut shared = again;
+        shared.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let head = shared.split_to(8).freeze();
+        spare_buffers::give_back(shared);
+        assert_ne!(spare_buffers::take().as_ptr(), head.as_ptr());
     }
 
     #[test]

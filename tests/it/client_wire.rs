@@ -82,6 +82,26 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
 }
 
 #[tokio::test]
+async fn a_large_request_on_an_idle_kept_alive_connection_arrives_whole() {
+    // Between requests the connection holds no read buffer; the next request's first bytes are read
+    // onto the stack. A head and body far larger than that first read must still arrive intact.
+    let (_gw, _backend, mut stream) = gateway().await;
+    stream.write_all(b"GET /small HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    assert!(read_responses(&mut stream, 1).await.contains("GET /small "));
+    let body: String = (0..10_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let large = format!(
+        "POST /large HTTP/1.1\r\nHost: a\r\nX-Pad: {}\r\nContent-Length: {}\r\n\r\n{body}",
+        "p".repeat(6_000),
+        body.len()
+    );
+    stream.write_all(large.as_bytes()).await.unwrap();
+    let answer = read_responses(&mut stream, 1).await;
+    assert!(answer.ends_with(&format!("POST /large {body}")), "{}", &answer[..answer.len().min(300)]);
+    stream.write_all(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    assert!(read_responses(&mut stream, 1).await.contains("GET /after "));
+}
+
+#[tokio::test]
 async fn http_1_0_clients_keep_alive_only_when_they_ask() {
     let (gw, _backend, mut stream) = gateway().await;
     let answer = answer_then_close(&mut stream, b"GET /once HTTP/1.0\r\nHost: a\r\n\r\n").await;
