@@ -103,8 +103,6 @@ where
     }));
     let connection = Connection(shared);
     let mut head_buf = BytesMut::new();
-    // The service future is kilobytes: one place for it per connection, reused by every request.
-    let mut in_flight = Box::pin(None);
     loop {
         let head = match poll_fn(|cx| connection.lock().poll_head(cx, limits)).await {
             Ok(Some(head)) => head,
@@ -128,12 +126,12 @@ where
         if has_body {
             *request.body_mut() = ClientBody::Http1(Http1Body::new(&connection.0, request.headers()));
         }
-        in_flight.set(Some(service(request)));
+        // Boxed, per request: the service future is kilobytes, and a connection waiting for its next
+        // request holds none of it (an allocation this size comes from the allocator's thread cache).
+        let mut in_flight = Box::pin(service(request));
         let response = poll_fn(|cx| {
-            if let Some(service) = in_flight.as_mut().as_pin_mut() {
-                if let Poll::Ready(response) = service.poll(cx) {
-                    return Poll::Ready(Some(response));
-                }
+            if let Poll::Ready(response) = in_flight.as_mut().poll(cx) {
+                return Poll::Ready(Some(response));
             }
             match connection.lock().poll_client_gone(cx) {
                 true => Poll::Ready(None),
@@ -141,7 +139,7 @@ where
             }
         })
         .await;
-        in_flight.set(None);
+        drop(in_flight);
         let Some(response) = response else {
             tracing::debug!("client closed the connection before the response");
             return;
