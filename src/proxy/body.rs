@@ -1,6 +1,6 @@
-//! Bodies on their way through the proxy, never collected: the client's request body tells the proxy
-//! when it has been sent (so the read timeout starts then), and the backend's response body is
-//! forwarded frame by frame with nginx's read timeout between two frames.
+//! Bodies on their way through the proxy, never collected: the client's request body (streamed, or read
+//! in full to be sent again elsewhere), and the backend's response body, forwarded frame by frame with
+//! nginx's read timeout between two frames.
 
 use crate::accounting::UpstreamInfo;
 use crate::body::BoxError;
@@ -12,15 +12,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 /// The client's request body on its way to the backend: streamed as it arrives, or already read in
-/// full (a model router read it to find the `model` field). Dropping it (hyper does so once the body
-/// is written, or when it gives up) drops `sent`, which wakes the proxy to arm the first-byte timeout.
+/// full (a model router read it to find the `model` field).
 pub struct RequestBody {
     source: Source,
-    _sent: Option<oneshot::Sender<()>>,
 }
 
 enum Source {
@@ -31,27 +28,26 @@ enum Source {
 }
 
 impl RequestBody {
-    /// Wraps a client body that may carry up to `limit` bytes; the returned receiver completes once the
-    /// body is done with. `None` when the body is empty, so the timeout can start at once.
-    pub fn new(inner: ClientBody, limit: u64) -> (RequestBody, Option<oneshot::Receiver<()>>) {
-        let empty = inner.is_end_stream();
-        let source = Source::Streaming { inner, remaining: limit, limit };
-        if empty {
-            return (RequestBody { source, _sent: None }, None);
-        }
-        let (tx, rx) = oneshot::channel();
-        (RequestBody { source, _sent: Some(tx) }, Some(rx))
+    /// Wraps a client body that may carry up to `limit` bytes.
+    pub fn new(inner: ClientBody, limit: u64) -> RequestBody {
+        RequestBody { source: Source::Streaming { inner, remaining: limit, limit } }
     }
 
     /// A body read in full.
     pub fn buffered(bytes: Bytes) -> RequestBody {
-        RequestBody { source: Source::Buffered((!bytes.is_empty()).then_some(bytes)), _sent: None }
+        RequestBody { source: Source::Buffered((!bytes.is_empty()).then_some(bytes)) }
+    }
+
+    /// Whether bytes of it are still to come from the client: sending it then takes the client's time,
+    /// and the wait for the response starts only once it is sent.
+    pub fn streams(&self) -> bool {
+        matches!(&self.source, Source::Streaming { inner, .. } if !inner.is_end_stream())
     }
 
     /// The same body again, for sending the request to another server: possible unless it streams.
     pub fn replay(&self) -> Option<RequestBody> {
         match &self.source {
-            Source::Buffered(bytes) => Some(RequestBody { source: Source::Buffered(bytes.clone()), _sent: None }),
+            Source::Buffered(bytes) => Some(RequestBody { source: Source::Buffered(bytes.clone()) }),
             Source::Streaming { inner, .. } if inner.is_end_stream() => Some(RequestBody::buffered(Bytes::new())),
             Source::Streaming { .. } => None,
         }

@@ -14,16 +14,14 @@ use crate::body::{BoxError, ClientRequest, ResponseBody};
 use crate::error::GatewayError;
 use crate::server::http1::PendingUpgrade;
 use crate::upstream::{
-    ConnectError, ExchangeError, Lease, SendTimedOut, Tried, Unavailable, Upstream, UpstreamConnection,
+    ConnectError, ExchangeError, HeadWait, Lease, SendTimedOut, Tried, Unavailable, Upstream, UpstreamConnection,
     UpstreamRequest, UpstreamServer,
 };
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::sync::oneshot;
 
 /// Who sent the request, as the forwarding headers need it; made once per connection.
 #[derive(Debug, Clone)]
@@ -75,8 +73,7 @@ pub async fn forward(
         };
         return forward_buffered(parts, bytes, client, upstream).await;
     }
-    let (body, sent) = RequestBody::new(body, max_body);
-    forward_body(parts, body, sent, upgrade, client, upstream).await
+    forward_body(parts, RequestBody::new(body, max_body), upgrade, client, upstream).await
 }
 
 /// As `forward`, for a request whose body was read in full (by a model router); such a request can
@@ -87,13 +84,12 @@ pub async fn forward_buffered(
     client: &ClientInfo,
     upstream: &Upstream,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    forward_body(parts, RequestBody::buffered(body), None, None, client, upstream).await
+    forward_body(parts, RequestBody::buffered(body), None, client, upstream).await
 }
 
 async fn forward_body(
     mut parts: http::request::Parts,
     mut body: RequestBody,
-    mut sent: Option<oneshot::Receiver<()>>,
     upgrade: Option<PendingUpgrade>,
     client: &ClientInfo,
     upstream: &Upstream,
@@ -151,7 +147,6 @@ async fn forward_body(
                 client_upgrade,
                 server,
                 lease,
-                &mut sent,
                 waits,
                 upstream.timeouts.read.0,
             ))
@@ -184,14 +179,14 @@ async fn forward_body(
         // upstream allows others).
         let resend_elsewhere = may_retry && (parts.method.is_idempotent() || upstream.retry_non_idempotent);
         let mut replay = (connection.reused || resend_elsewhere).then(|| body.replay()).flatten();
-        let response = match exchange(&mut connection, request, body, &mut sent, waits).await {
+        let response = match exchange(&mut connection, request, body, waits).await {
             // A kept-alive connection the backend had closed: the request never left (or got no answer
             // at all), so a fresh connection gets it.
             Err(Failure::NotSent(unsent, error)) if connection.reused => {
                 tracing::debug!(%error, "pooled upstream connection was closed; retrying on a new one");
                 connection = server.pool.connect().await.map_err(connect_error)?;
                 upstream.metrics.opened.inc();
-                exchange(&mut connection, request, *unsent, &mut sent, waits.starting_now()).await
+                exchange(&mut connection, request, *unsent, waits.starting_now()).await
             }
             Err(Failure::Closed(error)) if connection.reused && replay.is_some() => {
                 tracing::debug!(%error, "pooled upstream connection closed under the request; resending it on a new one");
@@ -201,7 +196,7 @@ async fn forward_body(
                     .as_ref()
                     .and_then(RequestBody::replay)
                     .unwrap_or_else(|| RequestBody::buffered(Bytes::new()));
-                exchange(&mut connection, request, resend, &mut sent, waits.starting_now()).await
+                exchange(&mut connection, request, resend, waits.starting_now()).await
             }
             other => other,
         };
@@ -277,21 +272,30 @@ enum Failure {
     Failed(GatewayError),
 }
 
-/// Sends the request on `connection` and waits for the response head, under the head timeouts.
+/// Sends the request on `connection` and waits for the response head, under the head timeouts: the
+/// first byte's (the connection's own, armed once the request is sent) and the total deadline.
 async fn exchange(
     connection: &mut UpstreamConnection,
     request: UpstreamRequest<'_>,
     body: RequestBody,
-    sent: &mut Option<oneshot::Receiver<()>>,
     waits: HeadWaits,
 ) -> Result<http::response::Parts, Failure> {
-    match with_head_timeouts(connection.exchange(request, body), sent, waits).await {
-        Err(timeout) => Err(Failure::Failed(timeout)),
-        Ok(Ok(head)) => Ok(head),
-        Ok(Err(ExchangeError::NotSent(body, error))) => Err(Failure::NotSent(Box::new(body), error)),
-        Ok(Err(ExchangeError::Closed(error))) => Err(Failure::Closed(error)),
-        Ok(Err(ExchangeError::Body(error))) => Err(Failure::Failed(body_error(error))),
-        Ok(Err(ExchangeError::Backend(error))) => Err(Failure::Failed(backend_error(&error))),
+    let wait = HeadWait { from: waits.from, timeout: waits.first_byte };
+    let head = connection.exchange(request, body, wait);
+    let head = match waits.total {
+        None => head.await,
+        Some((deadline, duration)) => match tokio::time::timeout_at(deadline, head).await {
+            Ok(head) => head,
+            Err(_) => return Err(Failure::Failed(GatewayError::TotalTimeout(duration))),
+        },
+    };
+    match head {
+        Ok(head) => Ok(head),
+        Err(ExchangeError::NotSent(body, error)) => Err(Failure::NotSent(Box::new(body), error)),
+        Err(ExchangeError::Closed(error)) => Err(Failure::Closed(error)),
+        Err(ExchangeError::Body(error)) => Err(Failure::Failed(body_error(error))),
+        Err(ExchangeError::Backend(error)) => Err(Failure::Failed(backend_error(&error))),
+        Err(ExchangeError::TimedOut) => Err(Failure::Failed(GatewayError::ReadTimeout)),
     }
 }
 
@@ -304,12 +308,11 @@ async fn forward_upgrade(
     client_upgrade: PendingUpgrade,
     server: &UpstreamServer,
     lease: Lease,
-    sent: &mut Option<oneshot::Receiver<()>>,
     waits: HeadWaits,
     read_timeout: Duration,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let mut connection = server.pool.connect().await.map_err(connect_error)?;
-    let mut head = match exchange(&mut connection, request, body, sent, waits.starting_now()).await {
+    let mut head = match exchange(&mut connection, request, body, waits.starting_now()).await {
         Ok(head) => head,
         Err(Failure::Failed(error)) => return Err(error),
         Err(Failure::NotSent(_, error) | Failure::Closed(error)) => {
@@ -350,36 +353,6 @@ impl HeadWaits {
     /// The same waits for a request going out now.
     fn starting_now(self) -> HeadWaits {
         HeadWaits { from: tokio::time::Instant::now(), ..self }
-    }
-}
-
-/// Runs `head` under the first-byte timeout, which starts once the request body has been handed to
-/// the backend (`sent` completes), and under the total deadline.
-async fn with_head_timeouts<T>(
-    head: impl Future<Output = T>,
-    sent: &mut Option<oneshot::Receiver<()>>,
-    waits: HeadWaits,
-) -> Result<T, GatewayError> {
-    let first_byte = async {
-        match sent {
-            Some(sent) => {
-                let _ = sent.await;
-                tokio::time::sleep(waits.first_byte).await;
-            }
-            None => tokio::time::sleep_until(waits.from + waits.first_byte).await,
-        }
-    };
-    let total = async {
-        match waits.total {
-            Some((deadline, _)) => tokio::time::sleep_until(deadline).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        biased;
-        result = head => Ok(result),
-        () = first_byte => Err(GatewayError::ReadTimeout),
-        () = total => Err(GatewayError::TotalTimeout(waits.total.map_or(Duration::ZERO, |(_, d)| d))),
     }
 }
 

@@ -18,7 +18,7 @@ pub use health::{spawn_checks, ActiveCheck, FailPolicy, ServerHealth};
 
 pub use admission::{Admission, Ask, Permit, Rejection};
 pub use connector::{ConnectError, Connector, SendTimedOut, TimedStream};
-pub use http1::{ExchangeError, Upgraded, UpstreamRequest};
+pub use http1::{ExchangeError, HeadWait, Upgraded, UpstreamRequest};
 pub use pool::{PoolKey, PoolSettings, ServerPool, UpstreamConnection};
 
 use crate::config::{UpstreamConfig, UpstreamTimeouts};

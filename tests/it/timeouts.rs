@@ -61,6 +61,35 @@ async fn read_timeout_before_the_response_head_answers_504() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn read_timeout_starts_once_a_slow_upload_is_sent() {
+    // 100 s of upload, then 100 s of thinking: each within the 120 s read timeout, which nginx arms
+    // once the request is sent, though together past it.
+    let backend = Backend::start(|request| async move {
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        Response::new(full(format!("read {} bytes", body.len())))
+    })
+    .await;
+    let gw = TestGateway::start(&proxy_config(&backend.authority(), TIMEOUTS)).await;
+    let chunks = futures_util::stream::unfold(0, |sent| async move {
+        match sent {
+            0 => Some((Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"first "))), 1)),
+            1 => {
+                tokio::time::sleep(Duration::from_secs(100)).await;
+                Some((Ok(Frame::data(Bytes::from_static(b"second"))), 2))
+            }
+            _ => None,
+        }
+    });
+    let request = Request::post("/v1/chat").header("host", "localhost").body(StreamBody::new(chunks).boxed()).unwrap();
+    let started = Instant::now();
+    let response = http1(gw.addr("127.0.0.1:0")).await.send_request(request).await.unwrap();
+    let (status, _, body) = collect(response).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "read 12 bytes"));
+    assert_eq!(started.elapsed().as_secs(), 200);
+}
+
+#[tokio::test(start_paused = true)]
 async fn read_timeout_mid_response_cuts_the_client_off_without_a_clean_end() {
     let backend = Backend::start(|_| async {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);

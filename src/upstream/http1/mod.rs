@@ -17,11 +17,13 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, response, Method, Response, StatusCode, Version};
 use http_body::Body;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
 
 /// Largest response head accepted, 64 KiB (nginx's `proxy_buffer_size` is 4-8 KB; model servers send
 /// small heads, so a larger one is a broken backend): answered 502. Offsets into it fit a `u16`.
@@ -41,6 +43,18 @@ pub struct UpstreamRequest<'a> {
     /// Response headers dropped as the head is parsed (lowercase names), besides the
     /// connection-level ones: never made into header map entries only to be removed.
     pub hidden: &'a [&'static str],
+}
+
+/// How long the backend may take to begin its answer: nginx's `proxy_read_timeout` up to the response
+/// head, armed once the request has been sent.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadWait {
+    /// When the request started going out: the timer runs from here for a request whose body was at
+    /// hand (none, or read in full), which takes no time to send. A time read already, as clock
+    /// reads cost.
+    pub from: Instant,
+    /// The timeout itself.
+    pub timeout: Duration,
 }
 
 /// What a request says about reading its response.
@@ -65,6 +79,10 @@ pub struct UpstreamConnection {
     keep_alive: bool,
     /// Whether it served a request before (a failure on it may be a stale keep-alive connection).
     pub reused: bool,
+    /// The response head's deadline (`HeadWait`), kept from one request to the next and moved
+    /// forward: tokio then only notes the later deadline, without touching its timer wheel, where a
+    /// timer per request is inserted and removed under a lock.
+    head_timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// How the rest of a response body is delimited.
@@ -89,6 +107,8 @@ pub enum ExchangeError {
     Body(BoxError),
     /// The backend failed, or answered something that is not HTTP/1.1.
     Backend(io::Error),
+    /// No response head within `HeadWait::timeout` of the request being sent.
+    TimedOut,
 }
 
 impl UpstreamConnection {
@@ -101,22 +121,32 @@ impl UpstreamConnection {
             body: Framing::Done,
             keep_alive: true,
             reused: false,
+            head_timer: None,
         }
     }
 
     /// Sends `request` with `body` and waits for the response head (1xx answers other than 101 are
-    /// skipped). The body is sent as it arrives from the client while the answer is awaited; it is
-    /// dropped once sent in full, which is when the proxy starts its read timeout. A backend that
-    /// answers before taking the whole body gets no more of it, and the connection is not reused.
+    /// skipped), up to `wait` once the request is sent. The body is sent as it arrives from the
+    /// client while the answer is awaited. A backend that answers before taking the whole body gets
+    /// no more of it, and the connection is not reused.
     pub async fn exchange(
         &mut self,
         request: UpstreamRequest<'_>,
         body: RequestBody,
+        wait: HeadWait,
     ) -> Result<response::Parts, ExchangeError> {
         let framing = BodyOut::for_request(&request.head.method, &body);
         self.write_head(request, framing);
         let head = self.head_buf.split().freeze();
-        let mut outgoing = Outgoing { pending: WriteQueue::default(), body: Some(body), framing, pulled: false };
+        let streams = body.streams();
+        let mut outgoing = Outgoing {
+            pending: WriteQueue::default(),
+            body: Some(body),
+            framing,
+            pulled: false,
+            wait: Some(wait),
+            streams,
+        };
         outgoing.pending.push(head);
         let rules = ResponseRules { head_request: request.head.method == Method::HEAD, hidden: request.hidden };
         poll_fn(|cx| self.poll_exchange(cx, &mut outgoing, rules)).await
@@ -267,13 +297,38 @@ impl UpstreamConnection {
                 }
             }
         }
-        let head = ready!(self.poll_head(cx, rules));
+        let head = match self.poll_head(cx, rules) {
+            Poll::Ready(head) => head,
+            Poll::Pending if outgoing.is_sent() && self.poll_head_deadline(cx, outgoing).is_ready() => {
+                // A late answer would arrive on it: not reused.
+                self.keep_alive = false;
+                return Poll::Ready(Err(ExchangeError::TimedOut));
+            }
+            Poll::Pending => return Poll::Pending,
+        };
         if head.is_ok() && !outgoing.is_sent() {
             // An answer before the whole request: the rest is not sent, so the framing is broken.
             self.keep_alive = false;
             outgoing.abandon();
         }
         Poll::Ready(head)
+    }
+
+    /// The response head's deadline, armed on the first call of an exchange (its request is sent):
+    /// `HeadWait::from` plus the timeout for a body that was at hand, now plus the timeout for one
+    /// that streamed.
+    fn poll_head_deadline(&mut self, cx: &mut Context<'_>, outgoing: &mut Outgoing) -> Poll<()> {
+        if let Some(wait) = outgoing.wait.take() {
+            let deadline = if outgoing.streams { Instant::now() } else { wait.from } + wait.timeout;
+            match &mut self.head_timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.head_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        match &mut self.head_timer {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
     }
 
     /// Reads until a final response head is parsed, and sets up reading its body.
@@ -362,6 +417,10 @@ struct Outgoing {
     framing: BodyOut,
     /// Whether a body frame was taken from `body` (it can then no longer be sent elsewhere).
     pulled: bool,
+    /// The response head's wait, until its deadline is armed.
+    wait: Option<HeadWait>,
+    /// Whether the body streams from the client (the wait then starts when it is sent).
+    streams: bool,
 }
 
 impl Outgoing {
