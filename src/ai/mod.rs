@@ -1,8 +1,8 @@
 //! Understanding OpenAI-compatible traffic: routing a request to the upstream serving the model its
 //! JSON body names, and answering `GET /v1/models` from the config.
 
-use crate::body::ClientRequest;
 use crate::body::ResponseBody;
+use crate::body::{ClientBody, ClientRequest};
 use crate::error::GatewayError;
 use crate::proxy::{self, ClientInfo};
 use crate::upstream::Upstream;
@@ -58,7 +58,8 @@ impl ModelRouter {
         if declared.is_some_and(|length| length > self.max_body) {
             return Err(GatewayError::BodyTooLarge(self.max_body));
         }
-        let (parts, body) = request.into_parts();
+        let mut head = request;
+        let body = std::mem::replace(head.body_mut(), ClientBody::Empty);
         let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
         let body = match Limited::new(body, limit).collect().await {
             Ok(collected) => collected.to_bytes(),
@@ -72,6 +73,6 @@ impl ModelRouter {
         let model = field.model.ok_or_else(|| GatewayError::BadRequest("the body names no `model`".into()))?;
         let upstream =
             self.routes.get(&model).ok_or_else(|| GatewayError::UnknownModel { model, known: self.known.clone() })?;
-        proxy::forward_buffered(parts, body, client, upstream).await
+        proxy::forward_buffered(head, body, client, upstream).await
     }
 }

@@ -10,7 +10,7 @@ pub use body::{BodyTimeouts, BodyTooLarge, RequestBody, StreamTimedOut, Upstream
 pub use headers::Forwarding;
 
 use crate::accounting::UpstreamInfo;
-use crate::body::{BoxError, ClientRequest, ResponseBody};
+use crate::body::{BoxError, ClientBody, ClientRequest, ResponseBody};
 use crate::error::GatewayError;
 use crate::server::http1::PendingUpgrade;
 use crate::upstream::{
@@ -58,10 +58,11 @@ pub async fn forward(
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let upgrade =
         websocket::is_upgrade_request(&request).then(|| request.extensions_mut().remove::<PendingUpgrade>()).flatten();
-    let (parts, body) = request.into_parts();
+    // The head stays in its box (a future holding it would be copied with it at every layer).
+    let body = std::mem::replace(request.body_mut(), ClientBody::Empty);
     // A body small enough to keep is read first, so the request can go to another server if needed.
     let declared = body.declared_length();
-    let may_resend = upstream.tries > 1 && (parts.method.is_idempotent() || upstream.retry_non_idempotent);
+    let may_resend = upstream.tries > 1 && (request.method().is_idempotent() || upstream.retry_non_idempotent);
     if upgrade.is_none() && may_resend && declared.is_some_and(|length| length > 0 && length <= upstream.retry_body_max)
     {
         // A client that stops sending gets the send timeout, as the backend would.
@@ -71,41 +72,42 @@ pub async fn forward(
             Ok(Err(e)) => return Err(GatewayError::BadRequest(format!("cannot read the request body: {e}"))),
             Err(_) => return Err(GatewayError::BadRequest("the request body did not arrive in time".into())),
         };
-        return forward_buffered(parts, bytes, client, upstream).await;
+        return forward_body(request, RequestBody::buffered(bytes), None, client, upstream).await;
     }
-    forward_body(parts, RequestBody::new(body, max_body), upgrade, client, upstream).await
+    forward_body(request, RequestBody::new(body, max_body), upgrade, client, upstream).await
 }
 
-/// As `forward`, for a request whose body was read in full (by a model router); such a request can
-/// be sent again to another server whatever its method.
+/// As `forward`, for a request whose body was read in full (by a model router; the request's own
+/// body is not looked at); such a request can be sent again to another server whatever its method.
 pub async fn forward_buffered(
-    parts: http::request::Parts,
+    head: ClientRequest,
     body: Bytes,
     client: &ClientInfo,
     upstream: &Upstream,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    forward_body(parts, RequestBody::buffered(body), None, client, upstream).await
+    forward_body(head, RequestBody::buffered(body), None, client, upstream).await
 }
 
+/// Forwards the request `head` (its body is `body`) with the retries `forward` describes.
 async fn forward_body(
-    mut parts: http::request::Parts,
+    mut head: ClientRequest,
     mut body: RequestBody,
     upgrade: Option<PendingUpgrade>,
     client: &ClientInfo,
     upstream: &Upstream,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     // `Host` as the client sent it; an HTTP/2 client sends the authority instead.
-    let host = match parts.headers.contains_key(header::HOST) {
+    let host = match head.headers().contains_key(header::HOST) {
         true => None,
-        false => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        false => head.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
-    let forwarding = headers::to_upstream(&mut parts.headers, host, &client.ip, client.https, upgrade.is_some());
-    let request = UpstreamRequest { head: &parts, forwarding: &forwarding, hidden: &headers::HIDDEN_RESPONSE };
+    let forwarding = headers::to_upstream(head.headers_mut(), host, &client.ip, client.https, upgrade.is_some());
+    let request = UpstreamRequest { head: &head, forwarding: &forwarding, hidden: &headers::HIDDEN_RESPONSE };
     let started = tokio::time::Instant::now();
     let total = upstream.timeouts.total.map(|t| (started + t.0, t.0));
     let waits = HeadWaits { first_byte: upstream.timeouts.first_byte(), total, from: started };
     let retry_deadline = upstream.retry_timeout.map(|t| started + t);
-    let facts = upstream.facts(&parts.headers, &client.ip);
+    let facts = upstream.facts(head.headers(), &client.ip);
 
     let mut tried = Tried::default();
     loop {
@@ -177,7 +179,7 @@ async fn forward_body(
         // A request without a streamed body can be sent again: after a kept-alive connection turns out
         // closed, or to another server after a 502/503 (as nginx: only idempotent methods, unless the
         // upstream allows others).
-        let resend_elsewhere = may_retry && (parts.method.is_idempotent() || upstream.retry_non_idempotent);
+        let resend_elsewhere = may_retry && (head.method().is_idempotent() || upstream.retry_non_idempotent);
         let mut replay = (connection.reused || resend_elsewhere).then(|| body.replay()).flatten();
         let response = match exchange(&mut connection, request, body, waits).await {
             // A kept-alive connection the backend had closed: the request never left (or got no answer

@@ -9,13 +9,13 @@
 //! keep-alive connection needs no copy. Parsing is httparse's, the parser hyper uses.
 
 use super::connector::TimedStream;
-use crate::body::BoxError;
+use crate::body::{BoxError, ClientBody};
 use crate::proxy::{Forwarding, RequestBody};
 use crate::wire::chunked::{ChunkedDecoder, Decoded};
 use crate::wire::{last_token, take_declared, Rewound, WriteQueue};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{request, response, Method, Response, StatusCode, Version};
+use http::{response, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use std::future::{poll_fn, Future};
 use std::io;
@@ -36,8 +36,8 @@ const READ_SIZE: usize = 16 * 1024;
 /// A request as it goes to the backend: its head, and the headers the proxy adds to it.
 #[derive(Clone, Copy)]
 pub struct UpstreamRequest<'a> {
-    /// Method, target and the request's own headers.
-    pub head: &'a request::Parts,
+    /// Method, target and the request's own headers (its body goes separately).
+    pub head: &'a Request<ClientBody>,
     /// Written after the request's own headers, which lose any of these names.
     pub forwarding: &'a Forwarding,
     /// Response headers dropped as the head is parsed (lowercase names), besides the
@@ -135,7 +135,7 @@ impl UpstreamConnection {
         body: RequestBody,
         wait: HeadWait,
     ) -> Result<response::Parts, ExchangeError> {
-        let framing = BodyOut::for_request(&request.head.method, &body);
+        let framing = BodyOut::for_request(request.head.method(), &body);
         self.write_head(request, framing);
         let head = self.head_buf.split().freeze();
         let streams = body.streams();
@@ -148,7 +148,7 @@ impl UpstreamConnection {
             streams,
         };
         outgoing.pending.push(head);
-        let rules = ResponseRules { head_request: request.head.method == Method::HEAD, hidden: request.hidden };
+        let rules = ResponseRules { head_request: request.head.method() == Method::HEAD, hidden: request.hidden };
         poll_fn(|cx| self.poll_exchange(cx, &mut outgoing, rules)).await
     }
 
@@ -241,11 +241,11 @@ impl UpstreamConnection {
         let UpstreamRequest { head, forwarding, .. } = request;
         let buf = &mut self.head_buf;
         buf.reserve(512);
-        buf.extend_from_slice(head.method.as_str().as_bytes());
+        buf.extend_from_slice(head.method().as_str().as_bytes());
         buf.extend_from_slice(b" ");
-        buf.extend_from_slice(head.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+        buf.extend_from_slice(head.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
         buf.extend_from_slice(b" HTTP/1.1\r\n");
-        let own = head.headers.iter().filter(|(name, _)| {
+        let own = head.headers().iter().filter(|(name, _)| {
             *name != header::CONTENT_LENGTH
                 && *name != header::TRANSFER_ENCODING
                 && !forwarding.iter().any(|(added, _)| *added == *name)
