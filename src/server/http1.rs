@@ -109,7 +109,7 @@ where
             Ok(None) => return,
             Err(rejection) => {
                 let response = rejection.response();
-                let _ = write_response(&connection, &mut head_buf, response, Answering::closing()).await;
+                let _ = Box::pin(write_response(&connection, &mut head_buf, response, Answering::closing())).await;
                 connection.close().await;
                 return;
             }
@@ -147,7 +147,9 @@ where
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let answering =
             Answering { head_request, version, keep_alive: keep_alive && !draining.load(Ordering::Relaxed) };
-        let Ok(kept) = write_response(&connection, &mut head_buf, response, answering).await else {
+        // Boxed, per response: its write queue is most of this loop's state, which every connection
+        // would otherwise hold while it waits for its next request.
+        let Ok(kept) = Box::pin(write_response(&connection, &mut head_buf, response, answering)).await else {
             return;
         };
         if switching {
