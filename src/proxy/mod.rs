@@ -56,8 +56,10 @@ pub async fn forward(
     upstream: &Upstream,
     max_body: u64,
 ) -> Result<Response<ResponseBody>, GatewayError> {
+    // Only an HTTP/1.1 head that asked for an upgrade carries one (no header lookups for the others);
+    // it is taken if the headers still ask for it after the location's header edits.
     let upgrade =
-        websocket::is_upgrade_request(&request).then(|| request.extensions_mut().remove::<PendingUpgrade>()).flatten();
+        request.extensions_mut().remove::<PendingUpgrade>().filter(|_| websocket::is_upgrade_request(&request));
     // The head stays in its box (a future holding it would be copied with it at every layer).
     let body = std::mem::replace(request.body_mut(), ClientBody::Empty);
     // A body small enough to keep is read first, so the request can go to another server if needed.
