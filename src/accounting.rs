@@ -122,12 +122,12 @@ impl Record {
     /// The `host:port` of the server that answered.
     pub fn upstream_addr(&self) -> Option<&str> {
         let info = self.upstream?;
-        let upstream = self.runtime.0.upstream_list.get(info.upstream)?;
+        let upstream = self.runtime.runtime.upstream_list.get(info.upstream)?;
         Some(upstream.servers.get(info.server)?.authority.as_str())
     }
 
     fn account(&self) -> Option<&Account> {
-        self.runtime.0.accounts.get(self.account?)
+        self.runtime.runtime.accounts.get(self.account?)
     }
 
     fn metrics(&self) -> Option<&LocationMetrics> {
@@ -146,7 +146,7 @@ impl Record {
             metrics.observe(self);
         }
         let runtime = self.runtime.clone();
-        if let Some(log) = self.account.and_then(|id| runtime.0.accounts.get(id)?.log.as_ref()) {
+        if let Some(log) = self.account.and_then(|id| runtime.runtime.accounts.get(id)?.log.as_ref()) {
             self.ended_at = SystemTime::now();
             log.log(self);
         }
@@ -203,11 +203,11 @@ impl Accounting {
         request: &Request<B>,
         request_id: &HeaderValue,
     ) -> Accounting {
-        if !runtime.0.accounting {
+        if !runtime.runtime.accounting {
             return Accounting(None);
         }
         let headers = request.headers();
-        let keep = runtime.0.access_logs.keep_headers();
+        let keep = runtime.runtime.access_logs.keep_headers();
         let protocol = match request.version() {
             Version::HTTP_2 => "HTTP/2.0",
             Version::HTTP_10 => "HTTP/1.0",
@@ -234,7 +234,7 @@ impl Accounting {
             end: BodyEnd::ClientClosed,
             runtime: runtime.clone(),
             account: None,
-            metrics_on: runtime.0.metrics_kept,
+            metrics_on: runtime.runtime.metrics_kept,
         };
         Accounting(Some(Box::new(TrackedBody {
             inner: ResponseBody::Empty,

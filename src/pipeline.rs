@@ -43,7 +43,7 @@ pub async fn serve(
     client: &ClientInfo,
     mut request: ClientRequest,
 ) -> Response<ResponseBody> {
-    let runtime = &handle.0;
+    let runtime = &handle.runtime;
     let request_id = request_id::ensure(request.headers_mut());
     let client = &*runtime.trusted_proxies.client(client, request.headers());
     let mut account = Accounting::begin(handle, client, &request, &request_id);

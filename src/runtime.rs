@@ -89,7 +89,21 @@ pub struct Account {
 
 /// A connection's own handle on a runtime: requests clone an `Arc<RuntimeRef>` whose count is the
 /// connection's alone, instead of bouncing the runtime's shared count between cores.
-pub struct RuntimeRef(pub Arc<Runtime>);
+pub struct RuntimeRef {
+    /// The runtime itself.
+    pub runtime: Arc<Runtime>,
+    /// The connection's listener in this runtime, found once per connection and reload rather than
+    /// hashed per request; `None` when a reload removed it while the connection was open.
+    pub listener: Option<Arc<ListenerSpec>>,
+}
+
+impl RuntimeRef {
+    /// `runtime` as seen by a connection accepted on `listen_key`.
+    pub fn new(runtime: Arc<Runtime>, listen_key: &SocketAddr) -> RuntimeRef {
+        let listener = runtime.listeners.get(listen_key).cloned();
+        RuntimeRef { runtime, listener }
+    }
+}
 
 impl Runtime {
     /// Parses, validates and compiles a config source. `previous` is the running runtime on reload.

@@ -189,6 +189,8 @@ struct ConnState {
     /// This connection's reference to the current runtime: requests clone this outer `Arc`, whose
     /// count is the connection's own, instead of the runtime's shared one.
     runtime: Mutex<Arc<RuntimeRef>>,
+    /// The configured address the connection came in on, which names its listener in a runtime.
+    listen_key: SocketAddr,
     opened: Instant,
     requests: AtomicU64,
     in_flight: AtomicUsize,
@@ -204,8 +206,8 @@ impl ConnState {
     /// The runtime a new request runs on: the cached one, refreshed when a reload published another.
     fn runtime(&self) -> Arc<RuntimeRef> {
         let mut cached = self.runtime.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if cached.0.version != self.gateway.version() {
-            *cached = Arc::new(RuntimeRef(self.gateway.runtime()));
+        if cached.runtime.version != self.gateway.version() {
+            *cached = Arc::new(RuntimeRef::new(self.gateway.runtime(), &self.listen_key));
         }
         cached.clone()
     }
@@ -272,12 +274,13 @@ async fn serve_http<I>(
 ) where
     I: http1::Io,
 {
-    let runtime = Mutex::new(Arc::new(RuntimeRef(gateway.runtime())));
+    let runtime = Mutex::new(Arc::new(RuntimeRef::new(gateway.runtime(), &listen_key)));
     let peer = client.peer;
     let state = Arc::new(ConnState {
         gateway,
         client,
         runtime,
+        listen_key,
         opened: Instant::now(),
         requests: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
@@ -292,7 +295,7 @@ async fn serve_http<I>(
     let (stop_tx, stop_rx) = oneshot::channel();
     let watchdog = tokio::spawn(watchdog(state.clone(), spec.limits.idle_timeout(), shutdown.clone(), stop_tx));
     let service_state = state.clone();
-    let service = move |request| respond(service_state.clone(), listen_key, max_requests, request);
+    let service = move |request| respond(service_state.clone(), max_requests, request);
     let outcome = match protocol {
         Protocol::Http1 => {
             let mut connection = pin!(http1::serve(io, spec.http1, &state.draining, service));
@@ -347,17 +350,12 @@ async fn drain<C: Future>(connection: Pin<&mut C>, deadline: Duration) {
 
 /// The service of one connection: runs a request through the pipeline and counts it, in flight
 /// until its response body is done with, and against `keepalive_requests`.
-async fn respond(
-    state: Arc<ConnState>,
-    listen_key: SocketAddr,
-    max_requests: u64,
-    request: ClientRequest,
-) -> Response<Tracked> {
+async fn respond(state: Arc<ConnState>, max_requests: u64, request: ClientRequest) -> Response<Tracked> {
     state.in_flight.fetch_add(1, Ordering::AcqRel);
     let guard = InFlight(state.clone());
     let version = request.version();
     let handle = state.runtime();
-    let mut response = match handle.0.listeners.get(&listen_key) {
+    let mut response = match &handle.listener {
         Some(spec) => pipeline::serve(&handle, spec, &state.client, request).await,
         // The listener was removed by a reload while this connection was open.
         None => crate::error::error_response(

@@ -126,14 +126,22 @@ async fn reload_adds_and_removes_listeners_and_keeps_pooled_connections() {
     gw.gateway.reload().await.unwrap();
     let extra = gw.addr("127.0.0.2:0");
     assert_eq!(gw.addr("127.0.0.1:0"), main, "an unchanged listener stays bound");
-    let (status, _, body) = fetch(extra, "/").await;
+    // Connections that stay open across the next reload.
+    let mut on_main = http1(main).await;
+    let mut on_extra = http1(extra).await;
+    let (status, _, body) = send(&mut on_extra, get("/")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "a"));
     assert_eq!(a.seen.connections.load(Ordering::SeqCst), 1, "the upstream pool survived the reload");
+    assert_eq!(send(&mut on_main, get("/")).await.2, "a");
 
-    gw.rewrite(&two_backends_config("a", &a, &b, false));
+    gw.rewrite(&two_backends_config("b", &a, &b, false));
     gw.gateway.reload().await.unwrap();
     assert!(gw.gateway.bound_addr("127.0.0.2:0").is_none());
     assert!(tokio::net::TcpStream::connect(extra).await.is_err(), "removed listener still accepts");
+    // An open connection's next request runs on the new config; one on the removed listener is refused.
+    assert_eq!(send(&mut on_main, get("/")).await.2, "b");
+    let (status, _, body) = send(&mut on_extra, get("/")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable: this address no longer serves\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
