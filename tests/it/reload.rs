@@ -141,7 +141,10 @@ async fn reload_adds_and_removes_listeners_and_keeps_pooled_connections() {
     // An open connection's next request runs on the new config; one on the removed listener is refused.
     assert_eq!(send(&mut on_main, get("/")).await.2, "b");
     let (status, _, body) = send(&mut on_extra, get("/")).await;
-    assert_eq!((status, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable: this address no longer serves\n"));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable: this address no longer serves\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
