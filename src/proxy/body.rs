@@ -6,6 +6,7 @@ use crate::accounting::UpstreamInfo;
 use crate::body::BoxError;
 use crate::body::ClientBody;
 use crate::upstream::{Lease, PoolKey, UpstreamConnection};
+use crate::wire::framing::BodyReader;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future;

@@ -14,8 +14,9 @@
 
 use crate::body::{BoxError, ClientBody, ClientRequest};
 use crate::error::error_response;
-use crate::wire::chunked::{ChunkedDecoder, Decoded};
-use crate::wire::{last_token, parse_content_length, take_declared, Rewound, WriteQueue};
+use crate::wire::chunked::ChunkedDecoder;
+use crate::wire::framing::{BodyReader, Framing};
+use crate::wire::{last_token, parse_content_length, Rewound, WriteQueue};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -97,7 +98,7 @@ where
     let shared = Arc::new(Mutex::new(Shared {
         io,
         buf: BytesMut::new(),
-        body: Inbound::Done,
+        body: Framing::Done,
         continue_left: None,
         spans: Vec::new(),
     }));
@@ -115,7 +116,7 @@ where
             }
         };
         let Head { mut request, inbound, keep_alive, expects_continue, upgrade } = head;
-        let has_body = !matches!(inbound, Inbound::Done);
+        let has_body = !inbound.is_done();
         let head_request = request.method() == Method::HEAD;
         let version = request.version();
         {
@@ -162,7 +163,7 @@ where
         let body_read = {
             let mut shared = connection.lock();
             shared.release_idle_buffer();
-            matches!(shared.body, Inbound::Done)
+            shared.body.is_done()
         };
         if !kept || !body_read || draining.load(Ordering::Relaxed) {
             connection.close().await;
@@ -209,24 +210,11 @@ struct Shared<I> {
     /// Bytes read and not yet consumed: the next head, or body bytes.
     buf: BytesMut,
     /// What is left of the current request's body.
-    body: Inbound,
+    body: Framing,
     /// `100 Continue` bytes written so far, while the answer is due (the body is first read).
     continue_left: Option<usize>,
     /// Scratch space for parsing heads.
     spans: Vec<Spans>,
-}
-
-/// How the rest of a request body is delimited.
-#[derive(Debug)]
-enum Inbound {
-    /// Nothing is left to read.
-    Done,
-    /// `Content-Length`: this many bytes are left.
-    Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked(ChunkedDecoder),
-    /// The body broke (bad framing, or the client left mid-body): the connection cannot go on.
-    Broken,
 }
 
 struct Connection<I>(Arc<Mutex<Shared<I>>>);
@@ -268,26 +256,6 @@ impl<I: Io> Connection<I> {
 }
 
 impl<I: Io> Shared<I> {
-    /// Reads more of the client's bytes into the buffer; `Ok(0)` when it closed.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() == 0 {
-            // A connection waiting for its next request holds no buffer: the first bytes land on
-            // the stack, and only bytes that arrived take a buffer.
-            let mut first = [MaybeUninit::<u8>::uninit(); FIRST_READ];
-            let mut first = ReadBuf::uninit(&mut first);
-            ready!(Pin::new(&mut self.io).poll_read(cx, &mut first))?;
-            if !first.filled().is_empty() {
-                self.buf = spare_buffers::take();
-                self.buf.extend_from_slice(first.filled());
-            }
-            return Poll::Ready(Ok(first.filled().len()));
-        }
-        if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
-            self.buf.reserve(READ_SIZE);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
-    }
-
     /// Between requests: gives an empty read buffer back to the thread's spares (`spare_buffers`).
     fn release_idle_buffer(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() > 0 {
@@ -332,8 +300,9 @@ impl<I: Io> Shared<I> {
         false
     }
 
-    /// The next piece of the request body; `None` at its end.
-    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+    /// The next piece of the request body; `None` at its end. A client that asked for
+    /// `100 Continue` gets it first.
+    fn poll_request_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
         if let Some(written) = self.continue_left {
             // The client waits for this before it sends the body.
             let mut written = written;
@@ -347,48 +316,34 @@ impl<I: Io> Shared<I> {
             }
             self.continue_left = None;
         }
-        loop {
-            let data = match &mut self.body {
-                Inbound::Done => return Poll::Ready(None),
-                Inbound::Broken => {
-                    return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, "request body broken"))))
-                }
-                Inbound::Length(left) => {
-                    let data = take_declared(left, &mut self.buf);
-                    if *left == 0 {
-                        self.body = Inbound::Done;
-                    }
-                    data
-                }
-                Inbound::Chunked(decoder) => match decoder.decode(&mut self.buf) {
-                    Ok(Decoded::Data(data)) => Some(data),
-                    Ok(Decoded::End) => {
-                        self.body = Inbound::Done;
-                        return Poll::Ready(None);
-                    }
-                    Ok(Decoded::NeedMore) => None,
-                    Err(e) => {
-                        self.body = Inbound::Broken;
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                },
-            };
-            if let Some(data) = data {
-                return Poll::Ready(Some(Ok(data)));
+        self.poll_body(cx)
+    }
+}
+
+impl<I: Io> BodyReader for Shared<I> {
+    const PEER: &'static str = "client";
+
+    fn framing_and_buffer(&mut self) -> (&mut Framing, &mut BytesMut) {
+        (&mut self.body, &mut self.buf)
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() == 0 {
+            // A connection waiting for its next request holds no buffer: the first bytes land on
+            // the stack, and only bytes that arrived take a buffer.
+            let mut first = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+            let mut first = ReadBuf::uninit(&mut first);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut first))?;
+            if !first.filled().is_empty() {
+                self.buf = spare_buffers::take();
+                self.buf.extend_from_slice(first.filled());
             }
-            match ready!(self.poll_fill(cx)) {
-                Ok(0) => {
-                    self.body = Inbound::Broken;
-                    let e = io::Error::new(io::ErrorKind::UnexpectedEof, "the client closed the connection mid-body");
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    self.body = Inbound::Broken;
-                    return Poll::Ready(Some(Err(e)));
-                }
-            }
+            return Poll::Ready(Ok(first.filled().len()));
         }
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 }
 
@@ -399,7 +354,7 @@ trait BodySource: Send + Sync {
 
 impl<I: Io> BodySource for Mutex<Shared<I>> {
     fn poll_body(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        self.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).poll_body(cx)
+        self.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).poll_request_body(cx)
     }
 }
 
@@ -463,7 +418,7 @@ impl Body for Http1Body {
 /// A parsed request head and what it says about its body and the connection.
 struct Head {
     request: ClientRequest,
-    inbound: Inbound,
+    inbound: Framing,
     keep_alive: bool,
     expects_continue: bool,
     upgrade: Option<oneshot::Sender<Upgraded>>,
@@ -566,12 +521,9 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Res
             return Err(Rejection::Bad("unsupported Transfer-Encoding"));
         }
         headers.remove(header::CONTENT_LENGTH);
-        Inbound::Chunked(ChunkedDecoder::default())
+        Framing::Chunked(ChunkedDecoder::default())
     } else {
-        match content_length {
-            Some(0) | None => Inbound::Done,
-            Some(length) => Inbound::Length(length),
-        }
+        Framing::declared(content_length.unwrap_or(0))
     };
     let keep_alive = match version {
         Version::HTTP_11 => !close,
@@ -894,7 +846,7 @@ mod tests {
         assert_eq!(head.request.uri().path(), "/v1/chat");
         assert_eq!(head.request.uri().query(), Some("x=1"));
         assert_eq!(head.request.headers().get_all("x-a").iter().count(), 2);
-        assert!(matches!(head.inbound, Inbound::Length(5)));
+        assert!(matches!(head.inbound, Framing::Length(5)));
         assert!(head.keep_alive && !head.expects_continue && head.upgrade.is_none());
         assert_eq!(&buf[..], b"helloGET", "the body and what follows stay in the buffer");
     }
@@ -919,7 +871,7 @@ mod tests {
     fn chunked_wins_over_a_length_and_closes_the_connection() {
         let head =
             parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n").unwrap().unwrap();
-        assert!(matches!(head.inbound, Inbound::Chunked(_)));
+        assert!(matches!(head.inbound, Framing::Chunked(_)));
         assert!(!head.request.headers().contains_key("content-length"));
         assert!(!head.keep_alive);
     }

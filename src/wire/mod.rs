@@ -3,8 +3,9 @@
 //! bytes waiting for a socket, and a connection handed over after `101 Switching Protocols`.
 
 pub mod chunked;
+pub mod framing;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -30,17 +31,6 @@ pub fn parse_content_length(value: &[u8]) -> Result<u64, &'static str> {
         length = Some(parsed);
     }
     length.ok_or("empty Content-Length")
-}
-
-/// Up to `left` bytes of a body of declared length from what `buf` holds, counted off `left`;
-/// `None` when `buf` holds nothing.
-pub fn take_declared(left: &mut u64, buf: &mut BytesMut) -> Option<Bytes> {
-    if buf.is_empty() {
-        return None;
-    }
-    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
-    *left -= take as u64;
-    Some(buf.split_to(take).freeze())
 }
 
 /// The last item of a comma-separated list (the coding applied last, for `Transfer-Encoding`).

@@ -11,8 +11,9 @@
 use super::connector::TimedStream;
 use crate::body::{BoxError, ClientBody};
 use crate::proxy::{Forwarding, RequestBody};
-use crate::wire::chunked::{ChunkedDecoder, Decoded};
-use crate::wire::{last_token, take_declared, Rewound, WriteQueue};
+use crate::wire::chunked::ChunkedDecoder;
+use crate::wire::framing::{BodyReader, Framing};
+use crate::wire::{last_token, Rewound, WriteQueue};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{response, Method, Request, Response, StatusCode, Version};
@@ -85,16 +86,19 @@ pub struct UpstreamConnection {
     head_timer: Option<Pin<Box<Sleep>>>,
 }
 
-/// How the rest of a response body is delimited.
-enum Framing {
-    /// Nothing is left to read.
-    Done,
-    /// `Content-Length`: this many bytes are left.
-    Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked(ChunkedDecoder),
-    /// Neither: the body ends when the backend closes the connection.
-    UntilClose,
+impl BodyReader for UpstreamConnection {
+    const PEER: &'static str = "backend";
+
+    fn framing_and_buffer(&mut self) -> (&mut Framing, &mut BytesMut) {
+        (&mut self.body, &mut self.read_buf)
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read_buf.capacity() - self.read_buf.len() < READ_SIZE / 4 {
+            self.read_buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf)
+    }
 }
 
 /// Why an exchange produced no response head.
@@ -154,7 +158,7 @@ impl UpstreamConnection {
 
     /// Whether the response body has been read in full.
     pub fn body_done(&self) -> bool {
-        matches!(self.body, Framing::Done)
+        self.body.is_done()
     }
 
     /// The body bytes still to come, when the response declared them.
@@ -162,51 +166,7 @@ impl UpstreamConnection {
         match self.body {
             Framing::Done => Some(0),
             Framing::Length(left) => Some(left),
-            Framing::Chunked(_) | Framing::UntilClose => None,
-        }
-    }
-
-    /// The next piece of the response body; `None` at its end.
-    pub fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        loop {
-            let data = match &mut self.body {
-                Framing::Done => return Poll::Ready(None),
-                Framing::Length(left) => {
-                    let data = take_declared(left, &mut self.read_buf);
-                    if *left == 0 {
-                        self.body = Framing::Done;
-                    }
-                    data
-                }
-                Framing::Chunked(decoder) => match decoder.decode(&mut self.read_buf) {
-                    Ok(Decoded::Data(data)) => Some(data),
-                    Ok(Decoded::End) => {
-                        self.body = Framing::Done;
-                        return Poll::Ready(None);
-                    }
-                    Ok(Decoded::NeedMore) => None,
-                    Err(e) => return Poll::Ready(Some(Err(e))),
-                },
-                Framing::UntilClose if !self.read_buf.is_empty() => Some(self.read_buf.split().freeze()),
-                Framing::UntilClose => None,
-            };
-            if let Some(data) = data {
-                return Poll::Ready(Some(Ok(data)));
-            }
-            let read = ready!(self.poll_fill(cx));
-            match read {
-                Ok(0) if matches!(self.body, Framing::UntilClose) => {
-                    self.body = Framing::Done;
-                    self.keep_alive = false;
-                    return Poll::Ready(None);
-                }
-                Ok(0) => {
-                    let e = io::Error::new(io::ErrorKind::UnexpectedEof, "the backend closed the connection mid-body");
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Ok(_) => {}
-                Err(e) => return Poll::Ready(Some(Err(e))),
-            }
+            Framing::Chunked(_) | Framing::UntilClose | Framing::Broken => None,
         }
     }
 
@@ -226,14 +186,6 @@ impl UpstreamConnection {
     /// The connection after a `101 Switching Protocols`: the backend's side of a tunnel.
     pub fn into_upgraded(self) -> Upgraded {
         Rewound::new(self.read_buf.freeze(), self.io)
-    }
-
-    /// Reads more of the backend's bytes into the read buffer; `Ok(0)` when it closed.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read_buf.capacity() - self.read_buf.len() < READ_SIZE / 4 {
-            self.read_buf.reserve(READ_SIZE);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf)
     }
 
     /// Writes the request line and headers; framing headers are the connection's own.
@@ -601,11 +553,7 @@ fn parse_head(buf: &mut BytesMut, rules: ResponseRules<'_>) -> io::Result<Option
     } else if transfer_encoding {
         Framing::UntilClose
     } else {
-        match content_length {
-            Some(0) => Framing::Done,
-            Some(length) => Framing::Length(length),
-            None => Framing::UntilClose,
-        }
+        content_length.map_or(Framing::UntilClose, Framing::declared)
     };
     let keep_alive = if http11 { !close } else { keep_alive_asked }
         && !matches!(framing, Framing::UntilClose)
