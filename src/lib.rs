@@ -8,6 +8,7 @@ pub mod accounting;
 pub mod admin;
 pub mod ai;
 pub mod body;
+pub mod boxed;
 pub mod canary;
 pub mod compress;
 pub mod config;

@@ -145,15 +145,9 @@ async fn forward_body(
         if let Some(client_upgrade) = upgrade {
             // Boxed: the tunnel's setup is the largest state here, and every request's future
             // would otherwise be sized (and copied) for it.
-            return Box::pin(forward_upgrade(
-                request,
-                body,
-                client_upgrade,
-                server,
-                lease,
-                waits,
-                upstream.timeouts.read.0,
-            ))
+            return crate::boxed::pinned(|| {
+                forward_upgrade(request, body, client_upgrade, server, lease, waits, upstream.timeouts.read.0)
+            })
             .await;
         }
 

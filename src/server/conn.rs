@@ -40,7 +40,7 @@ pub async fn serve(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, l
     if spec.tls.is_some() {
         // Boxed, so a cleartext connection's task is not sized for the handshake and TLS state it
         // never has (a kilobyte and a half per idle connection).
-        Box::pin(serve_tls(gateway, stream, peer, listen_key, &spec, &metrics, shutdown)).await;
+        crate::boxed::pinned(|| serve_tls(gateway, stream, peer, listen_key, &spec, &metrics, shutdown)).await;
     } else {
         // Cleartext connections may be either protocol (h2 by prior knowledge): counted as one.
         let _open = metrics.client_connection("cleartext");
@@ -314,7 +314,8 @@ async fn serve_http<I>(
             });
             // Boxed: hyper's HTTP/2 connection is kilobytes, and every connection's task would be
             // sized for it, HTTP/1.1 ones included (which most cleartext connections are).
-            let mut connection = Box::pin(spec.http2_builder.serve_connection(TokioIo::new(io), service));
+            let mut connection =
+                crate::boxed::pinned(|| spec.http2_builder.serve_connection(TokioIo::new(io), service));
             let outcome = supervise(connection.as_mut(), stop_rx).await;
             if outcome.is_some() {
                 // GOAWAY: streams in flight finish; so does a client that never acknowledges it, at

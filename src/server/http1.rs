@@ -110,7 +110,9 @@ where
             Ok(None) => return,
             Err(rejection) => {
                 let response = rejection.response();
-                let _ = Box::pin(write_response(&connection, &mut head_buf, response, Answering::closing())).await;
+                let _ =
+                    crate::boxed::pinned(|| write_response(&connection, &mut head_buf, response, Answering::closing()))
+                        .await;
                 connection.close().await;
                 return;
             }
@@ -129,7 +131,7 @@ where
         }
         // Boxed, per request: the service future is kilobytes, and a connection waiting for its next
         // request holds none of it (an allocation this size comes from the allocator's thread cache).
-        let mut in_flight = Box::pin(service(request));
+        let mut in_flight = crate::boxed::pinned(|| service(request));
         let response = poll_fn(|cx| {
             if let Poll::Ready(response) = in_flight.as_mut().poll(cx) {
                 return Poll::Ready(Some(response));
@@ -150,7 +152,8 @@ where
             Answering { head_request, version, keep_alive: keep_alive && !draining.load(Ordering::Relaxed) };
         // Boxed, per response: its write queue is most of this loop's state, which every connection
         // would otherwise hold while it waits for its next request.
-        let Ok(kept) = Box::pin(write_response(&connection, &mut head_buf, response, answering)).await else {
+        let Ok(kept) = crate::boxed::pinned(|| write_response(&connection, &mut head_buf, response, answering)).await
+        else {
             return;
         };
         if switching {
