@@ -10,6 +10,7 @@ use crate::pipeline;
 use crate::proxy::ClientInfo;
 use crate::runtime::{ListenerSpec, RuntimeRef};
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use futures_util::FutureExt;
 use http::{header, HeaderValue, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -17,15 +18,15 @@ use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 /// Serves a freshly accepted TCP connection that arrived on the listener configured as `listen_key`.
@@ -198,6 +199,8 @@ struct ConnState {
     idle_since_ms: AtomicU64,
     /// Woken when the connection should stop taking requests (requests-per-connection reached).
     close: Notify,
+    /// Raised by the watchdog when the connection should end.
+    stop: StopSignal,
     /// Set when the connection should end after the response in flight (HTTP/1.1).
     draining: AtomicBool,
 }
@@ -286,20 +289,20 @@ async fn serve_http<I>(
         in_flight: AtomicUsize::new(0),
         idle_since_ms: AtomicU64::new(0),
         close: Notify::new(),
+        stop: StopSignal::default(),
         draining: AtomicBool::new(false),
     });
     let max_requests = spec.limits.keepalive_requests;
     // The watchdog runs beside the connection so that its timer and signals are not polled on every
     // wake-up of the connection; `shutdown` stays held here until the connection is done, which is
     // what the gateway's drain waits for.
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let watchdog = tokio::spawn(watchdog(state.clone(), spec.limits.idle_timeout(), shutdown.clone(), stop_tx));
+    let watchdog = tokio::spawn(watchdog(state.clone(), spec.limits.idle_timeout(), shutdown.clone()));
     let service_state = state.clone();
     let service = move |request| respond(service_state.clone(), max_requests, request);
     let outcome = match protocol {
         Protocol::Http1 => {
             let mut connection = pin!(http1::serve(io, spec.http1, &state.draining, service));
-            let outcome = supervise(connection.as_mut(), stop_rx).await;
+            let outcome = supervise(connection.as_mut(), &state.stop).await;
             // Nothing in flight (an idle connection, or one whose next head is late or partial): closed
             // at once. Otherwise the response in flight finishes, and the connection ends.
             if outcome.is_some_and(|reason| reason != IDLE && state.in_flight.load(Ordering::Acquire) > 0) {
@@ -316,7 +319,7 @@ async fn serve_http<I>(
             // sized for it, HTTP/1.1 ones included (which most cleartext connections are).
             let mut connection =
                 crate::boxed::pinned(|| spec.http2_builder.serve_connection(TokioIo::new(io), service));
-            let outcome = supervise(connection.as_mut(), stop_rx).await;
+            let outcome = supervise(connection.as_mut(), &state.stop).await;
             if outcome.is_some() {
                 // GOAWAY: streams in flight finish; so does a client that never acknowledges it, at
                 // the drain deadline.
@@ -333,13 +336,36 @@ async fn serve_http<I>(
     drop(shutdown);
 }
 
-/// Runs `connection` until it ends (`None`), or until the watchdog gives a reason to stop it.
-async fn supervise<C: Future>(connection: Pin<&mut C>, stop: oneshot::Receiver<&'static str>) -> Option<&'static str> {
-    tokio::select! {
-        biased;
-        _ = connection => None,
-        reason = stop => Some(reason.unwrap_or("watchdog ended")),
+/// The watchdog's word to its connection: why it should end, and the connection task's waker to wake
+/// with it. The connection reads it with one atomic load per wake-up, where a channel was polled (and
+/// its waker stored) each time.
+#[derive(Default)]
+struct StopSignal {
+    reason: OnceLock<&'static str>,
+    waker: AtomicWaker,
+}
+
+impl StopSignal {
+    /// Tells the connection to end, for `reason` (the first reason given stands).
+    fn raise(&self, reason: &'static str) {
+        let _ = self.reason.set(reason);
+        self.waker.wake();
     }
+}
+
+/// Runs `connection` until it ends (`None`), or until the watchdog raises `stop` (its reason).
+async fn supervise<C: Future>(mut connection: Pin<&mut C>, stop: &StopSignal) -> Option<&'static str> {
+    poll_fn(|cx| {
+        if connection.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        stop.waker.register(cx.waker());
+        match stop.reason.get() {
+            Some(reason) => Poll::Ready(Some(*reason)),
+            None => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Lets a closing connection finish what is in flight, up to the drain deadline.
@@ -383,12 +409,7 @@ const IDLE: &str = "idle, or the request head late";
 /// Tells the connection to close gracefully, with the reason: on shutdown, when keep-alive requests
 /// are used up (HTTP/2), or after `idle` without a request in flight (no request, or one whose head
 /// has not fully arrived).
-async fn watchdog(
-    state: Arc<ConnState>,
-    idle: Duration,
-    mut shutdown: watch::Receiver<bool>,
-    stop: oneshot::Sender<&'static str>,
-) {
+async fn watchdog(state: Arc<ConnState>, idle: Duration, mut shutdown: watch::Receiver<bool>) {
     let reason = loop {
         let idle_check = state.idle_deadline(idle).unwrap_or_else(|| Instant::now() + idle);
         tokio::select! {
@@ -401,5 +422,5 @@ async fn watchdog(
             }
         }
     };
-    let _ = stop.send(reason);
+    state.stop.raise(reason);
 }
