@@ -570,7 +570,7 @@ impl Answering {
 }
 
 /// How a response body is delimited on the wire.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum BodyOut {
     /// Not sent (HEAD, 1xx, 204, 304).
     None,
@@ -697,13 +697,39 @@ fn encode_head<B: Body>(
     answering: Answering,
 ) -> (BodyOut, bool) {
     let status = parts.status;
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    buf.reserve(256);
+    buf.extend_from_slice(b"HTTP/1.1 ");
+    buf.extend_from_slice(status.as_str().as_bytes());
+    buf.extend_from_slice(b" ");
+    buf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    buf.extend_from_slice(b"\r\n");
+    // One pass over the headers writes them and notes the framing ones, which are the
+    // connection's own (looking those up first hashed their names again, per response).
+    let (mut length_value, mut close_asked, mut has_date) = (None, false, false);
+    for (name, value) in &parts.headers {
+        if *name == header::CONTENT_LENGTH {
+            length_value = length_value.or(Some(value));
+            continue;
+        }
+        if *name == header::CONNECTION {
+            close_asked |=
+                value.as_bytes().split(|&b| b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            if !switching {
+                continue;
+            }
+        }
+        if *name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        has_date |= *name == header::DATE;
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    let declared = length_value.and_then(|v| parse_content_length(v.as_bytes()).ok());
     let no_body = answering.head_request || status.is_informational() || matches!(status.as_u16(), 204 | 304);
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| parse_content_length(v.as_bytes()).ok());
-    let close_asked = parts
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| v.as_bytes().split(|&b| b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close")));
     let mut keep_alive = answering.keep_alive && !close_asked;
     let (out, length_header) = if no_body {
         let length = declared.or_else(|| (answering.head_request).then(|| body.size_hint().exact()).flatten());
@@ -716,28 +742,6 @@ fn encode_head<B: Body>(
         keep_alive = false;
         (BodyOut::UntilClose, None)
     };
-    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-
-    buf.reserve(256);
-    buf.extend_from_slice(b"HTTP/1.1 ");
-    buf.extend_from_slice(status.as_str().as_bytes());
-    buf.extend_from_slice(b" ");
-    buf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    buf.extend_from_slice(b"\r\n");
-    let mut has_date = false;
-    for (name, value) in &parts.headers {
-        if *name == header::CONTENT_LENGTH
-            || *name == header::TRANSFER_ENCODING
-            || (*name == header::CONNECTION && !switching)
-        {
-            continue;
-        }
-        has_date |= *name == header::DATE;
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
-    }
     if let Some(length) = length_header {
         buf.extend_from_slice(b"content-length: ");
         buf.extend_from_slice(itoa(length, &mut [0; 20]));
@@ -916,6 +920,19 @@ mod tests {
         let head = Answering { head_request: true, ..get };
         let (text, out, _) = encode(Response::new(crate::body::ResponseBody::full("hello")), head);
         assert!(text.contains("content-length: 5\r\n") && out == BodyOut::None);
+        // A declared length is the connection's to write, once; the first of several counts.
+        let mut declared = Response::new(crate::body::ResponseBody::Empty);
+        declared.headers_mut().append(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
+        declared.headers_mut().append(header::CONTENT_LENGTH, HeaderValue::from_static("9"));
+        let (text, out, _) = encode(declared, get);
+        assert_eq!((text.matches("content-length").count(), out), (1, BodyOut::Length(7)), "{text}");
+        // A switch of protocols keeps its `Connection: upgrade`.
+        let mut switching = Response::new(crate::body::ResponseBody::Empty);
+        *switching.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        switching.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        switching.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let (text, _, keep) = encode(switching, get);
+        assert!(text.contains("connection: upgrade\r\n") && text.contains("upgrade: websocket\r\n") && keep, "{text}");
     }
 
     #[test]
