@@ -2,6 +2,7 @@
 //! to the client, and named in the gateway's logs, so one request can be followed across systems.
 
 use bytes::Bytes;
+use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The header's name.
@@ -10,20 +11,35 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The request's id: the client's when valid (1-128 of `A-Z a-z 0-9 . _ -`), else a new random one
 /// (128 bits, hex). The request's headers are updated to carry it upstream.
 pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(value) = headers.get(&X_REQUEST_ID) {
-        let bytes = value.as_bytes();
-        if (1..=128).contains(&bytes.len())
-            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return value.clone();
+    // One lookup for both the check and the insertion. Exactly one id goes upstream.
+    let entry = match headers.entry(&X_REQUEST_ID) {
+        Entry::Occupied(mut entry) if is_valid(entry.get().as_bytes()) => {
+            let id = entry.get().clone();
+            if entry.iter().nth(1).is_some() {
+                entry.insert(id.clone());
+            }
+            return id;
         }
-    }
+        entry => entry,
+    };
     // Bytes owning their 32-byte array: the clones below share it by reference count, where bytes
     // copied from a slice are allocated again on their first clone.
     let id = HeaderValue::from_maybe_shared(Bytes::from_owner(hex(fastrand::u128(..))))
         .unwrap_or_else(|_| HeaderValue::from_static("0"));
-    headers.insert(&X_REQUEST_ID, id.clone());
+    match entry {
+        Entry::Occupied(mut entry) => {
+            entry.insert(id.clone());
+        }
+        Entry::Vacant(entry) => {
+            entry.insert(id.clone());
+        }
+    }
     id
+}
+
+/// 1-128 of `A-Z a-z 0-9 . _ -`.
+fn is_valid(id: &[u8]) -> bool {
+    (1..=128).contains(&id.len()) && id.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// 32 lowercase hex digits, written directly: `format!` cost a third of the id's making, per request.
@@ -50,6 +66,9 @@ mod tests {
         let replaced = ensure(&mut headers);
         assert_eq!(replaced.len(), 32);
         assert_eq!(headers[&X_REQUEST_ID], replaced);
+        headers.append(&X_REQUEST_ID, HeaderValue::from_static("second"));
+        assert_eq!(ensure(&mut headers), replaced, "the first valid id is kept");
+        assert_eq!(headers.get_all(&X_REQUEST_ID).iter().collect::<Vec<_>>(), [&replaced], "one id goes upstream");
         let mut empty = HeaderMap::new();
         let generated = ensure(&mut empty);
         assert_ne!(generated, ensure(&mut HeaderMap::new()), "random");
