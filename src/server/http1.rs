@@ -492,6 +492,7 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Res
     let mut headers = HeaderMap::with_capacity(count + 1);
     let (mut content_length, mut transfer_encoding, mut chunked) = (None, false, false);
     let (mut close, mut keep_alive_asked, mut upgrade_asked, mut expects_continue) = (false, false, false, false);
+    let mut hosts = 0;
     for &((name_start, name_end), (value_start, value_end)) in spans.iter() {
         let name =
             HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| Rejection::Bad("malformed header"))?;
@@ -514,8 +515,16 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Res
             }
         } else if name == header::EXPECT {
             expects_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        } else if name == header::HOST {
+            hosts += 1;
         }
         headers.append(name, value);
+    }
+    // RFC 9112 §3.2, as nginx: an HTTP/1.1 request names its host, once.
+    match hosts {
+        0 if version == Version::HTTP_11 => return Err(Rejection::Bad("HTTP/1.1 request without Host header")),
+        0 | 1 => {}
+        _ => return Err(Rejection::Bad("duplicate Host header")),
     }
     // RFC 9112 §6.3: a request body is chunked or has a length; chunked wins over a length, which is
     // then not passed on, and such a request closes the connection (a smuggling attempt, or broken).
@@ -872,12 +881,19 @@ mod tests {
         assert_eq!(parse(&many).err(), Some(Rejection::HeadTooLarge));
         let large = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(1100));
         assert_eq!(parse(&large).err(), Some(Rejection::HeadTooLarge));
+        assert_eq!(parse("GET / HTTP/1.1\r\n\r\n").err(), Some(Rejection::Bad("HTTP/1.1 request without Host header")));
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").err(),
+            Some(Rejection::Bad("duplicate Host header"))
+        );
+        assert!(parse("GET / HTTP/1.0\r\n\r\n").unwrap().is_some(), "HTTP/1.0 may leave the host out");
     }
 
     #[test]
     fn chunked_wins_over_a_length_and_closes_the_connection() {
-        let head =
-            parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n").unwrap().unwrap();
+        let head = parse("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(matches!(head.inbound, Framing::Chunked(_)));
         assert!(!head.request.headers().contains_key("content-length"));
         assert!(!head.keep_alive);
@@ -886,11 +902,13 @@ mod tests {
     #[test]
     fn keep_alive_expect_and_upgrade_follow_the_head() {
         let head = |text: &str| parse(text).unwrap().unwrap();
-        assert!(!head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
-        assert!(head("POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n").expects_continue);
-        let upgrade = head("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert!(
+            head("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n").expects_continue
+        );
+        let upgrade = head("GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
         assert!(upgrade.upgrade.is_some() && upgrade.request.extensions().get::<PendingUpgrade>().is_some());
     }
 

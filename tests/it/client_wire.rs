@@ -164,5 +164,15 @@ async fn malformed_heads_are_answered_400_and_the_connection_closes() {
     let smuggled = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd";
     let answer = answer_then_close(&mut stream, smuggled.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+
+    // RFC 9112 §3.2, as nginx: an HTTP/1.1 request names its host, once.
+    for (head, why) in [
+        ("GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 request without Host header"),
+        ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "duplicate Host header"),
+    ] {
+        let mut stream = TcpStream::connect(gw.addr("127.0.0.1:0")).await.unwrap();
+        let answer = answer_then_close(&mut stream, head.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400 ") && answer.contains(why), "{answer}");
+    }
     assert_eq!(backend.request_count(), 0, "nothing malformed reached the backend");
 }

@@ -58,7 +58,10 @@ async fn sse_event_one_arrives_before_the_backend_sends_event_two() {
     let (backend, mut streams) = sse_backend().await;
     let gw = TestGateway::start(&BUFFERED_LOCATION.replace("BACKEND", &backend.authority())).await;
     for client_kind in ["http1", "h2"] {
-        let request = Request::post("http://localhost/v1/chat/completions").body(full(r#"{"stream":true}"#)).unwrap();
+        let request = Request::post("http://localhost/v1/chat/completions")
+            .header("host", "localhost")
+            .body(full(r#"{"stream":true}"#))
+            .unwrap();
         let response = match client_kind {
             "http1" => http1(gw.addr("127.0.0.1:0")).await.send_request(request).await.unwrap(),
             _ => h2c(gw.addr("127.0.0.1:0")).await.send_request(request).await.unwrap(),
@@ -82,7 +85,7 @@ async fn backend_sees_the_disconnect_when_the_client_leaves_mid_stream() {
     let (backend, mut streams) = sse_backend().await;
     let gw = TestGateway::start(&proxy_config(&backend.authority(), "")).await;
     for client_kind in ["http1", "h2"] {
-        let request = Request::get("http://localhost/stream").body(full("")).unwrap();
+        let request = Request::get("http://localhost/stream").header("host", "localhost").body(full("")).unwrap();
         let mut body = match client_kind {
             "http1" => http1(gw.addr("127.0.0.1:0")).await.send_request(request).await.unwrap().into_body(),
             _ => h2c(gw.addr("127.0.0.1:0")).await.send_request(request).await.unwrap().into_body(),
