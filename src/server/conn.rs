@@ -337,8 +337,8 @@ async fn serve_http<I>(
 }
 
 /// The watchdog's word to its connection: why it should end, and the connection task's waker to wake
-/// with it. The connection reads it with one atomic load per wake-up, where a channel was polled (and
-/// its waker stored) each time.
+/// with it. Per wake-up the connection stores its waker and reads the reason (two atomic steps),
+/// where it used to poll a channel; no channel is made per connection.
 #[derive(Default)]
 struct StopSignal {
     reason: OnceLock<&'static str>,
