@@ -14,6 +14,7 @@
 
 use crate::body::{BoxError, ClientBody, ClientRequest};
 use crate::error::error_response;
+use crate::server::gather;
 use crate::wire::chunked::ChunkedDecoder;
 use crate::wire::framing::{BodyReader, Framing};
 use crate::wire::{last_token, parse_content_length, Rewound, WriteQueue};
@@ -129,6 +130,7 @@ where
         if has_body {
             *request.body_mut() = ClientBody::Http1(Http1Body::new(&connection.0, request.headers()));
         }
+        let counted = gather::InFlight::start();
         // Boxed, per request: the service future is kilobytes, and a connection waiting for its next
         // request holds none of it (an allocation this size comes from the allocator's thread cache).
         let mut in_flight = crate::boxed::pinned(|| service(request));
@@ -147,6 +149,8 @@ where
             tracing::debug!("client closed the connection before the response");
             return;
         };
+        // Written with the other responses this worker finds ready in the same turn (see `gather`).
+        counted.ready().await;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let answering =
             Answering { head_request, version, keep_alive: keep_alive && !draining.load(Ordering::Relaxed) };

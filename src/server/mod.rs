@@ -3,6 +3,7 @@
 //! request while requests in flight finish on the runtime they started with.
 
 pub mod conn;
+pub mod gather;
 pub mod http1;
 pub mod signals;
 pub mod tls;
