@@ -3,7 +3,8 @@
 //! the encoder is flushed, so a slow stream is never held back waiting for a full compression block
 //! while a body that arrives in one piece compresses in one go.
 
-use super::codec::Encoder;
+use super::codec::{Encoder, Levels};
+use super::Encoding;
 use crate::body::{BoxError, ResponseBody};
 use bytes::Bytes;
 use http_body::{Body, Frame};
@@ -13,16 +14,24 @@ use std::task::{Context, Poll};
 /// A body compressed with one coding; see the module doc for when bytes go out.
 pub struct CompressedBody {
     inner: ResponseBody,
-    /// `None` once finished.
-    encoder: Option<Encoder>,
+    stage: Stage,
     /// Input went in since the last flush.
     unflushed: bool,
 }
 
+/// Where the encoder is. It starts with the first poll, when the response is being written: a
+/// worker's compressor states (pooled, a deflate one is 270 KB) are held only by bodies being
+/// compressed, not by responses that wait for their turn to be written.
+enum Stage {
+    Waiting(Encoding, Levels),
+    Running(Encoder),
+    Finished,
+}
+
 impl CompressedBody {
-    /// Compresses `inner` with `encoder`.
-    pub(super) fn new(inner: ResponseBody, encoder: Encoder) -> CompressedBody {
-        CompressedBody { inner, encoder: Some(encoder), unflushed: false }
+    /// Compresses `inner` with `encoding` at `levels`.
+    pub(super) fn new(inner: ResponseBody, encoding: Encoding, levels: Levels) -> CompressedBody {
+        CompressedBody { inner, stage: Stage::Waiting(encoding, levels), unflushed: false }
     }
 
     /// The body being compressed.
@@ -37,8 +46,18 @@ impl Body for CompressedBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Stage::Waiting(encoding, levels) = this.stage {
+            match Encoder::new(encoding, levels) {
+                Ok(encoder) => this.stage = Stage::Running(encoder),
+                // Only when the library cannot set up (memory): the body ends with the error.
+                Err(error) => {
+                    this.stage = Stage::Finished;
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+            }
+        }
         loop {
-            let Some(encoder) = this.encoder.as_mut() else {
+            let Stage::Running(encoder) = &mut this.stage else {
                 return Poll::Ready(None);
             };
             match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -54,7 +73,10 @@ impl Body for CompressedBody {
                 }
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
                 Poll::Ready(None) => {
-                    let last = this.encoder.take().map(Encoder::finish).transpose()?.unwrap_or_default();
+                    let last = match std::mem::replace(&mut this.stage, Stage::Finished) {
+                        Stage::Running(encoder) => encoder.finish()?,
+                        _ => Vec::new(),
+                    };
                     return Poll::Ready((!last.is_empty()).then(|| Ok(Frame::data(last.into()))));
                 }
                 Poll::Pending if this.unflushed => {
@@ -72,6 +94,36 @@ impl Body for CompressedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.encoder.is_none()
+        matches!(self.stage, Stage::Finished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::codec::pooled_deflate_states;
+    use http_body_util::BodyExt;
+    use std::io::Read;
+
+    fn gzip_body(text: &'static str) -> CompressedBody {
+        CompressedBody::new(ResponseBody::full(text), Encoding::Gzip, Levels { gzip: 1, br: 4, zstd: 3 })
+    }
+
+    #[tokio::test]
+    async fn a_compressor_state_is_held_only_while_the_body_is_written() {
+        // One finished body leaves this thread one pooled deflate state.
+        gzip_body("warm").collect().await.unwrap();
+        assert_eq!(pooled_deflate_states(), 1);
+
+        let waiting: Vec<CompressedBody> = (0..3).map(|_| gzip_body("{\"ok\":true}")).collect();
+        assert_eq!(pooled_deflate_states(), 1, "responses waiting to be written take no state");
+
+        for body in waiting {
+            let compressed = body.collect().await.unwrap().to_bytes();
+            let mut plain = String::new();
+            flate2::read::GzDecoder::new(&compressed[..]).read_to_string(&mut plain).unwrap();
+            assert_eq!(plain, "{\"ok\":true}");
+            assert_eq!(pooled_deflate_states(), 1, "the state went back to the pool");
+        }
     }
 }

@@ -51,6 +51,12 @@ fn give_back<L, S>(pool: &'static std::thread::LocalKey<RefCell<Vec<(L, S)>>>, l
     });
 }
 
+/// How many deflate states this thread keeps for reuse.
+#[cfg(test)]
+pub(super) fn pooled_deflate_states() -> usize {
+    DEFLATE.with_borrow(Vec::len)
+}
+
 /// One response's encoder; its output accumulates until taken.
 pub enum Encoder {
     Gzip(Box<GzipStream>),

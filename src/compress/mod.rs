@@ -59,15 +59,8 @@ impl CompressPolicy {
         let Some(encoding) = negotiate(request.accept(), &self.encodings) else {
             return response;
         };
-        let encoder = match codec::Encoder::new(encoding, self.levels) {
-            Ok(encoder) => encoder,
-            Err(error) => {
-                tracing::warn!(%error, "cannot start the compressor; sending the body as it is");
-                return response;
-            }
-        };
         let (mut parts, body) = response.into_parts();
-        let body = ResponseBody::Compressed { inner: Box::new(CompressedBody::new(body, encoder)) };
+        let body = ResponseBody::Compressed { inner: Box::new(CompressedBody::new(body, encoding, self.levels)) };
         parts.headers.remove(header::CONTENT_LENGTH);
         parts.headers.remove(header::ACCEPT_RANGES);
         parts.headers.insert(header::CONTENT_ENCODING, encoding.header_value());
