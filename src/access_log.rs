@@ -3,7 +3,7 @@
 //! batches lines into one write whenever its queue runs empty: a request never waits on the disk. The
 //! file is reopened on SIGUSR1, as nginx does for log rotation.
 
-use crate::accounting::{BodyEnd, Record};
+use crate::accounting::{BodyEnd, Record, RequestFacts};
 use crate::config::{AccessLogSetting, Config, ConfigError, Source};
 use http::HeaderName;
 use std::collections::{BTreeMap, HashMap};
@@ -155,15 +155,15 @@ impl LogFormat {
     }
 
     /// The record as one line, without the newline.
-    pub fn format(&self, record: &Record) -> String {
+    pub fn format(&self, record: &Record, request: &RequestFacts) -> String {
         match &self.0 {
-            Shape::Json => json_line(record),
+            Shape::Json => json_line(record, request),
             Shape::Text(parts) => {
                 let mut line = String::with_capacity(256);
                 for part in parts {
                     match part {
                         Part::Text(text) => line.push_str(text),
-                        Part::Var(var) => push_var(&mut line, var, record),
+                        Part::Var(var) => push_var(&mut line, var, record, request),
                     }
                 }
                 line
@@ -188,12 +188,12 @@ fn variable(name: &str) -> Result<Var, String> {
 const JSON_HEADERS: [(&str, &str); 3] =
     [("http_referer", "referer"), ("http_user_agent", "user-agent"), ("http_x_forwarded_for", "x-forwarded-for")];
 
-fn push_var(line: &mut String, var: &Var, record: &Record) {
+fn push_var(line: &mut String, var: &Var, record: &Record, request: &RequestFacts) {
     use std::fmt::Write as _;
     let dash = |line: &mut String, text: &str| line.push_str(if text.is_empty() { "-" } else { text });
     match var {
         Var::RemoteAddr => {
-            let _ = write!(line, "{}", record.client_ip);
+            let _ = write!(line, "{}", request.client_ip);
         }
         Var::RemoteUser => line.push('-'),
         Var::TimeLocal => line.push_str(&time_local(record.ended_at)),
@@ -203,15 +203,15 @@ fn push_var(line: &mut String, var: &Var, record: &Record) {
             let _ = write!(line, "{}.{:03}", since.as_secs(), since.subsec_millis());
         }
         Var::Request => {
-            let _ = write!(line, "{} {} {}", record.method, record.request_uri(), record.protocol);
+            let _ = write!(line, "{} {} {}", request.method, request.request_uri(), request.protocol);
         }
-        Var::RequestMethod => line.push_str(record.method.as_str()),
-        Var::RequestUri => line.push_str(record.request_uri()),
-        Var::Uri => line.push_str(record.uri.path()),
-        Var::Args => line.push_str(record.uri.query().unwrap_or("")),
-        Var::ServerProtocol => line.push_str(record.protocol),
-        Var::Scheme => line.push_str(if record.https { "https" } else { "http" }),
-        Var::Host => dash(line, record.host()),
+        Var::RequestMethod => line.push_str(request.method.as_str()),
+        Var::RequestUri => line.push_str(request.request_uri()),
+        Var::Uri => line.push_str(request.uri.path()),
+        Var::Args => line.push_str(request.uri.query().unwrap_or("")),
+        Var::ServerProtocol => line.push_str(request.protocol),
+        Var::Scheme => line.push_str(if request.https { "https" } else { "http" }),
+        Var::Host => dash(line, request.host()),
         Var::Status => {
             let _ = write!(line, "{}", record.status);
         }
@@ -219,7 +219,7 @@ fn push_var(line: &mut String, var: &Var, record: &Record) {
             let _ = write!(line, "{}", record.body_bytes);
         }
         Var::RequestTime => push_seconds(line, Some(record.duration)),
-        Var::RequestId => line.push_str(record.request_id.to_str().unwrap_or("-")),
+        Var::RequestId => line.push_str(request.request_id.to_str().unwrap_or("-")),
         Var::UpstreamAddr => dash(line, record.upstream_addr().unwrap_or("")),
         Var::UpstreamStatus => match &record.upstream {
             Some(upstream) => {
@@ -230,7 +230,7 @@ fn push_var(line: &mut String, var: &Var, record: &Record) {
         Var::UpstreamResponseTime => push_seconds(line, record.upstream_response_time()),
         Var::UpstreamHeaderTime => push_seconds(line, record.upstream.as_ref().map(|u| u.header_time)),
         Var::ResponseEnd => line.push_str(record.end.as_str()),
-        Var::Header(name) => dash(line, record.header(name).unwrap_or("")),
+        Var::Header(name) => dash(line, request.header(name).unwrap_or("")),
     }
 }
 
@@ -245,15 +245,15 @@ fn push_seconds(line: &mut String, time: Option<std::time::Duration>) {
     }
 }
 
-fn json_line(record: &Record) -> String {
+fn json_line(record: &Record, request: &RequestFacts) -> String {
     let mut object = serde_json::json!({
         "time": time_iso8601(record.ended_at),
-        "remote_addr": record.client_ip.to_string(),
-        "request_id": record.request_id.to_str().unwrap_or(""),
-        "method": record.method.as_str(),
-        "request_uri": record.request_uri(),
-        "protocol": record.protocol,
-        "host": record.host(),
+        "remote_addr": request.client_ip.to_string(),
+        "request_id": request.request_id.to_str().unwrap_or(""),
+        "method": request.method.as_str(),
+        "request_uri": request.request_uri(),
+        "protocol": request.protocol,
+        "host": request.host(),
         "status": record.status,
         "body_bytes_sent": record.body_bytes,
         "request_time": record.duration.as_secs_f64(),
@@ -264,7 +264,7 @@ fn json_line(record: &Record) -> String {
         "upstream_header_time": record.upstream.as_ref().map(|u| u.header_time.as_secs_f64()),
     });
     for (field, header) in JSON_HEADERS {
-        object[field] = record.header(&HeaderName::from_static(header)).into();
+        object[field] = request.header(&HeaderName::from_static(header)).into();
     }
     object.to_string()
 }
@@ -387,8 +387,8 @@ pub struct AccessLog {
 
 impl AccessLog {
     /// Writes the record's line.
-    pub fn log(&self, record: &Record) {
-        self.writer.write(self.format.format(record));
+    pub fn log(&self, record: &Record, request: &RequestFacts) {
+        self.writer.write(self.format.format(record, request));
     }
 }
 

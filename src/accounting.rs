@@ -33,6 +33,8 @@ pub struct UpstreamInfo {
     pub header_time: Duration,
     /// When the response head arrived, for the latency the gateway adds.
     pub head_at: Instant,
+    /// The backend answered `text/event-stream`: the record keeps its token timing.
+    pub event_stream: bool,
 }
 
 /// The machine-readable code of an error the gateway answered itself, as a response extension.
@@ -62,8 +64,9 @@ pub struct StreamStats {
     last_event: Option<Instant>,
 }
 
-/// Everything known about one request when it ends.
-pub struct Record {
+/// The request as the access log prints it. Made only when an access log is configured: metrics
+/// need none of it, and copying it cost a fifth of what accounting adds to a request.
+pub struct RequestFacts {
     /// The client (behind trusted proxies, the forwarded one).
     pub client_ip: IpAddr,
     /// Whether the client connection is TLS.
@@ -79,6 +82,29 @@ pub struct Record {
     pub request_id: HeaderValue,
     /// The request headers the configured log formats read.
     headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl RequestFacts {
+    /// A request header the formats asked to keep.
+    pub fn header(&self, name: &HeaderName) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.to_str().ok())
+    }
+
+    /// Path and query as sent.
+    pub fn request_uri(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |pq| pq.as_str())
+    }
+
+    /// The Host (or HTTP/2 authority), or `""`.
+    pub fn host(&self) -> &str {
+        self.host.as_ref().and_then(|h| h.to_str().ok()).or_else(|| self.uri.host()).unwrap_or("")
+    }
+}
+
+/// Everything known about one request when it ends.
+pub struct Record {
+    /// The request itself, for the access log; `None` when no access log is configured.
+    pub request: Option<Box<RequestFacts>>,
     /// The response status (499 when the client left before it).
     pub status: u16,
     /// The code of an error the gateway answered itself.
@@ -104,21 +130,6 @@ pub struct Record {
 }
 
 impl Record {
-    /// A request header the formats asked to keep.
-    pub fn header(&self, name: &HeaderName) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.to_str().ok())
-    }
-
-    /// Path and query as sent.
-    pub fn request_uri(&self) -> &str {
-        self.uri.path_and_query().map_or("/", |pq| pq.as_str())
-    }
-
-    /// The Host (or HTTP/2 authority), or `""`.
-    pub fn host(&self) -> &str {
-        self.host.as_ref().and_then(|h| h.to_str().ok()).or_else(|| self.uri.host()).unwrap_or("")
-    }
-
     /// The `host:port` of the server that answered.
     pub fn upstream_addr(&self) -> Option<&str> {
         let info = self.upstream?;
@@ -146,9 +157,10 @@ impl Record {
             metrics.observe(self);
         }
         let runtime = self.runtime.clone();
-        if let Some(log) = self.account.and_then(|id| runtime.runtime.accounts.get(id)?.log.as_ref()) {
+        let log = self.account.and_then(|id| runtime.runtime.accounts.get(id)?.log.as_ref());
+        if let (Some(log), Some(request)) = (log, &self.request) {
             self.ended_at = SystemTime::now();
-            log.log(self);
+            log.log(self, request);
         }
     }
 
@@ -206,23 +218,28 @@ impl Accounting {
         if !runtime.runtime.accounting {
             return Accounting(None);
         }
-        let headers = request.headers();
-        let keep = runtime.runtime.access_logs.keep_headers();
-        let protocol = match request.version() {
-            Version::HTTP_2 => "HTTP/2.0",
-            Version::HTTP_10 => "HTTP/1.0",
-            Version::HTTP_3 => "HTTP/3.0",
-            _ => "HTTP/1.1",
-        };
+        let facts = runtime.runtime.access_logs.any().then(|| {
+            let headers = request.headers();
+            let keep = runtime.runtime.access_logs.keep_headers();
+            let protocol = match request.version() {
+                Version::HTTP_2 => "HTTP/2.0",
+                Version::HTTP_10 => "HTTP/1.0",
+                Version::HTTP_3 => "HTTP/3.0",
+                _ => "HTTP/1.1",
+            };
+            Box::new(RequestFacts {
+                client_ip: client.peer.ip(),
+                https: client.https,
+                method: request.method().clone(),
+                uri: request.uri().clone(),
+                protocol,
+                host: headers.get(header::HOST).cloned(),
+                request_id: request_id.clone(),
+                headers: keep.iter().filter_map(|name| Some((name.clone(), headers.get(name)?.clone()))).collect(),
+            })
+        });
         let record = Record {
-            client_ip: client.peer.ip(),
-            https: client.https,
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            protocol,
-            host: headers.get(header::HOST).cloned(),
-            request_id: request_id.clone(),
-            headers: keep.iter().filter_map(|name| Some((name.clone(), headers.get(name)?.clone()))).collect(),
+            request: facts,
             status: 499,
             error_code: None,
             body_bytes: 0,
@@ -270,11 +287,7 @@ impl Accounting {
             if let (Some(upstream), Some(metrics)) = (record.upstream, record.metrics()) {
                 metrics.gateway_added(upstream.head_at.elapsed());
             }
-            let event_stream = response
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-            if event_stream {
+            if record.upstream.is_some_and(|upstream| upstream.event_stream) {
                 record.stream = Some(StreamStats::default());
             }
         }

@@ -236,6 +236,7 @@ async fn forward_body(
 
         // The upstream connection consumed the connection-level and hidden headers already.
         let parts = response;
+        let timeouts = body_timeouts(&parts, upstream, total);
         let info = UpstreamInfo {
             upstream: upstream.id,
             server: index,
@@ -243,8 +244,8 @@ async fn forward_body(
             started_after: try_started.duration_since(started),
             header_time,
             head_at,
+            event_stream: timeouts.sse,
         };
-        let timeouts = body_timeouts(&parts, upstream, total);
         let connection = if connection.body_done() {
             server.pool.key().checkin(connection, head_at);
             None
