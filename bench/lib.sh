@@ -58,7 +58,20 @@ start_backend() {
 # Pids of a started nginx (master and workers).
 nginx_pids() { local master; master=$(cat "$WORK/$1/nginx.pid"); echo "$master $(pgrep -P "$master" | tr '\n' ' ')"; }
 
-# start_gateway NAME CONFIG_TEXT: runs infergate with the config; sets GATEWAY_PID.
+# build_gateway: builds what the benchmarks run and sets GATEWAY_BIN (the gateway measured) and
+# GATEWAY_BUILD (its description). By default the gateway is the profile-guided build of
+# bench/build-pgo.sh, as a production build would be; PGO=0 measures plain `cargo build --release`.
+build_gateway() {
+  cargo build --release -q --workspace
+  if [ "${PGO:-1}" = 0 ]; then
+    GATEWAY_BIN=target/release/infergate GATEWAY_BUILD="cargo build --release (PGO=0)"
+  else
+    bench/build-pgo.sh
+    GATEWAY_BIN=target/pgo/release/infergate GATEWAY_BUILD="release with PGO (bench/build-pgo.sh)"
+  fi
+}
+
+# start_gateway NAME CONFIG_TEXT: runs infergate (GATEWAY_BIN) with the config; sets GATEWAY_PID.
 #
 # In a session of its own (setsid), as nginx is once it daemonizes and as a service manager starts a
 # service: with the kernel's autogroup scheduling (sched_autogroup_enabled, on by default) every
@@ -66,7 +79,7 @@ nginx_pids() { local master; master=$(cat "$WORK/$1/nginx.pid"); echo "$master $
 # with wrk while nginx gets a share of its own (measured: 5-10 % fewer requests per second).
 start_gateway() {
   printf '%s\n' "$2" > "$WORK/$1.toml"
-  RUST_LOG=warn setsid target/release/infergate run --config "$WORK/$1.toml" 2>"$WORK/$1.log" &
+  RUST_LOG=warn setsid "${GATEWAY_BIN:-target/release/infergate}" run --config "$WORK/$1.toml" 2>"$WORK/$1.log" &
   GATEWAY_PID=$!
   PIDS+=("$GATEWAY_PID")
 }

@@ -6,7 +6,8 @@
 #
 # The backend is a second nginx answering a fixed small JSON body (fast and identical for both).
 # Load: wrk, HTTP/1.1, 50 connections, 2 threads. CPU per request is read from /proc for the proxy's
-# processes only. Everything listens on 127.0.0.1; the script stops what it started.
+# processes only. The gateway is the profile-guided build (bench/build-pgo.sh); PGO=0 measures plain
+# `cargo build --release`. Everything listens on 127.0.0.1; the script stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -16,7 +17,7 @@ SECONDS_PER_RUN=${2:-10}
 BACKEND=18080 NGINX=18081 GATEWAY=18082
 
 install_tools
-cargo build --release -q
+build_gateway
 
 start_backend $BACKEND
 start_nginx proxy "upstream backend { server 127.0.0.1:$BACKEND; keepalive 32; }
@@ -57,6 +58,7 @@ run() {
 }
 
 echo "proxy throughput: small JSON, HTTP/1.1 keep-alive, wrk -t2 -c50, ${SECONDS_PER_RUN}s x $ROUNDS rounds, $(nproc) cores"
+echo "infergate: $GATEWAY_BUILD"
 : > "$WORK/nginx.txt"; : > "$WORK/gateway.txt"
 : > "$WORK/ratios.txt"
 for round in $(seq "$ROUNDS"); do

@@ -2,7 +2,8 @@
 # infergate's benchmark suite: infergate against nginx (Debian's package) on this machine, in the same
 # run, alternating, medians of ROUNDS rounds. Prints one table; every figure has its nginx ratio.
 #
-#   bench/run.sh [ROUNDS]        (default 3; the whole suite takes about 12 minutes)
+#   bench/run.sh [ROUNDS]        (default 3; the whole suite takes about 18 minutes, and 6 more the
+#                                first time for the profile-guided build, bench/build-pgo.sh)
 #   SECTIONS=rps,ratelimit,metrics,gzip,ttft,overload,balance,memory bench/run.sh   (a subset)
 #
 # Sections: plain proxy rps (a small and a 20 KB answer); HTTPS over HTTP/1.1 (wrk) and HTTP/2 (h2load); the cost of a rate limit
@@ -20,7 +21,7 @@ ROUNDS=${1:-3}
 SECTIONS=${SECTIONS:-rps,ratelimit,metrics,gzip,ttft,overload,balance,memory}
 section() { [[ ",$SECTIONS," == *",$1,"* ]]; }
 install_tools
-cargo build --release -q --workspace
+build_gateway
 LOAD=target/release/infergate-load
 ulimit -n 65536 2>/dev/null || true
 
@@ -182,7 +183,7 @@ sim_start() {
 }
 sim_stop() { kill "$SIM_PID" 2>/dev/null || true; wait "$SIM_PID" 2>/dev/null || true; }
 
-echo "infergate benchmark suite: $(date -u +%Y-%m-%d), $(nproc) cores, nginx $(nginx -v 2>&1 | cut -d/ -f2), $ROUNDS rounds" >&2
+echo "infergate benchmark suite: $(date -u +%Y-%m-%d), $(nproc) cores, nginx $(nginx -v 2>&1 | cut -d/ -f2), $ROUNDS rounds, infergate: $GATEWAY_BUILD" >&2
 
 # 1. rps, plain HTTP/1.1 (a small and a 20 KB answer) and HTTPS (wrk), HTTP/2 over TLS (h2load).
 wrk_rps() { wrk -t2 -c50 -d10s "$1" | awk '/Requests\/sec/ {print $2}'; }
