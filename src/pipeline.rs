@@ -141,9 +141,10 @@ async fn handle(
         match &location.handler {
             Handler::Proxy(target) => {
                 let upstream = target.choose(&request, &client.ip);
-                proxy::forward(request, client, upstream, location.max_body).await
+                let inference = location.inference.covers(request.method(), request.uri().path());
+                proxy::forward(request, client, upstream, location.max_body, inference).await
             }
-            Handler::Models(router) => router.serve(request, client).await,
+            Handler::Models(router) => router.serve(request, client, location.inference).await,
             Handler::Return { status, body, content_type } => {
                 let mut response = Response::new(ResponseBody::full(body.clone()));
                 *response.status_mut() = *status;

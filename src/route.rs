@@ -8,6 +8,7 @@ use crate::compress::CompressPolicy;
 use crate::config::ErrorFormat;
 use crate::policy::headers::HeaderEdits;
 use crate::policy::{ConnLimit, RateLimit};
+use crate::proxy::retry::Inference;
 use crate::static_files::StaticFiles;
 use crate::template::Template;
 use bytes::Bytes;
@@ -52,6 +53,8 @@ pub struct Location {
     pub conn_limits: Vec<ConnLimit>,
     /// How errors answered here look.
     pub errors: ErrorFormat,
+    /// Which requests here are inference requests (`inference`), for retries.
+    pub inference: Inference,
 }
 
 /// Locations of one server, indexed for nginx's matching order.
@@ -272,6 +275,7 @@ mod tests {
             request_headers: Default::default(),
             response_headers: Default::default(),
             max_body: u64::MAX,
+            inference: Inference::default(),
             compress: None,
             account: 0,
             limits: Vec::new(),

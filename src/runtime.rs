@@ -16,6 +16,7 @@ use crate::policy::headers::HeaderEdits;
 use crate::policy::ratelimit::{parse_rate, Limit, Zone};
 use crate::policy::realip::{parse_net, TrustedProxies};
 use crate::policy::{ConnLimit, RateLimit};
+use crate::proxy::retry::Inference;
 use crate::route::{Handler, Location, LocationTable, NameTable, VirtualServer};
 use crate::server::conn::{self, ConnLimits};
 use crate::server::tls::{self, TlsSite};
@@ -460,5 +461,6 @@ fn compile_location(
         conn_limits,
         account,
         errors,
+        inference: Inference::of(location.inference),
     })
 }

@@ -4,6 +4,7 @@
 use crate::body::ResponseBody;
 use crate::body::{ClientBody, ClientRequest};
 use crate::error::GatewayError;
+use crate::proxy::retry::Inference;
 use crate::proxy::{self, ClientInfo};
 use crate::upstream::Upstream;
 use bytes::Bytes;
@@ -44,6 +45,7 @@ impl ModelRouter {
         &self,
         request: ClientRequest,
         client: &ClientInfo,
+        inference: Inference,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         if request.method() == Method::GET && request.uri().path().ends_with("/models") {
             let mut response = Response::new(ResponseBody::full(self.listing.clone()));
@@ -73,6 +75,8 @@ impl ModelRouter {
         let model = field.model.ok_or_else(|| GatewayError::BadRequest("the body names no `model`".into()))?;
         let upstream =
             self.routes.get(&model).ok_or_else(|| GatewayError::UnknownModel { model, known: self.known.clone() })?;
-        proxy::forward_buffered(head, body, client, upstream).await
+        // A request naming a model is a generation, unless the location says otherwise.
+        let inference = head.method() == Method::POST && inference != Inference::Never;
+        proxy::forward_buffered(head, body, client, upstream, inference).await
     }
 }

@@ -662,6 +662,9 @@ pub struct LocationConfig {
     pub limit_conn: Vec<LimitConnConfig>,
     /// Error body format for this location.
     pub errors: Option<ErrorFormat>,
+    /// Whether POSTs here are inference requests, safe to send to another server before their first
+    /// response byte (default: those to the OpenAI-compatible generation paths).
+    pub inference: Option<bool>,
     /// nginx's `proxy_buffering`; accepted for parity and documented: infergate forwards every
     /// response frame as it arrives whatever this says, so streams are never delayed.
     #[serde(default)]

@@ -2,6 +2,7 @@
 //! right: hop-by-hop headers (RFC 9110 §7.6.1, and any named in `Connection`) never cross, the
 //! forwarding headers tell the backend who asked, and backend identity headers stay private.
 
+use crate::wire::message::list_tokens;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 const HOP_BY_HOP_COUNT: usize = 7;
@@ -43,11 +44,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|name| !HOP_BY_HOP.iter().any(|hop| hop.as_str().eq_ignore_ascii_case(name)))
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .flat_map(|v| list_tokens(v.as_bytes()))
+        .filter(|name| !HOP_BY_HOP.iter().any(|hop| hop.as_str().as_bytes().eq_ignore_ascii_case(name)))
+        .filter_map(|name| HeaderName::from_bytes(name).ok())
         .collect();
     for name in named {
         headers.remove(&name);

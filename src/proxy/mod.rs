@@ -4,6 +4,7 @@
 
 mod body;
 mod headers;
+pub mod retry;
 mod websocket;
 
 pub use body::{BodyTimeouts, BodyTooLarge, RequestBody, StreamTimedOut, UpstreamBody};
@@ -20,6 +21,7 @@ use crate::upstream::{
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
+use retry::{Decision, FailedTry, Origin, Phase, RequestKind, Stop};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -44,9 +46,11 @@ impl ClientInfo {
 
 /// Forwards `request` to `upstream` and returns the backend's response, its body still streaming.
 ///
-/// A server that cannot be reached, or answers 502/503 to a request without a streamed body, is counted as
-/// failed (passive health) and the request goes to another one, up to the upstream's tries and retry
-/// timeout, never twice to the same server and never once a response byte went to the client.
+/// A try that fails by the server's fault (unreachable, closed or reset before answering, timed out,
+/// a broken head, 5xx) counts against that server (passive health) and, as `retry::decide` rules,
+/// goes to another one; a client's fault (a broken, cut or oversized body) answers the client and
+/// counts against nobody. `inference` marks a request that is safe to send again before its first
+/// response byte (see `retry`).
 ///
 /// A body that grows past `max_body` (`client_max_body_size`; a declared length was checked before)
 /// is cut off there and answered 413.
@@ -55,6 +59,7 @@ pub async fn forward(
     client: &ClientInfo,
     upstream: &Upstream,
     max_body: u64,
+    inference: bool,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     // Only an HTTP/1.1 head that asked for an upgrade carries one (no header lookups for the others);
     // it is taken if the headers still ask for it after the location's header edits.
@@ -62,32 +67,40 @@ pub async fn forward(
         request.extensions_mut().remove::<PendingUpgrade>().filter(|_| websocket::is_upgrade_request(&request));
     // The head stays in its box (a future holding it would be copied with it at every layer).
     let body = std::mem::replace(request.body_mut(), ClientBody::Empty);
+    let kind = RequestKind {
+        idempotent: request.method().is_idempotent(),
+        inference,
+        any_method: upstream.retry_non_idempotent,
+    };
     // A body small enough to keep is read first, so the request can go to another server if needed.
     let declared = body.declared_length();
-    let may_resend = upstream.tries > 1 && (request.method().is_idempotent() || upstream.retry_non_idempotent);
+    let may_resend = upstream.tries > 1 && (kind.idempotent || kind.inference || kind.any_method);
     if upgrade.is_none() && may_resend && declared.is_some_and(|length| length > 0 && length <= upstream.retry_body_max)
     {
         // A client that stops sending gets the send timeout, as the backend would.
         let read = tokio::time::timeout(upstream.timeouts.send.0, body.collect()).await;
         let bytes = match read {
             Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) => return Err(GatewayError::BadRequest(format!("cannot read the request body: {e}"))),
+            Ok(Err(e)) => return Err(body_error(e)),
             Err(_) => return Err(GatewayError::BadRequest("the request body did not arrive in time".into())),
         };
-        return forward_body(request, RequestBody::buffered(bytes), None, client, upstream).await;
+        return forward_body(request, RequestBody::buffered(bytes), None, client, upstream, kind).await;
     }
-    forward_body(request, RequestBody::new(body, max_body), upgrade, client, upstream).await
+    forward_body(request, RequestBody::new(body, max_body), upgrade, client, upstream, kind).await
 }
 
 /// As `forward`, for a request whose body was read in full (by a model router; the request's own
-/// body is not looked at); such a request can be sent again to another server whatever its method.
+/// body is not looked at): an inference request unless `inference` says otherwise.
 pub async fn forward_buffered(
     head: ClientRequest,
     body: Bytes,
     client: &ClientInfo,
     upstream: &Upstream,
+    inference: bool,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    forward_body(head, RequestBody::buffered(body), None, client, upstream).await
+    let kind =
+        RequestKind { idempotent: head.method().is_idempotent(), inference, any_method: upstream.retry_non_idempotent };
+    forward_body(head, RequestBody::buffered(body), None, client, upstream, kind).await
 }
 
 /// Forwards the request `head` (its body is `body`) with the retries `forward` describes.
@@ -97,6 +110,7 @@ async fn forward_body(
     upgrade: Option<PendingUpgrade>,
     client: &ClientInfo,
     upstream: &Upstream,
+    kind: RequestKind,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     // `Host` as the client sent it; an HTTP/2 client sends the authority instead.
     let host = match head.headers().contains_key(header::HOST) {
@@ -135,107 +149,85 @@ async fn forward_body(
             None if tried.len() == 1 => started,
             _ => tokio::time::Instant::now(),
         };
-        let may_retry = tried.len() < upstream.tries && retry_deadline.is_none_or(|d| tokio::time::Instant::now() < d);
-        let fail = || {
-            if server.health.record_failure(upstream.fail_policy) {
+        let tries_left = tried.len() < upstream.tries;
+        // A failure counts against the server only when it was the server's (see `retry`).
+        let count_failure = |origin: Origin| {
+            if origin.counts_against_server() && server.health.record_failure(upstream.fail_policy) {
                 tracing::warn!(upstream = %upstream.name, server = %server.authority, "server marked down");
+            }
+        };
+        // Whether another server gets the request after a failed try, with the body for it.
+        let next_try = |origin: Origin, again: Option<RequestBody>, error: &GatewayError| {
+            let failed = FailedTry {
+                origin,
+                request: kind,
+                response_started: false,
+                body_at_hand: again.is_some(),
+                tries_left,
+                deadline_passed: retry_deadline.is_some_and(|d| tokio::time::Instant::now() >= d),
+            };
+            match retry::decide(failed) {
+                Decision::TryAnother => {
+                    tracing::debug!(%error, server = %server.authority, "trying another server");
+                    again
+                }
+                Decision::Answer(Stop::BodyNotKept) => {
+                    tracing::info!(%error, server = %server.authority, "not sent to another server: {}", Stop::BodyNotKept.reason());
+                    None
+                }
+                Decision::Answer(stop) => {
+                    tracing::debug!(%error, "not sent to another server: {}", stop.reason());
+                    None
+                }
             }
         };
 
         if let Some(client_upgrade) = upgrade {
             // Boxed: the tunnel's setup is the largest state here, and every request's future
             // would otherwise be sized (and copied) for it.
-            return crate::boxed::pinned(|| {
+            let upgraded = crate::boxed::pinned(|| {
                 forward_upgrade(request, body, client_upgrade, server, lease, waits, upstream.timeouts.read.0)
             })
             .await;
+            return upgraded.map_err(|failure| {
+                count_failure(failure.origin);
+                failure.error
+            });
         }
 
-        let mut connection = match server.pool.checkout(try_started).await {
-            Ok(connection) if connection.reused => {
-                upstream.metrics.reused.inc();
-                connection
-            }
-            Ok(connection) => {
-                upstream.metrics.opened.inc();
-                upstream.metrics.connect_time.observe(try_started.elapsed().as_secs_f64());
-                connection
-            }
-            Err(error) => {
-                fail();
-                if may_retry {
-                    tracing::debug!(%error, "trying another server");
-                    continue;
-                }
-                return Err(connect_error(error));
-            }
-        };
-        // Taking a kept-alive connection took no time: its request goes out as of `try_started`.
-        let waits = if connection.reused { HeadWaits { from: try_started, ..waits } } else { waits.starting_now() };
-        // A request without a streamed body can be sent again: after a kept-alive connection turns out
-        // closed, or to another server after a 502/503 (as nginx: only idempotent methods, unless the
-        // upstream allows others).
-        let resend_elsewhere = may_retry && (head.method().is_idempotent() || upstream.retry_non_idempotent);
-        let mut replay = (connection.reused || resend_elsewhere).then(|| body.replay()).flatten();
-        let response = match exchange(&mut connection, request, body, waits).await {
-            // A kept-alive connection the backend had closed: the request never left (or got no answer
-            // at all), so a fresh connection gets it.
-            Err(Failure::NotSent(unsent, error)) if connection.reused => {
-                tracing::debug!(%error, "pooled upstream connection was closed; retrying on a new one");
-                connection = server.pool.connect().await.map_err(connect_error)?;
-                upstream.metrics.opened.inc();
-                exchange(&mut connection, request, *unsent, waits.starting_now()).await
-            }
-            Err(Failure::Closed(error)) if connection.reused && replay.is_some() => {
-                tracing::debug!(%error, "pooled upstream connection closed under the request; resending it on a new one");
-                connection = server.pool.connect().await.map_err(connect_error)?;
-                upstream.metrics.opened.inc();
-                let resend = replay
-                    .as_ref()
-                    .and_then(RequestBody::replay)
-                    .unwrap_or_else(|| RequestBody::buffered(Bytes::new()));
-                exchange(&mut connection, request, resend, waits.starting_now()).await
-            }
-            other => other,
-        };
-        let response = match response {
-            Ok(response) => response,
+        let answered = match try_server(server, upstream, request, body, waits, try_started, tries_left).await {
+            Ok(answered) => answered,
             Err(failure) => {
-                fail();
-                // Another server gets a request that never left, or a bodiless one that got no answer.
-                match failure {
-                    Failure::NotSent(unsent, _) if may_retry => body = *unsent,
-                    Failure::Closed(_) if resend_elsewhere && replay.is_some() => {
-                        body = replay.take().unwrap_or_else(|| RequestBody::buffered(Bytes::new()))
+                count_failure(failure.origin);
+                match next_try(failure.origin, failure.body, &failure.error) {
+                    Some(again) => {
+                        body = again;
+                        continue;
                     }
-                    Failure::NotSent(_, error) | Failure::Closed(error) => {
-                        return Err(GatewayError::BadGateway(error_chain(&error)))
-                    }
-                    Failure::Failed(error) => return Err(error),
+                    None => return Err(failure.error),
                 }
-                tracing::debug!("trying another server");
-                continue;
             }
         };
+        let Answered { connection, head: parts, copy } = answered;
         let head_at = tokio::time::Instant::now();
         let header_time = head_at.duration_since(try_started);
         upstream.metrics.header_time.observe(header_time.as_secs_f64());
         if balancing {
             server.load.observe_head(header_time);
         }
-        let status = response.status;
+        let status = parts.status;
         if status.is_server_error() {
-            fail();
-            let retryable = matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE);
-            if let (true, Some(copy), true) = (resend_elsewhere, replay, retryable) {
-                tracing::debug!(%status, "trying another server");
-                body = copy;
-                continue;
+            count_failure(Origin::Upstream(Phase::Unavailable));
+            if matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE) {
+                let error = GatewayError::BadGateway(format!("the server answered {status}"));
+                if let Some(again) = next_try(Origin::Upstream(Phase::Unavailable), copy, &error) {
+                    body = again;
+                    continue;
+                }
             }
         }
 
         // The upstream connection consumed the connection-level and hidden headers already.
-        let parts = response;
         let timeouts = body_timeouts(&parts, upstream, total);
         let info = UpstreamInfo {
             upstream: upstream.id,
@@ -261,14 +253,101 @@ async fn forward_body(
     }
 }
 
+/// A try that got a response head.
+struct Answered {
+    connection: Box<UpstreamConnection>,
+    head: http::response::Parts,
+    /// The body again, if it was kept, for another server after a 502/503.
+    copy: Option<RequestBody>,
+}
+
+/// A try that got no response head.
+struct TryFailure {
+    /// What the client is answered if no other server gets the request.
+    error: GatewayError,
+    /// Who failed, and how far the exchange had got.
+    origin: Origin,
+    /// The body again for another server: not sent, or kept in full.
+    body: Option<RequestBody>,
+}
+
+impl TryFailure {
+    fn before_sending(error: ConnectError, body: RequestBody) -> TryFailure {
+        TryFailure { error: connect_error(error), origin: Origin::Upstream(Phase::NotSent), body: Some(body) }
+    }
+}
+
+/// One try on `server`: a pooled (or new) connection, the request, the response head. A kept-alive
+/// connection that turns out closed (the request never left, or got no byte of an answer) is the
+/// pool's stale connection, not the server's failure: the request goes again on a fresh one. With
+/// `keep_copy`, a body at hand is kept for another server.
+async fn try_server(
+    server: &UpstreamServer,
+    upstream: &Upstream,
+    request: UpstreamRequest<'_>,
+    body: RequestBody,
+    waits: HeadWaits,
+    try_started: tokio::time::Instant,
+    keep_copy: bool,
+) -> Result<Answered, TryFailure> {
+    let mut connection = match server.pool.checkout(try_started).await {
+        Ok(connection) if connection.reused => {
+            upstream.metrics.reused.inc();
+            connection
+        }
+        Ok(connection) => {
+            upstream.metrics.opened.inc();
+            upstream.metrics.connect_time.observe(try_started.elapsed().as_secs_f64());
+            connection
+        }
+        Err(error) => return Err(TryFailure::before_sending(error, body)),
+    };
+    // Taking a kept-alive connection took no time: its request goes out as of `try_started`.
+    let waits = if connection.reused { HeadWaits { from: try_started, ..waits } } else { waits.starting_now() };
+    let copy = (connection.reused || keep_copy).then(|| body.replay()).flatten();
+    let mut outcome = exchange(&mut connection, request, body, waits).await;
+    if connection.reused {
+        let stale = match outcome {
+            Err(Failure::NotSent(unsent, error)) => Ok((*unsent, error.to_string())),
+            Err(Failure::Failed(error, Origin::Upstream(Phase::NoAnswer))) if copy.is_some() => {
+                Ok((copy.as_ref().and_then(RequestBody::replay).unwrap_or_else(empty_body), error.to_string()))
+            }
+            other => Err(other),
+        };
+        outcome = match stale {
+            Err(other) => other,
+            Ok((resend, error)) => {
+                tracing::debug!(%error, "pooled upstream connection was closed; sending again on a new one");
+                connection = match server.pool.connect().await {
+                    Ok(connection) => connection,
+                    Err(error) => return Err(TryFailure::before_sending(error, resend)),
+                };
+                upstream.metrics.opened.inc();
+                exchange(&mut connection, request, resend, waits.starting_now()).await
+            }
+        };
+    }
+    match outcome {
+        Ok(head) => Ok(Answered { connection, head, copy }),
+        Err(Failure::NotSent(unsent, error)) => Err(TryFailure {
+            error: GatewayError::BadGateway(error_chain(&error)),
+            origin: Origin::Upstream(Phase::NotSent),
+            body: Some(*unsent),
+        }),
+        Err(Failure::Failed(error, origin)) => Err(TryFailure { error, origin, body: copy }),
+    }
+}
+
+fn empty_body() -> RequestBody {
+    RequestBody::buffered(Bytes::new())
+}
+
 /// Why one exchange on a connection produced no response.
 enum Failure {
     /// The connection failed before the request was written; its body comes back for a retry.
     NotSent(Box<RequestBody>, std::io::Error),
-    /// The connection closed after the request was written and before any byte of an answer.
-    Closed(std::io::Error),
-    /// Anything else.
-    Failed(GatewayError),
+    /// Anything else, with who failed.
+    Failed(GatewayError, Origin),
 }
 
 /// Sends the request on `connection` and waits for the response head, under the head timeouts: the
@@ -285,16 +364,22 @@ async fn exchange(
         None => head.await,
         Some((deadline, duration)) => match tokio::time::timeout_at(deadline, head).await {
             Ok(head) => head,
-            Err(_) => return Err(Failure::Failed(GatewayError::TotalTimeout(duration))),
+            Err(_) => return Err(Failure::Failed(GatewayError::TotalTimeout(duration), Origin::Gateway)),
         },
     };
+    let upstream = |error, phase| Err(Failure::Failed(error, Origin::Upstream(phase)));
     match head {
         Ok(head) => Ok(head),
         Err(ExchangeError::NotSent(body, error)) => Err(Failure::NotSent(Box::new(body), error)),
-        Err(ExchangeError::Closed(error)) => Err(Failure::Closed(error)),
-        Err(ExchangeError::Body(error)) => Err(Failure::Failed(body_error(error))),
-        Err(ExchangeError::Backend(error)) => Err(Failure::Failed(backend_error(&error))),
-        Err(ExchangeError::TimedOut) => Err(Failure::Failed(GatewayError::ReadTimeout)),
+        Err(ExchangeError::Closed(error)) => upstream(GatewayError::BadGateway(error_chain(&error)), Phase::NoAnswer),
+        Err(ExchangeError::Body(error)) => Err(Failure::Failed(body_error(error), Origin::Client)),
+        Err(ExchangeError::Backend(error)) if is_send_timeout(&error) => {
+            upstream(GatewayError::SendTimeout, Phase::TimedOut)
+        }
+        Err(ExchangeError::Backend(error)) => {
+            upstream(GatewayError::BadGateway(error_chain(&error)), Phase::BrokenAnswer)
+        }
+        Err(ExchangeError::TimedOut) => upstream(GatewayError::ReadTimeout, Phase::TimedOut),
     }
 }
 
@@ -309,13 +394,15 @@ async fn forward_upgrade(
     lease: Lease,
     waits: HeadWaits,
     read_timeout: Duration,
-) -> Result<Response<ResponseBody>, GatewayError> {
-    let mut connection = server.pool.connect().await.map_err(connect_error)?;
+) -> Result<Response<ResponseBody>, TryFailure> {
+    let mut connection =
+        server.pool.connect().await.map_err(|error| TryFailure::before_sending(error, empty_body()))?;
     let mut head = match exchange(&mut connection, request, body, waits.starting_now()).await {
         Ok(head) => head,
-        Err(Failure::Failed(error)) => return Err(error),
-        Err(Failure::NotSent(_, error) | Failure::Closed(error)) => {
-            return Err(GatewayError::BadGateway(error_chain(&error)))
+        Err(Failure::Failed(error, origin)) => return Err(TryFailure { error, origin, body: None }),
+        Err(Failure::NotSent(_, error)) => {
+            let error = GatewayError::BadGateway(error_chain(&error));
+            return Err(TryFailure { error, origin: Origin::Upstream(Phase::NotSent), body: None });
         }
     };
     let switched = head.status == StatusCode::SWITCHING_PROTOCOLS;
@@ -381,12 +468,9 @@ fn body_error(error: BoxError) -> GatewayError {
     }
 }
 
-/// A failed exchange with the backend: the send timeout is 504 (nginx), anything else 502.
-fn backend_error(error: &std::io::Error) -> GatewayError {
-    if error.get_ref().is_some_and(|inner| inner.is::<SendTimedOut>()) {
-        return GatewayError::SendTimeout;
-    }
-    GatewayError::BadGateway(error_chain(error))
+/// Whether a failed exchange is the send timeout (504, as nginx), not a broken connection (502).
+fn is_send_timeout(error: &std::io::Error) -> bool {
+    error.get_ref().is_some_and(|inner| inner.is::<SendTimedOut>())
 }
 
 /// "outer: inner: innermost", for messages that say what actually happened.

@@ -3,6 +3,7 @@
 
 use crate::server::http1::PendingUpgrade;
 use crate::upstream::Upgraded;
+use crate::wire::message::has_token;
 use http::{header, Request};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,12 +17,7 @@ use tokio::time::Instant;
 pub fn is_upgrade_request<B>(request: &Request<B>) -> bool {
     request.version() == http::Version::HTTP_11
         && request.headers().contains_key(header::UPGRADE)
-        && request
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade")))
+        && request.headers().get_all(header::CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"upgrade"))
 }
 
 /// Copies bytes between the upgraded client and backend connections; ends on close, error, or `idle`

@@ -17,7 +17,8 @@ use crate::error::error_response;
 use crate::server::gather;
 use crate::wire::chunked::ChunkedDecoder;
 use crate::wire::framing::{BodyReader, Framing};
-use crate::wire::{last_token, parse_content_length, Rewound, WriteQueue};
+use crate::wire::message::{self, Declared, FramingError, HeadFacts};
+use crate::wire::{parse_content_length, Rewound, WriteQueue};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -436,6 +437,8 @@ struct Head {
 enum Rejection {
     /// Malformed: 400.
     Bad(&'static str),
+    /// Valid, but asks for what the gateway does not do (a transfer coding other than chunked): 501.
+    NotImplemented(&'static str),
     /// The request line does not fit `max_head`: 414.
     UriTooLong,
     /// The head does not fit `max_head`, or has too many fields: 431.
@@ -446,6 +449,7 @@ impl Rejection {
     fn response(&self) -> Response<crate::body::ResponseBody> {
         let (status, code, message) = match self {
             Rejection::Bad(what) => (StatusCode::BAD_REQUEST, "bad_request", *what),
+            Rejection::NotImplemented(what) => (StatusCode::NOT_IMPLEMENTED, "not_implemented", *what),
             Rejection::UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long", "request line too long"),
             Rejection::HeadTooLarge => {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_too_large", "request header too large")
@@ -473,6 +477,9 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Res
         Err(httparse::Error::TooManyHeaders) => return Err(Rejection::HeadTooLarge),
         Err(_) => return Err(Rejection::Bad("malformed request head")),
     };
+    if message::has_bare_lf(&buf[..length]) {
+        return Err(Rejection::Bad("bare LF in the request head (lines end with CRLF)"));
+    }
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| Rejection::Bad("malformed method"))?;
     let version = match parsed.version {
@@ -494,8 +501,8 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Res
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.1)).map_err(|_| Rejection::Bad("malformed target"))?;
     // Room for the `X-Request-Id` the gateway adds: growing the map later reallocates it.
     let mut headers = HeaderMap::with_capacity(count + 1);
-    let (mut content_length, mut transfer_encoding, mut chunked) = (None, false, false);
-    let (mut close, mut keep_alive_asked, mut upgrade_asked, mut expects_continue) = (false, false, false, false);
+    let mut facts = HeadFacts::default();
+    let mut expects_continue = false;
     let mut hosts = 0;
     for &((name_start, name_end), (value_start, value_end)) in spans.iter() {
         let name =
@@ -503,20 +510,11 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Res
         let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
             .map_err(|_| Rejection::Bad("malformed header value"))?;
         if name == header::CONTENT_LENGTH {
-            let length = parse_content_length(value.as_bytes()).map_err(Rejection::Bad)?;
-            if content_length.is_some_and(|previous| previous != length) {
-                return Err(Rejection::Bad("conflicting Content-Length headers"));
-            }
-            content_length = Some(length);
+            facts.content_length(value.as_bytes());
         } else if name == header::TRANSFER_ENCODING {
-            transfer_encoding = true;
-            chunked = last_token(value.as_bytes()).eq_ignore_ascii_case(b"chunked");
+            facts.transfer_encoding(value.as_bytes());
         } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_asked |= token.eq_ignore_ascii_case(b"keep-alive");
-                upgrade_asked |= token.eq_ignore_ascii_case(b"upgrade");
-            }
+            facts.connection(value.as_bytes(), |_| {});
         } else if name == header::EXPECT {
             expects_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         } else if name == header::HOST {
@@ -530,21 +528,31 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Res
         0 | 1 => {}
         _ => return Err(Rejection::Bad("duplicate Host header")),
     }
+    // RFC 9112 §3.2.2: an absolute-form target names the host; the Host header is replaced by it.
+    if let Some(authority) = uri.authority() {
+        let host = match authority.port() {
+            Some(port) => format!("{}:{port}", authority.host()),
+            None => authority.host().to_owned(),
+        };
+        let host = HeaderValue::try_from(host).map_err(|_| Rejection::Bad("malformed target"))?;
+        headers.insert(header::HOST, host);
+    }
     // RFC 9112 §6.3: a request body is chunked or has a length; chunked wins over a length, which is
-    // then not passed on, and such a request closes the connection (a smuggling attempt, or broken).
-    let inbound = if transfer_encoding {
-        if !chunked {
-            return Err(Rejection::Bad("unsupported Transfer-Encoding"));
+    // then not passed on; other codings are not implemented (501, as nginx).
+    let inbound = match facts.declared() {
+        Ok(Declared::Chunked) => {
+            headers.remove(header::CONTENT_LENGTH);
+            Framing::Chunked(ChunkedDecoder::default())
         }
-        headers.remove(header::CONTENT_LENGTH);
-        Framing::Chunked(ChunkedDecoder::default())
-    } else {
-        Framing::declared(content_length.unwrap_or(0))
+        Ok(Declared::Length(length)) => Framing::declared(length),
+        Ok(Declared::Nothing) => Framing::Done,
+        Err(FramingError::UnsupportedCoding) => {
+            return Err(Rejection::NotImplemented(FramingError::UnsupportedCoding.message()))
+        }
+        Err(error) => return Err(Rejection::Bad(error.message())),
     };
-    let keep_alive = match version {
-        Version::HTTP_11 => !close,
-        _ => keep_alive_asked,
-    } && !(transfer_encoding && content_length.is_some());
+    let keep_alive = facts.persistent(version == Version::HTTP_11) && !facts.both_framings();
+    let upgrade_asked = facts.upgrade;
     let upgrade = (version == Version::HTTP_11 && upgrade_asked && headers.contains_key(header::UPGRADE)).then(|| {
         let (sender, receiver) = oneshot::channel();
         (sender, PendingUpgrade(Arc::new(Mutex::new(Some(receiver)))))
@@ -726,8 +734,7 @@ fn encode_head<B: Body>(
             continue;
         }
         if *name == header::CONNECTION {
-            close_asked |=
-                value.as_bytes().split(|&b| b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            close_asked |= message::has_token(value.as_bytes(), b"close");
             if !switching {
                 continue;
             }
@@ -875,11 +882,15 @@ mod tests {
     fn incomplete_heads_wait_and_broken_ones_are_refused() {
         assert!(parse("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
         assert_eq!(
-            parse("GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n").err(),
+            parse("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n").err(),
             Some(Rejection::Bad("conflicting Content-Length headers"))
         );
-        assert!(matches!(parse("GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), Err(Rejection::Bad(_))));
-        assert!(matches!(parse("GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), Err(Rejection::Bad(_))));
+        assert!(matches!(parse("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n"), Err(Rejection::Bad(_))));
+        assert!(matches!(parse("GET / HTTP/1.1\nHost: a\r\n\r\n"), Err(Rejection::Bad(_))), "bare LF");
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Err(Rejection::NotImplemented(_))
+        ));
         assert!(matches!(parse("GET /\x01 HTTP/1.1\r\n\r\n"), Err(Rejection::Bad(_))));
         let many = format!("GET / HTTP/1.1\r\n{}\r\n", "x: 1\r\n".repeat(9));
         assert_eq!(parse(&many).err(), Some(Rejection::HeadTooLarge));
@@ -909,6 +920,11 @@ mod tests {
         assert!(!head("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+        let chunked_1_0 = "POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(!head(chunked_1_0).keep_alive, "RFC 9112 §6.1: HTTP/1.0 with a coding closes");
+        let absolute = head("GET http://models.example:8000/v1/models?x=1 HTTP/1.1\r\nHost: other\r\n\r\n");
+        assert_eq!(absolute.request.headers()["host"], "models.example:8000", "RFC 9112 §3.2.2");
+        assert_eq!(absolute.request.uri().path_and_query().unwrap().as_str(), "/v1/models?x=1");
         assert!(
             head("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n").expects_continue
         );

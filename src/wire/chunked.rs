@@ -1,12 +1,20 @@
 //! Decoding a `Transfer-Encoding: chunked` body (RFC 9112 §7.1), a client's request body or a
 //! backend's response body, as its bytes arrive, in any split: chunk data is handed on as it comes
-//! (never waiting for a whole chunk), extensions and trailers are read and dropped.
+//! (never waiting for a whole chunk), extensions and trailers are read and dropped, each bounded.
+//!
+//! Strict where a lenient reading could differ from another peer's (request smuggling): a size line
+//! is hex digits, optional spaces or tabs, then either CRLF or `;` and an extension; every line ends
+//! with CRLF (a bare LF is refused); control characters are refused in extensions and trailers.
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 
 /// Most trailer bytes accepted after the last chunk; trailers are dropped, so this only bounds work.
 const MAX_TRAILER_BYTES: usize = 64 * 1024;
+/// Most chunk-extension bytes accepted in one body, all chunks together (hyper's limit): extensions
+/// are dropped, and a body of one-byte chunks with long extensions would otherwise cost a gateway
+/// far more than it forwards.
+const MAX_EXTENSION_BYTES: usize = 16 * 1024;
 
 /// What the decoder made of the buffered bytes.
 #[derive(Debug, PartialEq)]
@@ -24,6 +32,8 @@ pub enum Decoded {
 enum State {
     /// Reading the hex size; `digits` read so far.
     Size { size: u64, digits: u8 },
+    /// Spaces or tabs after the size: an extension's `;` or the line's CR must follow.
+    SizeSpace { size: u64 },
     /// Skipping a chunk extension up to the line's CR.
     Extension { size: u64 },
     /// Expecting the LF of the size line.
@@ -48,11 +58,13 @@ enum State {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ChunkedDecoder {
     state: State,
+    /// Extension bytes of this body so far (bounded by `MAX_EXTENSION_BYTES`).
+    extension_bytes: usize,
 }
 
 impl Default for ChunkedDecoder {
     fn default() -> Self {
-        ChunkedDecoder { state: State::Size { size: 0, digits: 0 } }
+        ChunkedDecoder { state: State::Size { size: 0, digits: 0 }, extension_bytes: 0 }
     }
 }
 
@@ -85,7 +97,7 @@ impl ChunkedDecoder {
     }
 
     /// The state after one framing byte.
-    fn step(&self, byte: u8) -> io::Result<State> {
+    fn step(&mut self, byte: u8) -> io::Result<State> {
         Ok(match self.state {
             State::Size { size, digits } => match (byte as char).to_digit(16) {
                 Some(digit) if digits < 16 => State::Size { size: size << 4 | u64::from(digit), digits: digits + 1 },
@@ -93,14 +105,23 @@ impl ChunkedDecoder {
                 None if digits == 0 => return Err(invalid("missing chunk size")),
                 None => match byte {
                     b'\r' => State::SizeLf { size },
-                    b';' | b' ' | b'\t' => State::Extension { size },
+                    b';' => self.extension(size)?,
+                    b' ' | b'\t' => State::SizeSpace { size },
+                    b'\n' => return Err(invalid("bare LF in chunk size line")),
                     _ => return Err(invalid("bad chunk size")),
                 },
+            },
+            State::SizeSpace { size } => match byte {
+                b' ' | b'\t' => State::SizeSpace { size },
+                b'\r' => State::SizeLf { size },
+                b';' => self.extension(size)?,
+                _ => return Err(invalid("bad chunk size line (after the size: an extension or CRLF)")),
             },
             State::Extension { size } => match byte {
                 b'\r' => State::SizeLf { size },
                 b'\n' => return Err(invalid("bare LF in chunk size line")),
-                _ => State::Extension { size },
+                b'\t' | b' '..=b'~' | 0x80.. => self.extension(size)?,
+                _ => return Err(invalid("control character in a chunk extension")),
             },
             State::SizeLf { size } => match byte {
                 b'\n' if size == 0 => State::TrailerStart { seen: 0 },
@@ -118,12 +139,14 @@ impl ChunkedDecoder {
             State::TrailerStart { seen } => match byte {
                 b'\r' => State::TrailerLf { seen, last: true },
                 b'\n' => return Err(invalid("bare LF in trailers")),
-                _ => State::TrailerLine { seen: trailer_bytes(seen)? },
+                b'\t' | b' '..=b'~' | 0x80.. => State::TrailerLine { seen: trailer_bytes(seen)? },
+                _ => return Err(invalid("control character in trailers")),
             },
             State::TrailerLine { seen } => match byte {
                 b'\r' => State::TrailerLf { seen, last: false },
                 b'\n' => return Err(invalid("bare LF in trailers")),
-                _ => State::TrailerLine { seen: trailer_bytes(seen)? },
+                b'\t' | b' '..=b'~' | 0x80.. => State::TrailerLine { seen: trailer_bytes(seen)? },
+                _ => return Err(invalid("control character in trailers")),
             },
             State::TrailerLf { seen, last } => match byte {
                 b'\n' if last => State::End,
@@ -132,6 +155,17 @@ impl ChunkedDecoder {
             },
             State::Data { .. } | State::End => unreachable!("data and end are handled by decode"),
         })
+    }
+}
+
+impl ChunkedDecoder {
+    /// One more byte of a chunk extension, within the body's `MAX_EXTENSION_BYTES`.
+    fn extension(&mut self, size: u64) -> io::Result<State> {
+        self.extension_bytes += 1;
+        if self.extension_bytes > MAX_EXTENSION_BYTES {
+            return Err(invalid("chunk extensions too large"));
+        }
+        Ok(State::Extension { size })
     }
 }
 
@@ -227,6 +261,29 @@ mod tests {
     }
 
     #[test]
+    fn spaces_before_an_extension_or_the_line_end_are_accepted() {
+        for wire in [&b"5 \r\nhello\r\n0\r\n\r\n"[..], b"5 ;a=b\r\nhello\r\n0 \t;x\r\n\r\n"] {
+            let (body, ended, _) = decode_in_pieces(wire, &[1]).unwrap();
+            assert_eq!((body.as_slice(), ended), (&b"hello"[..], true), "{:?}", String::from_utf8_lossy(wire));
+        }
+    }
+
+    #[test]
+    fn chunk_extensions_are_bounded_per_body() {
+        let extension = format!(";{}", "e".repeat(1000));
+        let mut within = Vec::new();
+        for _ in 0..16 {
+            within.extend_from_slice(format!("1{extension}\r\nx\r\n").as_bytes());
+        }
+        let mut over = within.clone();
+        within.extend_from_slice(b"0\r\n\r\n");
+        assert_eq!(decode_in_pieces(&within, &[300]).unwrap().0.len(), 16, "16 KB of extensions pass");
+        over.extend_from_slice(format!("1{extension}\r\nx\r\n0\r\n\r\n").as_bytes());
+        let error = decode_in_pieces(&over, &[300]).unwrap_err();
+        assert!(error.to_string().contains("chunk extensions too large"), "{error}");
+    }
+
+    #[test]
     fn rejects_bad_framing() {
         for wire in [
             &b"zz\r\nabc"[..],
@@ -235,6 +292,12 @@ mod tests {
             b"3\r\nabcX\r\n",
             b"11111111111111111\r\n",
             b"0\r\nx: y\n",
+            b"5 junk\r\nhello\r\n0\r\n\r\n",
+            b"5\tx\r\nhello\r\n0\r\n\r\n",
+            b"5\n",
+            b"5;a\x00b\r\nhello\r\n0\r\n\r\n",
+            b"0\r\nx: \x01\r\n\r\n",
+            b"0\r\n\n",
         ] {
             assert!(decode_in_pieces(wire, &[wire.len()]).is_err(), "{:?}", String::from_utf8_lossy(wire));
         }

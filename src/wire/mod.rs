@@ -4,6 +4,7 @@
 
 pub mod chunked;
 pub mod framing;
+pub mod message;
 
 use bytes::{Buf, Bytes};
 use std::io::{self, IoSlice};
@@ -31,11 +32,6 @@ pub fn parse_content_length(value: &[u8]) -> Result<u64, &'static str> {
         length = Some(parsed);
     }
     length.ok_or("empty Content-Length")
-}
-
-/// The last item of a comma-separated list (the coding applied last, for `Transfer-Encoding`).
-pub fn last_token(value: &[u8]) -> &[u8] {
-    value.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii()
 }
 
 /// Bytes waiting to be written, oldest first, at most `N` pieces (a head, chunks with their framing,

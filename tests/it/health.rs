@@ -85,18 +85,21 @@ fn chat_request() -> http::Request<TestBody> {
     http::Request::post("/v1/chat/completions").header("host", "localhost").body(full(body)).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_model_killed_mid_load_fails_only_what_it_held_and_nothing_after() {
+/// Kills one of two models while it holds two chat completions (long prefill), with `location` added
+/// to the location's settings; returns how many of the requests in flight failed (each with a clear
+/// 502) and how many were answered. Every request sent after the crash must succeed.
+async fn kill_a_model_mid_load(location: &str) -> (usize, usize) {
     let model = LatencyModel { prefill_base_ms: 60_000.0, ..LatencyModel::default() };
     let doomed =
         Sim::start(SimOptions { latency: model, crash_above: Some(2), ..SimOptions::default() }).await.unwrap();
     let fast = LatencyModel { prefill_base_ms: 1.0, decode_ms: 1.0, ..LatencyModel::default() };
     let survivor = Sim::start(SimOptions { latency: fast, ..SimOptions::default() }).await.unwrap();
-    let gw = TestGateway::start(&two_servers(&doomed.addr.to_string(), &survivor.addr.to_string(), "")).await;
+    let config = two_servers(&doomed.addr.to_string(), &survivor.addr.to_string(), "")
+        .replace("proxy = \"model\"", &format!("proxy = \"model\"\n  {location}"));
+    let gw = TestGateway::start(&config).await;
     let addr = gw.addr("127.0.0.1:0");
     // Requests through the gateway until two are held by the doomed model (long prefill).
     let mut in_flight = Vec::new();
-    let mut answered = 0;
     let received = || doomed.stats()["received"].as_u64().unwrap() + survivor.stats()["received"].as_u64().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while doomed.stats()["running"] != 2 {
@@ -111,25 +114,37 @@ async fn a_model_killed_mid_load_fails_only_what_it_held_and_nothing_after() {
     // One more request straight to it kills it, as a GPU running out of memory.
     let _ = send(&mut http1(doomed.addr).await, chat_request()).await;
     assert!(doomed.crashed());
-    let mut failed = 0;
+    let (mut failed, mut answered) = (0, 0);
     for request in in_flight {
         let (status, _, body) = request.await.unwrap();
         if status == StatusCode::OK {
             answered += 1;
         } else {
-            // What the dead model held gets a clear error, never a hang.
+            // What fails gets a clear error, never a hang.
             assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
             assert!(body.contains("\"error\""), "{body}");
             failed += 1;
         }
     }
-    assert_eq!(failed, 2, "exactly the two requests the dead model held fail ({answered} answered)");
     // Nothing sent after the crash fails: the dead server is retried away from, then skipped.
     for i in 0..10 {
         let (status, _, body) = send(&mut http1(addr).await, chat_request()).await;
         assert_eq!(status, StatusCode::OK, "request {i} after the crash: {body}");
     }
     assert!(!gw.gateway.runtime().upstreams["model"].servers[0].health.is_up());
+    (failed, answered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completions_held_by_a_killed_model_go_to_the_other_one() {
+    let (failed, answered) = kill_a_model_mid_load("").await;
+    assert_eq!(failed, 0, "no byte had reached the clients: every request is sent again ({answered} answered)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_location_that_is_not_inference_keeps_nginx_rule_for_posts() {
+    let (failed, answered) = kill_a_model_mid_load("inference = false").await;
+    assert_eq!(failed, 2, "exactly the two POSTs the dead model held fail ({answered} answered)");
 }
 
 async fn spread(balance: &str) -> (u64, u64) {

@@ -13,7 +13,8 @@ use crate::body::{BoxError, ClientBody};
 use crate::proxy::{Forwarding, RequestBody};
 use crate::wire::chunked::ChunkedDecoder;
 use crate::wire::framing::{BodyReader, Framing};
-use crate::wire::{last_token, Rewound, WriteQueue};
+use crate::wire::message::{self, Declared, HeadFacts};
+use crate::wire::{Rewound, WriteQueue};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{response, Method, Request, Response, StatusCode, Version};
@@ -479,6 +480,9 @@ fn parse_head(buf: &mut BytesMut, rules: ResponseRules<'_>) -> io::Result<Option
             Ok(_) => return Err(invalid_response(format!("head larger than {MAX_RESPONSE_HEAD} bytes"))),
             Err(e) => return Err(invalid_response(e.to_string())),
         };
+    if message::has_bare_lf(&buf[..length]) {
+        return Err(invalid_response("bare LF in the head (lines end with CRLF)".into()));
+    }
     let status = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|e| invalid_response(e.to_string()))?;
     let http11 = parsed.version == Some(1);
     // Where each header sits in the head (under 64 KiB, so u16 offsets), so the values can be slices
@@ -494,8 +498,7 @@ fn parse_head(buf: &mut BytesMut, rules: ResponseRules<'_>) -> io::Result<Option
     let head = buf.split_to(length).freeze();
 
     let mut map = HeaderMap::with_capacity(count);
-    let (mut content_length, mut chunked, mut transfer_encoding) = (None, false, false);
-    let (mut close, mut keep_alive_asked) = (false, false);
+    let mut facts = HeadFacts::default();
     // Other headers the `Connection` header names, to drop too (rare: allocated only then).
     let mut named = Vec::new();
     for &(name_start, name_end, value_start, value_end) in &spans[..count] {
@@ -509,25 +512,12 @@ fn parse_head(buf: &mut BytesMut, rules: ResponseRules<'_>) -> io::Result<Option
         // Connection-level fields (RFC 9110 §7.6.1) are this connection's business: used here and
         // not handed on. `Upgrade` stays on a `101`, for the proxy to pass on with the switch.
         if name == header::CONTENT_LENGTH {
-            let length = crate::wire::parse_content_length(value.as_bytes()).map_err(|e| invalid_response(e.into()))?;
-            if content_length.is_some_and(|previous| previous != length) {
-                return Err(invalid_response("conflicting Content-Length headers".into()));
-            }
-            content_length = Some(length);
+            facts.content_length(value.as_bytes());
         } else if name == header::TRANSFER_ENCODING {
-            transfer_encoding = true;
-            chunked = last_token(value.as_bytes()).eq_ignore_ascii_case(b"chunked");
+            facts.transfer_encoding(value.as_bytes());
             continue;
         } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive_asked = true;
-                } else if !token.eq_ignore_ascii_case(b"upgrade") {
-                    named.extend(HeaderName::from_bytes(token).ok());
-                }
-            }
+            facts.connection(value.as_bytes(), |token| named.extend(HeaderName::from_bytes(token).ok()));
             continue;
         } else if name == header::TE
             || name == header::TRAILER
@@ -542,20 +532,25 @@ fn parse_head(buf: &mut BytesMut, rules: ResponseRules<'_>) -> io::Result<Option
     for name in named {
         map.remove(name);
     }
-    if transfer_encoding {
-        // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, which must not be passed on.
+    let no_body = rules.head_request || status.is_informational() || matches!(status.as_u16(), 204 | 304);
+    // RFC 9112 §6.3: a coding overrides a length, which is not passed on; only `chunked` is read
+    // (another coding could not be named to the client once the header is dropped).
+    let declared = match facts.declared() {
+        Ok(declared) => declared,
+        // A body that is not there needs no framing (a HEAD answer may declare anything).
+        Err(_) if no_body => Declared::Nothing,
+        Err(error) => return Err(invalid_response(error.message().into())),
+    };
+    if facts.has_transfer_encoding() {
         map.remove(header::CONTENT_LENGTH);
     }
-    let framing = if rules.head_request || status.is_informational() || matches!(status.as_u16(), 204 | 304) {
-        Framing::Done
-    } else if chunked {
-        Framing::Chunked(ChunkedDecoder::default())
-    } else if transfer_encoding {
-        Framing::UntilClose
-    } else {
-        content_length.map_or(Framing::UntilClose, Framing::declared)
+    let framing = match declared {
+        _ if no_body => Framing::Done,
+        Declared::Chunked => Framing::Chunked(ChunkedDecoder::default()),
+        Declared::Length(length) => Framing::declared(length),
+        Declared::Nothing => Framing::UntilClose,
     };
-    let keep_alive = if http11 { !close } else { keep_alive_asked }
+    let keep_alive = facts.persistent(http11)
         && !matches!(framing, Framing::UntilClose)
         && status != StatusCode::SWITCHING_PROTOCOLS;
     let mut response = Response::new(());
@@ -605,9 +600,12 @@ mod tests {
     #[test]
     fn chooses_body_framing_as_rfc_9112_says() {
         let framing = |text: &str| parse(text).unwrap().unwrap();
-        let chunked = framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n");
+        let chunked = framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n");
         assert!(matches!(chunked.framing, Framing::Chunked(_)));
         assert!(!chunked.parts.headers.contains_key("content-length"), "TE overrides CL");
+        assert!(parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").is_err(), "only chunked");
+        assert!(!framing("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n").keep_alive);
+        assert!(parse("HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n").is_err(), "bare LF");
         let until_close = framing("HTTP/1.1 200 OK\r\n\r\n");
         assert!(matches!(until_close.framing, Framing::UntilClose) && !until_close.keep_alive);
         assert!(matches!(framing("HTTP/1.1 204 No Content\r\n\r\n").framing, Framing::Done));

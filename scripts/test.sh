@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite on a machine with only Rust: sets up what the tests beyond Rust need (a
+# Python virtual environment under target/ with the official `openai` SDK, pinned; Debian's python3
+# and venv when missing and this runs as root), checks formatting and lints, builds the whole
+# workspace (bench/loadgen included), then runs every test, the ones marked `#[ignore]` for needing
+# that set-up included. Plain `cargo test` runs everything that needs Rust alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OPENAI_VERSION=3.57.0
+venv=target/test-venv
+
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+  else
+    echo "scripts/test.sh: python3 with venv is needed (Debian: apt-get install python3 python3-venv)" >&2
+    exit 1
+  fi
+fi
+if ! "$venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" >/dev/null 2>&1; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION"
+fi
+
+cargo --version
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets --workspace -- -D warnings
+cargo build --locked --workspace --all-targets
+INFERGATE_TEST_PYTHON="$PWD/$venv/bin/python" cargo test --locked --workspace -- --include-ignored
