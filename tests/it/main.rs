@@ -11,6 +11,7 @@ mod client_wire;
 mod compression;
 mod edge;
 mod health;
+mod hostile;
 mod models;
 mod proxy;
 mod ratelimit;
