@@ -570,6 +570,9 @@ pub struct TlsConfig {
     /// TLS versions offered, from `"1.2"` and `"1.3"` (default both, as the seed's `ssl_protocols`).
     #[serde(default = "default_tls_protocols")]
     pub protocols: Vec<Spanned<String>>,
+    /// Cipher suites offered, in the server's order of preference, by their IANA names
+    /// (`"TLS13_AES_128_GCM_SHA256"`); default: every AEAD suite with forward secrecy rustls has.
+    pub ciphers: Option<Vec<Spanned<String>>>,
 }
 
 fn default_tls_protocols() -> Vec<Spanned<String>> {

@@ -116,3 +116,56 @@ async fn protocol_versions_are_enforced() {
     let result = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, stream).await;
     assert!(result.is_err(), "a TLS 1.2 handshake succeeded against a 1.3-only listener");
 }
+
+/// A TLS 1.3 handshake offering `suites` in this order; the suite the server chose, or `None` if
+/// the handshake failed.
+async fn negotiate(
+    addr: std::net::SocketAddr,
+    ca: &rustls::pki_types::CertificateDer<'static>,
+    suites: &[rustls::SupportedCipherSuite],
+) -> Option<rustls::CipherSuite> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: suites.to_vec(),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("api.example.com").unwrap();
+    let tls = connector.connect(name, stream).await.ok()?;
+    tls.get_ref().1.negotiated_cipher_suite().map(|suite| suite.suite())
+}
+
+#[tokio::test]
+async fn the_servers_cipher_order_wins_and_ciphers_narrows_it() {
+    use rustls::crypto::aws_lc_rs::cipher_suite::{TLS13_AES_128_GCM_SHA256, TLS13_CHACHA20_POLY1305_SHA256};
+    let backend = Backend::hello().await;
+    let (gw, certs) = start(&backend, r#""1.3""#).await;
+    let addr = gw.addr("127.0.0.1:0");
+    // The client prefers ChaCha20; the server's list puts AES-GCM first, and its order wins.
+    let chosen = negotiate(addr, &certs.api, &[TLS13_CHACHA20_POLY1305_SHA256, TLS13_AES_128_GCM_SHA256]).await;
+    assert_eq!(chosen, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+
+    let narrowed = tls_config(&backend.authority(), r#""1.3""#).replace(
+        r#"protocols = ["1.3"] }"#,
+        r#"protocols = ["1.3"], ciphers = ["TLS13_CHACHA20_POLY1305_SHA256", "TLS13_AES_128_GCM_SHA256"] }"#,
+    );
+    gw.rewrite(&narrowed);
+    gw.gateway.reload().await.unwrap();
+    // The listener is rebuilt by the reload: its list is now ChaCha20 first.
+    let chosen = negotiate(addr, &certs.api, &[TLS13_AES_128_GCM_SHA256, TLS13_CHACHA20_POLY1305_SHA256]).await;
+    assert_eq!(chosen, Some(rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256));
+    use rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384;
+    assert_eq!(negotiate(addr, &certs.api, &[TLS13_AES_256_GCM_SHA384]).await, None, "a suite left out is refused");
+
+    gw.rewrite(&narrowed.replace("TLS13_CHACHA20_POLY1305_SHA256", "TLS_RSA_WITH_RC4_128_MD5"));
+    let errors = gw.gateway.reload().await.unwrap_err().to_string();
+    assert!(errors.contains("unknown cipher suite \"TLS_RSA_WITH_RC4_128_MD5\""), "{errors}");
+    assert!(errors.contains("infergate.toml:9:76:"), "located at its line and column: {errors}");
+}
