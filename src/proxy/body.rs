@@ -5,7 +5,7 @@
 use crate::accounting::UpstreamInfo;
 use crate::body::BoxError;
 use crate::body::ClientBody;
-use crate::upstream::{Lease, PoolKey, UpstreamConnection};
+use crate::upstream::{FailureReport, Lease, PoolKey, UpstreamConnection};
 use crate::wire::framing::BodyReader;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -154,6 +154,8 @@ pub struct UpstreamBody {
     failed: Option<(StreamTimedOut, bool)>,
     /// The exchange, for accounting.
     info: Option<UpstreamInfo>,
+    /// Where a cut by the server (a broken or closed body, the idle timeout) counts against it.
+    failures: Option<FailureReport>,
 }
 
 impl UpstreamBody {
@@ -165,7 +167,20 @@ impl UpstreamBody {
         lease: Lease,
         timeouts: BodyTimeouts,
     ) -> Self {
-        UpstreamBody { connection, pool, lease, timeouts, timer: None, failed: None, info: None }
+        UpstreamBody { connection, pool, lease, timeouts, timer: None, failed: None, info: None, failures: None }
+    }
+
+    /// Counts the body's cut by its server, if any, against the server (`None`: nowhere).
+    pub fn counting_failures(mut self, failures: Option<FailureReport>) -> UpstreamBody {
+        self.failures = failures;
+        self
+    }
+
+    /// The server cut the body: a failure of its own.
+    fn server_failed(&self) {
+        if let Some(failures) = &self.failures {
+            failures.record();
+        }
     }
 
     /// Records the exchange this body comes from, for accounting.
@@ -215,9 +230,14 @@ impl UpstreamBody {
         }
     }
 
-    /// Ends the body for `failure`: an SSE error event first on event streams, then an error.
+    /// Ends the body for `failure`: an SSE error event first on event streams, then an error. A
+    /// server that went silent (the idle timeout) failed; a drain or the total deadline is the
+    /// gateway's doing.
     fn cut(&mut self, failure: StreamTimedOut) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.connection = None;
+        if let StreamTimedOut::Idle(_) = failure {
+            self.server_failed();
+        }
         if self.timeouts.sse {
             let event = failure.sse_event();
             self.failed = Some((failure, false));
@@ -272,6 +292,7 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.connection = None;
+                this.server_failed();
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Pending => {

@@ -15,8 +15,8 @@ use crate::body::{BoxError, ClientBody, ClientRequest, ResponseBody};
 use crate::error::GatewayError;
 use crate::server::http1::PendingUpgrade;
 use crate::upstream::{
-    ConnectError, ExchangeError, HeadWait, Lease, SendTimedOut, Tried, Unavailable, Upstream, UpstreamConnection,
-    UpstreamRequest, UpstreamServer,
+    count_failure, ConnectError, ExchangeError, FailureReport, HeadWait, Lease, SendTimedOut, Tried, Unavailable,
+    Upstream, UpstreamConnection, UpstreamRequest, UpstreamServer,
 };
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -152,8 +152,8 @@ async fn forward_body(
         let tries_left = tried.len() < upstream.tries;
         // A failure counts against the server only when it was the server's (see `retry`).
         let count_failure = |origin: Origin| {
-            if origin.counts_against_server() && server.health.record_failure(upstream.fail_policy) {
-                tracing::warn!(upstream = %upstream.name, server = %server.authority, "server marked down");
+            if origin.counts_against_server() {
+                count_failure(&server.health, upstream.fail_policy, &upstream.name, &server.authority);
             }
         };
         // Whether another server gets the request after a failed try, with the body for it.
@@ -238,17 +238,26 @@ async fn forward_body(
             head_at,
             event_stream: timeouts.sse,
         };
-        let connection = if connection.body_done() {
+        let (connection, failures) = if connection.body_done() {
             server.pool.key().checkin(connection, head_at);
-            None
+            (None, None)
         } else {
             if timeouts.sse {
                 // Streams are long: they watch for their server being drained.
                 lease.drain_watch = Some(server.load.clone());
             }
-            Some(connection)
+            // A body the server cuts (it dies, breaks the framing, or stalls) is its failure.
+            let failures = FailureReport {
+                health: server.health.clone(),
+                policy: upstream.fail_policy,
+                upstream: upstream.name.clone(),
+                server: server.authority.clone(),
+            };
+            (Some(connection), Some(failures))
         };
-        let body = UpstreamBody::new(connection, Some(server.pool.key()), lease, timeouts).with_info(info);
+        let body = UpstreamBody::new(connection, Some(server.pool.key()), lease, timeouts)
+            .with_info(info)
+            .counting_failures(failures);
         return Ok(Response::from_parts(parts, ResponseBody::Upstream { inner: Box::new(body) }));
     }
 }

@@ -102,6 +102,33 @@ impl ServerHealth {
     }
 }
 
+/// Where a response body that may still be cut counts its server's failure: the server's health
+/// and policy, and the names the log gives.
+pub struct FailureReport {
+    /// The server's health.
+    pub health: Arc<ServerHealth>,
+    /// Its upstream's `max_fails` / `fail_timeout`.
+    pub policy: FailPolicy,
+    /// The upstream's name.
+    pub upstream: Arc<str>,
+    /// The server's address.
+    pub server: http::uri::Authority,
+}
+
+impl FailureReport {
+    /// Counts one failure of the server; says so when it marks the server down.
+    pub fn record(&self) {
+        count_failure(&self.health, self.policy, &self.upstream, &self.server);
+    }
+}
+
+/// Counts one failure of `server` of `upstream` (passive health); logs when it marks the server down.
+pub fn count_failure(health: &ServerHealth, policy: FailPolicy, upstream: &str, server: &http::uri::Authority) {
+    if health.record_failure(policy) {
+        tracing::warn!(upstream, server = %server, "server marked down");
+    }
+}
+
 impl Default for ServerHealth {
     fn default() -> Self {
         ServerHealth::new()

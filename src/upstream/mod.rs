@@ -14,7 +14,7 @@ pub use metrics_scrape::{spawn_scrapes, LoadMetrics};
 
 pub use balance::{Balance, HashKey, InFlight, ServerLoad};
 use balance::{Ring, Weighted};
-pub use health::{spawn_checks, ActiveCheck, FailPolicy, ServerHealth};
+pub use health::{count_failure, spawn_checks, ActiveCheck, FailPolicy, FailureReport, ServerHealth};
 
 pub use admission::{Admission, Ask, Permit, Rejection};
 pub use connector::{ConnectError, Connector, SendTimedOut, TimedStream};

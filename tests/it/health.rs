@@ -308,3 +308,39 @@ async fn a_request_with_a_small_body_is_replayed_on_another_server_after_a_502()
     }
     assert_eq!(failing.request_count(), 1, "the failing server saw the first request only");
 }
+
+#[tokio::test]
+async fn a_response_the_server_cuts_counts_against_it_and_a_client_leaving_does_not() {
+    use http_body_util::BodyExt;
+    // A server that dies mid-answer: head and part of the body, then the connection closes.
+    let cutting =
+        RawBackend::start(RawMode::CLOSING, |_| b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n1234".to_vec()).await;
+    let gw = TestGateway::start(&proxy_config(&cutting.addr.to_string(), "max_fails = 2")).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let health = || gw.gateway.runtime().upstreams["backend"].servers[0].health.is_up();
+    for _ in 0..2 {
+        // The client sees the answer cut: no head (the cut came before anything was written), or a
+        // body that ends in an error.
+        if let Ok(response) = http1(addr).await.send_request(get("/")).await {
+            assert!(response.into_body().collect().await.is_err(), "the client sees the answer cut");
+        }
+    }
+    assert!(!health(), "two cut answers are two failures of the server (max_fails = 2)");
+
+    // A client that leaves in the middle of a slow answer is no failure of the server's.
+    let slow = Backend::start(|_| async {
+        let first = futures_util::stream::iter([Ok(http_body::Frame::data(bytes::Bytes::from("first")))]);
+        let rest = futures_util::stream::pending::<Result<_, std::convert::Infallible>>();
+        Response::new(http_body_util::StreamBody::new(futures_util::StreamExt::chain(first, rest)).boxed())
+    })
+    .await;
+    let gw = TestGateway::start(&proxy_config(&slow.authority(), "max_fails = 1")).await;
+    for _ in 0..3 {
+        let response = http1(gw.addr("127.0.0.1:0")).await.send_request(get("/")).await.unwrap();
+        let mut body = response.into_body();
+        assert!(body.frame().await.is_some(), "the first part arrives");
+        drop(body);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(gw.gateway.runtime().upstreams["backend"].servers[0].health.is_up());
+}

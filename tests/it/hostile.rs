@@ -376,13 +376,13 @@ fn preface(settings: &[(u16, u32)]) -> Vec<u8> {
 }
 
 /// Sends `bytes` after the preface, then reads frames until the gateway closes or is quiet for
-/// 500 ms; returns them.
+/// 300 ms; returns them.
 async fn h2_exchange(mut conn: Conn, bytes: &[u8]) -> Vec<Frame> {
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.write_all(bytes)).await;
     let mut received = Vec::new();
     let mut frames = Vec::new();
     let mut chunk = [0u8; 16384];
-    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), conn.read(&mut chunk)).await {
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), conn.read(&mut chunk)).await {
         if n == 0 {
             break;
         }

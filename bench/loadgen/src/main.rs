@@ -1,6 +1,7 @@
 //! `infergate-load`: the load client behind `bench/run.sh` for what wrk cannot measure — time to
 //! first token of SSE streams, how fast a client's disconnect reaches the model, goodput under
-//! overload, and holding many idle keep-alive connections. Every mode is bounded in count and time,
+//! overload, holding many idle keep-alive connections, and requests lost while a model dies
+//! (`bench/failover.sh`). Every mode is bounded in count and time,
 //! talks to the address it is given (loopback in the benchmarks), and prints `key=value` figures.
 
 use bytes::Bytes;
@@ -56,6 +57,16 @@ enum Mode {
         duration: Duration,
         #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
         slo: Duration,
+    },
+    /// Closed-loop clients of non-streamed chat completions for a while: every answer that is not a
+    /// whole 200 counts as failed.
+    Chat {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "6s")]
+        duration: Duration,
     },
     /// Opens idle keep-alive connections (one request each, then silence) and holds them.
     Idle {
@@ -292,6 +303,52 @@ async fn overload(
     Ok(())
 }
 
+async fn chat_load(addr: SocketAddr, clients: usize, duration: Duration) -> Result<(), String> {
+    let end = Instant::now() + duration;
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut sender: Option<Sender> = None;
+            while Instant::now() < end {
+                if sender.is_none() {
+                    sender = connect(addr).await.ok();
+                }
+                let Some(client) = sender.as_mut() else {
+                    failed += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                // Each answer must come whole within 10 s (a request takes about 0.3 s).
+                let result = tokio::time::timeout(Duration::from_secs(10), async {
+                    client.ready().await.map_err(|_| ())?;
+                    let response = client.send_request(chat(false, 8)).await.map_err(|_| ())?;
+                    let status = response.status();
+                    response.into_body().collect().await.map_err(|_| ())?;
+                    Ok::<_, ()>(status)
+                })
+                .await;
+                match result {
+                    Ok(Ok(StatusCode::OK)) => ok += 1,
+                    _ => {
+                        failed += 1;
+                        sender = None;
+                    }
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let (mut ok, mut failed) = (0, 0);
+    for task in tasks {
+        let (o, f) = task.await.map_err(|e| e.to_string())?;
+        ok += o;
+        failed += f;
+    }
+    println!("ok={ok} failed={failed}");
+    Ok(())
+}
+
 async fn idle(addr: SocketAddr, connections: usize, hold: Duration) -> Result<(), String> {
     let mut held = Vec::with_capacity(connections);
     let started = Instant::now();
@@ -318,6 +375,7 @@ async fn main() {
         Mode::Cancel { addr, sim, requests } => cancel(addr, sim, requests).await,
         Mode::Overload { addr, sim, clients, duration, slo } => overload(addr, sim, clients, duration, slo).await,
         Mode::Idle { addr, connections, hold } => idle(addr, connections, hold).await,
+        Mode::Chat { addr, clients, duration } => chat_load(addr, clients, duration).await,
     };
     if let Err(e) = result {
         eprintln!("infergate-load: {e}");
