@@ -14,6 +14,8 @@ pub mod compress;
 pub mod config;
 pub mod error;
 pub mod error_log;
+#[cfg(test)]
+mod fuzzing;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;

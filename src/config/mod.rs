@@ -41,3 +41,29 @@ pub fn load(source: &Source) -> Result<Config, ConfigErrors> {
     errors.dedup();
     Err(ConfigErrors(errors))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fuzz_configs_load_or_report_located_errors() {
+        let seeds = crate::fuzzing::seeds(
+            "config",
+            &[
+                include_bytes!("../../examples/seed.toml"),
+                include_bytes!("../../examples/demo.toml"),
+                EMBEDDED_DEFAULT.as_bytes(),
+            ],
+        );
+        arbtest::arbtest(|u| {
+            let text = String::from_utf8_lossy(&crate::fuzzing::mutated(u, &seeds)?).into_owned();
+            let source = Source { name: "fuzz.toml".into(), dir: std::path::PathBuf::from("."), text };
+            if let Err(errors) = load(&source) {
+                let report = errors.to_string();
+                assert!(!errors.0.is_empty() && report.starts_with("fuzz.toml:"), "every error is located: {report}");
+            }
+            Ok(())
+        });
+    }
+}

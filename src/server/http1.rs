@@ -974,6 +974,43 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_request_heads_parse_or_are_refused_without_panic() {
+        let seeds = crate::fuzzing::seeds(
+            "request_head",
+            &[
+                b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+                b"GET http://m.test:8000/p?q HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                b"PUT / HTTP/1.0\r\nConnection: keep-alive\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx",
+            ],
+        );
+        arbtest::arbtest(|u| {
+            let input = crate::fuzzing::mutated(u, &seeds)?;
+            let limits = Limits { max_head: u.int_in_range(16..=4096)?, max_headers: u.int_in_range(1..=64)? };
+            let mut buf = BytesMut::from(&input[..]);
+            match parse_head(&mut buf, &mut Vec::new(), limits) {
+                Ok(Some(head)) => {
+                    assert!(buf.len() < input.len(), "a parsed head is consumed");
+                    let headers = head.request.headers();
+                    if matches!(head.inbound, Framing::Chunked(_)) {
+                        assert!(!headers.contains_key(header::CONTENT_LENGTH), "chunked drops the length");
+                    }
+                    if head.request.version() == Version::HTTP_11 {
+                        assert_eq!(headers.get_all(header::HOST).iter().count(), 1, "one Host");
+                    }
+                }
+                Ok(None) => assert_eq!(buf.len(), input.len(), "nothing is consumed before a whole head"),
+                Err(rejection) => {
+                    let status = rejection.response().status();
+                    assert!(status.is_client_error() || status == StatusCode::NOT_IMPLEMENTED, "{status}");
+                }
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn itoa_and_hex_write_numbers() {
         for value in [0u64, 7, 10, 255, 12345, u64::MAX] {
             assert_eq!(itoa(value, &mut [0; 20]), value.to_string().as_bytes());

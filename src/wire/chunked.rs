@@ -284,6 +284,33 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_chunked_bodies_decode_the_same_in_any_split() {
+        let encoded = encode(b"hello world, split anywhere", &[3, 11], true, true);
+        let seeds = crate::fuzzing::seeds(
+            "chunked",
+            &[&encoded, b"5\r\nhello\r\n0\r\n\r\n", b"1;a=\"b\"\r\nx\r\n0\r\nx-t: 1\r\n\r\nNEXT"],
+        );
+        arbtest::arbtest(|u| {
+            let wire = crate::fuzzing::mutated(u, &seeds)?;
+            let pieces = (0..u.int_in_range(1..=4)?)
+                .map(|_| u.int_in_range(1..=64))
+                .collect::<arbtest::arbitrary::Result<Vec<usize>>>()?;
+            let whole = decode_in_pieces(&wire, &[wire.len().max(1)]);
+            let split = decode_in_pieces(&wire, &pieces);
+            match (whole, split) {
+                (Ok(whole), Ok(split)) => {
+                    assert_eq!(whole, split, "{:?} in {pieces:?}", String::from_utf8_lossy(&wire))
+                }
+                (Err(_), Err(_)) => {}
+                (whole, split) => {
+                    panic!("{:?}: whole {whole:?}, in {pieces:?} {split:?}", String::from_utf8_lossy(&wire))
+                }
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn rejects_bad_framing() {
         for wire in [
             &b"zz\r\nabc"[..],

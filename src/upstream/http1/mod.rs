@@ -649,6 +649,40 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_response_heads_parse_or_are_refused_without_panic() {
+        let seeds = crate::fuzzing::seeds(
+            "response_head",
+            &[
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\nConnection: x-hop\r\nx-hop: 1\r\n\r\n",
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                b"HTTP/1.0 204 No Content\r\nConnection: keep-alive\r\nServer: uvicorn\r\n\r\n",
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+            ],
+        );
+        arbtest::arbtest(|u| {
+            let input = crate::fuzzing::mutated(u, &seeds)?;
+            let rules = ResponseRules { head_request: u.arbitrary()?, hidden: &["server"] };
+            let mut buf = BytesMut::from(&input[..]);
+            match parse_head(&mut buf, rules) {
+                Ok(Some(head)) => {
+                    assert!(buf.len() < input.len(), "a parsed head is consumed");
+                    let headers = &head.parts.headers;
+                    for hop in ["connection", "transfer-encoding", "keep-alive", "server"] {
+                        assert!(!headers.contains_key(hop), "{hop} is the connection's own");
+                    }
+                    if matches!(head.framing, Framing::UntilClose) {
+                        assert!(!head.keep_alive, "a body delimited by close ends the connection");
+                    }
+                }
+                Ok(None) => assert_eq!(buf.len(), input.len(), "nothing is consumed before a whole head"),
+                Err(error) => assert!(error.to_string().starts_with("invalid response from the backend")),
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn rejects_broken_heads() {
         for text in [
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
