@@ -575,3 +575,24 @@ async fn h2_probes_over_cleartext_leave_the_backend_serving() {
 async fn h2_probes_over_tls_leave_the_backend_serving() {
     run_h2_probes(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_reset_as_they_open_never_reach_the_backend() {
+    let target = Target::start(false).await;
+    let get = hpack(&request_fields("GET", "/v1/models"));
+    let post = hpack(&request_fields("POST", "/v1/chat/completions"));
+    let mut bytes = preface(&[]);
+    for i in 0..100u32 {
+        let stream = 1 + 2 * i;
+        if i % 2 == 0 {
+            bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, stream, &get));
+        } else {
+            bytes.extend(frame(HEADERS, END_HEADERS, stream, &post));
+            bytes.extend(frame(DATA, 0, stream, b"{\"model\":"));
+        }
+        bytes.extend(rst(stream, 0x8));
+    }
+    h2_exchange(target.connect(b"h2").await, &bytes).await;
+    assert_eq!(target._backend.request_count(), 0, "a stream reset with its head reaches no backend");
+    target.still_serves("streams reset as they open", true).await;
+}
