@@ -151,7 +151,7 @@ async fn forward_body(
         };
         let tries_left = tried.len() < upstream.tries;
         // A failure counts against the server only when it was the server's (see `retry`).
-        let count_failure = |origin: Origin| {
+        let charge = |origin: Origin| {
             if origin.counts_against_server() {
                 count_failure(&server.health, upstream.fail_policy, &upstream.name, &server.authority);
             }
@@ -171,8 +171,10 @@ async fn forward_body(
                     tracing::debug!(%error, server = %server.authority, "trying another server");
                     again
                 }
-                Decision::Answer(Stop::BodyNotKept) => {
-                    tracing::info!(%error, server = %server.authority, "not sent to another server: {}", Stop::BodyNotKept.reason());
+                // The one reason an operator can act on (`next_upstream_body_max`) is logged as info.
+                Decision::Answer(stop @ Stop::BodyNotKept) => {
+                    let reason = stop.reason();
+                    tracing::info!(%error, server = %server.authority, "not sent to another server: {reason}");
                     None
                 }
                 Decision::Answer(stop) => {
@@ -190,7 +192,7 @@ async fn forward_body(
             })
             .await;
             return upgraded.map_err(|failure| {
-                count_failure(failure.origin);
+                charge(failure.origin);
                 failure.error
             });
         }
@@ -198,7 +200,7 @@ async fn forward_body(
         let answered = match try_server(server, upstream, request, body, waits, try_started, tries_left).await {
             Ok(answered) => answered,
             Err(failure) => {
-                count_failure(failure.origin);
+                charge(failure.origin);
                 match next_try(failure.origin, failure.body, &failure.error) {
                     Some(again) => {
                         body = again;
@@ -217,7 +219,7 @@ async fn forward_body(
         }
         let status = parts.status;
         if status.is_server_error() {
-            count_failure(Origin::Upstream(Phase::Unavailable));
+            charge(Origin::Upstream(Phase::Unavailable));
             if matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE) {
                 let error = GatewayError::BadGateway(format!("the server answered {status}"));
                 if let Some(again) = next_try(Origin::Upstream(Phase::Unavailable), copy, &error) {

@@ -344,3 +344,25 @@ async fn a_response_the_server_cuts_counts_against_it_and_a_client_leaving_does_
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert!(gw.gateway.runtime().upstreams["backend"].servers[0].health.is_up());
 }
+
+#[tokio::test]
+async fn a_chat_completion_goes_to_another_server_only_with_its_body_kept() {
+    // The first server reads each request and closes without a byte of an answer.
+    let closing = RawBackend::start(RawMode::CLOSING, |_| Vec::new()).await;
+    let good = Backend::hello().await;
+    let chat = |size: usize| {
+        let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}]}}"#, "x".repeat(size));
+        http::Request::post("/v1/chat/completions").header("host", "localhost").body(full(body)).unwrap()
+    };
+    let config = two_servers(&closing.addr.to_string(), &good.authority(), r#"next_upstream_body_max = "1k""#);
+    // Round robin starts with the first server, which closes: a kept body goes on to the second.
+    let gw = TestGateway::start(&config).await;
+    let (status, _, body) = send(&mut http1(gw.addr("127.0.0.1:0")).await, chat(100)).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from backend"));
+    // A body over next_upstream_body_max streamed to the first server and is not sent again.
+    let gw = TestGateway::start(&config).await;
+    let (status, _, body) = send(&mut http1(gw.addr("127.0.0.1:0")).await, chat(2000)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(closing.requests().len(), 2, "each reached the closing server once");
+    assert_eq!(good.request_count(), 1);
+}
