@@ -168,3 +168,41 @@ async fn large_bodies_cross_whole_both_ways() {
         assert!(tail.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8), "the download arrived intact");
     }
 }
+
+#[tokio::test]
+async fn a_backend_breaking_the_framing_rules_is_answered_502_or_cut() {
+    // Heads no proxy may pass on: each is a 502 with the backend named as the culprit.
+    let heads: [fn(&[u8]) -> Vec<u8>; 3] = [
+        |_| b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n".to_vec(),
+        |_| b"HTTP/1.1 200 OK\ncontent-length: 2\n\nok".to_vec(),
+        |_| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok".to_vec(),
+    ];
+    for answer in heads {
+        let backend = RawBackend::start(RawMode::CLOSING, answer).await;
+        let gw = gateway_for(&backend).await;
+        let (status, _, body) = fetch(gw.addr("127.0.0.1:0"), "/").await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+        assert!(body.contains("invalid response from the backend"), "{body}");
+    }
+    // A chunk-size line with junk after the size, or extensions past 16 KiB: the body is cut.
+    let bodies: [fn(&[u8]) -> Vec<u8>; 2] = [
+        |_| b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5 junk\r\nhello\r\n0\r\n\r\n".to_vec(),
+        |_| {
+            let mut answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            for _ in 0..20 {
+                answer.extend_from_slice(format!("1;{}\r\nx\r\n", "e".repeat(1000)).as_bytes());
+            }
+            answer.extend_from_slice(b"0\r\n\r\n");
+            answer
+        },
+    ];
+    for answer in bodies {
+        let backend = RawBackend::start(RawMode::CLOSING, answer).await;
+        let gw = gateway_for(&backend).await;
+        let mut client = http1(gw.addr("127.0.0.1:0")).await;
+        client.ready().await.unwrap();
+        if let Ok(response) = client.send_request(get("/")).await {
+            assert!(response.into_body().collect().await.is_err(), "a broken chunked body never ends cleanly");
+        }
+    }
+}
