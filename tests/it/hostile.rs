@@ -424,6 +424,22 @@ fn anything(_: &[Frame]) -> Result<(), String> {
     Ok(())
 }
 
+/// Streams past the concurrency limit were refused (RST_STREAM with REFUSED_STREAM).
+fn streams_refused(frames: &[Frame]) -> Result<(), String> {
+    match frames.iter().any(|f| f.kind == RST_STREAM && f.payload == 7u32.to_be_bytes()) {
+        true => Ok(()),
+        false => Err(format!("no stream was refused: {} frames", frames.len())),
+    }
+}
+
+/// The connection was ended with GOAWAY ENHANCE_YOUR_CALM (0xb), as h2 answers rapid reset.
+fn calmed(frames: &[Frame]) -> Result<(), String> {
+    match frames.iter().any(|f| f.kind == GOAWAY && f.payload.get(4..8) == Some(&0xbu32.to_be_bytes()[..])) {
+        true => Ok(()),
+        false => Err(format!("no GOAWAY ENHANCE_YOUR_CALM: {} frames", frames.len())),
+    }
+}
+
 /// The request on stream 1 was refused (RST_STREAM or GOAWAY), never answered.
 fn stream_1_refused(frames: &[Frame]) -> Result<(), String> {
     let answered = frames.iter().any(|f| f.kind == HEADERS && f.stream == 1);
@@ -491,14 +507,19 @@ fn h2_probes() -> Vec<H2Probe> {
     zero_window.extend(frame(WINDOW_UPDATE, 0, 0, &0u32.to_be_bytes()));
 
     vec![
-        H2Probe { name: "rapid reset", settings: vec![], bytes: rapid_reset, check: anything },
+        H2Probe { name: "rapid reset", settings: vec![], bytes: rapid_reset, check: calmed },
         H2Probe {
             name: "CONTINUATION flood",
             settings: vec![],
             bytes: continuation_flood,
             check: stream_1_refused_or_431,
         },
-        H2Probe { name: "max streams + 50, bodies held", settings: vec![], bytes: too_many_streams, check: anything },
+        H2Probe {
+            name: "max streams + 50, bodies held",
+            settings: vec![],
+            bytes: too_many_streams,
+            check: streams_refused,
+        },
         H2Probe {
             name: "a 70 KB header block",
             settings: vec![],
