@@ -9,6 +9,9 @@ use http_body_util::{BodyExt, StreamBody};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 
+/// How a raw backend answers a request.
+type RawAnswer = fn(&[u8]) -> Vec<u8>;
+
 const OK_TWO_BYTES: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
 async fn gateway_for(backend: &RawBackend) -> TestGateway {
@@ -172,7 +175,7 @@ async fn large_bodies_cross_whole_both_ways() {
 #[tokio::test]
 async fn a_backend_breaking_the_framing_rules_is_answered_502_or_cut() {
     // Heads no proxy may pass on: each is a 502 with the backend named as the culprit.
-    let heads: [fn(&[u8]) -> Vec<u8>; 3] = [
+    let heads: [RawAnswer; 3] = [
         |_| b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n".to_vec(),
         |_| b"HTTP/1.1 200 OK\ncontent-length: 2\n\nok".to_vec(),
         |_| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok".to_vec(),
@@ -185,7 +188,7 @@ async fn a_backend_breaking_the_framing_rules_is_answered_502_or_cut() {
         assert!(body.contains("invalid response from the backend"), "{body}");
     }
     // A chunk-size line with junk after the size, or extensions past 16 KiB: the body is cut.
-    let bodies: [fn(&[u8]) -> Vec<u8>; 2] = [
+    let bodies: [RawAnswer; 2] = [
         |_| b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5 junk\r\nhello\r\n0\r\n\r\n".to_vec(),
         |_| {
             let mut answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
