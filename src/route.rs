@@ -2,13 +2,13 @@
 //! in nginx's order — exact match, else the longest prefix (final if it says `skip_regex`), else the
 //! first matching regex in config order, else that longest prefix.
 
+use crate::ai::Inference;
 use crate::ai::ModelRouter;
 use crate::canary::ProxyTarget;
 use crate::compress::CompressPolicy;
 use crate::config::ErrorFormat;
 use crate::policy::headers::HeaderEdits;
 use crate::policy::{ConnLimit, RateLimit};
-use crate::proxy::retry::Inference;
 use crate::static_files::StaticFiles;
 use crate::template::Template;
 use bytes::Bytes;

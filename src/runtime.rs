@@ -3,6 +3,7 @@
 //! started on until they finish.
 
 use crate::access_log::{AccessLog, AccessLogs};
+use crate::ai::Inference;
 use crate::ai::ModelRouter;
 use crate::canary::{Canary, ProxyTarget};
 use crate::compress::{CompressPolicy, Encoding, Levels};
@@ -16,7 +17,6 @@ use crate::policy::headers::HeaderEdits;
 use crate::policy::ratelimit::{parse_rate, Limit, Zone};
 use crate::policy::realip::{parse_net, TrustedProxies};
 use crate::policy::{ConnLimit, RateLimit};
-use crate::proxy::retry::Inference;
 use crate::route::{Handler, Location, LocationTable, NameTable, VirtualServer};
 use crate::server::conn::{self, ConnLimits};
 use crate::server::tls::{self, TlsSite};

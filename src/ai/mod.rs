@@ -1,10 +1,14 @@
 //! Understanding OpenAI-compatible traffic: routing a request to the upstream serving the model its
-//! JSON body names, and answering `GET /v1/models` from the config.
+//! JSON body names, answering `GET /v1/models` from the config, and telling inference requests
+//! (`inference`) from the rest.
+
+mod inference;
+
+pub use inference::Inference;
 
 use crate::body::ResponseBody;
 use crate::body::{ClientBody, ClientRequest};
 use crate::error::GatewayError;
-use crate::proxy::retry::Inference;
 use crate::proxy::{self, ClientInfo};
 use crate::upstream::Upstream;
 use bytes::Bytes;
