@@ -29,4 +29,9 @@ cargo --version
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets --workspace -- -D warnings
 cargo build --locked --workspace --all-targets
-INFERGATE_TEST_PYTHON="$PWD/$venv/bin/python" cargo test --locked --workspace -- --include-ignored
+log=target/test-output.txt
+INFERGATE_TEST_PYTHON="$PWD/$venv/bin/python" cargo test --locked --workspace -- --include-ignored 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary, the last often a doc-test
+# binary with nothing in it).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+  END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
