@@ -39,6 +39,12 @@ const TOKENS: &[&[u8]] = &[
     b"}",
 ];
 
+/// Whether `bytes` hold a line feed without a carriage return before it: the byte-by-byte oracle
+/// for the parsers' cheaper check.
+pub fn has_bare_lf(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(at, &byte)| byte == b'\n' && (at == 0 || bytes[at - 1] != b'\r'))
+}
+
 /// The seeds of `target`: its kept corpus, then `own`.
 pub fn seeds(target: &str, own: &[&[u8]]) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);

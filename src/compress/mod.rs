@@ -11,6 +11,7 @@ pub use codec::Levels;
 pub use negotiate::{negotiate, Encoding};
 
 use crate::body::ResponseBody;
+use crate::wire::message::has_token;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 
 /// A location's compression settings, compiled from `compress = { ... }`.
@@ -88,11 +89,8 @@ impl CompressPolicy {
             return false;
         }
         // Compared in place, case-insensitively: nothing is allocated per response.
-        let no_transform = headers.get_all(header::CACHE_CONTROL).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|directive| directive.trim_ascii().eq_ignore_ascii_case(b"no-transform"))
-        });
+        let no_transform =
+            headers.get_all(header::CACHE_CONTROL).iter().any(|v| has_token(v.as_bytes(), b"no-transform"));
         let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let media_type = headers
             .get(header::CONTENT_TYPE)
@@ -109,10 +107,10 @@ impl CompressPolicy {
 
 /// Adds `Accept-Encoding` to `Vary` unless it is there.
 pub fn add_vary(headers: &mut http::HeaderMap) {
-    let present = headers.get_all(header::VARY).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("accept-encoding") || t.trim() == "*"))
-    });
+    let present = headers
+        .get_all(header::VARY)
+        .iter()
+        .any(|v| has_token(v.as_bytes(), b"accept-encoding") || has_token(v.as_bytes(), b"*"));
     if !present {
         headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     }

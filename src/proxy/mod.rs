@@ -200,13 +200,14 @@ async fn forward_body(
         let answered = match try_server(server, upstream, request, body, waits, try_started, tries_left).await {
             Ok(answered) => answered,
             Err(failure) => {
-                charge(failure.origin);
-                match next_try(failure.origin, failure.body, &failure.error) {
+                let TryFailure { error, origin, body: again } = *failure;
+                charge(origin);
+                match next_try(origin, again, &error) {
                     Some(again) => {
                         body = again;
                         continue;
                     }
-                    None => return Err(failure.error),
+                    None => return Err(error),
                 }
             }
         };
@@ -283,6 +284,12 @@ struct TryFailure {
 }
 
 impl TryFailure {
+    /// Boxed where a try's outcome is returned: the failure is rare and large, and the outcome of
+    /// every successful try would be sized (and copied) for it.
+    fn boxed(error: GatewayError, origin: Origin, body: Option<RequestBody>) -> Box<TryFailure> {
+        Box::new(TryFailure { error, origin, body })
+    }
+
     fn before_sending(error: ConnectError, body: RequestBody) -> TryFailure {
         TryFailure { error: connect_error(error), origin: Origin::Upstream(Phase::NotSent), body: Some(body) }
     }
@@ -300,7 +307,7 @@ async fn try_server(
     waits: HeadWaits,
     try_started: tokio::time::Instant,
     keep_copy: bool,
-) -> Result<Answered, TryFailure> {
+) -> Result<Answered, Box<TryFailure>> {
     let mut connection = match server.pool.checkout(try_started).await {
         Ok(connection) if connection.reused => {
             upstream.metrics.reused.inc();
@@ -311,7 +318,7 @@ async fn try_server(
             upstream.metrics.connect_time.observe(try_started.elapsed().as_secs_f64());
             connection
         }
-        Err(error) => return Err(TryFailure::before_sending(error, body)),
+        Err(error) => return Err(Box::new(TryFailure::before_sending(error, body))),
     };
     // Taking a kept-alive connection took no time: its request goes out as of `try_started`.
     let waits = if connection.reused { HeadWaits { from: try_started, ..waits } } else { waits.starting_now() };
@@ -331,7 +338,7 @@ async fn try_server(
                 tracing::debug!(%error, "pooled upstream connection was closed; sending again on a new one");
                 connection = match server.pool.connect().await {
                     Ok(connection) => connection,
-                    Err(error) => return Err(TryFailure::before_sending(error, resend)),
+                    Err(error) => return Err(Box::new(TryFailure::before_sending(error, resend))),
                 };
                 upstream.metrics.opened.inc();
                 exchange(&mut connection, request, resend, waits.starting_now()).await
@@ -340,12 +347,12 @@ async fn try_server(
     }
     match outcome {
         Ok(head) => Ok(Answered { connection, head, copy }),
-        Err(Failure::NotSent(unsent, error)) => Err(TryFailure {
-            error: GatewayError::BadGateway(error_chain(&error)),
-            origin: Origin::Upstream(Phase::NotSent),
-            body: Some(*unsent),
-        }),
-        Err(Failure::Failed(error, origin)) => Err(TryFailure { error, origin, body: copy }),
+        Err(Failure::NotSent(unsent, error)) => Err(TryFailure::boxed(
+            GatewayError::BadGateway(error_chain(&error)),
+            Origin::Upstream(Phase::NotSent),
+            Some(*unsent),
+        )),
+        Err(Failure::Failed(error, origin)) => Err(TryFailure::boxed(error, origin, copy)),
     }
 }
 

@@ -477,9 +477,6 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Res
         Err(httparse::Error::TooManyHeaders) => return Err(Rejection::HeadTooLarge),
         Err(_) => return Err(Rejection::Bad("malformed request head")),
     };
-    if message::has_bare_lf(&buf[..length]) {
-        return Err(Rejection::Bad("bare LF in the request head (lines end with CRLF)"));
-    }
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| Rejection::Bad("malformed method"))?;
     let version = match parsed.version {
@@ -496,6 +493,9 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Res
     let count = parsed.headers.len();
     spans.clear();
     spans.extend(parsed.headers.iter().map(|field| (span(field.name.as_bytes()), span(field.value))));
+    if !message::lines_end_with_crlf(&buf[..length], spans.iter().map(|((name_start, _), _)| *name_start)) {
+        return Err(Rejection::Bad("bare LF in the request head (lines end with CRLF)"));
+    }
     let head = buf.split_to(length).freeze();
 
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.1)).map_err(|_| Rejection::Bad("malformed target"))?;
@@ -992,6 +992,8 @@ mod tests {
             match parse_head(&mut buf, &mut Vec::new(), limits) {
                 Ok(Some(head)) => {
                     assert!(buf.len() < input.len(), "a parsed head is consumed");
+                    let consumed = &input[..input.len() - buf.len()];
+                    assert!(!crate::fuzzing::has_bare_lf(consumed), "{:?}", String::from_utf8_lossy(consumed));
                     let headers = head.request.headers();
                     if matches!(head.inbound, Framing::Chunked(_)) {
                         assert!(!headers.contains_key(header::CONTENT_LENGTH), "chunked drops the length");

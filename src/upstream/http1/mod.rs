@@ -480,9 +480,6 @@ fn parse_head(buf: &mut BytesMut, rules: ResponseRules<'_>) -> io::Result<Option
             Ok(_) => return Err(invalid_response(format!("head larger than {MAX_RESPONSE_HEAD} bytes"))),
             Err(e) => return Err(invalid_response(e.to_string())),
         };
-    if message::has_bare_lf(&buf[..length]) {
-        return Err(invalid_response("bare LF in the head (lines end with CRLF)".into()));
-    }
     let status = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|e| invalid_response(e.to_string()))?;
     let http11 = parsed.version == Some(1);
     // Where each header sits in the head (under 64 KiB, so u16 offsets), so the values can be slices
@@ -495,6 +492,9 @@ fn parse_head(buf: &mut BytesMut, rules: ResponseRules<'_>) -> io::Result<Option
         *span = (name, name + header.name.len() as u16, value, value + header.value.len() as u16);
     }
     let count = parsed.headers.len();
+    if !message::lines_end_with_crlf(&buf[..length], spans[..count].iter().map(|span| usize::from(span.0))) {
+        return Err(invalid_response("bare LF in the head (lines end with CRLF)".into()));
+    }
     let head = buf.split_to(length).freeze();
 
     let mut map = HeaderMap::with_capacity(count);
@@ -667,6 +667,8 @@ mod tests {
             match parse_head(&mut buf, rules) {
                 Ok(Some(head)) => {
                     assert!(buf.len() < input.len(), "a parsed head is consumed");
+                    let consumed = &input[..input.len() - buf.len()];
+                    assert!(!crate::fuzzing::has_bare_lf(consumed), "{:?}", String::from_utf8_lossy(consumed));
                     let headers = &head.parts.headers;
                     for hop in ["connection", "transfer-encoding", "keep-alive", "server"] {
                         assert!(!headers.contains_key(hop), "{hop} is the connection's own");
