@@ -155,7 +155,8 @@ pub struct UpstreamBody {
     /// The exchange, for accounting.
     info: Option<UpstreamInfo>,
     /// Where a cut by the server (a broken or closed body, the idle timeout) counts against it.
-    failures: Option<FailureReport>,
+    /// Boxed: only bodies still to come have one, and every body would otherwise be sized for it.
+    failures: Option<Box<FailureReport>>,
 }
 
 impl UpstreamBody {
@@ -170,12 +171,6 @@ impl UpstreamBody {
         UpstreamBody { connection, pool, lease, timeouts, timer: None, failed: None, info: None, failures: None }
     }
 
-    /// Counts the body's cut by its server, if any, against the server (`None`: nowhere).
-    pub fn counting_failures(mut self, failures: Option<FailureReport>) -> UpstreamBody {
-        self.failures = failures;
-        self
-    }
-
     /// The server cut the body: a failure of its own.
     fn server_failed(&self) {
         if let Some(failures) = &self.failures {
@@ -183,9 +178,11 @@ impl UpstreamBody {
         }
     }
 
-    /// Records the exchange this body comes from, for accounting.
-    pub fn with_info(mut self, info: UpstreamInfo) -> UpstreamBody {
+    /// Records the exchange this body comes from (accounting) and where a cut by its server counts
+    /// against the server (`None`: nowhere; a body read in full already cannot be cut).
+    pub fn with_info(mut self, info: UpstreamInfo, failures: Option<Box<FailureReport>>) -> UpstreamBody {
         self.info = Some(info);
+        self.failures = failures;
         self
     }
 

@@ -250,17 +250,15 @@ async fn forward_body(
                 lease.drain_watch = Some(server.load.clone());
             }
             // A body the server cuts (it dies, breaks the framing, or stalls) is its failure.
-            let failures = FailureReport {
+            let failures = Box::new(FailureReport {
                 health: server.health.clone(),
                 policy: upstream.fail_policy,
                 upstream: upstream.name.clone(),
                 server: server.authority.clone(),
-            };
+            });
             (Some(connection), Some(failures))
         };
-        let body = UpstreamBody::new(connection, Some(server.pool.key()), lease, timeouts)
-            .with_info(info)
-            .counting_failures(failures);
+        let body = UpstreamBody::new(connection, Some(server.pool.key()), lease, timeouts).with_info(info, failures);
         return Ok(Response::from_parts(parts, ResponseBody::Upstream { inner: Box::new(body) }));
     }
 }
