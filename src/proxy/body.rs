@@ -155,8 +155,7 @@ pub struct UpstreamBody {
     /// The exchange, for accounting.
     info: Option<UpstreamInfo>,
     /// Where a cut by the server (a broken or closed body, the idle timeout) counts against it.
-    /// Boxed: only bodies still to come have one, and every body would otherwise be sized for it.
-    failures: Option<Box<FailureReport>>,
+    failures: Option<FailureReport>,
 }
 
 impl UpstreamBody {
@@ -180,7 +179,7 @@ impl UpstreamBody {
 
     /// Records the exchange this body comes from (accounting) and where a cut by its server counts
     /// against the server (`None`: nowhere; a body read in full already cannot be cut).
-    pub fn with_info(mut self, info: UpstreamInfo, failures: Option<Box<FailureReport>>) -> UpstreamBody {
+    pub fn with_info(mut self, info: UpstreamInfo, failures: Option<FailureReport>) -> UpstreamBody {
         self.info = Some(info);
         self.failures = failures;
         self

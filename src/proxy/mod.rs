@@ -15,8 +15,8 @@ use crate::body::{BoxError, ClientBody, ClientRequest, ResponseBody};
 use crate::error::GatewayError;
 use crate::server::http1::PendingUpgrade;
 use crate::upstream::{
-    count_failure, ConnectError, ExchangeError, FailureReport, HeadWait, Lease, SendTimedOut, Tried, Unavailable,
-    Upstream, UpstreamConnection, UpstreamRequest, UpstreamServer,
+    ConnectError, ExchangeError, FailureReport, HeadWait, Lease, SendTimedOut, Tried, Unavailable, Upstream,
+    UpstreamConnection, UpstreamRequest, UpstreamServer,
 };
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -153,7 +153,7 @@ async fn forward_body(
         // A failure counts against the server only when it was the server's (see `retry`).
         let charge = |origin: Origin| {
             if origin.counts_against_server() {
-                count_failure(&server.health, upstream.fail_policy, &upstream.name, &server.authority);
+                server.health.count_failure(upstream.fail_policy);
             }
         };
         // Whether another server gets the request after a failed try, with the body for it.
@@ -250,12 +250,7 @@ async fn forward_body(
                 lease.drain_watch = Some(server.load.clone());
             }
             // A body the server cuts (it dies, breaks the framing, or stalls) is its failure.
-            let failures = Box::new(FailureReport {
-                health: server.health.clone(),
-                policy: upstream.fail_policy,
-                upstream: upstream.name.clone(),
-                server: server.authority.clone(),
-            });
+            let failures = FailureReport { health: server.health.clone(), policy: upstream.fail_policy };
             (Some(connection), Some(failures))
         };
         let body = UpstreamBody::new(connection, Some(server.pool.key()), lease, timeouts).with_info(info, failures);

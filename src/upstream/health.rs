@@ -23,6 +23,9 @@ pub struct FailPolicy {
 /// The health of one server.
 #[derive(Debug)]
 pub struct ServerHealth {
+    /// Its upstream's name and its address, for the log.
+    upstream: Arc<str>,
+    server: http::uri::Authority,
     origin: Instant,
     /// 0 when up; else 1 + the millisecond (since `origin`) until which the server is down.
     down_until_ms: AtomicU64,
@@ -35,10 +38,12 @@ pub struct ServerHealth {
 }
 
 impl ServerHealth {
-    /// A healthy server.
-    pub fn new() -> ServerHealth {
+    /// A healthy server, `server` of `upstream`.
+    pub fn new(upstream: Arc<str>, server: http::uri::Authority) -> ServerHealth {
         let origin = Instant::now();
         ServerHealth {
+            upstream,
+            server,
             origin,
             down_until_ms: AtomicU64::new(0),
             window: Mutex::new((0, origin)),
@@ -81,8 +86,16 @@ impl ServerHealth {
         Some(passed)
     }
 
+    /// Counts a failure of the server's own (passive health); says so in the log when it marks the
+    /// server down.
+    pub fn count_failure(&self, policy: FailPolicy) {
+        if self.record_failure(policy) {
+            tracing::warn!(upstream = %self.upstream, server = %self.server, "server marked down");
+        }
+    }
+
     /// Counts a failure; returns true when it marked the server down.
-    pub fn record_failure(&self, policy: FailPolicy) -> bool {
+    fn record_failure(&self, policy: FailPolicy) -> bool {
         if policy.max_fails == 0 {
             return false;
         }
@@ -102,36 +115,18 @@ impl ServerHealth {
     }
 }
 
-/// Where a response body that may still be cut counts its server's failure: the server's health
-/// and policy, and the names the log gives.
+/// Where a response body that may still be cut counts its server's failure.
 pub struct FailureReport {
     /// The server's health.
     pub health: Arc<ServerHealth>,
     /// Its upstream's `max_fails` / `fail_timeout`.
     pub policy: FailPolicy,
-    /// The upstream's name.
-    pub upstream: Arc<str>,
-    /// The server's address.
-    pub server: http::uri::Authority,
 }
 
 impl FailureReport {
-    /// Counts one failure of the server; says so when it marks the server down.
+    /// Counts one failure of the server (`ServerHealth::count_failure`).
     pub fn record(&self) {
-        count_failure(&self.health, self.policy, &self.upstream, &self.server);
-    }
-}
-
-/// Counts one failure of `server` of `upstream` (passive health); logs when it marks the server down.
-pub fn count_failure(health: &ServerHealth, policy: FailPolicy, upstream: &str, server: &http::uri::Authority) {
-    if health.record_failure(policy) {
-        tracing::warn!(upstream, server = %server, "server marked down");
-    }
-}
-
-impl Default for ServerHealth {
-    fn default() -> Self {
-        ServerHealth::new()
+        self.health.count_failure(self.policy);
     }
 }
 
@@ -178,7 +173,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn max_fails_within_fail_timeout_marks_a_server_down_for_fail_timeout() {
         let policy = FailPolicy { max_fails: 2, fail_timeout: Duration::from_secs(10) };
-        let health = ServerHealth::new();
+        let health = ServerHealth::new("model".into(), http::uri::Authority::from_static("127.0.0.1:8080"));
         assert!(!health.record_failure(policy));
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert!(!health.record_failure(policy), "the window restarted");
@@ -190,7 +185,7 @@ mod tests {
 
     #[test]
     fn fall_failed_checks_take_a_server_out_and_rise_passed_ones_bring_it_back() {
-        let health = ServerHealth::new();
+        let health = ServerHealth::new("model".into(), http::uri::Authority::from_static("127.0.0.1:8080"));
         assert_eq!(health.record_check(false, 2, 3), None);
         assert_eq!(health.record_check(false, 2, 3), None);
         assert_eq!(health.record_check(true, 2, 3), None, "a pass breaks the streak");

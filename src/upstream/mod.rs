@@ -14,7 +14,7 @@ pub use metrics_scrape::{spawn_scrapes, LoadMetrics};
 
 pub use balance::{Balance, HashKey, InFlight, ServerLoad};
 use balance::{Ring, Weighted};
-pub use health::{count_failure, spawn_checks, ActiveCheck, FailPolicy, FailureReport, ServerHealth};
+pub use health::{spawn_checks, ActiveCheck, FailPolicy, FailureReport, ServerHealth};
 
 pub use admission::{Admission, Ask, Permit, Rejection};
 pub use connector::{ConnectError, Connector, SendTimedOut, TimedStream};
@@ -204,7 +204,9 @@ impl Upstream {
                 .map(|old| old.pool.clone());
             let pool = kept.unwrap_or_else(|| ServerPool::new(authority.clone(), settings));
             let old = previous.and_then(|old| old.servers.iter().find(|s| s.authority == authority));
-            let health = old.map_or_else(|| Arc::new(ServerHealth::new()), |old| old.health.clone());
+            let name: Arc<str> = config.name.get_ref().as_str().into();
+            let health =
+                old.map_or_else(|| Arc::new(ServerHealth::new(name, authority.clone())), |old| old.health.clone());
             let load = old.map_or_else(|| Arc::new(ServerLoad::default()), |old| old.load.clone());
             let max_inflight = server.max_inflight.as_ref().map(|m| *m.get_ref());
             servers.push(UpstreamServer { authority, pool, health, load, max_inflight, draining: server.drain });
