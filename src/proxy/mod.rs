@@ -197,10 +197,47 @@ async fn forward_body(
             });
         }
 
-        let answered = match try_server(server, upstream, request, body, waits, try_started, tries_left).await {
+        // One try on this server; written out here rather than in a function of its own, whose
+        // future (the exchange's inside it) every request would copy into this one.
+        let attempt: Result<_, TryFailure> = 'attempt: {
+            let mut connection = match server.pool.checkout(try_started).await {
+                Ok(connection) if connection.reused => {
+                    upstream.metrics.reused.inc();
+                    connection
+                }
+                Ok(connection) => {
+                    upstream.metrics.opened.inc();
+                    upstream.metrics.connect_time.observe(try_started.elapsed().as_secs_f64());
+                    connection
+                }
+                Err(error) => break 'attempt Err(TryFailure::before_sending(error, body)),
+            };
+            // Taking a kept-alive connection took no time: its request goes out as of `try_started`.
+            let waits = if connection.reused { HeadWaits { from: try_started, ..waits } } else { waits.starting_now() };
+            // A body at hand is kept for another server (or a fresh connection) while one may follow.
+            let copy = (connection.reused || tries_left).then(|| body.replay()).flatten();
+            let mut outcome = exchange(&mut connection, request, body, waits).await;
+            if connection.reused {
+                // A kept-alive connection that turns out closed (the request never left, or got no
+                // byte of an answer) is the pool's stale connection, not the server's failure: the
+                // request goes again on a fresh one.
+                if let Some(resend) = stale_connection_resend(&mut outcome, copy.as_ref()) {
+                    let fresh =
+                        crate::boxed::pinned(|| resend_on_new_connection(server, upstream, request, resend, waits));
+                    match fresh.await {
+                        Ok((fresh, again)) => (connection, outcome) = (fresh, again),
+                        Err(failure) => break 'attempt Err(failure),
+                    }
+                }
+            }
+            match outcome {
+                Ok(parts) => Ok((connection, parts, copy)),
+                Err(failure) => Err(TryFailure::of(failure, copy)),
+            }
+        };
+        let (connection, parts, copy) = match attempt {
             Ok(answered) => answered,
-            Err(failure) => {
-                let TryFailure { error, origin, body: again } = *failure;
+            Err(TryFailure { error, origin, body: again }) => {
                 charge(origin);
                 match next_try(origin, again, &error) {
                     Some(again) => {
@@ -211,7 +248,6 @@ async fn forward_body(
                 }
             }
         };
-        let Answered { connection, head: parts, copy } = answered;
         let head_at = tokio::time::Instant::now();
         let header_time = head_at.duration_since(try_started);
         upstream.metrics.header_time.observe(header_time.as_secs_f64());
@@ -258,14 +294,6 @@ async fn forward_body(
     }
 }
 
-/// A try that got a response head.
-struct Answered {
-    connection: Box<UpstreamConnection>,
-    head: http::response::Parts,
-    /// The body again, if it was kept, for another server after a 502/503.
-    copy: Option<RequestBody>,
-}
-
 /// A try that got no response head.
 struct TryFailure {
     /// What the client is answered if no other server gets the request.
@@ -277,10 +305,16 @@ struct TryFailure {
 }
 
 impl TryFailure {
-    /// Boxed where a try's outcome is returned: the failure is rare and large, and the outcome of
-    /// every successful try would be sized (and copied) for it.
-    fn boxed(error: GatewayError, origin: Origin, body: Option<RequestBody>) -> Box<TryFailure> {
-        Box::new(TryFailure { error, origin, body })
+    /// A failed exchange; `copy` is the body kept for another server, if any.
+    fn of(failure: Failure, copy: Option<RequestBody>) -> TryFailure {
+        match failure {
+            Failure::NotSent(unsent, error) => TryFailure {
+                error: GatewayError::BadGateway(error_chain(&error)),
+                origin: Origin::Upstream(Phase::NotSent),
+                body: Some(*unsent),
+            },
+            Failure::Failed(error, origin) => TryFailure { error, origin, body: copy },
+        }
     }
 
     fn before_sending(error: ConnectError, body: RequestBody) -> TryFailure {
@@ -288,65 +322,44 @@ impl TryFailure {
     }
 }
 
-/// One try on `server`: a pooled (or new) connection, the request, the response head. A kept-alive
-/// connection that turns out closed (the request never left, or got no byte of an answer) is the
-/// pool's stale connection, not the server's failure: the request goes again on a fresh one. With
-/// `keep_copy`, a body at hand is kept for another server.
-async fn try_server(
+/// After an exchange on a kept-alive connection: the body to send again on a fresh connection when
+/// the connection turned out closed (`outcome` gives back an unsent body, or `copy` has one for a
+/// request that got no byte of an answer), else `None`.
+fn stale_connection_resend(
+    outcome: &mut Result<http::response::Parts, Failure>,
+    copy: Option<&RequestBody>,
+) -> Option<RequestBody> {
+    match outcome {
+        Err(Failure::NotSent(unsent, error)) => {
+            tracing::debug!(%error, "pooled upstream connection was closed; sending again on a new one");
+            // The outcome is replaced by the new exchange's.
+            Some(std::mem::replace(&mut **unsent, empty_body()))
+        }
+        Err(Failure::Failed(error, Origin::Upstream(Phase::NoAnswer))) => {
+            let resend = copy.map(|copy| copy.replay().unwrap_or_else(empty_body))?;
+            tracing::debug!(%error, "pooled upstream connection closed under the request; sending again on a new one");
+            Some(resend)
+        }
+        _ => None,
+    }
+}
+
+/// The request again on a fresh connection to the same server, after a stale kept-alive one. Boxed
+/// by its caller: only the rare request that needs it pays for its future.
+async fn resend_on_new_connection(
     server: &UpstreamServer,
     upstream: &Upstream,
     request: UpstreamRequest<'_>,
     body: RequestBody,
     waits: HeadWaits,
-    try_started: tokio::time::Instant,
-    keep_copy: bool,
-) -> Result<Answered, Box<TryFailure>> {
-    let mut connection = match server.pool.checkout(try_started).await {
-        Ok(connection) if connection.reused => {
-            upstream.metrics.reused.inc();
-            connection
-        }
-        Ok(connection) => {
-            upstream.metrics.opened.inc();
-            upstream.metrics.connect_time.observe(try_started.elapsed().as_secs_f64());
-            connection
-        }
-        Err(error) => return Err(Box::new(TryFailure::before_sending(error, body))),
+) -> Result<(Box<UpstreamConnection>, Result<http::response::Parts, Failure>), TryFailure> {
+    let mut connection = match server.pool.connect().await {
+        Ok(connection) => connection,
+        Err(error) => return Err(TryFailure::before_sending(error, body)),
     };
-    // Taking a kept-alive connection took no time: its request goes out as of `try_started`.
-    let waits = if connection.reused { HeadWaits { from: try_started, ..waits } } else { waits.starting_now() };
-    let copy = (connection.reused || keep_copy).then(|| body.replay()).flatten();
-    let mut outcome = exchange(&mut connection, request, body, waits).await;
-    if connection.reused {
-        let stale = match outcome {
-            Err(Failure::NotSent(unsent, error)) => Ok((*unsent, error.to_string())),
-            Err(Failure::Failed(error, Origin::Upstream(Phase::NoAnswer))) if copy.is_some() => {
-                Ok((copy.as_ref().and_then(RequestBody::replay).unwrap_or_else(empty_body), error.to_string()))
-            }
-            other => Err(other),
-        };
-        outcome = match stale {
-            Err(other) => other,
-            Ok((resend, error)) => {
-                tracing::debug!(%error, "pooled upstream connection was closed; sending again on a new one");
-                connection = match server.pool.connect().await {
-                    Ok(connection) => connection,
-                    Err(error) => return Err(Box::new(TryFailure::before_sending(error, resend))),
-                };
-                upstream.metrics.opened.inc();
-                exchange(&mut connection, request, resend, waits.starting_now()).await
-            }
-        };
-    }
-    match outcome {
-        Ok(head) => Ok(Answered { connection, head, copy }),
-        Err(Failure::NotSent(unsent, error)) => Err(TryFailure::boxed(
-            GatewayError::BadGateway(error_chain(&error)),
-            Origin::Upstream(Phase::NotSent),
-            Some(*unsent),
-        )),
-        Err(Failure::Failed(error, origin)) => Err(TryFailure::boxed(error, origin, copy)),
-    }
+    upstream.metrics.opened.inc();
+    let outcome = exchange(&mut connection, request, body, waits.starting_now()).await;
+    Ok((connection, outcome))
 }
 
 fn empty_body() -> RequestBody {
