@@ -53,6 +53,9 @@ pub enum GatewayError {
     /// The request body is larger than the location reads.
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(u64),
+    /// The client sent nothing of its request body for `client_body_timeout`.
+    #[error("the client sent no request body for {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// The body names a model no upstream serves.
     #[error("model `{model}` is not served here (known: {known})")]
     UnknownModel {
@@ -85,6 +88,7 @@ impl GatewayError {
             GatewayError::Forbidden => StatusCode::FORBIDDEN,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UpstreamUnreachable(_) | GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             GatewayError::ConnectTimeout(_)
             | GatewayError::SendTimeout
@@ -106,6 +110,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
             GatewayError::UnknownModel { .. } => ("invalid_request_error", "model_not_found"),
             GatewayError::BodyTooLarge(_) => ("invalid_request_error", "body_too_large"),
+            GatewayError::BodyTimeout(_) => ("invalid_request_error", "request_timeout"),
             GatewayError::UpstreamUnreachable(_) => ("upstream_error", "upstream_unreachable"),
             GatewayError::BadGateway(_) => ("upstream_error", "bad_gateway"),
             GatewayError::ConnectTimeout(_) => ("timeout_error", "upstream_connect_timeout"),

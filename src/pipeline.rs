@@ -120,8 +120,8 @@ async fn request_policies(
 ) -> Result<Vec<ConnGuard>, GatewayError> {
     policy::limit_requests(&location.limits, client, request).await?;
     let places = policy::hold_places(&location.conn_limits, client, request)?;
-    if request.body().declared_length().is_some_and(|length| length > location.max_body) {
-        return Err(GatewayError::BodyTooLarge(location.max_body));
+    if request.body().declared_length().is_some_and(|length| length > location.body.max) {
+        return Err(GatewayError::BodyTooLarge(location.body.max));
     }
     location.request_headers.apply(request.headers_mut());
     Ok(places)
@@ -142,7 +142,7 @@ async fn handle(
             Handler::Proxy(target) => {
                 let upstream = target.choose(&request, &client.ip);
                 let inference = location.inference.covers(request.method(), request.uri().path());
-                proxy::forward(request, client, upstream, location.max_body, inference).await
+                proxy::forward(request, client, upstream, location.body, inference).await
             }
             Handler::Models(router) => router.serve(request, client, location.inference).await,
             Handler::Return { status, body, content_type } => {

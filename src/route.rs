@@ -9,6 +9,7 @@ use crate::compress::CompressPolicy;
 use crate::config::ErrorFormat;
 use crate::policy::headers::HeaderEdits;
 use crate::policy::{ConnLimit, RateLimit};
+use crate::proxy::BodyLimits;
 use crate::static_files::StaticFiles;
 use crate::template::Template;
 use bytes::Bytes;
@@ -41,8 +42,8 @@ pub struct Location {
     pub request_headers: HeaderEdits,
     /// Response headers removed (`proxy_hide_header`) and added (`add_header`) on every response.
     pub response_headers: HeaderEdits,
-    /// Largest request body accepted (`client_max_body_size`; `u64::MAX` for no limit).
-    pub max_body: u64,
+    /// Request body size and read timeout (`client_max_body_size`, `client_body_timeout`).
+    pub body: BodyLimits,
     /// Response compression, if on.
     pub compress: Option<CompressPolicy>,
     /// Where requests here are accounted (metrics, access log): an index into `Runtime::accounts`.
@@ -274,7 +275,7 @@ mod tests {
             },
             request_headers: Default::default(),
             response_headers: Default::default(),
-            max_body: u64::MAX,
+            body: BodyLimits { max: u64::MAX, idle: std::time::Duration::from_secs(60) },
             inference: Inference::default(),
             compress: None,
             account: 0,

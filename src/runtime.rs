@@ -17,6 +17,7 @@ use crate::policy::headers::HeaderEdits;
 use crate::policy::ratelimit::{parse_rate, Limit, Zone};
 use crate::policy::realip::{parse_net, TrustedProxies};
 use crate::policy::{ConnLimit, RateLimit};
+use crate::proxy::BodyLimits;
 use crate::route::{Handler, Location, LocationTable, NameTable, VirtualServer};
 use crate::server::conn::{self, ConnLimits};
 use crate::server::tls::{self, TlsSite};
@@ -168,6 +169,7 @@ impl Runtime {
             source,
             access_logs: &access_logs,
             http_access_log: config.http.access_log.as_ref(),
+            client_body_timeout: config.http.client_body_timeout.0,
             metrics: &metrics,
             accounts: std::cell::RefCell::new(Vec::new()),
         };
@@ -295,6 +297,8 @@ struct Context<'a> {
     source: &'a Source,
     access_logs: &'a AccessLogs,
     http_access_log: Option<&'a AccessLogSetting>,
+    /// `[http] client_body_timeout`, for every location's body limits.
+    client_body_timeout: std::time::Duration,
     metrics: &'a Metrics,
     /// The accounts made so far; a location or server keeps its index.
     accounts: std::cell::RefCell<Vec<Account>>,
@@ -359,7 +363,8 @@ fn compile_location(
     context: &Context,
 ) -> Option<Location> {
     let max_body = location.client_max_body_size.or(server.client_max_body_size).unwrap_or(config::DEFAULT_MAX_BODY);
-    let max_body = if max_body.0 == 0 { u64::MAX } else { max_body.0 };
+    let body =
+        BodyLimits { max: if max_body.0 == 0 { u64::MAX } else { max_body.0 }, idle: context.client_body_timeout };
     let handler = if let Some(proxy) = &location.proxy {
         let primary = context.upstreams.get(proxy.get_ref())?.clone();
         let mut canaries = Vec::with_capacity(location.canary.len());
@@ -380,7 +385,7 @@ fn compile_location(
         for (model, upstream) in &location.models {
             models.insert(model.clone(), context.upstreams.get(upstream.get_ref())?.clone());
         }
-        Handler::Models(ModelRouter::new(models, max_body))
+        Handler::Models(ModelRouter::new(models, body))
     } else if let Some(folder) = location.root.as_ref().or(location.alias.as_ref()) {
         let alias_of = location.alias.as_ref().and(location.prefix.clone().or_else(|| location.exact.clone()));
         Handler::Static(StaticFiles::new(StaticSettings {
@@ -455,7 +460,7 @@ fn compile_location(
         handler,
         request_headers,
         response_headers,
-        max_body,
+        body,
         compress,
         limits,
         conn_limits,

@@ -9,11 +9,11 @@ pub use inference::Inference;
 use crate::body::ResponseBody;
 use crate::body::{ClientBody, ClientRequest};
 use crate::error::GatewayError;
-use crate::proxy::{self, ClientInfo};
+use crate::proxy::{self, BodyLimits, ClientInfo, RequestBody};
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -24,8 +24,9 @@ pub struct ModelRouter {
     known: String,
     /// `GET /v1/models`, built once at load.
     listing: Bytes,
-    /// Largest body read to find the model (413 beyond).
-    max_body: u64,
+    /// The body's limits while it is read to find the model (413 beyond the size, 408 when the client
+    /// stalls).
+    limits: BodyLimits,
 }
 
 /// Only the field the router needs; serde skips the rest of the body (images included) unparsed.
@@ -36,12 +37,12 @@ struct ModelField {
 
 impl ModelRouter {
     /// Compiles `models = { NAME = "UPSTREAM" }` (upstreams already resolved).
-    pub fn new(models: BTreeMap<String, Arc<Upstream>>, max_body: u64) -> ModelRouter {
+    pub fn new(models: BTreeMap<String, Arc<Upstream>>, limits: BodyLimits) -> ModelRouter {
         let known = models.keys().cloned().collect::<Vec<_>>().join(", ");
         let data: Vec<_> =
             models.keys().map(|id| serde_json::json!({"id": id, "object": "model", "owned_by": "infergate"})).collect();
         let listing = Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string());
-        ModelRouter { routes: models.into_iter().collect(), known, listing, max_body }
+        ModelRouter { routes: models.into_iter().collect(), known, listing, limits }
     }
 
     /// Serves a request of a model-routing location.
@@ -61,19 +62,12 @@ impl ModelRouter {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > self.max_body) {
-            return Err(GatewayError::BodyTooLarge(self.max_body));
+        if declared.is_some_and(|length| length > self.limits.max) {
+            return Err(GatewayError::BodyTooLarge(self.limits.max));
         }
         let mut head = request;
         let body = std::mem::replace(head.body_mut(), ClientBody::Empty);
-        let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
-        let body = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-                return Err(GatewayError::BodyTooLarge(self.max_body))
-            }
-            Err(error) => return Err(GatewayError::BadRequest(format!("cannot read the request body: {error}"))),
-        };
+        let body = RequestBody::new(body, self.limits).collect().await.map_err(proxy::body_error)?.to_bytes();
         let field: ModelField = serde_json::from_slice(&body)
             .map_err(|e| GatewayError::BadRequest(format!("the body is not a JSON object: {e}")))?;
         let model = field.model.ok_or_else(|| GatewayError::BadRequest("the body names no `model`".into()))?;

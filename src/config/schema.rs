@@ -35,6 +35,8 @@ pub struct HttpSettings {
     pub workers: usize,
     /// Time to receive a request head (nginx `client_header_timeout`, 60 s).
     pub client_header_timeout: Span,
+    /// Longest wait between two reads of a request body (nginx `client_body_timeout`, 60 s).
+    pub client_body_timeout: Span,
     /// Idle time after which a kept-alive client connection is closed (nginx `keepalive_timeout`, 75 s).
     pub keepalive_timeout: Span,
     /// Requests served on one client connection before it is closed (nginx `keepalive_requests`, 1000).
@@ -129,6 +131,7 @@ impl Default for HttpSettings {
         HttpSettings {
             workers: 0,
             client_header_timeout: Span(Duration::from_secs(60)),
+            client_body_timeout: Span(Duration::from_secs(60)),
             keepalive_timeout: Span(Duration::from_secs(75)),
             keepalive_requests: 1000,
             max_uri_size: Size(8 * 1024),

@@ -22,16 +22,27 @@ pub struct RequestBody {
 }
 
 enum Source {
-    /// Arriving from the client; it may still send `remaining` of its `limit`.
-    Streaming { inner: ClientBody, remaining: u64, limit: u64 },
+    /// Arriving from the client; it may still send `remaining` of its limits' `max`. `timer` runs
+    /// while the body waits for the client (`waiting`), never while the backend side is not asking.
+    Streaming { inner: ClientBody, remaining: u64, limits: BodyLimits, waiting: bool, timer: Option<Pin<Box<Sleep>>> },
     /// Read in full; `None` once sent.
     Buffered(Option<Bytes>),
 }
 
+/// What a location allows a request body, taken at config load: its size (`client_max_body_size`)
+/// and the longest wait for its next bytes (`[http] client_body_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// Most bytes (`u64::MAX`: no limit); more is answered 413.
+    pub max: u64,
+    /// Longest wait between two reads; longer is answered 408.
+    pub idle: Duration,
+}
+
 impl RequestBody {
-    /// Wraps a client body that may carry up to `limit` bytes.
-    pub fn new(inner: ClientBody, limit: u64) -> RequestBody {
-        RequestBody { source: Source::Streaming { inner, remaining: limit, limit } }
+    /// Wraps a client body, held to `limits`.
+    pub fn new(inner: ClientBody, limits: BodyLimits) -> RequestBody {
+        RequestBody { source: Source::Streaming { inner, remaining: limits.max, limits, waiting: false, timer: None } }
     }
 
     /// A body read in full.
@@ -60,19 +71,40 @@ impl RequestBody {
 #[error("request body larger than {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
+/// The client sent nothing of its body for `client_body_timeout`; the proxy answers 408.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no request body for {0:?}")]
+pub struct BodyTimedOut(pub Duration);
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.source {
-            Source::Streaming { inner, remaining, limit } => {
-                let frame = std::task::ready!(Pin::new(inner).poll_frame(cx));
+            Source::Streaming { inner, remaining, limits, waiting, timer } => {
+                let Poll::Ready(frame) = Pin::new(inner).poll_frame(cx) else {
+                    // The wait for the client starts now (one clock read per wait, none per frame).
+                    if !*waiting {
+                        *waiting = true;
+                        let deadline = tokio::time::Instant::now() + limits.idle;
+                        match timer {
+                            Some(timer) => timer.as_mut().reset(deadline),
+                            None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                        }
+                    }
+                    let expired = timer.as_mut().is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+                    return match expired {
+                        true => Poll::Ready(Some(Err(Box::new(BodyTimedOut(limits.idle))))),
+                        false => Poll::Pending,
+                    };
+                };
+                *waiting = false;
                 if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
                     let length = data.map_or(0, |d| d.len() as u64);
                     match remaining.checked_sub(length) {
                         Some(left) => *remaining = left,
-                        None => return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit))))),
+                        None => return Poll::Ready(Some(Err(Box::new(BodyTooLarge(limits.max))))),
                     }
                 }
                 Poll::Ready(frame)

@@ -7,7 +7,7 @@ mod headers;
 pub mod retry;
 mod websocket;
 
-pub use body::{BodyTimeouts, BodyTooLarge, RequestBody, StreamTimedOut, UpstreamBody};
+pub use body::{BodyLimits, BodyTimedOut, BodyTimeouts, BodyTooLarge, RequestBody, StreamTimedOut, UpstreamBody};
 pub use headers::Forwarding;
 
 use crate::accounting::UpstreamInfo;
@@ -52,13 +52,14 @@ impl ClientInfo {
 /// counts against nobody. `inference` marks a request that is safe to send again before its first
 /// response byte (see `retry`).
 ///
-/// A body that grows past `max_body` (`client_max_body_size`; a declared length was checked before)
-/// is cut off there and answered 413.
+/// A body that grows past `limits.max` (`client_max_body_size`; a declared length was checked
+/// before) is cut off there and answered 413; one whose client sends nothing for `limits.idle`
+/// (`client_body_timeout`) is answered 408.
 pub async fn forward(
     mut request: ClientRequest,
     client: &ClientInfo,
     upstream: &Upstream,
-    max_body: u64,
+    limits: BodyLimits,
     inference: bool,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     // Only an HTTP/1.1 head that asked for an upgrade carries one (no header lookups for the others);
@@ -77,16 +78,10 @@ pub async fn forward(
     let may_resend = upstream.tries > 1 && (kind.idempotent || kind.inference || kind.any_method);
     if upgrade.is_none() && may_resend && declared.is_some_and(|length| length > 0 && length <= upstream.retry_body_max)
     {
-        // A client that stops sending gets the send timeout, as the backend would.
-        let read = tokio::time::timeout(upstream.timeouts.send.0, body.collect()).await;
-        let bytes = match read {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) => return Err(body_error(e)),
-            Err(_) => return Err(GatewayError::BadRequest("the request body did not arrive in time".into())),
-        };
+        let bytes = RequestBody::new(body, limits).collect().await.map_err(body_error)?.to_bytes();
         return forward_body(request, RequestBody::buffered(bytes), None, client, upstream, kind).await;
     }
-    forward_body(request, RequestBody::new(body, max_body), upgrade, client, upstream, kind).await
+    forward_body(request, RequestBody::new(body, limits), upgrade, client, upstream, kind).await
 }
 
 /// As `forward`, for a request whose body was read in full (by a model router; the request's own
@@ -483,13 +478,17 @@ fn connect_error(error: ConnectError) -> GatewayError {
     }
 }
 
-/// A client body that failed on its way: larger than `client_max_body_size` is 413, anything else
-/// (the client went away, or sent less or more than it declared) 400.
-fn body_error(error: BoxError) -> GatewayError {
-    match error.downcast_ref::<BodyTooLarge>() {
-        Some(BodyTooLarge(limit)) => GatewayError::BodyTooLarge(*limit),
-        None => GatewayError::BadRequest(format!("cannot read the request body: {}", error_chain(&*error))),
+/// A client body that failed on its way: larger than `client_max_body_size` is 413, stalled for
+/// `client_body_timeout` 408, anything else (the client went away, or sent less or more than it
+/// declared, or broke the framing) 400.
+pub(crate) fn body_error(error: BoxError) -> GatewayError {
+    if let Some(BodyTooLarge(limit)) = error.downcast_ref::<BodyTooLarge>() {
+        return GatewayError::BodyTooLarge(*limit);
     }
+    if let Some(BodyTimedOut(idle)) = error.downcast_ref::<BodyTimedOut>() {
+        return GatewayError::BodyTimeout(*idle);
+    }
+    GatewayError::BadRequest(format!("cannot read the request body: {}", error_chain(&*error)))
 }
 
 /// Whether a failed exchange is the send timeout (504, as nginx), not a broken connection (502).

@@ -70,7 +70,9 @@ async fn read_timeout_starts_once_a_slow_upload_is_sent() {
         Response::new(full(format!("read {} bytes", body.len())))
     })
     .await;
-    let gw = TestGateway::start(&proxy_config(&backend.authority(), TIMEOUTS)).await;
+    // The client's pause is within its own body timeout.
+    let config = format!("[http]\nclient_body_timeout = \"150s\"\n{}", proxy_config(&backend.authority(), TIMEOUTS));
+    let gw = TestGateway::start(&config).await;
     let chunks = futures_util::stream::unfold(0, |sent| async move {
         match sent {
             0 => Some((Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"first "))), 1)),
@@ -307,5 +309,69 @@ mod generation {
         assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
         assert!(body.contains("upstream_read_timeout"), "{body}");
         assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+}
+
+/// A backend that reads whole request bodies and says how long they were.
+async fn body_reader() -> Backend {
+    Backend::start(|request| async move {
+        let body = request.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+        Response::new(full(format!("read {body} bytes")))
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upload_that_stalls_is_answered_408_after_client_body_timeout_and_spares_the_backend() {
+    let backend = body_reader().await;
+    let other = body_reader().await;
+    let upstream = |servers: &str| {
+        format!(
+            r#"[http]
+client_body_timeout = "5s"
+
+[[upstream]]
+name = "model"
+servers = [{servers}]
+
+[[server]]
+listen = ["127.0.0.1:0"]
+
+  [[server.location]]
+  prefix = "/"
+  proxy = "model"
+
+  [[server.location]]
+  prefix = "/routed/"
+  models = {{ "m" = "model" }}
+"#
+        )
+    };
+    let one = format!(r#"{{ addr = "{}" }}"#, backend.authority());
+    let two = format!(r#"{{ addr = "{}" }}, {{ addr = "{}" }}"#, backend.authority(), other.authority());
+    // Streamed to the one server; read in full first to be kept for another; read to find the model.
+    for (config, path) in [(&one, "/v1/chat/completions"), (&two, "/v1/chat/completions"), (&one, "/routed/x")] {
+        let gw = TestGateway::start(&upstream(config)).await;
+        let mut stream = tokio::net::TcpStream::connect(gw.addr("127.0.0.1:0")).await.unwrap();
+        let head = format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{{\"model\"");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let answer = String::from_utf8(read_to_close(&mut stream).await).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{path}: {answer}");
+        assert!(answer.contains("request_timeout"), "{path}: {answer}");
+        assert_eq!(started.elapsed().as_secs(), 5, "{path}");
+        let servers = &gw.gateway.runtime().upstreams["model"].servers;
+        assert!(servers.iter().all(|s| s.health.is_up()), "{path}: a slow client is no server's failure");
+        // Data that keeps coming, each part within the timeout, is never cut.
+        let mut stream = tokio::net::TcpStream::connect(gw.addr("127.0.0.1:0")).await.unwrap();
+        let head =
+            format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 13\r\nConnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        for part in ["{\"model\"", ":\"m\"", "}"] {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            stream.write_all(part.as_bytes()).await.unwrap();
+        }
+        let answer = String::from_utf8(read_to_close(&mut stream).await).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 ") && answer.ends_with("read 13 bytes"), "{path}: {answer}");
     }
 }
