@@ -3,7 +3,7 @@
 //! batches lines into one write whenever its queue runs empty: a request never waits on the disk. The
 //! file is reopened on SIGUSR1, as nginx does for log rotation.
 
-use crate::accounting::{BodyEnd, Record, RequestFacts};
+use crate::accounting::{BodyEnd, LoggedRequest, Record};
 use crate::config::{AccessLogSetting, Config, ConfigError, Source};
 use http::HeaderName;
 use std::collections::{BTreeMap, HashMap};
@@ -155,7 +155,7 @@ impl LogFormat {
     }
 
     /// The record as one line, without the newline.
-    pub fn format(&self, record: &Record, request: &RequestFacts) -> String {
+    pub fn format(&self, record: &Record, request: &LoggedRequest) -> String {
         match &self.0 {
             Shape::Json => json_line(record, request),
             Shape::Text(parts) => {
@@ -188,7 +188,7 @@ fn variable(name: &str) -> Result<Var, String> {
 const JSON_HEADERS: [(&str, &str); 3] =
     [("http_referer", "referer"), ("http_user_agent", "user-agent"), ("http_x_forwarded_for", "x-forwarded-for")];
 
-fn push_var(line: &mut String, var: &Var, record: &Record, request: &RequestFacts) {
+fn push_var(line: &mut String, var: &Var, record: &Record, request: &LoggedRequest) {
     use std::fmt::Write as _;
     let dash = |line: &mut String, text: &str| line.push_str(if text.is_empty() { "-" } else { text });
     match var {
@@ -245,7 +245,7 @@ fn push_seconds(line: &mut String, time: Option<std::time::Duration>) {
     }
 }
 
-fn json_line(record: &Record, request: &RequestFacts) -> String {
+fn json_line(record: &Record, request: &LoggedRequest) -> String {
     let mut object = serde_json::json!({
         "time": time_iso8601(record.ended_at),
         "remote_addr": request.client_ip.to_string(),
@@ -387,7 +387,7 @@ pub struct AccessLog {
 
 impl AccessLog {
     /// Writes the record's line.
-    pub fn log(&self, record: &Record, request: &RequestFacts) {
+    pub fn log(&self, record: &Record, request: &LoggedRequest) {
         self.writer.write(self.format.format(record, request));
     }
 }

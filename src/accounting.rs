@@ -66,7 +66,7 @@ pub struct StreamStats {
 
 /// The request as the access log prints it. Made only when an access log is configured: metrics
 /// need none of it, and copying it cost a fifth of what accounting adds to a request.
-pub struct RequestFacts {
+pub struct LoggedRequest {
     /// The client (behind trusted proxies, the forwarded one).
     pub client_ip: IpAddr,
     /// Whether the client connection is TLS.
@@ -84,7 +84,7 @@ pub struct RequestFacts {
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-impl RequestFacts {
+impl LoggedRequest {
     /// A request header the formats asked to keep.
     pub fn header(&self, name: &HeaderName) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.to_str().ok())
@@ -104,7 +104,7 @@ impl RequestFacts {
 /// Everything known about one request when it ends.
 pub struct Record {
     /// The request itself, for the access log; `None` when no access log is configured.
-    pub request: Option<Box<RequestFacts>>,
+    pub request: Option<Box<LoggedRequest>>,
     /// The response status (499 when the client left before it).
     pub status: u16,
     /// The code of an error the gateway answered itself.
@@ -227,7 +227,7 @@ impl Accounting {
                 Version::HTTP_3 => "HTTP/3.0",
                 _ => "HTTP/1.1",
             };
-            Box::new(RequestFacts {
+            Box::new(LoggedRequest {
                 client_ip: client.peer.ip(),
                 https: client.https,
                 method: request.method().clone(),

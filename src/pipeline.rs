@@ -3,7 +3,8 @@
 //! 0. The request's `X-Request-Id` (kept or made), the client's address (from a trusted proxy's
 //!    headers when `[http] trusted_proxies` says so), and its accounting record (`accounting`),
 //!    finished once when the response ends.
-//! 1. [`check_limits`]: request limits hyper does not enforce itself (URI length).
+//! 1. [`check_limits`]: request limits the connections' codecs leave to the pipeline (URI length;
+//!    HTTP/2's target is not bounded by the head's size as HTTP/1.1's request line is).
 //! 2. [`route`]: the virtual server by Host, then the location by normalized path.
 //! 3. [`request_policies`]: the location's rate and concurrency limits, body size limit and request
 //!    header edits.

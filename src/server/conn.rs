@@ -231,9 +231,9 @@ impl ConnState {
 }
 
 /// Counts a request in flight until its response body is finished or dropped.
-struct InFlight(Arc<ConnState>);
+struct ConnInFlight(Arc<ConnState>);
 
-impl Drop for InFlight {
+impl Drop for ConnInFlight {
     fn drop(&mut self) {
         self.0.idle_since_ms.store(self.0.now_ms(), Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -245,7 +245,7 @@ pin_project_lite::pin_project! {
     struct Tracked {
         #[pin]
         body: ResponseBody,
-        guard: InFlight,
+        guard: ConnInFlight,
     }
 }
 
@@ -379,7 +379,7 @@ async fn drain<C: Future>(connection: Pin<&mut C>, deadline: Duration) {
 /// until its response body is done with, and against `keepalive_requests`.
 async fn respond(state: Arc<ConnState>, max_requests: u64, request: ClientRequest) -> Response<Tracked> {
     state.in_flight.fetch_add(1, Ordering::AcqRel);
-    let guard = InFlight(state.clone());
+    let guard = ConnInFlight(state.clone());
     let version = request.version();
     let handle = state.runtime();
     let mut response = match &handle.listener {

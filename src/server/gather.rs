@@ -27,13 +27,13 @@ thread_local! {
 /// request is dropped. Connections are served on single-threaded workers, so the count is exact;
 /// on another runtime a task that moved threads would leave a count off by one, which changes only
 /// whether a response waits for the end of a turn.
-pub struct InFlight(());
+pub struct WorkerInFlight(());
 
-impl InFlight {
+impl WorkerInFlight {
     /// Counts a request whose head has been read.
-    pub fn start() -> InFlight {
+    pub fn start() -> WorkerInFlight {
         IN_FLIGHT.set(IN_FLIGHT.get() + 1);
-        InFlight(())
+        WorkerInFlight(())
     }
 
     /// The request's response is ready: returns once it should be written, which is at the end of
@@ -47,7 +47,7 @@ impl InFlight {
     }
 }
 
-impl Drop for InFlight {
+impl Drop for WorkerInFlight {
     fn drop(&mut self) {
         IN_FLIGHT.set(IN_FLIGHT.get().saturating_sub(1));
     }
@@ -67,11 +67,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_lone_request_is_written_at_once_and_one_among_others_waits_for_the_turn() {
-        let alone = InFlight::start();
+        let alone = WorkerInFlight::start();
         assert_eq!(poll_once(alone.ready()), Poll::Ready(()), "nothing else in flight: no wait");
 
-        let first = InFlight::start();
-        let second = InFlight::start();
+        let first = WorkerInFlight::start();
+        let second = WorkerInFlight::start();
         assert_eq!(IN_FLIGHT.get(), 2);
         assert_eq!(poll_once(first.ready()), Poll::Pending, "another request in flight: waits for the turn");
         assert_eq!(IN_FLIGHT.get(), 1, "a ready response no longer counts");
@@ -81,8 +81,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_request_stops_counting() {
-        let kept = InFlight::start();
-        drop(InFlight::start());
+        let kept = WorkerInFlight::start();
+        drop(WorkerInFlight::start());
         assert_eq!(poll_once(kept.ready()), Poll::Ready(()));
         assert_eq!(IN_FLIGHT.get(), 0);
     }

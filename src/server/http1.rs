@@ -131,7 +131,7 @@ where
         if has_body {
             *request.body_mut() = ClientBody::Http1(Http1Body::new(&connection.0, request.headers()));
         }
-        let counted = gather::InFlight::start();
+        let counted = gather::WorkerInFlight::start();
         // Boxed, per request: the service future is kilobytes, and a connection waiting for its next
         // request holds none of it (an allocation this size comes from the allocator's thread cache).
         let mut in_flight = crate::boxed::pinned(|| service(request));
@@ -272,7 +272,7 @@ impl<I: Io> Shared<I> {
     }
 
     /// Reads until a request head is parsed; `None` when the client closed between requests.
-    fn poll_head(&mut self, cx: &mut Context<'_>, limits: Limits) -> Poll<Result<Option<Head>, Rejection>> {
+    fn poll_head(&mut self, cx: &mut Context<'_>, limits: Limits) -> Poll<Result<Option<Head>, HeadRejection>> {
         loop {
             if !self.buf.is_empty() {
                 if let Some(head) = parse_head(&mut self.buf, &mut self.spans, limits)? {
@@ -281,9 +281,9 @@ impl<I: Io> Shared<I> {
                 if self.buf.len() >= limits.max_head {
                     let line_complete = self.buf.windows(2).any(|w| w == b"\r\n");
                     return Poll::Ready(Err(if line_complete {
-                        Rejection::HeadTooLarge
+                        HeadRejection::HeadTooLarge
                     } else {
-                        Rejection::UriTooLong
+                        HeadRejection::UriTooLong
                     }));
                 }
             }
@@ -434,7 +434,7 @@ struct Head {
 
 /// A request head the connection cannot serve; answered, then the connection closes.
 #[derive(Debug, PartialEq)]
-enum Rejection {
+enum HeadRejection {
     /// Malformed: 400.
     Bad(&'static str),
     /// Valid, but asks for what the gateway does not do (a transfer coding other than chunked): 501.
@@ -445,13 +445,13 @@ enum Rejection {
     HeadTooLarge,
 }
 
-impl Rejection {
+impl HeadRejection {
     fn response(&self) -> Response<crate::body::ResponseBody> {
         let (status, code, message) = match self {
-            Rejection::Bad(what) => (StatusCode::BAD_REQUEST, "bad_request", *what),
-            Rejection::NotImplemented(what) => (StatusCode::NOT_IMPLEMENTED, "not_implemented", *what),
-            Rejection::UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long", "request line too long"),
-            Rejection::HeadTooLarge => {
+            HeadRejection::Bad(what) => (StatusCode::BAD_REQUEST, "bad_request", *what),
+            HeadRejection::NotImplemented(what) => (StatusCode::NOT_IMPLEMENTED, "not_implemented", *what),
+            HeadRejection::UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long", "request line too long"),
+            HeadRejection::HeadTooLarge => {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_too_large", "request header too large")
             }
         };
@@ -465,20 +465,20 @@ type Spans = ((usize, usize), (usize, usize));
 /// Parses a request head at the start of `buf` and removes it; `None` when it is not complete yet.
 /// Header values and the target share the head's memory instead of being copied; `spans` is scratch
 /// space the connection keeps (an array for the most headers allowed would be kilobytes to zero).
-fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Result<Option<Head>, Rejection> {
+fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Result<Option<Head>, HeadRejection> {
     // Uninitialized: zeroing the slots would cost more than parsing a small head.
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; HEADER_SLOTS];
     let slots = &mut slots[..limits.max_headers.clamp(1, HEADER_SLOTS)];
     let mut parsed = httparse::Request::new(&mut []);
     let length = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, buf, slots) {
         Ok(httparse::Status::Complete(length)) if length <= limits.max_head => length,
-        Ok(httparse::Status::Complete(_)) => return Err(Rejection::HeadTooLarge),
+        Ok(httparse::Status::Complete(_)) => return Err(HeadRejection::HeadTooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Rejection::HeadTooLarge),
-        Err(_) => return Err(Rejection::Bad("malformed request head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadRejection::HeadTooLarge),
+        Err(_) => return Err(HeadRejection::Bad("malformed request head")),
     };
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
-        .map_err(|_| Rejection::Bad("malformed method"))?;
+        .map_err(|_| HeadRejection::Bad("malformed method"))?;
     let version = match parsed.version {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
@@ -494,11 +494,12 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Res
     spans.clear();
     spans.extend(parsed.headers.iter().map(|field| (span(field.name.as_bytes()), span(field.value))));
     if !message::lines_end_with_crlf(&buf[..length], spans.iter().map(|((name_start, _), _)| *name_start)) {
-        return Err(Rejection::Bad("bare LF in the request head (lines end with CRLF)"));
+        return Err(HeadRejection::Bad("bare LF in the request head (lines end with CRLF)"));
     }
     let head = buf.split_to(length).freeze();
 
-    let uri = Uri::from_maybe_shared(head.slice(target.0..target.1)).map_err(|_| Rejection::Bad("malformed target"))?;
+    let uri =
+        Uri::from_maybe_shared(head.slice(target.0..target.1)).map_err(|_| HeadRejection::Bad("malformed target"))?;
     // Room for the `X-Request-Id` the gateway adds: growing the map later reallocates it.
     let mut headers = HeaderMap::with_capacity(count + 1);
     let mut facts = HeadFacts::default();
@@ -506,9 +507,9 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Res
     let mut hosts = 0;
     for &((name_start, name_end), (value_start, value_end)) in spans.iter() {
         let name =
-            HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| Rejection::Bad("malformed header"))?;
+            HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| HeadRejection::Bad("malformed header"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
-            .map_err(|_| Rejection::Bad("malformed header value"))?;
+            .map_err(|_| HeadRejection::Bad("malformed header value"))?;
         if name == header::CONTENT_LENGTH {
             facts.content_length(value.as_bytes());
         } else if name == header::TRANSFER_ENCODING {
@@ -524,9 +525,9 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Res
     }
     // RFC 9112 §3.2, as nginx: an HTTP/1.1 request names its host, once.
     match hosts {
-        0 if version == Version::HTTP_11 => return Err(Rejection::Bad("HTTP/1.1 request without Host header")),
+        0 if version == Version::HTTP_11 => return Err(HeadRejection::Bad("HTTP/1.1 request without Host header")),
         0 | 1 => {}
-        _ => return Err(Rejection::Bad("duplicate Host header")),
+        _ => return Err(HeadRejection::Bad("duplicate Host header")),
     }
     // RFC 9112 §3.2.2: an absolute-form target names the host; the Host header is replaced by it.
     if let Some(authority) = uri.authority() {
@@ -534,7 +535,7 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Res
             Some(port) => format!("{}:{port}", authority.host()),
             None => authority.host().to_owned(),
         };
-        let host = HeaderValue::try_from(host).map_err(|_| Rejection::Bad("malformed target"))?;
+        let host = HeaderValue::try_from(host).map_err(|_| HeadRejection::Bad("malformed target"))?;
         headers.insert(header::HOST, host);
     }
     // RFC 9112 §6.3: a request body is chunked or has a length; chunked wins over a length, which is
@@ -547,9 +548,9 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Res
         Ok(Declared::Length(length)) => Framing::declared(length),
         Ok(Declared::Nothing) => Framing::Done,
         Err(FramingError::UnsupportedCoding) => {
-            return Err(Rejection::NotImplemented(FramingError::UnsupportedCoding.message()))
+            return Err(HeadRejection::NotImplemented(FramingError::UnsupportedCoding.message()))
         }
-        Err(error) => return Err(Rejection::Bad(error.message())),
+        Err(error) => return Err(HeadRejection::Bad(error.message())),
     };
     let keep_alive = facts.persistent(version == Version::HTTP_11) && !facts.both_framings();
     let upgrade_asked = facts.upgrade;
@@ -841,7 +842,7 @@ mod tests {
 
     const LIMITS: Limits = Limits { max_head: 1024, max_headers: 8 };
 
-    fn parse(text: &str) -> Result<Option<Head>, Rejection> {
+    fn parse(text: &str) -> Result<Option<Head>, HeadRejection> {
         parse_head(&mut BytesMut::from(text), &mut Vec::new(), LIMITS)
     }
 
@@ -883,23 +884,26 @@ mod tests {
         assert!(parse("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
         assert_eq!(
             parse("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n").err(),
-            Some(Rejection::Bad("conflicting Content-Length headers"))
+            Some(HeadRejection::Bad("conflicting Content-Length headers"))
         );
-        assert!(matches!(parse("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n"), Err(Rejection::Bad(_))));
-        assert!(matches!(parse("GET / HTTP/1.1\nHost: a\r\n\r\n"), Err(Rejection::Bad(_))), "bare LF");
+        assert!(matches!(parse("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n"), Err(HeadRejection::Bad(_))));
+        assert!(matches!(parse("GET / HTTP/1.1\nHost: a\r\n\r\n"), Err(HeadRejection::Bad(_))), "bare LF");
         assert!(matches!(
             parse("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n"),
-            Err(Rejection::NotImplemented(_))
+            Err(HeadRejection::NotImplemented(_))
         ));
-        assert!(matches!(parse("GET /\x01 HTTP/1.1\r\n\r\n"), Err(Rejection::Bad(_))));
+        assert!(matches!(parse("GET /\x01 HTTP/1.1\r\n\r\n"), Err(HeadRejection::Bad(_))));
         let many = format!("GET / HTTP/1.1\r\n{}\r\n", "x: 1\r\n".repeat(9));
-        assert_eq!(parse(&many).err(), Some(Rejection::HeadTooLarge));
+        assert_eq!(parse(&many).err(), Some(HeadRejection::HeadTooLarge));
         let large = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(1100));
-        assert_eq!(parse(&large).err(), Some(Rejection::HeadTooLarge));
-        assert_eq!(parse("GET / HTTP/1.1\r\n\r\n").err(), Some(Rejection::Bad("HTTP/1.1 request without Host header")));
+        assert_eq!(parse(&large).err(), Some(HeadRejection::HeadTooLarge));
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\n\r\n").err(),
+            Some(HeadRejection::Bad("HTTP/1.1 request without Host header"))
+        );
         assert_eq!(
             parse("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").err(),
-            Some(Rejection::Bad("duplicate Host header"))
+            Some(HeadRejection::Bad("duplicate Host header"))
         );
         assert!(parse("GET / HTTP/1.0\r\n\r\n").unwrap().is_some(), "HTTP/1.0 may leave the host out");
     }

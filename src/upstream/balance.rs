@@ -221,9 +221,9 @@ impl ServerLoad {
     }
 
     /// Counts a request in flight until the returned guard is dropped (its response ended).
-    pub fn start(self: &Arc<Self>) -> InFlight {
+    pub fn start(self: &Arc<Self>) -> ServerInFlight {
         self.inflight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
+        ServerInFlight(self.clone())
     }
 
     /// Records how long a response head took.
@@ -256,9 +256,9 @@ impl ServerLoad {
 
 /// A request counted in flight on a server.
 #[derive(Debug)]
-pub struct InFlight(Arc<ServerLoad>);
+pub struct ServerInFlight(Arc<ServerLoad>);
 
-impl Drop for InFlight {
+impl Drop for ServerInFlight {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::AcqRel);
     }

@@ -1,5 +1,6 @@
 //! Upstreams: named groups of backend servers, each server with its keep-alive connection pool, and
-//! the choice of server for a request (round robin for now).
+//! the choice of server for a request: round robin, least in flight or by hash (`balance`), under
+//! admission control, passive and active health.
 
 mod admission;
 mod balance;
@@ -12,7 +13,7 @@ mod probe;
 
 pub use metrics_scrape::{spawn_scrapes, LoadMetrics};
 
-pub use balance::{Balance, HashKey, InFlight, ServerLoad};
+pub use balance::{Balance, HashKey, ServerInFlight, ServerLoad};
 use balance::{Ring, Weighted};
 pub use health::{spawn_checks, ActiveCheck, FailPolicy, FailureReport, ServerHealth};
 
@@ -99,7 +100,7 @@ pub struct Lease {
     /// The admission slot, if the upstream has limits.
     pub permit: Option<Permit>,
     /// The in-flight count, if the upstream balances by load.
-    pub in_flight: Option<InFlight>,
+    pub in_flight: Option<ServerInFlight>,
     /// The server's load and drain state, watched by event streams.
     pub drain_watch: Option<Arc<ServerLoad>>,
 }
@@ -165,7 +166,7 @@ impl Tried {
 
 /// What balancing and queueing need to know of one request.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RequestFacts {
+pub struct BalanceFacts {
     /// Queue priority (higher first).
     pub priority: u8,
     /// Hash of the `hash_key`, when balancing by hash and the request has one.
@@ -276,7 +277,7 @@ impl Upstream {
     /// A server for the next try of a request, skipping servers marked down and those in `tried`,
     /// with its slot under admission control. The first try may wait in the queue; a retry takes a
     /// free slot or gives up at once.
-    pub async fn admit(&self, tried: &Tried, facts: RequestFacts) -> Result<(usize, Option<Permit>), Unavailable> {
+    pub async fn admit(&self, tried: &Tried, facts: BalanceFacts) -> Result<(usize, Option<Permit>), Unavailable> {
         let eligible = |index: usize| {
             let server = &self.servers[index];
             !tried.contains(index) && !server.is_draining() && server.health.is_up()
@@ -306,8 +307,8 @@ impl Upstream {
     }
 
     /// What balancing and queueing need to know of a request.
-    pub fn facts(&self, headers: &http::HeaderMap, client_ip: &http::HeaderValue) -> RequestFacts {
-        RequestFacts {
+    pub fn facts(&self, headers: &http::HeaderMap, client_ip: &http::HeaderValue) -> BalanceFacts {
+        BalanceFacts {
             priority: self.priority(headers),
             key: self.hashing.as_ref().and_then(|(_, key)| key.of(headers, client_ip)),
         }

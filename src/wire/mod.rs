@@ -103,18 +103,6 @@ impl<const N: usize> WriteQueue<N> {
         }
         Poll::Ready(Ok(()))
     }
-
-    /// Writes everything that waits.
-    pub fn poll_write_all<W: AsyncWrite + Unpin + ?Sized>(
-        &mut self,
-        io: &mut W,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        while !self.is_empty() {
-            ready!(self.poll_write(io, cx))?;
-        }
-        Poll::Ready(Ok(()))
-    }
 }
 
 /// A connection after `101 Switching Protocols`, one side of a tunnel: the bytes that arrived along
