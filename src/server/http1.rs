@@ -121,6 +121,11 @@ where
         };
         let Head { mut request, inbound, keep_alive, expects_continue, upgrade } = head;
         let has_body = !inbound.is_done();
+        // The declared length, as the head's framing already read it (none for a chunked body).
+        let declared = match inbound {
+            Framing::Length(length) => Some(length),
+            _ => None,
+        };
         let head_request = request.method() == Method::HEAD;
         let version = request.version();
         {
@@ -129,7 +134,7 @@ where
             shared.continue_left = (expects_continue && has_body).then_some(0);
         }
         if has_body {
-            *request.body_mut() = ClientBody::Http1(Http1Body::new(&connection.0, request.headers()));
+            *request.body_mut() = ClientBody::Http1(Http1Body::new(&connection.0, declared));
         }
         let counted = gather::WorkerInFlight::start();
         // Boxed, per request: the service future is kilobytes, and a connection waiting for its next
@@ -375,11 +380,9 @@ pub struct Http1Body {
 }
 
 impl Http1Body {
-    fn new<I: Io>(shared: &Arc<Mutex<Shared<I>>>, headers: &HeaderMap) -> Http1Body {
-        let left = match headers.contains_key(header::TRANSFER_ENCODING) {
-            true => None,
-            false => headers.get(header::CONTENT_LENGTH).and_then(|v| parse_content_length(v.as_bytes()).ok()),
-        };
+    /// The body of the request being read on `shared`, `declared` bytes long if its head said so.
+    fn new<I: Io>(shared: &Arc<Mutex<Shared<I>>>, declared: Option<u64>) -> Http1Body {
+        let left = declared;
         let source: Arc<dyn BodySource> = shared.clone();
         Http1Body { source, left, done: false }
     }
