@@ -2,10 +2,12 @@
 //! client left (before or during the response). One `Record` per request feeds the access log and
 //! the metrics, so they never disagree. Costs nothing when neither is configured.
 
-use crate::body::{BoxError, ResponseBody};
+use crate::body::ResponseBody;
+use crate::client::ClientInfo;
+use crate::error::BoxError;
+use crate::error::{ErrorCode, StreamTimedOut};
 use crate::metrics::LocationMetrics;
 use crate::policy::connlimit::ConnGuard;
-use crate::proxy::{ClientInfo, StreamTimedOut};
 use crate::runtime::{Account, RuntimeRef};
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
@@ -36,10 +38,6 @@ pub struct UpstreamInfo {
     /// The backend answered `text/event-stream`: the record keeps its token timing.
     pub event_stream: bool,
 }
-
-/// The machine-readable code of an error the gateway answered itself, as a response extension.
-#[derive(Debug, Clone, Copy)]
-pub struct ErrorCode(pub &'static str);
 
 /// How a response ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

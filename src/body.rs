@@ -4,16 +4,13 @@
 
 use crate::accounting::{TrackedBody, UpstreamInfo};
 use crate::compress::CompressedBody;
+use crate::error::BoxError;
 use crate::proxy::UpstreamBody;
 use crate::static_files::FileBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-
-/// Errors a response body can end with; hyper then aborts the response so the client sees it
-/// incomplete, never a clean end.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body.
 pub enum ResponseBody {
@@ -54,6 +51,12 @@ impl ResponseBody {
     }
 }
 
+impl From<Bytes> for ResponseBody {
+    fn from(data: Bytes) -> Self {
+        ResponseBody::full(data)
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -88,60 +91,6 @@ impl Body for ResponseBody {
             ResponseBody::Tracked { inner } => inner.size_hint(),
             ResponseBody::Compressed { .. } => SizeHint::default(),
             ResponseBody::File { inner } => inner.size_hint(),
-        }
-    }
-}
-
-/// A client's request as the pipeline takes it: boxed once as it arrives, since it passes through
-/// several async layers by value and each held two or three copies of the 272-byte `Request`
-/// (memcpy was an eighth of the instructions per proxied request, by callgrind).
-pub type ClientRequest = Box<http::Request<ClientBody>>;
-
-/// A client's request body, whichever protocol brought it: read from the HTTP/1.1 connection as it is
-/// polled, or hyper's stream of an HTTP/2 request.
-pub enum ClientBody {
-    /// No body.
-    Empty,
-    /// From an HTTP/1.1 connection (`server::http1`).
-    Http1(crate::server::http1::Http1Body),
-    /// From an HTTP/2 stream.
-    Http2(hyper::body::Incoming),
-}
-
-impl ClientBody {
-    /// The body's length as its request declared it (`Content-Length`, or none at all), known
-    /// before any of it is read; `None` for a chunked body. Taken from the body, which parsed the
-    /// header once, rather than from the header map again.
-    pub fn declared_length(&self) -> Option<u64> {
-        self.size_hint().exact()
-    }
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ClientBody::Empty => Poll::Ready(None),
-            ClientBody::Http1(body) => Pin::new(body).poll_frame(cx),
-            ClientBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ClientBody::Empty => true,
-            ClientBody::Http1(body) => body.is_end_stream(),
-            ClientBody::Http2(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientBody::Empty => SizeHint::with_exact(0),
-            ClientBody::Http1(body) => body.size_hint(),
-            ClientBody::Http2(body) => body.size_hint(),
         }
     }
 }

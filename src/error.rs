@@ -1,11 +1,70 @@
 //! Errors the gateway answers itself, and how they look to the client: OpenAI's JSON error shape for
 //! API locations, one line of text elsewhere.
 
-use crate::accounting::ErrorCode;
-use crate::body::ResponseBody;
-use crate::config::ErrorFormat;
-use crate::upstream::Rejection;
+use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Errors a response body can end with; hyper then aborts the response so the client sees it
+/// incomplete, never a clean end.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The machine-readable code of an error the gateway answered itself, as a response extension.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+/// Error bodies: OpenAI's JSON shape for API clients or one line of plain text.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorFormat {
+    /// `{"error": {"message", "type", "code"}}`
+    Json,
+    /// `STATUS REASON: message`
+    Text,
+}
+
+/// Why a request was not admitted; both are answered 503 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The queue already holds `queue.max` requests.
+    QueueFull {
+        /// Seconds until a slot is likely free, from the recent drain rate.
+        retry_after: u64,
+    },
+    /// The request waited `queue.timeout` without getting a slot.
+    QueueTimeout {
+        /// Seconds until a slot is likely free, from the recent drain rate.
+        retry_after: u64,
+    },
+}
+
+/// Why a response that had begun was cut off.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamTimedOut {
+    /// Nothing arrived for the idle timeout.
+    #[error("upstream sent nothing for {0:?}")]
+    Idle(Duration),
+    /// The whole response took longer than the total timeout.
+    #[error("upstream response exceeded the total timeout of {0:?}")]
+    Total(Duration),
+    /// The server was drained or removed, and the stream outlived the grace given to it.
+    #[error("the model server was taken out of service; retry")]
+    Drained,
+}
+
+impl StreamTimedOut {
+    /// The final SSE event telling a streaming client why its stream ends.
+    pub fn sse_event(&self) -> Bytes {
+        let code = match self {
+            StreamTimedOut::Idle(_) => "upstream_idle_timeout",
+            StreamTimedOut::Total(_) => "upstream_total_timeout",
+            StreamTimedOut::Drained => "upstream_drained",
+        };
+        let error = serde_json::json!({"error": {"message": self.to_string(), "type": "timeout_error", "code": code}});
+        Bytes::from(format!("event: error\ndata: {error}\n\n"))
+    }
+}
 
 /// Something the gateway answers instead of (or because of) the backend.
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +187,7 @@ impl GatewayError {
     }
 
     /// The response for this error in the location's format.
-    pub fn to_response(&self, format: ErrorFormat) -> Response<ResponseBody> {
+    pub fn to_response(&self, format: ErrorFormat) -> Response<Bytes> {
         let (kind, code) = self.kind();
         let mut response = error_response(self.status(), kind, code, &self.to_string(), format);
         response.extensions_mut().insert(ErrorCode(code));
@@ -157,7 +216,7 @@ pub fn error_response(
     code: &str,
     message: &str,
     format: ErrorFormat,
-) -> Response<ResponseBody> {
+) -> Response<Bytes> {
     let (content_type, body) = match format {
         ErrorFormat::Json => {
             let body = serde_json::json!({"error": {"message": message, "type": kind, "code": code}});
@@ -168,7 +227,7 @@ pub fn error_response(
             ("text/plain; charset=utf-8", format!("{} {reason}: {message}\n", status.as_u16()))
         }
     };
-    let mut response = Response::new(ResponseBody::full(body));
+    let mut response = Response::new(Bytes::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
@@ -181,7 +240,7 @@ mod tests {
     #[test]
     fn json_errors_have_openai_shape() {
         let response = GatewayError::ReadTimeout.to_response(ErrorFormat::Json);
-        let ResponseBody::Full { data: Some(body) } = response.into_body() else { panic!("no body") };
+        let body = response.into_body();
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["error"]["code"], "upstream_read_timeout");
         assert_eq!(value["error"]["type"], "timeout_error");

@@ -17,18 +17,20 @@
 
 use crate::accounting::Accounting;
 use crate::body::ResponseBody;
-use crate::body::{ClientBody, ClientRequest};
+use crate::client::ClientInfo;
+use crate::client::{ClientBody, ClientRequest};
 use crate::compress::RequestCodings;
-use crate::config::ErrorFormat;
+use crate::error::ErrorFormat;
 use crate::error::GatewayError;
 use crate::policy;
 use crate::policy::connlimit::ConnGuard;
 use crate::policy::headers::HeaderEdits;
-use crate::proxy::{self, ClientInfo};
+use crate::proxy;
 use crate::request_id;
-use crate::route::{self, Handler, Location, VirtualServer};
+use crate::route::{Handler, Location, VirtualServer};
 use crate::runtime::{ListenerSpec, Runtime, RuntimeRef};
 use crate::template::Vars;
+use crate::uri;
 use futures_util::FutureExt;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use std::future::Future;
@@ -71,7 +73,7 @@ async fn serve_identified(
         Ok(location) => location,
         Err(error) => {
             account.route(server.account);
-            let mut response = error.to_response(server.errors);
+            let mut response = error.to_response(server.errors).map(ResponseBody::from);
             finish(&mut response, &server.response_headers);
             return (response, Vec::new());
         }
@@ -81,7 +83,7 @@ async fn serve_identified(
     let codings = location.compress.as_ref().map(|_| RequestCodings::of(&request));
     let (mut response, places) = match request_policies(location, client, &mut request).await {
         Ok(places) => (handle(location, server, client, request).await, places),
-        Err(error) => (error.to_response(location.errors), Vec::new()),
+        Err(error) => (error.to_response(location.errors).map(ResponseBody::from), Vec::new()),
     };
     finish(&mut response, &location.response_headers);
     let response = match (&location.compress, codings) {
@@ -103,7 +105,7 @@ fn check_limits(runtime: &Runtime, request: &Request<ClientBody>) -> Result<(), 
 /// Phase 2: picks the location for the request's normalized path. A malformed path answers 400 and
 /// no match answers 404, in the server's error format. Changes nothing.
 fn route<'a>(server: &'a VirtualServer, request: &Request<ClientBody>) -> Result<&'a Location, GatewayError> {
-    let Some(path) = route::normalize_path(request.uri().path()) else {
+    let Some(path) = uri::normalize_path(request.uri().path()) else {
         return Err(GatewayError::BadRequest("malformed request path".into()));
     };
     server.locations.find(&path).map(Arc::as_ref).ok_or(GatewayError::NoRoute)
@@ -169,7 +171,7 @@ async fn answer(
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
             tracing::warn!(%error, "request failed");
-            error.to_response(errors)
+            error.to_response(errors).map(ResponseBody::from)
         }
         Err(panic) => {
             let message = panic
@@ -178,7 +180,7 @@ async fn answer(
                 .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
                 .unwrap_or("?");
             tracing::error!(panic = message, "request handler panicked");
-            GatewayError::Internal.to_response(errors)
+            GatewayError::Internal.to_response(errors).map(ResponseBody::from)
         }
     }
 }
@@ -190,7 +192,7 @@ fn redirect(
     client: &ClientInfo,
     request: &Request<ClientBody>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    let host = host_of(request).map(route::strip_port).unwrap_or(&server.primary_name).to_ascii_lowercase();
+    let host = host_of(request).map(uri::strip_port).unwrap_or(&server.primary_name).to_ascii_lowercase();
     let uri = request.uri();
     let vars = Vars {
         scheme: if client.https { "https" } else { "http" },

@@ -8,9 +8,10 @@ use crate::ai::ModelRouter;
 use crate::canary::{Canary, ProxyTarget};
 use crate::compress::{CompressPolicy, Encoding, Levels};
 use crate::config::{
-    self, AccessLogSetting, AdminConfig, CompressConfig, Config, ConfigError, ConfigErrors, ErrorFormat, HttpSettings,
+    self, AccessLogSetting, AdminConfig, CompressConfig, Config, ConfigError, ConfigErrors, HttpSettings,
     LimitZoneConfig, LocationConfig, ServerConfig, Source,
 };
+use crate::error::ErrorFormat;
 use crate::metrics::{LocationMetrics, Metrics};
 use crate::policy::connlimit::ConnCounter;
 use crate::policy::headers::HeaderEdits;

@@ -11,10 +11,11 @@
 //! resolved) leaves the folder answers 403 unless `allow_symlinks_outside` says otherwise. Folders are
 //! never listed.
 
-use crate::body::{BoxError, ResponseBody};
+use crate::body::ResponseBody;
 use crate::compress::{self, Encoding};
+use crate::error::BoxError;
 use crate::error::GatewayError;
-use crate::route;
+use crate::uri;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -88,7 +89,7 @@ impl StaticFiles {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return Err(GatewayError::MethodNotAllowed);
         }
-        let path = route::normalize_path(request.uri().path())
+        let path = uri::normalize_path(request.uri().path())
             .ok_or_else(|| GatewayError::BadRequest("malformed request path".into()))?;
         let mut file = self.file_path(&path)?;
         let mut metadata = tokio::fs::metadata(&file).await.map_err(io_error)?;

@@ -7,9 +7,10 @@ mod inference;
 pub use inference::Inference;
 
 use crate::body::ResponseBody;
-use crate::body::{ClientBody, ClientRequest};
+use crate::client::ClientInfo;
+use crate::client::{ClientBody, ClientRequest};
 use crate::error::GatewayError;
-use crate::proxy::{self, BodyLimits, ClientInfo, RequestBody};
+use crate::proxy::{self, BodyLimits, RequestBody};
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response};

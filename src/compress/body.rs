@@ -5,7 +5,8 @@
 
 use super::codec::{Encoder, Levels};
 use super::Encoding;
-use crate::body::{BoxError, ResponseBody};
+use crate::body::ResponseBody;
+use crate::error::BoxError;
 use bytes::Bytes;
 use http_body::{Body, Frame};
 use std::pin::Pin;

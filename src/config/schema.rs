@@ -2,6 +2,7 @@
 //! Key names follow nginx's directives where one exists; `docs/config.md` documents each key.
 
 use super::units::{Size, Span};
+use crate::error::ErrorFormat;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -580,16 +581,6 @@ pub struct TlsConfig {
 
 fn default_tls_protocols() -> Vec<Spanned<String>> {
     vec![Spanned::new(0..0, "1.2".into()), Spanned::new(0..0, "1.3".into())]
-}
-
-/// Error bodies: OpenAI's JSON shape for API clients or one line of plain text.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ErrorFormat {
-    /// `{"error": {"message", "type", "code"}}`
-    Json,
-    /// `STATUS REASON: message`
-    Text,
 }
 
 /// `[[server.location]]`, nginx's `location` block: one match and one handler.

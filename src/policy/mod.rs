@@ -7,8 +7,8 @@ pub mod headers;
 pub mod ratelimit;
 pub mod realip;
 
+use crate::client::ClientInfo;
 use crate::error::GatewayError;
-use crate::proxy::ClientInfo;
 use http::{HeaderName, Request, StatusCode};
 use ratelimit::{Limit, Verdict, Zone};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! trusted proxy itself (else `X-Real-IP`). Addresses from anyone else are never believed, so a
 //! client cannot dodge a rate limit by sending its own `X-Forwarded-For`.
 
-use crate::proxy::ClientInfo;
+use crate::client::ClientInfo;
 use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use std::borrow::Cow;

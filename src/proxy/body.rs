@@ -3,8 +3,8 @@
 //! nginx's read timeout between two frames.
 
 use crate::accounting::UpstreamInfo;
-use crate::body::BoxError;
-use crate::body::ClientBody;
+use crate::client::ClientBody;
+use crate::error::{BoxError, StreamTimedOut};
 use crate::upstream::{FailureReport, Lease, PoolKey, UpstreamConnection};
 use crate::wire::framing::BodyReader;
 use bytes::Bytes;
@@ -125,33 +125,6 @@ impl Body for RequestBody {
             Source::Streaming { inner, .. } => inner.size_hint(),
             Source::Buffered(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
-    }
-}
-
-/// Why a response that had begun was cut off.
-#[derive(Debug, thiserror::Error)]
-pub enum StreamTimedOut {
-    /// Nothing arrived for the idle timeout.
-    #[error("upstream sent nothing for {0:?}")]
-    Idle(Duration),
-    /// The whole response took longer than the total timeout.
-    #[error("upstream response exceeded the total timeout of {0:?}")]
-    Total(Duration),
-    /// The server was drained or removed, and the stream outlived the grace given to it.
-    #[error("the model server was taken out of service; retry")]
-    Drained,
-}
-
-impl StreamTimedOut {
-    /// The final SSE event telling a streaming client why its stream ends.
-    fn sse_event(&self) -> Bytes {
-        let code = match self {
-            StreamTimedOut::Idle(_) => "upstream_idle_timeout",
-            StreamTimedOut::Total(_) => "upstream_total_timeout",
-            StreamTimedOut::Drained => "upstream_drained",
-        };
-        let error = serde_json::json!({"error": {"message": self.to_string(), "type": "timeout_error", "code": code}});
-        Bytes::from(format!("event: error\ndata: {error}\n\n"))
     }
 }
 

@@ -7,42 +7,24 @@ mod headers;
 pub mod retry;
 mod websocket;
 
-pub use body::{BodyLimits, BodyTimedOut, BodyTimeouts, BodyTooLarge, RequestBody, StreamTimedOut, UpstreamBody};
+pub use body::{BodyLimits, BodyTimedOut, BodyTimeouts, BodyTooLarge, RequestBody, UpstreamBody};
 pub use headers::Forwarding;
 
 use crate::accounting::UpstreamInfo;
-use crate::body::{BoxError, ClientBody, ClientRequest, ResponseBody};
+use crate::body::ResponseBody;
+use crate::client::{ClientBody, ClientInfo, ClientRequest};
+use crate::error::BoxError;
 use crate::error::GatewayError;
-use crate::server::http1::PendingUpgrade;
 use crate::upstream::{
     ConnectError, ExchangeError, FailureReport, HeadWait, Lease, SendTimedOut, Tried, Unavailable, Upstream,
     UpstreamConnection, UpstreamRequest, UpstreamServer,
 };
+use crate::wire::upgrade::PendingUpgrade;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use retry::{Decision, FailedTry, Origin, Phase, RequestKind, Stop};
-use std::net::SocketAddr;
 use std::time::Duration;
-
-/// Who sent the request, as the forwarding headers need it; made once per connection.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    /// The client's socket address.
-    pub peer: SocketAddr,
-    /// The client's IP as a header value, for `X-Real-IP` and `X-Forwarded-For`.
-    pub ip: HeaderValue,
-    /// Whether the client connection is TLS.
-    pub https: bool,
-}
-
-impl ClientInfo {
-    /// Facts about a client connection.
-    pub fn new(peer: SocketAddr, https: bool) -> ClientInfo {
-        let ip = HeaderValue::try_from(peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        ClientInfo { peer, ip, https }
-    }
-}
 
 /// Forwards `request` to `upstream` and returns the backend's response, its body still streaming.
 ///

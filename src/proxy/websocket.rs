@@ -1,9 +1,9 @@
 //! WebSocket (HTTP/1.1 Upgrade) pass-through: once both sides switched protocols, bytes are copied
 //! both ways until either side closes or nothing moves for the location's read timeout.
 
-use crate::server::http1::PendingUpgrade;
 use crate::upstream::Upgraded;
 use crate::wire::message::has_token;
+use crate::wire::upgrade::PendingUpgrade;
 use http::{header, Request};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,11 +3,13 @@
 //! keep-alive idle timeout, requests per connection, and the drain on shutdown.
 
 use super::{http1, Gateway};
-use crate::body::{BoxError, ClientBody, ClientRequest, ResponseBody};
+use crate::body::ResponseBody;
+use crate::client::ClientInfo;
+use crate::client::{ClientBody, ClientRequest};
 use crate::config::HttpSettings;
+use crate::error::BoxError;
 use crate::metrics::Metrics;
 use crate::pipeline;
-use crate::proxy::ClientInfo;
 use crate::runtime::{ListenerSpec, RuntimeRef};
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
@@ -275,7 +277,7 @@ async fn serve_http<I>(
     listen_key: SocketAddr,
     shutdown: watch::Receiver<bool>,
 ) where
-    I: http1::Io,
+    I: crate::wire::upgrade::Io,
 {
     let runtime = Mutex::new(Arc::new(RuntimeRef::new(gateway.runtime(), &listen_key)));
     let peer = client.peer;
@@ -390,8 +392,9 @@ async fn respond(state: Arc<ConnState>, max_requests: u64, request: ClientReques
             "server_error",
             "listener_removed",
             "this address no longer serves",
-            crate::config::ErrorFormat::Text,
-        ),
+            crate::error::ErrorFormat::Text,
+        )
+        .map(ResponseBody::from),
     };
     if state.requests.fetch_add(1, Ordering::AcqRel) + 1 >= max_requests {
         if version == Version::HTTP_2 {

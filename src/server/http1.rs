@@ -12,17 +12,20 @@
 //! The connection's socket is shared, behind a lock that is never held across an await, between this
 //! loop (heads, responses, noticing a client that left) and the request body (read by the proxy).
 
-use crate::body::{BoxError, ClientBody, ClientRequest};
+use crate::client::{ClientBody, ClientRequest};
 use crate::error::error_response;
+use crate::error::BoxError;
 use crate::server::gather;
 use crate::wire::chunked::ChunkedDecoder;
 use crate::wire::framing::{BodyReader, Framing};
 use crate::wire::message::{self, Declared, FramingError, HeadFacts};
+use crate::wire::request_body::{BodySource, Http1Body};
+use crate::wire::upgrade::{Io, PendingUpgrade, Upgraded};
 use crate::wire::{parse_content_length, Rewound, WriteQueue};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io;
@@ -32,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::ReadBuf;
 use tokio::sync::oneshot;
 
 /// Most header fields a request may have whatever `[http] max_headers` says: the parser's slots
@@ -63,29 +66,6 @@ pub struct Limits {
     pub max_head: usize,
     /// Most header fields (`max_headers`, at most `HEADER_SLOTS`): more answers 431.
     pub max_headers: usize,
-}
-
-/// An HTTP/1.1 connection after a `101 Switching Protocols`: the client side of a tunnel.
-pub type Upgraded = Rewound<Box<dyn Io>>;
-
-/// What a client connection is: a TCP stream or a TLS stream over one.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
-
-/// Carried in an upgrade request's extensions: the connection, once the `101` answer is written.
-/// (Shared and taken once, as extensions must be `Clone`.)
-#[derive(Clone)]
-pub struct PendingUpgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
-
-impl PendingUpgrade {
-    /// The upgraded connection, once the `101` went out; an error if the connection ended instead.
-    pub async fn upgraded(self) -> Result<Upgraded, oneshot::error::RecvError> {
-        let receiver = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-        match receiver {
-            Some(receiver) => receiver.await,
-            None => oneshot::channel::<Upgraded>().1.await,
-        }
-    }
 }
 
 /// Serves requests on `io` with `service` until the client closes, a response asks to close
@@ -134,7 +114,7 @@ where
             shared.continue_left = (expects_continue && has_body).then_some(0);
         }
         if has_body {
-            *request.body_mut() = ClientBody::Http1(Http1Body::new(&connection.0, declared));
+            *request.body_mut() = ClientBody::Http1(Http1Body::new(connection.0.clone(), declared));
         }
         let counted = gather::WorkerInFlight::start();
         // Boxed, per request: the service future is kilobytes, and a connection waiting for its next
@@ -360,69 +340,9 @@ impl<I: Io> BodyReader for Shared<I> {
     }
 }
 
-/// The request body's view of the connection, whatever its stream type.
-trait BodySource: Send + Sync {
-    fn poll_body(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>>;
-}
-
 impl<I: Io> BodySource for Mutex<Shared<I>> {
     fn poll_body(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
         self.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).poll_request_body(cx)
-    }
-}
-
-/// A request body read from the client connection as it is polled.
-pub struct Http1Body {
-    source: Arc<dyn BodySource>,
-    /// Bytes still to come when the length was declared.
-    left: Option<u64>,
-    done: bool,
-}
-
-impl Http1Body {
-    /// The body of the request being read on `shared`, `declared` bytes long if its head said so.
-    fn new<I: Io>(shared: &Arc<Mutex<Shared<I>>>, declared: Option<u64>) -> Http1Body {
-        let left = declared;
-        let source: Arc<dyn BodySource> = shared.clone();
-        Http1Body { source, left, done: false }
-    }
-}
-
-impl Body for Http1Body {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        match ready!(self.source.poll_body(cx)) {
-            Some(Ok(data)) => {
-                if let Some(left) = &mut self.left {
-                    *left = left.saturating_sub(data.len() as u64);
-                }
-                Poll::Ready(Some(Ok(Frame::data(data))))
-            }
-            Some(Err(e)) => {
-                self.done = true;
-                Poll::Ready(Some(Err(e.into())))
-            }
-            None => {
-                self.done = true;
-                Poll::Ready(None)
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done || self.left == Some(0)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.left {
-            Some(left) => SizeHint::with_exact(left),
-            None => SizeHint::default(),
-        }
     }
 }
 
@@ -458,7 +378,8 @@ impl HeadRejection {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_too_large", "request header too large")
             }
         };
-        error_response(status, "invalid_request_error", code, message, crate::config::ErrorFormat::Text)
+        error_response(status, "invalid_request_error", code, message, crate::error::ErrorFormat::Text)
+            .map(crate::body::ResponseBody::from)
     }
 }
 
@@ -559,7 +480,7 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Res
     let upgrade_asked = facts.upgrade;
     let upgrade = (version == Version::HTTP_11 && upgrade_asked && headers.contains_key(header::UPGRADE)).then(|| {
         let (sender, receiver) = oneshot::channel();
-        (sender, PendingUpgrade(Arc::new(Mutex::new(Some(receiver)))))
+        (sender, PendingUpgrade::new(receiver))
     });
     let mut request = Box::new(Request::new(ClientBody::Empty));
     *request.method_mut() = method;

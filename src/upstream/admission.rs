@@ -3,26 +3,12 @@
 //! slot until its response ends or its client leaves; the freed slot goes straight to the oldest
 //! waiter. This is what keeps a burst of image requests from running a GPU out of memory.
 
+use crate::error::Rejection;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-
-/// Why a request was not admitted; both are answered 503 with `Retry-After`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    /// The queue already holds `queue.max` requests.
-    QueueFull {
-        /// Seconds until a slot is likely free, from the recent drain rate.
-        retry_after: u64,
-    },
-    /// The request waited `queue.timeout` without getting a slot.
-    QueueTimeout {
-        /// Seconds until a slot is likely free, from the recent drain rate.
-        retry_after: u64,
-    },
-}
 
 struct Waiter {
     id: u64,

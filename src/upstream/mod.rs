@@ -17,12 +17,13 @@ pub use balance::{Balance, HashKey, ServerInFlight, ServerLoad};
 use balance::{Ring, Weighted};
 pub use health::{spawn_checks, ActiveCheck, FailPolicy, FailureReport, ServerHealth};
 
-pub use admission::{Admission, Ask, Permit, Rejection};
+pub use admission::{Admission, Ask, Permit};
 pub use connector::{ConnectError, Connector, SendTimedOut, TimedStream};
 pub use http1::{ExchangeError, HeadWait, Upgraded, UpstreamRequest};
 pub use pool::{PoolKey, PoolSettings, ServerPool, UpstreamConnection};
 
 use crate::config::{UpstreamConfig, UpstreamTimeouts};
+use crate::error::Rejection;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use http::uri::Authority;
 use std::collections::HashMap;

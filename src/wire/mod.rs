@@ -5,6 +5,8 @@
 pub mod chunked;
 pub mod framing;
 pub mod message;
+pub mod request_body;
+pub mod upgrade;
 
 use bytes::{Buf, Bytes};
 use std::io::{self, IoSlice};

@@ -9,7 +9,8 @@
 //! keep-alive connection needs no copy. Parsing is httparse's, the parser hyper uses.
 
 use super::connector::TimedStream;
-use crate::body::{BoxError, ClientBody};
+use crate::client::ClientBody;
+use crate::error::BoxError;
 use crate::proxy::{Forwarding, RequestBody};
 use crate::wire::chunked::ChunkedDecoder;
 use crate::wire::framing::{BodyReader, Framing};
