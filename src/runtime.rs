@@ -6,17 +6,17 @@ use crate::access_log::{AccessLog, AccessLogs};
 use crate::ai::Inference;
 use crate::ai::ModelRouter;
 use crate::canary::{Canary, ProxyTarget};
-use crate::compress::{CompressPolicy, Encoding, Levels};
+use crate::compress::{CompressPolicy, Levels};
 use crate::config::{
-    self, AccessLogSetting, AdminConfig, CompressConfig, Config, ConfigError, ConfigErrors, HttpSettings,
-    LimitZoneConfig, LocationConfig, ServerConfig, Source,
+    self, parse_net, parse_rate, AccessLogSetting, AdminConfig, CompressConfig, Config, ConfigError, ConfigErrors,
+    Encoding, HttpSettings, LimitZoneConfig, LocationConfig, ServerConfig, Source,
 };
 use crate::error::ErrorFormat;
 use crate::metrics::{LocationMetrics, Metrics};
 use crate::policy::connlimit::ConnCounter;
 use crate::policy::headers::HeaderEdits;
-use crate::policy::ratelimit::{parse_rate, Limit, Zone};
-use crate::policy::realip::{parse_net, TrustedProxies};
+use crate::policy::ratelimit::{Limit, Zone};
+use crate::policy::realip::TrustedProxies;
 use crate::policy::{ConnLimit, RateLimit};
 use crate::proxy::BodyLimits;
 use crate::route::{Handler, Location, LocationTable, NameTable, VirtualServer};
@@ -425,7 +425,7 @@ fn compile_location(
         limits.push(RateLimit {
             zone_name: name.clone(),
             zone: context.zones.get(name)?.clone(),
-            key: config::parse_zone_key(zone_config.key.get_ref())?,
+            key: config::ZoneKey::parse(zone_config.key.get_ref())?,
             limit: Limit { burst: limit.burst, delay: (!limit.nodelay).then_some(limit.delay) },
             status: StatusCode::from_u16(*zone_config.status.get_ref()).ok()?,
         });
@@ -436,7 +436,7 @@ fn compile_location(
         let zone_config = context.zone_configs.get(name.as_str())?;
         conn_limits.push(ConnLimit {
             counter: context.conn_zones.get(name)?.clone(),
-            key: config::parse_zone_key(zone_config.key.get_ref())?,
+            key: config::ZoneKey::parse(zone_config.key.get_ref())?,
             max: *limit.max.get_ref(),
             status: StatusCode::from_u16(*zone_config.status.get_ref()).ok()?,
         });

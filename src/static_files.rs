@@ -12,7 +12,8 @@
 //! never listed.
 
 use crate::body::ResponseBody;
-use crate::compress::{self, Encoding};
+use crate::compress;
+use crate::config::Encoding;
 use crate::error::BoxError;
 use crate::error::GatewayError;
 use crate::uri;

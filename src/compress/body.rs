@@ -4,8 +4,8 @@
 //! while a body that arrives in one piece compresses in one go.
 
 use super::codec::{Encoder, Levels};
-use super::Encoding;
 use crate::body::ResponseBody;
+use crate::config::Encoding;
 use crate::error::BoxError;
 use bytes::Bytes;
 use http_body::{Body, Frame};

@@ -4,7 +4,7 @@
 //! response would make setup most of the work. gzip's framing is written here around flate2's raw
 //! deflate because flate2's `GzEncoder` cannot take a reused state.
 
-use super::Encoding;
+use crate::config::Encoding;
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 use std::cell::RefCell;
 use std::io::{self, Write};

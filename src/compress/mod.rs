@@ -8,9 +8,10 @@ mod negotiate;
 
 pub use body::CompressedBody;
 pub use codec::Levels;
-pub use negotiate::{negotiate, Encoding};
+pub use negotiate::negotiate;
 
 use crate::body::ResponseBody;
+use crate::config::Encoding;
 use crate::wire::message::has_token;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 

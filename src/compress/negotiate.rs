@@ -2,51 +2,8 @@
 //! the codings offered, ties going to the server's order of preference, `q=0` refusing one, `*`
 //! standing for every coding the client did not name.
 
+use crate::config::Encoding;
 use http::HeaderValue;
-
-/// A content coding infergate can produce (compression) or find beside a file (precompressed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// `zstd`: the fastest to compress and decompress at a ratio like brotli's.
-    Zstd,
-    /// `br`: the best ratio for text, slower to compress.
-    Br,
-    /// `gzip`: what every client accepts.
-    Gzip,
-}
-
-impl Encoding {
-    /// Every coding, in the order of `Encoding`'s discriminants.
-    pub const ALL: [Encoding; 3] = [Encoding::Zstd, Encoding::Br, Encoding::Gzip];
-
-    /// The token in `Accept-Encoding` and `Content-Encoding`.
-    pub fn token(self) -> &'static str {
-        match self {
-            Encoding::Zstd => "zstd",
-            Encoding::Br => "br",
-            Encoding::Gzip => "gzip",
-        }
-    }
-
-    /// The coding named `token` (config spelling), if known.
-    pub fn parse(token: &str) -> Option<Encoding> {
-        Encoding::ALL.into_iter().find(|e| e.token() == token)
-    }
-
-    /// The file name suffix of a precompressed sibling (`app.js.br`).
-    pub fn file_suffix(self) -> &'static str {
-        match self {
-            Encoding::Zstd => ".zst",
-            Encoding::Br => ".br",
-            Encoding::Gzip => ".gz",
-        }
-    }
-
-    /// As a header value.
-    pub fn header_value(self) -> HeaderValue {
-        HeaderValue::from_static(self.token())
-    }
-}
 
 /// The coding to use for a client that sent `accept` (its `Accept-Encoding`), among `offered` in the
 /// server's order of preference; `None` when the client accepts none of them.

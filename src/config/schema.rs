@@ -194,7 +194,7 @@ pub struct UpstreamConfig {
     pub load_metrics: Option<LoadMetricsConfig>,
     /// How a server is chosen: `round_robin` (default), `least_inflight` or `hash`.
     #[serde(default)]
-    pub balance: crate::upstream::Balance,
+    pub balance: super::values::Balance,
     /// With `balance = "hash"`: `"client_ip"`, `"header:NAME"` or `"cookie:NAME"`.
     pub hash_key: Option<Spanned<String>>,
     /// Failures within `fail_timeout` that take a server out for `fail_timeout` (nginx `max_fails`, 1;

@@ -3,6 +3,7 @@
 
 use super::load::{ConfigError, ConfigErrors, Source};
 use super::schema::{CompressConfig, Config, LocationConfig};
+use super::values::{parse_net, parse_rate, Balance, Encoding, HashKey, ZoneKey};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
@@ -48,7 +49,7 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
             }
         }
         match (&upstream.hash_key, upstream.balance) {
-            (Some(key), crate::upstream::Balance::Hash) if crate::upstream::HashKey::parse(key.get_ref()).is_none() => {
+            (Some(key), Balance::Hash) if HashKey::parse(key.get_ref()).is_none() => {
                 errors.push(source.error(
                     key.span(),
                     format!(
@@ -57,10 +58,10 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
                     ),
                 ));
             }
-            (None, crate::upstream::Balance::Hash) => {
+            (None, Balance::Hash) => {
                 errors.push(source.error(upstream.name.span(), "balance = \"hash\" needs a hash_key"));
             }
-            (Some(key), balance) if balance != crate::upstream::Balance::Hash => {
+            (Some(key), balance) if balance != Balance::Hash => {
                 errors.push(source.error(key.span(), "hash_key applies only with balance = \"hash\""));
             }
             _ => {}
@@ -110,7 +111,7 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
         }
     }
     for entry in &config.http.trusted_proxies {
-        if crate::policy::realip::parse_net(entry.get_ref()).is_none() {
+        if parse_net(entry.get_ref()).is_none() {
             errors.push(source.error(
                 entry.span(),
                 format!(
@@ -127,7 +128,7 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
         if zone.rate.is_some() {
             rated_zones.insert(name.get_ref().as_str());
         }
-        if parse_zone_key(zone.key.get_ref()).is_none() {
+        if ZoneKey::parse(zone.key.get_ref()).is_none() {
             errors.push(source.error(
                 zone.key.span(),
                 format!(
@@ -137,7 +138,7 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
             ));
         }
         if let Some(rate) = &zone.rate {
-            if crate::policy::ratelimit::parse_rate(rate.get_ref()).is_none() {
+            if parse_rate(rate.get_ref()).is_none() {
                 let message = format!("invalid rate {:?} (expected e.g. \"10r/s\" or \"600r/m\")", rate.get_ref());
                 errors.push(source.error(rate.span(), message));
             }
@@ -269,18 +270,6 @@ pub fn parse_header_match(text: &str) -> Option<(http::HeaderName, http::HeaderV
     Some((http::HeaderName::from_bytes(name.trim().as_bytes()).ok()?, http::HeaderValue::from_str(value.trim()).ok()?))
 }
 
-/// Parses a zone's `key`: `client_ip`, `api_key` or `header:NAME`.
-pub fn parse_zone_key(text: &str) -> Option<crate::policy::ZoneKey> {
-    match text.split_once(':') {
-        None if text == "client_ip" => Some(crate::policy::ZoneKey::ClientIp),
-        None if text == "api_key" => Some(crate::policy::ZoneKey::ApiKey),
-        Some(("header", name)) => {
-            http::HeaderName::from_bytes(name.trim().as_bytes()).ok().map(crate::policy::ZoneKey::Header)
-        }
-        _ => None,
-    }
-}
-
 fn is_host_port(text: &str) -> bool {
     match text.rsplit_once(':') {
         Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
@@ -322,7 +311,7 @@ fn check_headers(
 
 fn check_compress(compress: &CompressConfig, source: &Source, errors: &mut Vec<ConfigError>) {
     for encoding in &compress.encodings {
-        if crate::compress::Encoding::parse(encoding.get_ref()).is_none() {
+        if Encoding::parse(encoding.get_ref()).is_none() {
             errors.push(source.error(
                 encoding.span(),
                 format!("unknown coding {:?} (expected \"zstd\", \"br\" or \"gzip\")", encoding.get_ref()),

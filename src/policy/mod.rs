@@ -8,23 +8,12 @@ pub mod ratelimit;
 pub mod realip;
 
 use crate::client::ClientInfo;
+use crate::config::ZoneKey;
 use crate::error::GatewayError;
-use http::{HeaderName, Request, StatusCode};
+use http::{Request, StatusCode};
 use ratelimit::{Limit, Verdict, Zone};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// What a zone counts requests by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ZoneKey {
-    /// The client's IP address (the socket peer).
-    ClientIp,
-    /// A request header's value; requests without it are not limited.
-    Header(HeaderName),
-    /// The client's API key: the token of `Authorization: Bearer TOKEN`, else `X-API-Key`; requests
-    /// without one are not limited.
-    ApiKey,
-}
 
 /// One compiled `limit_req` of a location.
 pub struct RateLimit {

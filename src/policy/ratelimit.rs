@@ -108,21 +108,10 @@ impl Zone {
     }
 }
 
-/// Parses nginx's rate syntax, `"10r/s"` or `"600r/m"`, into milli-requests per second.
-pub fn parse_rate(text: &str) -> Option<u64> {
-    let (count, unit) = text.trim().split_once("r/")?;
-    let count: u64 = count.trim().parse().ok()?;
-    let per_second_milli = match unit.trim() {
-        "s" => count.checked_mul(1000)?,
-        "m" => count.checked_mul(1000)? / 60,
-        _ => return None,
-    };
-    (per_second_milli > 0).then_some(per_second_milli)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::parse_rate;
 
     /// Replays arrivals (ms since start) and returns accept-delay (ms) or `None` for a rejection.
     async fn replay(rate: &str, limit: Limit, arrivals: &[u64]) -> Vec<Option<u64>> {
@@ -171,15 +160,6 @@ mod tests {
         // at 1000 ok (excess 1000 - 1000 + 1000).
         let verdicts = replay("60r/m", Limit { burst: 1, delay: None }, &[0, 0, 500, 1000]).await;
         assert_eq!(verdicts, vec![Some(0), Some(0), None, Some(0)]);
-    }
-
-    #[test]
-    fn rates_parse_like_nginx() {
-        assert_eq!(parse_rate("10r/s"), Some(10_000));
-        assert_eq!(parse_rate("600r/m"), Some(10_000));
-        assert_eq!(parse_rate("1r/m"), Some(16));
-        assert_eq!(parse_rate("10 r/h"), None);
-        assert_eq!(parse_rate("0r/s"), None);
     }
 
     #[test]

@@ -15,12 +15,6 @@ pub struct TrustedProxies {
     nets: Vec<IpNet>,
 }
 
-/// Parses a `trusted_proxies` entry: a CIDR (`10.0.0.0/8`) or a single address.
-pub fn parse_net(text: &str) -> Option<IpNet> {
-    let text = text.trim();
-    text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
-}
-
 impl TrustedProxies {
     /// The list; entries were validated at load.
     pub fn new(entries: impl IntoIterator<Item = IpNet>) -> TrustedProxies {
@@ -59,6 +53,7 @@ impl TrustedProxies {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::parse_net;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

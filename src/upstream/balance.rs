@@ -5,46 +5,13 @@
 //! costs, which round robin cannot see; `hash` keeps a key (client, session, API key) on one server by
 //! consistent hashing with bounded load, so one hot key cannot sink its server.
 
-use serde::Deserialize;
+use crate::config::HashKey;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// `balance = "round_robin" | "least_inflight"` of an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Balance {
-    /// In turn (nginx's default).
-    #[default]
-    RoundRobin,
-    /// Power of two choices over in-flight load, then latency.
-    LeastInflight,
-    /// Consistent hashing of `hash_key` with bounded load.
-    Hash,
-}
-
-/// What `hash` balancing keys on: `hash_key = "client_ip" | "header:NAME" | "cookie:NAME"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
-    /// The client's address.
-    ClientIp,
-    /// A request header (a session or API key).
-    Header(http::HeaderName),
-    /// A cookie's value.
-    Cookie(String),
-}
-
+/// Balancing's side of the config's hash key: hashing a request by it.
 impl HashKey {
-    /// Parses the config syntax.
-    pub fn parse(text: &str) -> Option<HashKey> {
-        match text.split_once(':') {
-            None if text == "client_ip" => Some(HashKey::ClientIp),
-            Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes()).ok().map(HashKey::Header),
-            Some(("cookie", name)) if !name.trim().is_empty() => Some(HashKey::Cookie(name.trim().to_string())),
-            _ => None,
-        }
-    }
-
     /// The hash of this request's key; requests without one get `None` (then any server will do).
     pub fn of(&self, headers: &http::HeaderMap, client_ip: &http::HeaderValue) -> Option<u64> {
         match self {

@@ -13,8 +13,8 @@ mod probe;
 
 pub use metrics_scrape::{spawn_scrapes, LoadMetrics};
 
-pub use balance::{Balance, HashKey, ServerInFlight, ServerLoad};
 use balance::{Ring, Weighted};
+pub use balance::{ServerInFlight, ServerLoad};
 pub use health::{spawn_checks, ActiveCheck, FailPolicy, FailureReport, ServerHealth};
 
 pub use admission::{Admission, Ask, Permit};
@@ -22,7 +22,7 @@ pub use connector::{ConnectError, Connector, SendTimedOut, TimedStream};
 pub use http1::{ExchangeError, HeadWait, Upgraded, UpstreamRequest};
 pub use pool::{PoolKey, PoolSettings, ServerPool, UpstreamConnection};
 
-use crate::config::{UpstreamConfig, UpstreamTimeouts};
+use crate::config::{Balance, HashKey, UpstreamConfig, UpstreamTimeouts};
 use crate::error::Rejection;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use http::uri::Authority;

@@ -1,0 +1,152 @@
+//! Typed forms of config values that are more than strings: how requests are balanced and hashed,
+//! what a rate-limit zone keys on, rates, networks and content codings. Parsed here, where both
+//! validation (with the value's place in the file) and the runtime that compiles them read them,
+//! so no module above config is called to understand a config.
+
+use http::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::IpAddr;
+
+/// `balance = "round_robin" | "least_inflight"` of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// In turn (nginx's default).
+    #[default]
+    RoundRobin,
+    /// Power of two choices over in-flight load, then latency.
+    LeastInflight,
+    /// Consistent hashing of `hash_key` with bounded load.
+    Hash,
+}
+
+/// What `hash` balancing keys on: `hash_key = "client_ip" | "header:NAME" | "cookie:NAME"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's address.
+    ClientIp,
+    /// A request header (a session or API key).
+    Header(http::HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+}
+
+impl HashKey {
+    /// Parses the config syntax.
+    pub fn parse(text: &str) -> Option<HashKey> {
+        match text.split_once(':') {
+            None if text == "client_ip" => Some(HashKey::ClientIp),
+            Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes()).ok().map(HashKey::Header),
+            Some(("cookie", name)) if !name.trim().is_empty() => Some(HashKey::Cookie(name.trim().to_string())),
+            _ => None,
+        }
+    }
+}
+
+/// What a zone counts requests by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZoneKey {
+    /// The client's IP address (the socket peer).
+    ClientIp,
+    /// A request header's value; requests without it are not limited.
+    Header(HeaderName),
+    /// The client's API key: the token of `Authorization: Bearer TOKEN`, else `X-API-Key`; requests
+    /// without one are not limited.
+    ApiKey,
+}
+
+impl ZoneKey {
+    /// Parses a zone's `key`: `client_ip`, `api_key` or `header:NAME`.
+    pub fn parse(text: &str) -> Option<ZoneKey> {
+        match text.split_once(':') {
+            None if text == "client_ip" => Some(ZoneKey::ClientIp),
+            None if text == "api_key" => Some(ZoneKey::ApiKey),
+            Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes()).ok().map(ZoneKey::Header),
+            _ => None,
+        }
+    }
+}
+
+/// Parses nginx's rate syntax, `"10r/s"` or `"600r/m"`, into milli-requests per second.
+pub fn parse_rate(text: &str) -> Option<u64> {
+    let (count, unit) = text.trim().split_once("r/")?;
+    let count: u64 = count.trim().parse().ok()?;
+    let per_second_milli = match unit.trim() {
+        "s" => count.checked_mul(1000)?,
+        "m" => count.checked_mul(1000)? / 60,
+        _ => return None,
+    };
+    (per_second_milli > 0).then_some(per_second_milli)
+}
+
+/// Parses a `trusted_proxies` entry: a CIDR (`10.0.0.0/8`) or a single address.
+pub fn parse_net(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// A content coding infergate can produce (compression) or find beside a file (precompressed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// `zstd`: the fastest to compress and decompress at a ratio like brotli's.
+    Zstd,
+    /// `br`: the best ratio for text, slower to compress.
+    Br,
+    /// `gzip`: what every client accepts.
+    Gzip,
+}
+
+impl Encoding {
+    /// Every coding, in the order of `Encoding`'s discriminants.
+    pub const ALL: [Encoding; 3] = [Encoding::Zstd, Encoding::Br, Encoding::Gzip];
+
+    /// The token in `Accept-Encoding` and `Content-Encoding`.
+    pub fn token(self) -> &'static str {
+        match self {
+            Encoding::Zstd => "zstd",
+            Encoding::Br => "br",
+            Encoding::Gzip => "gzip",
+        }
+    }
+
+    /// The coding named `token` (config spelling), if known.
+    pub fn parse(token: &str) -> Option<Encoding> {
+        Encoding::ALL.into_iter().find(|e| e.token() == token)
+    }
+
+    /// The file name suffix of a precompressed sibling (`app.js.br`).
+    pub fn file_suffix(self) -> &'static str {
+        match self {
+            Encoding::Zstd => ".zst",
+            Encoding::Br => ".br",
+            Encoding::Gzip => ".gz",
+        }
+    }
+
+    /// As a header value.
+    pub fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(self.token())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_like_nginx() {
+        assert_eq!(parse_rate("10r/s"), Some(10_000));
+        assert_eq!(parse_rate("600r/m"), Some(10_000));
+        assert_eq!(parse_rate("1r/m"), Some(16));
+        assert_eq!(parse_rate("10 r/h"), None);
+        assert_eq!(parse_rate("0r/s"), None);
+    }
+
+    #[test]
+    fn networks_parse_as_cidrs_or_single_addresses() {
+        assert_eq!(parse_net("10.0.0.0/8"), "10.0.0.0/8".parse().ok());
+        assert_eq!(parse_net(" 127.0.0.1 "), "127.0.0.1/32".parse().ok());
+        assert!(parse_net("10.0.0.0/33").is_none());
+    }
+}
