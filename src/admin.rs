@@ -81,7 +81,7 @@ async fn handle(gateway: &Arc<Gateway>, token: Option<&str>, request: Request<In
     let path: Vec<&str> = request.uri().path().split('/').filter(|s| !s.is_empty()).collect();
     match (request.method(), path.as_slice()) {
         (&Method::GET, ["metrics"]) => {
-            let mut response = Response::new(Full::new(Bytes::from(runtime.metrics.encode(&runtime))));
+            let mut response = Response::new(Full::new(Bytes::from(runtime.metrics.encode(&runtime.state_metrics()))));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

@@ -22,9 +22,9 @@ pub enum ResponseBody {
     /// response 500 bytes, copied at each step of the pipeline.
     Upstream { inner: Box<UpstreamBody> },
     /// A body whose end is accounted (access log) or releases concurrency places (`limit_conn`).
-    Tracked { inner: Box<TrackedBody> },
+    Tracked { inner: Box<TrackedBody<ResponseBody>> },
     /// A body compressed as it streams.
-    Compressed { inner: Box<CompressedBody> },
+    Compressed { inner: Box<CompressedBody<ResponseBody>> },
     /// A static file, read as the client takes it.
     File { inner: Box<FileBody> },
 }
@@ -40,6 +40,21 @@ impl ResponseBody {
         }
     }
 
+    /// A body whose end is accounted.
+    pub fn tracked(body: Box<TrackedBody<ResponseBody>>) -> Self {
+        ResponseBody::Tracked { inner: body }
+    }
+
+    /// A static file's body, or none.
+    pub fn file(body: Option<FileBody>) -> Self {
+        body.map_or(ResponseBody::Empty, |inner| ResponseBody::File { inner: Box::new(inner) })
+    }
+
+    /// A body compressed as it streams.
+    pub fn compressed(body: CompressedBody<ResponseBody>) -> Self {
+        ResponseBody::Compressed { inner: Box::new(body) }
+    }
+
     /// A body of known bytes.
     pub fn full(data: impl Into<Bytes>) -> Self {
         let data: Bytes = data.into();
@@ -48,6 +63,12 @@ impl ResponseBody {
         } else {
             ResponseBody::Full { data: Some(data) }
         }
+    }
+}
+
+impl Default for ResponseBody {
+    fn default() -> Self {
+        ResponseBody::Empty
     }
 }
 

@@ -3,7 +3,6 @@
 //! `server` accepts and serves connections, `pipeline` runs a request's phases, `route` picks the
 //! location, `proxy` and `upstream` talk to backends; `config` and `runtime` form the control path.
 
-pub mod access_log;
 pub mod accounting;
 pub mod admin;
 pub mod ai;

@@ -56,7 +56,8 @@ pub async fn serve(
         serve_identified(runtime, listener, client, request, &mut account).instrument(span).await;
     // The id goes back to the client.
     response.headers_mut().insert(&request_id::X_REQUEST_ID, request_id);
-    account.attach(response, places)
+    let upstream = response.body().upstream_info();
+    account.attach(response, upstream, places, ResponseBody::tracked)
 }
 
 /// Phases 1 to 5; returns the response and the concurrency places its request holds until it ends.
@@ -65,7 +66,7 @@ async fn serve_identified(
     listener: &ListenerSpec,
     client: &ClientInfo,
     request: ClientRequest,
-    account: &mut Accounting,
+    account: &mut Accounting<ResponseBody>,
 ) -> (Response<ResponseBody>, Vec<ConnGuard>) {
     let server = listener.hosts.select(host_of(&request));
     let routed = check_limits(runtime, &request).and_then(|()| route(server, &request));
@@ -87,7 +88,7 @@ async fn serve_identified(
     };
     finish(&mut response, &location.response_headers);
     let response = match (&location.compress, codings) {
-        (Some(policy), Some(codings)) => policy.apply(&codings, response),
+        (Some(policy), Some(codings)) => policy.apply(&codings, response, ResponseBody::compressed),
         _ => response,
     };
     (response, places)
@@ -155,7 +156,7 @@ async fn handle(
                 Ok(response)
             }
             Handler::Redirect { status, url } => redirect(*status, url, server, client, &request),
-            Handler::Static(files) => files.serve(&request).await,
+            Handler::Static(files) => files.serve(&request).await.map(|response| response.map(ResponseBody::file)),
         }
     });
     answer(work, location.errors).await

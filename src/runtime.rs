@@ -2,7 +2,8 @@
 //! the running one (reusing upstream pools by name) and swaps it in; requests keep the `Runtime` they
 //! started on until they finish.
 
-use crate::access_log::{AccessLog, AccessLogs};
+use crate::accounting::access_log::{AccessLog, AccessLogs};
+use crate::accounting::{Account, Books, Ledger};
 use crate::ai::Inference;
 use crate::ai::ModelRouter;
 use crate::canary::{Canary, ProxyTarget};
@@ -12,7 +13,7 @@ use crate::config::{
     Encoding, HttpSettings, LimitZoneConfig, LocationConfig, ServerConfig, Source,
 };
 use crate::error::ErrorFormat;
-use crate::metrics::{LocationMetrics, Metrics};
+use crate::metrics::{LocationMetrics, Metrics, ServerLabels, UpstreamLabels};
 use crate::policy::connlimit::ConnCounter;
 use crate::policy::headers::HeaderEdits;
 use crate::policy::ratelimit::{Limit, Zone};
@@ -27,6 +28,9 @@ use crate::template::Template;
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,30 +68,16 @@ pub struct Runtime {
     pub conn_zones: HashMap<String, Arc<ConnCounter>>,
     /// Whose forwarding headers name the client.
     pub trusted_proxies: TrustedProxies,
-    /// Access log files and formats, kept by reloads.
-    pub access_logs: AccessLogs,
     /// Metric families, kept by reloads.
     pub metrics: Arc<Metrics>,
     /// The admin API's settings (read at start).
     pub admin: AdminConfig,
-    /// Whether requests are accounted (metrics kept, or an access log anywhere).
-    pub accounting: bool,
-    /// Whether metrics are kept: `[admin] metrics`, and an admin API to serve them.
-    pub metrics_kept: bool,
     /// When this config was loaded.
     pub loaded_at: std::time::SystemTime,
-    /// Where each location's (and each server's no-match) requests are accounted, by `Account` id.
-    pub accounts: Vec<Account>,
+    /// What accounting reads: access logs (kept by reloads) and the accounts locations route to.
+    pub ledger: Ledger,
     /// Upstreams by `Upstream::id`.
     pub upstream_list: Vec<Arc<Upstream>>,
-}
-
-/// Where the requests of one location (or of a server's unmatched paths) are accounted.
-pub struct Account {
-    /// Its metric handles.
-    pub metrics: LocationMetrics,
-    /// Its access log, if any.
-    pub log: Option<Arc<AccessLog>>,
 }
 
 /// A connection's own handle on a runtime: requests clone an `Arc<RuntimeRef>` whose count is the
@@ -100,6 +90,17 @@ pub struct RuntimeRef {
     pub listener: Option<Arc<ListenerSpec>>,
 }
 
+impl Books for RuntimeRef {
+    fn ledger(&self) -> &Ledger {
+        &self.runtime.ledger
+    }
+
+    fn server_authority(&self, upstream: usize, server: usize) -> Option<&str> {
+        let upstream = self.runtime.upstream_list.get(upstream)?;
+        Some(upstream.servers.get(server)?.authority.as_str())
+    }
+}
+
 impl RuntimeRef {
     /// `runtime` as seen by a connection accepted on `listen_key`.
     pub fn new(runtime: Arc<Runtime>, listen_key: &SocketAddr) -> RuntimeRef {
@@ -109,6 +110,45 @@ impl RuntimeRef {
 }
 
 impl Runtime {
+    /// Gauges of the running config's state, made per scrape: in flight, queue, health and drain per
+    /// server, and the config version.
+    pub fn state_metrics(&self) -> Registry {
+        let mut registry = Registry::with_prefix("infergate");
+        let in_flight = Family::<ServerLabels, Gauge>::default();
+        let healthy = Family::<ServerLabels, Gauge>::default();
+        let draining = Family::<ServerLabels, Gauge>::default();
+        let queued = Family::<UpstreamLabels, Gauge>::default();
+        let mut upstreams: Vec<_> = self.upstreams.values().collect();
+        upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+        for upstream in upstreams {
+            let admitted = upstream.admission.as_ref().map(|a| a.inflight());
+            for (index, server) in upstream.servers.iter().enumerate() {
+                let labels = ServerLabels { upstream: upstream.name.to_string(), server: server.authority.to_string() };
+                let count = admitted.as_ref().map_or_else(|| server.load.inflight(), |counts| counts[index]);
+                in_flight.get_or_create(&labels).set(count as i64);
+                healthy.get_or_create(&labels).set(i64::from(server.health.is_up()));
+                draining.get_or_create(&labels).set(i64::from(server.is_draining()));
+            }
+            if let Some(admission) = &upstream.admission {
+                queued
+                    .get_or_create(&UpstreamLabels { upstream: upstream.name.to_string() })
+                    .set(admission.queued() as i64);
+            }
+        }
+        registry.register("upstream_in_flight", "Requests in flight per server", in_flight);
+        registry.register(
+            "upstream_healthy",
+            "1 while a server is in rotation by health, 0 while marked down",
+            healthy,
+        );
+        registry.register("upstream_draining", "1 while a server is drained", draining);
+        registry.register("upstream_queue_length", "Requests waiting for a slot", queued);
+        let version: Gauge = Gauge::default();
+        version.set(self.version as i64);
+        registry.register("config_version", "Loads of the config since start (1 for the first)", version);
+        registry
+    }
+
     /// Parses, validates and compiles a config source. `previous` is the running runtime on reload.
     pub fn load(source: &Source, previous: Option<&Runtime>) -> Result<Runtime, ConfigErrors> {
         let config = config::load(source)?;
@@ -153,7 +193,7 @@ impl Runtime {
                 (name.get_ref().clone(), kept.unwrap_or_default())
             })
             .collect();
-        let access_logs = match AccessLogs::build(config, source, previous.map(|p| &p.access_logs)) {
+        let access_logs = match AccessLogs::build(config, source, previous.map(|p| &p.ledger.access_logs)) {
             Ok(logs) => logs,
             Err(mut e) => {
                 errors.append(&mut e);
@@ -242,13 +282,15 @@ impl Runtime {
             zones,
             conn_zones,
             trusted_proxies,
-            accounting: (config.admin.enabled && config.admin.metrics) || access_logs.any(),
-            metrics_kept: config.admin.enabled && config.admin.metrics,
-            access_logs,
+            ledger: Ledger {
+                enabled: (config.admin.enabled && config.admin.metrics) || access_logs.any(),
+                metrics_kept: config.admin.enabled && config.admin.metrics,
+                access_logs,
+                accounts: context_accounts,
+            },
             metrics,
             admin: config.admin.clone(),
             loaded_at: std::time::SystemTime::now(),
-            accounts: context_accounts,
             upstream_list,
         })
     }

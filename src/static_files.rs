@@ -11,7 +11,6 @@
 //! resolved) leaves the folder answers 403 unless `allow_symlinks_outside` says otherwise. Folders are
 //! never listed.
 
-use crate::body::ResponseBody;
 use crate::compress;
 use crate::config::Encoding;
 use crate::error::BoxError;
@@ -85,8 +84,9 @@ impl StaticFiles {
         }
     }
 
-    /// Answers a request for a file.
-    pub async fn serve<B>(&self, request: &Request<B>) -> Result<Response<ResponseBody>, GatewayError> {
+    /// Answers a request for a file; the body is `None` when the answer has none (HEAD, 304, 301,
+    /// 416, an empty file).
+    pub async fn serve<B>(&self, request: &Request<B>) -> Result<Response<Option<FileBody>>, GatewayError> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return Err(GatewayError::MethodNotAllowed);
         }
@@ -106,7 +106,7 @@ impl StaticFiles {
         self.check_inside(&file).await?;
         let headers = request.headers();
         let validators = Validators::of(&metadata);
-        let mut response = Response::new(ResponseBody::Empty);
+        let mut response = Response::new(None);
         if validators.not_modified(headers) {
             *response.status_mut() = StatusCode::NOT_MODIFIED;
             validators.insert(response.headers_mut());
@@ -136,7 +136,7 @@ impl StaticFiles {
                 (start, end - start + 1)
             }
             Some(Err(())) => {
-                let mut response = Response::new(ResponseBody::Empty);
+                let mut response = Response::new(None);
                 *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
                 response.headers_mut().insert(header::CONTENT_RANGE, ascii(format!("bytes */{length}")));
                 return Ok(response);
@@ -149,8 +149,7 @@ impl StaticFiles {
             if start > 0 {
                 opened.seek(SeekFrom::Start(start)).await.map_err(io_error)?;
             }
-            *response.body_mut() =
-                ResponseBody::File { inner: Box::new(FileBody { file: opened, remaining: count, chunk: None }) };
+            *response.body_mut() = Some(FileBody { file: opened, remaining: count, chunk: None });
         }
         Ok(response)
     }
@@ -328,12 +327,12 @@ fn requested_range(request: &HeaderMap, length: u64, validators: &Validators) ->
 }
 
 /// A 301 to the folder's path with a trailing slash, as nginx answers for a folder.
-fn moved_to_folder(uri: &http::Uri) -> Response<ResponseBody> {
+fn moved_to_folder(uri: &http::Uri) -> Response<Option<FileBody>> {
     let target = match uri.query() {
         Some(query) => format!("{}/?{query}", uri.path()),
         None => format!("{}/", uri.path()),
     };
-    let mut response = Response::new(ResponseBody::Empty);
+    let mut response = Response::new(None);
     *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
     if let Ok(location) = HeaderValue::try_from(target) {
         response.headers_mut().insert(header::LOCATION, location);

@@ -4,7 +4,6 @@
 //! while a body that arrives in one piece compresses in one go.
 
 use super::codec::{Encoder, Levels};
-use crate::body::ResponseBody;
 use crate::config::Encoding;
 use crate::error::BoxError;
 use bytes::Bytes;
@@ -13,8 +12,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 /// A body compressed with one coding; see the module doc for when bytes go out.
-pub struct CompressedBody {
-    inner: ResponseBody,
+pub struct CompressedBody<B> {
+    inner: B,
     stage: Stage,
     /// Input went in since the last flush.
     unflushed: bool,
@@ -29,19 +28,23 @@ enum Stage {
     Finished,
 }
 
-impl CompressedBody {
+impl<B> CompressedBody<B> {
     /// Compresses `inner` with `encoding` at `levels`.
-    pub(super) fn new(inner: ResponseBody, encoding: Encoding, levels: Levels) -> CompressedBody {
+    pub(super) fn new(inner: B, encoding: Encoding, levels: Levels) -> CompressedBody<B> {
         CompressedBody { inner, stage: Stage::Waiting(encoding, levels), unflushed: false }
     }
 
     /// The body being compressed.
-    pub fn source(&self) -> &ResponseBody {
+    pub fn source(&self) -> &B {
         &self.inner
     }
 }
 
-impl Body for CompressedBody {
+impl<B> Body for CompressedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -72,7 +75,7 @@ impl Body for CompressedBody {
                         return Poll::Ready(Some(Ok(Frame::data(output.into()))));
                     }
                 }
-                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
                 Poll::Ready(None) => {
                     let last = match std::mem::replace(&mut this.stage, Stage::Finished) {
                         Stage::Running(encoder) => encoder.finish()?,
@@ -103,11 +106,11 @@ impl Body for CompressedBody {
 mod tests {
     use super::*;
     use crate::compress::codec::pooled_deflate_states;
-    use http_body_util::BodyExt;
+    use http_body_util::{BodyExt, Full};
     use std::io::Read;
 
-    fn gzip_body(text: &'static str) -> CompressedBody {
-        CompressedBody::new(ResponseBody::full(text), Encoding::Gzip, Levels { gzip: 1, br: 4, zstd: 3 })
+    fn gzip_body(text: &'static str) -> CompressedBody<Full<Bytes>> {
+        CompressedBody::new(Full::new(Bytes::from(text)), Encoding::Gzip, Levels { gzip: 1, br: 4, zstd: 3 })
     }
 
     #[tokio::test]
@@ -116,7 +119,7 @@ mod tests {
         gzip_body("warm").collect().await.unwrap();
         assert_eq!(pooled_deflate_states(), 1);
 
-        let waiting: Vec<CompressedBody> = (0..3).map(|_| gzip_body("{\"ok\":true}")).collect();
+        let waiting: Vec<CompressedBody<Full<Bytes>>> = (0..3).map(|_| gzip_body("{\"ok\":true}")).collect();
         assert_eq!(pooled_deflate_states(), 1, "responses waiting to be written take no state");
 
         for body in waiting {

@@ -10,10 +10,10 @@ pub use body::CompressedBody;
 pub use codec::Levels;
 pub use negotiate::negotiate;
 
-use crate::body::ResponseBody;
 use crate::config::Encoding;
 use crate::wire::message::has_token;
 use http::{header, HeaderValue, Method, Response, StatusCode};
+use http_body::Body;
 
 /// A location's compression settings, compiled from `compress = { ... }`.
 #[derive(Debug, Clone)]
@@ -51,9 +51,15 @@ impl RequestCodings {
 }
 
 impl CompressPolicy {
-    /// Compresses `response` when it qualifies and the client accepts an offered coding. A response of
-    /// a compressible type gets `Vary: Accept-Encoding` either way, so caches keep the variants apart.
-    pub fn apply(&self, request: &RequestCodings, mut response: Response<ResponseBody>) -> Response<ResponseBody> {
+    /// Compresses `response` when it qualifies and the client accepts an offered coding; `wrap` makes
+    /// the compressed body into the caller's body type. A response of a compressible type gets
+    /// `Vary: Accept-Encoding` either way, so caches keep the variants apart.
+    pub fn apply<B: Body>(
+        &self,
+        request: &RequestCodings,
+        mut response: Response<B>,
+        wrap: impl FnOnce(CompressedBody<B>) -> B,
+    ) -> Response<B> {
         if request.head || !self.qualifies(&response) {
             return response;
         }
@@ -62,7 +68,7 @@ impl CompressPolicy {
             return response;
         };
         let (mut parts, body) = response.into_parts();
-        let body = ResponseBody::Compressed { inner: Box::new(CompressedBody::new(body, encoding, self.levels)) };
+        let body = wrap(CompressedBody::new(body, encoding, self.levels));
         parts.headers.remove(header::CONTENT_LENGTH);
         parts.headers.remove(header::ACCEPT_RANGES);
         parts.headers.insert(header::CONTENT_ENCODING, encoding.header_value());
@@ -80,10 +86,10 @@ impl CompressPolicy {
     /// nginx's rules: statuses 200, 403 and 404; a listed type other than an event stream; no
     /// `Content-Encoding`, `Content-Range` or `Cache-Control: no-transform`; not declared shorter than
     /// `min_length`; not empty.
-    fn qualifies(&self, response: &Response<ResponseBody>) -> bool {
+    fn qualifies<B: Body>(&self, response: &Response<B>) -> bool {
         let headers = response.headers();
         if !matches!(response.status(), StatusCode::OK | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND)
-            || matches!(response.body(), ResponseBody::Empty)
+            || response.body().is_end_stream()
             || headers.contains_key(header::CONTENT_ENCODING)
             || headers.contains_key(header::CONTENT_RANGE)
         {

@@ -12,8 +12,6 @@ mod sharded;
 
 pub use sharded::{ShardedCounter, ShardedHistogram};
 
-use crate::accounting::{BodyEnd, Record};
-use crate::runtime::Runtime;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -64,9 +62,11 @@ struct StreamEndLabels {
     reason: &'static str,
 }
 
+/// An upstream, by name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct UpstreamLabels {
-    upstream: String,
+pub struct UpstreamLabels {
+    /// The upstream's name.
+    pub upstream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,24 +90,21 @@ struct ResultLabels {
     result: &'static str,
 }
 
+/// A server of an upstream: its name and the server's `host:port`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ServerLabels {
-    upstream: String,
-    server: String,
+pub struct ServerLabels {
+    /// The upstream's name.
+    pub upstream: String,
+    /// The server's `host:port`.
+    pub server: String,
 }
 
 /// Status classes, as the `status` label writes them.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// How a stream ended, as the `reason` label writes it.
-fn end_reason(end: BodyEnd) -> &'static str {
-    match end {
-        BodyEnd::Complete => "complete",
-        BodyEnd::ClientClosed => "client",
-        BodyEnd::Timeout => "timeout",
-        BodyEnd::Error => "upstream_error",
-    }
-}
+/// How a stream ended, as the `reason` label writes it: every byte sent, the client left, a timeout
+/// cut it, the backend failed.
+pub const STREAM_ENDS: [&str; 4] = ["complete", "client", "timeout", "upstream_error"];
 
 /// Rejections counted by reason: the error codes of `GatewayError` that refuse a request to protect
 /// the model or enforce a policy.
@@ -264,11 +261,11 @@ impl Metrics {
                 (id, classes)
             })
             .collect();
-        let ends = [BodyEnd::Complete, BodyEnd::ClientClosed, BodyEnd::Timeout, BodyEnd::Error].map(|end| {
+        let ends = STREAM_ENDS.map(|reason| {
             self.streams_ended.get_or_create_owned(&StreamEndLabels {
                 server: route.server.clone(),
                 location: route.location.clone(),
-                reason: end_reason(end),
+                reason,
             })
         });
         LocationMetrics {
@@ -321,49 +318,15 @@ impl Metrics {
         self.reloads.get_or_create(&ResultLabels { result: if ok { "success" } else { "failure" } }).inc();
     }
 
-    /// The exposition (OpenMetrics text): every family, then the state of `runtime` now.
-    pub fn encode(&self, runtime: &Runtime) -> String {
+    /// The exposition (OpenMetrics text): every family, then `state`, the gauges of the running
+    /// config made at this scrape.
+    pub fn encode(&self, state: &Registry) -> String {
         let mut text = String::new();
         let _ = prometheus_client::encoding::text::encode_registry(&mut text, &self.registry);
-        let _ = prometheus_client::encoding::text::encode_registry(&mut text, &state_now(runtime));
+        let _ = prometheus_client::encoding::text::encode_registry(&mut text, state);
         let _ = prometheus_client::encoding::text::encode_eof(&mut text);
         text
     }
-}
-
-/// Gauges of the running config's state, made per scrape: in flight, queue, health and drain per
-/// server, and the config version.
-fn state_now(runtime: &Runtime) -> Registry {
-    let mut registry = Registry::with_prefix("infergate");
-    let in_flight = Family::<ServerLabels, Gauge>::default();
-    let healthy = Family::<ServerLabels, Gauge>::default();
-    let draining = Family::<ServerLabels, Gauge>::default();
-    let queued = Family::<UpstreamLabels, Gauge>::default();
-    let mut upstreams: Vec<_> = runtime.upstreams.values().collect();
-    upstreams.sort_by(|a, b| a.name.cmp(&b.name));
-    for upstream in upstreams {
-        let admitted = upstream.admission.as_ref().map(|a| a.inflight());
-        for (index, server) in upstream.servers.iter().enumerate() {
-            let labels = ServerLabels { upstream: upstream.name.to_string(), server: server.authority.to_string() };
-            let count = admitted.as_ref().map_or_else(|| server.load.inflight(), |counts| counts[index]);
-            in_flight.get_or_create(&labels).set(count as i64);
-            healthy.get_or_create(&labels).set(i64::from(server.health.is_up()));
-            draining.get_or_create(&labels).set(i64::from(server.is_draining()));
-        }
-        if let Some(admission) = &upstream.admission {
-            queued
-                .get_or_create(&UpstreamLabels { upstream: upstream.name.to_string() })
-                .set(admission.queued() as i64);
-        }
-    }
-    registry.register("upstream_in_flight", "Requests in flight per server", in_flight);
-    registry.register("upstream_healthy", "1 while a server is in rotation by health, 0 while marked down", healthy);
-    registry.register("upstream_draining", "1 while a server is drained", draining);
-    registry.register("upstream_queue_length", "Requests waiting for a slot", queued);
-    let version: Gauge = Gauge::default();
-    version.set(runtime.version as i64);
-    registry.register("config_version", "Loads of the config since start (1 for the first)", version);
-    registry
 }
 
 /// Keeps a client connection counted while alive.
@@ -389,32 +352,32 @@ pub struct LocationMetrics {
 }
 
 impl LocationMetrics {
-    /// Records a finished request.
-    pub fn observe(&self, record: &Record) {
-        let upstream = record.upstream.map(|u| u.upstream);
-        let class = usize::from(record.status / 100).clamp(1, 5) - 1;
+    /// Records a finished request: the upstream that answered (its id), the status, how long it took,
+    /// and the code of an error the gateway answered itself.
+    pub fn request(&self, upstream: Option<usize>, status: u16, duration: Duration, error_code: Option<&str>) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
         if let Some((_, classes)) = self.by_upstream.iter().find(|(id, _)| *id == upstream).or(self.by_upstream.last())
         {
             classes[class].inc();
         }
-        self.duration.observe(record.duration.as_secs_f64());
-        if let Some(code) = record.error_code {
+        self.duration.observe(duration.as_secs_f64());
+        if let Some(code) = error_code {
             if let Some(index) = REJECTION_CODES.iter().position(|c| *c == code) {
                 self.rejections[index].inc();
             }
         }
-        if let Some(stream) = &record.stream {
-            let index = [BodyEnd::Complete, BodyEnd::ClientClosed, BodyEnd::Timeout, BodyEnd::Error]
-                .iter()
-                .position(|e| *e == record.end)
-                .unwrap_or(0);
-            self.streams_ended[index].inc();
-            if let Some(first) = stream.first_token {
-                self.ttft.observe(first.as_secs_f64());
-            }
-            if let Some(tokens) = stream.output_tokens {
-                self.output_tokens.inc_by(tokens);
-            }
+    }
+
+    /// Records a finished event stream: how it ended (one of `STREAM_ENDS`), its first token's time
+    /// and the tokens its `usage` reported.
+    pub fn stream(&self, end: &str, first_token: Option<Duration>, output_tokens: Option<u64>) {
+        let index = STREAM_ENDS.iter().position(|reason| *reason == end).unwrap_or(0);
+        self.streams_ended[index].inc();
+        if let Some(first) = first_token {
+            self.ttft.observe(first.as_secs_f64());
+        }
+        if let Some(tokens) = output_tokens {
+            self.output_tokens.inc_by(tokens);
         }
     }
 

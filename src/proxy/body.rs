@@ -5,7 +5,7 @@
 use crate::accounting::UpstreamInfo;
 use crate::client::ClientBody;
 use crate::error::{BoxError, StreamTimedOut};
-use crate::upstream::{FailureReport, Lease, PoolKey, UpstreamConnection};
+use crate::upstream::{FailureReport, Lease, OutgoingBody, PoolKey, UpstreamConnection};
 use crate::wire::framing::BodyReader;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -50,12 +50,6 @@ impl RequestBody {
         RequestBody { source: Source::Buffered((!bytes.is_empty()).then_some(bytes)) }
     }
 
-    /// Whether bytes of it are still to come from the client: sending it then takes the client's time,
-    /// and the wait for the response starts only once it is sent.
-    pub fn streams(&self) -> bool {
-        matches!(&self.source, Source::Streaming { inner, .. } if !inner.is_end_stream())
-    }
-
     /// The same body again, for sending the request to another server: possible unless it streams.
     pub fn replay(&self) -> Option<RequestBody> {
         match &self.source {
@@ -75,6 +69,12 @@ pub struct BodyTooLarge(pub u64);
 #[derive(Debug, thiserror::Error)]
 #[error("the client sent no request body for {0:?}")]
 pub struct BodyTimedOut(pub Duration);
+
+impl OutgoingBody for RequestBody {
+    fn streams(&self) -> bool {
+        matches!(&self.source, Source::Streaming { inner, .. } if !inner.is_end_stream())
+    }
+}
 
 impl Body for RequestBody {
     type Data = Bytes;

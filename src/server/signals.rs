@@ -38,7 +38,7 @@ impl Signals {
                 },
                 _ = reopen.recv() => {
                     crate::error_log::reopen();
-                    gateway.runtime().access_logs.reopen();
+                    gateway.runtime().ledger.access_logs.reopen();
                     tracing::info!("log files reopened");
                 }
                 _ = terminate.recv() => break,

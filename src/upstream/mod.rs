@@ -19,7 +19,7 @@ pub use health::{spawn_checks, ActiveCheck, FailPolicy, FailureReport, ServerHea
 
 pub use admission::{Admission, Ask, Permit};
 pub use connector::{ConnectError, Connector, SendTimedOut, TimedStream};
-pub use http1::{ExchangeError, HeadWait, Upgraded, UpstreamRequest};
+pub use http1::{ExchangeError, HeadWait, OutgoingBody, Upgraded, UpstreamRequest};
 pub use pool::{PoolKey, PoolSettings, ServerPool, UpstreamConnection};
 
 use crate::config::{Balance, HashKey, UpstreamConfig, UpstreamTimeouts};

@@ -136,7 +136,7 @@ async fn a_rotated_log_is_reopened_and_bad_formats_are_config_errors() {
     fetch(addr, "/two").await;
     // Until reopened, lines go to the moved file (as with nginx before USR1).
     assert!(lines(&gw.path("access.log.1"), 2).await[1].contains("/two"));
-    gw.gateway.runtime().access_logs.reopen();
+    gw.gateway.runtime().ledger.access_logs.reopen();
     fetch(addr, "/three").await;
     assert!(lines(&gw.path("access.log"), 1).await[0].contains("/three"));
 

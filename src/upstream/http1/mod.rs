@@ -11,7 +11,6 @@
 use super::connector::TimedStream;
 use crate::client::ClientBody;
 use crate::error::BoxError;
-use crate::proxy::{Forwarding, RequestBody};
 use crate::wire::chunked::ChunkedDecoder;
 use crate::wire::framing::{BodyReader, Framing};
 use crate::wire::message::{self, Declared, HeadFacts};
@@ -42,7 +41,7 @@ pub struct UpstreamRequest<'a> {
     /// Method, target and the request's own headers (its body goes separately).
     pub head: &'a Request<ClientBody>,
     /// Written after the request's own headers, which lose any of these names.
-    pub forwarding: &'a Forwarding,
+    pub forwarding: &'a [(&'static HeaderName, HeaderValue)],
     /// Response headers dropped as the head is parsed (lowercase names), besides the
     /// connection-level ones: never made into header map entries only to be removed.
     pub hidden: &'a [&'static str],
@@ -103,10 +102,19 @@ impl BodyReader for UpstreamConnection {
     }
 }
 
+/// What an exchange needs of a request body besides its frames: whether they still come from the
+/// client. The proxy's request body (with its limits and its copy kept for another try) is one;
+/// this module names no type of the layer that calls it.
+pub trait OutgoingBody: Body<Data = Bytes, Error = BoxError> + Unpin {
+    /// Whether bytes of it are still to come from the client: sending it then takes the client's
+    /// time, and the wait for the response starts only once it is sent.
+    fn streams(&self) -> bool;
+}
+
 /// Why an exchange produced no response head.
-pub enum ExchangeError {
+pub enum ExchangeError<B> {
     /// The connection took no byte of the request: it may be sent elsewhere, with its body unread.
-    NotSent(RequestBody, io::Error),
+    NotSent(B, io::Error),
     /// The request went out and the connection closed before any byte of an answer.
     Closed(io::Error),
     /// The client's request body failed (larger than allowed, or the client went away).
@@ -135,12 +143,12 @@ impl UpstreamConnection {
     /// skipped), up to `wait` once the request is sent. The body is sent as it arrives from the
     /// client while the answer is awaited. A backend that answers before taking the whole body gets
     /// no more of it, and the connection is not reused.
-    pub async fn exchange(
+    pub async fn exchange<B: OutgoingBody>(
         &mut self,
         request: UpstreamRequest<'_>,
-        body: RequestBody,
+        body: B,
         wait: HeadWait,
-    ) -> Result<response::Parts, ExchangeError> {
+    ) -> Result<response::Parts, ExchangeError<B>> {
         let framing = BodyOut::for_request(request.head.method(), &body);
         self.write_head(request, framing);
         let head = self.head_buf.split().freeze();
@@ -222,12 +230,12 @@ impl UpstreamConnection {
         buf.extend_from_slice(b"\r\n");
     }
 
-    fn poll_exchange(
+    fn poll_exchange<B: OutgoingBody>(
         &mut self,
         cx: &mut Context<'_>,
-        outgoing: &mut Outgoing,
+        outgoing: &mut Outgoing<B>,
         rules: ResponseRules<'_>,
-    ) -> Poll<Result<response::Parts, ExchangeError>> {
+    ) -> Poll<Result<response::Parts, ExchangeError<B>>> {
         if !outgoing.is_sent() {
             match outgoing.poll_send(&mut self.io, cx) {
                 Ok(()) => {}
@@ -271,7 +279,7 @@ impl UpstreamConnection {
     /// The response head's deadline, armed on the first call of an exchange (its request is sent):
     /// `HeadWait::from` plus the timeout for a body that was at hand, now plus the timeout for one
     /// that streamed.
-    fn poll_head_deadline(&mut self, cx: &mut Context<'_>, outgoing: &mut Outgoing) -> Poll<()> {
+    fn poll_head_deadline<B: OutgoingBody>(&mut self, cx: &mut Context<'_>, outgoing: &mut Outgoing<B>) -> Poll<()> {
         if let Some(wait) = outgoing.wait.take() {
             let deadline = if outgoing.streams { Instant::now() } else { wait.from } + wait.timeout;
             match &mut self.head_timer {
@@ -286,11 +294,11 @@ impl UpstreamConnection {
     }
 
     /// Reads until a final response head is parsed, and sets up reading its body.
-    fn poll_head(
+    fn poll_head<B>(
         &mut self,
         cx: &mut Context<'_>,
         rules: ResponseRules<'_>,
-    ) -> Poll<Result<response::Parts, ExchangeError>> {
+    ) -> Poll<Result<response::Parts, ExchangeError<B>>> {
         loop {
             if !self.read_buf.is_empty() {
                 match parse_head(&mut self.read_buf, rules) {
@@ -348,7 +356,7 @@ enum BodyOut {
 impl BodyOut {
     /// A known length is declared (an empty body only for methods that carry one, as hyper does);
     /// anything else is chunked.
-    fn for_request(method: &Method, body: &RequestBody) -> BodyOut {
+    fn for_request(method: &Method, body: &impl Body) -> BodyOut {
         match body.size_hint().exact() {
             Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => BodyOut::Empty,
             Some(length) => BodyOut::Length(length),
@@ -363,11 +371,11 @@ enum SendError {
 }
 
 /// The request on its way out: bytes waiting for the socket and the body still to read.
-struct Outgoing {
+struct Outgoing<B> {
     /// The head, one chunk with its framing, and the last-chunk marker.
     pending: WriteQueue<5>,
     /// `None` once read to its end (dropping it tells the proxy the request is sent).
-    body: Option<RequestBody>,
+    body: Option<B>,
     framing: BodyOut,
     /// Whether a body frame was taken from `body` (it can then no longer be sent elsewhere).
     pulled: bool,
@@ -377,7 +385,7 @@ struct Outgoing {
     streams: bool,
 }
 
-impl Outgoing {
+impl<B: OutgoingBody> Outgoing<B> {
     fn is_sent(&self) -> bool {
         self.body.is_none() && self.pending.is_empty()
     }

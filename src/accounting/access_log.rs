@@ -3,7 +3,7 @@
 //! batches lines into one write whenever its queue runs empty: a request never waits on the disk. The
 //! file is reopened on SIGUSR1, as nginx does for log rotation.
 
-use crate::accounting::{BodyEnd, LoggedRequest, Record};
+use super::{BodyEnd, LoggedRequest, Record};
 use crate::config::{AccessLogSetting, Config, ConfigError, Source};
 use http::HeaderName;
 use std::collections::{BTreeMap, HashMap};

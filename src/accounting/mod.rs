@@ -1,14 +1,18 @@
 //! Per-request accounting, done once at the end: when the response body finished, failed, or the
 //! client left (before or during the response). One `Record` per request feeds the access log and
 //! the metrics, so they never disagree. Costs nothing when neither is configured.
+//!
+//! Accounting reads the running config through `Books` (the runtime is one), and wraps whatever
+//! response body the pipeline hands it, so it names no module above its own layer.
 
-use crate::body::ResponseBody;
+pub mod access_log;
+
 use crate::client::ClientInfo;
 use crate::error::BoxError;
 use crate::error::{ErrorCode, StreamTimedOut};
 use crate::metrics::LocationMetrics;
 use crate::policy::connlimit::ConnGuard;
-use crate::runtime::{Account, RuntimeRef};
+use access_log::{AccessLog, AccessLogs};
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -19,8 +23,39 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
+/// Where the requests of one location (or of a server's unmatched paths) are accounted.
+pub struct Account {
+    /// Its metric handles.
+    pub metrics: LocationMetrics,
+    /// Its access log, if any.
+    pub log: Option<Arc<AccessLog>>,
+}
+
+/// What accounting keeps of a running config: whether requests are accounted at all, the access log
+/// files, and the accounts locations are routed to.
+pub struct Ledger {
+    /// Whether requests are accounted (metrics kept, or an access log anywhere).
+    pub enabled: bool,
+    /// Whether metrics are kept: `[admin] metrics`, and an admin API to serve them.
+    pub metrics_kept: bool,
+    /// Access log files and formats, kept by reloads.
+    pub access_logs: AccessLogs,
+    /// Where each location's (and each server's no-match) requests are accounted, by `Account` id.
+    pub accounts: Vec<Account>,
+}
+
+/// What accounting reads of the running config for the requests it records: its ledger, and the
+/// address of the server an exchange names. A record holds its request's handle on the config for
+/// as long as the request lives, so a reload never takes a location's account from under it.
+pub trait Books: Send + Sync {
+    /// The config's ledger.
+    fn ledger(&self) -> &Ledger;
+    /// The `host:port` of server `server` of upstream `upstream` (by `Upstream::id`).
+    fn server_authority(&self, upstream: usize, server: usize) -> Option<&str>;
+}
+
 /// What the proxy tells accounting about the backend exchange; it rides in the response body
-/// (`ResponseBody::upstream_info`). Plain values, so copying it touches no shared counter.
+/// (the pipeline's `ResponseBody::upstream_info`). Plain values, so copying it touches no shared counter.
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamInfo {
     /// The upstream's `Upstream::id`.
@@ -50,6 +85,18 @@ pub enum BodyEnd {
     Timeout,
     /// The body failed (the backend cut off or broke the protocol).
     Error,
+}
+
+impl BodyEnd {
+    /// As the metrics' `reason` label writes it (`metrics::STREAM_ENDS`).
+    fn reason(self) -> &'static str {
+        match self {
+            BodyEnd::Complete => "complete",
+            BodyEnd::ClientClosed => "client",
+            BodyEnd::Timeout => "timeout",
+            BodyEnd::Error => "upstream_error",
+        }
+    }
 }
 
 /// What an event stream's record adds.
@@ -120,9 +167,9 @@ pub struct Record {
     pub stream: Option<StreamStats>,
     /// How the response ended.
     pub end: BodyEnd,
-    /// The runtime the request ran on (the connection's own handle, so cloning it is free of
+    /// The config the request ran on (the connection's own handle, so cloning it is free of
     /// cross-core traffic) and its account there, once routed.
-    runtime: Arc<RuntimeRef>,
+    books: Arc<dyn Books>,
     account: Option<usize>,
     metrics_on: bool,
 }
@@ -131,12 +178,11 @@ impl Record {
     /// The `host:port` of the server that answered.
     pub fn upstream_addr(&self) -> Option<&str> {
         let info = self.upstream?;
-        let upstream = self.runtime.runtime.upstream_list.get(info.upstream)?;
-        Some(upstream.servers.get(info.server)?.authority.as_str())
+        self.books.server_authority(info.upstream, info.server)
     }
 
     fn account(&self) -> Option<&Account> {
-        self.runtime.runtime.accounts.get(self.account?)
+        self.books.ledger().accounts.get(self.account?)
     }
 
     fn metrics(&self) -> Option<&LocationMetrics> {
@@ -152,10 +198,13 @@ impl Record {
         self.end = end;
         self.duration = self.started.elapsed();
         if let Some(metrics) = self.metrics() {
-            metrics.observe(self);
+            metrics.request(self.upstream.map(|u| u.upstream), self.status, self.duration, self.error_code);
+            if let Some(stream) = &self.stream {
+                metrics.stream(self.end.reason(), stream.first_token, stream.output_tokens);
+            }
         }
-        let runtime = self.runtime.clone();
-        let log = self.account.and_then(|id| runtime.runtime.accounts.get(id)?.log.as_ref());
+        let books = self.books.clone();
+        let log = self.account.and_then(|id| books.ledger().accounts.get(id)?.log.as_ref());
         if let (Some(log), Some(request)) = (log, &self.request) {
             self.ended_at = SystemTime::now();
             log.log(self, request);
@@ -202,23 +251,24 @@ fn completion_tokens(data: &[u8]) -> Option<u64> {
 /// attached to the response body. Its record lives from the start in the box that becomes the
 /// response body's wrapper, so accounting costs one allocation. Dropped before a response exists
 /// (the client left), it records a 499.
-pub struct Accounting(Option<Box<TrackedBody>>);
+pub struct Accounting<B: Body + Default>(Option<Box<TrackedBody<B>>>);
 
-impl Accounting {
+impl<B: Body + Default> Accounting<B> {
     /// Starts the record when the runtime accounts requests (metrics or an access log are on),
     /// keeping the request headers the log formats read.
-    pub fn begin<B>(
-        runtime: &Arc<RuntimeRef>,
+    pub fn begin<R>(
+        books: &Arc<impl Books + 'static>,
         client: &ClientInfo,
-        request: &Request<B>,
+        request: &Request<R>,
         request_id: &HeaderValue,
-    ) -> Accounting {
-        if !runtime.runtime.accounting {
+    ) -> Accounting<B> {
+        let ledger = books.ledger();
+        if !ledger.enabled {
             return Accounting(None);
         }
-        let facts = runtime.runtime.access_logs.any().then(|| {
+        let facts = ledger.access_logs.any().then(|| {
             let headers = request.headers();
-            let keep = runtime.runtime.access_logs.keep_headers();
+            let keep = ledger.access_logs.keep_headers();
             let protocol = match request.version() {
                 Version::HTTP_2 => "HTTP/2.0",
                 Version::HTTP_10 => "HTTP/1.0",
@@ -247,12 +297,12 @@ impl Accounting {
             upstream: None,
             stream: None,
             end: BodyEnd::ClientClosed,
-            runtime: runtime.clone(),
+            books: books.clone(),
             account: None,
-            metrics_on: runtime.runtime.metrics_kept,
+            metrics_on: ledger.metrics_kept,
         };
         Accounting(Some(Box::new(TrackedBody {
-            inner: ResponseBody::Empty,
+            inner: B::default(),
             places: Vec::new(),
             record: Some(record),
             end: None,
@@ -268,20 +318,25 @@ impl Accounting {
     }
 
     /// Attaches the record (and the concurrency places the request holds) to the response body, which
-    /// finishes the record when it ends or is dropped.
-    pub fn attach(mut self, response: Response<ResponseBody>, places: Vec<ConnGuard>) -> Response<ResponseBody> {
+    /// finishes the record when it ends or is dropped. `upstream` is the exchange the body comes
+    /// from, if any; `wrap` makes the tracked body into the caller's body type.
+    pub fn attach(
+        mut self,
+        response: Response<B>,
+        upstream: Option<UpstreamInfo>,
+        places: Vec<ConnGuard>,
+        wrap: impl FnOnce(Box<TrackedBody<B>>) -> B,
+    ) -> Response<B> {
         let Some(mut tracked) = self.0.take() else {
             if places.is_empty() {
                 return response;
             }
-            return response.map(|inner| ResponseBody::Tracked {
-                inner: Box::new(TrackedBody { inner, places, record: None, end: None }),
-            });
+            return response.map(|inner| wrap(Box::new(TrackedBody { inner, places, record: None, end: None })));
         };
         if let Some(record) = &mut tracked.record {
             record.status = response.status().as_u16();
             record.error_code = response.extensions().get::<ErrorCode>().map(|code| code.0);
-            record.upstream = response.body().upstream_info();
+            record.upstream = upstream;
             if let (Some(upstream), Some(metrics)) = (record.upstream, record.metrics()) {
                 metrics.gateway_added(upstream.head_at.elapsed());
             }
@@ -292,12 +347,12 @@ impl Accounting {
         tracked.places = places;
         response.map(|inner| {
             tracked.inner = inner;
-            ResponseBody::Tracked { inner: tracked }
+            wrap(tracked)
         })
     }
 }
 
-impl Drop for Accounting {
+impl<B: Body + Default> Drop for Accounting<B> {
     fn drop(&mut self) {
         if let Some(mut tracked) = self.0.take() {
             // The client left before a response existed; the body's drop finishes the record.
@@ -308,21 +363,21 @@ impl Drop for Accounting {
 
 /// A response body that counts its bytes and, when it ends or is dropped, releases the request's
 /// concurrency places and finishes its record.
-pub struct TrackedBody {
-    inner: ResponseBody,
+pub struct TrackedBody<B: Body> {
+    inner: B,
     places: Vec<ConnGuard>,
     record: Option<Record>,
     end: Option<BodyEnd>,
 }
 
-impl TrackedBody {
+impl<B: Body> TrackedBody<B> {
     /// The body being tracked.
-    pub fn source(&self) -> &ResponseBody {
+    pub fn source(&self) -> &B {
         &self.inner
     }
 }
 
-impl Body for TrackedBody {
+impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for TrackedBody<B> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -353,7 +408,7 @@ impl Body for TrackedBody {
     }
 }
 
-impl Drop for TrackedBody {
+impl<B: Body> Drop for TrackedBody<B> {
     fn drop(&mut self) {
         self.places.clear();
         if let Some(mut record) = self.record.take() {
