@@ -6,7 +6,6 @@
 pub mod accounting;
 pub mod admin;
 pub mod ai;
-pub mod body;
 pub mod boxed;
 pub mod canary;
 pub mod client;
@@ -27,6 +26,7 @@ pub mod server;
 pub mod sim;
 pub mod static_files;
 pub mod template;
+pub mod tls;
 pub mod upstream;
 pub mod uri;
 pub mod wire;

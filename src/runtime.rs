@@ -21,19 +21,22 @@ use crate::policy::realip::TrustedProxies;
 use crate::policy::{ConnLimit, RateLimit};
 use crate::proxy::BodyLimits;
 use crate::route::{Handler, Location, LocationTable, NameTable, VirtualServer};
-use crate::server::conn::{self, ConnLimits};
-use crate::server::tls::{self, TlsSite};
 use crate::static_files::{StaticFiles, StaticSettings};
 use crate::template::Template;
+use crate::tls::{self, TlsSite};
 use crate::upstream::Upstream;
+use crate::wire::{HeadLimits, HEADER_SLOTS};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_rustls::TlsAcceptor;
 
 /// Everything one listening address needs to serve a connection.
@@ -47,7 +50,7 @@ pub struct ListenerSpec {
     /// hyper's HTTP/2 connection settings, built once here rather than per connection.
     pub http2_builder: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
     /// The HTTP/1.1 connection limits.
-    pub http1: crate::server::http1::Limits,
+    pub http1: HeadLimits,
     /// Client connection limits from `[http]`.
     pub limits: ConnLimits,
 }
@@ -262,8 +265,8 @@ impl Runtime {
                 }
             };
             let Some(hosts) = hosts else { continue };
-            let http2_builder = conn::http2_builder(&config.http);
-            let http1 = conn::http1_limits(&config.http);
+            let http2_builder = http2_builder(&config.http);
+            let http1 = http1_limits(&config.http);
             let limits = ConnLimits::of(&config.http);
             let spec = ListenerSpec { tls, http2: default.http2, hosts, http2_builder, http1, limits };
             listeners.insert(addr, Arc::new(spec));
@@ -511,4 +514,54 @@ fn compile_location(
         errors,
         inference: Inference::of(location.inference),
     })
+}
+
+/// What a client connection needs of `[http]`, taken once at config load.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// TLS handshake and request head (`client_header_timeout`).
+    pub header_timeout: Duration,
+    /// Idle time before a kept-alive connection is closed (`keepalive_timeout`).
+    pub keepalive_timeout: Duration,
+    /// Requests per connection (`keepalive_requests`).
+    pub keepalive_requests: u64,
+    /// How long a closing connection may take (`drain_timeout`).
+    pub drain_timeout: Duration,
+}
+
+impl ConnLimits {
+    /// How long a connection may go without a request in flight: `keepalive_timeout`, or
+    /// `client_header_timeout` if shorter, since the next request's head may have begun to arrive
+    /// (hyper's own header timer also ran from the end of the previous request).
+    pub fn idle_timeout(&self) -> Duration {
+        self.keepalive_timeout.min(self.header_timeout)
+    }
+
+    /// The limits `[http]` sets.
+    pub fn of(http: &HttpSettings) -> ConnLimits {
+        ConnLimits {
+            header_timeout: http.client_header_timeout.0,
+            keepalive_timeout: http.keepalive_timeout.0,
+            keepalive_requests: http.keepalive_requests,
+            drain_timeout: http.drain_timeout.0,
+        }
+    }
+}
+
+/// hyper's HTTP/2 connection settings from `[http]`, built once per listener at config load.
+pub fn http2_builder(http: &HttpSettings) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(http.max_header_size.0).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    builder
+}
+
+/// The HTTP/1.1 limits from `[http]`, taken once per listener at config load.
+pub fn http1_limits(http: &HttpSettings) -> HeadLimits {
+    HeadLimits {
+        max_head: usize::try_from(http.max_header_size.0).unwrap_or(usize::MAX),
+        max_headers: http.max_headers.min(HEADER_SLOTS),
+    }
 }

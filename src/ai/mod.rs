@@ -6,14 +6,13 @@ mod inference;
 
 pub use inference::Inference;
 
-use crate::body::ResponseBody;
 use crate::client::ClientInfo;
 use crate::client::{ClientBody, ClientRequest};
 use crate::error::GatewayError;
-use crate::proxy::{self, BodyLimits, RequestBody};
+use crate::proxy::{self, BodyLimits, Proxied, RequestBody};
 use crate::upstream::Upstream;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Response};
+use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -46,18 +45,24 @@ impl ModelRouter {
         ModelRouter { routes: models.into_iter().collect(), known, listing, limits }
     }
 
-    /// Serves a request of a model-routing location.
-    pub async fn serve(
+    /// The answer to `GET .../models`, OpenAI's list of the models served here; `None` for any other
+    /// request, which `forward` routes.
+    pub fn listing<B>(&self, request: &Request<B>) -> Option<Response<Bytes>> {
+        if request.method() != Method::GET || !request.uri().path().ends_with("/models") {
+            return None;
+        }
+        let mut response = Response::new(self.listing.clone());
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Some(response)
+    }
+
+    /// Forwards a request of a model-routing location to the upstream of the model its body names.
+    pub async fn forward(
         &self,
         request: ClientRequest,
         client: &ClientInfo,
         inference: Inference,
-    ) -> Result<Response<ResponseBody>, GatewayError> {
-        if request.method() == Method::GET && request.uri().path().ends_with("/models") {
-            let mut response = Response::new(ResponseBody::full(self.listing.clone()));
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            return Ok(response);
-        }
+    ) -> Result<Response<Proxied>, GatewayError> {
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)

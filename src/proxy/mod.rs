@@ -11,7 +11,6 @@ pub use body::{BodyLimits, BodyTimedOut, BodyTimeouts, BodyTooLarge, RequestBody
 pub use headers::Forwarding;
 
 use crate::accounting::UpstreamInfo;
-use crate::body::ResponseBody;
 use crate::client::{ClientBody, ClientInfo, ClientRequest};
 use crate::error::BoxError;
 use crate::error::GatewayError;
@@ -25,6 +24,11 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use retry::{Decision, FailedTry, Origin, Phase, RequestKind, Stop};
 use std::time::Duration;
+
+/// A proxied response's body: the backend's, still streaming; `None` after `101 Switching Protocols`,
+/// when the connection became a tunnel. Boxed: inline, every response would be hundreds of bytes,
+/// copied at each step of the pipeline.
+pub type Proxied = Option<Box<UpstreamBody>>;
 
 /// Forwards `request` to `upstream` and returns the backend's response, its body still streaming.
 ///
@@ -43,7 +47,7 @@ pub async fn forward(
     upstream: &Upstream,
     limits: BodyLimits,
     inference: bool,
-) -> Result<Response<ResponseBody>, GatewayError> {
+) -> Result<Response<Proxied>, GatewayError> {
     // Only an HTTP/1.1 head that asked for an upgrade carries one (no header lookups for the others);
     // it is taken if the headers still ask for it after the location's header edits.
     let upgrade =
@@ -74,7 +78,7 @@ pub async fn forward_buffered(
     client: &ClientInfo,
     upstream: &Upstream,
     inference: bool,
-) -> Result<Response<ResponseBody>, GatewayError> {
+) -> Result<Response<Proxied>, GatewayError> {
     let kind =
         RequestKind { idempotent: head.method().is_idempotent(), inference, any_method: upstream.retry_non_idempotent };
     forward_body(head, RequestBody::buffered(body), None, client, upstream, kind).await
@@ -88,7 +92,7 @@ async fn forward_body(
     client: &ClientInfo,
     upstream: &Upstream,
     kind: RequestKind,
-) -> Result<Response<ResponseBody>, GatewayError> {
+) -> Result<Response<Proxied>, GatewayError> {
     // `Host` as the client sent it; an HTTP/2 client sends the authority instead.
     let host = match head.headers().contains_key(header::HOST) {
         true => None,
@@ -267,7 +271,7 @@ async fn forward_body(
             (Some(connection), Some(failures))
         };
         let body = UpstreamBody::new(connection, Some(server.pool.key()), lease, timeouts).with_info(info, failures);
-        return Ok(Response::from_parts(parts, ResponseBody::Upstream { inner: Box::new(body) }));
+        return Ok(Response::from_parts(parts, Some(Box::new(body))));
     }
 }
 
@@ -395,7 +399,7 @@ async fn forward_upgrade(
     lease: Lease,
     waits: HeadWaits,
     read_timeout: Duration,
-) -> Result<Response<ResponseBody>, TryFailure> {
+) -> Result<Response<Proxied>, TryFailure> {
     let mut connection =
         server.pool.connect().await.map_err(|error| TryFailure::before_sending(error, empty_body()))?;
     let mut head = match exchange(&mut connection, request, body, waits.starting_now()).await {
@@ -415,11 +419,11 @@ async fn forward_upgrade(
             websocket::tunnel(client_upgrade, upstream_io, read_timeout).await;
             drop(lease);
         });
-        ResponseBody::Empty
+        None
     } else {
         let timeouts = BodyTimeouts { idle: read_timeout, total: waits.total, sse: false };
         let connection = (!connection.body_done()).then_some(connection);
-        ResponseBody::Upstream { inner: Box::new(UpstreamBody::new(connection, None, lease, timeouts)) }
+        Some(Box::new(UpstreamBody::new(connection, None, lease, timeouts)))
     };
     Ok(Response::from_parts(head, body))
 }

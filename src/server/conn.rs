@@ -3,13 +3,12 @@
 //! keep-alive idle timeout, requests per connection, and the drain on shutdown.
 
 use super::{http1, Gateway};
-use crate::body::ResponseBody;
 use crate::client::ClientInfo;
 use crate::client::{ClientBody, ClientRequest};
-use crate::config::HttpSettings;
 use crate::error::BoxError;
 use crate::metrics::Metrics;
 use crate::pipeline;
+use crate::pipeline::ResponseBody;
 use crate::runtime::{ListenerSpec, RuntimeRef};
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
@@ -17,8 +16,7 @@ use futures_util::FutureExt;
 use http::{header, HeaderValue, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::server::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -131,56 +129,6 @@ impl Protocol {
             Protocol::Http1 => "http/1.1",
             Protocol::Http2 => "h2",
         }
-    }
-}
-
-/// What a client connection needs of `[http]`, taken once at config load.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnLimits {
-    /// TLS handshake and request head (`client_header_timeout`).
-    pub header_timeout: Duration,
-    /// Idle time before a kept-alive connection is closed (`keepalive_timeout`).
-    pub keepalive_timeout: Duration,
-    /// Requests per connection (`keepalive_requests`).
-    pub keepalive_requests: u64,
-    /// How long a closing connection may take (`drain_timeout`).
-    pub drain_timeout: Duration,
-}
-
-impl ConnLimits {
-    /// How long a connection may go without a request in flight: `keepalive_timeout`, or
-    /// `client_header_timeout` if shorter, since the next request's head may have begun to arrive
-    /// (hyper's own header timer also ran from the end of the previous request).
-    pub fn idle_timeout(&self) -> Duration {
-        self.keepalive_timeout.min(self.header_timeout)
-    }
-
-    /// The limits `[http]` sets.
-    pub fn of(http: &HttpSettings) -> ConnLimits {
-        ConnLimits {
-            header_timeout: http.client_header_timeout.0,
-            keepalive_timeout: http.keepalive_timeout.0,
-            keepalive_requests: http.keepalive_requests,
-            drain_timeout: http.drain_timeout.0,
-        }
-    }
-}
-
-/// hyper's HTTP/2 connection settings from `[http]`, built once per listener at config load.
-pub fn http2_builder(http: &HttpSettings) -> http2::Builder<TokioExecutor> {
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(http.max_header_size.0).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
-    builder
-}
-
-/// The HTTP/1.1 limits from `[http]`, taken once per listener at config load.
-pub fn http1_limits(http: &HttpSettings) -> http1::Limits {
-    http1::Limits {
-        max_head: usize::try_from(http.max_header_size.0).unwrap_or(usize::MAX),
-        max_headers: http.max_headers.min(http1::HEADER_SLOTS),
     }
 }
 

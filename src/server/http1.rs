@@ -21,7 +21,7 @@ use crate::wire::framing::{BodyReader, Framing};
 use crate::wire::message::{self, Declared, FramingError, HeadFacts};
 use crate::wire::request_body::{BodySource, Http1Body};
 use crate::wire::upgrade::{Io, PendingUpgrade, Upgraded};
-use crate::wire::{parse_content_length, Rewound, WriteQueue};
+use crate::wire::{parse_content_length, HeadLimits, Rewound, WriteQueue, HEADER_SLOTS};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -38,9 +38,6 @@ use std::time::{Duration, SystemTime};
 use tokio::io::ReadBuf;
 use tokio::sync::oneshot;
 
-/// Most header fields a request may have whatever `[http] max_headers` says: the parser's slots
-/// live on the stack.
-pub const HEADER_SLOTS: usize = 256;
 /// Read buffer growth: a fresh buffer holds many small requests before it is reclaimed.
 const READ_SIZE: usize = 8 * 1024;
 /// Read buffers a worker thread keeps for its connections' next requests (see `spare_buffers`).
@@ -58,19 +55,9 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// more ready: one write for what a compressor emits at its end, not one per frame.
 const QUEUED_PIECES: usize = 17;
 
-/// The client-side HTTP/1.1 limits of a listener, taken from `[http]` at config load.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Largest request line plus headers (`max_header_size`): larger answers 431, or 414 when the
-    /// request line alone does not fit.
-    pub max_head: usize,
-    /// Most header fields (`max_headers`, at most `HEADER_SLOTS`): more answers 431.
-    pub max_headers: usize,
-}
-
 /// Serves requests on `io` with `service` until the client closes, a response asks to close
 /// (`Connection: close`), `draining` is set after a response, or a request or write fails.
-pub async fn serve<I, S, F, B>(io: I, limits: Limits, draining: &AtomicBool, mut service: S)
+pub async fn serve<I, S, F, B>(io: I, limits: HeadLimits, draining: &AtomicBool, mut service: S)
 where
     I: Io,
     S: FnMut(ClientRequest) -> F,
@@ -257,7 +244,7 @@ impl<I: Io> Shared<I> {
     }
 
     /// Reads until a request head is parsed; `None` when the client closed between requests.
-    fn poll_head(&mut self, cx: &mut Context<'_>, limits: Limits) -> Poll<Result<Option<Head>, HeadRejection>> {
+    fn poll_head(&mut self, cx: &mut Context<'_>, limits: HeadLimits) -> Poll<Result<Option<Head>, HeadRejection>> {
         loop {
             if !self.buf.is_empty() {
                 if let Some(head) = parse_head(&mut self.buf, &mut self.spans, limits)? {
@@ -369,7 +356,7 @@ enum HeadRejection {
 }
 
 impl HeadRejection {
-    fn response(&self) -> Response<crate::body::ResponseBody> {
+    fn response(&self) -> Response<crate::pipeline::ResponseBody> {
         let (status, code, message) = match self {
             HeadRejection::Bad(what) => (StatusCode::BAD_REQUEST, "bad_request", *what),
             HeadRejection::NotImplemented(what) => (StatusCode::NOT_IMPLEMENTED, "not_implemented", *what),
@@ -379,7 +366,7 @@ impl HeadRejection {
             }
         };
         error_response(status, "invalid_request_error", code, message, crate::error::ErrorFormat::Text)
-            .map(crate::body::ResponseBody::from)
+            .map(crate::pipeline::ResponseBody::from)
     }
 }
 
@@ -389,7 +376,7 @@ type Spans = ((usize, usize), (usize, usize));
 /// Parses a request head at the start of `buf` and removes it; `None` when it is not complete yet.
 /// Header values and the target share the head's memory instead of being copied; `spans` is scratch
 /// space the connection keeps (an array for the most headers allowed would be kilobytes to zero).
-fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: Limits) -> Result<Option<Head>, HeadRejection> {
+fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: HeadLimits) -> Result<Option<Head>, HeadRejection> {
     // Uninitialized: zeroing the slots would cost more than parsing a small head.
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; HEADER_SLOTS];
     let slots = &mut slots[..limits.max_headers.clamp(1, HEADER_SLOTS)];
@@ -764,7 +751,7 @@ impl CachedDate {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { max_head: 1024, max_headers: 8 };
+    const LIMITS: HeadLimits = HeadLimits { max_head: 1024, max_headers: 8 };
 
     fn parse(text: &str) -> Result<Option<Head>, HeadRejection> {
         parse_head(&mut BytesMut::from(text), &mut Vec::new(), LIMITS)
@@ -862,38 +849,38 @@ mod tests {
 
     #[test]
     fn response_heads_declare_their_framing() {
-        let encode = |response: Response<crate::body::ResponseBody>, answering: Answering| {
+        let encode = |response: Response<crate::pipeline::ResponseBody>, answering: Answering| {
             let mut buf = BytesMut::new();
             let (parts, body) = response.into_parts();
             let (out, keep) = encode_head(&mut buf, &parts, &body, answering);
             (String::from_utf8(buf.to_vec()).unwrap(), out, keep)
         };
         let get = Answering { head_request: false, version: Version::HTTP_11, keep_alive: true };
-        let (text, out, keep) = encode(Response::new(crate::body::ResponseBody::full("hello")), get);
+        let (text, out, keep) = encode(Response::new(crate::pipeline::ResponseBody::full("hello")), get);
         assert!(
             text.starts_with("HTTP/1.1 200 OK\r\n")
                 && text.contains("content-length: 5\r\n")
                 && text.contains("date: ")
         );
         assert!(out == BodyOut::Length(5) && keep);
-        let mut closing = Response::new(crate::body::ResponseBody::Empty);
+        let mut closing = Response::new(crate::pipeline::ResponseBody::Empty);
         closing.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         let (text, _, keep) = encode(closing, get);
         assert!(text.contains("connection: close\r\n") && !keep);
         let old = Answering { version: Version::HTTP_10, ..get };
-        let (text, _, _) = encode(Response::new(crate::body::ResponseBody::Empty), old);
+        let (text, _, _) = encode(Response::new(crate::pipeline::ResponseBody::Empty), old);
         assert!(text.contains("connection: keep-alive\r\n") && text.contains("content-length: 0\r\n"));
         let head = Answering { head_request: true, ..get };
-        let (text, out, _) = encode(Response::new(crate::body::ResponseBody::full("hello")), head);
+        let (text, out, _) = encode(Response::new(crate::pipeline::ResponseBody::full("hello")), head);
         assert!(text.contains("content-length: 5\r\n") && out == BodyOut::None);
         // A declared length is the connection's to write, once; the first of several counts.
-        let mut declared = Response::new(crate::body::ResponseBody::Empty);
+        let mut declared = Response::new(crate::pipeline::ResponseBody::Empty);
         declared.headers_mut().append(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
         declared.headers_mut().append(header::CONTENT_LENGTH, HeaderValue::from_static("9"));
         let (text, out, _) = encode(declared, get);
         assert_eq!((text.matches("content-length").count(), out), (1, BodyOut::Length(7)), "{text}");
         // A switch of protocols keeps its `Connection: upgrade`.
-        let mut switching = Response::new(crate::body::ResponseBody::Empty);
+        let mut switching = Response::new(crate::pipeline::ResponseBody::Empty);
         *switching.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         switching.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         switching.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -915,7 +902,7 @@ mod tests {
         );
         arbtest::arbtest(|u| {
             let input = crate::fuzzing::mutated(u, &seeds)?;
-            let limits = Limits { max_head: u.int_in_range(16..=4096)?, max_headers: u.int_in_range(1..=64)? };
+            let limits = HeadLimits { max_head: u.int_in_range(16..=4096)?, max_headers: u.int_in_range(1..=64)? };
             let mut buf = BytesMut::from(&input[..]);
             match parse_head(&mut buf, &mut Vec::new(), limits) {
                 Ok(Some(head)) => {

@@ -6,7 +6,6 @@ pub mod conn;
 pub mod gather;
 pub mod http1;
 pub mod signals;
-pub mod tls;
 pub mod workers;
 
 use crate::config::{ConfigError, ConfigErrors, Source, EMBEDDED_DEFAULT};

@@ -14,6 +14,20 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Most header fields a request may have whatever `[http] max_headers` says: the parser's slots
+/// live on the stack.
+pub const HEADER_SLOTS: usize = 256;
+
+/// The client-side HTTP/1.1 limits of a listener, taken from `[http]` at config load.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// Largest request line plus headers (`max_header_size`): larger answers 431, or 414 when the
+    /// request line alone does not fit.
+    pub max_head: usize,
+    /// Most header fields (`max_headers`, at most `HEADER_SLOTS`): more answers 431.
+    pub max_headers: usize,
+}
+
 /// A `Content-Length` value: digits, or a list of equal ones (`5, 5`).
 pub fn parse_content_length(value: &[u8]) -> Result<u64, &'static str> {
     // The common case, one plain number, without the list's splitting and UTF-8 checks.

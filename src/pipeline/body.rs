@@ -13,8 +13,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 /// A response body.
+#[derive(Default)]
 pub enum ResponseBody {
     /// No bytes (redirects, 101, HEAD).
+    #[default]
     Empty,
     /// A body known in full (error pages, `return`).
     Full { data: Option<Bytes> },
@@ -63,12 +65,6 @@ impl ResponseBody {
         } else {
             ResponseBody::Full { data: Some(data) }
         }
-    }
-}
-
-impl Default for ResponseBody {
-    fn default() -> Self {
-        ResponseBody::Empty
     }
 }
 

@@ -15,8 +15,11 @@
 //!
 //! Each phase says when it runs and what it may change.
 
+mod body;
+
+pub use body::ResponseBody;
+
 use crate::accounting::Accounting;
-use crate::body::ResponseBody;
 use crate::client::ClientInfo;
 use crate::client::{ClientBody, ClientRequest};
 use crate::compress::RequestCodings;
@@ -25,7 +28,7 @@ use crate::error::GatewayError;
 use crate::policy;
 use crate::policy::connlimit::ConnGuard;
 use crate::policy::headers::HeaderEdits;
-use crate::proxy;
+use crate::proxy::{self, Proxied};
 use crate::request_id;
 use crate::route::{Handler, Location, VirtualServer};
 use crate::runtime::{ListenerSpec, Runtime, RuntimeRef};
@@ -146,9 +149,12 @@ async fn handle(
             Handler::Proxy(target) => {
                 let upstream = target.choose(&request, &client.ip);
                 let inference = location.inference.covers(request.method(), request.uri().path());
-                proxy::forward(request, client, upstream, location.body, inference).await
+                proxy::forward(request, client, upstream, location.body, inference).await.map(proxied)
             }
-            Handler::Models(router) => router.serve(request, client, location.inference).await,
+            Handler::Models(router) => match router.listing(&request) {
+                Some(listing) => Ok(listing.map(ResponseBody::from)),
+                None => router.forward(request, client, location.inference).await.map(proxied),
+            },
             Handler::Return { status, body, content_type } => {
                 let mut response = Response::new(ResponseBody::full(body.clone()));
                 *response.status_mut() = *status;
@@ -160,6 +166,11 @@ async fn handle(
         }
     });
     answer(work, location.errors).await
+}
+
+/// A proxied response with its body as the pipeline serves it.
+fn proxied(response: Response<Proxied>) -> Response<ResponseBody> {
+    response.map(|body| body.map_or(ResponseBody::Empty, |inner| ResponseBody::Upstream { inner }))
 }
 
 /// Turns a handler's outcome into a response: errors in the location's format, and a panic into a
