@@ -8,7 +8,7 @@ use std::pin::Pin;
 
 /// `Box::pin(make())`, with the future written straight into its box.
 #[inline(always)]
-pub fn pinned<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+pub(crate) fn pinned<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 

@@ -33,7 +33,7 @@ impl ClientInfo {
 /// A client's request as the pipeline takes it: boxed once as it arrives, since it passes through
 /// several async layers by value and each held two or three copies of the 272-byte `Request`
 /// (memcpy was an eighth of the instructions per proxied request, by callgrind).
-pub type ClientRequest = Box<http::Request<ClientBody>>;
+pub(crate) type ClientRequest = Box<http::Request<ClientBody>>;
 
 /// A client's request body, whichever protocol brought it: read from the HTTP/1.1 connection as it is
 /// polled, or hyper's stream of an HTTP/2 request.

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 /// Errors a response body can end with; hyper then aborts the response so the client sees it
 /// incomplete, never a clean end.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The machine-readable code of an error the gateway answered itself, as a response extension.
 #[derive(Debug, Clone, Copy)]
-pub struct ErrorCode(pub &'static str);
+pub(crate) struct ErrorCode(pub &'static str);
 
 /// Error bodies: OpenAI's JSON shape for API clients or one line of plain text.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub enum Rejection {
 
 /// Why a response that had begun was cut off.
 #[derive(Debug, thiserror::Error)]
-pub enum StreamTimedOut {
+pub(crate) enum StreamTimedOut {
     /// Nothing arrived for the idle timeout.
     #[error("upstream sent nothing for {0:?}")]
     Idle(Duration),
@@ -55,7 +55,7 @@ pub enum StreamTimedOut {
 
 impl StreamTimedOut {
     /// The final SSE event telling a streaming client why its stream ends.
-    pub fn sse_event(&self) -> Bytes {
+    pub(crate) fn sse_event(&self) -> Bytes {
         let code = match self {
             StreamTimedOut::Idle(_) => "upstream_idle_timeout",
             StreamTimedOut::Total(_) => "upstream_total_timeout",
@@ -210,7 +210,7 @@ impl GatewayError {
 }
 
 /// Builds an error response; also used for errors that have no `GatewayError` (e.g. hyper's own).
-pub fn error_response(
+pub(crate) fn error_response(
     status: StatusCode,
     kind: &str,
     code: &str,

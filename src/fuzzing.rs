@@ -41,12 +41,12 @@ const TOKENS: &[&[u8]] = &[
 
 /// Whether `bytes` hold a line feed without a carriage return before it: the byte-by-byte oracle
 /// for the parsers' cheaper check.
-pub fn has_bare_lf(bytes: &[u8]) -> bool {
+pub(crate) fn has_bare_lf(bytes: &[u8]) -> bool {
     bytes.iter().enumerate().any(|(at, &byte)| byte == b'\n' && (at == 0 || bytes[at - 1] != b'\r'))
 }
 
 /// The seeds of `target`: its kept corpus, then `own`.
-pub fn seeds(target: &str, own: &[&[u8]]) -> Vec<Vec<u8>> {
+pub(crate) fn seeds(target: &str, own: &[&[u8]]) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
     let mut files: Vec<_> = std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
     files.sort();
@@ -57,7 +57,7 @@ pub fn seeds(target: &str, own: &[&[u8]]) -> Vec<Vec<u8>> {
 
 /// One of `seeds` with up to eight arbitrary edits: a token inserted, bytes removed, a byte
 /// replaced, or arbitrary bytes inserted.
-pub fn mutated(u: &mut Unstructured, seeds: &[Vec<u8>]) -> arbitrary::Result<Vec<u8>> {
+pub(crate) fn mutated(u: &mut Unstructured, seeds: &[Vec<u8>]) -> arbitrary::Result<Vec<u8>> {
     let mut input = u.choose(seeds)?.clone();
     for _ in 0..u.int_in_range(0..=8)? {
         let at = u.int_in_range(0..=input.len())?;

@@ -3,30 +3,32 @@
 //! `server` accepts and serves connections, `pipeline` runs a request's phases, `route` picks the
 //! location, `proxy` and `upstream` talk to backends; `config` and `runtime` form the control path.
 
+#![warn(unreachable_pub)]
+
 pub mod accounting;
 pub mod admin;
-pub mod ai;
-pub mod boxed;
-pub mod canary;
-pub mod client;
-pub mod compress;
+mod ai;
+mod boxed;
+mod canary;
+mod client;
+mod compress;
 pub mod config;
-pub mod error;
+mod error;
 pub mod error_log;
 #[cfg(test)]
 mod fuzzing;
-pub mod metrics;
-pub mod pipeline;
+mod metrics;
+mod pipeline;
 pub mod policy;
-pub mod proxy;
-pub mod request_id;
-pub mod route;
+mod proxy;
+mod request_id;
+mod route;
 pub mod runtime;
 pub mod server;
 pub mod sim;
-pub mod static_files;
-pub mod template;
-pub mod tls;
+mod static_files;
+mod template;
+mod tls;
 pub mod upstream;
-pub mod uri;
-pub mod wire;
+mod uri;
+mod wire;

@@ -6,11 +6,11 @@ use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The header's name.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The request's id: the client's when valid (1-128 of `A-Z a-z 0-9 . _ -`), else a new random one
 /// (128 bits, hex). The request's headers are updated to carry it upstream.
-pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
+pub(crate) fn ensure(headers: &mut HeaderMap) -> HeaderValue {
     // One lookup for both the check and the insertion. Exactly one id goes upstream.
     let entry = match headers.entry(&X_REQUEST_ID) {
         Entry::Occupied(mut entry) if is_valid(entry.get().as_bytes()) => {

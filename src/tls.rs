@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 
 /// One TLS server of a listener: its names and its certificate settings.
-pub struct TlsSite<'a> {
+pub(crate) struct TlsSite<'a> {
     /// `server_name` entries.
     pub names: &'a [String],
     /// `tls = {...}`.
@@ -25,7 +25,7 @@ pub struct TlsSite<'a> {
 }
 
 /// Loads a certificate chain and key, with errors pointing at the config line that names the files.
-pub fn load_certified_key(tls: &TlsConfig, source: &Source) -> Result<Arc<CertifiedKey>, ConfigError> {
+pub(crate) fn load_certified_key(tls: &TlsConfig, source: &Source) -> Result<Arc<CertifiedKey>, ConfigError> {
     let cert_path = source.resolve(tls.cert.get_ref());
     let key_path = source.resolve(tls.key.get_ref());
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
@@ -44,7 +44,7 @@ pub fn load_certified_key(tls: &TlsConfig, source: &Source) -> Result<Arc<Certif
 
 /// Builds the acceptor of one listener. `sites[0]` is the listener's default server: its protocol
 /// versions apply to the listener and its certificate answers unknown or missing SNI.
-pub fn acceptor(sites: &[TlsSite], http2: bool, source: &Source) -> Result<TlsAcceptor, Vec<ConfigError>> {
+pub(crate) fn acceptor(sites: &[TlsSite], http2: bool, source: &Source) -> Result<TlsAcceptor, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut keys = Vec::new();
     for site in sites {

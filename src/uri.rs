@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 /// `host` of `host:port` and `[v6]:port`.
-pub fn strip_port(host: &str) -> &str {
+pub(crate) fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split_once(']').map_or(host, |(ip, _)| ip);
     }
@@ -19,7 +19,7 @@ pub fn strip_port(host: &str) -> &str {
 /// resolved. Stops `/static/..%2Fv1/inference` from dodging the location it really names. `None`
 /// for a path that is malformed or climbs above `/` (answered 400). The backend still receives the
 /// path exactly as the client sent it.
-pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
+pub(crate) fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
     if !path.starts_with('/') {
         return None;
     }

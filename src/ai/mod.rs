@@ -4,7 +4,7 @@
 
 mod inference;
 
-pub use inference::Inference;
+pub(crate) use inference::Inference;
 
 use crate::client::ClientInfo;
 use crate::client::{ClientBody, ClientRequest};

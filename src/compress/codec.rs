@@ -58,7 +58,7 @@ pub(super) fn pooled_deflate_states() -> usize {
 }
 
 /// One response's encoder; its output accumulates until taken.
-pub enum Encoder {
+pub(super) enum Encoder {
     Gzip(Box<GzipStream>),
     Br(Box<brotli::CompressorWriter<Vec<u8>>>),
     Zstd(Box<ZstdStream>),
@@ -66,7 +66,7 @@ pub enum Encoder {
 
 impl Encoder {
     /// An encoder for `encoding`; fails only when the library cannot set up (memory).
-    pub fn new(encoding: Encoding, levels: Levels) -> io::Result<Encoder> {
+    pub(super) fn new(encoding: Encoding, levels: Levels) -> io::Result<Encoder> {
         Ok(match encoding {
             Encoding::Gzip => Encoder::Gzip(Box::new(GzipStream::new(levels.gzip))),
             // 4 KiB of buffer and a 4 MiB window (lgwin 22), brotli's usual.
@@ -76,7 +76,7 @@ impl Encoder {
     }
 
     /// Compresses `data` (output may stay inside the encoder until a flush).
-    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+    pub(super) fn write(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
             Encoder::Gzip(e) => e.run(data, FlushCompress::None),
             Encoder::Br(e) => e.write_all(data),
@@ -85,7 +85,7 @@ impl Encoder {
     }
 
     /// Makes everything written so far decodable from the output.
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub(super) fn flush(&mut self) -> io::Result<()> {
         match self {
             Encoder::Gzip(e) => e.run(&[], FlushCompress::Sync),
             Encoder::Br(e) => e.flush(),
@@ -94,7 +94,7 @@ impl Encoder {
     }
 
     /// Takes the output so far.
-    pub fn take_output(&mut self) -> Vec<u8> {
+    pub(super) fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(match self {
             Encoder::Gzip(e) => &mut e.out,
             Encoder::Br(e) => e.get_mut(),
@@ -103,7 +103,7 @@ impl Encoder {
     }
 
     /// Ends the stream and returns the last bytes.
-    pub fn finish(self) -> io::Result<Vec<u8>> {
+    pub(super) fn finish(self) -> io::Result<Vec<u8>> {
         match self {
             Encoder::Gzip(mut e) => e.finish(),
             Encoder::Br(e) => Ok(e.into_inner()),
@@ -113,7 +113,7 @@ impl Encoder {
 }
 
 /// gzip (RFC 1952) around a raw deflate state from the pool; the state goes back when dropped.
-pub struct GzipStream {
+pub(super) struct GzipStream {
     level: u32,
     deflate: Option<Compress>,
     crc: Crc,
@@ -172,7 +172,7 @@ impl Drop for GzipStream {
 }
 
 /// A zstd frame from a pooled compression context; the context goes back when dropped.
-pub struct ZstdStream {
+pub(super) struct ZstdStream {
     level: i32,
     context: Option<zstd::stream::raw::Encoder<'static>>,
     out: Vec<u8>,

@@ -6,9 +6,9 @@ mod body;
 mod codec;
 mod negotiate;
 
-pub use body::CompressedBody;
-pub use codec::Levels;
-pub use negotiate::negotiate;
+pub(crate) use body::CompressedBody;
+pub(crate) use codec::Levels;
+pub(crate) use negotiate::negotiate;
 
 use crate::config::Encoding;
 use crate::wire::message::has_token;
@@ -113,7 +113,7 @@ impl CompressPolicy {
 }
 
 /// Adds `Accept-Encoding` to `Vary` unless it is there.
-pub fn add_vary(headers: &mut http::HeaderMap) {
+pub(crate) fn add_vary(headers: &mut http::HeaderMap) {
     let present = headers
         .get_all(header::VARY)
         .iter()

@@ -7,7 +7,7 @@ use http::HeaderValue;
 
 /// The coding to use for a client that sent `accept` (its `Accept-Encoding`), among `offered` in the
 /// server's order of preference; `None` when the client accepts none of them.
-pub fn negotiate(accept: Option<&HeaderValue>, offered: &[Encoding]) -> Option<Encoding> {
+pub(crate) fn negotiate(accept: Option<&HeaderValue>, offered: &[Encoding]) -> Option<Encoding> {
     let accept = accept?.to_str().ok()?;
     let mut wildcard: Option<f32> = None;
     let mut named: [Option<f32>; 3] = [None; 3];

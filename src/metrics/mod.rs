@@ -10,7 +10,7 @@
 
 mod sharded;
 
-pub use sharded::{ShardedCounter, ShardedHistogram};
+pub(crate) use sharded::{ShardedCounter, ShardedHistogram};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -64,7 +64,7 @@ struct StreamEndLabels {
 
 /// An upstream, by name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpstreamLabels {
+pub(crate) struct UpstreamLabels {
     /// The upstream's name.
     pub upstream: String,
 }
@@ -92,7 +92,7 @@ struct ResultLabels {
 
 /// A server of an upstream: its name and the server's `host:port`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServerLabels {
+pub(crate) struct ServerLabels {
     /// The upstream's name.
     pub upstream: String,
     /// The server's `host:port`.
@@ -104,7 +104,7 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// How a stream ended, as the `reason` label writes it: every byte sent, the client left, a timeout
 /// cut it, the backend failed.
-pub const STREAM_ENDS: [&str; 4] = ["complete", "client", "timeout", "upstream_error"];
+pub(crate) const STREAM_ENDS: [&str; 4] = ["complete", "client", "timeout", "upstream_error"];
 
 /// Rejections counted by reason: the error codes of `GatewayError` that refuse a request to protect
 /// the model or enforce a policy.

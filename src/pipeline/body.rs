@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 /// A response body.
 #[derive(Default)]
-pub enum ResponseBody {
+pub(crate) enum ResponseBody {
     /// No bytes (redirects, 101, HEAD).
     #[default]
     Empty,
@@ -33,7 +33,7 @@ pub enum ResponseBody {
 
 impl ResponseBody {
     /// The backend exchange this body comes from, through any wrapper (compression, accounting).
-    pub fn upstream_info(&self) -> Option<UpstreamInfo> {
+    pub(crate) fn upstream_info(&self) -> Option<UpstreamInfo> {
         match self {
             ResponseBody::Upstream { inner } => inner.info(),
             ResponseBody::Compressed { inner } => inner.source().upstream_info(),
@@ -43,22 +43,22 @@ impl ResponseBody {
     }
 
     /// A body whose end is accounted.
-    pub fn tracked(body: Box<TrackedBody<ResponseBody>>) -> Self {
+    pub(crate) fn tracked(body: Box<TrackedBody<ResponseBody>>) -> Self {
         ResponseBody::Tracked { inner: body }
     }
 
     /// A static file's body, or none.
-    pub fn file(body: Option<FileBody>) -> Self {
+    pub(crate) fn file(body: Option<FileBody>) -> Self {
         body.map_or(ResponseBody::Empty, |inner| ResponseBody::File { inner: Box::new(inner) })
     }
 
     /// A body compressed as it streams.
-    pub fn compressed(body: CompressedBody<ResponseBody>) -> Self {
+    pub(crate) fn compressed(body: CompressedBody<ResponseBody>) -> Self {
         ResponseBody::Compressed { inner: Box::new(body) }
     }
 
     /// A body of known bytes.
-    pub fn full(data: impl Into<Bytes>) -> Self {
+    pub(crate) fn full(data: impl Into<Bytes>) -> Self {
         let data: Bytes = data.into();
         if data.is_empty() {
             ResponseBody::Empty

@@ -17,7 +17,7 @@
 
 mod body;
 
-pub use body::ResponseBody;
+pub(crate) use body::ResponseBody;
 
 use crate::accounting::Accounting;
 use crate::client::ClientInfo;
@@ -43,7 +43,7 @@ use tracing::Instrument;
 
 /// Serves one request that arrived on `listener` under `runtime`. Its record (access log) is
 /// finished when the response body ends, or here if the client leaves first.
-pub async fn serve(
+pub(crate) async fn serve(
     handle: &Arc<RuntimeRef>,
     listener: &ListenerSpec,
     client: &ClientInfo,

@@ -17,7 +17,7 @@ use tokio::time::Sleep;
 
 /// The client's request body on its way to the backend: streamed as it arrives, or already read in
 /// full (a model router read it to find the `model` field).
-pub struct RequestBody {
+pub(crate) struct RequestBody {
     source: Source,
 }
 
@@ -41,17 +41,17 @@ pub struct BodyLimits {
 
 impl RequestBody {
     /// Wraps a client body, held to `limits`.
-    pub fn new(inner: ClientBody, limits: BodyLimits) -> RequestBody {
+    pub(crate) fn new(inner: ClientBody, limits: BodyLimits) -> RequestBody {
         RequestBody { source: Source::Streaming { inner, remaining: limits.max, limits, waiting: false, timer: None } }
     }
 
     /// A body read in full.
-    pub fn buffered(bytes: Bytes) -> RequestBody {
+    pub(crate) fn buffered(bytes: Bytes) -> RequestBody {
         RequestBody { source: Source::Buffered((!bytes.is_empty()).then_some(bytes)) }
     }
 
     /// The same body again, for sending the request to another server: possible unless it streams.
-    pub fn replay(&self) -> Option<RequestBody> {
+    pub(crate) fn replay(&self) -> Option<RequestBody> {
         match &self.source {
             Source::Buffered(bytes) => Some(RequestBody { source: Source::Buffered(bytes.clone()) }),
             Source::Streaming { inner, .. } if inner.is_end_stream() => Some(RequestBody::buffered(Bytes::new())),
@@ -63,12 +63,12 @@ impl RequestBody {
 /// The client sent more body than `client_max_body_size`; the proxy answers 413.
 #[derive(Debug, thiserror::Error)]
 #[error("request body larger than {0} bytes")]
-pub struct BodyTooLarge(pub u64);
+pub(crate) struct BodyTooLarge(pub u64);
 
 /// The client sent nothing of its body for `client_body_timeout`; the proxy answers 408.
 #[derive(Debug, thiserror::Error)]
 #[error("the client sent no request body for {0:?}")]
-pub struct BodyTimedOut(pub Duration);
+pub(crate) struct BodyTimedOut(pub Duration);
 
 impl OutgoingBody for RequestBody {
     fn streams(&self) -> bool {

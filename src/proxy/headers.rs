@@ -21,7 +21,7 @@ static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
 /// Backend response headers never passed to clients, as nginx: the backend's identity (`Server`;
 /// `X-Powered-By` leaks the stack) and its `Date` (the gateway writes its own). The upstream
 /// connection drops them as it parses the head.
-pub static HIDDEN_RESPONSE: [&str; 3] = ["server", "x-powered-by", "date"];
+pub(super) static HIDDEN_RESPONSE: [&str; 3] = ["server", "x-powered-by", "date"];
 
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -29,7 +29,7 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 
 /// Removes hop-by-hop headers and those the `Connection` header names. With `keep_upgrade`, the
 /// `Connection: upgrade` and `Upgrade` pair survives (a WebSocket handshake must reach the other side).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names finds the few present (most messages carry none, or `Connection`
     // alone): removing all seven by name cost more than the rest of the header rewrite.
     let mut present = [false; HOP_BY_HOP_COUNT];
@@ -65,13 +65,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// it came with), `X-Real-IP`, `X-Forwarded-Proto`. The upstream connection writes them after the
 /// request's own headers, which lose any of these names: they never enter the request's map, which
 /// saved three insertions and the map's growth per request.
-pub type Forwarding = [(&'static HeaderName, HeaderValue); 3];
+pub(crate) type Forwarding = [(&'static HeaderName, HeaderValue); 3];
 
 /// Rewrites a client request's headers for the backend: hop-by-hop headers go, `Host` stays as the
 /// client sent it (port kept; `host` is set when the request carried none, as HTTP/2 requests carry
 /// the authority instead). Returns the forwarding headers to add; `client_ip` is the peer address as
 /// a header value, made once per connection.
-pub fn to_upstream(
+pub(super) fn to_upstream(
     headers: &mut HeaderMap,
     host: Option<HeaderValue>,
     client_ip: &HeaderValue,

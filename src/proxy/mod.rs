@@ -4,11 +4,10 @@
 
 mod body;
 mod headers;
-pub mod retry;
+pub(crate) mod retry;
 mod websocket;
 
-pub use body::{BodyLimits, BodyTimedOut, BodyTimeouts, BodyTooLarge, RequestBody, UpstreamBody};
-pub use headers::Forwarding;
+pub(crate) use body::{BodyLimits, BodyTimedOut, BodyTimeouts, BodyTooLarge, RequestBody, UpstreamBody};
 
 use crate::accounting::UpstreamInfo;
 use crate::client::{ClientBody, ClientInfo, ClientRequest};
@@ -28,7 +27,7 @@ use std::time::Duration;
 /// A proxied response's body: the backend's, still streaming; `None` after `101 Switching Protocols`,
 /// when the connection became a tunnel. Boxed: inline, every response would be hundreds of bytes,
 /// copied at each step of the pipeline.
-pub type Proxied = Option<Box<UpstreamBody>>;
+pub(crate) type Proxied = Option<Box<UpstreamBody>>;
 
 /// Forwards `request` to `upstream` and returns the backend's response, its body still streaming.
 ///
@@ -41,7 +40,7 @@ pub type Proxied = Option<Box<UpstreamBody>>;
 /// A body that grows past `limits.max` (`client_max_body_size`; a declared length was checked
 /// before) is cut off there and answered 413; one whose client sends nothing for `limits.idle`
 /// (`client_body_timeout`) is answered 408.
-pub async fn forward(
+pub(crate) async fn forward(
     mut request: ClientRequest,
     client: &ClientInfo,
     upstream: &Upstream,
@@ -72,7 +71,7 @@ pub async fn forward(
 
 /// As `forward`, for a request whose body was read in full (by a model router; the request's own
 /// body is not looked at): an inference request unless `inference` says otherwise.
-pub async fn forward_buffered(
+pub(crate) async fn forward_buffered(
     head: ClientRequest,
     body: Bytes,
     client: &ClientInfo,

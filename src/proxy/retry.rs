@@ -19,7 +19,7 @@
 
 /// Who caused a failure on the proxy path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// The client: a malformed, cut or oversized request body, a reset stream, a client gone.
     Client,
     /// The gateway's own limits (the total timeout).
@@ -31,14 +31,14 @@ pub enum Origin {
 
 impl Origin {
     /// Whether the failure counts toward the server's `max_fails` (passive health).
-    pub fn counts_against_server(self) -> bool {
+    pub(crate) fn counts_against_server(self) -> bool {
         matches!(self, Origin::Upstream(_))
     }
 }
 
 /// How far a failed try had got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// The server took no byte of the request: no connection, or a connection that failed before
     /// the first write.
     NotSent,
@@ -55,7 +55,7 @@ pub enum Phase {
 
 /// What the request is, as far as sending it again goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RequestKind {
+pub(crate) struct RequestKind {
     /// Its method is idempotent (GET, HEAD, PUT, DELETE, OPTIONS, TRACE).
     pub idempotent: bool,
     /// An inference request (`ai::Inference`): safe to send again before its first response byte.
@@ -66,7 +66,7 @@ pub struct RequestKind {
 
 /// One failed try, with everything the decision looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FailedTry {
+pub(crate) struct FailedTry {
     /// Who failed, and how far a backend's exchange had got.
     pub origin: Origin,
     /// The request.
@@ -83,7 +83,7 @@ pub struct FailedTry {
 
 /// What happens after a failed try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Send the request to another server of the upstream.
     TryAnother,
     /// Answer the client with this try's outcome, for this reason.
@@ -92,7 +92,7 @@ pub enum Decision {
 
 /// Why a failed request is not sent to another server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
+pub(crate) enum Stop {
     /// The client or the gateway failed, not the server.
     NotTheServers,
     /// Part of the response already went to the client.
@@ -109,7 +109,7 @@ pub enum Stop {
 
 impl Stop {
     /// Why, for the log.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Stop::NotTheServers => "the failure was not the server's",
             Stop::ResponseStarted => "the response had begun",
@@ -124,7 +124,7 @@ impl Stop {
 }
 
 /// The retry decision for one failed try.
-pub fn decide(failed: FailedTry) -> Decision {
+pub(crate) fn decide(failed: FailedTry) -> Decision {
     let Origin::Upstream(phase) = failed.origin else {
         return Decision::Answer(Stop::NotTheServers);
     };

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 /// An HTTP/1.1 request asking to switch protocols (`Connection: upgrade` with an `Upgrade` header).
-pub fn is_upgrade_request<B>(request: &Request<B>) -> bool {
+pub(super) fn is_upgrade_request<B>(request: &Request<B>) -> bool {
     request.version() == http::Version::HTTP_11
         && request.headers().contains_key(header::UPGRADE)
         && request.headers().get_all(header::CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"upgrade"))
@@ -22,7 +22,7 @@ pub fn is_upgrade_request<B>(request: &Request<B>) -> bool {
 
 /// Copies bytes between the upgraded client and backend connections; ends on close, error, or `idle`
 /// without traffic in either direction.
-pub async fn tunnel(client: PendingUpgrade, mut upstream: Upgraded, idle: Duration) {
+pub(super) async fn tunnel(client: PendingUpgrade, mut upstream: Upgraded, idle: Duration) {
     let client = match client.upgraded().await {
         Ok(client) => client,
         Err(e) => {

@@ -166,13 +166,13 @@ mod spare_buffers {
     }
 
     /// An empty buffer with room for `READ_SIZE` bytes.
-    pub fn take() -> BytesMut {
+    pub(super) fn take() -> BytesMut {
         SPARE.with_borrow_mut(Vec::pop).unwrap_or_else(|| BytesMut::with_capacity(READ_SIZE))
     }
 
     /// Keeps `buffer` for another connection when its memory is not shared any more (the last
     /// request's head may still be referenced) and the thread keeps fewer than `SPARE_BUFFERS`.
-    pub fn give_back(mut buffer: BytesMut) {
+    pub(super) fn give_back(mut buffer: BytesMut) {
         buffer.clear();
         if buffer.try_reclaim(READ_SIZE) {
             SPARE.with_borrow_mut(|spare| {

@@ -32,20 +32,20 @@ impl HashKey {
 /// nginx's smooth weighted round robin: each pick adds every eligible server's weight to its current
 /// weight, takes the largest, and subtracts the total from it; weights 5, 1, 1 give a a b a c a a.
 #[derive(Debug)]
-pub struct Weighted {
+pub(super) struct Weighted {
     weights: Vec<i64>,
     current: std::sync::Mutex<Vec<i64>>,
 }
 
 impl Weighted {
     /// State for these weights.
-    pub fn new(weights: Vec<u32>) -> Weighted {
+    pub(super) fn new(weights: Vec<u32>) -> Weighted {
         let current = std::sync::Mutex::new(vec![0; weights.len()]);
         Weighted { weights: weights.into_iter().map(i64::from).collect(), current }
     }
 
     /// The next eligible server.
-    pub fn pick(&self, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+    pub(super) fn pick(&self, eligible: impl Fn(usize) -> bool) -> Option<usize> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let mut total = 0;
         let mut best: Option<usize> = None;
@@ -67,7 +67,7 @@ impl Weighted {
 
 /// A consistent-hash ring: 100 points per unit of weight for each server.
 #[derive(Debug)]
-pub struct Ring {
+pub(super) struct Ring {
     points: Vec<(u64, usize)>,
 }
 
@@ -76,7 +76,7 @@ const LOAD_BOUND: f64 = 1.25;
 
 impl Ring {
     /// The ring of servers named by `authorities`, with `weights`.
-    pub fn new(authorities: &[String], weights: &[u32]) -> Ring {
+    pub(super) fn new(authorities: &[String], weights: &[u32]) -> Ring {
         let mut points = Vec::new();
         for (index, (authority, weight)) in authorities.iter().zip(weights).enumerate() {
             for replica in 0..100 * weight.max(&1) {
@@ -88,7 +88,7 @@ impl Ring {
     }
 
     /// The server for `key`: the first eligible one clockwise whose load is within the bound.
-    pub fn pick(
+    pub(super) fn pick(
         &self,
         key: u64,
         eligible: impl Fn(usize) -> bool,
@@ -119,7 +119,7 @@ impl Ring {
 
 /// A stable 64-bit hash (SipHash with fixed keys): the same key maps to the same point in every
 /// worker and after every reload.
-pub fn hash(bytes: &[u8]) -> u64 {
+pub(super) fn hash(bytes: &[u8]) -> u64 {
     use std::hash::BuildHasher;
     std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(bytes)
 }
@@ -232,7 +232,7 @@ impl Drop for ServerInFlight {
 }
 
 /// The less loaded of two distinct random candidates (the only one when there is one).
-pub fn least_loaded<'a>(
+pub(super) fn least_loaded<'a>(
     candidates: &[usize],
     load: impl Fn(usize) -> (&'a ServerLoad, Option<usize>),
     stale_after: Option<Duration>,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// Runs `round` over every server of `upstream` each `interval`, until the upstream is dropped.
-pub fn every<F, Fut>(upstream: &Arc<Upstream>, interval: Duration, round: F)
+pub(super) fn every<F, Fut>(upstream: &Arc<Upstream>, interval: Duration, round: F)
 where
     F: Fn(Arc<Upstream>, usize) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send,
@@ -33,7 +33,7 @@ where
 
 /// `GET path` on a fresh connection to `server` (never a pooled one), within `timeout`: the status
 /// and up to `max_body` bytes of body, or `None` when anything fails.
-pub async fn get(
+pub(super) async fn get(
     server: &UpstreamServer,
     path: &str,
     timeout: Duration,

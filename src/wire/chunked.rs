@@ -18,7 +18,7 @@ const MAX_EXTENSION_BYTES: usize = 16 * 1024;
 
 /// What the decoder made of the buffered bytes.
 #[derive(Debug, PartialEq)]
-pub enum Decoded {
+pub(crate) enum Decoded {
     /// A piece of body data.
     Data(Bytes),
     /// The buffer holds no complete piece: read more.
@@ -56,7 +56,7 @@ enum State {
 
 /// A chunked body decoder; feed it the connection's read buffer until it says `End`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ChunkedDecoder {
+pub(crate) struct ChunkedDecoder {
     state: State,
     /// Extension bytes of this body so far (bounded by `MAX_EXTENSION_BYTES`).
     extension_bytes: usize,
@@ -74,7 +74,7 @@ fn invalid(what: &str) -> io::Error {
 
 impl ChunkedDecoder {
     /// Consumes framing from `buf` and returns the next piece of data, or what else it found.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Decoded> {
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Decoded> {
         loop {
             if let State::Data { left } = self.state {
                 if buf.is_empty() {

@@ -9,7 +9,7 @@ use std::task::{ready, Context, Poll};
 
 /// How the rest of a message body is delimited, and how far it has been read.
 #[derive(Debug)]
-pub enum Framing {
+pub(crate) enum Framing {
     /// Nothing is left to read.
     Done,
     /// `Content-Length`: this many bytes are left (never 0: that is `Done`).
@@ -25,7 +25,7 @@ pub enum Framing {
 
 impl Framing {
     /// A body of `length` declared bytes.
-    pub fn declared(length: u64) -> Framing {
+    pub(crate) fn declared(length: u64) -> Framing {
         match length {
             0 => Framing::Done,
             length => Framing::Length(length),
@@ -33,7 +33,7 @@ impl Framing {
     }
 
     /// Whether the body has been read to its end.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         matches!(self, Framing::Done)
     }
 
@@ -71,7 +71,7 @@ impl Framing {
 
 /// A connection a message body is read from: the body's framing, the bytes read so far, and a way
 /// to read more.
-pub trait BodyReader {
+pub(crate) trait BodyReader {
     /// Who sends the body, for errors: "client" or "backend".
     const PEER: &'static str;
 

@@ -6,12 +6,12 @@
 
 /// The tokens of a `Connection` header value (or any comma-separated list), trimmed, empty ones
 /// skipped.
-pub fn list_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn list_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|token| !token.is_empty())
 }
 
 /// Whether a comma-separated header value holds `token` (case-insensitive).
-pub fn has_token(value: &[u8], token: &[u8]) -> bool {
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
     list_tokens(value).any(|t| t.eq_ignore_ascii_case(token))
 }
 
@@ -22,7 +22,7 @@ pub fn has_token(value: &[u8], token: &[u8]) -> bool {
 /// any empty lines httparse skipped before the first: checking those costs a compare per header
 /// (scanning every byte of request and response heads with memchr cost 500 instructions per
 /// proxied request, callgrind).
-pub fn lines_end_with_crlf(head: &[u8], header_starts: impl IntoIterator<Item = usize>) -> bool {
+pub(crate) fn lines_end_with_crlf(head: &[u8], header_starts: impl IntoIterator<Item = usize>) -> bool {
     let crlf_before = |at: usize| at >= 2 && head[at - 2..at] == *b"\r\n";
     let first_line = head.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(head.len());
     head[..first_line].chunks(2).all(|empty_line| empty_line == b"\r\n")
@@ -32,7 +32,7 @@ pub fn lines_end_with_crlf(head: &[u8], header_starts: impl IntoIterator<Item = 
 
 /// How a message's body is delimited, as its head declares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Declared {
+pub(crate) enum Declared {
     /// Neither header: a request has no body, a response runs until the connection closes.
     Nothing,
     /// `Content-Length`.
@@ -43,7 +43,7 @@ pub enum Declared {
 
 /// Why a head's framing cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FramingError {
+pub(crate) enum FramingError {
     /// A `Content-Length` that is not a number, or several that differ: 400 (request), 502 (response).
     BadLength(&'static str),
     /// A `Transfer-Encoding` other than exactly `chunked` (`gzip, chunked` included: the gateway would
@@ -53,7 +53,7 @@ pub enum FramingError {
 
 impl FramingError {
     /// Why, in words.
-    pub fn message(self) -> &'static str {
+    pub(crate) fn message(self) -> &'static str {
         match self {
             FramingError::BadLength(what) => what,
             FramingError::UnsupportedCoding => "unsupported Transfer-Encoding (only `chunked` is accepted)",
@@ -63,7 +63,7 @@ impl FramingError {
 
 /// The framing and connection facts of one head, gathered header by header.
 #[derive(Debug, Default)]
-pub struct HeadFacts {
+pub(crate) struct HeadFacts {
     content_length: Option<u64>,
     length_error: Option<&'static str>,
     /// `Transfer-Encoding` headers seen, and whether all of them together are exactly `chunked`.
@@ -79,7 +79,7 @@ pub struct HeadFacts {
 
 impl HeadFacts {
     /// Notes a `Content-Length` value.
-    pub fn content_length(&mut self, value: &[u8]) {
+    pub(crate) fn content_length(&mut self, value: &[u8]) {
         match crate::wire::parse_content_length(value) {
             Ok(length) if self.content_length.is_some_and(|previous| previous != length) => {
                 self.length_error.get_or_insert("conflicting Content-Length headers");
@@ -92,7 +92,7 @@ impl HeadFacts {
     }
 
     /// Notes a `Transfer-Encoding` value.
-    pub fn transfer_encoding(&mut self, value: &[u8]) {
+    pub(crate) fn transfer_encoding(&mut self, value: &[u8]) {
         let mut codings = list_tokens(value);
         let only_chunked =
             codings.next().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) && codings.next().is_none();
@@ -102,7 +102,7 @@ impl HeadFacts {
 
     /// Notes a `Connection` value; `other` gets each token that is not `close`, `keep-alive` or
     /// `upgrade` (a header the connection names as its own).
-    pub fn connection(&mut self, value: &[u8], mut other: impl FnMut(&[u8])) {
+    pub(crate) fn connection(&mut self, value: &[u8], mut other: impl FnMut(&[u8])) {
         for token in list_tokens(value) {
             if token.eq_ignore_ascii_case(b"close") {
                 self.close = true;
@@ -117,20 +117,20 @@ impl HeadFacts {
     }
 
     /// Whether the head had a `Transfer-Encoding`.
-    pub fn has_transfer_encoding(&self) -> bool {
+    pub(crate) fn has_transfer_encoding(&self) -> bool {
         self.codings > 0
     }
 
     /// Whether the head had both `Transfer-Encoding` and `Content-Length`: framed by the coding
     /// (RFC 9112 §6.3). A server closes the connection after answering such a request, as it may be
     /// an attempt to smuggle a second request past a peer that reads the length.
-    pub fn both_framings(&self) -> bool {
+    pub(crate) fn both_framings(&self) -> bool {
         self.codings > 0 && (self.content_length.is_some() || self.length_error.is_some())
     }
 
     /// How the body is delimited (RFC 9112 §6.3): a coding wins over a length, and is accepted only as
     /// exactly `chunked`; a broken length is an error unless a coding frames the body.
-    pub fn declared(&self) -> Result<Declared, FramingError> {
+    pub(crate) fn declared(&self) -> Result<Declared, FramingError> {
         if self.codings > 0 {
             return match self.chunked_only {
                 true => Ok(Declared::Chunked),
@@ -146,7 +146,7 @@ impl HeadFacts {
     /// Whether the connection may carry another message after this one: HTTP/1.1 unless `close`,
     /// HTTP/1.0 only with `keep-alive`; never after a message with a coding in HTTP/1.0 (RFC 9112
     /// §6.1: the coding's framing cannot be trusted there).
-    pub fn persistent(&self, http11: bool) -> bool {
+    pub(crate) fn persistent(&self, http11: bool) -> bool {
         let asked = if http11 { !self.close } else { self.keep_alive };
         asked && (http11 || self.codings == 0)
     }

@@ -2,11 +2,11 @@
 //! and the client side (`upstream::http1`, backends). Message framing (RFC 9112 §6-7), the queue of
 //! bytes waiting for a socket, and a connection handed over after `101 Switching Protocols`.
 
-pub mod chunked;
-pub mod framing;
-pub mod message;
-pub mod request_body;
-pub mod upgrade;
+pub(crate) mod chunked;
+pub(crate) mod framing;
+pub(crate) mod message;
+pub(crate) mod request_body;
+pub(crate) mod upgrade;
 
 use bytes::{Buf, Bytes};
 use std::io::{self, IoSlice};
@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Most header fields a request may have whatever `[http] max_headers` says: the parser's slots
 /// live on the stack.
-pub const HEADER_SLOTS: usize = 256;
+pub(crate) const HEADER_SLOTS: usize = 256;
 
 /// The client-side HTTP/1.1 limits of a listener, taken from `[http]` at config load.
 #[derive(Debug, Clone, Copy)]
@@ -29,7 +29,7 @@ pub struct HeadLimits {
 }
 
 /// A `Content-Length` value: digits, or a list of equal ones (`5, 5`).
-pub fn parse_content_length(value: &[u8]) -> Result<u64, &'static str> {
+pub(crate) fn parse_content_length(value: &[u8]) -> Result<u64, &'static str> {
     // The common case, one plain number, without the list's splitting and UTF-8 checks.
     if !value.is_empty() && value.len() <= 19 && value.iter().all(u8::is_ascii_digit) {
         return Ok(value.iter().fold(0, |length, digit| length * 10 + u64::from(digit - b'0')));
@@ -53,7 +53,7 @@ pub fn parse_content_length(value: &[u8]) -> Result<u64, &'static str> {
 /// Bytes waiting to be written, oldest first, at most `N` pieces (a head, chunks with their framing,
 /// the last-chunk marker), written with one vectored write. A fixed array, as a queue would allocate
 /// per message.
-pub struct WriteQueue<const N: usize> {
+pub(crate) struct WriteQueue<const N: usize> {
     pieces: [Bytes; N],
     first: usize,
     len: usize,
@@ -69,28 +69,28 @@ impl<const N: usize> Default for WriteQueue<N> {
 
 impl<const N: usize> WriteQueue<N> {
     /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.first == self.len
     }
 
     /// Free slots.
-    pub fn room(&self) -> usize {
+    pub(crate) fn room(&self) -> usize {
         self.pieces.len() - self.len
     }
 
     /// Whether any byte was written since the queue was made.
-    pub fn wrote_any(&self) -> bool {
+    pub(crate) fn wrote_any(&self) -> bool {
         self.wrote_any
     }
 
     /// Queues `bytes` behind what waits; the caller keeps within `room`.
-    pub fn push(&mut self, bytes: Bytes) {
+    pub(crate) fn push(&mut self, bytes: Bytes) {
         self.pieces[self.len] = bytes;
         self.len += 1;
     }
 
     /// One vectored write of what is waiting; `Ready(Ok)` once some bytes went.
-    pub fn poll_write<W: AsyncWrite + Unpin + ?Sized>(
+    pub(crate) fn poll_write<W: AsyncWrite + Unpin + ?Sized>(
         &mut self,
         io: &mut W,
         cx: &mut Context<'_>,
