@@ -8,7 +8,7 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 /// One `canary = [...]` entry, compiled.
-pub struct Canary {
+pub(crate) struct Canary {
     /// Where its requests go.
     pub upstream: Arc<Upstream>,
     /// Percent of the unmatched traffic (0-100).
@@ -20,7 +20,7 @@ pub struct Canary {
 }
 
 /// The upstreams of a `proxy` location.
-pub struct ProxyTarget {
+pub(crate) struct ProxyTarget {
     /// Where requests go unless a canary takes them.
     pub primary: Arc<Upstream>,
     /// Canaries, checked in config order.
@@ -33,12 +33,12 @@ pub struct ProxyTarget {
 
 impl ProxyTarget {
     /// A target with canaries.
-    pub fn new(primary: Arc<Upstream>, canaries: Vec<Canary>, sticky: bool) -> ProxyTarget {
+    pub(crate) fn new(primary: Arc<Upstream>, canaries: Vec<Canary>, sticky: bool) -> ProxyTarget {
         ProxyTarget { primary, canaries, sticky, hasher: Default::default() }
     }
 
     /// The upstream for this request.
-    pub fn choose<B>(&self, request: &Request<B>, client_ip: &HeaderValue) -> &Arc<Upstream> {
+    pub(crate) fn choose<B>(&self, request: &Request<B>, client_ip: &HeaderValue) -> &Arc<Upstream> {
         if self.canaries.is_empty() {
             return &self.primary;
         }

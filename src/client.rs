@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 /// Who sent the request, as the forwarding headers need it; made once per connection.
 #[derive(Debug, Clone)]
-pub struct ClientInfo {
+pub(crate) struct ClientInfo {
     /// The client's socket address.
     pub peer: SocketAddr,
     /// The client's IP as a header value, for `X-Real-IP` and `X-Forwarded-For`.
@@ -24,7 +24,7 @@ pub struct ClientInfo {
 
 impl ClientInfo {
     /// Facts about a client connection.
-    pub fn new(peer: SocketAddr, https: bool) -> ClientInfo {
+    pub(crate) fn new(peer: SocketAddr, https: bool) -> ClientInfo {
         let ip = HeaderValue::try_from(peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ClientInfo { peer, ip, https }
     }
@@ -37,7 +37,7 @@ pub(crate) type ClientRequest = Box<http::Request<ClientBody>>;
 
 /// A client's request body, whichever protocol brought it: read from the HTTP/1.1 connection as it is
 /// polled, or hyper's stream of an HTTP/2 request.
-pub enum ClientBody {
+pub(crate) enum ClientBody {
     /// No body.
     Empty,
     /// From an HTTP/1.1 connection (`server::http1`).
@@ -50,7 +50,7 @@ impl ClientBody {
     /// The body's length as its request declared it (`Content-Length`, or none at all), known
     /// before any of it is read; `None` for a chunked body. Taken from the body, which parsed the
     /// header once, rather than from the header map again.
-    pub fn declared_length(&self) -> Option<u64> {
+    pub(crate) fn declared_length(&self) -> Option<u64> {
         self.size_hint().exact()
     }
 }

@@ -17,7 +17,7 @@ pub(crate) struct ErrorCode(pub &'static str);
 /// Error bodies: OpenAI's JSON shape for API clients or one line of plain text.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum ErrorFormat {
+pub(crate) enum ErrorFormat {
     /// `{"error": {"message", "type", "code"}}`
     Json,
     /// `STATUS REASON: message`
@@ -26,7 +26,7 @@ pub enum ErrorFormat {
 
 /// Why a request was not admitted; both are answered 503 with `Retry-After`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// The queue already holds `queue.max` requests.
     QueueFull {
         /// Seconds until a slot is likely free, from the recent drain rate.
@@ -68,7 +68,7 @@ impl StreamTimedOut {
 
 /// Something the gateway answers instead of (or because of) the backend.
 #[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
+pub(crate) enum GatewayError {
     /// No location matches the path.
     #[error("no route for this path")]
     NoRoute,
@@ -141,7 +141,7 @@ pub enum GatewayError {
 
 impl GatewayError {
     /// The HTTP status this error is answered with.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             GatewayError::NoRoute | GatewayError::NotFound | GatewayError::UnknownModel { .. } => StatusCode::NOT_FOUND,
             GatewayError::Forbidden => StatusCode::FORBIDDEN,
@@ -187,7 +187,7 @@ impl GatewayError {
     }
 
     /// The response for this error in the location's format.
-    pub fn to_response(&self, format: ErrorFormat) -> Response<Bytes> {
+    pub(crate) fn to_response(&self, format: ErrorFormat) -> Response<Bytes> {
         let (kind, code) = self.kind();
         let mut response = error_response(self.status(), kind, code, &self.to_string(), format);
         response.extensions_mut().insert(ErrorCode(code));

@@ -17,7 +17,7 @@ struct LogFile {
 }
 
 /// A writer handing events to the log file.
-pub struct FileWriter;
+pub(crate) struct FileWriter;
 
 impl Write for FileWriter {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -58,7 +58,7 @@ pub fn init(settings: Option<&ErrorLogConfig>, dir: &Path) {
 }
 
 /// Reopens the error log file, if there is one (SIGUSR1).
-pub fn reopen() {
+pub(crate) fn reopen() {
     if let Some(log) = FILE.get() {
         match open_append(&log.path) {
             Ok(file) => *log.file.lock().unwrap_or_else(|e| e.into_inner()) = file,

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// What a location does with a request.
-pub enum Handler {
+pub(crate) enum Handler {
     /// Forward to an upstream (or one of its canaries).
     Proxy(ProxyTarget),
     /// Forward to the upstream serving the body's `model`.
@@ -34,7 +34,7 @@ pub enum Handler {
 }
 
 /// A compiled `[[server.location]]`.
-pub struct Location {
+pub(crate) struct Location {
     /// Its handler.
     pub handler: Handler,
     /// Request headers set or removed before the handler (`proxy_set_header`): the server's, then the
@@ -60,7 +60,7 @@ pub struct Location {
 
 /// Locations of one server, indexed for nginx's matching order.
 #[derive(Default)]
-pub struct LocationTable {
+pub(crate) struct LocationTable {
     locations: Vec<Arc<Location>>,
     exact: HashMap<String, usize>,
     /// Longest first, so the first hit is the longest match.
@@ -70,13 +70,13 @@ pub struct LocationTable {
 
 impl LocationTable {
     /// Adds an exact-path location.
-    pub fn add_exact(&mut self, path: String, location: Location) {
+    pub(crate) fn add_exact(&mut self, path: String, location: Location) {
         let index = self.push(location);
         self.exact.entry(path).or_insert(index);
     }
 
     /// Adds a prefix location; `skip_regex` is nginx's `^~`.
-    pub fn add_prefix(&mut self, prefix: String, skip_regex: bool, location: Location) {
+    pub(crate) fn add_prefix(&mut self, prefix: String, skip_regex: bool, location: Location) {
         let index = self.push(location);
         self.prefixes.push((prefix, skip_regex, index));
         // Stable sort keeps config order among equal prefixes; the first one wins, as in nginx.
@@ -84,7 +84,7 @@ impl LocationTable {
     }
 
     /// Adds a regex location, checked after those added before it.
-    pub fn add_regex(&mut self, regex: Regex, location: Location) {
+    pub(crate) fn add_regex(&mut self, regex: Regex, location: Location) {
         let index = self.push(location);
         self.regexes.push((regex, index));
     }
@@ -95,7 +95,7 @@ impl LocationTable {
     }
 
     /// The location for a normalized path, if any.
-    pub fn find(&self, path: &str) -> Option<&Arc<Location>> {
+    pub(crate) fn find(&self, path: &str) -> Option<&Arc<Location>> {
         if let Some(&index) = self.exact.get(path) {
             return Some(&self.locations[index]);
         }
@@ -111,7 +111,7 @@ impl LocationTable {
 }
 
 /// A compiled `[[server]]`.
-pub struct VirtualServer {
+pub(crate) struct VirtualServer {
     /// First `server_name`, for `$server_name`.
     pub primary_name: String,
     /// Its locations.
@@ -127,7 +127,7 @@ pub struct VirtualServer {
 /// Values chosen by host name: exact names, then the longest matching `*.suffix` wildcard, then the
 /// default. Used for virtual servers by Host and for certificates by SNI.
 #[derive(Debug)]
-pub struct NameTable<T> {
+pub(crate) struct NameTable<T> {
     exact: HashMap<String, T>,
     /// `(".example.com", value)`, longest suffix first.
     wildcard: Vec<(String, T)>,
@@ -136,12 +136,12 @@ pub struct NameTable<T> {
 
 impl<T: Clone> NameTable<T> {
     /// A table answering `default` for every name until names are added.
-    pub fn new(default: T) -> Self {
+    pub(crate) fn new(default: T) -> Self {
         NameTable { exact: HashMap::new(), wildcard: Vec::new(), default }
     }
 
     /// Adds `name` (`api.example.com` or `*.example.com`); the first value added for a name stays.
-    pub fn add(&mut self, name: &str, value: T) {
+    pub(crate) fn add(&mut self, name: &str, value: T) {
         let name = name.to_ascii_lowercase();
         match name.strip_prefix('*') {
             Some(suffix) if suffix.starts_with('.') => {
@@ -157,7 +157,7 @@ impl<T: Clone> NameTable<T> {
     }
 
     /// The value for a host name (any case, with or without `:port` or a trailing dot).
-    pub fn select(&self, host: Option<&str>) -> &T {
+    pub(crate) fn select(&self, host: Option<&str>) -> &T {
         let Some(host) = host else {
             return &self.default;
         };

@@ -40,19 +40,19 @@ use std::time::Duration;
 use tokio_rustls::TlsAcceptor;
 
 /// Everything one listening address needs to serve a connection.
-pub struct ListenerSpec {
+pub(crate) struct ListenerSpec {
     /// TLS, when the address's servers have it.
-    pub tls: Option<TlsAcceptor>,
+    pub(crate) tls: Option<TlsAcceptor>,
     /// Offer HTTP/2 (the default server's `http2`).
-    pub http2: bool,
+    pub(crate) http2: bool,
     /// Virtual servers by Host.
-    pub hosts: NameTable<Arc<VirtualServer>>,
+    pub(crate) hosts: NameTable<Arc<VirtualServer>>,
     /// hyper's HTTP/2 connection settings, built once here rather than per connection.
-    pub http2_builder: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
+    pub(crate) http2_builder: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
     /// The HTTP/1.1 connection limits.
-    pub http1: HeadLimits,
+    pub(crate) http1: HeadLimits,
     /// Client connection limits from `[http]`.
-    pub limits: ConnLimits,
+    pub(crate) limits: ConnLimits,
 }
 
 /// A compiled config.
@@ -60,37 +60,37 @@ pub struct Runtime {
     /// Counts loads since start: 1 for the first config.
     pub version: u64,
     /// Client connection settings.
-    pub http: HttpSettings,
+    pub(crate) http: HttpSettings,
     /// Listeners by configured address (`127.0.0.1:0` stays the key even once bound to a real port).
-    pub listeners: HashMap<SocketAddr, Arc<ListenerSpec>>,
+    pub(crate) listeners: HashMap<SocketAddr, Arc<ListenerSpec>>,
     /// Upstreams by name, kept so the next reload can reuse their pools.
     pub upstreams: HashMap<String, Arc<Upstream>>,
     /// Rate limit zones by name, kept so the next reload can keep their counts.
-    pub zones: HashMap<String, Arc<Zone>>,
+    pub(crate) zones: HashMap<String, Arc<Zone>>,
     /// Concurrency counts by zone name, kept by reloads.
     pub conn_zones: HashMap<String, Arc<ConnCounter>>,
     /// Whose forwarding headers name the client.
-    pub trusted_proxies: TrustedProxies,
+    pub(crate) trusted_proxies: TrustedProxies,
     /// Metric families, kept by reloads.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// The admin API's settings (read at start).
-    pub admin: AdminConfig,
+    pub(crate) admin: AdminConfig,
     /// When this config was loaded.
-    pub loaded_at: std::time::SystemTime,
+    pub(crate) loaded_at: std::time::SystemTime,
     /// What accounting reads: access logs (kept by reloads) and the accounts locations route to.
     pub ledger: Ledger,
     /// Upstreams by `Upstream::id`.
-    pub upstream_list: Vec<Arc<Upstream>>,
+    pub(crate) upstream_list: Vec<Arc<Upstream>>,
 }
 
 /// A connection's own handle on a runtime: requests clone an `Arc<RuntimeRef>` whose count is the
 /// connection's alone, instead of bouncing the runtime's shared count between cores.
-pub struct RuntimeRef {
+pub(crate) struct RuntimeRef {
     /// The runtime itself.
-    pub runtime: Arc<Runtime>,
+    pub(crate) runtime: Arc<Runtime>,
     /// The connection's listener in this runtime, found once per connection and reload rather than
     /// hashed per request; `None` when a reload removed it while the connection was open.
-    pub listener: Option<Arc<ListenerSpec>>,
+    pub(crate) listener: Option<Arc<ListenerSpec>>,
 }
 
 impl Books for RuntimeRef {
@@ -106,7 +106,7 @@ impl Books for RuntimeRef {
 
 impl RuntimeRef {
     /// `runtime` as seen by a connection accepted on `listen_key`.
-    pub fn new(runtime: Arc<Runtime>, listen_key: &SocketAddr) -> RuntimeRef {
+    pub(crate) fn new(runtime: Arc<Runtime>, listen_key: &SocketAddr) -> RuntimeRef {
         let listener = runtime.listeners.get(listen_key).cloned();
         RuntimeRef { runtime, listener }
     }
@@ -115,7 +115,7 @@ impl RuntimeRef {
 impl Runtime {
     /// Gauges of the running config's state, made per scrape: in flight, queue, health and drain per
     /// server, and the config version.
-    pub fn state_metrics(&self) -> Registry {
+    pub(crate) fn state_metrics(&self) -> Registry {
         let mut registry = Registry::with_prefix("infergate");
         let in_flight = Family::<ServerLabels, Gauge>::default();
         let healthy = Family::<ServerLabels, Gauge>::default();
@@ -159,7 +159,7 @@ impl Runtime {
     }
 
     /// Compiles a validated config; loads TLS material, so file errors surface here with their line.
-    pub fn build(config: &Config, source: &Source, previous: Option<&Runtime>) -> Result<Runtime, ConfigErrors> {
+    pub(crate) fn build(config: &Config, source: &Source, previous: Option<&Runtime>) -> Result<Runtime, ConfigErrors> {
         let mut errors: Vec<ConfigError> = Vec::new();
         let metrics = previous.map_or_else(Metrics::new, |p| p.metrics.clone());
         let mut upstreams = HashMap::new();
@@ -518,27 +518,27 @@ fn compile_location(
 
 /// What a client connection needs of `[http]`, taken once at config load.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnLimits {
+pub(crate) struct ConnLimits {
     /// TLS handshake and request head (`client_header_timeout`).
-    pub header_timeout: Duration,
+    pub(crate) header_timeout: Duration,
     /// Idle time before a kept-alive connection is closed (`keepalive_timeout`).
-    pub keepalive_timeout: Duration,
+    pub(crate) keepalive_timeout: Duration,
     /// Requests per connection (`keepalive_requests`).
-    pub keepalive_requests: u64,
+    pub(crate) keepalive_requests: u64,
     /// How long a closing connection may take (`drain_timeout`).
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
 }
 
 impl ConnLimits {
     /// How long a connection may go without a request in flight: `keepalive_timeout`, or
     /// `client_header_timeout` if shorter, since the next request's head may have begun to arrive
     /// (hyper's own header timer also ran from the end of the previous request).
-    pub fn idle_timeout(&self) -> Duration {
+    pub(crate) fn idle_timeout(&self) -> Duration {
         self.keepalive_timeout.min(self.header_timeout)
     }
 
     /// The limits `[http]` sets.
-    pub fn of(http: &HttpSettings) -> ConnLimits {
+    pub(crate) fn of(http: &HttpSettings) -> ConnLimits {
         ConnLimits {
             header_timeout: http.client_header_timeout.0,
             keepalive_timeout: http.keepalive_timeout.0,
@@ -549,7 +549,7 @@ impl ConnLimits {
 }
 
 /// hyper's HTTP/2 connection settings from `[http]`, built once per listener at config load.
-pub fn http2_builder(http: &HttpSettings) -> http2::Builder<TokioExecutor> {
+pub(crate) fn http2_builder(http: &HttpSettings) -> http2::Builder<TokioExecutor> {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -559,7 +559,7 @@ pub fn http2_builder(http: &HttpSettings) -> http2::Builder<TokioExecutor> {
 }
 
 /// The HTTP/1.1 limits from `[http]`, taken once per listener at config load.
-pub fn http1_limits(http: &HttpSettings) -> HeadLimits {
+pub(crate) fn http1_limits(http: &HttpSettings) -> HeadLimits {
     HeadLimits {
         max_head: usize::try_from(http.max_header_size.0).unwrap_or(usize::MAX),
         max_headers: http.max_headers.min(HEADER_SLOTS),

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
 
 /// A compiled static files location.
-pub struct StaticFiles {
+pub(crate) struct StaticFiles {
     /// The folder files are served from.
     dir: PathBuf,
     /// The folder with symlinks resolved, for the containment check (resolved at load when it exists).
@@ -48,7 +48,7 @@ pub struct StaticFiles {
 }
 
 /// Settings of a static files location, as configured.
-pub struct StaticSettings {
+pub(crate) struct StaticSettings {
     /// The folder (already resolved against the config file's folder).
     pub dir: PathBuf,
     /// The location path `dir` stands for (`alias`), or `None` (`root`).
@@ -67,7 +67,7 @@ pub struct StaticSettings {
 
 impl StaticFiles {
     /// Compiles the settings; the header values are made once here.
-    pub fn new(settings: StaticSettings) -> StaticFiles {
+    pub(crate) fn new(settings: StaticSettings) -> StaticFiles {
         let max_age = settings.expires.map(|d| format!("max-age={}", d.as_secs()));
         let directives: Vec<String> = max_age.into_iter().chain(settings.cache_control).collect();
         StaticFiles {
@@ -86,7 +86,7 @@ impl StaticFiles {
 
     /// Answers a request for a file; the body is `None` when the answer has none (HEAD, 304, 301,
     /// 416, an empty file).
-    pub async fn serve<B>(&self, request: &Request<B>) -> Result<Response<Option<FileBody>>, GatewayError> {
+    pub(crate) async fn serve<B>(&self, request: &Request<B>) -> Result<Response<Option<FileBody>>, GatewayError> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return Err(GatewayError::MethodNotAllowed);
         }
@@ -358,7 +358,7 @@ fn io_error(error: std::io::Error) -> GatewayError {
 }
 
 /// A file's bytes, read in chunks of up to 64 KiB as the client takes them.
-pub struct FileBody {
+pub(crate) struct FileBody {
     file: tokio::fs::File,
     remaining: u64,
     /// The buffer of a read still in progress.

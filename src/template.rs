@@ -2,7 +2,7 @@
 //! load so that a request only concatenates.
 
 /// The request facts a template may use.
-pub struct Vars<'a> {
+pub(crate) struct Vars<'a> {
     /// `http` or `https`.
     pub scheme: &'a str,
     /// Host from the request without port, or the server's first name.
@@ -44,13 +44,13 @@ enum Part {
 
 /// A parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
+pub(crate) struct Template {
     parts: Vec<Part>,
 }
 
 impl Template {
     /// Splits `text` into literal text and variables; an unknown variable is an error naming the known ones.
-    pub fn parse(text: &str) -> Result<Template, String> {
+    pub(crate) fn parse(text: &str) -> Result<Template, String> {
         let mut parts = Vec::new();
         let mut literal = String::new();
         let mut rest = text;
@@ -85,7 +85,7 @@ impl Template {
     }
 
     /// Fills in the variables.
-    pub fn render(&self, vars: &Vars) -> String {
+    pub(crate) fn render(&self, vars: &Vars) -> String {
         let mut out = String::with_capacity(64);
         for part in &self.parts {
             out.push_str(match part {

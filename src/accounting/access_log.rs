@@ -15,9 +15,9 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
 /// nginx's `combined`, its built-in default.
-pub const COMBINED: &str = r#"$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent""#;
+pub(crate) const COMBINED: &str = r#"$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent""#;
 /// The seed's (and nginx's documented) `main`: `combined` plus `X-Forwarded-For`.
-pub const MAIN: &str = r#"$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" "$http_x_forwarded_for""#;
+pub(crate) const MAIN: &str = r#"$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" "$http_x_forwarded_for""#;
 
 /// Lines waiting for the writer; beyond this the newest are dropped (and counted) rather than
 /// making requests wait.
@@ -86,7 +86,7 @@ enum Part {
 
 /// A compiled log format.
 #[derive(Debug, Clone)]
-pub struct LogFormat(Shape);
+pub(crate) struct LogFormat(Shape);
 
 #[derive(Debug, Clone)]
 enum Shape {
@@ -98,7 +98,7 @@ enum Shape {
 
 impl LogFormat {
     /// Compiles `text`; an unknown variable is an error naming the known ones.
-    pub fn parse(text: &str) -> Result<LogFormat, String> {
+    pub(crate) fn parse(text: &str) -> Result<LogFormat, String> {
         let mut parts = Vec::new();
         let mut rest = text;
         while let Some(dollar) = rest.find('$') {
@@ -126,7 +126,7 @@ impl LogFormat {
     }
 
     /// A format by name: `main`, `combined`, `json`, or one of `custom` (`[http] log_format`).
-    pub fn named(name: &str, custom: &BTreeMap<String, String>) -> Result<LogFormat, String> {
+    pub(crate) fn named(name: &str, custom: &BTreeMap<String, String>) -> Result<LogFormat, String> {
         match (name, custom.get(name)) {
             (_, Some(text)) => LogFormat::parse(text),
             ("main", None) => LogFormat::parse(MAIN),
@@ -141,7 +141,7 @@ impl LogFormat {
     }
 
     /// The request headers this format reads, which the request's record must keep.
-    pub fn headers(&self) -> Vec<HeaderName> {
+    pub(crate) fn headers(&self) -> Vec<HeaderName> {
         match &self.0 {
             Shape::Json => JSON_HEADERS.iter().map(|(_, name)| HeaderName::from_static(name)).collect(),
             Shape::Text(parts) => parts
@@ -155,7 +155,7 @@ impl LogFormat {
     }
 
     /// The record as one line, without the newline.
-    pub fn format(&self, record: &Record, request: &LoggedRequest) -> String {
+    pub(crate) fn format(&self, record: &Record, request: &LoggedRequest) -> String {
         match &self.0 {
             Shape::Json => json_line(record, request),
             Shape::Text(parts) => {
@@ -301,7 +301,7 @@ enum Message {
 
 /// One log file and the thread writing it. Shared by every location logging there, and kept across
 /// reloads, so lines from two configs never interleave inside one write.
-pub struct LogWriter {
+pub(crate) struct LogWriter {
     path: PathBuf,
     queue: SyncSender<Message>,
     dropped: AtomicU64,
@@ -309,7 +309,7 @@ pub struct LogWriter {
 
 impl LogWriter {
     /// Opens (creating) `path` for appending and starts its writer thread.
-    pub fn open(path: &Path) -> std::io::Result<Arc<LogWriter>> {
+    pub(crate) fn open(path: &Path) -> std::io::Result<Arc<LogWriter>> {
         let file = open_append(path)?;
         let (queue, lines) = sync_channel(QUEUE_LINES);
         let thread_path = path.to_path_buf();
@@ -317,13 +317,8 @@ impl LogWriter {
         Ok(Arc::new(LogWriter { path: path.to_path_buf(), queue, dropped: AtomicU64::new(0) }))
     }
 
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Queues one line (without its newline); never blocks.
-    pub fn write(&self, line: String) {
+    pub(crate) fn write(&self, line: String) {
         match self.queue.try_send(Message::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -336,13 +331,8 @@ impl LogWriter {
     }
 
     /// Reopens the file (after log rotation moved it away).
-    pub fn reopen(&self) {
+    pub(crate) fn reopen(&self) {
         let _ = self.queue.try_send(Message::Reopen);
-    }
-
-    /// Lines dropped because the writer was behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -378,16 +368,16 @@ fn write_lines(path: &Path, file: File, lines: &Receiver<Message>) {
 }
 
 /// A location's access log: where, and in which format.
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     /// The file's writer.
-    pub writer: Arc<LogWriter>,
+    pub(crate) writer: Arc<LogWriter>,
     /// The line format.
-    pub format: Arc<LogFormat>,
+    pub(crate) format: Arc<LogFormat>,
 }
 
 impl AccessLog {
     /// Writes the record's line.
-    pub fn log(&self, record: &Record, request: &LoggedRequest) {
+    pub(crate) fn log(&self, record: &Record, request: &LoggedRequest) {
         self.writer.write(self.format.format(record, request));
     }
 }
@@ -406,7 +396,7 @@ pub struct AccessLogs {
 impl AccessLogs {
     /// Opens every configured log file (reusing `previous`'s writers) and compiles every format;
     /// a file that cannot be opened or an unknown format or variable is an error at its place.
-    pub fn build(
+    pub(crate) fn build(
         config: &Config,
         source: &Source,
         previous: Option<&AccessLogs>,
@@ -473,7 +463,7 @@ impl AccessLogs {
 
     /// The log for a place configured by `settings`, innermost first (location, server, `[http]`):
     /// the first one set decides.
-    pub fn select(&self, settings: &[Option<&AccessLogSetting>]) -> Option<Arc<AccessLog>> {
+    pub(crate) fn select(&self, settings: &[Option<&AccessLogSetting>]) -> Option<Arc<AccessLog>> {
         match settings.iter().flatten().next()? {
             AccessLogSetting::Off => None,
             AccessLogSetting::Log(log) => {
@@ -483,12 +473,12 @@ impl AccessLogs {
     }
 
     /// The request headers a request's record must keep.
-    pub fn keep_headers(&self) -> &[HeaderName] {
+    pub(crate) fn keep_headers(&self) -> &[HeaderName] {
         &self.keep_headers
     }
 
     /// Whether anything is logged at all.
-    pub fn any(&self) -> bool {
+    pub(crate) fn any(&self) -> bool {
         !self.logs.is_empty()
     }
 
@@ -502,7 +492,7 @@ impl AccessLogs {
 
 impl BodyEnd {
     /// As `$response_end` writes it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             BodyEnd::Complete => "complete",
             BodyEnd::ClientClosed => "client_closed",

@@ -5,7 +5,7 @@
 //! Accounting reads the running config through `Books` (the runtime is one), and wraps whatever
 //! response body the pipeline hands it, so it names no module above its own layer.
 
-pub mod access_log;
+pub(crate) mod access_log;
 
 use crate::client::ClientInfo;
 use crate::error::BoxError;
@@ -24,30 +24,30 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 /// Where the requests of one location (or of a server's unmatched paths) are accounted.
-pub struct Account {
+pub(crate) struct Account {
     /// Its metric handles.
-    pub metrics: LocationMetrics,
+    pub(crate) metrics: LocationMetrics,
     /// Its access log, if any.
-    pub log: Option<Arc<AccessLog>>,
+    pub(crate) log: Option<Arc<AccessLog>>,
 }
 
 /// What accounting keeps of a running config: whether requests are accounted at all, the access log
 /// files, and the accounts locations are routed to.
 pub struct Ledger {
     /// Whether requests are accounted (metrics kept, or an access log anywhere).
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Whether metrics are kept: `[admin] metrics`, and an admin API to serve them.
-    pub metrics_kept: bool,
+    pub(crate) metrics_kept: bool,
     /// Access log files and formats, kept by reloads.
     pub access_logs: AccessLogs,
     /// Where each location's (and each server's no-match) requests are accounted, by `Account` id.
-    pub accounts: Vec<Account>,
+    pub(crate) accounts: Vec<Account>,
 }
 
 /// What accounting reads of the running config for the requests it records: its ledger, and the
 /// address of the server an exchange names. A record holds its request's handle on the config for
 /// as long as the request lives, so a reload never takes a location's account from under it.
-pub trait Books: Send + Sync {
+pub(crate) trait Books: Send + Sync {
     /// The config's ledger.
     fn ledger(&self) -> &Ledger;
     /// The `host:port` of server `server` of upstream `upstream` (by `Upstream::id`).
@@ -57,26 +57,26 @@ pub trait Books: Send + Sync {
 /// What the proxy tells accounting about the backend exchange; it rides in the response body
 /// (the pipeline's `ResponseBody::upstream_info`). Plain values, so copying it touches no shared counter.
 #[derive(Debug, Clone, Copy)]
-pub struct UpstreamInfo {
+pub(crate) struct UpstreamInfo {
     /// The upstream's `Upstream::id`.
-    pub upstream: usize,
+    pub(crate) upstream: usize,
     /// The server's index in its upstream.
-    pub server: usize,
+    pub(crate) server: usize,
     /// The backend's status.
-    pub status: u16,
+    pub(crate) status: u16,
     /// From the request's start to the upstream exchange's start (queueing, retries).
-    pub started_after: Duration,
+    pub(crate) started_after: Duration,
     /// From the exchange's start to the response head (`$upstream_header_time`).
-    pub header_time: Duration,
+    pub(crate) header_time: Duration,
     /// When the response head arrived, for the latency the gateway adds.
-    pub head_at: Instant,
+    pub(crate) head_at: Instant,
     /// The backend answered `text/event-stream`: the record keeps its token timing.
-    pub event_stream: bool,
+    pub(crate) event_stream: bool,
 }
 
 /// How a response ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyEnd {
+pub(crate) enum BodyEnd {
     /// Every byte was handed to the connection.
     Complete,
     /// The client left before the end (before the head, nginx's 499).
@@ -101,72 +101,72 @@ impl BodyEnd {
 
 /// What an event stream's record adds.
 #[derive(Debug, Default, Clone)]
-pub struct StreamStats {
+pub(crate) struct StreamStats {
     /// From the request head to the first data event.
-    pub first_token: Option<Duration>,
+    pub(crate) first_token: Option<Duration>,
     /// `completion_tokens` of the stream's `usage`, if it reported one.
-    pub output_tokens: Option<u64>,
+    pub(crate) output_tokens: Option<u64>,
     last_event: Option<Instant>,
 }
 
 /// The request as the access log prints it. Made only when an access log is configured: metrics
 /// need none of it, and copying it cost a fifth of what accounting adds to a request.
-pub struct LoggedRequest {
+pub(crate) struct LoggedRequest {
     /// The client (behind trusted proxies, the forwarded one).
-    pub client_ip: IpAddr,
+    pub(crate) client_ip: IpAddr,
     /// Whether the client connection is TLS.
-    pub https: bool,
+    pub(crate) https: bool,
     /// The request method.
-    pub method: Method,
+    pub(crate) method: Method,
     /// The request target as sent.
-    pub uri: Uri,
+    pub(crate) uri: Uri,
     /// `HTTP/1.1`, `HTTP/2.0`.
-    pub protocol: &'static str,
+    pub(crate) protocol: &'static str,
     host: Option<HeaderValue>,
     /// The request's `X-Request-Id`.
-    pub request_id: HeaderValue,
+    pub(crate) request_id: HeaderValue,
     /// The request headers the configured log formats read.
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl LoggedRequest {
     /// A request header the formats asked to keep.
-    pub fn header(&self, name: &HeaderName) -> Option<&str> {
+    pub(crate) fn header(&self, name: &HeaderName) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.to_str().ok())
     }
 
     /// Path and query as sent.
-    pub fn request_uri(&self) -> &str {
+    pub(crate) fn request_uri(&self) -> &str {
         self.uri.path_and_query().map_or("/", |pq| pq.as_str())
     }
 
     /// The Host (or HTTP/2 authority), or `""`.
-    pub fn host(&self) -> &str {
+    pub(crate) fn host(&self) -> &str {
         self.host.as_ref().and_then(|h| h.to_str().ok()).or_else(|| self.uri.host()).unwrap_or("")
     }
 }
 
 /// Everything known about one request when it ends.
-pub struct Record {
+pub(crate) struct Record {
     /// The request itself, for the access log; `None` when no access log is configured.
-    pub request: Option<Box<LoggedRequest>>,
+    pub(crate) request: Option<Box<LoggedRequest>>,
     /// The response status (499 when the client left before it).
-    pub status: u16,
+    pub(crate) status: u16,
     /// The code of an error the gateway answered itself.
-    pub error_code: Option<&'static str>,
+    pub(crate) error_code: Option<&'static str>,
     /// Body bytes handed to the client.
-    pub body_bytes: u64,
+    pub(crate) body_bytes: u64,
     started: Instant,
     /// From the request's head to the response's end.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Wall-clock time of the end.
-    pub ended_at: SystemTime,
+    pub(crate) ended_at: SystemTime,
     /// The backend exchange, for proxied requests.
-    pub upstream: Option<UpstreamInfo>,
+    pub(crate) upstream: Option<UpstreamInfo>,
     /// For event streams: tokens and timing.
-    pub stream: Option<StreamStats>,
+    pub(crate) stream: Option<StreamStats>,
     /// How the response ended.
-    pub end: BodyEnd,
+    pub(crate) end: BodyEnd,
     /// The config the request ran on (the connection's own handle, so cloning it is free of
     /// cross-core traffic) and its account there, once routed.
     books: Arc<dyn Books>,
@@ -176,7 +176,7 @@ pub struct Record {
 
 impl Record {
     /// The `host:port` of the server that answered.
-    pub fn upstream_addr(&self) -> Option<&str> {
+    pub(crate) fn upstream_addr(&self) -> Option<&str> {
         let info = self.upstream?;
         self.books.server_authority(info.upstream, info.server)
     }
@@ -190,7 +190,7 @@ impl Record {
     }
 
     /// From the upstream exchange's start to the response's end (nginx's `$upstream_response_time`).
-    pub fn upstream_response_time(&self) -> Option<Duration> {
+    pub(crate) fn upstream_response_time(&self) -> Option<Duration> {
         self.upstream.as_ref().map(|u| self.duration.saturating_sub(u.started_after))
     }
 
@@ -251,12 +251,12 @@ fn completion_tokens(data: &[u8]) -> Option<u64> {
 /// attached to the response body. Its record lives from the start in the box that becomes the
 /// response body's wrapper, so accounting costs one allocation. Dropped before a response exists
 /// (the client left), it records a 499.
-pub struct Accounting<B: Body + Default>(Option<Box<TrackedBody<B>>>);
+pub(crate) struct Accounting<B: Body + Default>(Option<Box<TrackedBody<B>>>);
 
 impl<B: Body + Default> Accounting<B> {
     /// Starts the record when the runtime accounts requests (metrics or an access log are on),
     /// keeping the request headers the log formats read.
-    pub fn begin<R>(
+    pub(crate) fn begin<R>(
         books: &Arc<impl Books + 'static>,
         client: &ClientInfo,
         request: &Request<R>,
@@ -311,7 +311,7 @@ impl<B: Body + Default> Accounting<B> {
 
     /// Accounts the request to `account` (an index into `Runtime::accounts`: the routed location's,
     /// or the server's when no location matched).
-    pub fn route(&mut self, account: usize) {
+    pub(crate) fn route(&mut self, account: usize) {
         if let Some(record) = self.0.as_mut().and_then(|tracked| tracked.record.as_mut()) {
             record.account = Some(account);
         }
@@ -320,7 +320,7 @@ impl<B: Body + Default> Accounting<B> {
     /// Attaches the record (and the concurrency places the request holds) to the response body, which
     /// finishes the record when it ends or is dropped. `upstream` is the exchange the body comes
     /// from, if any; `wrap` makes the tracked body into the caller's body type.
-    pub fn attach(
+    pub(crate) fn attach(
         mut self,
         response: Response<B>,
         upstream: Option<UpstreamInfo>,
@@ -363,7 +363,7 @@ impl<B: Body + Default> Drop for Accounting<B> {
 
 /// A response body that counts its bytes and, when it ends or is dropped, releases the request's
 /// concurrency places and finishes its record.
-pub struct TrackedBody<B: Body> {
+pub(crate) struct TrackedBody<B: Body> {
     inner: B,
     places: Vec<ConnGuard>,
     record: Option<Record>,
@@ -372,7 +372,7 @@ pub struct TrackedBody<B: Body> {
 
 impl<B: Body> TrackedBody<B> {
     /// The body being tracked.
-    pub fn source(&self) -> &B {
+    pub(crate) fn source(&self) -> &B {
         &self.inner
     }
 }

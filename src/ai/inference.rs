@@ -3,7 +3,7 @@
 
 /// Which requests of a location are inference requests (`inference` of a location).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Inference {
+pub(crate) enum Inference {
     /// POSTs to the OpenAI-compatible generation paths (`INFERENCE_PATHS`), the default.
     #[default]
     ByPath,
@@ -19,7 +19,7 @@ pub(crate) const INFERENCE_PATHS: [&str; 6] =
 
 impl Inference {
     /// `inference = true|false` of a location, or none.
-    pub fn of(setting: Option<bool>) -> Inference {
+    pub(crate) fn of(setting: Option<bool>) -> Inference {
         match setting {
             None => Inference::ByPath,
             Some(true) => Inference::AllPosts,
@@ -28,7 +28,7 @@ impl Inference {
     }
 
     /// Whether a request is an inference request here.
-    pub fn covers(self, method: &http::Method, path: &str) -> bool {
+    pub(crate) fn covers(self, method: &http::Method, path: &str) -> bool {
         if method != http::Method::POST {
             return false;
         }

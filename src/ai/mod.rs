@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// A location's `models` table, compiled: model name to upstream, and the `/v1/models` answer.
-pub struct ModelRouter {
+pub(crate) struct ModelRouter {
     routes: HashMap<String, Arc<Upstream>>,
     /// The known names, sorted, for the 404 message.
     known: String,
@@ -37,7 +37,7 @@ struct ModelField {
 
 impl ModelRouter {
     /// Compiles `models = { NAME = "UPSTREAM" }` (upstreams already resolved).
-    pub fn new(models: BTreeMap<String, Arc<Upstream>>, limits: BodyLimits) -> ModelRouter {
+    pub(crate) fn new(models: BTreeMap<String, Arc<Upstream>>, limits: BodyLimits) -> ModelRouter {
         let known = models.keys().cloned().collect::<Vec<_>>().join(", ");
         let data: Vec<_> =
             models.keys().map(|id| serde_json::json!({"id": id, "object": "model", "owned_by": "infergate"})).collect();
@@ -47,7 +47,7 @@ impl ModelRouter {
 
     /// The answer to `GET .../models`, OpenAI's list of the models served here; `None` for any other
     /// request, which `forward` routes.
-    pub fn listing<B>(&self, request: &Request<B>) -> Option<Response<Bytes>> {
+    pub(crate) fn listing<B>(&self, request: &Request<B>) -> Option<Response<Bytes>> {
         if request.method() != Method::GET || !request.uri().path().ends_with("/models") {
             return None;
         }
@@ -57,7 +57,7 @@ impl ModelRouter {
     }
 
     /// Forwards a request of a model-routing location to the upstream of the model its body names.
-    pub async fn forward(
+    pub(crate) async fn forward(
         &self,
         request: ClientRequest,
         client: &ClientInfo,

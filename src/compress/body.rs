@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 /// A body compressed with one coding; see the module doc for when bytes go out.
-pub struct CompressedBody<B> {
+pub(crate) struct CompressedBody<B> {
     inner: B,
     stage: Stage,
     /// Input went in since the last flush.
@@ -35,7 +35,7 @@ impl<B> CompressedBody<B> {
     }
 
     /// The body being compressed.
-    pub fn source(&self) -> &B {
+    pub(crate) fn source(&self) -> &B {
         &self.inner
     }
 }

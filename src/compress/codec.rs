@@ -12,7 +12,7 @@ use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 
 /// Compression levels per coding.
 #[derive(Debug, Clone, Copy)]
-pub struct Levels {
+pub(crate) struct Levels {
     /// gzip, 1-9.
     pub gzip: u32,
     /// brotli, 0-11.

@@ -17,7 +17,7 @@ use http_body::Body;
 
 /// A location's compression settings, compiled from `compress = { ... }`.
 #[derive(Debug, Clone)]
-pub struct CompressPolicy {
+pub(crate) struct CompressPolicy {
     /// Codings offered, the server's preference first.
     pub encodings: Vec<Encoding>,
     /// Media types compressed (`type/subtype`, lowercase).
@@ -29,7 +29,7 @@ pub struct CompressPolicy {
 }
 
 /// What the response policy needs to remember of the request, taken before the handler owns it.
-pub struct RequestCodings {
+pub(crate) struct RequestCodings {
     /// The client's `Accept-Encoding`.
     accept: Option<HeaderValue>,
     head: bool,
@@ -37,7 +37,7 @@ pub struct RequestCodings {
 
 impl RequestCodings {
     /// Remembers what compression needs of a request.
-    pub fn of<B>(request: &http::Request<B>) -> RequestCodings {
+    pub(crate) fn of<B>(request: &http::Request<B>) -> RequestCodings {
         RequestCodings {
             accept: request.headers().get(header::ACCEPT_ENCODING).cloned(),
             head: request.method() == Method::HEAD,
@@ -45,7 +45,7 @@ impl RequestCodings {
     }
 
     /// The client's `Accept-Encoding`.
-    pub fn accept(&self) -> Option<&HeaderValue> {
+    pub(crate) fn accept(&self) -> Option<&HeaderValue> {
         self.accept.as_ref()
     }
 }
@@ -54,7 +54,7 @@ impl CompressPolicy {
     /// Compresses `response` when it qualifies and the client accepts an offered coding; `wrap` makes
     /// the compressed body into the caller's body type. A response of a compressible type gets
     /// `Vary: Accept-Encoding` either way, so caches keep the variants apart.
-    pub fn apply<B: Body>(
+    pub(crate) fn apply<B: Body>(
         &self,
         request: &RequestCodings,
         mut response: Response<B>,

@@ -23,7 +23,7 @@ pub struct Source {
 
 impl Source {
     /// Reads a file; an unreadable file is itself a config error.
-    pub fn read(path: &Path) -> Result<Source, ConfigErrors> {
+    pub(crate) fn read(path: &Path) -> Result<Source, ConfigErrors> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![ConfigError {
@@ -37,7 +37,7 @@ impl Source {
     }
 
     /// An error about the bytes `span` of this file.
-    pub fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         let start = span.start.min(self.text.len());
         let before = &self.text[..start];
         let line = before.matches('\n').count() + 1;
@@ -46,7 +46,7 @@ impl Source {
     }
 
     /// Resolves a path written in the file against the file's folder.
-    pub fn resolve(&self, path: &Path) -> PathBuf {
+    pub(crate) fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {
             path.to_path_buf()
         } else {
@@ -59,11 +59,11 @@ impl Source {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// `FILE:LINE:COL`
-    pub location: String,
+    pub(crate) location: String,
     /// Byte offset in the file, to report errors in file order.
-    pub offset: usize,
+    pub(crate) offset: usize,
     /// What is wrong, and what was expected.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// Every problem found in a config file, in file order; printed one per line like `nginx -t`.
@@ -87,7 +87,7 @@ impl std::error::Error for ConfigErrors {}
 /// Parses a config text into its typed form, as far as it goes: every table that is valid on its own,
 /// and every syntax and schema error found (in file order). Whether the file has syntax errors is
 /// returned too, since then the whole-file checks would only add noise.
-pub fn parse(source: &Source) -> (Config, Vec<ConfigError>, bool) {
+pub(crate) fn parse(source: &Source) -> (Config, Vec<ConfigError>, bool) {
     let (root, syntax_errors) = DeTable::parse_recoverable(&source.text);
     let syntax_ok = syntax_errors.is_empty();
     let mut errors: Vec<ConfigError> = Vec::new();

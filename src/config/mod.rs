@@ -7,15 +7,16 @@ mod units;
 mod validate;
 mod values;
 
-pub use load::{parse, ConfigError, ConfigErrors, Source};
+pub(crate) use load::parse;
+pub use load::{ConfigError, ConfigErrors, Source};
 pub use schema::*;
-pub use units::{Size, Span};
-pub use validate::{parse_header_match, parse_listen, validate};
-pub use values::{parse_net, parse_rate, Balance, Encoding, HashKey, ZoneKey};
+pub(crate) use units::Size;
+pub(crate) use validate::{parse_header_match, parse_listen, validate};
+pub(crate) use values::{parse_net, parse_rate, Balance, Encoding, HashKey, ZoneKey};
 
 /// The config used when no `--config` is given and `./infergate.toml` does not exist: the seed's model
 /// service on 127.0.0.1:8080 behind a gateway on 127.0.0.1:8000.
-pub const EMBEDDED_DEFAULT: &str = r#"
+pub(crate) const EMBEDDED_DEFAULT: &str = r#"
 [[upstream]]
 name = "model"
 servers = [{ addr = "127.0.0.1:8080" }]

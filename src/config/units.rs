@@ -8,7 +8,7 @@ use std::time::Duration;
 /// A duration written like nginx's time values: `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"7d"`, or
 /// combinations such as `"1m 30s"` (parsed by `humantime`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Span(pub Duration);
+pub(crate) struct Span(pub Duration);
 
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -24,12 +24,12 @@ impl<'de> Deserialize<'de> for Span {
 /// A byte count written like nginx's sizes: `"512"`, `"16k"`, `"8K"`, `"20m"`, `"20MB"`, `"1g"`, or a
 /// bare integer. Units are powers of 1024, as in nginx.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Size(pub u64);
+pub(crate) struct Size(pub u64);
 
 impl Size {
     /// Parses the size syntax above; written by hand because it is six lines and nginx's suffixes
     /// (`k`, `m`, `g`, case-insensitive, optional `B`) differ from every size crate's.
-    pub fn parse(text: &str) -> Option<Size> {
+    pub(crate) fn parse(text: &str) -> Option<Size> {
         let lower = text.trim().to_ascii_lowercase();
         let digits_end = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
         let number: u64 = lower[..digits_end].parse().ok()?;

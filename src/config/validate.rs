@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
 /// Parses a `listen` entry: `ip:port`, `[v6]:port`, or a bare port meaning every IPv4 address.
-pub fn parse_listen(text: &str) -> Option<SocketAddr> {
+pub(crate) fn parse_listen(text: &str) -> Option<SocketAddr> {
     let text = text.trim();
     if let Ok(port) = text.parse::<u16>() {
         return Some(SocketAddr::from(([0, 0, 0, 0], port)));
@@ -17,7 +17,7 @@ pub fn parse_listen(text: &str) -> Option<SocketAddr> {
 }
 
 /// Runs every whole-file check and returns all errors found.
-pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
+pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
     let mut errors = Vec::new();
     let mut upstream_names = HashSet::new();
     for upstream in &config.upstreams {
@@ -265,7 +265,7 @@ pub fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
 }
 
 /// Parses a canary `header`: `Name: value`.
-pub fn parse_header_match(text: &str) -> Option<(http::HeaderName, http::HeaderValue)> {
+pub(crate) fn parse_header_match(text: &str) -> Option<(http::HeaderName, http::HeaderValue)> {
     let (name, value) = text.split_once(':')?;
     Some((http::HeaderName::from_bytes(name.trim().as_bytes()).ok()?, http::HeaderValue::from_str(value.trim()).ok()?))
 }

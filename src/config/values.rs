@@ -11,7 +11,7 @@ use std::net::IpAddr;
 /// `balance = "round_robin" | "least_inflight"` of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Balance {
+pub(crate) enum Balance {
     /// In turn (nginx's default).
     #[default]
     RoundRobin,
@@ -23,7 +23,7 @@ pub enum Balance {
 
 /// What `hash` balancing keys on: `hash_key = "client_ip" | "header:NAME" | "cookie:NAME"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
+pub(crate) enum HashKey {
     /// The client's address.
     ClientIp,
     /// A request header (a session or API key).
@@ -34,7 +34,7 @@ pub enum HashKey {
 
 impl HashKey {
     /// Parses the config syntax.
-    pub fn parse(text: &str) -> Option<HashKey> {
+    pub(crate) fn parse(text: &str) -> Option<HashKey> {
         match text.split_once(':') {
             None if text == "client_ip" => Some(HashKey::ClientIp),
             Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes()).ok().map(HashKey::Header),
@@ -46,7 +46,7 @@ impl HashKey {
 
 /// What a zone counts requests by.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ZoneKey {
+pub(crate) enum ZoneKey {
     /// The client's IP address (the socket peer).
     ClientIp,
     /// A request header's value; requests without it are not limited.
@@ -58,7 +58,7 @@ pub enum ZoneKey {
 
 impl ZoneKey {
     /// Parses a zone's `key`: `client_ip`, `api_key` or `header:NAME`.
-    pub fn parse(text: &str) -> Option<ZoneKey> {
+    pub(crate) fn parse(text: &str) -> Option<ZoneKey> {
         match text.split_once(':') {
             None if text == "client_ip" => Some(ZoneKey::ClientIp),
             None if text == "api_key" => Some(ZoneKey::ApiKey),
@@ -69,7 +69,7 @@ impl ZoneKey {
 }
 
 /// Parses nginx's rate syntax, `"10r/s"` or `"600r/m"`, into milli-requests per second.
-pub fn parse_rate(text: &str) -> Option<u64> {
+pub(crate) fn parse_rate(text: &str) -> Option<u64> {
     let (count, unit) = text.trim().split_once("r/")?;
     let count: u64 = count.trim().parse().ok()?;
     let per_second_milli = match unit.trim() {
@@ -81,14 +81,14 @@ pub fn parse_rate(text: &str) -> Option<u64> {
 }
 
 /// Parses a `trusted_proxies` entry: a CIDR (`10.0.0.0/8`) or a single address.
-pub fn parse_net(text: &str) -> Option<IpNet> {
+pub(crate) fn parse_net(text: &str) -> Option<IpNet> {
     let text = text.trim();
     text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 /// A content coding infergate can produce (compression) or find beside a file (precompressed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
+pub(crate) enum Encoding {
     /// `zstd`: the fastest to compress and decompress at a ratio like brotli's.
     Zstd,
     /// `br`: the best ratio for text, slower to compress.
@@ -99,10 +99,10 @@ pub enum Encoding {
 
 impl Encoding {
     /// Every coding, in the order of `Encoding`'s discriminants.
-    pub const ALL: [Encoding; 3] = [Encoding::Zstd, Encoding::Br, Encoding::Gzip];
+    pub(crate) const ALL: [Encoding; 3] = [Encoding::Zstd, Encoding::Br, Encoding::Gzip];
 
     /// The token in `Accept-Encoding` and `Content-Encoding`.
-    pub fn token(self) -> &'static str {
+    pub(crate) fn token(self) -> &'static str {
         match self {
             Encoding::Zstd => "zstd",
             Encoding::Br => "br",
@@ -111,12 +111,12 @@ impl Encoding {
     }
 
     /// The coding named `token` (config spelling), if known.
-    pub fn parse(token: &str) -> Option<Encoding> {
+    pub(crate) fn parse(token: &str) -> Option<Encoding> {
         Encoding::ALL.into_iter().find(|e| e.token() == token)
     }
 
     /// The file name suffix of a precompressed sibling (`app.js.br`).
-    pub fn file_suffix(self) -> &'static str {
+    pub(crate) fn file_suffix(self) -> &'static str {
         match self {
             Encoding::Zstd => ".zst",
             Encoding::Br => ".br",
@@ -125,7 +125,7 @@ impl Encoding {
     }
 
     /// As a header value.
-    pub fn header_value(self) -> HeaderValue {
+    pub(crate) fn header_value(self) -> HeaderValue {
         HeaderValue::from_static(self.token())
     }
 }

@@ -112,7 +112,7 @@ const REJECTION_CODES: [&str; 6] =
     ["rate_limit_exceeded", "queue_full", "queue_timeout", "body_too_large", "no_healthy_server", "auth"];
 
 /// Every metric family of one gateway; kept across reloads so counts carry on.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Counters<RequestLabels>,
     request_duration: Histograms<RouteLabels>,
@@ -140,7 +140,7 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     /// Registers every family under the `infergate_` prefix.
-    pub fn new() -> Arc<Metrics> {
+    pub(crate) fn new() -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("infergate");
         let metrics = Metrics {
             requests: Family::default(),
@@ -243,7 +243,7 @@ impl Metrics {
     }
 
     /// The handles of one location's requests; `upstreams` are the (id, name) of those it sends to.
-    pub fn location(&self, server: &str, location: &str, upstreams: &[(usize, &str)]) -> LocationMetrics {
+    pub(crate) fn location(&self, server: &str, location: &str, upstreams: &[(usize, &str)]) -> LocationMetrics {
         let route = RouteLabels { server: server.to_string(), location: location.to_string() };
         let by_upstream = upstreams
             .iter()
@@ -281,7 +281,7 @@ impl Metrics {
     }
 
     /// The handles of one upstream.
-    pub fn upstream(&self, name: &str) -> UpstreamMetrics {
+    pub(crate) fn upstream(&self, name: &str) -> UpstreamMetrics {
         let labels = UpstreamLabels { upstream: name.to_string() };
         let pool = |connection| {
             self.pool_connections.get_or_create_owned(&PoolLabels { upstream: name.to_string(), connection })
@@ -297,30 +297,30 @@ impl Metrics {
     }
 
     /// Counts a request refused before any location (no such handle there): `auth` on the admin API.
-    pub fn reject(&self, reason: &'static str) {
+    pub(crate) fn reject(&self, reason: &'static str) {
         self.rejections.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// A client connection opened; the gauge goes down when the guard is dropped.
-    pub fn client_connection(&self, protocol: &'static str) -> ConnectionGauge {
+    pub(crate) fn client_connection(&self, protocol: &'static str) -> ConnectionGauge {
         let gauge = self.client_connections.get_or_create_owned(&ProtocolLabels { protocol });
         gauge.inc();
         ConnectionGauge(gauge)
     }
 
     /// Counts a TLS handshake.
-    pub fn tls_handshake(&self, ok: bool) {
+    pub(crate) fn tls_handshake(&self, ok: bool) {
         self.tls_handshakes.get_or_create(&ResultLabels { result: if ok { "success" } else { "failure" } }).inc();
     }
 
     /// Counts a config reload.
-    pub fn reload(&self, ok: bool) {
+    pub(crate) fn reload(&self, ok: bool) {
         self.reloads.get_or_create(&ResultLabels { result: if ok { "success" } else { "failure" } }).inc();
     }
 
     /// The exposition (OpenMetrics text): every family, then `state`, the gauges of the running
     /// config made at this scrape.
-    pub fn encode(&self, state: &Registry) -> String {
+    pub(crate) fn encode(&self, state: &Registry) -> String {
         let mut text = String::new();
         let _ = prometheus_client::encoding::text::encode_registry(&mut text, &self.registry);
         let _ = prometheus_client::encoding::text::encode_registry(&mut text, state);
@@ -330,7 +330,7 @@ impl Metrics {
 }
 
 /// Keeps a client connection counted while alive.
-pub struct ConnectionGauge(Gauge);
+pub(crate) struct ConnectionGauge(Gauge);
 
 impl Drop for ConnectionGauge {
     fn drop(&mut self) {
@@ -339,7 +339,7 @@ impl Drop for ConnectionGauge {
 }
 
 /// The metric handles of one location, resolved at config load.
-pub struct LocationMetrics {
+pub(crate) struct LocationMetrics {
     /// Request counters by status class, per upstream id (`None`: no upstream, always last).
     by_upstream: Vec<(Option<usize>, [ShardedCounter; 5])>,
     duration: ShardedHistogram,
@@ -354,7 +354,7 @@ pub struct LocationMetrics {
 impl LocationMetrics {
     /// Records a finished request: the upstream that answered (its id), the status, how long it took,
     /// and the code of an error the gateway answered itself.
-    pub fn request(&self, upstream: Option<usize>, status: u16, duration: Duration, error_code: Option<&str>) {
+    pub(crate) fn request(&self, upstream: Option<usize>, status: u16, duration: Duration, error_code: Option<&str>) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         if let Some((_, classes)) = self.by_upstream.iter().find(|(id, _)| *id == upstream).or(self.by_upstream.last())
         {
@@ -370,7 +370,7 @@ impl LocationMetrics {
 
     /// Records a finished event stream: how it ended (one of `STREAM_ENDS`), its first token's time
     /// and the tokens its `usage` reported.
-    pub fn stream(&self, end: &str, first_token: Option<Duration>, output_tokens: Option<u64>) {
+    pub(crate) fn stream(&self, end: &str, first_token: Option<Duration>, output_tokens: Option<u64>) {
         let index = STREAM_ENDS.iter().position(|reason| *reason == end).unwrap_or(0);
         self.streams_ended[index].inc();
         if let Some(first) = first_token {
@@ -382,18 +382,18 @@ impl LocationMetrics {
     }
 
     /// Records the gap between two data events of a stream, as it happens.
-    pub fn token_gap(&self, gap: Duration) {
+    pub(crate) fn token_gap(&self, gap: Duration) {
         self.token_gap.observe(gap.as_secs_f64());
     }
 
     /// Records what the gateway added between the backend's head and the client's.
-    pub fn gateway_added(&self, took: Duration) {
+    pub(crate) fn gateway_added(&self, took: Duration) {
         self.gateway_added.observe(took.as_secs_f64());
     }
 }
 
 /// The metric handles of one upstream, resolved at config load.
-pub struct UpstreamMetrics {
+pub(crate) struct UpstreamMetrics {
     /// Time to the response head.
     pub header_time: ShardedHistogram,
     /// Connect time of new connections.

@@ -36,21 +36,21 @@ struct Padded<T>(T);
 
 /// A counter with a cell per worker.
 #[derive(Debug, Clone, Default)]
-pub struct ShardedCounter(Arc<[Padded<AtomicU64>; SHARDS]>);
+pub(crate) struct ShardedCounter(Arc<[Padded<AtomicU64>; SHARDS]>);
 
 impl ShardedCounter {
     /// Adds one.
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         self.inc_by(1);
     }
 
     /// Adds `n`.
-    pub fn inc_by(&self, n: u64) {
+    pub(crate) fn inc_by(&self, n: u64) {
         self.0[shard()].0.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The total over every cell.
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.iter().map(|cell| cell.0.load(Ordering::Relaxed)).sum()
     }
 }
@@ -79,14 +79,14 @@ struct HistogramCell {
 
 /// A histogram with a cell per worker.
 #[derive(Debug, Clone)]
-pub struct ShardedHistogram {
+pub(crate) struct ShardedHistogram {
     bounds: Arc<[f64]>,
     cells: Arc<[Padded<HistogramCell>]>,
 }
 
 impl ShardedHistogram {
     /// A histogram with these bucket upper bounds (ascending); `+Inf` is added.
-    pub fn new(bounds: &[f64]) -> ShardedHistogram {
+    pub(crate) fn new(bounds: &[f64]) -> ShardedHistogram {
         let cells = (0..SHARDS)
             .map(|_| {
                 Padded(HistogramCell {
@@ -99,7 +99,7 @@ impl ShardedHistogram {
     }
 
     /// Records one value (in the metric's base unit, seconds here).
-    pub fn observe(&self, value: f64) {
+    pub(crate) fn observe(&self, value: f64) {
         let bucket = self.bounds.iter().position(|bound| value <= *bound).unwrap_or(self.bounds.len());
         let cell = &self.cells[shard()].0;
         cell.buckets[bucket].fetch_add(1, Ordering::Relaxed);

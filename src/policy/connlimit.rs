@@ -13,14 +13,14 @@ pub struct ConnCounter {
 
 /// A place held by one request; dropping it frees the place.
 #[derive(Debug)]
-pub struct ConnGuard {
+pub(crate) struct ConnGuard {
     counter: Arc<ConnCounter>,
     key: Box<[u8]>,
 }
 
 impl ConnCounter {
     /// A place for `key` if fewer than `max` are held.
-    pub fn try_acquire(self: &Arc<Self>, key: &[u8], max: usize) -> Option<ConnGuard> {
+    pub(crate) fn try_acquire(self: &Arc<Self>, key: &[u8], max: usize) -> Option<ConnGuard> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let count = counts.entry(key.into()).or_insert(0);
         if *count >= max {

@@ -5,20 +5,20 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Edits to one header map: removals first, then values set (replacing any earlier value).
 #[derive(Debug, Default, Clone)]
-pub struct HeaderEdits {
+pub(crate) struct HeaderEdits {
     remove: Vec<HeaderName>,
     set: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl HeaderEdits {
     /// Edits that remove `remove` and set `set`.
-    pub fn new(remove: Vec<HeaderName>, set: Vec<(HeaderName, HeaderValue)>) -> HeaderEdits {
+    pub(crate) fn new(remove: Vec<HeaderName>, set: Vec<(HeaderName, HeaderValue)>) -> HeaderEdits {
         HeaderEdits { remove, set }
     }
 
     /// These edits followed by `more` (a location's on top of its server's), as one list: what `more`
     /// removes or sets overrides what these set.
-    pub fn then(&self, more: HeaderEdits) -> HeaderEdits {
+    pub(crate) fn then(&self, more: HeaderEdits) -> HeaderEdits {
         let overridden = |name: &HeaderName| more.remove.contains(name) || more.set.iter().any(|(n, _)| n == name);
         let mut remove = self.remove.clone();
         remove.extend(more.remove.iter().filter(|n| !remove.contains(n)).cloned().collect::<Vec<_>>());
@@ -27,13 +27,8 @@ impl HeaderEdits {
         HeaderEdits { remove, set }
     }
 
-    /// Whether applying these changes nothing.
-    pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.set.is_empty()
-    }
-
     /// Applies the edits.
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {
             headers.remove(name);
         }

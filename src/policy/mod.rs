@@ -2,10 +2,10 @@
 //! address behind trusted proxies (nginx's realip), rate limits (nginx's `limit_req`), concurrency
 //! limits (`limit_conn`), and header edits.
 
-pub mod connlimit;
-pub mod headers;
-pub mod ratelimit;
-pub mod realip;
+pub(crate) mod connlimit;
+pub(crate) mod headers;
+pub(crate) mod ratelimit;
+pub(crate) mod realip;
 
 use crate::client::ClientInfo;
 use crate::config::ZoneKey;
@@ -16,29 +16,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// One compiled `limit_req` of a location.
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     /// The zone's name, for logs.
-    pub zone_name: String,
+    pub(crate) zone_name: String,
     /// Its zone (shared by every location naming it).
-    pub zone: Arc<Zone>,
+    pub(crate) zone: Arc<Zone>,
     /// What the zone counts by.
-    pub key: ZoneKey,
+    pub(crate) key: ZoneKey,
     /// Burst and delay of this location.
-    pub limit: Limit,
+    pub(crate) limit: Limit,
     /// Status of a rejection (default 429).
-    pub status: StatusCode,
+    pub(crate) status: StatusCode,
 }
 
 /// One compiled `limit_conn` of a location.
-pub struct ConnLimit {
+pub(crate) struct ConnLimit {
     /// The zone's counts (shared by every location naming it).
-    pub counter: Arc<connlimit::ConnCounter>,
+    pub(crate) counter: Arc<connlimit::ConnCounter>,
     /// What the zone counts by.
-    pub key: ZoneKey,
+    pub(crate) key: ZoneKey,
     /// Requests in flight at once per key.
-    pub max: usize,
+    pub(crate) max: usize,
     /// Status of a rejection (the zone's, default 429).
-    pub status: StatusCode,
+    pub(crate) status: StatusCode,
 }
 
 /// The key of a request for a zone; `None` when the request has none (then it is not limited).
@@ -62,7 +62,7 @@ fn api_key(headers: &http::HeaderMap) -> Option<&[u8]> {
 
 /// Takes a place in each of a location's concurrency limits; the guards must live as long as the
 /// response. Any full one rejects the request (and releases what was taken).
-pub fn hold_places<B>(
+pub(crate) fn hold_places<B>(
     limits: &[ConnLimit],
     client: &ClientInfo,
     request: &Request<B>,
@@ -80,7 +80,7 @@ pub fn hold_places<B>(
 
 /// Applies a location's rate limits: any rejection rejects (and changes no zone); otherwise every zone
 /// is updated and the request waits for the longest delay.
-pub async fn limit_requests<B>(
+pub(crate) async fn limit_requests<B>(
     limits: &[RateLimit],
     client: &ClientInfo,
     request: &Request<B>,

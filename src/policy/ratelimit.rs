@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 /// Per-key state, as nginx's `ngx_http_limit_req_node_t`; `check` computes it, `commit` stores it.
 #[derive(Debug, Clone, Copy)]
-pub struct KeyState {
+pub(crate) struct KeyState {
     /// Milli-requests above the rate.
     excess: u64,
     /// When the state was last updated, ms since the zone started.
@@ -21,27 +21,27 @@ pub struct KeyState {
 }
 
 /// A `[limit_zone.NAME]`: the rate and the state of every key seen.
-pub struct Zone {
+pub(crate) struct Zone {
     /// Requests per second times 1000 (nginx's `ctx->rate`).
     rate_milli: u64,
     /// Record what would happen without delaying or rejecting anything (`dry_run`).
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     start: Instant,
     keys: Mutex<LruCache<Box<[u8]>, KeyState>>,
 }
 
 /// One `limit_req` of a location.
 #[derive(Debug, Clone, Copy)]
-pub struct Limit {
+pub(crate) struct Limit {
     /// Requests allowed above the rate, in requests (nginx `burst`).
-    pub burst: u64,
+    pub(crate) burst: u64,
     /// Requests above the rate served without delay (nginx `delay`); `None` is `nodelay`.
-    pub delay: Option<u64>,
+    pub(crate) delay: Option<u64>,
 }
 
 /// What a zone says about one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Serve it after waiting this long (zero: at once).
     Accept(Duration),
     /// Refuse it; the client may retry after this long.
@@ -50,7 +50,7 @@ pub enum Verdict {
 
 impl Zone {
     /// A zone of `rate_milli` milli-requests per second holding at most `max_keys` keys.
-    pub fn new(rate_milli: u64, max_keys: usize, dry_run: bool) -> Zone {
+    pub(crate) fn new(rate_milli: u64, max_keys: usize, dry_run: bool) -> Zone {
         let capacity = NonZeroUsize::new(max_keys).unwrap_or(NonZeroUsize::MIN);
         Zone {
             rate_milli: rate_milli.max(1),
@@ -61,14 +61,14 @@ impl Zone {
     }
 
     /// Whether a reload can keep this zone's state for a zone with these settings.
-    pub fn same_settings(&self, rate_milli: u64, max_keys: usize, dry_run: bool) -> bool {
+    pub(crate) fn same_settings(&self, rate_milli: u64, max_keys: usize, dry_run: bool) -> bool {
         let capacity = self.keys.lock().unwrap_or_else(|p| p.into_inner()).cap().get();
         self.rate_milli == rate_milli.max(1) && capacity == max_keys.max(1) && self.dry_run == dry_run
     }
 
     /// The verdict for a request with `key`, and for an accepted one the state to `commit`. Nothing is
     /// stored yet: a location with several limits commits only when none of them rejects.
-    pub fn check(&self, key: &[u8], limit: Limit) -> (Verdict, Option<KeyState>) {
+    pub(crate) fn check(&self, key: &[u8], limit: Limit) -> (Verdict, Option<KeyState>) {
         let now_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         let Some(state) = keys.get(key).copied() else {
@@ -93,18 +93,14 @@ impl Zone {
     }
 
     /// Stores the state `check` computed for an accepted request.
-    pub fn commit(&self, key: &[u8], state: KeyState) {
+    pub(crate) fn commit(&self, key: &[u8], state: KeyState) {
         self.keys.lock().unwrap_or_else(|p| p.into_inner()).put(key.into(), state);
     }
 
     /// Keys held now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.keys.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Whether no key is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -11,13 +11,13 @@ use std::net::IpAddr;
 
 /// The compiled `trusted_proxies` list.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies {
+pub(crate) struct TrustedProxies {
     nets: Vec<IpNet>,
 }
 
 impl TrustedProxies {
     /// The list; entries were validated at load.
-    pub fn new(entries: impl IntoIterator<Item = IpNet>) -> TrustedProxies {
+    pub(crate) fn new(entries: impl IntoIterator<Item = IpNet>) -> TrustedProxies {
         TrustedProxies { nets: entries.into_iter().collect() }
     }
 
@@ -26,7 +26,7 @@ impl TrustedProxies {
     }
 
     /// The request's client: the connection's, or the one a trusted proxy names.
-    pub fn client<'a>(&self, connection: &'a ClientInfo, headers: &HeaderMap) -> Cow<'a, ClientInfo> {
+    pub(crate) fn client<'a>(&self, connection: &'a ClientInfo, headers: &HeaderMap) -> Cow<'a, ClientInfo> {
         if self.nets.is_empty() || !self.trusts(connection.peer.ip()) {
             return Cow::Borrowed(connection);
         }

@@ -32,7 +32,7 @@ enum Source {
 /// What a location allows a request body, taken at config load: its size (`client_max_body_size`)
 /// and the longest wait for its next bytes (`[http] client_body_timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BodyLimits {
+pub(crate) struct BodyLimits {
     /// Most bytes (`u64::MAX`: no limit); more is answered 413.
     pub max: u64,
     /// Longest wait between two reads; longer is answered 408.
@@ -130,7 +130,7 @@ impl Body for RequestBody {
 
 /// Limits on a response body once its head has arrived.
 #[derive(Debug, Clone, Copy)]
-pub struct BodyTimeouts {
+pub(crate) struct BodyTimeouts {
     /// Longest gap between two frames.
     pub idle: Duration,
     /// When the whole exchange must be over, with the configured total for messages.
@@ -145,7 +145,7 @@ pub struct BodyTimeouts {
 /// not immediately ready, so a response that arrives in one piece never touches the timer wheel. A
 /// timeout never looks like a clean end: the body ends with an error (the client sees an incomplete
 /// response), after a final SSE `event: error` on event streams.
-pub struct UpstreamBody {
+pub(crate) struct UpstreamBody {
     /// `None` once the body is complete or cut.
     connection: Option<Box<UpstreamConnection>>,
     /// Where the connection goes back to; `None` for connections that never return (upgrades).
@@ -166,7 +166,7 @@ pub struct UpstreamBody {
 impl UpstreamBody {
     /// The body still to come on `connection` (`None`: nothing is left); `pool` takes the connection
     /// back once it is read in full.
-    pub fn new(
+    pub(crate) fn new(
         connection: Option<Box<UpstreamConnection>>,
         pool: Option<PoolKey>,
         lease: Lease,
@@ -184,14 +184,14 @@ impl UpstreamBody {
 
     /// Records the exchange this body comes from (accounting) and where a cut by its server counts
     /// against the server (`None`: nowhere; a body read in full already cannot be cut).
-    pub fn with_info(mut self, info: UpstreamInfo, failures: Option<FailureReport>) -> UpstreamBody {
+    pub(crate) fn with_info(mut self, info: UpstreamInfo, failures: Option<FailureReport>) -> UpstreamBody {
         self.info = Some(info);
         self.failures = failures;
         self
     }
 
     /// The exchange this body comes from, if recorded.
-    pub fn info(&self) -> Option<UpstreamInfo> {
+    pub(crate) fn info(&self) -> Option<UpstreamInfo> {
         self.info
     }
 

@@ -30,7 +30,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 /// Serves a freshly accepted TCP connection that arrived on the listener configured as `listen_key`.
-pub async fn serve(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, listen_key: SocketAddr) {
+pub(crate) async fn serve(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, listen_key: SocketAddr) {
     let mut shutdown = gateway.shutdown_signal();
     let runtime = gateway.runtime();
     let Some(spec) = runtime.listeners.get(&listen_key).cloned() else {

@@ -27,18 +27,18 @@ thread_local! {
 /// request is dropped. Connections are served on single-threaded workers, so the count is exact;
 /// on another runtime a task that moved threads would leave a count off by one, which changes only
 /// whether a response waits for the end of a turn.
-pub struct WorkerInFlight(());
+pub(crate) struct WorkerInFlight(());
 
 impl WorkerInFlight {
     /// Counts a request whose head has been read.
-    pub fn start() -> WorkerInFlight {
+    pub(crate) fn start() -> WorkerInFlight {
         IN_FLIGHT.set(IN_FLIGHT.get() + 1);
         WorkerInFlight(())
     }
 
     /// The request's response is ready: returns once it should be written, which is at the end of
     /// the worker's turn when other requests are in flight on this worker, at once otherwise.
-    pub async fn ready(self) {
+    pub(crate) async fn ready(self) {
         let others_in_flight = IN_FLIGHT.get() > 1;
         drop(self);
         if others_in_flight {

@@ -57,7 +57,7 @@ const QUEUED_PIECES: usize = 17;
 
 /// Serves requests on `io` with `service` until the client closes, a response asks to close
 /// (`Connection: close`), `draining` is set after a response, or a request or write fails.
-pub async fn serve<I, S, F, B>(io: I, limits: HeadLimits, draining: &AtomicBool, mut service: S)
+pub(crate) async fn serve<I, S, F, B>(io: I, limits: HeadLimits, draining: &AtomicBool, mut service: S)
 where
     I: Io,
     S: FnMut(ClientRequest) -> F,

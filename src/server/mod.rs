@@ -2,9 +2,9 @@
 //! graceful shutdown. Connections look the runtime up per request, so a reload applies to the next
 //! request while requests in flight finish on the runtime they started with.
 
-pub mod conn;
-pub mod gather;
-pub mod http1;
+pub(crate) mod conn;
+pub(crate) mod gather;
+pub(crate) mod http1;
 pub mod signals;
 pub mod workers;
 
@@ -75,7 +75,7 @@ pub struct Gateway {
     /// Flips to `true` on shutdown; every connection holds a receiver, so `closed()` means drained.
     shutdown: watch::Sender<bool>,
     /// When the gateway started, for the admin API's uptime.
-    pub started: std::time::Instant,
+    pub(crate) started: std::time::Instant,
 }
 
 impl Gateway {
@@ -113,7 +113,7 @@ impl Gateway {
     }
 
     /// The version of the runtime new requests use.
-    pub fn version(&self) -> u64 {
+    pub(crate) fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)
     }
 

@@ -51,7 +51,7 @@ impl Default for LatencyModel {
 
 impl LatencyModel {
     /// Prefill time for a prompt of `text_tokens` with images of `image_tokens` in total.
-    pub fn prefill(&self, text_tokens: u32, image_tokens: u32) -> Duration {
+    pub(crate) fn prefill(&self, text_tokens: u32, image_tokens: u32) -> Duration {
         let ms = self.prefill_base_ms
             + self.prefill_per_token_ms * f64::from(text_tokens)
             + self.prefill_per_image_token_ms * f64::from(image_tokens);
@@ -59,58 +59,58 @@ impl LatencyModel {
     }
 
     /// Time for one output token while `running` streams decode together.
-    pub fn decode_interval(&self, running: usize) -> Duration {
+    pub(crate) fn decode_interval(&self, running: usize) -> Duration {
         let extra = self.decode_slowdown * running.saturating_sub(1) as f64;
         Duration::from_secs_f64((self.decode_ms * (1.0 + extra)).max(0.0) / 1000.0)
     }
 }
 
 /// Image tokens for a `width` x `height` image: 14-pixel patches merged 2x2, so one token per 28x28.
-pub fn image_tokens(width: usize, height: usize) -> u32 {
+pub(crate) fn image_tokens(width: usize, height: usize) -> u32 {
     u32::try_from((width / 28).max(1) * (height / 28).max(1)).unwrap_or(u32::MAX)
 }
 
 /// Counters the tests and the bench read from `GET /stats`.
 #[derive(Debug, Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Requests received (valid or not).
-    pub received: AtomicU64,
+    pub(crate) received: AtomicU64,
     /// Requests holding a slot now.
-    pub running: AtomicUsize,
+    pub(crate) running: AtomicUsize,
     /// Requests waiting for a slot now.
-    pub waiting: AtomicUsize,
+    pub(crate) waiting: AtomicUsize,
     /// Most requests ever running at once.
-    pub max_running: AtomicUsize,
+    pub(crate) max_running: AtomicUsize,
     /// Requests finished normally.
-    pub completed: AtomicU64,
+    pub(crate) completed: AtomicU64,
     /// Requests whose client left before the end.
-    pub aborted: AtomicU64,
+    pub(crate) aborted: AtomicU64,
     /// Milliseconds since the sim started when the last abort was noticed (0: none yet).
-    pub last_abort_ms: AtomicU64,
+    pub(crate) last_abort_ms: AtomicU64,
     /// Requests answered with an error.
-    pub errors: AtomicU64,
+    pub(crate) errors: AtomicU64,
 }
 
 /// The shared engine: slots, model and counters.
-pub struct Engine {
+pub(crate) struct Engine {
     /// Timing parameters.
-    pub model: LatencyModel,
+    pub(crate) model: LatencyModel,
     /// Counters.
-    pub stats: Stats,
+    pub(crate) stats: Stats,
     slots: Arc<Semaphore>,
     started: tokio::time::Instant,
 }
 
 impl Engine {
     /// An idle engine.
-    pub fn new(model: LatencyModel) -> Arc<Engine> {
+    pub(crate) fn new(model: LatencyModel) -> Arc<Engine> {
         let slots = Arc::new(Semaphore::new(model.slots.max(1)));
         Arc::new(Engine { model, stats: Stats::default(), slots, started: tokio::time::Instant::now() })
     }
 
     /// Waits (FIFO) for a batch slot. The returned guard counts the request as running until dropped,
     /// and records an abort unless `finish` was called first.
-    pub async fn admit(self: &Arc<Self>) -> Admitted {
+    pub(crate) async fn admit(self: &Arc<Self>) -> Admitted {
         let mut waiting = Waiting { engine: self.clone(), admitted: false };
         self.stats.waiting.fetch_add(1, Ordering::AcqRel);
         let permit = self.slots.clone().acquire_owned().await.ok();
@@ -130,7 +130,7 @@ impl Engine {
     }
 
     /// Milliseconds since start.
-    pub fn uptime_ms(&self) -> u64 {
+    pub(crate) fn uptime_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
@@ -151,7 +151,7 @@ impl Drop for Waiting {
 }
 
 /// A request holding a batch slot.
-pub struct Admitted {
+pub(crate) struct Admitted {
     engine: Arc<Engine>,
     _permit: Option<OwnedSemaphorePermit>,
     finished: bool,
@@ -159,12 +159,12 @@ pub struct Admitted {
 
 impl Admitted {
     /// Streams decoding now, this one included.
-    pub fn running(&self) -> usize {
+    pub(crate) fn running(&self) -> usize {
         self.engine.stats.running.load(Ordering::Acquire)
     }
 
     /// The request ran to its end.
-    pub fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         self.finished = true;
         self.engine.stats.completed.fetch_add(1, Ordering::AcqRel);
     }

@@ -4,7 +4,7 @@
 //! `openai`. It notices clients that leave (waiting, in prefill, mid-stream) and counts them.
 
 pub mod engine;
-pub mod openai;
+pub(crate) mod openai;
 
 use bytes::Bytes;
 use engine::{Engine, LatencyModel};
@@ -70,7 +70,7 @@ pub struct Sim {
     /// The bound address.
     pub addr: SocketAddr,
     /// Its engine and counters.
-    pub engine: Arc<Engine>,
+    pub(crate) engine: Arc<Engine>,
     crashed: watch::Receiver<bool>,
 }
 
@@ -304,7 +304,7 @@ fn unix_time() -> u64 {
 }
 
 /// The counters as `GET /stats` returns them.
-pub fn stats_json(engine: &Engine) -> Value {
+pub(crate) fn stats_json(engine: &Engine) -> Value {
     let s = &engine.stats;
     let last_abort = s.last_abort_ms.load(Ordering::Acquire);
     json!({

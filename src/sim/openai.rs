@@ -7,28 +7,28 @@ use serde_json::{json, Value};
 
 /// What the latency model needs from a chat request.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ChatRequest {
+pub(crate) struct ChatRequest {
     /// The `model` field, echoed back.
-    pub model: String,
+    pub(crate) model: String,
     /// `stream: true`.
-    pub stream: bool,
+    pub(crate) stream: bool,
     /// `stream_options.include_usage: true`.
-    pub include_usage: bool,
+    pub(crate) include_usage: bool,
     /// Output tokens to produce.
-    pub max_tokens: u32,
+    pub(crate) max_tokens: u32,
     /// Whether `max_tokens` came from the request (then the answer ends with `length`).
-    pub limited: bool,
+    pub(crate) limited: bool,
     /// Prompt text tokens (about four characters each).
-    pub text_tokens: u32,
+    pub(crate) text_tokens: u32,
     /// Image tokens over all images.
-    pub image_tokens: u32,
+    pub(crate) image_tokens: u32,
 }
 
 /// Images given by http(s) URL are counted as this size, never fetched.
 const REMOTE_IMAGE_SIDE: usize = 448;
 
 /// Reads an OpenAI chat completion body; errors say what is wrong for a 400.
-pub fn parse_chat(body: &[u8], model: &LatencyModel, default_model: &str) -> Result<ChatRequest, String> {
+pub(crate) fn parse_chat(body: &[u8], model: &LatencyModel, default_model: &str) -> Result<ChatRequest, String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
     let object = value.as_object().ok_or("the body must be a JSON object")?;
     let messages = object.get("messages").and_then(Value::as_array).ok_or("`messages` must be an array")?;
@@ -114,7 +114,7 @@ const WORDS: [&str; 16] = [
 ];
 
 /// The text of output token `index`.
-pub fn token(index: u32) -> String {
+pub(crate) fn token(index: u32) -> String {
     let word = WORDS[index as usize % WORDS.len()];
     if index == 0 {
         word.to_string()
@@ -124,7 +124,7 @@ pub fn token(index: u32) -> String {
 }
 
 /// The `finish_reason` of a complete answer.
-pub fn finish_reason(request: &ChatRequest) -> &'static str {
+pub(crate) fn finish_reason(request: &ChatRequest) -> &'static str {
     if request.limited {
         "length"
     } else {
@@ -138,7 +138,7 @@ fn usage(request: &ChatRequest, completion_tokens: u32) -> Value {
 }
 
 /// A non-streamed answer.
-pub fn completion(id: &str, created: u64, request: &ChatRequest) -> Value {
+pub(crate) fn completion(id: &str, created: u64, request: &ChatRequest) -> Value {
     let content: String = (0..request.max_tokens).map(token).collect();
     json!({
         "id": id,
@@ -151,7 +151,7 @@ pub fn completion(id: &str, created: u64, request: &ChatRequest) -> Value {
 }
 
 /// One SSE chunk: `delta` with optional `finish_reason`; with `include_usage`, `usage: null` as OpenAI sends.
-pub fn chunk(id: &str, created: u64, request: &ChatRequest, delta: Value, finish: Option<&str>) -> String {
+pub(crate) fn chunk(id: &str, created: u64, request: &ChatRequest, delta: Value, finish: Option<&str>) -> String {
     let mut value = json!({
         "id": id,
         "object": "chat.completion.chunk",
@@ -166,7 +166,7 @@ pub fn chunk(id: &str, created: u64, request: &ChatRequest, delta: Value, finish
 }
 
 /// The final usage chunk (`choices: []`), sent when `stream_options.include_usage` is set.
-pub fn usage_chunk(id: &str, created: u64, request: &ChatRequest, completion_tokens: u32) -> String {
+pub(crate) fn usage_chunk(id: &str, created: u64, request: &ChatRequest, completion_tokens: u32) -> String {
     let value = json!({
         "id": id,
         "object": "chat.completion.chunk",
@@ -179,7 +179,7 @@ pub fn usage_chunk(id: &str, created: u64, request: &ChatRequest, completion_tok
 }
 
 /// An OpenAI-shaped error body.
-pub fn error(message: &str, kind: &str, code: u16) -> Value {
+pub(crate) fn error(message: &str, kind: &str, code: u16) -> Value {
     json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
 }
 

@@ -19,15 +19,15 @@ struct Waiter {
 
 /// How one request asks for a slot.
 #[derive(Debug, Clone, Copy)]
-pub struct Ask {
+pub(crate) struct Ask {
     /// Take the free server with the fewest in flight per slot, instead of the next in turn.
-    pub least_loaded: bool,
+    pub(crate) least_loaded: bool,
     /// Wait in the queue when no slot is free (else answer `QueueFull` at once).
-    pub wait: bool,
+    pub(crate) wait: bool,
     /// Place in the queue: higher is served first (`queue.priority_header`).
-    pub priority: u8,
+    pub(crate) priority: u8,
     /// The server to take if it has a free slot (the hash ring's choice).
-    pub prefer: Option<usize>,
+    pub(crate) prefer: Option<usize>,
 }
 
 struct State {
@@ -51,7 +51,7 @@ pub struct Admission {
 }
 
 /// A slot on one server, released (or handed to the oldest waiter) when dropped.
-pub struct Permit {
+pub(crate) struct Permit {
     admission: Arc<Admission>,
     server: usize,
     armed: bool,
@@ -59,7 +59,7 @@ pub struct Permit {
 
 impl Permit {
     /// Index of the server this slot is on, in the upstream's server order.
-    pub fn server(&self) -> usize {
+    pub(crate) fn server(&self) -> usize {
         self.server
     }
 }
@@ -74,7 +74,7 @@ impl Drop for Permit {
 
 impl Admission {
     /// Admission for servers with these limits.
-    pub fn new(limits: Vec<Option<usize>>, queue_max: usize, queue_timeout: Duration) -> Arc<Admission> {
+    pub(crate) fn new(limits: Vec<Option<usize>>, queue_max: usize, queue_timeout: Duration) -> Arc<Admission> {
         let state = State {
             inflight: vec![0; limits.len()],
             waiters: VecDeque::new(),
@@ -87,7 +87,7 @@ impl Admission {
     }
 
     /// Whether this admission can carry over a reload to servers with `limits` and this queue.
-    pub fn same_shape(&self, limits: &[Option<usize>], queue_max: usize, queue_timeout: Duration) -> bool {
+    pub(crate) fn same_shape(&self, limits: &[Option<usize>], queue_max: usize, queue_timeout: Duration) -> bool {
         self.limits == limits && self.queue_max == queue_max && self.queue_timeout == queue_timeout
     }
 
@@ -99,7 +99,11 @@ impl Admission {
     /// A slot at once on an `eligible` server with one free (in turn, or the least loaded per slot); else (when `wait`) a place in the queue,
     /// waiting in FIFO order up to `queue.timeout`. Dropping the returned future (the client left)
     /// leaves the queue at once. Without `wait`, no free slot answers `QueueFull` at once.
-    pub async fn acquire(self: &Arc<Self>, eligible: impl Fn(usize) -> bool, ask: Ask) -> Result<Permit, Rejection> {
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        eligible: impl Fn(usize) -> bool,
+        ask: Ask,
+    ) -> Result<Permit, Rejection> {
         let Ask { least_loaded, wait, priority, prefer } = ask;
         let (id, slot) = {
             let mut state = self.lock();

@@ -13,7 +13,7 @@ use std::time::Duration;
 /// Balancing's side of the config's hash key: hashing a request by it.
 impl HashKey {
     /// The hash of this request's key; requests without one get `None` (then any server will do).
-    pub fn of(&self, headers: &http::HeaderMap, client_ip: &http::HeaderValue) -> Option<u64> {
+    pub(crate) fn of(&self, headers: &http::HeaderMap, client_ip: &http::HeaderValue) -> Option<u64> {
         match self {
             HashKey::ClientIp => Some(hash(client_ip.as_bytes())),
             HashKey::Header(name) => headers.get(name).map(|v| hash(v.as_bytes())),
@@ -156,18 +156,18 @@ impl Default for ServerLoad {
 impl ServerLoad {
     /// The server leaves rotation (drained or removed): its streams may run for `grace`, then are cut.
     /// A drain already under way keeps its deadline.
-    pub fn start_drain(&self, grace: Duration) {
+    pub(crate) fn start_drain(&self, grace: Duration) {
         let deadline = u64::try_from((self.origin.elapsed() + grace).as_millis()).unwrap_or(u64::MAX - 1) + 1;
         let _ = self.drain_deadline_ms.compare_exchange(0, deadline, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// The server is back in rotation.
-    pub fn stop_drain(&self) {
+    pub(crate) fn stop_drain(&self) {
         self.drain_deadline_ms.store(0, Ordering::Release);
     }
 
     /// Takes the server out of rotation by hand (admin API), or puts it back; its streams get `grace`.
-    pub fn drain_by_hand(&self, drained: bool, grace: Duration) {
+    pub(crate) fn drain_by_hand(&self, drained: bool, grace: Duration) {
         self.drained_by_hand.store(drained, Ordering::Release);
         if drained {
             self.start_drain(grace);
@@ -177,24 +177,24 @@ impl ServerLoad {
     }
 
     /// Whether the admin API drained this server.
-    pub fn drained_by_hand(&self) -> bool {
+    pub(crate) fn drained_by_hand(&self) -> bool {
         self.drained_by_hand.load(Ordering::Acquire)
     }
 
     /// When streams on this server are cut, if it is draining.
-    pub fn drain_deadline(&self) -> Option<tokio::time::Instant> {
+    pub(crate) fn drain_deadline(&self) -> Option<tokio::time::Instant> {
         let ms = self.drain_deadline_ms.load(Ordering::Acquire).checked_sub(1)?;
         Some(self.origin + Duration::from_millis(ms))
     }
 
     /// Counts a request in flight until the returned guard is dropped (its response ended).
-    pub fn start(self: &Arc<Self>) -> ServerInFlight {
+    pub(crate) fn start(self: &Arc<Self>) -> ServerInFlight {
         self.inflight.fetch_add(1, Ordering::AcqRel);
         ServerInFlight(self.clone())
     }
 
     /// Records how long a response head took.
-    pub fn observe_head(&self, took: Duration) {
+    pub(crate) fn observe_head(&self, took: Duration) {
         let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         let old = self.head_ewma_us.load(Ordering::Relaxed);
         let new = if old == 0 { sample } else { (old * 7 + sample) / 8 };
@@ -223,7 +223,7 @@ impl ServerLoad {
 
 /// A request counted in flight on a server.
 #[derive(Debug)]
-pub struct ServerInFlight(Arc<ServerLoad>);
+pub(crate) struct ServerInFlight(Arc<ServerLoad>);
 
 impl Drop for ServerInFlight {
     fn drop(&mut self) {

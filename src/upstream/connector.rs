@@ -16,7 +16,7 @@ use tokio::time::Sleep;
 
 /// Why a connection to a backend could not be opened.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// The backend did not accept within the connect timeout (answered 504).
     #[error("connect to {0} timed out")]
     TimedOut(String),
@@ -28,20 +28,20 @@ pub enum ConnectError {
 /// Send timeout errors carry this marker so the proxy can answer 504 instead of 502.
 #[derive(Debug, thiserror::Error)]
 #[error("upstream send timed out")]
-pub struct SendTimedOut;
+pub(crate) struct SendTimedOut;
 
 /// Opens backend connections with nginx's connect and send timeouts.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Connector {
+pub(crate) struct Connector {
     /// nginx `proxy_connect_timeout`.
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// nginx `proxy_send_timeout`.
-    pub send_timeout: Duration,
+    pub(crate) send_timeout: Duration,
 }
 
 impl Connector {
     /// Connects to `authority` (`host:port`, resolved by the system).
-    pub async fn connect(&self, authority: &Authority) -> Result<TimedStream, ConnectError> {
+    pub(crate) async fn connect(&self, authority: &Authority) -> Result<TimedStream, ConnectError> {
         let target = authority.as_str();
         let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(target)).await {
             Err(_) => return Err(ConnectError::TimedOut(target.to_owned())),
@@ -57,7 +57,7 @@ impl Connector {
 /// A backend connection whose writes fail with `SendTimedOut` after waiting `send_timeout` without
 /// progress. Reads are not timed here: the read timeout is armed per request by the proxy, since an
 /// idle pooled connection waits for reads legitimately.
-pub struct TimedStream {
+pub(crate) struct TimedStream {
     io: TcpStream,
     send_timeout: Duration,
     write_deadline: Option<Pin<Box<Sleep>>>,

@@ -13,11 +13,11 @@ use tokio::time::Instant;
 
 /// The failure policy of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FailPolicy {
+pub(crate) struct FailPolicy {
     /// Failures within `fail_timeout` that mark a server down; 0 never marks it down.
-    pub max_fails: u32,
+    pub(crate) max_fails: u32,
     /// The window for counting failures, and how long a server stays down.
-    pub fail_timeout: Duration,
+    pub(crate) fail_timeout: Duration,
 }
 
 /// The health of one server.
@@ -39,7 +39,7 @@ pub struct ServerHealth {
 
 impl ServerHealth {
     /// A healthy server, `server` of `upstream`.
-    pub fn new(upstream: Arc<str>, server: http::uri::Authority) -> ServerHealth {
+    pub(crate) fn new(upstream: Arc<str>, server: http::uri::Authority) -> ServerHealth {
         let origin = Instant::now();
         ServerHealth {
             upstream,
@@ -66,7 +66,7 @@ impl ServerHealth {
     }
 
     /// Records an active check; returns the new state when it changed (true: up).
-    pub fn record_check(&self, passed: bool, rise: u32, fall: u32) -> Option<bool> {
+    pub(crate) fn record_check(&self, passed: bool, rise: u32, fall: u32) -> Option<bool> {
         let down = self.checked_down.load(Ordering::Acquire);
         // A result agreeing with the current state resets the streak toward a change.
         if passed != down {
@@ -88,7 +88,7 @@ impl ServerHealth {
 
     /// Counts a failure of the server's own (passive health); says so in the log when it marks the
     /// server down.
-    pub fn count_failure(&self, policy: FailPolicy) {
+    pub(crate) fn count_failure(&self, policy: FailPolicy) {
         if self.record_failure(policy) {
             tracing::warn!(upstream = %self.upstream, server = %self.server, "server marked down");
         }
@@ -116,39 +116,39 @@ impl ServerHealth {
 }
 
 /// Where a response body that may still be cut counts its server's failure.
-pub struct FailureReport {
+pub(crate) struct FailureReport {
     /// The server's health.
-    pub health: Arc<ServerHealth>,
+    pub(crate) health: Arc<ServerHealth>,
     /// Its upstream's `max_fails` / `fail_timeout`.
-    pub policy: FailPolicy,
+    pub(crate) policy: FailPolicy,
 }
 
 impl FailureReport {
     /// Counts one failure of the server (`ServerHealth::count_failure`).
-    pub fn record(&self) {
+    pub(crate) fn record(&self) {
         self.health.count_failure(self.policy);
     }
 }
 
 /// `health = { ... }` of an upstream, compiled.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ActiveCheck {
+pub(crate) struct ActiveCheck {
     /// Path requested with `GET`.
-    pub path: String,
+    pub(crate) path: String,
     /// Time between two checks of a server.
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// Longest wait for a check's answer.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Statuses that pass.
-    pub expect: Vec<StatusCode>,
+    pub(crate) expect: Vec<StatusCode>,
     /// Passed checks in a row that bring a server back.
-    pub rise: u32,
+    pub(crate) rise: u32,
     /// Failed checks in a row that take a server out.
-    pub fall: u32,
+    pub(crate) fall: u32,
 }
 
 /// Runs an upstream's active checks until the upstream is dropped (replaced by a reload).
-pub fn spawn_checks(upstream: &Arc<Upstream>) {
+pub(crate) fn spawn_checks(upstream: &Arc<Upstream>) {
     let Some(check) = upstream.active_check.clone() else { return };
     let interval = check.interval;
     super::probe::every(upstream, interval, move |upstream, index| {

@@ -10,13 +10,13 @@ use tokio::time::Instant;
 
 /// `load_metrics = { path, interval, stale_after }` of an upstream, compiled.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LoadMetrics {
+pub(crate) struct LoadMetrics {
     /// Path of the Prometheus text exposition.
-    pub path: String,
+    pub(crate) path: String,
     /// Time between two scrapes of a server.
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// Numbers older than this count as saturation.
-    pub stale_after: Duration,
+    pub(crate) stale_after: Duration,
 }
 
 /// What a server last reported.
@@ -99,7 +99,7 @@ fn parse(text: &str) -> Option<Sample> {
 }
 
 /// Scrapes an upstream's servers until the upstream is dropped (replaced by a reload).
-pub fn spawn_scrapes(upstream: &Arc<Upstream>) {
+pub(crate) fn spawn_scrapes(upstream: &Arc<Upstream>) {
     let Some(config) = upstream.load_metrics.clone() else { return };
     let interval = config.interval;
     super::probe::every(upstream, interval, move |upstream, index| {

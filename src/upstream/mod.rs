@@ -11,16 +11,16 @@ mod metrics_scrape;
 mod pool;
 mod probe;
 
-pub use metrics_scrape::{spawn_scrapes, LoadMetrics};
+pub(crate) use metrics_scrape::{spawn_scrapes, LoadMetrics};
 
 use balance::{Ring, Weighted};
-pub use balance::{ServerInFlight, ServerLoad};
-pub use health::{spawn_checks, ActiveCheck, FailPolicy, FailureReport, ServerHealth};
+pub(crate) use balance::{ServerInFlight, ServerLoad};
+pub(crate) use health::{spawn_checks, ActiveCheck, FailPolicy, FailureReport, ServerHealth};
 
-pub use admission::{Admission, Ask, Permit};
-pub use connector::{ConnectError, Connector, SendTimedOut, TimedStream};
-pub use http1::{ExchangeError, HeadWait, OutgoingBody, Upgraded, UpstreamRequest};
-pub use pool::{PoolKey, PoolSettings, ServerPool, UpstreamConnection};
+pub(crate) use admission::{Admission, Ask, Permit};
+pub(crate) use connector::{ConnectError, Connector, SendTimedOut};
+pub(crate) use http1::{ExchangeError, HeadWait, OutgoingBody, Upgraded, UpstreamRequest};
+pub(crate) use pool::{PoolKey, PoolSettings, ServerPool, UpstreamConnection};
 
 use crate::config::{Balance, HashKey, UpstreamConfig, UpstreamTimeouts};
 use crate::error::Rejection;
@@ -36,20 +36,20 @@ pub struct UpstreamServer {
     /// `host:port` as configured.
     pub authority: Authority,
     /// Its idle keep-alive connections.
-    pub pool: Arc<ServerPool>,
+    pub(crate) pool: Arc<ServerPool>,
     /// Its passive health.
     pub health: Arc<ServerHealth>,
     /// Its load, for `least_inflight`.
     pub load: Arc<ServerLoad>,
     /// Its `max_inflight`.
-    pub max_inflight: Option<usize>,
+    pub(crate) max_inflight: Option<usize>,
     /// Marked `drain = true`: no new requests.
-    pub draining: bool,
+    pub(crate) draining: bool,
 }
 
 impl UpstreamServer {
     /// Out of rotation: marked `drain = true`, or drained through the admin API.
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining || self.load.drained_by_hand()
     }
 }
@@ -57,39 +57,39 @@ impl UpstreamServer {
 /// A compiled `[[upstream]]`.
 pub struct Upstream {
     /// Its position in the config, for `Runtime::upstream_list`.
-    pub id: usize,
+    pub(crate) id: usize,
     /// Its config name.
     pub name: Arc<str>,
     /// Its metric handles.
-    pub metrics: UpstreamMetrics,
+    pub(crate) metrics: UpstreamMetrics,
     /// Its servers, in config order.
     pub servers: Vec<UpstreamServer>,
     /// nginx-style timeouts; connect and send live in each pool's connector, read is applied per request.
-    pub timeouts: UpstreamTimeouts,
+    pub(crate) timeouts: UpstreamTimeouts,
     /// Slots and queue, when some server has `max_inflight`.
     pub admission: Option<Arc<Admission>>,
     /// When a server counts as failed, and for how long it is skipped.
-    pub fail_policy: FailPolicy,
+    pub(crate) fail_policy: FailPolicy,
     /// How a server is chosen.
-    pub balance: Balance,
+    pub(crate) balance: Balance,
     /// Smooth weighted round robin, when servers have different weights.
     weighted: Option<Weighted>,
     /// The consistent-hash ring and what it keys on, with `balance = "hash"`.
     hashing: Option<(Ring, HashKey)>,
     /// The request header naming a request's queue priority, if configured.
-    pub priority_header: Option<http::HeaderName>,
+    pub(crate) priority_header: Option<http::HeaderName>,
     /// Backend-reported load, if configured (scraped by `spawn_scrapes`).
-    pub load_metrics: Option<LoadMetrics>,
+    pub(crate) load_metrics: Option<LoadMetrics>,
     /// Active health checks, if configured (run by `spawn_checks`).
-    pub active_check: Option<ActiveCheck>,
+    pub(crate) active_check: Option<ActiveCheck>,
     /// Servers one request may try (at least 1).
-    pub tries: usize,
+    pub(crate) tries: usize,
     /// Time after which no other server is tried.
-    pub retry_timeout: Option<Duration>,
+    pub(crate) retry_timeout: Option<Duration>,
     /// Request bodies up to this size are kept, so the request can be sent to another server.
-    pub retry_body_max: u64,
+    pub(crate) retry_body_max: u64,
     /// A request that reached a server may be sent to another even if its method is not idempotent.
-    pub retry_non_idempotent: bool,
+    pub(crate) retry_non_idempotent: bool,
     next: AtomicUsize,
 }
 
@@ -97,18 +97,24 @@ pub struct Upstream {
 /// in the in-flight count (`least_inflight`, `hash`), and for a stream the server's drain state, so
 /// the stream is cut when a drained server's grace ends. Dropping it releases them.
 #[derive(Default)]
-pub struct Lease {
+pub(crate) struct Lease {
     /// The admission slot, if the upstream has limits.
-    pub permit: Option<Permit>,
+    #[expect(dead_code, reason = "held, never read: dropping it frees the slot")]
+    pub(crate) permit: Option<Permit>,
     /// The in-flight count, if the upstream balances by load.
-    pub in_flight: Option<ServerInFlight>,
+    #[expect(dead_code, reason = "held, never read: dropping it lowers the count")]
+    pub(crate) in_flight: Option<ServerInFlight>,
     /// The server's load and drain state, watched by event streams.
-    pub drain_watch: Option<Arc<ServerLoad>>,
+    pub(crate) drain_watch: Option<Arc<ServerLoad>>,
 }
 
 /// After a reload: servers the new config removed or marks `drain = true` leave rotation and their
 /// streams get `grace` to finish; servers back in rotation stop draining.
-pub fn mark_drains(previous: &HashMap<String, Arc<Upstream>>, next: &HashMap<String, Arc<Upstream>>, grace: Duration) {
+pub(crate) fn mark_drains(
+    previous: &HashMap<String, Arc<Upstream>>,
+    next: &HashMap<String, Arc<Upstream>>,
+    grace: Duration,
+) {
     for (name, old) in previous {
         for server in &old.servers {
             let now = next.get(name).and_then(|new| new.servers.iter().find(|s| s.authority == server.authority));
@@ -127,7 +133,7 @@ pub fn mark_drains(previous: &HashMap<String, Arc<Upstream>>, next: &HashMap<Str
 
 /// The servers one request has tried, without allocating for the usual handful.
 #[derive(Debug, Default)]
-pub struct Tried {
+pub(crate) struct Tried {
     /// Servers 0-63, one bit each.
     low: u64,
     /// Servers from 64 on.
@@ -137,7 +143,7 @@ pub struct Tried {
 
 impl Tried {
     /// Records a try on `index`.
-    pub fn add(&mut self, index: usize) {
+    pub(crate) fn add(&mut self, index: usize) {
         match 1u64.checked_shl(u32::try_from(index).unwrap_or(u32::MAX)) {
             Some(bit) if index < 64 => self.low |= bit,
             _ => self.high.push(index),
@@ -146,7 +152,7 @@ impl Tried {
     }
 
     /// Whether `index` was tried.
-    pub fn contains(&self, index: usize) -> bool {
+    pub(crate) fn contains(&self, index: usize) -> bool {
         if index < 64 {
             self.low & (1 << index) != 0
         } else {
@@ -155,28 +161,28 @@ impl Tried {
     }
 
     /// Tries so far.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.count
     }
 
     /// No try yet.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.count == 0
     }
 }
 
 /// What balancing and queueing need to know of one request.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct BalanceFacts {
+pub(crate) struct BalanceFacts {
     /// Queue priority (higher first).
-    pub priority: u8,
+    pub(crate) priority: u8,
     /// Hash of the `hash_key`, when balancing by hash and the request has one.
-    pub key: Option<u64>,
+    pub(crate) key: Option<u64>,
 }
 
 /// Why no server was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unavailable {
+pub(crate) enum Unavailable {
     /// Admission control: queue full or wait timed out.
     Overloaded(Rejection),
     /// Every server not yet tried is marked down.
@@ -186,7 +192,7 @@ pub enum Unavailable {
 impl Upstream {
     /// Compiles an upstream; `previous` is the same-named upstream of the running config, whose pools
     /// (and open connections) are kept for servers whose address and pool settings did not change.
-    pub fn build(
+    pub(crate) fn build(
         config: &UpstreamConfig,
         previous: Option<&Upstream>,
         metrics: &Metrics,
@@ -278,7 +284,11 @@ impl Upstream {
     /// A server for the next try of a request, skipping servers marked down and those in `tried`,
     /// with its slot under admission control. The first try may wait in the queue; a retry takes a
     /// free slot or gives up at once.
-    pub async fn admit(&self, tried: &Tried, facts: BalanceFacts) -> Result<(usize, Option<Permit>), Unavailable> {
+    pub(crate) async fn admit(
+        &self,
+        tried: &Tried,
+        facts: BalanceFacts,
+    ) -> Result<(usize, Option<Permit>), Unavailable> {
         let eligible = |index: usize| {
             let server = &self.servers[index];
             !tried.contains(index) && !server.is_draining() && server.health.is_up()
@@ -303,12 +313,12 @@ impl Upstream {
     }
 
     /// Whether requests are counted in flight per server (the balance method needs it).
-    pub fn tracks_load(&self) -> bool {
+    pub(crate) fn tracks_load(&self) -> bool {
         matches!(self.balance, Balance::LeastInflight | Balance::Hash)
     }
 
     /// What balancing and queueing need to know of a request.
-    pub fn facts(&self, headers: &http::HeaderMap, client_ip: &http::HeaderValue) -> BalanceFacts {
+    pub(crate) fn facts(&self, headers: &http::HeaderMap, client_ip: &http::HeaderValue) -> BalanceFacts {
         BalanceFacts {
             priority: self.priority(headers),
             key: self.hashing.as_ref().and_then(|(_, key)| key.of(headers, client_ip)),
@@ -323,7 +333,7 @@ impl Upstream {
 
     /// A request's queue priority from `queue.priority_header`: `high` 2, `normal` or none 1, `low` 0,
     /// or a digit 0-9.
-    pub fn priority(&self, headers: &http::HeaderMap) -> u8 {
+    pub(crate) fn priority(&self, headers: &http::HeaderMap) -> u8 {
         let Some(value) = self.priority_header.as_ref().and_then(|name| headers.get(name)) else { return 1 };
         match value.as_bytes() {
             b"high" => 2,

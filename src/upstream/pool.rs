@@ -6,7 +6,7 @@
 //! before reuse it is checked once: a connection the backend closed while idle is thrown away then.
 
 use super::connector::{ConnectError, Connector};
-pub use super::http1::UpstreamConnection;
+pub(crate) use super::http1::UpstreamConnection;
 use http::uri::Authority;
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,13 +16,13 @@ use tokio::time::Instant;
 
 /// How a server's pool behaves; a reload keeps a pool (and its connections) when these are unchanged.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PoolSettings {
+pub(crate) struct PoolSettings {
     /// Idle connections kept (nginx `keepalive`).
-    pub max_idle: usize,
+    pub(crate) max_idle: usize,
     /// How long an idle connection is kept.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Connect and send timeouts of new connections.
-    pub connector: Connector,
+    pub(crate) connector: Connector,
 }
 
 struct Idle {
@@ -43,17 +43,17 @@ thread_local! {
 static NEXT_POOL_ID: AtomicUsize = AtomicUsize::new(0);
 
 /// The keep-alive connections of one server.
-pub struct ServerPool {
+pub(crate) struct ServerPool {
     key: PoolKey,
     authority: Authority,
     /// The settings this pool was built with.
-    pub settings: PoolSettings,
+    pub(crate) settings: PoolSettings,
 }
 
 /// What checking a connection back in needs: plain values, so a response body can carry it without
 /// sharing (and bouncing the reference count of) the pool between cores.
 #[derive(Debug, Clone, Copy)]
-pub struct PoolKey {
+pub(crate) struct PoolKey {
     id: usize,
     max_idle: usize,
     idle_timeout: Duration,
@@ -72,7 +72,7 @@ impl PoolKey {
 
     /// Returns a connection whose response is complete (at `now`, a time the caller read already);
     /// kept if it can serve again and there is room.
-    pub fn checkin(self, connection: Box<UpstreamConnection>, now: Instant) {
+    pub(crate) fn checkin(self, connection: Box<UpstreamConnection>, now: Instant) {
         // The socket is looked at when the connection is taken again, after its idle time.
         if !connection.may_serve_again() {
             return;
@@ -93,21 +93,21 @@ impl PoolKey {
 
 impl ServerPool {
     /// An empty pool for `authority`.
-    pub fn new(authority: Authority, settings: PoolSettings) -> Arc<ServerPool> {
+    pub(crate) fn new(authority: Authority, settings: PoolSettings) -> Arc<ServerPool> {
         let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
         let key = PoolKey { id, max_idle: settings.max_idle, idle_timeout: settings.idle_timeout };
         Arc::new(ServerPool { key, authority, settings })
     }
 
     /// The key to check connections of this pool back in with.
-    pub fn key(&self) -> PoolKey {
+    pub(crate) fn key(&self) -> PoolKey {
         self.key
     }
 
     /// The most recently used idle connection that is still open at `now` (a time the caller read
     /// already: each clock read costs), else a new one. Boxed: a connection moves between the pool,
     /// the request and its response body several times per request.
-    pub async fn checkout(&self, now: Instant) -> Result<Box<UpstreamConnection>, ConnectError> {
+    pub(crate) async fn checkout(&self, now: Instant) -> Result<Box<UpstreamConnection>, ConnectError> {
         if let Some(connection) = self.take_idle(now) {
             return Ok(connection);
         }
@@ -125,7 +125,7 @@ impl ServerPool {
     }
 
     /// A new connection, never pooled before (also for upgrades, which leave the pool for good).
-    pub async fn connect(&self) -> Result<Box<UpstreamConnection>, ConnectError> {
+    pub(crate) async fn connect(&self) -> Result<Box<UpstreamConnection>, ConnectError> {
         Ok(Box::new(UpstreamConnection::new(self.settings.connector.connect(&self.authority).await?)))
     }
 }

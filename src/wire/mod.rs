@@ -20,7 +20,7 @@ pub(crate) const HEADER_SLOTS: usize = 256;
 
 /// The client-side HTTP/1.1 limits of a listener, taken from `[http]` at config load.
 #[derive(Debug, Clone, Copy)]
-pub struct HeadLimits {
+pub(crate) struct HeadLimits {
     /// Largest request line plus headers (`max_header_size`): larger answers 431, or 414 when the
     /// request line alone does not fit.
     pub max_head: usize,
@@ -123,14 +123,14 @@ impl<const N: usize> WriteQueue<N> {
 
 /// A connection after `101 Switching Protocols`, one side of a tunnel: the bytes that arrived along
 /// with the last head come first.
-pub struct Rewound<T> {
+pub(crate) struct Rewound<T> {
     early: Bytes,
     io: T,
 }
 
 impl<T> Rewound<T> {
     /// `io`, whose reads start with `early`.
-    pub fn new(early: Bytes, io: T) -> Rewound<T> {
+    pub(crate) fn new(early: Bytes, io: T) -> Rewound<T> {
         Rewound { early, io }
     }
 }

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 /// The request body's view of the connection, whatever its stream type.
-pub trait BodySource: Send + Sync {
+pub(crate) trait BodySource: Send + Sync {
     /// The next piece of the body, `None` at its end.
     fn poll_body(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>>;
 }
 
 /// A request body read from the client connection as it is polled.
-pub struct Http1Body {
+pub(crate) struct Http1Body {
     source: Arc<dyn BodySource>,
     /// Bytes still to come when the length was declared.
     left: Option<u64>,
@@ -25,7 +25,7 @@ pub struct Http1Body {
 
 impl Http1Body {
     /// The body of the request being read from `source`, `declared` bytes long if its head said so.
-    pub fn new(source: Arc<dyn BodySource>, declared: Option<u64>) -> Http1Body {
+    pub(crate) fn new(source: Arc<dyn BodySource>, declared: Option<u64>) -> Http1Body {
         Http1Body { source, left: declared, done: false }
     }
 }

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 pub(crate) type Upgraded = Rewound<Box<dyn Io>>;
 
 /// What a client connection is: a TCP stream or a TLS stream over one.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// Carried in an upgrade request's extensions: the connection, once the `101` answer is written.

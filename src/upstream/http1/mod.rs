@@ -37,26 +37,26 @@ const READ_SIZE: usize = 16 * 1024;
 
 /// A request as it goes to the backend: its head, and the headers the proxy adds to it.
 #[derive(Clone, Copy)]
-pub struct UpstreamRequest<'a> {
+pub(crate) struct UpstreamRequest<'a> {
     /// Method, target and the request's own headers (its body goes separately).
-    pub head: &'a Request<ClientBody>,
+    pub(crate) head: &'a Request<ClientBody>,
     /// Written after the request's own headers, which lose any of these names.
-    pub forwarding: &'a [(&'static HeaderName, HeaderValue)],
+    pub(crate) forwarding: &'a [(&'static HeaderName, HeaderValue)],
     /// Response headers dropped as the head is parsed (lowercase names), besides the
     /// connection-level ones: never made into header map entries only to be removed.
-    pub hidden: &'a [&'static str],
+    pub(crate) hidden: &'a [&'static str],
 }
 
 /// How long the backend may take to begin its answer: nginx's `proxy_read_timeout` up to the response
 /// head, armed once the request has been sent.
 #[derive(Debug, Clone, Copy)]
-pub struct HeadWait {
+pub(crate) struct HeadWait {
     /// When the request started going out: the timer runs from here for a request whose body was at
     /// hand (none, or read in full), which takes no time to send. A time read already, as clock
     /// reads cost.
-    pub from: Instant,
+    pub(crate) from: Instant,
     /// The timeout itself.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// What a request says about reading its response.
@@ -69,7 +69,7 @@ struct ResponseRules<'a> {
 }
 
 /// One keep-alive HTTP/1.1 connection to a backend server.
-pub struct UpstreamConnection {
+pub(crate) struct UpstreamConnection {
     io: TimedStream,
     /// Bytes read from the backend and not yet handed on.
     read_buf: BytesMut,
@@ -80,7 +80,7 @@ pub struct UpstreamConnection {
     /// Whether another request may follow once the current response is read in full.
     keep_alive: bool,
     /// Whether it served a request before (a failure on it may be a stale keep-alive connection).
-    pub reused: bool,
+    pub(crate) reused: bool,
     /// The response head's deadline (`HeadWait`), kept from one request to the next and moved
     /// forward: tokio then only notes the later deadline, without touching its timer wheel, where a
     /// timer per request is inserted and removed under a lock.
@@ -105,14 +105,14 @@ impl BodyReader for UpstreamConnection {
 /// What an exchange needs of a request body besides its frames: whether they still come from the
 /// client. The proxy's request body (with its limits and its copy kept for another try) is one;
 /// this module names no type of the layer that calls it.
-pub trait OutgoingBody: Body<Data = Bytes, Error = BoxError> + Unpin {
+pub(crate) trait OutgoingBody: Body<Data = Bytes, Error = BoxError> + Unpin {
     /// Whether bytes of it are still to come from the client: sending it then takes the client's
     /// time, and the wait for the response starts only once it is sent.
     fn streams(&self) -> bool;
 }
 
 /// Why an exchange produced no response head.
-pub enum ExchangeError<B> {
+pub(crate) enum ExchangeError<B> {
     /// The connection took no byte of the request: it may be sent elsewhere, with its body unread.
     NotSent(B, io::Error),
     /// The request went out and the connection closed before any byte of an answer.
@@ -127,7 +127,7 @@ pub enum ExchangeError<B> {
 
 impl UpstreamConnection {
     /// A connection that has served nothing yet.
-    pub fn new(io: TimedStream) -> UpstreamConnection {
+    pub(crate) fn new(io: TimedStream) -> UpstreamConnection {
         UpstreamConnection {
             io,
             read_buf: BytesMut::new(),
@@ -143,7 +143,7 @@ impl UpstreamConnection {
     /// skipped), up to `wait` once the request is sent. The body is sent as it arrives from the
     /// client while the answer is awaited. A backend that answers before taking the whole body gets
     /// no more of it, and the connection is not reused.
-    pub async fn exchange<B: OutgoingBody>(
+    pub(crate) async fn exchange<B: OutgoingBody>(
         &mut self,
         request: UpstreamRequest<'_>,
         body: B,
@@ -167,12 +167,12 @@ impl UpstreamConnection {
     }
 
     /// Whether the response body has been read in full.
-    pub fn body_done(&self) -> bool {
+    pub(crate) fn body_done(&self) -> bool {
         self.body.is_done()
     }
 
     /// The body bytes still to come, when the response declared them.
-    pub fn body_left(&self) -> Option<u64> {
+    pub(crate) fn body_left(&self) -> Option<u64> {
         match self.body {
             Framing::Done => Some(0),
             Framing::Length(left) => Some(left),
@@ -182,19 +182,19 @@ impl UpstreamConnection {
 
     /// Whether the exchange left the connection fit for another: the response was read in full and
     /// the backend allows keep-alive. Flags only; `is_reusable` also looks at the socket.
-    pub fn may_serve_again(&self) -> bool {
+    pub(crate) fn may_serve_again(&self) -> bool {
         self.keep_alive && self.body_done() && self.read_buf.is_empty()
     }
 
     /// Whether the connection can take another request now: `may_serve_again`, and the backend has
     /// neither closed the connection nor sent anything unasked while it was idle.
-    pub fn is_reusable(&mut self) -> bool {
+    pub(crate) fn is_reusable(&mut self) -> bool {
         // Readiness is cached by the runtime: an idle socket answers Pending without a system call.
         self.may_serve_again() && matches!(self.poll_fill(&mut Context::from_waker(Waker::noop())), Poll::Pending)
     }
 
     /// The connection after a `101 Switching Protocols`: the backend's side of a tunnel.
-    pub fn into_upgraded(self) -> Upgraded {
+    pub(crate) fn into_upgraded(self) -> Upgraded {
         Rewound::new(self.read_buf.freeze(), self.io)
     }
 
@@ -574,7 +574,7 @@ fn invalid_response(what: String) -> io::Error {
 }
 
 /// The backend side of a tunnel after `101`: bytes the backend sent along with its head come first.
-pub type Upgraded = Rewound<TimedStream>;
+pub(crate) type Upgraded = Rewound<TimedStream>;
 
 #[cfg(test)]
 mod tests {
