@@ -14,8 +14,8 @@ use crate::client::{ClientBody, ClientInfo, ClientRequest};
 use crate::error::BoxError;
 use crate::error::GatewayError;
 use crate::upstream::{
-    ConnectError, ExchangeError, FailureReport, HeadWait, Lease, SendTimedOut, Tried, Unavailable, Upstream,
-    UpstreamConnection, UpstreamRequest, UpstreamServer,
+    BalanceFacts, ConnectError, ExchangeError, FailureReport, HeadWait, Lease, SendTimedOut, Tried, Unavailable,
+    Upstream, UpstreamConnection, UpstreamRequest, UpstreamServer,
 };
 use crate::wire::upgrade::PendingUpgrade;
 use bytes::Bytes;
@@ -83,7 +83,17 @@ pub(crate) async fn forward_buffered(
     forward_body(head, RequestBody::buffered(body), None, client, upstream, kind).await
 }
 
-/// Forwards the request `head` (its body is `body`) with the retries `forward` describes.
+/// Forwards the request `head` (its body is `body`) with the retries `forward` describes. Each try
+/// runs the same steps, in order:
+///
+/// 1. [`admit`]: a server (admission control or the balancer, skipping servers tried already) and
+///    the lease the response will hold on it.
+/// 2. The exchange on a pooled connection: written out in this function (see there).
+/// 3. [`Try::after_failure`], when the exchange got no response head: the failure is counted
+///    against the server only when it was the server's, and `retry::decide` says whether another
+///    server gets the request.
+/// 4. [`Try::after_head`]: a 502 or 503 head may go to another server the same way.
+/// 5. [`Try::respond`]: the response, its body still streaming from the connection.
 async fn forward_body(
     mut head: ClientRequest,
     mut body: RequestBody,
@@ -107,61 +117,17 @@ async fn forward_body(
 
     let mut tried = Tried::default();
     loop {
-        if !tried.is_empty() {
-            upstream.metrics.retries.inc();
-        }
-        // Only an upstream with slots can make a request wait: others read no clock here.
-        let admit_started = upstream.admission.is_some().then(tokio::time::Instant::now);
-        let admitted = upstream.admit(&tried, facts).await;
-        if let Some(admit_started) = admit_started {
-            upstream.metrics.queue_wait.observe(admit_started.elapsed().as_secs_f64());
-        }
-        let (index, permit) = admitted.map_err(|unavailable| match unavailable {
-            Unavailable::Overloaded(rejection) => GatewayError::Overloaded(rejection),
-            Unavailable::NoHealthyServer => GatewayError::NoHealthyServer,
-        })?;
-        tried.add(index);
+        let (index, lease, try_started) = admit(upstream, &mut tried, facts, started).await?;
         let server = &upstream.servers[index];
-        let balancing = upstream.tracks_load();
-        let mut lease = Lease { permit, in_flight: Some(server.load.start()), drain_watch: None };
-        // A first try that could not wait for admission starts with the exchange: one clock read fewer.
-        let try_started = match admit_started {
-            None if tried.len() == 1 => started,
-            _ => tokio::time::Instant::now(),
-        };
-        let tries_left = tried.len() < upstream.tries;
-        // A failure counts against the server only when it was the server's (see `retry`).
-        let charge = |origin: Origin| {
-            if origin.counts_against_server() {
-                server.health.count_failure(upstream.fail_policy);
-            }
-        };
-        // Whether another server gets the request after a failed try, with the body for it.
-        let next_try = |origin: Origin, again: Option<RequestBody>, error: &GatewayError| {
-            let failed = FailedTry {
-                origin,
-                request: kind,
-                response_started: false,
-                body_at_hand: again.is_some(),
-                tries_left,
-                deadline_passed: retry_deadline.is_some_and(|d| tokio::time::Instant::now() >= d),
-            };
-            match retry::decide(failed) {
-                Decision::TryAnother => {
-                    tracing::debug!(%error, server = %server.authority, "trying another server");
-                    again
-                }
-                // The one reason an operator can act on (`next_upstream_body_max`) is logged as info.
-                Decision::Answer(stop @ Stop::BodyNotKept) => {
-                    let reason = stop.reason();
-                    tracing::info!(%error, server = %server.authority, "not sent to another server: {reason}");
-                    None
-                }
-                Decision::Answer(stop) => {
-                    tracing::debug!(%error, "not sent to another server: {}", stop.reason());
-                    None
-                }
-            }
+        let step = Try {
+            upstream,
+            server,
+            index,
+            kind,
+            tries_left: tried.len() < upstream.tries,
+            retry_deadline,
+            request_started: started,
+            started: try_started,
         };
 
         if let Some(client_upgrade) = upgrade {
@@ -172,13 +138,13 @@ async fn forward_body(
             })
             .await;
             return upgraded.map_err(|failure| {
-                charge(failure.origin);
+                step.charge(failure.origin);
                 failure.error
             });
         }
 
-        // One try on this server; written out here rather than in a function of its own, whose
-        // future (the exchange's inside it) every request would copy into this one.
+        // Step 2, one exchange on this server; written out here rather than in a function of its
+        // own, whose future (the exchange's inside it) every request would copy into this one.
         let attempt: Result<_, TryFailure> = 'attempt: {
             let mut connection = match server.pool.checkout(try_started).await {
                 Ok(connection) if connection.reused => {
@@ -195,7 +161,7 @@ async fn forward_body(
             // Taking a kept-alive connection took no time: its request goes out as of `try_started`.
             let waits = if connection.reused { HeadWaits { from: try_started, ..waits } } else { waits.starting_now() };
             // A body at hand is kept for another server (or a fresh connection) while one may follow.
-            let copy = (connection.reused || tries_left).then(|| body.replay()).flatten();
+            let copy = (connection.reused || step.tries_left).then(|| body.replay()).flatten();
             let mut outcome = exchange(&mut connection, request, body, waits).await;
             if connection.reused {
                 // A kept-alive connection that turns out closed (the request never left, or got no
@@ -217,42 +183,156 @@ async fn forward_body(
         };
         let (connection, parts, copy) = match attempt {
             Ok(answered) => answered,
-            Err(TryFailure { error, origin, body: again }) => {
-                charge(origin);
-                match next_try(origin, again, &error) {
-                    Some(again) => {
-                        body = again;
-                        continue;
-                    }
-                    None => return Err(error),
-                }
+            Err(failure) => {
+                body = step.after_failure(failure)?;
+                continue;
             }
         };
-        let head_at = tokio::time::Instant::now();
-        let header_time = head_at.duration_since(try_started);
-        upstream.metrics.header_time.observe(header_time.as_secs_f64());
-        if balancing {
-            server.load.observe_head(header_time);
+        let header_time = match step.after_head(&parts, copy) {
+            Ok(header_time) => header_time,
+            Err(again) => {
+                body = again;
+                continue;
+            }
+        };
+        return Ok(step.respond(connection, parts, lease, header_time, total));
+    }
+}
+
+/// Step 1 of a try: a server for it, recorded in `tried`, the lease the response will hold on it,
+/// and when the try starts. Waits for a slot when the upstream has `max_inflight`; answers 503 when
+/// none comes or every server is down.
+async fn admit(
+    upstream: &Upstream,
+    tried: &mut Tried,
+    facts: BalanceFacts,
+    started: tokio::time::Instant,
+) -> Result<(usize, Lease, tokio::time::Instant), GatewayError> {
+    if !tried.is_empty() {
+        upstream.metrics.retries.inc();
+    }
+    // Only an upstream with slots can make a request wait: others read no clock here.
+    let admit_started = upstream.admission.is_some().then(tokio::time::Instant::now);
+    let admitted = upstream.admit(tried, facts).await;
+    if let Some(admit_started) = admit_started {
+        upstream.metrics.queue_wait.observe(admit_started.elapsed().as_secs_f64());
+    }
+    let (index, permit) = admitted.map_err(|unavailable| match unavailable {
+        Unavailable::Overloaded(rejection) => GatewayError::Overloaded(rejection),
+        Unavailable::NoHealthyServer => GatewayError::NoHealthyServer,
+    })?;
+    tried.add(index);
+    let lease = Lease { permit, in_flight: Some(upstream.servers[index].load.start()), drain_watch: None };
+    // A first try that could not wait for admission starts with the exchange: one clock read fewer.
+    let try_started = match admit_started {
+        None if tried.len() == 1 => started,
+        _ => tokio::time::Instant::now(),
+    };
+    Ok((index, lease, try_started))
+}
+
+/// One try of a request on one server: what its steps after the exchange need to know.
+struct Try<'a> {
+    upstream: &'a Upstream,
+    server: &'a UpstreamServer,
+    /// The server's index in its upstream.
+    index: usize,
+    kind: RequestKind,
+    /// Whether the upstream's `tries` allow another after this one.
+    tries_left: bool,
+    /// `next_upstream_timeout`'s deadline, if set.
+    retry_deadline: Option<tokio::time::Instant>,
+    /// When the request's first try started, and this one.
+    request_started: tokio::time::Instant,
+    started: tokio::time::Instant,
+}
+
+impl Try<'_> {
+    /// Counts a failure against the server when it was the server's (see `retry`).
+    fn charge(&self, origin: Origin) {
+        if origin.counts_against_server() {
+            self.server.health.count_failure(self.upstream.fail_policy);
+        }
+    }
+
+    /// Step 3, after an exchange that got no response head: the body to send to another server with,
+    /// or the error to answer.
+    fn after_failure(&self, failure: TryFailure) -> Result<RequestBody, GatewayError> {
+        let TryFailure { error, origin, body: again } = failure;
+        self.charge(origin);
+        self.another(origin, again, &error).ok_or(error)
+    }
+
+    /// Step 4, on a response head: records its time (for the metrics and the balancer) and returns
+    /// it, or the body to send to another server with when the head is a 502 or 503 that `retry`
+    /// sends on (`copy` is the body kept for that). Any 5xx counts against the server.
+    fn after_head(&self, parts: &http::response::Parts, copy: Option<RequestBody>) -> Result<Duration, RequestBody> {
+        let header_time = self.started.elapsed();
+        self.upstream.metrics.header_time.observe(header_time.as_secs_f64());
+        if self.upstream.tracks_load() {
+            self.server.load.observe_head(header_time);
         }
         let status = parts.status;
         if status.is_server_error() {
-            charge(Origin::Upstream(Phase::Unavailable));
+            self.charge(Origin::Upstream(Phase::Unavailable));
             if matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE) {
                 let error = GatewayError::BadGateway(format!("the server answered {status}"));
-                if let Some(again) = next_try(Origin::Upstream(Phase::Unavailable), copy, &error) {
-                    body = again;
-                    continue;
+                if let Some(again) = self.another(Origin::Upstream(Phase::Unavailable), copy, &error) {
+                    return Err(again);
                 }
             }
         }
+        Ok(header_time)
+    }
 
+    /// Whether another server gets the request after this failed try (`retry::decide`), with the
+    /// body for it.
+    fn another(&self, origin: Origin, again: Option<RequestBody>, error: &GatewayError) -> Option<RequestBody> {
+        let failed = FailedTry {
+            origin,
+            request: self.kind,
+            response_started: false,
+            body_at_hand: again.is_some(),
+            tries_left: self.tries_left,
+            deadline_passed: self.retry_deadline.is_some_and(|d| tokio::time::Instant::now() >= d),
+        };
+        match retry::decide(failed) {
+            Decision::TryAnother => {
+                tracing::debug!(%error, server = %self.server.authority, "trying another server");
+                again
+            }
+            // The one reason an operator can act on (`next_upstream_body_max`) is logged as info.
+            Decision::Answer(stop @ Stop::BodyNotKept) => {
+                let reason = stop.reason();
+                tracing::info!(%error, server = %self.server.authority, "not sent to another server: {reason}");
+                None
+            }
+            Decision::Answer(stop) => {
+                tracing::debug!(%error, "not sent to another server: {}", stop.reason());
+                None
+            }
+        }
+    }
+
+    /// Step 5: the response, its body streaming from `connection` (or the connection back in the
+    /// pool when the body is complete already), holding `lease` until it ends.
+    fn respond(
+        &self,
+        connection: Box<UpstreamConnection>,
+        parts: http::response::Parts,
+        mut lease: Lease,
+        header_time: Duration,
+        total: Option<(tokio::time::Instant, Duration)>,
+    ) -> Response<Proxied> {
+        let (upstream, server) = (self.upstream, self.server);
+        let head_at = self.started + header_time;
         // The upstream connection consumed the connection-level and hidden headers already.
         let timeouts = body_timeouts(&parts, upstream, total);
         let info = UpstreamInfo {
             upstream: upstream.id,
-            server: index,
-            status: status.as_u16(),
-            started_after: try_started.duration_since(started),
+            server: self.index,
+            status: parts.status.as_u16(),
+            started_after: self.started.duration_since(self.request_started),
             header_time,
             head_at,
             event_stream: timeouts.sse,
@@ -270,7 +350,7 @@ async fn forward_body(
             (Some(connection), Some(failures))
         };
         let body = UpstreamBody::new(connection, Some(server.pool.key()), lease, timeouts).with_info(info, failures);
-        return Ok(Response::from_parts(parts, Some(Box::new(body))));
+        Response::from_parts(parts, Some(Box::new(body)))
     }
 }
 
