@@ -1,7 +1,9 @@
 //! infergate: one binary that does what an nginx front end does for a self-hosted model service, and
-//! does it for model serving. The modules follow the request's data path (ARCHITECTURE.md §3):
-//! `server` accepts and serves connections, `pipeline` runs a request's phases, `route` picks the
-//! location, `proxy` and `upstream` talk to backends; `config` and `runtime` form the control path.
+//! does it for model serving. The modules form layers that import one way (docs/ARCHITECTURE.md,
+//! "Layers", checked by tests/it/layers.rs): leaves (`client`, `wire`, `error`, ...), `config`,
+//! services (`upstream`, `policy`, `accounting`, ...), handlers (`proxy`, `route`, ...), `runtime`
+//! (the compiled config), `pipeline` (a request's phases) and `server` (connections, reload).
+//! Only what the binary and the tests use is public.
 
 #![warn(unreachable_pub)]
 

@@ -46,7 +46,8 @@ pub(crate) struct Location {
     pub body: BodyLimits,
     /// Response compression, if on.
     pub compress: Option<CompressPolicy>,
-    /// Where requests here are accounted (metrics, access log): an index into `Runtime::accounts`.
+    /// Where requests here are accounted (metrics, access log): an index into
+    /// `accounting::Ledger::accounts`.
     pub account: usize,
     /// Rate limits checked before the handler.
     pub limits: Vec<RateLimit>,
@@ -118,7 +119,8 @@ pub(crate) struct VirtualServer {
     pub locations: LocationTable,
     /// Response header edits for responses that match no location.
     pub response_headers: HeaderEdits,
-    /// Where requests matching no location are accounted: an index into `Runtime::accounts`.
+    /// Where requests matching no location are accounted: an index into
+    /// `accounting::Ledger::accounts`.
     pub account: usize,
     /// Error format when no location matches.
     pub errors: ErrorFormat,

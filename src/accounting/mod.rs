@@ -309,8 +309,8 @@ impl<B: Body + Default> Accounting<B> {
         })))
     }
 
-    /// Accounts the request to `account` (an index into `Runtime::accounts`: the routed location's,
-    /// or the server's when no location matched).
+    /// Accounts the request to `account` (an index into `Ledger::accounts`: the routed location's, or
+    /// the server's when no location matched).
     pub(crate) fn route(&mut self, account: usize) {
         if let Some(record) = self.0.as_mut().and_then(|tracked| tracked.record.as_mut()) {
             record.account = Some(account);

@@ -7,26 +7,25 @@
 //! buffer) were about a third of the gateway's cycles per proxied small request (callgrind with its
 //! cache model). Here read buffers are reused (and held only while a request arrives), the request
 //! body is read straight from the socket when the backend side asks for it, and the head and a ready
-//! first body frame go out in one vectored write. Parsing is httparse's, the parser hyper uses. HTTP/2 stays with hyper.
+//! first body frame go out in one vectored write. The heads are `wire`'s: parsed by
+//! `wire::request_head` (httparse, the parser hyper uses), written by `wire::response_head`. HTTP/2
+//! stays with hyper.
 //!
 //! The connection's socket is shared, behind a lock that is never held across an await, between this
 //! loop (heads, responses, noticing a client that left) and the request body (read by the proxy).
 
+use crate::client::{BodySource, Http1Body};
 use crate::client::{ClientBody, ClientRequest};
-use crate::error::error_response;
 use crate::error::BoxError;
 use crate::server::gather;
-use crate::wire::chunked::ChunkedDecoder;
 use crate::wire::framing::{BodyReader, Framing};
-use crate::wire::message::{self, Declared, FramingError, HeadFacts};
-use crate::wire::request_body::{BodySource, Http1Body};
-use crate::wire::upgrade::{Io, PendingUpgrade, Upgraded};
-use crate::wire::{parse_content_length, HeadLimits, Rewound, WriteQueue, HEADER_SLOTS};
+use crate::wire::request_head::{self, HeadRejection, ParsedRequest, Spans};
+use crate::wire::response_head::{self, hex, Answering, ResponseFraming};
+use crate::wire::upgrade::{Io, Upgraded};
+use crate::wire::{HeadLimits, Rewound, WriteQueue};
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Response, StatusCode};
 use http_body::Body;
-use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
@@ -34,7 +33,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::io::ReadBuf;
 use tokio::sync::oneshot;
 
@@ -78,7 +77,7 @@ where
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(rejection) => {
-                let response = rejection.response();
+                let response = rejection.response().map(crate::pipeline::ResponseBody::from);
                 let _ =
                     crate::boxed::pinned(|| write_response(&connection, &mut head_buf, response, Answering::closing()))
                         .await;
@@ -86,7 +85,7 @@ where
                 return;
             }
         };
-        let Head { mut request, inbound, keep_alive, expects_continue, upgrade } = head;
+        let ParsedRequest { mut request, inbound, keep_alive, expects_continue, upgrade } = head;
         let has_body = !inbound.is_done();
         // The declared length, as the head's framing already read it (none for a chunked body).
         let declared = match inbound {
@@ -244,10 +243,14 @@ impl<I: Io> Shared<I> {
     }
 
     /// Reads until a request head is parsed; `None` when the client closed between requests.
-    fn poll_head(&mut self, cx: &mut Context<'_>, limits: HeadLimits) -> Poll<Result<Option<Head>, HeadRejection>> {
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        limits: HeadLimits,
+    ) -> Poll<Result<Option<ParsedRequest>, HeadRejection>> {
         loop {
             if !self.buf.is_empty() {
-                if let Some(head) = parse_head(&mut self.buf, &mut self.spans, limits)? {
+                if let Some(head) = request_head::parse(&mut self.buf, &mut self.spans, limits)? {
                     return Poll::Ready(Ok(Some(head)));
                 }
                 if self.buf.len() >= limits.max_head {
@@ -333,188 +336,6 @@ impl<I: Io> BodySource for Mutex<Shared<I>> {
     }
 }
 
-/// A parsed request head and what it says about its body and the connection.
-struct Head {
-    request: ClientRequest,
-    inbound: Framing,
-    keep_alive: bool,
-    expects_continue: bool,
-    upgrade: Option<oneshot::Sender<Upgraded>>,
-}
-
-/// A request head the connection cannot serve; answered, then the connection closes.
-#[derive(Debug, PartialEq)]
-enum HeadRejection {
-    /// Malformed: 400.
-    Bad(&'static str),
-    /// Valid, but asks for what the gateway does not do (a transfer coding other than chunked): 501.
-    NotImplemented(&'static str),
-    /// The request line does not fit `max_head`: 414.
-    UriTooLong,
-    /// The head does not fit `max_head`, or has too many fields: 431.
-    HeadTooLarge,
-}
-
-impl HeadRejection {
-    fn response(&self) -> Response<crate::pipeline::ResponseBody> {
-        let (status, code, message) = match self {
-            HeadRejection::Bad(what) => (StatusCode::BAD_REQUEST, "bad_request", *what),
-            HeadRejection::NotImplemented(what) => (StatusCode::NOT_IMPLEMENTED, "not_implemented", *what),
-            HeadRejection::UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long", "request line too long"),
-            HeadRejection::HeadTooLarge => {
-                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_too_large", "request header too large")
-            }
-        };
-        error_response(status, "invalid_request_error", code, message, crate::error::ErrorFormat::Text)
-            .map(crate::pipeline::ResponseBody::from)
-    }
-}
-
-/// Where a header's name and value sit in the head.
-type Spans = ((usize, usize), (usize, usize));
-
-/// Parses a request head at the start of `buf` and removes it; `None` when it is not complete yet.
-/// Header values and the target share the head's memory instead of being copied; `spans` is scratch
-/// space the connection keeps (an array for the most headers allowed would be kilobytes to zero).
-fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Spans>, limits: HeadLimits) -> Result<Option<Head>, HeadRejection> {
-    // Uninitialized: zeroing the slots would cost more than parsing a small head.
-    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; HEADER_SLOTS];
-    let slots = &mut slots[..limits.max_headers.clamp(1, HEADER_SLOTS)];
-    let mut parsed = httparse::Request::new(&mut []);
-    let length = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, buf, slots) {
-        Ok(httparse::Status::Complete(length)) if length <= limits.max_head => length,
-        Ok(httparse::Status::Complete(_)) => return Err(HeadRejection::HeadTooLarge),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadRejection::HeadTooLarge),
-        Err(_) => return Err(HeadRejection::Bad("malformed request head")),
-    };
-    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
-        .map_err(|_| HeadRejection::Bad("malformed method"))?;
-    let version = match parsed.version {
-        Some(1) => Version::HTTP_11,
-        _ => Version::HTTP_10,
-    };
-    // Where the target and each header sit in the head, so they can be slices of it once split off.
-    let base = buf.as_ptr() as usize;
-    let span = |part: &[u8]| {
-        let start = part.as_ptr() as usize - base;
-        (start, start + part.len())
-    };
-    let target = span(parsed.path.unwrap_or_default().as_bytes());
-    let count = parsed.headers.len();
-    spans.clear();
-    spans.extend(parsed.headers.iter().map(|field| (span(field.name.as_bytes()), span(field.value))));
-    if !message::lines_end_with_crlf(&buf[..length], spans.iter().map(|((name_start, _), _)| *name_start)) {
-        return Err(HeadRejection::Bad("bare LF in the request head (lines end with CRLF)"));
-    }
-    let head = buf.split_to(length).freeze();
-
-    let uri =
-        Uri::from_maybe_shared(head.slice(target.0..target.1)).map_err(|_| HeadRejection::Bad("malformed target"))?;
-    // Room for the `X-Request-Id` the gateway adds: growing the map later reallocates it.
-    let mut headers = HeaderMap::with_capacity(count + 1);
-    let mut facts = HeadFacts::default();
-    let mut expects_continue = false;
-    let mut hosts = 0;
-    for &((name_start, name_end), (value_start, value_end)) in spans.iter() {
-        let name =
-            HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| HeadRejection::Bad("malformed header"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
-            .map_err(|_| HeadRejection::Bad("malformed header value"))?;
-        if name == header::CONTENT_LENGTH {
-            facts.content_length(value.as_bytes());
-        } else if name == header::TRANSFER_ENCODING {
-            facts.transfer_encoding(value.as_bytes());
-        } else if name == header::CONNECTION {
-            facts.connection(value.as_bytes(), |_| {});
-        } else if name == header::EXPECT {
-            expects_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
-        } else if name == header::HOST {
-            hosts += 1;
-        }
-        headers.append(name, value);
-    }
-    // RFC 9112 §3.2, as nginx: an HTTP/1.1 request names its host, once.
-    match hosts {
-        0 if version == Version::HTTP_11 => return Err(HeadRejection::Bad("HTTP/1.1 request without Host header")),
-        0 | 1 => {}
-        _ => return Err(HeadRejection::Bad("duplicate Host header")),
-    }
-    // RFC 9112 §3.2.2: an absolute-form target names the host; the Host header is replaced by it.
-    if let Some(authority) = uri.authority() {
-        let host = match authority.port() {
-            Some(port) => format!("{}:{port}", authority.host()),
-            None => authority.host().to_owned(),
-        };
-        let host = HeaderValue::try_from(host).map_err(|_| HeadRejection::Bad("malformed target"))?;
-        headers.insert(header::HOST, host);
-    }
-    // RFC 9112 §6.3: a request body is chunked or has a length; chunked wins over a length, which is
-    // then not passed on; other codings are not implemented (501, as nginx).
-    let inbound = match facts.declared() {
-        Ok(Declared::Chunked) => {
-            headers.remove(header::CONTENT_LENGTH);
-            Framing::Chunked(ChunkedDecoder::default())
-        }
-        Ok(Declared::Length(length)) => Framing::declared(length),
-        Ok(Declared::Nothing) => Framing::Done,
-        Err(FramingError::UnsupportedCoding) => {
-            return Err(HeadRejection::NotImplemented(FramingError::UnsupportedCoding.message()))
-        }
-        Err(error) => return Err(HeadRejection::Bad(error.message())),
-    };
-    let keep_alive = facts.persistent(version == Version::HTTP_11) && !facts.both_framings();
-    let upgrade_asked = facts.upgrade;
-    let upgrade = (version == Version::HTTP_11 && upgrade_asked && headers.contains_key(header::UPGRADE)).then(|| {
-        let (sender, receiver) = oneshot::channel();
-        (sender, PendingUpgrade::new(receiver))
-    });
-    let mut request = Box::new(Request::new(ClientBody::Empty));
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
-    let upgrade = upgrade.map(|(sender, pending)| {
-        request.extensions_mut().insert(pending);
-        sender
-    });
-    Ok(Some(Head {
-        request,
-        inbound,
-        keep_alive,
-        expects_continue: expects_continue && version == Version::HTTP_11,
-        upgrade,
-    }))
-}
-
-/// What the request says about writing its response.
-#[derive(Clone, Copy)]
-struct Answering {
-    head_request: bool,
-    version: Version,
-    keep_alive: bool,
-}
-
-impl Answering {
-    /// For an answer to a request that could not be read.
-    fn closing() -> Answering {
-        Answering { head_request: false, version: Version::HTTP_11, keep_alive: false }
-    }
-}
-
-/// How a response body is delimited on the wire.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum BodyOut {
-    /// Not sent (HEAD, 1xx, 204, 304).
-    None,
-    /// `Content-Length`: this many bytes are left.
-    Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked,
-    /// Until the connection closes (an HTTP/1.0 client and no known length).
-    UntilClose,
-}
-
 /// Writes `response`: its head, then its body frame by frame as it comes, each written at once.
 /// `Ok(true)` when the connection may serve another request; `Err` when the response could not be
 /// completed (the client then sees it cut off, never a clean end).
@@ -528,11 +349,11 @@ where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
     let (parts, mut body) = response.into_parts();
-    let (out, keep_alive) = encode_head(head_buf, &parts, &body, answering);
+    let (out, keep_alive) = response_head::write(head_buf, &parts, &body, answering);
     let mut queue = WriteQueue::<QUEUED_PIECES>::default();
     queue.push(head_buf.split().freeze());
     let mut out = out;
-    let mut ended = out == BodyOut::None;
+    let mut ended = out == ResponseFraming::None;
     let result = poll_fn(|cx| {
         let mut shared = connection.lock();
         loop {
@@ -554,8 +375,8 @@ where
                     Poll::Ready(None) => {
                         ended = true;
                         match out {
-                            BodyOut::Chunked => queue.push(Bytes::from_static(b"0\r\n\r\n")),
-                            BodyOut::Length(left) if left > 0 => return Poll::Ready(Err(())),
+                            ResponseFraming::Chunked => queue.push(Bytes::from_static(b"0\r\n\r\n")),
+                            ResponseFraming::Length(left) if left > 0 => return Poll::Ready(Err(())),
                             _ => {}
                         }
                         continue;
@@ -583,22 +404,22 @@ where
     .await;
     // The body (and what it holds: the request's place, its accounting) ends only after its bytes went.
     drop(body);
-    result.map(|()| keep_alive && out != BodyOut::UntilClose)
+    result.map(|()| keep_alive && out != ResponseFraming::UntilClose)
 }
 
 /// Queues one data frame with its framing.
 fn queue_data(
     queue: &mut WriteQueue<QUEUED_PIECES>,
     scratch: &mut BytesMut,
-    out: &mut BodyOut,
+    out: &mut ResponseFraming,
     data: Bytes,
 ) -> Result<(), ()> {
     if data.is_empty() {
         return Ok(());
     }
     match out {
-        BodyOut::None => {}
-        BodyOut::Chunked => {
+        ResponseFraming::None => {}
+        ResponseFraming::Chunked => {
             // The size line shares the connection's scratch buffer: no allocation per chunk.
             scratch.extend_from_slice(hex(data.len(), &mut [0; 16]));
             scratch.extend_from_slice(b"\r\n");
@@ -606,7 +427,7 @@ fn queue_data(
             queue.push(data);
             queue.push(Bytes::from_static(b"\r\n"));
         }
-        BodyOut::Length(left) => match left.checked_sub(data.len() as u64) {
+        ResponseFraming::Length(left) => match left.checked_sub(data.len() as u64) {
             Some(rest) => {
                 *left = rest;
                 queue.push(data);
@@ -616,146 +437,14 @@ fn queue_data(
                 return Err(());
             }
         },
-        BodyOut::UntilClose => queue.push(data),
+        ResponseFraming::UntilClose => queue.push(data),
     }
     Ok(())
-}
-
-/// Writes the status line and headers into `buf`; framing and connection headers are the
-/// connection's own. Returns the body framing and whether the connection is kept alive.
-fn encode_head<B: Body>(
-    buf: &mut BytesMut,
-    parts: &http::response::Parts,
-    body: &B,
-    answering: Answering,
-) -> (BodyOut, bool) {
-    let status = parts.status;
-    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    buf.reserve(256);
-    buf.extend_from_slice(b"HTTP/1.1 ");
-    buf.extend_from_slice(status.as_str().as_bytes());
-    buf.extend_from_slice(b" ");
-    buf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    buf.extend_from_slice(b"\r\n");
-    // One pass over the headers writes them and notes the framing ones, which are the
-    // connection's own (looking those up first hashed their names again, per response).
-    let (mut length_value, mut close_asked, mut has_date) = (None, false, false);
-    for (name, value) in &parts.headers {
-        if *name == header::CONTENT_LENGTH {
-            length_value = length_value.or(Some(value));
-            continue;
-        }
-        if *name == header::CONNECTION {
-            close_asked |= message::has_token(value.as_bytes(), b"close");
-            if !switching {
-                continue;
-            }
-        }
-        if *name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        has_date |= *name == header::DATE;
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
-    }
-    let declared = length_value.and_then(|v| parse_content_length(v.as_bytes()).ok());
-    let no_body = answering.head_request || status.is_informational() || matches!(status.as_u16(), 204 | 304);
-    let mut keep_alive = answering.keep_alive && !close_asked;
-    let (out, length_header) = if no_body {
-        let length = declared.or_else(|| (answering.head_request).then(|| body.size_hint().exact()).flatten());
-        (BodyOut::None, length.filter(|_| !status.is_informational() && status != StatusCode::NO_CONTENT))
-    } else if let Some(length) = declared.or_else(|| body.size_hint().exact()) {
-        (BodyOut::Length(length), Some(length))
-    } else if answering.version == Version::HTTP_11 {
-        (BodyOut::Chunked, None)
-    } else {
-        keep_alive = false;
-        (BodyOut::UntilClose, None)
-    };
-    if let Some(length) = length_header {
-        buf.extend_from_slice(b"content-length: ");
-        buf.extend_from_slice(itoa(length, &mut [0; 20]));
-        buf.extend_from_slice(b"\r\n");
-    }
-    if out == BodyOut::Chunked {
-        buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    if !switching {
-        match (keep_alive, answering.version) {
-            (false, _) => buf.extend_from_slice(b"connection: close\r\n"),
-            (true, Version::HTTP_10) => buf.extend_from_slice(b"connection: keep-alive\r\n"),
-            (true, _) => {}
-        }
-    }
-    if !has_date {
-        buf.extend_from_slice(b"date: ");
-        DATE.with(|date| buf.extend_from_slice(date.borrow_mut().now()));
-        buf.extend_from_slice(b"\r\n");
-    }
-    buf.extend_from_slice(b"\r\n");
-    (out, keep_alive)
-}
-
-/// `value` in lowercase hexadecimal, without allocating.
-fn hex(mut value: usize, digits: &mut [u8; 16]) -> &[u8] {
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b"0123456789abcdef"[value % 16];
-        value /= 16;
-        if value == 0 {
-            return &digits[start..];
-        }
-    }
-}
-
-/// `value` in decimal, without allocating.
-fn itoa(mut value: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            return &digits[start..];
-        }
-    }
-}
-
-thread_local! {
-    /// The `Date` value, formatted once a second per worker thread.
-    static DATE: RefCell<CachedDate> = const { RefCell::new(CachedDate { second: 0, text: [0; 29] }) };
-}
-
-/// An HTTP date (29 bytes, RFC 9110 §5.6.7) and the Unix second it was made for.
-struct CachedDate {
-    second: u64,
-    text: [u8; 29],
-}
-
-impl CachedDate {
-    fn now(&mut self) -> &[u8] {
-        let now = SystemTime::now();
-        let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if second != self.second {
-            self.second = second;
-            self.text.copy_from_slice(httpdate::fmt_http_date(now).as_bytes());
-        }
-        &self.text
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const LIMITS: HeadLimits = HeadLimits { max_head: 1024, max_headers: 8 };
-
-    fn parse(text: &str) -> Result<Option<Head>, HeadRejection> {
-        parse_head(&mut BytesMut::from(text), &mut Vec::new(), LIMITS)
-    }
 
     #[test]
     fn spare_read_buffers_are_reused_unless_their_memory_is_still_shared() {
@@ -773,166 +462,5 @@ mod tests {
         let head = shared.split_to(8).freeze();
         spare_buffers::give_back(shared);
         assert_ne!(spare_buffers::take().as_ptr(), head.as_ptr());
-    }
-
-    #[test]
-    fn reads_method_target_headers_and_framing() {
-        let mut buf = BytesMut::from(
-            "POST /v1/chat?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhelloGET",
-        );
-        let head = parse_head(&mut buf, &mut Vec::new(), LIMITS).unwrap().unwrap();
-        assert_eq!(head.request.method(), Method::POST);
-        assert_eq!(head.request.uri().path(), "/v1/chat");
-        assert_eq!(head.request.uri().query(), Some("x=1"));
-        assert_eq!(head.request.headers().get_all("x-a").iter().count(), 2);
-        assert!(matches!(head.inbound, Framing::Length(5)));
-        assert!(head.keep_alive && !head.expects_continue && head.upgrade.is_none());
-        assert_eq!(&buf[..], b"helloGET", "the body and what follows stay in the buffer");
-    }
-
-    #[test]
-    fn incomplete_heads_wait_and_broken_ones_are_refused() {
-        assert!(parse("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
-        assert_eq!(
-            parse("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n").err(),
-            Some(HeadRejection::Bad("conflicting Content-Length headers"))
-        );
-        assert!(matches!(parse("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n"), Err(HeadRejection::Bad(_))));
-        assert!(matches!(parse("GET / HTTP/1.1\nHost: a\r\n\r\n"), Err(HeadRejection::Bad(_))), "bare LF");
-        assert!(matches!(
-            parse("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n"),
-            Err(HeadRejection::NotImplemented(_))
-        ));
-        assert!(matches!(parse("GET /\x01 HTTP/1.1\r\n\r\n"), Err(HeadRejection::Bad(_))));
-        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "x: 1\r\n".repeat(9));
-        assert_eq!(parse(&many).err(), Some(HeadRejection::HeadTooLarge));
-        let large = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(1100));
-        assert_eq!(parse(&large).err(), Some(HeadRejection::HeadTooLarge));
-        assert_eq!(
-            parse("GET / HTTP/1.1\r\n\r\n").err(),
-            Some(HeadRejection::Bad("HTTP/1.1 request without Host header"))
-        );
-        assert_eq!(
-            parse("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").err(),
-            Some(HeadRejection::Bad("duplicate Host header"))
-        );
-        assert!(parse("GET / HTTP/1.0\r\n\r\n").unwrap().is_some(), "HTTP/1.0 may leave the host out");
-    }
-
-    #[test]
-    fn chunked_wins_over_a_length_and_closes_the_connection() {
-        let head = parse("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert!(matches!(head.inbound, Framing::Chunked(_)));
-        assert!(!head.request.headers().contains_key("content-length"));
-        assert!(!head.keep_alive);
-    }
-
-    #[test]
-    fn keep_alive_expect_and_upgrade_follow_the_head() {
-        let head = |text: &str| parse(text).unwrap().unwrap();
-        assert!(!head("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").keep_alive);
-        assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
-        assert!(head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
-        let chunked_1_0 = "POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert!(!head(chunked_1_0).keep_alive, "RFC 9112 §6.1: HTTP/1.0 with a coding closes");
-        let absolute = head("GET http://models.example:8000/v1/models?x=1 HTTP/1.1\r\nHost: other\r\n\r\n");
-        assert_eq!(absolute.request.headers()["host"], "models.example:8000", "RFC 9112 §3.2.2");
-        assert_eq!(absolute.request.uri().path_and_query().unwrap().as_str(), "/v1/models?x=1");
-        assert!(
-            head("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n").expects_continue
-        );
-        let upgrade = head("GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
-        assert!(upgrade.upgrade.is_some() && upgrade.request.extensions().get::<PendingUpgrade>().is_some());
-    }
-
-    #[test]
-    fn response_heads_declare_their_framing() {
-        let encode = |response: Response<crate::pipeline::ResponseBody>, answering: Answering| {
-            let mut buf = BytesMut::new();
-            let (parts, body) = response.into_parts();
-            let (out, keep) = encode_head(&mut buf, &parts, &body, answering);
-            (String::from_utf8(buf.to_vec()).unwrap(), out, keep)
-        };
-        let get = Answering { head_request: false, version: Version::HTTP_11, keep_alive: true };
-        let (text, out, keep) = encode(Response::new(crate::pipeline::ResponseBody::full("hello")), get);
-        assert!(
-            text.starts_with("HTTP/1.1 200 OK\r\n")
-                && text.contains("content-length: 5\r\n")
-                && text.contains("date: ")
-        );
-        assert!(out == BodyOut::Length(5) && keep);
-        let mut closing = Response::new(crate::pipeline::ResponseBody::Empty);
-        closing.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        let (text, _, keep) = encode(closing, get);
-        assert!(text.contains("connection: close\r\n") && !keep);
-        let old = Answering { version: Version::HTTP_10, ..get };
-        let (text, _, _) = encode(Response::new(crate::pipeline::ResponseBody::Empty), old);
-        assert!(text.contains("connection: keep-alive\r\n") && text.contains("content-length: 0\r\n"));
-        let head = Answering { head_request: true, ..get };
-        let (text, out, _) = encode(Response::new(crate::pipeline::ResponseBody::full("hello")), head);
-        assert!(text.contains("content-length: 5\r\n") && out == BodyOut::None);
-        // A declared length is the connection's to write, once; the first of several counts.
-        let mut declared = Response::new(crate::pipeline::ResponseBody::Empty);
-        declared.headers_mut().append(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
-        declared.headers_mut().append(header::CONTENT_LENGTH, HeaderValue::from_static("9"));
-        let (text, out, _) = encode(declared, get);
-        assert_eq!((text.matches("content-length").count(), out), (1, BodyOut::Length(7)), "{text}");
-        // A switch of protocols keeps its `Connection: upgrade`.
-        let mut switching = Response::new(crate::pipeline::ResponseBody::Empty);
-        *switching.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        switching.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        switching.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        let (text, _, keep) = encode(switching, get);
-        assert!(text.contains("connection: upgrade\r\n") && text.contains("upgrade: websocket\r\n") && keep, "{text}");
-    }
-
-    #[test]
-    fn fuzz_request_heads_parse_or_are_refused_without_panic() {
-        let seeds = crate::fuzzing::seeds(
-            "request_head",
-            &[
-                b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
-                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
-                b"GET http://m.test:8000/p?q HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-                b"PUT / HTTP/1.0\r\nConnection: keep-alive\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx",
-            ],
-        );
-        arbtest::arbtest(|u| {
-            let input = crate::fuzzing::mutated(u, &seeds)?;
-            let limits = HeadLimits { max_head: u.int_in_range(16..=4096)?, max_headers: u.int_in_range(1..=64)? };
-            let mut buf = BytesMut::from(&input[..]);
-            match parse_head(&mut buf, &mut Vec::new(), limits) {
-                Ok(Some(head)) => {
-                    assert!(buf.len() < input.len(), "a parsed head is consumed");
-                    let consumed = &input[..input.len() - buf.len()];
-                    assert!(!crate::fuzzing::has_bare_lf(consumed), "{:?}", String::from_utf8_lossy(consumed));
-                    let headers = head.request.headers();
-                    if matches!(head.inbound, Framing::Chunked(_)) {
-                        assert!(!headers.contains_key(header::CONTENT_LENGTH), "chunked drops the length");
-                    }
-                    if head.request.version() == Version::HTTP_11 {
-                        assert_eq!(headers.get_all(header::HOST).iter().count(), 1, "one Host");
-                    }
-                }
-                Ok(None) => assert_eq!(buf.len(), input.len(), "nothing is consumed before a whole head"),
-                Err(rejection) => {
-                    let status = rejection.response().status();
-                    assert!(status.is_client_error() || status == StatusCode::NOT_IMPLEMENTED, "{status}");
-                }
-            }
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn itoa_and_hex_write_numbers() {
-        for value in [0u64, 7, 10, 255, 12345, u64::MAX] {
-            assert_eq!(itoa(value, &mut [0; 20]), value.to_string().as_bytes());
-            let small = value as usize;
-            assert_eq!(hex(small, &mut [0; 16]), format!("{small:x}").as_bytes());
-        }
     }
 }

@@ -1,11 +1,14 @@
-//! HTTP/1.1 wire pieces both sides of the proxy share: the server side (`server::http1`, clients)
-//! and the client side (`upstream::http1`, backends). Message framing (RFC 9112 §6-7), the queue of
-//! bytes waiting for a socket, and a connection handed over after `101 Switching Protocols`.
+//! The HTTP/1.1 codec both sides of the proxy share: the server side (`server::http1`, clients) and
+//! the client side (`upstream::http1`, backends). Request and response heads, parsed and written;
+//! message framing (RFC 9112 §6-7); the queue of bytes waiting for a socket; the limits on a request
+//! head; and a connection handed over after `101 Switching Protocols`. The connections themselves
+//! (buffers, reads, writes, timers) stay with each side.
 
 pub(crate) mod chunked;
 pub(crate) mod framing;
 pub(crate) mod message;
-pub(crate) mod request_body;
+pub(crate) mod request_head;
+pub(crate) mod response_head;
 pub(crate) mod upgrade;
 
 use bytes::{Buf, Bytes};

@@ -6,32 +6,28 @@
 //! request and the socket (a request channel, a response oneshot, a body channel and their wakers),
 //! which measured at a third of the gateway's user-space CPU per proxied request. Here nothing sits in
 //! between, and the head is written from the borrowed request, so sending it again after a stale
-//! keep-alive connection needs no copy. Parsing is httparse's, the parser hyper uses.
+//! keep-alive connection needs no copy. The heads are `wire`'s: the request's written by
+//! `wire::request_head`, the response's parsed by `wire::response_head` (with httparse, the parser
+//! hyper uses).
 
 use super::connector::TimedStream;
 use crate::client::ClientBody;
 use crate::error::BoxError;
-use crate::wire::chunked::ChunkedDecoder;
 use crate::wire::framing::{BodyReader, Framing};
-use crate::wire::message::{self, Declared, HeadFacts};
+use crate::wire::request_head::{self, RequestFraming};
+use crate::wire::response_head::{self, ParsedResponse, ResponseRules};
 use crate::wire::{Rewound, WriteQueue};
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{response, Method, Request, Response, StatusCode, Version};
+use http::header::{HeaderName, HeaderValue};
+use http::{response, Method, Request, StatusCode};
 use http_body::Body;
 use std::future::{poll_fn, Future};
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
-/// Largest response head accepted, 64 KiB (nginx's `proxy_buffer_size` is 4-8 KB; model servers send
-/// small heads, so a larger one is a broken backend): answered 502. Offsets into it fit a `u16`.
-const MAX_RESPONSE_HEAD: usize = u16::MAX as usize;
-/// Most response headers accepted.
-const MAX_HEADERS: usize = 128;
 /// How much the read buffer grows by when it is full.
 const READ_SIZE: usize = 16 * 1024;
 
@@ -57,15 +53,6 @@ pub(crate) struct HeadWait {
     pub(crate) from: Instant,
     /// The timeout itself.
     pub(crate) timeout: Duration,
-}
-
-/// What a request says about reading its response.
-#[derive(Clone, Copy)]
-struct ResponseRules<'a> {
-    /// A response to `HEAD` has no body, whatever its head declares.
-    head_request: bool,
-    /// Headers dropped from the response head (see `UpstreamRequest::hidden`).
-    hidden: &'a [&'static str],
 }
 
 /// One keep-alive HTTP/1.1 connection to a backend server.
@@ -149,8 +136,8 @@ impl UpstreamConnection {
         body: B,
         wait: HeadWait,
     ) -> Result<response::Parts, ExchangeError<B>> {
-        let framing = BodyOut::for_request(request.head.method(), &body);
-        self.write_head(request, framing);
+        let framing = RequestFraming::for_request(request.head.method(), &body);
+        request_head::write(&mut self.head_buf, request.head, request.forwarding, framing);
         let head = self.head_buf.split().freeze();
         let streams = body.streams();
         let mut outgoing = Outgoing {
@@ -196,38 +183,6 @@ impl UpstreamConnection {
     /// The connection after a `101 Switching Protocols`: the backend's side of a tunnel.
     pub(crate) fn into_upgraded(self) -> Upgraded {
         Rewound::new(self.read_buf.freeze(), self.io)
-    }
-
-    /// Writes the request line and headers; framing headers are the connection's own.
-    fn write_head(&mut self, request: UpstreamRequest<'_>, framing: BodyOut) {
-        let UpstreamRequest { head, forwarding, .. } = request;
-        let buf = &mut self.head_buf;
-        buf.reserve(512);
-        buf.extend_from_slice(head.method().as_str().as_bytes());
-        buf.extend_from_slice(b" ");
-        buf.extend_from_slice(head.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
-        buf.extend_from_slice(b" HTTP/1.1\r\n");
-        let own = head.headers().iter().filter(|(name, _)| {
-            *name != header::CONTENT_LENGTH
-                && *name != header::TRANSFER_ENCODING
-                && !forwarding.iter().any(|(added, _)| *added == *name)
-        });
-        for (name, value) in own.chain(forwarding.iter().map(|(name, value)| (*name, value))) {
-            buf.extend_from_slice(name.as_str().as_bytes());
-            buf.extend_from_slice(b": ");
-            buf.extend_from_slice(value.as_bytes());
-            buf.extend_from_slice(b"\r\n");
-        }
-        match framing {
-            BodyOut::Empty => {}
-            BodyOut::Length(length) => {
-                buf.extend_from_slice(b"content-length: ");
-                buf.extend_from_slice(length.to_string().as_bytes());
-                buf.extend_from_slice(b"\r\n");
-            }
-            BodyOut::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        }
-        buf.extend_from_slice(b"\r\n");
     }
 
     fn poll_exchange<B: OutgoingBody>(
@@ -301,8 +256,8 @@ impl UpstreamConnection {
     ) -> Poll<Result<response::Parts, ExchangeError<B>>> {
         loop {
             if !self.read_buf.is_empty() {
-                match parse_head(&mut self.read_buf, rules) {
-                    Ok(Some(Head { parts, framing, keep_alive })) => {
+                match response_head::parse(&mut self.read_buf, rules) {
+                    Ok(Some(ParsedResponse { parts, framing, keep_alive })) => {
                         if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
                             continue;
                         }
@@ -342,29 +297,6 @@ fn is_reset(error: &io::Error) -> bool {
     )
 }
 
-/// How the request body is framed on the wire.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum BodyOut {
-    /// No body.
-    Empty,
-    /// `Content-Length`.
-    Length(u64),
-    /// `Transfer-Encoding: chunked`, for a body of unknown length.
-    Chunked,
-}
-
-impl BodyOut {
-    /// A known length is declared (an empty body only for methods that carry one, as hyper does);
-    /// anything else is chunked.
-    fn for_request(method: &Method, body: &impl Body) -> BodyOut {
-        match body.size_hint().exact() {
-            Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => BodyOut::Empty,
-            Some(length) => BodyOut::Length(length),
-            None => BodyOut::Chunked,
-        }
-    }
-}
-
 enum SendError {
     Body(BoxError),
     Io(io::Error),
@@ -376,7 +308,7 @@ struct Outgoing<B> {
     pending: WriteQueue<5>,
     /// `None` once read to its end (dropping it tells the proxy the request is sent).
     body: Option<B>,
-    framing: BodyOut,
+    framing: RequestFraming,
     /// Whether a body frame was taken from `body` (it can then no longer be sent elsewhere).
     pulled: bool,
     /// The response head's wait, until its deadline is armed.
@@ -439,19 +371,19 @@ impl<B: OutgoingBody> Outgoing<B> {
             return Ok(());
         }
         match &mut self.framing {
-            BodyOut::Chunked => {
+            RequestFraming::Chunked => {
                 self.pending.push(Bytes::from(format!("{:X}\r\n", data.len())));
                 self.pending.push(data);
                 self.pending.push(Bytes::from_static(b"\r\n"));
             }
-            BodyOut::Length(left) => match left.checked_sub(data.len() as u64) {
+            RequestFraming::Length(left) => match left.checked_sub(data.len() as u64) {
                 Some(rest) => {
                     *left = rest;
                     self.pending.push(data);
                 }
                 None => return Err(SendError::Body("the request body is longer than its Content-Length".into())),
             },
-            BodyOut::Empty => return Err(SendError::Body("a request body without a declared length".into())),
+            RequestFraming::Empty => return Err(SendError::Body("a request body without a declared length".into())),
         }
         Ok(())
     }
@@ -459,254 +391,15 @@ impl<B: OutgoingBody> Outgoing<B> {
     fn finish_body(&mut self) -> Result<(), SendError> {
         self.body = None;
         match self.framing {
-            BodyOut::Chunked => self.pending.push(Bytes::from_static(b"0\r\n\r\n")),
-            BodyOut::Length(left) if left > 0 => {
+            RequestFraming::Chunked => self.pending.push(Bytes::from_static(b"0\r\n\r\n")),
+            RequestFraming::Length(left) if left > 0 => {
                 return Err(SendError::Body("the request body is shorter than its Content-Length".into()))
             }
-            BodyOut::Length(_) | BodyOut::Empty => {}
+            RequestFraming::Length(_) | RequestFraming::Empty => {}
         }
         Ok(())
     }
 }
 
-/// A parsed response head and what it says about the body and the connection.
-struct Head {
-    parts: response::Parts,
-    framing: Framing,
-    keep_alive: bool,
-}
-
-/// Parses a response head at the start of `buf` and removes it; `None` when it is not complete yet.
-/// Header values share the head's memory instead of being copied.
-fn parse_head(buf: &mut BytesMut, rules: ResponseRules<'_>) -> io::Result<Option<Head>> {
-    // Uninitialized: zeroing 128 headers cost more than parsing a small head.
-    let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut []);
-    let length =
-        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut headers) {
-            Ok(httparse::Status::Complete(length)) if length <= MAX_RESPONSE_HEAD => length,
-            Ok(httparse::Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD => return Ok(None),
-            Ok(_) => return Err(invalid_response(format!("head larger than {MAX_RESPONSE_HEAD} bytes"))),
-            Err(e) => return Err(invalid_response(e.to_string())),
-        };
-    let status = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|e| invalid_response(e.to_string()))?;
-    let http11 = parsed.version == Some(1);
-    // Where each header sits in the head (under 64 KiB, so u16 offsets), so the values can be slices
-    // of the head once it is split off the buffer.
-    let base = buf.as_ptr() as usize;
-    let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u16;
-    let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
-    for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
-        let (name, value) = (offset(header.name.as_bytes()), offset(header.value));
-        *span = (name, name + header.name.len() as u16, value, value + header.value.len() as u16);
-    }
-    let count = parsed.headers.len();
-    if !message::lines_end_with_crlf(&buf[..length], spans[..count].iter().map(|span| usize::from(span.0))) {
-        return Err(invalid_response("bare LF in the head (lines end with CRLF)".into()));
-    }
-    let head = buf.split_to(length).freeze();
-
-    let mut map = HeaderMap::with_capacity(count);
-    let mut facts = HeadFacts::default();
-    // Other headers the `Connection` header names, to drop too (rare: allocated only then).
-    let mut named = Vec::new();
-    for &(name_start, name_end, value_start, value_end) in &spans[..count] {
-        let raw_name = &head[usize::from(name_start)..usize::from(name_end)];
-        if rules.hidden.iter().any(|hidden| raw_name.eq_ignore_ascii_case(hidden.as_bytes())) {
-            continue;
-        }
-        let name = HeaderName::from_bytes(raw_name).map_err(|e| invalid_response(e.to_string()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(usize::from(value_start)..usize::from(value_end)))
-            .map_err(|e| invalid_response(e.to_string()))?;
-        // Connection-level fields (RFC 9110 §7.6.1) are this connection's business: used here and
-        // not handed on. `Upgrade` stays on a `101`, for the proxy to pass on with the switch.
-        if name == header::CONTENT_LENGTH {
-            facts.content_length(value.as_bytes());
-        } else if name == header::TRANSFER_ENCODING {
-            facts.transfer_encoding(value.as_bytes());
-            continue;
-        } else if name == header::CONNECTION {
-            facts.connection(value.as_bytes(), |token| named.extend(HeaderName::from_bytes(token).ok()));
-            continue;
-        } else if name == header::TE
-            || name == header::TRAILER
-            || name == "keep-alive"
-            || name == "proxy-connection"
-            || (name == header::UPGRADE && status != StatusCode::SWITCHING_PROTOCOLS)
-        {
-            continue;
-        }
-        map.append(name, value);
-    }
-    for name in named {
-        map.remove(name);
-    }
-    let no_body = rules.head_request || status.is_informational() || matches!(status.as_u16(), 204 | 304);
-    // RFC 9112 §6.3: a coding overrides a length, which is not passed on; only `chunked` is read
-    // (another coding could not be named to the client once the header is dropped).
-    let declared = match facts.declared() {
-        Ok(declared) => declared,
-        // A body that is not there needs no framing (a HEAD answer may declare anything).
-        Err(_) if no_body => Declared::Nothing,
-        Err(error) => return Err(invalid_response(error.message().into())),
-    };
-    if facts.has_transfer_encoding() {
-        map.remove(header::CONTENT_LENGTH);
-    }
-    let framing = match declared {
-        _ if no_body => Framing::Done,
-        Declared::Chunked => Framing::Chunked(ChunkedDecoder::default()),
-        Declared::Length(length) => Framing::declared(length),
-        Declared::Nothing => Framing::UntilClose,
-    };
-    let keep_alive = facts.persistent(http11)
-        && !matches!(framing, Framing::UntilClose)
-        && status != StatusCode::SWITCHING_PROTOCOLS;
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    *response.version_mut() = if http11 { Version::HTTP_11 } else { Version::HTTP_10 };
-    *response.headers_mut() = map;
-    Ok(Some(Head { parts: response.into_parts().0, framing, keep_alive }))
-}
-
-fn invalid_response(what: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("invalid response from the backend: {what}"))
-}
-
 /// The backend side of a tunnel after `101`: bytes the backend sent along with its head come first.
 pub(crate) type Upgraded = Rewound<TimedStream>;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GET: ResponseRules = ResponseRules { head_request: false, hidden: &[] };
-
-    fn parse(text: &str) -> io::Result<Option<Head>> {
-        parse_head(&mut BytesMut::from(text), GET)
-    }
-
-    #[test]
-    fn reads_status_headers_and_framing() {
-        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello");
-        let head = parse_head(&mut buf, GET).unwrap().unwrap();
-        assert_eq!(head.parts.status, StatusCode::OK);
-        assert_eq!(head.parts.headers.get_all("x-a").iter().count(), 2);
-        assert!(matches!(head.framing, Framing::Length(5)));
-        assert!(head.keep_alive);
-        assert_eq!(&buf[..], b"hello", "the body stays in the buffer");
-    }
-
-    #[test]
-    fn an_incomplete_head_waits_and_an_endless_one_fails() {
-        assert!(parse("HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none());
-        let endless = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_RESPONSE_HEAD));
-        assert!(parse(&endless).is_err());
-        let huge = format!("HTTP/1.1 200 OK\r\nx: {}\r\n\r\n", "a".repeat(MAX_RESPONSE_HEAD));
-        assert!(parse(&huge).is_err(), "a complete head over the limit is refused too");
-    }
-
-    #[test]
-    fn chooses_body_framing_as_rfc_9112_says() {
-        let framing = |text: &str| parse(text).unwrap().unwrap();
-        let chunked = framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n");
-        assert!(matches!(chunked.framing, Framing::Chunked(_)));
-        assert!(!chunked.parts.headers.contains_key("content-length"), "TE overrides CL");
-        assert!(parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").is_err(), "only chunked");
-        assert!(!framing("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n").keep_alive);
-        assert!(parse("HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n").is_err(), "bare LF");
-        let until_close = framing("HTTP/1.1 200 OK\r\n\r\n");
-        assert!(matches!(until_close.framing, Framing::UntilClose) && !until_close.keep_alive);
-        assert!(matches!(framing("HTTP/1.1 204 No Content\r\n\r\n").framing, Framing::Done));
-        assert!(matches!(framing("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n").framing, Framing::Done));
-        let head_request = ResponseRules { head_request: true, ..GET };
-        let head = parse_head(&mut BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"), head_request);
-        assert!(matches!(head.unwrap().unwrap().framing, Framing::Done), "a HEAD answer has no body");
-    }
-
-    #[test]
-    fn connection_level_headers_are_consumed() {
-        let head = parse(
-            "HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nKeep-Alive: timeout=5\r\nx-hop: 1\r\n\
-             Transfer-Encoding: chunked\r\nTrailer: x-sum\r\nUpgrade: h2c\r\nx-end: 2\r\n\r\n",
-        )
-        .unwrap()
-        .unwrap();
-        let names: Vec<&str> = head.parts.headers.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["x-end"]);
-        assert!(head.keep_alive);
-        let switch = parse("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
-        let names: Vec<String> = switch.unwrap().unwrap().parts.headers.keys().map(|n| n.to_string()).collect();
-        assert_eq!(names, ["upgrade"], "a switch keeps Upgrade for the proxy to pass on");
-    }
-
-    #[test]
-    fn hidden_headers_are_dropped_whatever_their_case() {
-        let rules = ResponseRules { head_request: false, hidden: &["server", "x-powered-by"] };
-        let text = "HTTP/1.1 200 OK\r\nServer: uvicorn\r\nX-Powered-By: php\r\nX-Served: 1\r\nSERVER: b\r\n\r\n";
-        let head = parse_head(&mut BytesMut::from(text), rules).unwrap().unwrap();
-        let names: Vec<&str> = head.parts.headers.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["x-served"]);
-    }
-
-    #[test]
-    fn keep_alive_follows_version_and_connection() {
-        let keep = |text: &str| parse(text).unwrap().unwrap().keep_alive;
-        assert!(!keep("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"));
-        assert!(!keep("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
-        assert!(keep("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"));
-    }
-
-    #[test]
-    fn fuzz_response_heads_parse_or_are_refused_without_panic() {
-        let seeds = crate::fuzzing::seeds(
-            "response_head",
-            &[
-                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\nConnection: x-hop\r\nx-hop: 1\r\n\r\n",
-                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-                b"HTTP/1.0 204 No Content\r\nConnection: keep-alive\r\nServer: uvicorn\r\n\r\n",
-                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
-            ],
-        );
-        arbtest::arbtest(|u| {
-            let input = crate::fuzzing::mutated(u, &seeds)?;
-            let rules = ResponseRules { head_request: u.arbitrary()?, hidden: &["server"] };
-            let mut buf = BytesMut::from(&input[..]);
-            match parse_head(&mut buf, rules) {
-                Ok(Some(head)) => {
-                    assert!(buf.len() < input.len(), "a parsed head is consumed");
-                    let consumed = &input[..input.len() - buf.len()];
-                    assert!(!crate::fuzzing::has_bare_lf(consumed), "{:?}", String::from_utf8_lossy(consumed));
-                    let headers = &head.parts.headers;
-                    for hop in ["connection", "transfer-encoding", "keep-alive", "server"] {
-                        assert!(!headers.contains_key(hop), "{hop} is the connection's own");
-                    }
-                    if matches!(head.framing, Framing::UntilClose) {
-                        assert!(!head.keep_alive, "a body delimited by close ends the connection");
-                    }
-                }
-                Ok(None) => assert_eq!(buf.len(), input.len(), "nothing is consumed before a whole head"),
-                Err(error) => assert!(error.to_string().starts_with("invalid response from the backend")),
-            }
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn rejects_broken_heads() {
-        for text in [
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
-            "HTTP/1.1 2000 OK\r\n\r\n",
-            "SSH-2.0-OpenSSH\r\n\r\n",
-        ] {
-            assert!(parse(text).is_err(), "{text:?}");
-        }
-        assert!(matches!(
-            parse("HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n").unwrap().unwrap().framing,
-            Framing::Length(7)
-        ));
-    }
-}
