@@ -36,51 +36,63 @@ const VARIABLES: [(&str, Var); 6] = [
     ("uri", Var::Uri),
 ];
 
+/// Literal text or a variable, in the order a string names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
+pub(crate) enum Part<V> {
+    /// Text as written.
     Text(String),
-    Var(Var),
+    /// A variable, filled in per request.
+    Var(V),
+}
+
+/// Splits `text` into literal text and variables, `$name` or `${name}`, a name being letters, digits
+/// and `_` as nginx reads it; `variable` makes a name into a variable or says why it is none. Redirect
+/// templates and access log formats are both split by it.
+pub(crate) fn split<V>(text: &str, variable: impl Fn(&str) -> Result<V, String>) -> Result<Vec<Part<V>>, String> {
+    let mut parts = Vec::new();
+    let mut literal = String::new();
+    let mut rest = text;
+    while let Some(dollar) = rest.find('$') {
+        literal.push_str(&rest[..dollar]);
+        let after = &rest[dollar + 1..];
+        let (braced, name_area) = match after.strip_prefix('{') {
+            Some(inner) => (true, inner),
+            None => (false, after),
+        };
+        let name_len = name_area.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(name_area.len());
+        let name = &name_area[..name_len];
+        let var = variable(name)?;
+        if !literal.is_empty() {
+            parts.push(Part::Text(std::mem::take(&mut literal)));
+        }
+        parts.push(Part::Var(var));
+        rest = &name_area[name_len..];
+        if braced {
+            rest = rest.strip_prefix('}').ok_or_else(|| format!("unclosed `${{{name}` (expected `}}`)"))?;
+        }
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() {
+        parts.push(Part::Text(literal));
+    }
+    Ok(parts)
 }
 
 /// A parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Template {
-    parts: Vec<Part>,
+    parts: Vec<Part<Var>>,
 }
 
 impl Template {
     /// Splits `text` into literal text and variables; an unknown variable is an error naming the known ones.
     pub(crate) fn parse(text: &str) -> Result<Template, String> {
-        let mut parts = Vec::new();
-        let mut literal = String::new();
-        let mut rest = text;
-        while let Some(dollar) = rest.find('$') {
-            literal.push_str(&rest[..dollar]);
-            let after = &rest[dollar + 1..];
-            let (braced, name_area) = match after.strip_prefix('{') {
-                Some(inner) => (true, inner),
-                None => (false, after),
-            };
-            let name_len =
-                name_area.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(name_area.len());
-            let name = &name_area[..name_len];
-            let Some((_, var)) = VARIABLES.iter().find(|(known, _)| *known == name) else {
+        let parts = split(text, |name| {
+            VARIABLES.iter().find(|(known, _)| *known == name).map(|(_, var)| *var).ok_or_else(|| {
                 let known: Vec<_> = VARIABLES.iter().map(|(n, _)| format!("${n}")).collect();
-                return Err(format!("unknown variable `${name}` (known: {})", known.join(", ")));
-            };
-            if !literal.is_empty() {
-                parts.push(Part::Text(std::mem::take(&mut literal)));
-            }
-            parts.push(Part::Var(*var));
-            rest = &name_area[name_len..];
-            if braced {
-                rest = rest.strip_prefix('}').ok_or_else(|| format!("unclosed `${{{name}` (expected `}}`)"))?;
-            }
-        }
-        literal.push_str(rest);
-        if !literal.is_empty() {
-            parts.push(Part::Text(literal));
-        }
+                format!("unknown variable `${name}` (known: {})", known.join(", "))
+            })
+        })?;
         Ok(Template { parts })
     }
 

@@ -5,6 +5,7 @@
 
 use super::{BodyEnd, LoggedRequest, Record};
 use crate::config::{AccessLogSetting, Config, ConfigError, Source};
+use crate::template::{self, Part};
 use http::HeaderName;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -78,12 +79,6 @@ const VARIABLES: [(&str, Var); 22] = [
     ("response_end", Var::ResponseEnd),
 ];
 
-#[derive(Debug, Clone)]
-enum Part {
-    Text(String),
-    Var(Var),
-}
-
 /// A compiled log format.
 #[derive(Debug, Clone)]
 pub(crate) struct LogFormat(Shape);
@@ -91,7 +86,7 @@ pub(crate) struct LogFormat(Shape);
 #[derive(Debug, Clone)]
 enum Shape {
     /// Text with `$variables`, as nginx's `log_format`.
-    Text(Vec<Part>),
+    Text(Vec<Part<Var>>),
     /// One JSON object per line with every field.
     Json,
 }
@@ -99,30 +94,7 @@ enum Shape {
 impl LogFormat {
     /// Compiles `text`; an unknown variable is an error naming the known ones.
     pub(crate) fn parse(text: &str) -> Result<LogFormat, String> {
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(dollar) = rest.find('$') {
-            if dollar > 0 {
-                parts.push(Part::Text(rest[..dollar].to_string()));
-            }
-            let after = &rest[dollar + 1..];
-            let (name, consumed) = match after.strip_prefix('{') {
-                Some(braced) => {
-                    let end = braced.find('}').ok_or("unclosed `${` in log format")?;
-                    (&braced[..end], end + 2)
-                }
-                None => {
-                    let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
-                    (&after[..end], end)
-                }
-            };
-            parts.push(Part::Var(variable(name)?));
-            rest = &after[consumed..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_string()));
-        }
-        Ok(LogFormat(Shape::Text(parts)))
+        Ok(LogFormat(Shape::Text(template::split(text, variable)?)))
     }
 
     /// A format by name: `main`, `combined`, `json`, or one of `custom` (`[http] log_format`).

@@ -18,10 +18,11 @@ use tokio::time::Sleep;
 /// The client's request body on its way to the backend: streamed as it arrives, or already read in
 /// full (a model router read it to find the `model` field).
 pub(crate) struct RequestBody {
-    source: Source,
+    source: Supply,
 }
 
-enum Source {
+/// Where a request body's bytes come from.
+enum Supply {
     /// Arriving from the client; it may still send `remaining` of its limits' `max`. `timer` runs
     /// while the body waits for the client (`waiting`), never while the backend side is not asking.
     Streaming { inner: ClientBody, remaining: u64, limits: BodyLimits, waiting: bool, timer: Option<Pin<Box<Sleep>>> },
@@ -42,20 +43,20 @@ pub(crate) struct BodyLimits {
 impl RequestBody {
     /// Wraps a client body, held to `limits`.
     pub(crate) fn new(inner: ClientBody, limits: BodyLimits) -> RequestBody {
-        RequestBody { source: Source::Streaming { inner, remaining: limits.max, limits, waiting: false, timer: None } }
+        RequestBody { source: Supply::Streaming { inner, remaining: limits.max, limits, waiting: false, timer: None } }
     }
 
     /// A body read in full.
     pub(crate) fn buffered(bytes: Bytes) -> RequestBody {
-        RequestBody { source: Source::Buffered((!bytes.is_empty()).then_some(bytes)) }
+        RequestBody { source: Supply::Buffered((!bytes.is_empty()).then_some(bytes)) }
     }
 
     /// The same body again, for sending the request to another server: possible unless it streams.
     pub(crate) fn replay(&self) -> Option<RequestBody> {
         match &self.source {
-            Source::Buffered(bytes) => Some(RequestBody { source: Source::Buffered(bytes.clone()) }),
-            Source::Streaming { inner, .. } if inner.is_end_stream() => Some(RequestBody::buffered(Bytes::new())),
-            Source::Streaming { .. } => None,
+            Supply::Buffered(bytes) => Some(RequestBody { source: Supply::Buffered(bytes.clone()) }),
+            Supply::Streaming { inner, .. } if inner.is_end_stream() => Some(RequestBody::buffered(Bytes::new())),
+            Supply::Streaming { .. } => None,
         }
     }
 }
@@ -72,7 +73,7 @@ pub(crate) struct BodyTimedOut(pub Duration);
 
 impl OutgoingBody for RequestBody {
     fn streams(&self) -> bool {
-        matches!(&self.source, Source::Streaming { inner, .. } if !inner.is_end_stream())
+        matches!(&self.source, Supply::Streaming { inner, .. } if !inner.is_end_stream())
     }
 }
 
@@ -82,7 +83,7 @@ impl Body for RequestBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.source {
-            Source::Streaming { inner, remaining, limits, waiting, timer } => {
+            Supply::Streaming { inner, remaining, limits, waiting, timer } => {
                 let Poll::Ready(frame) = Pin::new(inner).poll_frame(cx) else {
                     // The wait for the client starts now (one clock read per wait, none per frame).
                     if !*waiting {
@@ -109,21 +110,21 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(frame)
             }
-            Source::Buffered(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Supply::Buffered(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.source {
-            Source::Streaming { inner, .. } => inner.is_end_stream(),
-            Source::Buffered(bytes) => bytes.is_none(),
+            Supply::Streaming { inner, .. } => inner.is_end_stream(),
+            Supply::Buffered(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.source {
-            Source::Streaming { inner, .. } => inner.size_hint(),
-            Source::Buffered(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Supply::Streaming { inner, .. } => inner.size_hint(),
+            Supply::Buffered(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
 }

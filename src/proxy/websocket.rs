@@ -1,7 +1,7 @@
 //! WebSocket (HTTP/1.1 Upgrade) pass-through: once both sides switched protocols, bytes are copied
 //! both ways until either side closes or nothing moves for the location's read timeout.
 
-use crate::upstream::Upgraded;
+use crate::upstream::UpgradedBackend;
 use crate::wire::message::has_token;
 use crate::wire::upgrade::PendingUpgrade;
 use http::{header, Request};
@@ -22,7 +22,7 @@ pub(super) fn is_upgrade_request<B>(request: &Request<B>) -> bool {
 
 /// Copies bytes between the upgraded client and backend connections; ends on close, error, or `idle`
 /// without traffic in either direction.
-pub(super) async fn tunnel(client: PendingUpgrade, mut upstream: Upgraded, idle: Duration) {
+pub(super) async fn tunnel(client: PendingUpgrade, mut upstream: UpgradedBackend, idle: Duration) {
     let client = match client.upgraded().await {
         Ok(client) => client,
         Err(e) => {

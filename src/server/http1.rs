@@ -21,7 +21,7 @@ use crate::server::gather;
 use crate::wire::framing::{BodyReader, Framing};
 use crate::wire::request_head::{self, HeadRejection, ParsedRequest, Spans};
 use crate::wire::response_head::{self, hex, Answering, ResponseFraming};
-use crate::wire::upgrade::{Io, Upgraded};
+use crate::wire::upgrade::{Io, UpgradedClient};
 use crate::wire::{HeadLimits, Rewound, WriteQueue};
 use bytes::{Bytes, BytesMut};
 use http::{Method, Response, StatusCode};
@@ -223,7 +223,7 @@ impl<I: Io> Connection<I> {
     }
 
     /// Hands the connection to the tunnel waiting for it; the bytes after the head go first.
-    fn upgrade(self, upgrade: oneshot::Sender<Upgraded>) {
+    fn upgrade(self, upgrade: oneshot::Sender<UpgradedClient>) {
         let Ok(shared) = Arc::try_unwrap(self.0) else {
             tracing::debug!("upgraded connection still shared with a request body; closed");
             return;

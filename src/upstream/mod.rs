@@ -19,7 +19,7 @@ pub(crate) use health::{spawn_checks, ActiveCheck, FailPolicy, FailureReport, Se
 
 pub(crate) use admission::{Admission, Ask, Permit};
 pub(crate) use connector::{ConnectError, Connector, SendTimedOut};
-pub(crate) use http1::{ExchangeError, HeadWait, OutgoingBody, Upgraded, UpstreamRequest};
+pub(crate) use http1::{ExchangeError, HeadWait, OutgoingBody, UpgradedBackend, UpstreamRequest};
 pub(crate) use pool::{PoolKey, PoolSettings, ServerPool, UpstreamConnection};
 
 use crate::config::{Balance, HashKey, UpstreamConfig, UpstreamTimeouts};

@@ -5,7 +5,7 @@
 use super::chunked::ChunkedDecoder;
 use super::framing::Framing;
 use super::message::{self, Declared, FramingError, HeadFacts};
-use super::upgrade::{PendingUpgrade, Upgraded};
+use super::upgrade::{PendingUpgrade, UpgradedClient};
 use super::{HeadLimits, HEADER_SLOTS};
 use crate::client::{ClientBody, ClientRequest};
 use crate::error::{error_response, ErrorFormat};
@@ -22,7 +22,7 @@ pub(crate) struct ParsedRequest {
     pub(crate) inbound: Framing,
     pub(crate) keep_alive: bool,
     pub(crate) expects_continue: bool,
-    pub(crate) upgrade: Option<oneshot::Sender<Upgraded>>,
+    pub(crate) upgrade: Option<oneshot::Sender<UpgradedClient>>,
 }
 
 /// A request head the connection cannot serve; answered, then the connection closes.

@@ -181,7 +181,7 @@ impl UpstreamConnection {
     }
 
     /// The connection after a `101 Switching Protocols`: the backend's side of a tunnel.
-    pub(crate) fn into_upgraded(self) -> Upgraded {
+    pub(crate) fn into_upgraded(self) -> UpgradedBackend {
         Rewound::new(self.read_buf.freeze(), self.io)
     }
 
@@ -402,4 +402,4 @@ impl<B: OutgoingBody> Outgoing<B> {
 }
 
 /// The backend side of a tunnel after `101`: bytes the backend sent along with its head come first.
-pub(crate) type Upgraded = Rewound<TimedStream>;
+pub(crate) type UpgradedBackend = Rewound<TimedStream>;
