@@ -10,23 +10,23 @@ use std::sync::Arc;
 /// One `canary = [...]` entry, compiled.
 pub(crate) struct Canary {
     /// Where its requests go.
-    pub upstream: Arc<Upstream>,
+    pub(crate) upstream: Arc<Upstream>,
     /// Percent of the unmatched traffic (0-100).
-    pub weight: u32,
+    pub(crate) weight: u32,
     /// `Name: value` that sends a request here whatever the weight.
-    pub header: Option<(HeaderName, HeaderValue)>,
+    pub(crate) header: Option<(HeaderName, HeaderValue)>,
     /// `name=value` cookie that does the same.
-    pub cookie: Option<String>,
+    pub(crate) cookie: Option<String>,
 }
 
 /// The upstreams of a `proxy` location.
 pub(crate) struct ProxyTarget {
     /// Where requests go unless a canary takes them.
-    pub primary: Arc<Upstream>,
+    pub(crate) primary: Arc<Upstream>,
     /// Canaries, checked in config order.
-    pub canaries: Vec<Canary>,
+    pub(crate) canaries: Vec<Canary>,
     /// The weighted share is chosen by client address, not at random.
-    pub sticky: bool,
+    pub(crate) sticky: bool,
     /// Fixed hasher seed, so a client stays on its side across workers and reloads.
     hasher: std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
 }

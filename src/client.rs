@@ -17,11 +17,11 @@ use std::task::{ready, Context, Poll};
 #[derive(Debug, Clone)]
 pub(crate) struct ClientInfo {
     /// The client's socket address.
-    pub peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
     /// The client's IP as a header value, for `X-Real-IP` and `X-Forwarded-For`.
-    pub ip: HeaderValue,
+    pub(crate) ip: HeaderValue,
     /// Whether the client connection is TLS.
-    pub https: bool,
+    pub(crate) https: bool,
 }
 
 impl ClientInfo {

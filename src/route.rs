@@ -36,27 +36,27 @@ pub(crate) enum Handler {
 /// A compiled `[[server.location]]`.
 pub(crate) struct Location {
     /// Its handler.
-    pub handler: Handler,
+    pub(crate) handler: Handler,
     /// Request headers set or removed before the handler (`proxy_set_header`): the server's, then the
     /// location's.
-    pub request_headers: HeaderEdits,
+    pub(crate) request_headers: HeaderEdits,
     /// Response headers removed (`proxy_hide_header`) and added (`add_header`) on every response.
-    pub response_headers: HeaderEdits,
+    pub(crate) response_headers: HeaderEdits,
     /// Request body size and read timeout (`client_max_body_size`, `client_body_timeout`).
-    pub body: BodyLimits,
+    pub(crate) body: BodyLimits,
     /// Response compression, if on.
-    pub compress: Option<CompressPolicy>,
+    pub(crate) compress: Option<CompressPolicy>,
     /// Where requests here are accounted (metrics, access log): an index into
     /// `accounting::Ledger::accounts`.
-    pub account: usize,
+    pub(crate) account: usize,
     /// Rate limits checked before the handler.
-    pub limits: Vec<RateLimit>,
+    pub(crate) limits: Vec<RateLimit>,
     /// Concurrency limits held until the response ends.
-    pub conn_limits: Vec<ConnLimit>,
+    pub(crate) conn_limits: Vec<ConnLimit>,
     /// How errors answered here look.
-    pub errors: ErrorFormat,
+    pub(crate) errors: ErrorFormat,
     /// Which requests here are inference requests (`inference`), for retries.
-    pub inference: Inference,
+    pub(crate) inference: Inference,
 }
 
 /// Locations of one server, indexed for nginx's matching order.
@@ -114,16 +114,16 @@ impl LocationTable {
 /// A compiled `[[server]]`.
 pub(crate) struct VirtualServer {
     /// First `server_name`, for `$server_name`.
-    pub primary_name: String,
+    pub(crate) primary_name: String,
     /// Its locations.
-    pub locations: LocationTable,
+    pub(crate) locations: LocationTable,
     /// Response header edits for responses that match no location.
-    pub response_headers: HeaderEdits,
+    pub(crate) response_headers: HeaderEdits,
     /// Where requests matching no location are accounted: an index into
     /// `accounting::Ledger::accounts`.
-    pub account: usize,
+    pub(crate) account: usize,
     /// Error format when no location matches.
-    pub errors: ErrorFormat,
+    pub(crate) errors: ErrorFormat,
 }
 
 /// Values chosen by host name: exact names, then the longest matching `*.suffix` wildcard, then the

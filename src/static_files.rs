@@ -50,19 +50,19 @@ pub(crate) struct StaticFiles {
 /// Settings of a static files location, as configured.
 pub(crate) struct StaticSettings {
     /// The folder (already resolved against the config file's folder).
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// The location path `dir` stands for (`alias`), or `None` (`root`).
-    pub alias_of: Option<String>,
+    pub(crate) alias_of: Option<String>,
     /// Index file names.
-    pub index: Vec<String>,
+    pub(crate) index: Vec<String>,
     /// nginx's `expires`.
-    pub expires: Option<Duration>,
+    pub(crate) expires: Option<Duration>,
     /// More `Cache-Control` directives (`public, no-transform`).
-    pub cache_control: Option<String>,
+    pub(crate) cache_control: Option<String>,
     /// Look for precompressed siblings.
-    pub precompressed: bool,
+    pub(crate) precompressed: bool,
     /// Follow symlinks out of the folder.
-    pub allow_symlinks_outside: bool,
+    pub(crate) allow_symlinks_outside: bool,
 }
 
 impl StaticFiles {

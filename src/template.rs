@@ -4,17 +4,17 @@
 /// The request facts a template may use.
 pub(crate) struct Vars<'a> {
     /// `http` or `https`.
-    pub scheme: &'a str,
+    pub(crate) scheme: &'a str,
     /// Host from the request without port, or the server's first name.
-    pub host: &'a str,
+    pub(crate) host: &'a str,
     /// The matched server's first `server_name` (or the host when it has none).
-    pub server_name: &'a str,
+    pub(crate) server_name: &'a str,
     /// Path and query as the client sent them.
-    pub request_uri: &'a str,
+    pub(crate) request_uri: &'a str,
     /// Path alone.
-    pub uri: &'a str,
+    pub(crate) uri: &'a str,
     /// Query alone (without `?`).
-    pub args: &'a str,
+    pub(crate) args: &'a str,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,9 +19,9 @@ use tokio_rustls::TlsAcceptor;
 /// One TLS server of a listener: its names and its certificate settings.
 pub(crate) struct TlsSite<'a> {
     /// `server_name` entries.
-    pub names: &'a [String],
+    pub(crate) names: &'a [String],
     /// `tls = {...}`.
-    pub tls: &'a TlsConfig,
+    pub(crate) tls: &'a TlsConfig,
 }
 
 /// Loads a certificate chain and key, with errors pointing at the config line that names the files.

@@ -14,11 +14,11 @@ use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Levels {
     /// gzip, 1-9.
-    pub gzip: u32,
+    pub(crate) gzip: u32,
     /// brotli, 0-11.
-    pub br: u32,
+    pub(crate) br: u32,
     /// zstd, 1-19.
-    pub zstd: i32,
+    pub(crate) zstd: i32,
 }
 
 /// States kept per worker thread and coding: enough for the responses one worker compresses at once

@@ -19,13 +19,13 @@ use http_body::Body;
 #[derive(Debug, Clone)]
 pub(crate) struct CompressPolicy {
     /// Codings offered, the server's preference first.
-    pub encodings: Vec<Encoding>,
+    pub(crate) encodings: Vec<Encoding>,
     /// Media types compressed (`type/subtype`, lowercase).
-    pub types: Vec<String>,
+    pub(crate) types: Vec<String>,
     /// Bodies declaring a shorter `Content-Length` are sent as they are.
-    pub min_length: u64,
+    pub(crate) min_length: u64,
     /// Levels per coding.
-    pub levels: Levels,
+    pub(crate) levels: Levels,
 }
 
 /// What the response policy needs to remember of the request, taken before the handler owns it.

@@ -66,7 +66,7 @@ struct StreamEndLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct UpstreamLabels {
     /// The upstream's name.
-    pub upstream: String,
+    pub(crate) upstream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -94,9 +94,9 @@ struct ResultLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ServerLabels {
     /// The upstream's name.
-    pub upstream: String,
+    pub(crate) upstream: String,
     /// The server's `host:port`.
-    pub server: String,
+    pub(crate) server: String,
 }
 
 /// Status classes, as the `status` label writes them.
@@ -395,15 +395,15 @@ impl LocationMetrics {
 /// The metric handles of one upstream, resolved at config load.
 pub(crate) struct UpstreamMetrics {
     /// Time to the response head.
-    pub header_time: ShardedHistogram,
+    pub(crate) header_time: ShardedHistogram,
     /// Connect time of new connections.
-    pub connect_time: ShardedHistogram,
+    pub(crate) connect_time: ShardedHistogram,
     /// Wait for a slot.
-    pub queue_wait: ShardedHistogram,
+    pub(crate) queue_wait: ShardedHistogram,
     /// Requests sent again.
-    pub retries: ShardedCounter,
+    pub(crate) retries: ShardedCounter,
     /// Pooled connections reused.
-    pub reused: ShardedCounter,
+    pub(crate) reused: ShardedCounter,
     /// Connections opened.
-    pub opened: ShardedCounter,
+    pub(crate) opened: ShardedCounter,
 }

@@ -35,9 +35,9 @@ enum Supply {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BodyLimits {
     /// Most bytes (`u64::MAX`: no limit); more is answered 413.
-    pub max: u64,
+    pub(crate) max: u64,
     /// Longest wait between two reads; longer is answered 408.
-    pub idle: Duration,
+    pub(crate) idle: Duration,
 }
 
 impl RequestBody {
@@ -133,11 +133,11 @@ impl Body for RequestBody {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BodyTimeouts {
     /// Longest gap between two frames.
-    pub idle: Duration,
+    pub(crate) idle: Duration,
     /// When the whole exchange must be over, with the configured total for messages.
-    pub total: Option<(tokio::time::Instant, Duration)>,
+    pub(crate) total: Option<(tokio::time::Instant, Duration)>,
     /// The response is `text/event-stream`: a timeout ends it with an SSE `event: error` first.
-    pub sse: bool,
+    pub(crate) sse: bool,
 }
 
 /// A backend's response body with the idle and total timeouts between frames, read straight from the

@@ -57,28 +57,28 @@ pub(crate) enum Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RequestKind {
     /// Its method is idempotent (GET, HEAD, PUT, DELETE, OPTIONS, TRACE).
-    pub idempotent: bool,
+    pub(crate) idempotent: bool,
     /// An inference request (`ai::Inference`): safe to send again before its first response byte.
-    pub inference: bool,
+    pub(crate) inference: bool,
     /// The upstream sends any request again (`next_upstream_non_idempotent`).
-    pub any_method: bool,
+    pub(crate) any_method: bool,
 }
 
 /// One failed try, with everything the decision looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FailedTry {
     /// Who failed, and how far a backend's exchange had got.
-    pub origin: Origin,
+    pub(crate) origin: Origin,
     /// The request.
-    pub request: RequestKind,
+    pub(crate) request: RequestKind,
     /// Whether a byte of the response reached the client.
-    pub response_started: bool,
+    pub(crate) response_started: bool,
     /// Whether the body can be sent again: it was not sent, or it was kept in full.
-    pub body_at_hand: bool,
+    pub(crate) body_at_hand: bool,
     /// Whether the upstream's tries allow another server.
-    pub tries_left: bool,
+    pub(crate) tries_left: bool,
     /// Whether `next_upstream_timeout` has passed since the request arrived.
-    pub deadline_passed: bool,
+    pub(crate) deadline_passed: bool,
 }
 
 /// What happens after a failed try.

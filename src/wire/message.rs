@@ -70,11 +70,11 @@ pub(crate) struct HeadFacts {
     codings: u8,
     chunked_only: bool,
     /// `Connection: close`.
-    pub close: bool,
+    pub(crate) close: bool,
     /// `Connection: keep-alive`.
-    pub keep_alive: bool,
+    pub(crate) keep_alive: bool,
     /// `Connection: upgrade`.
-    pub upgrade: bool,
+    pub(crate) upgrade: bool,
 }
 
 impl HeadFacts {

@@ -26,9 +26,9 @@ pub(crate) const HEADER_SLOTS: usize = 256;
 pub(crate) struct HeadLimits {
     /// Largest request line plus headers (`max_header_size`): larger answers 431, or 414 when the
     /// request line alone does not fit.
-    pub max_head: usize,
+    pub(crate) max_head: usize,
     /// Most header fields (`max_headers`, at most `HEADER_SLOTS`): more answers 431.
-    pub max_headers: usize,
+    pub(crate) max_headers: usize,
 }
 
 /// A `Content-Length` value: digits, or a list of equal ones (`5, 5`).
