@@ -13,7 +13,9 @@
 //! A drain by hand lasts across reloads, until undrained.
 
 use crate::config::parse_listen;
+use crate::runtime::Runtime;
 use crate::server::Gateway;
+use aws_lc_rs::constant_time::verify_slices_are_equal;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -70,8 +72,8 @@ pub async fn start(gateway: Arc<Gateway>) -> std::io::Result<Option<SocketAddr>>
 async fn handle(gateway: &Arc<Gateway>, token: Option<&str>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let runtime = gateway.runtime();
     if let Some(expected) = token {
-        let given = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
-        if given != Some(expected.as_bytes()) {
+        let given = request.headers().get(header::AUTHORIZATION).map_or(&b""[..], HeaderValue::as_bytes);
+        if verify_slices_are_equal(given, expected.as_bytes()).is_err() {
             runtime.metrics.reject("auth");
             let mut response = reply(StatusCode::UNAUTHORIZED, json!({"error": "a bearer token is required"}));
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -89,7 +91,8 @@ async fn handle(gateway: &Arc<Gateway>, token: Option<&str>, request: Request<In
             response
         }
         (&Method::GET, ["status"]) => reply(StatusCode::OK, status(gateway)),
-        (&Method::POST, ["reload"]) => match gateway.reload().await {
+        (&Method::GET, ["keys"]) => reply(StatusCode::OK, keys(&runtime)),
+        (&Method::POST, ["reload"] | ["keys", "reload"]) => match gateway.reload().await {
             Ok(version) => reply(StatusCode::OK, json!({"version": version})),
             Err(errors) => {
                 let errors: Vec<String> = errors.0.iter().map(|e| format!("{}: {}", e.location, e.message)).collect();
@@ -109,11 +112,35 @@ async fn handle(gateway: &Arc<Gateway>, token: Option<&str>, request: Request<In
             server.load.drain_by_hand(*action == "drain", runtime.http.drain_timeout.0);
             reply(StatusCode::OK, json!({"upstream": name, "server": addr, "draining": server.is_draining()}))
         }
-        (_, ["metrics" | "status"]) | (_, ["reload"]) | (_, ["upstreams", _, "servers", _, "drain" | "undrain"]) => {
+        (_, ["metrics" | "status" | "keys"])
+        | (_, ["reload"] | ["keys", "reload"])
+        | (_, ["upstreams", _, "servers", _, "drain" | "undrain"]) => {
             reply(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "method not allowed"}))
         }
         _ => reply(StatusCode::NOT_FOUND, json!({"error": "no such admin endpoint"})),
     }
+}
+
+/// The `/keys` document: each API key's name and settings, never its secret or digest.
+fn keys(runtime: &Runtime) -> Value {
+    let now = std::time::SystemTime::now();
+    let keys: Vec<Value> = runtime
+        .keys
+        .keys()
+        .iter()
+        .map(|key| {
+            json!({
+                "name": key.name,
+                "team": key.team,
+                "models": key.models,
+                "priority": key.priority,
+                "disabled": key.disabled,
+                "expired": key.expires.is_some_and(|expires| now >= expires),
+                "expires": key.expires.and_then(|e| e.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+            })
+        })
+        .collect();
+    json!({ "keys": keys })
 }
 
 /// The `/status` document.

@@ -66,6 +66,34 @@ impl StreamTimedOut {
     }
 }
 
+/// Why an authenticated location refuses a request: 401 for a key missing or unknown, 403 for a
+/// key that may not do this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyRefusal {
+    /// No `Authorization: Bearer` or `X-API-Key`.
+    Missing,
+    /// A key no `[[api_key]]` has.
+    Unknown,
+    /// The key is `disabled`.
+    Disabled,
+    /// The key's `expires` has passed.
+    Expired,
+    /// The key's `models` do not include the one the request names.
+    ModelNotAllowed,
+}
+
+impl KeyRefusal {
+    fn message(self) -> &'static str {
+        match self {
+            KeyRefusal::Missing => "no API key given (send `Authorization: Bearer KEY` or `X-API-Key: KEY`)",
+            KeyRefusal::Unknown => "incorrect API key provided",
+            KeyRefusal::Disabled => "this API key is disabled",
+            KeyRefusal::Expired => "this API key has expired",
+            KeyRefusal::ModelNotAllowed => "this API key may not use the model the request names",
+        }
+    }
+}
+
 /// Something the gateway answers instead of (or because of) the backend.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum GatewayError {
@@ -134,6 +162,9 @@ pub(crate) enum GatewayError {
         /// Seconds until the request would fit the limit.
         retry_after_secs: u64,
     },
+    /// An authenticated location refused the request's key.
+    #[error("{}", .0.message())]
+    KeyRefused(KeyRefusal),
     /// A bug: a request handler panicked. Logged; the process lives on.
     #[error("internal error")]
     Internal,
@@ -158,6 +189,8 @@ impl GatewayError {
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::Overloaded(_) | GatewayError::NoHealthyServer => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::RateLimited { status, .. } => *status,
+            GatewayError::KeyRefused(KeyRefusal::Missing | KeyRefusal::Unknown) => StatusCode::UNAUTHORIZED,
+            GatewayError::KeyRefused(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -183,6 +216,12 @@ impl GatewayError {
             GatewayError::Overloaded(Rejection::QueueTimeout { .. }) => ("server_error", "queue_timeout"),
             GatewayError::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
             GatewayError::NoHealthyServer => ("server_error", "no_healthy_server"),
+            GatewayError::KeyRefused(KeyRefusal::Missing | KeyRefusal::Unknown) => {
+                ("invalid_request_error", "invalid_api_key")
+            }
+            GatewayError::KeyRefused(KeyRefusal::Disabled) => ("permission_error", "api_key_disabled"),
+            GatewayError::KeyRefused(KeyRefusal::Expired) => ("permission_error", "api_key_expired"),
+            GatewayError::KeyRefused(KeyRefusal::ModelNotAllowed) => ("permission_error", "model_not_allowed"),
         }
     }
 
@@ -199,6 +238,9 @@ impl GatewayError {
             GatewayError::NoHealthyServer => Some(1),
             _ => None,
         };
+        if let GatewayError::KeyRefused(KeyRefusal::Missing | KeyRefusal::Unknown) = self {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let GatewayError::MethodNotAllowed = self {
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         }

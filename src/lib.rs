@@ -19,6 +19,7 @@ mod error;
 pub mod error_log;
 #[cfg(test)]
 mod fuzzing;
+pub mod keys;
 mod metrics;
 mod pipeline;
 pub mod policy;

@@ -1,4 +1,4 @@
-//! The `infergate` command line: `run` (the default) and `check`.
+//! The `infergate` command line: `run` (the default), `check`, `sim`, `demo` and `key new`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -34,6 +34,18 @@ enum Command {
     Sim(SimOptions),
     /// Start the simulated model and the gateway in front of it (examples/demo.toml), ready to curl.
     Demo(DemoOptions),
+    /// API keys: `key new NAME` prints a new key once, and the `[[api_key]]` table to add.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Make a key for NAME: the secret is printed once; the config keeps only its SHA-256.
+    New {
+        /// The key's name (unique; shown in logs and metrics).
+        name: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -70,11 +82,19 @@ fn main() -> ExitCode {
         Command::Run => run(origin, config),
         Command::Sim(options) => sim(options),
         Command::Demo(options) => demo(options),
+        Command::Key(KeyCommand::New { name }) => new_key(&name),
     };
     result.unwrap_or_else(|e| {
         eprintln!("infergate: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+fn new_key(name: &str) -> anyhow::Result<ExitCode> {
+    let (secret, table) = infergate::keys::new_key(name).map_err(anyhow::Error::msg)?;
+    println!("API key for {name:?} (shown once; the gateway keeps only its SHA-256):\n{secret}\n");
+    println!("Add to the config, or to the file its [http] api_keys_file names, then reload:\n{table}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(origin: &ConfigOrigin) -> anyhow::Result<ExitCode> {

@@ -7,6 +7,7 @@ use crate::ai::ModelRouter;
 use crate::canary::ProxyTarget;
 use crate::compress::CompressPolicy;
 use crate::error::ErrorFormat;
+use crate::keys::KeyStore;
 use crate::policy::headers::HeaderEdits;
 use crate::policy::{ConnLimit, RateLimit};
 use crate::proxy::BodyLimits;
@@ -57,6 +58,8 @@ pub(crate) struct Location {
     pub(crate) errors: ErrorFormat,
     /// Which requests here are inference requests (`inference`), for retries.
     pub(crate) inference: Inference,
+    /// The API keys a request must present one of (`auth = "api_key"`); `None`: no authentication.
+    pub(crate) keys: Option<Arc<KeyStore>>,
 }
 
 /// Locations of one server, indexed for nginx's matching order.
@@ -194,6 +197,7 @@ mod tests {
             response_headers: Default::default(),
             body: BodyLimits { max: u64::MAX, idle: std::time::Duration::from_secs(60) },
             inference: Inference::default(),
+            keys: None,
             compress: None,
             account: 0,
             limits: Vec::new(),

@@ -9,10 +9,11 @@ use crate::ai::ModelRouter;
 use crate::canary::{Canary, ProxyTarget};
 use crate::compress::{CompressPolicy, Levels};
 use crate::config::{
-    self, parse_net, parse_rate, AccessLogSetting, AdminConfig, CompressConfig, Config, ConfigError, ConfigErrors,
-    Encoding, HttpSettings, LimitZoneConfig, LocationConfig, ServerConfig, Source,
+    self, parse_net, parse_rate, AccessLogSetting, AdminConfig, Auth, CompressConfig, Config, ConfigError,
+    ConfigErrors, Encoding, HttpSettings, LimitZoneConfig, LocationConfig, ServerConfig, Source,
 };
 use crate::error::ErrorFormat;
+use crate::keys::KeyStore;
 use crate::metrics::{LocationMetrics, Metrics, ServerLabels, UpstreamLabels};
 use crate::policy::connlimit::ConnCounter;
 use crate::policy::headers::HeaderEdits;
@@ -81,6 +82,8 @@ pub struct Runtime {
     pub ledger: Ledger,
     /// Upstreams by `Upstream::id`.
     pub(crate) upstream_list: Vec<Arc<Upstream>>,
+    /// The API keys (`[[api_key]]` and the keys file), kept by `auth = "api_key"` locations.
+    pub(crate) keys: Arc<KeyStore>,
 }
 
 /// A connection's own handle on a runtime: requests clone an `Arc<RuntimeRef>` whose count is the
@@ -205,6 +208,7 @@ impl Runtime {
         };
         let zone_configs: HashMap<&str, &LimitZoneConfig> =
             config.limit_zones.iter().map(|(n, z)| (n.get_ref().as_str(), z)).collect();
+        let keys = Arc::new(KeyStore::build(&config.api_keys, previous.map(|p| &*p.keys)));
         let context = Context {
             upstreams: &upstreams,
             zones: &zones,
@@ -215,6 +219,7 @@ impl Runtime {
             http_access_log: config.http.access_log.as_ref(),
             client_body_timeout: config.http.client_body_timeout.0,
             metrics: &metrics,
+            keys: &keys,
             accounts: std::cell::RefCell::new(Vec::new()),
         };
 
@@ -295,6 +300,7 @@ impl Runtime {
             admin: config.admin.clone(),
             loaded_at: std::time::SystemTime::now(),
             upstream_list,
+            keys,
         })
     }
 }
@@ -346,6 +352,8 @@ struct Context<'a> {
     /// `[http] client_body_timeout`, for every location's body limits.
     client_body_timeout: std::time::Duration,
     metrics: &'a Metrics,
+    /// The API keys, for `auth = "api_key"` locations.
+    keys: &'a Arc<KeyStore>,
     /// The accounts made so far; a location or server keeps its index.
     accounts: std::cell::RefCell<Vec<Account>>,
 }
@@ -513,6 +521,7 @@ fn compile_location(
         account,
         errors,
         inference: Inference::of(location.inference),
+        keys: (location.auth == Some(Auth::ApiKey)).then(|| context.keys.clone()),
     })
 }
 

@@ -8,7 +8,8 @@ pub(crate) use inference::Inference;
 
 use crate::client::ClientInfo;
 use crate::client::{ClientBody, ClientRequest};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, KeyRefusal};
+use crate::keys::Caller;
 use crate::proxy::{self, BodyLimits, Proxied, RequestBody};
 use crate::upstream::Upstream;
 use bytes::Bytes;
@@ -63,24 +64,34 @@ impl ModelRouter {
         client: &ClientInfo,
         inference: Inference,
     ) -> Result<Response<Proxied>, GatewayError> {
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > self.limits.max) {
-            return Err(GatewayError::BodyTooLarge(self.limits.max));
-        }
-        let mut head = request;
-        let body = std::mem::replace(head.body_mut(), ClientBody::Empty);
-        let body = RequestBody::new(body, self.limits).collect().await.map_err(proxy::body_error)?.to_bytes();
-        let field: ModelField = serde_json::from_slice(&body)
-            .map_err(|e| GatewayError::BadRequest(format!("the body is not a JSON object: {e}")))?;
-        let model = field.model.ok_or_else(|| GatewayError::BadRequest("the body names no `model`".into()))?;
+        let (head, body, model) = read_model(request, self.limits).await?;
         let upstream =
             self.routes.get(&model).ok_or_else(|| GatewayError::UnknownModel { model, known: self.known.clone() })?;
         // A request naming a model is a generation, unless the location says otherwise.
         let inference = head.method() == Method::POST && inference != Inference::Never;
         proxy::forward_buffered(head, body, client, upstream, inference).await
     }
+}
+
+/// Reads a request's body in full (up to `limits`) and the `model` it names, refused with 403 when
+/// the request's API key may not use it. Answers 400 for a body that is not a JSON object naming a
+/// model, 413 for one larger than the limit.
+pub(crate) async fn read_model(
+    mut head: ClientRequest,
+    limits: BodyLimits,
+) -> Result<(ClientRequest, Bytes, String), GatewayError> {
+    if head.body().declared_length().is_some_and(|length| length > limits.max) {
+        return Err(GatewayError::BodyTooLarge(limits.max));
+    }
+    let body = std::mem::replace(head.body_mut(), ClientBody::Empty);
+    let body = RequestBody::new(body, limits).collect().await.map_err(proxy::body_error)?.to_bytes();
+    let field: ModelField = serde_json::from_slice(&body)
+        .map_err(|e| GatewayError::BadRequest(format!("the body is not a JSON object: {e}")))?;
+    let model = field.model.ok_or_else(|| GatewayError::BadRequest("the body names no `model`".into()))?;
+    if let Some(Caller(key)) = head.extensions().get::<Caller>() {
+        if !key.allows_model(&model) {
+            return Err(GatewayError::KeyRefused(KeyRefusal::ModelNotAllowed));
+        }
+    }
+    Ok((head, body, model))
 }

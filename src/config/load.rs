@@ -1,7 +1,9 @@
 //! Reading a config file: TOML syntax, then each table on its own so that one bad table does not hide
 //! the errors of the others. Every error carries the file, line and column it points at.
 
-use super::schema::{AdminConfig, Config, HttpSettings, LimitZoneConfig, LocationConfig, ServerConfig, UpstreamConfig};
+use super::schema::{
+    AdminConfig, ApiKeyConfig, Config, HttpSettings, LimitZoneConfig, LocationConfig, ServerConfig, UpstreamConfig,
+};
 use serde::Deserialize;
 use std::fmt;
 use std::ops::Range;
@@ -142,14 +144,52 @@ pub(crate) fn parse(source: &Source) -> (Config, Vec<ConfigError>, bool) {
                     _ => push(span, "`limit_zone` must be a table of zones written `[limit_zone.NAME]`".into()),
                 }
             }
+            "api_key" => config.api_keys.extend(decode_keys(value, &mut push)),
             other => push(
                 key_span,
-                format!("unknown section `{other}` (expected `http`, `admin`, `upstream`, `server` or `limit_zone`)"),
+                format!(
+                    "unknown section `{other}` (expected `http`, `admin`, `upstream`, `server`, `limit_zone` or \
+                     `api_key`)"
+                ),
             ),
         }
     }
     errors.sort_by_key(|e| e.offset);
     (config, errors, syntax_ok)
+}
+
+/// Parses a keys file (`[http] api_keys_file`): `[[api_key]]` tables and nothing else.
+pub(crate) fn parse_keys(source: &Source) -> (Vec<ApiKeyConfig>, Vec<ConfigError>) {
+    let (root, syntax_errors) = DeTable::parse_recoverable(&source.text);
+    let mut errors: Vec<ConfigError> = Vec::new();
+    let mut push = |span: Range<usize>, message: String| errors.push(source.error(span, message));
+    for e in syntax_errors {
+        push(e.span().unwrap_or(0..0), format!("invalid TOML: {}", e.message()));
+    }
+    let mut keys = Vec::new();
+    for (key, value) in root.into_inner() {
+        match key.get_ref().as_ref() {
+            "api_key" => keys.extend(decode_keys(value, &mut push)),
+            other => push(key.span(), format!("unknown section `{other}` in a keys file (expected `api_key`)")),
+        }
+    }
+    (keys, errors)
+}
+
+/// The `[[api_key]]` tables, each with its place in the file.
+fn decode_keys(value: Spanned<DeValue<'_>>, push: &mut impl FnMut(Range<usize>, String)) -> Vec<ApiKeyConfig> {
+    let mut keys = Vec::new();
+    for item in array_items(value, "api_key", push) {
+        let span = item.span();
+        match decode::<ApiKeyConfig>(item) {
+            Ok(mut key) => {
+                key.span = span;
+                keys.push(key);
+            }
+            Err((span, message)) => push(span, message),
+        }
+    }
+    keys
 }
 
 /// Deserializes one TOML value into `T`, turning serde's error into a span and a message.

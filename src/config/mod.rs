@@ -7,12 +7,12 @@ mod units;
 mod validate;
 mod values;
 
-pub(crate) use load::parse;
+pub(crate) use load::{parse, parse_keys};
 pub use load::{ConfigError, ConfigErrors, Source};
 pub use schema::*;
 pub(crate) use units::Size;
-pub(crate) use validate::{parse_header_match, parse_listen, validate};
-pub(crate) use values::{parse_net, parse_rate, Balance, Encoding, HashKey, ZoneKey};
+pub(crate) use validate::{parse_header_match, parse_listen, validate, validate_keys};
+pub(crate) use values::{parse_net, parse_rate, parse_sha256, parse_time, Balance, Encoding, HashKey, ZoneKey};
 
 /// The config used when no `--config` is given and `./infergate.toml` does not exist: the seed's model
 /// service on 127.0.0.1:8080 behind a gateway on 127.0.0.1:8000.
@@ -29,12 +29,29 @@ listen = ["127.0.0.1:8000"]
   proxy = "model"
 "#;
 
-/// Parses and validates a config source, reporting every error found in file order.
+/// Parses and validates a config source, reporting every error found in file order; the keys file
+/// `[http] api_keys_file` names is read and checked with it, its errors located in it.
 pub fn load(source: &Source) -> Result<Config, ConfigErrors> {
-    let (config, mut errors, syntax_ok) = parse(source);
+    let (mut config, mut errors, syntax_ok) = parse(source);
     if syntax_ok {
         if let Err(ConfigErrors(more)) = validate(&config, source) {
             errors.extend(more);
+        }
+        let mut seen = validate::KeysSeen::default();
+        errors.extend(validate_keys(&config.api_keys, source, &mut seen));
+        if let Some(file) = &config.http.api_keys_file {
+            match Source::read(&source.resolve(file.get_ref())) {
+                Ok(keys_source) => {
+                    let (keys, keys_errors) = parse_keys(&keys_source);
+                    errors.extend(keys_errors);
+                    errors.extend(validate_keys(&keys, &keys_source, &mut seen));
+                    config.api_keys.extend(keys);
+                }
+                Err(ConfigErrors(unreadable)) => errors.push(source.error(
+                    file.span(),
+                    format!("cannot read api_keys_file: {}", unreadable.first().map_or("", |e| e.message.as_str())),
+                )),
+            }
         }
     }
     if errors.is_empty() {

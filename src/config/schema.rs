@@ -22,6 +22,9 @@ pub struct Config {
     pub(crate) servers: Vec<ServerConfig>,
     /// `[limit_zone.NAME]`: rate limit zones (nginx `limit_req_zone`), by name.
     pub(crate) limit_zones: Vec<(Spanned<String>, LimitZoneConfig)>,
+    /// `[[api_key]]`: the API keys of `auth = "api_key"` locations, with those of `[http]
+    /// api_keys_file`, which the loader reads in too.
+    pub(crate) api_keys: Vec<ApiKeyConfig>,
     /// Some `[[upstream]]` table failed to parse: a location naming an unknown upstream may name that
     /// one, so that is not reported as a second error.
     pub(crate) upstreams_incomplete: bool,
@@ -59,6 +62,9 @@ pub struct HttpSettings {
     /// Named access log formats with nginx variables (nginx `log_format`); `main`, `combined` and
     /// `json` are built in.
     pub(crate) log_format: BTreeMap<String, Spanned<String>>,
+    /// A file of more `[[api_key]]` tables (default none), read with the config, so a reload (or the
+    /// admin API's `POST /keys/reload`) adds and revokes keys.
+    pub(crate) api_keys_file: Option<Spanned<PathBuf>>,
     /// Where error and event logs go and from which level (nginx `error_log`; default stderr, `info`).
     /// Read at start only.
     pub error_log: Option<ErrorLogConfig>,
@@ -142,6 +148,7 @@ impl Default for HttpSettings {
             trusted_proxies: Vec::new(),
             access_log: None,
             log_format: BTreeMap::new(),
+            api_keys_file: None,
             error_log: None,
         }
     }
@@ -413,6 +420,69 @@ fn default_limit_status() -> Spanned<u16> {
     Spanned::new(0..0, 429)
 }
 
+/// `[[api_key]]`: one client's key and what it may do. The secret itself is never in the file: only
+/// its SHA-256 (`infergate key new NAME` prints a key and its table).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiKeyConfig {
+    /// The key's name, unique: in logs, metrics and the admin API.
+    pub(crate) name: Spanned<String>,
+    /// The team or customer it belongs to (default none).
+    pub(crate) team: Option<String>,
+    /// SHA-256 of the secret, 64 hexadecimal digits.
+    pub(crate) sha256: Spanned<String>,
+    /// Models it may name in a request's `model` (globs with `*`; default every model).
+    #[serde(default = "every_model")]
+    pub(crate) models: Vec<Spanned<String>>,
+    /// Requests per second or minute (`"10r/s"`, nginx's `limit_req`; default unlimited).
+    pub(crate) rate: Option<Spanned<String>>,
+    /// Requests above `rate` served at once before rejecting (nginx's `burst` with `nodelay`; 0).
+    #[serde(default)]
+    pub(crate) burst: u64,
+    /// Requests in flight at once (default unlimited).
+    pub(crate) max_concurrent: Option<usize>,
+    /// Its place in an upstream's admission queue: `"high"`, `"normal"` (default) or `"low"`.
+    #[serde(default)]
+    pub(crate) priority: KeyPriority,
+    /// Whether a request's own priority header (the upstream's `queue.priority_header`) is
+    /// believed instead (default false: the key's priority stands).
+    #[serde(default)]
+    pub(crate) client_priority: bool,
+    /// When it stops working, RFC 3339 (`"2027-01-01T00:00:00Z"`; default never).
+    pub(crate) expires: Option<Spanned<String>>,
+    /// Refused with 403 while true (default false).
+    #[serde(default)]
+    pub(crate) disabled: bool,
+    /// Where this table is in its file.
+    #[serde(skip)]
+    pub(crate) span: std::ops::Range<usize>,
+}
+
+fn every_model() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, "*".into())]
+}
+
+/// How a location authenticates its clients.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Auth {
+    /// A key of `[[api_key]]`.
+    ApiKey,
+}
+
+/// A key's place in the admission queue.
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum KeyPriority {
+    /// Served before the others.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Served after the others.
+    Low,
+}
+
 /// `limit_req = { zone, burst, nodelay, delay }` on a location (one table or an array of them).
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
@@ -662,6 +732,9 @@ pub(crate) struct LocationConfig {
     /// Whether POSTs here are inference requests, safe to send to another server before their first
     /// response byte (default: those to the OpenAI-compatible generation paths).
     pub(crate) inference: Option<bool>,
+    /// `"api_key"`: every request needs a configured key (`Authorization: Bearer KEY` or
+    /// `X-API-Key: KEY`); default none.
+    pub(crate) auth: Option<Auth>,
     /// nginx's `proxy_buffering`; accepted for parity and documented: infergate forwards every
     /// response frame as it arrives whatever this says, so streams are never delayed.
     #[serde(default)]

@@ -2,8 +2,8 @@
 //! Everything found is reported at once, each error at the place the user must edit.
 
 use super::load::{ConfigError, ConfigErrors, Source};
-use super::schema::{CompressConfig, Config, LocationConfig};
-use super::values::{parse_net, parse_rate, Balance, Encoding, HashKey, ZoneKey};
+use super::schema::{ApiKeyConfig, CompressConfig, Config, LocationConfig};
+use super::values::{parse_net, parse_rate, parse_sha256, parse_time, Balance, Encoding, HashKey, ZoneKey};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
@@ -14,6 +14,58 @@ pub(crate) fn parse_listen(text: &str) -> Option<SocketAddr> {
         return Some(SocketAddr::from(([0, 0, 0, 0], port)));
     }
     text.parse().ok()
+}
+
+/// Key names and digests met so far, across the config and its keys file.
+#[derive(Default)]
+pub(crate) struct KeysSeen {
+    names: HashSet<String>,
+    digests: HashSet<[u8; 32]>,
+}
+
+/// Checks `[[api_key]]` tables of `source`: unique names and digests (with those `seen` before),
+/// 64-digit digests, rates, RFC 3339 expiries, a concurrency cap above zero.
+pub(crate) fn validate_keys(keys: &[ApiKeyConfig], source: &Source, seen: &mut KeysSeen) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for key in keys {
+        let name = key.name.get_ref();
+        if name.is_empty() || !seen.names.insert(name.clone()) {
+            errors.push(source.error(key.name.span(), format!("duplicate or empty api_key name `{name}`")));
+        }
+        match parse_sha256(key.sha256.get_ref()) {
+            None => errors.push(source.error(
+                key.sha256.span(),
+                "sha256 must be 64 hexadecimal digits (`infergate key new NAME` prints a key and its digest)",
+            )),
+            Some(digest) if !seen.digests.insert(digest) => {
+                errors.push(source.error(key.sha256.span(), format!("api_key `{name}` has the digest of another key")))
+            }
+            Some(_) => {}
+        }
+        if let Some(rate) = &key.rate {
+            if parse_rate(rate.get_ref()).is_none() {
+                errors.push(source.error(
+                    rate.span(),
+                    format!("invalid rate {:?} (expected e.g. \"10r/s\" or \"600r/m\")", rate.get_ref()),
+                ));
+            }
+        }
+        if let Some(expires) = &key.expires {
+            if parse_time(expires.get_ref()).is_none() {
+                errors.push(source.error(
+                    expires.span(),
+                    format!(
+                        "invalid expires {:?} (expected RFC 3339, e.g. \"2027-01-01T00:00:00Z\")",
+                        expires.get_ref()
+                    ),
+                ));
+            }
+        }
+        if key.max_concurrent == Some(0) {
+            errors.push(source.error(key.span.clone(), format!("api_key `{name}`: max_concurrent must be above zero")));
+        }
+    }
+    errors
 }
 
 /// Runs every whole-file check and returns all errors found.

@@ -7,6 +7,7 @@ use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::IpAddr;
+use std::time::SystemTime;
 
 /// `balance = "round_robin" | "least_inflight"` of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -66,6 +67,24 @@ impl ZoneKey {
             _ => None,
         }
     }
+}
+
+/// Parses a SHA-256 digest written as 64 hexadecimal digits (either case).
+pub(crate) fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim().as_bytes();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (byte, pair) in digest.iter_mut().zip(text.chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(digest)
+}
+
+/// Parses a moment written in RFC 3339 (`2027-01-01T00:00:00Z`, or with an offset).
+pub(crate) fn parse_time(text: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(text.trim()).ok()
 }
 
 /// Parses nginx's rate syntax, `"10r/s"` or `"600r/m"`, into milli-requests per second.
@@ -141,6 +160,21 @@ mod tests {
         assert_eq!(parse_rate("1r/m"), Some(16));
         assert_eq!(parse_rate("10 r/h"), None);
         assert_eq!(parse_rate("0r/s"), None);
+    }
+
+    #[test]
+    fn digests_are_64_hex_digits() {
+        let digest = parse_sha256(&"aB".repeat(32)).unwrap();
+        assert_eq!(digest, [0xab; 32]);
+        assert!(parse_sha256(&"a".repeat(63)).is_none());
+        assert!(parse_sha256(&"g".repeat(64)).is_none());
+    }
+
+    #[test]
+    fn times_are_rfc_3339() {
+        let new_year = parse_time("2027-01-01T00:00:00Z").unwrap();
+        assert_eq!(new_year.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(), 1_798_761_600);
+        assert!(parse_time("next week").is_none());
     }
 
     #[test]

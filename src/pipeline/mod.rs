@@ -20,11 +20,13 @@ mod body;
 pub(crate) use body::ResponseBody;
 
 use crate::accounting::Accounting;
+use crate::ai;
 use crate::client::ClientInfo;
 use crate::client::{ClientBody, ClientRequest};
 use crate::compress::RequestCodings;
 use crate::error::ErrorFormat;
 use crate::error::GatewayError;
+use crate::keys::Caller;
 use crate::policy;
 use crate::policy::connlimit::ConnGuard;
 use crate::policy::headers::HeaderEdits;
@@ -33,12 +35,14 @@ use crate::request_id;
 use crate::route::{Handler, Location, VirtualServer};
 use crate::runtime::{ListenerSpec, Runtime, RuntimeRef};
 use crate::template::Vars;
+use crate::upstream::QueuePriority;
 use crate::uri;
 use futures_util::FutureExt;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tracing::Instrument;
 
 /// Serves one request that arrived on `listener` under `runtime`. Its record (access log) is
@@ -115,18 +119,31 @@ fn route<'a>(server: &'a VirtualServer, request: &Request<ClientBody>) -> Result
     server.locations.find(&path).map(Arc::as_ref).ok_or(GatewayError::NoRoute)
 }
 
-/// Phase 3, after routing: the location's request policies, in this order: rate limits, concurrency
-/// limits, the body size limit on the declared `Content-Length`, then `proxy_set_header`. A limit may
-/// reject (in the location's error format: 429 and `Retry-After`, or 413 before any byte of the body
-/// is read) or hold the request for its delay; the returned places are held until the response ends.
-/// Changes only the request headers `proxy_set_header` names.
+/// Phase 3, after routing: the location's request policies, in this order: the API key (`auth =
+/// "api_key"`: 401 or 403), rate limits, concurrency limits (the location's, then the key's), the
+/// body size limit on the declared `Content-Length`, then `proxy_set_header`. A limit may reject (in
+/// the location's error format: 429 and `Retry-After`, or 413 before any byte of the body is read)
+/// or hold the request for its delay; the returned places are held until the response ends. Changes
+/// the request headers `proxy_set_header` names, and puts the key (`keys::Caller`) and its queue
+/// priority in the request's extensions.
 async fn request_policies(
     location: &Location,
     client: &ClientInfo,
     request: &mut Request<ClientBody>,
 ) -> Result<Vec<ConnGuard>, GatewayError> {
+    let caller = match &location.keys {
+        Some(keys) => Some(keys.authenticate(request.headers(), SystemTime::now())?.clone()),
+        None => None,
+    };
     policy::limit_requests(&location.limits, client, request).await?;
-    let places = policy::hold_places(&location.conn_limits, client, request)?;
+    let mut places = policy::hold_places(&location.conn_limits, client, request)?;
+    if let Some(key) = caller {
+        policy::limit_requests(&key.limits, client, request).await?;
+        places.extend(policy::hold_places(&key.conn_limits, client, request)?);
+        let priority = QueuePriority { level: key.priority, header_believed: key.client_priority };
+        request.extensions_mut().insert(priority);
+        request.extensions_mut().insert(Caller(key));
+    }
     if request.body().declared_length().is_some_and(|length| length > location.body.max) {
         return Err(GatewayError::BodyTooLarge(location.body.max));
     }
@@ -149,6 +166,12 @@ async fn handle(
             Handler::Proxy(target) => {
                 let upstream = target.choose(&request, &client.ip);
                 let inference = location.inference.covers(request.method(), request.uri().path());
+                let restricted = request.extensions().get::<Caller>().is_some_and(|c| c.0.restricts_models());
+                if restricted {
+                    // The key may use some models only: the body says which one this is.
+                    let (head, body, _) = ai::read_model(request, location.body).await?;
+                    return proxy::forward_buffered(head, body, client, upstream, inference).await.map(proxied);
+                }
                 proxy::forward(request, client, upstream, location.body, inference).await.map(proxied)
             }
             Handler::Models(router) => match router.listing(&request) {

@@ -51,7 +51,7 @@ fn key_of<'a, B>(key: &ZoneKey, client: &'a ClientInfo, request: &'a Request<B>)
 }
 
 /// The bearer token of `Authorization`, else `X-API-Key`.
-fn api_key(headers: &http::HeaderMap) -> Option<&[u8]> {
+pub(crate) fn api_key(headers: &http::HeaderMap) -> Option<&[u8]> {
     let bearer = headers.get(http::header::AUTHORIZATION).and_then(|value| {
         let value = value.as_bytes();
         let (scheme, token) = value.split_at_checked(7)?;

@@ -108,6 +108,16 @@ pub(crate) struct Lease {
     pub(crate) drain_watch: Option<Arc<ServerLoad>>,
 }
 
+/// A request's place in an admission queue set before it reaches the upstream (by its API key): 2
+/// high, 1 normal, 0 low. With `header_believed`, the upstream's priority header decides instead.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueuePriority {
+    /// The place.
+    pub(crate) level: u8,
+    /// Whether the request's own priority header, when the upstream reads one, wins.
+    pub(crate) header_believed: bool,
+}
+
 /// After a reload: servers the new config removed or marks `drain = true` leave rotation and their
 /// streams get `grace` to finish; servers back in rotation stop draining.
 pub(crate) fn mark_drains(
@@ -317,12 +327,19 @@ impl Upstream {
         matches!(self.balance, Balance::LeastInflight | Balance::Hash)
     }
 
-    /// What balancing and queueing need to know of a request.
-    pub(crate) fn facts(&self, headers: &http::HeaderMap, client_ip: &http::HeaderValue) -> BalanceFacts {
-        BalanceFacts {
-            priority: self.priority(headers),
-            key: self.hashing.as_ref().and_then(|(_, key)| key.of(headers, client_ip)),
-        }
+    /// What balancing and queueing need to know of a request: its `QueuePriority` when it has one
+    /// (its API key's), else its priority header.
+    pub(crate) fn facts(
+        &self,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+        client_ip: &http::HeaderValue,
+    ) -> BalanceFacts {
+        let priority = match extensions.get::<QueuePriority>() {
+            Some(given) if !given.header_believed || self.priority_header.is_none() => given.level,
+            _ => self.priority(headers),
+        };
+        BalanceFacts { priority, key: self.hashing.as_ref().and_then(|(_, key)| key.of(headers, client_ip)) }
     }
 
     /// The ring's server for a hash key, when balancing by hash.

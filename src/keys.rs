@@ -1,0 +1,292 @@
+//! API keys: who may call an `auth = "api_key"` location and what each key may do. A request names
+//! its key as OpenAI's and Anthropic's clients send it (`Authorization: Bearer KEY`, else
+//! `X-API-Key: KEY`); the gateway keeps only SHA-256 digests of the secrets, finds the key by its
+//! digest and compares the whole digest in constant time. A key may be disabled, expire, be limited
+//! to some models (globs), to a request rate (`limit_req` semantics, with `burst` and `nodelay`) and
+//! to requests in flight, and sets its requests' place in an upstream's admission queue.
+//!
+//! The store is built at config load; a reload builds a new one, and a key that stays (same name and
+//! digest) keeps its rate and concurrency counts, so adding or revoking keys drops no request.
+
+use crate::config::{parse_rate, parse_sha256, parse_time, ApiKeyConfig, KeyPriority, ZoneKey};
+use crate::error::{GatewayError, KeyRefusal};
+use crate::policy::connlimit::ConnCounter;
+use crate::policy::ratelimit::{Limit, Zone};
+use crate::policy::{self, ConnLimit, RateLimit};
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+use aws_lc_rs::digest::{digest, SHA256};
+use http::{HeaderMap, StatusCode};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// One configured key.
+pub(crate) struct ApiKey {
+    /// Its unique name, for logs, metrics and the admin API.
+    pub(crate) name: String,
+    /// The team or customer it belongs to.
+    pub(crate) team: Option<String>,
+    digest: [u8; 32],
+    /// Model globs it may name; `*` matches any run of characters.
+    pub(crate) models: Vec<String>,
+    /// Its request rate, as a one-key `limit_req` (empty when unlimited).
+    pub(crate) limits: Vec<RateLimit>,
+    /// Its requests in flight, as a one-key `limit_conn` (empty when unlimited).
+    pub(crate) conn_limits: Vec<ConnLimit>,
+    /// Its place in an admission queue: 2 high, 1 normal, 0 low.
+    pub(crate) priority: u8,
+    /// Whether a request's own priority header is believed instead.
+    pub(crate) client_priority: bool,
+    /// When it stops working.
+    pub(crate) expires: Option<SystemTime>,
+    /// Refused while true.
+    pub(crate) disabled: bool,
+}
+
+impl ApiKey {
+    /// Whether the key may name `model`.
+    pub(crate) fn allows_model(&self, model: &str) -> bool {
+        self.models.iter().any(|pattern| glob_matches(pattern, model))
+    }
+
+    /// Whether a model restriction applies at all (a key for every model needs no body read).
+    pub(crate) fn restricts_models(&self) -> bool {
+        !self.models.iter().any(|pattern| pattern == "*")
+    }
+}
+
+/// The keys of a config, found by digest.
+#[derive(Default)]
+pub(crate) struct KeyStore {
+    /// In config order, for listing.
+    keys: Vec<Arc<ApiKey>>,
+    /// By the first 8 bytes of the digest; the whole digest is then compared in constant time.
+    by_prefix: HashMap<u64, Vec<Arc<ApiKey>>>,
+}
+
+/// The key a request names, if it names one, as the caller of an authenticated location; it rides in
+/// the request's extensions for what runs after the policies (model checks, queue priority).
+#[derive(Clone)]
+pub(crate) struct Caller(pub(crate) Arc<ApiKey>);
+
+impl KeyStore {
+    /// Compiles validated `[[api_key]]` tables; a key of `previous` with the same name and digest keeps
+    /// its rate and concurrency counts.
+    pub(crate) fn build(configs: &[ApiKeyConfig], previous: Option<&KeyStore>) -> KeyStore {
+        let mut store = KeyStore::default();
+        for config in configs {
+            let Some(digest) = parse_sha256(config.sha256.get_ref()) else { continue };
+            let name = config.name.get_ref().clone();
+            let kept = previous.and_then(|p| p.keys.iter().find(|k| k.name == name && k.digest == digest));
+            let rate = config.rate.as_ref().and_then(|r| parse_rate(r.get_ref()));
+            let limits = rate
+                .map(|rate| {
+                    let zone = kept
+                        .and_then(|k| k.limits.first())
+                        .map(|l| l.zone.clone())
+                        .filter(|zone| zone.same_settings(rate, 1, false))
+                        .unwrap_or_else(|| Arc::new(Zone::new(rate, 1, false)));
+                    RateLimit {
+                        zone_name: format!("api_key:{name}"),
+                        zone,
+                        key: ZoneKey::ApiKey,
+                        limit: Limit { burst: config.burst, delay: None },
+                        status: StatusCode::TOO_MANY_REQUESTS,
+                    }
+                })
+                .into_iter()
+                .collect();
+            let conn_limits = config
+                .max_concurrent
+                .map(|max| ConnLimit {
+                    counter: kept
+                        .and_then(|k| k.conn_limits.first())
+                        .map(|l| l.counter.clone())
+                        .unwrap_or_else(|| Arc::new(ConnCounter::default())),
+                    key: ZoneKey::ApiKey,
+                    max,
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                })
+                .into_iter()
+                .collect();
+            let key = Arc::new(ApiKey {
+                name,
+                team: config.team.clone(),
+                digest,
+                models: config.models.iter().map(|m| m.get_ref().clone()).collect(),
+                limits,
+                conn_limits,
+                priority: match config.priority {
+                    KeyPriority::High => 2,
+                    KeyPriority::Normal => 1,
+                    KeyPriority::Low => 0,
+                },
+                client_priority: config.client_priority,
+                expires: config.expires.as_ref().and_then(|e| parse_time(e.get_ref())),
+                disabled: config.disabled,
+            });
+            store.by_prefix.entry(prefix(&digest)).or_default().push(key.clone());
+            store.keys.push(key);
+        }
+        store
+    }
+
+    /// The keys in config order.
+    pub(crate) fn keys(&self) -> &[Arc<ApiKey>] {
+        &self.keys
+    }
+
+    /// The key whose secret is `secret`, if any.
+    fn find(&self, secret: &[u8]) -> Option<&Arc<ApiKey>> {
+        let presented = digest(&SHA256, secret);
+        let presented: &[u8] = presented.as_ref();
+        let candidates = self.by_prefix.get(&prefix(presented))?;
+        candidates.iter().find(|key| verify_slices_are_equal(&key.digest, presented).is_ok())
+    }
+
+    /// The caller of a request to an authenticated location, at `now`, or why it is refused.
+    pub(crate) fn authenticate(&self, headers: &HeaderMap, now: SystemTime) -> Result<&Arc<ApiKey>, GatewayError> {
+        let presented = policy::api_key(headers);
+        let key = presented.and_then(|secret| self.find(secret));
+        verdict(presented.is_some(), key.map(AsRef::as_ref), now).map_err(GatewayError::KeyRefused)?;
+        key.ok_or(GatewayError::KeyRefused(KeyRefusal::Unknown))
+    }
+}
+
+/// Whether a request may pass, from what it presented and the key found for it: the decision alone,
+/// without headers or clocks, so every case is a row of a table.
+fn verdict(presented: bool, key: Option<&ApiKey>, now: SystemTime) -> Result<(), KeyRefusal> {
+    let Some(key) = key else {
+        return Err(if presented { KeyRefusal::Unknown } else { KeyRefusal::Missing });
+    };
+    if key.disabled {
+        return Err(KeyRefusal::Disabled);
+    }
+    if key.expires.is_some_and(|expires| now >= expires) {
+        return Err(KeyRefusal::Expired);
+    }
+    Ok(())
+}
+
+fn prefix(digest: &[u8]) -> u64 {
+    u64::from_le_bytes(digest[..8].try_into().unwrap_or_default())
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters (none included).
+/// Written here: model names need only this one wildcard, and the glob crates bring path rules and
+/// regexes a model name has no use for.
+fn glob_matches(pattern: &str, name: &str) -> bool {
+    let mut pieces = pattern.split('*');
+    let first = pieces.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else { return false };
+    let pieces: Vec<&str> = pieces.collect();
+    let Some((last, middle)) = pieces.split_last() else { return rest.is_empty() };
+    for piece in middle {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// A new key for `name`: its secret, to be shown once, and the `[[api_key]]` table to add to the
+/// config (or its keys file), which holds only the secret's digest.
+pub fn new_key(name: &str) -> Result<(String, String), String> {
+    if name.trim().is_empty() {
+        return Err("a key needs a name".into());
+    }
+    let secret = new_secret().map_err(|_| "the system's random source failed".to_string())?;
+    let table =
+        format!("[[api_key]]\nname = {}\nsha256 = \"{}\"\n", toml::Value::String(name.into()), digest_hex(&secret));
+    Ok((secret, table))
+}
+
+/// A new secret: 32 random bytes, URL-safe base64, with a prefix that says what it is.
+fn new_secret() -> Result<String, aws_lc_rs::error::Unspecified> {
+    use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    SystemRandom::new().fill(&mut bytes)?;
+    Ok(format!("ig-{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+/// The SHA-256 of a secret, as `sha256` in `[[api_key]]` writes it.
+fn digest_hex(secret: &str) -> String {
+    digest(&SHA256, secret.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn key(disabled: bool, expires: Option<SystemTime>) -> ApiKey {
+        ApiKey {
+            name: "k".into(),
+            team: None,
+            digest: [0; 32],
+            models: vec!["glm-*".into(), "qwen2-vl".into()],
+            limits: Vec::new(),
+            conn_limits: Vec::new(),
+            priority: 1,
+            client_priority: false,
+            expires,
+            disabled,
+        }
+    }
+
+    #[test]
+    fn verdicts_follow_the_table() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let past = Some(now - Duration::from_secs(1));
+        let future = Some(now + Duration::from_secs(1));
+        let rows: [(bool, Option<ApiKey>, Result<(), KeyRefusal>); 7] = [
+            (false, None, Err(KeyRefusal::Missing)),
+            (true, None, Err(KeyRefusal::Unknown)),
+            (true, Some(key(false, None)), Ok(())),
+            (true, Some(key(false, future)), Ok(())),
+            (true, Some(key(false, Some(now))), Err(KeyRefusal::Expired)),
+            (true, Some(key(false, past)), Err(KeyRefusal::Expired)),
+            (true, Some(key(true, future)), Err(KeyRefusal::Disabled)),
+        ];
+        for (presented, key, expected) in rows {
+            assert_eq!(verdict(presented, key.as_ref(), now), expected, "presented {presented}");
+        }
+    }
+
+    #[test]
+    fn model_globs_match_runs_of_characters() {
+        let key = key(false, None);
+        assert!(key.allows_model("glm-4.6v-flash") && key.allows_model("glm-") && key.allows_model("qwen2-vl"));
+        assert!(!key.allows_model("qwen2-vl-7b") && !key.allows_model("llama") && !key.allows_model("xglm-4"));
+        for (pattern, name, matches) in [
+            ("*", "", true),
+            ("a*b*c", "abc", true),
+            ("a*b*c", "aXbYbZc", true),
+            ("a*b*c", "acb", false),
+            ("*-vl", "qwen-vl", true),
+            ("a*a", "a", false),
+        ] {
+            assert_eq!(glob_matches(pattern, name), matches, "{pattern} ~ {name}");
+        }
+        assert!(key.restricts_models());
+    }
+
+    #[test]
+    fn a_key_is_found_by_its_secret_and_a_new_secret_is_its_digest_s() {
+        let secret = new_secret().unwrap();
+        assert!(secret.starts_with("ig-") && secret.len() == 46, "{secret}");
+        assert_ne!(new_secret().unwrap(), secret);
+        let text = format!("[[api_key]]\nname = \"a\"\nsha256 = \"{}\"\n", digest_hex(&secret));
+        let source = crate::config::Source { name: "k.toml".into(), dir: Default::default(), text };
+        let (configs, errors) = crate::config::parse_keys(&source);
+        assert!(errors.is_empty(), "{errors:?}");
+        let store = KeyStore::build(&configs, None);
+        assert_eq!(store.find(secret.as_bytes()).map(|k| k.name.as_str()), Some("a"));
+        assert!(store.find(b"ig-wrong").is_none());
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", secret.parse().unwrap());
+        assert!(store.authenticate(&headers, SystemTime::now()).is_ok());
+    }
+}

@@ -1,0 +1,233 @@
+//! API keys end to end: `auth = "api_key"` locations answer 401 without a configured key and 403 for
+//! a key that may not do this, in OpenAI's error shape; a key's own rate and concurrency limits; a
+//! reload that adds and revokes keys under traffic; the admin API's `/keys`; and `infergate key new`.
+
+use crate::support::*;
+use http::{Request, StatusCode};
+use serde_json::Value;
+use std::process::Command;
+
+/// Secrets of test keys.
+const ALICE: &str = "ig-alice";
+const BOB: &str = "ig-bob";
+const CAROL: &str = "ig-carol";
+
+/// SHA-256 as the config writes it, computed with the library the gateway uses.
+fn digest(secret: &str) -> String {
+    use std::fmt::Write as _;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
+    digest.as_ref().iter().fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
+
+fn config(backend: &str, keys: &str) -> String {
+    format!(
+        r#"
+[[upstream]]
+name = "model"
+servers = [{{ addr = "{backend}" }}]
+
+[[server]]
+listen = ["127.0.0.1:0"]
+
+  [[server.location]]
+  prefix = "/v1/"
+  proxy = "model"
+  auth = "api_key"
+
+  [[server.location]]
+  prefix = "/"
+  return = {{ status = 200, body = "open" }}
+
+{keys}
+"#
+    )
+}
+
+fn key(name: &str, secret: &str, extra: &str) -> String {
+    format!("[[api_key]]\nname = \"{name}\"\nsha256 = \"{}\"\n{extra}\n", digest(secret))
+}
+
+fn chat(secret: Option<&str>, header: &str, model: &str) -> Request<TestBody> {
+    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    let mut request =
+        Request::post("/v1/chat/completions").header("host", "localhost").header("content-type", "application/json");
+    if let Some(secret) = secret {
+        request = match header {
+            "bearer" => request.header("authorization", format!("Bearer {secret}")),
+            _ => request.header("x-api-key", secret),
+        };
+    }
+    request.body(full(body)).unwrap()
+}
+
+fn error_code(body: &str) -> String {
+    let value: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    value["error"]["code"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn digests_are_sha256_in_hex() {
+    // A known vector: SHA-256 of "abc".
+    assert_eq!(digest("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+#[tokio::test]
+async fn a_location_with_auth_answers_only_configured_keys() {
+    let backend = Backend::start(|request| async move {
+        let body = http_body_util::BodyExt::collect(request.into_body()).await.unwrap().to_bytes();
+        http::Response::new(full(body))
+    })
+    .await;
+    let keys = [
+        key("alice", ALICE, "team = \"search\""),
+        key("bob", BOB, "disabled = true"),
+        key("carol", CAROL, "expires = \"2020-01-01T00:00:00Z\""),
+        key("glm-only", "ig-glm", "models = [\"glm-*\"]"),
+    ]
+    .join("\n");
+    let gw = TestGateway::start(&config(&backend.authority(), &keys)).await;
+    let addr = gw.addr("127.0.0.1:0");
+    // A refused request's body is not read, so its connection closes: each goes on its own.
+    let (status, headers, body) = send(&mut http1(addr).await, chat(None, "bearer", "glm-4")).await;
+    assert_eq!((status, error_code(&body).as_str()), (StatusCode::UNAUTHORIZED, "invalid_api_key"), "{body}");
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    let (status, _, body) = send(&mut http1(addr).await, chat(Some("ig-nobody"), "bearer", "glm-4")).await;
+    assert_eq!((status, error_code(&body).as_str()), (StatusCode::UNAUTHORIZED, "invalid_api_key"), "{body}");
+    let (status, _, body) = send(&mut http1(addr).await, chat(Some(BOB), "bearer", "glm-4")).await;
+    assert_eq!((status, error_code(&body).as_str()), (StatusCode::FORBIDDEN, "api_key_disabled"), "{body}");
+    let (status, _, body) = send(&mut http1(addr).await, chat(Some(CAROL), "x-api-key", "glm-4")).await;
+    assert_eq!((status, error_code(&body).as_str()), (StatusCode::FORBIDDEN, "api_key_expired"), "{body}");
+    let (status, _, body) = send(&mut http1(addr).await, chat(Some("ig-glm"), "bearer", "qwen2-vl")).await;
+    assert_eq!((status, error_code(&body).as_str()), (StatusCode::FORBIDDEN, "model_not_allowed"), "{body}");
+    assert_eq!(backend.request_count(), 0, "no refused request reached the model");
+    let mut client = http1(addr).await;
+
+    // Allowed: by either header, and a key limited to some models with one of them; the body arrives whole.
+    for (secret, header, model) in
+        [(ALICE, "bearer", "qwen2-vl"), (ALICE, "x-api-key", "x"), ("ig-glm", "bearer", "glm-4.6v")]
+    {
+        let (status, _, body) = send(&mut client, chat(Some(secret), header, model)).await;
+        assert_eq!(status, StatusCode::OK, "{secret} {model}: {body}");
+        assert!(body.contains(&format!("\"model\":\"{model}\"")), "{body}");
+    }
+    assert_eq!(backend.request_count(), 3);
+    // A location without `auth` asks for nothing.
+    assert_eq!(fetch(addr, "/open").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn each_key_has_its_own_rate_and_concurrency() {
+    let (release, held) = tokio::sync::watch::channel(false);
+    let backend = Backend::start(move |_| {
+        let mut held = held.clone();
+        async move {
+            let _ = held.wait_for(|go| *go).await;
+            http::Response::new(full("done"))
+        }
+    })
+    .await;
+    let keys =
+        [key("slow", ALICE, "rate = \"1r/m\""), key("single", BOB, "max_concurrent = 1"), key("free", CAROL, "")]
+            .join("\n");
+    let gw = TestGateway::start(&config(&backend.authority(), &keys)).await;
+    let addr = gw.addr("127.0.0.1:0");
+    release.send(true).unwrap();
+    let mut client = http1(addr).await;
+    assert_eq!(send(&mut client, chat(Some(ALICE), "bearer", "m")).await.0, StatusCode::OK);
+    let (status, headers, body) = send(&mut http1(addr).await, chat(Some(ALICE), "bearer", "m")).await;
+    assert_eq!((status, error_code(&body).as_str()), (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"));
+    assert!(headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(send(&mut client, chat(Some(CAROL), "bearer", "m")).await.0, StatusCode::OK, "other keys are apart");
+
+    // One request of `single` in flight: a second one is refused until the first ends.
+    release.send(false).unwrap();
+    let first = tokio::spawn(async move { send(&mut http1(addr).await, chat(Some(BOB), "bearer", "m")).await.0 });
+    while backend.request_count() < 3 {
+        tokio::task::yield_now().await;
+    }
+    let (status, _, _) = send(&mut http1(addr).await, chat(Some(BOB), "bearer", "m")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    release.send(true).unwrap();
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+    assert_eq!(send(&mut http1(addr).await, chat(Some(BOB), "bearer", "m")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_reload_adds_and_revokes_keys_under_traffic() {
+    let backend = Backend::hello().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keys.toml"), [key("alice", ALICE, ""), key("bob", BOB, "")].join("\n")).unwrap();
+    let with_file =
+        config(&backend.authority(), "").replace("[[server]]", "[http]\napi_keys_file = \"keys.toml\"\n\n[[server]]");
+    let gw = TestGateway::start_in(dir, &with_file).await;
+    let addr = gw.addr("127.0.0.1:0");
+    assert_eq!(send(&mut http1(addr).await, chat(Some(BOB), "bearer", "m")).await.0, StatusCode::OK);
+    assert_eq!(send(&mut http1(addr).await, chat(Some(CAROL), "bearer", "m")).await.0, StatusCode::UNAUTHORIZED);
+
+    // Alice keeps calling, on kept-alive connections, while the file drops Bob and adds Carol.
+    let traffic = tokio::spawn(async move {
+        let mut client = http1(addr).await;
+        let mut statuses = Vec::new();
+        for _ in 0..200 {
+            statuses.push(send(&mut client, chat(Some(ALICE), "bearer", "m")).await.0);
+        }
+        statuses
+    });
+    std::fs::write(gw.path("keys.toml"), [key("alice", ALICE, ""), key("carol", CAROL, "")].join("\n")).unwrap();
+    gw.gateway.reload().await.unwrap();
+    let statuses = traffic.await.unwrap();
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    assert_eq!(send(&mut http1(addr).await, chat(Some(BOB), "bearer", "m")).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(&mut http1(addr).await, chat(Some(CAROL), "bearer", "m")).await.0, StatusCode::OK);
+
+    // A broken keys file is a config error at its own line; the running keys stay.
+    std::fs::write(gw.path("keys.toml"), "[[api_key]]\nname = \"dave\"\nsha256 = \"nothex\"\n").unwrap();
+    let errors = gw.gateway.reload().await.unwrap_err().to_string();
+    assert!(errors.contains("keys.toml:3:10") && errors.contains("64 hexadecimal digits"), "{errors}");
+    assert_eq!(send(&mut http1(addr).await, chat(Some(CAROL), "bearer", "m")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_admin_api_lists_keys_without_their_secrets_and_reloads_them() {
+    let backend = Backend::hello().await;
+    let keys = key("alice", ALICE, "team = \"search\"\nmodels = [\"glm-*\"]");
+    let gw = TestGateway::start(
+        &config(&backend.authority(), &keys)
+            .replace("[[server]]", "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n\n[[server]]"),
+    )
+    .await;
+    let admin = infergate::admin::start(gw.gateway.clone()).await.unwrap().unwrap();
+    let mut client = http1(admin).await;
+    let list = Request::get("/keys").header("host", "localhost");
+    let (status, _, _) = send(&mut client, list.body(full("")).unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the admin token is required");
+    let list = Request::get("/keys").header("host", "localhost").header("authorization", "Bearer s3cret");
+    let (status, _, body) = send(&mut client, list.body(full("")).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed["keys"][0]["name"], "alice");
+    assert_eq!(listed["keys"][0]["team"], "search");
+    assert_eq!(listed["keys"][0]["models"][0], "glm-*");
+    assert!(!body.contains(&digest(ALICE)) && !body.contains(ALICE), "no secret or digest: {body}");
+    let reload = Request::post("/keys/reload").header("host", "localhost").header("authorization", "Bearer s3cret");
+    let (status, _, body) = send(&mut client, reload.body(full("")).unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn key_new_prints_a_key_that_its_table_admits() {
+    let output = Command::new(env!("CARGO_BIN_EXE_infergate")).args(["key", "new", "ci-bot"]).output().unwrap();
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let secret = printed.lines().find(|line| line.starts_with("ig-")).expect("the secret is printed").to_string();
+    let table = &printed[printed.find("[[api_key]]").expect("the table is printed")..];
+    assert!(table.contains("name = \"ci-bot\"") && !table.contains(&secret), "{table}");
+
+    let backend = Backend::hello().await;
+    let gw = TestGateway::start(&config(&backend.authority(), table)).await;
+    let (status, _, body) = send(&mut http1(gw.addr("127.0.0.1:0")).await, chat(Some(&secret), "bearer", "m")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
