@@ -231,3 +231,21 @@ async fn key_new_prints_a_key_that_its_table_admits() {
     let (status, _, body) = send(&mut http1(gw.addr("127.0.0.1:0")).await, chat(Some(&secret), "bearer", "m")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+#[tokio::test]
+async fn the_keys_example_runs_as_shipped() {
+    let backend = Backend::hello().await;
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/keys.toml")).unwrap();
+    let example = example.replace("127.0.0.1:8080", &backend.authority()).replace("127.0.0.1:8000", "127.0.0.1:0");
+    let gw = TestGateway::start(&example).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let search = "ig-example-search-app-key";
+    assert_eq!(send(&mut http1(addr).await, chat(Some(search), "bearer", "glm-4v-flash")).await.0, StatusCode::OK);
+    assert_eq!(
+        send(&mut http1(addr).await, chat(Some("ig-example-batch-key"), "x-api-key", "any")).await.0,
+        StatusCode::OK
+    );
+    let (status, _, body) = send(&mut http1(addr).await, chat(Some(search), "bearer", "qwen2-vl")).await;
+    assert_eq!((status, error_code(&body).as_str()), (StatusCode::FORBIDDEN, "model_not_allowed"));
+    assert_eq!(send(&mut http1(addr).await, chat(None, "bearer", "glm-4v-flash")).await.0, StatusCode::UNAUTHORIZED);
+}
