@@ -249,3 +249,27 @@ async fn the_keys_example_runs_as_shipped() {
     assert_eq!((status, error_code(&body).as_str()), (StatusCode::FORBIDDEN, "model_not_allowed"));
     assert_eq!(send(&mut http1(addr).await, chat(None, "bearer", "glm-4v-flash")).await.0, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the openai Python SDK: scripts/test.sh sets it up and runs this"]
+async fn the_official_openai_sdk_sees_openais_errors_for_keys() {
+    use infergate::sim::engine::LatencyModel;
+    use infergate::sim::{Sim, SimOptions};
+    let model = LatencyModel { prefill_base_ms: 1.0, decode_ms: 1.0, ..LatencyModel::default() };
+    let sim = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
+    let keys = [key("app", ALICE, ""), key("limited", BOB, "rate = \"1r/m\"")].join("\n");
+    let gw = TestGateway::start(&config(&sim.addr.to_string(), &keys)).await;
+    let base = format!("http://{}/v1", gw.addr("127.0.0.1:0"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_sdk_keys.py");
+    // The interpreter of scripts/test.sh's virtual environment, where the SDK is installed.
+    let python = std::env::var("INFERGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = tokio::process::Command::new(&python)
+        .args([script, &base, ALICE, BOB])
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {python} (scripts/test.sh sets up a Python with the SDK): {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "openai SDK check failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("openai SDK with keys: ok"));
+}
