@@ -162,6 +162,18 @@ pub(crate) enum GatewayError {
         /// Seconds until the request would fit the limit.
         retry_after_secs: u64,
     },
+    /// The request's key has not enough tokens left in a budget for this request's estimate.
+    #[error("the API key's token budget is spent for now; retry after {retry_after_secs} s")]
+    TokensExceeded {
+        /// Seconds until the estimate fits.
+        retry_after_secs: u64,
+    },
+    /// The request's estimate alone is larger than a budget of its key.
+    #[error("the request's estimated {tokens} tokens are more than the API key's whole budget")]
+    RequestTooLargeForBudget {
+        /// The estimate: prompt and the output it may ask for.
+        tokens: u64,
+    },
     /// An authenticated location refused the request's key.
     #[error("{}", .0.message())]
     KeyRefused(KeyRefusal),
@@ -189,6 +201,9 @@ impl GatewayError {
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::Overloaded(_) | GatewayError::NoHealthyServer => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::RateLimited { status, .. } => *status,
+            GatewayError::TokensExceeded { .. } | GatewayError::RequestTooLargeForBudget { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::KeyRefused(KeyRefusal::Missing | KeyRefusal::Unknown) => StatusCode::UNAUTHORIZED,
             GatewayError::KeyRefused(_) => StatusCode::FORBIDDEN,
         }
@@ -216,6 +231,9 @@ impl GatewayError {
             GatewayError::Overloaded(Rejection::QueueTimeout { .. }) => ("server_error", "queue_timeout"),
             GatewayError::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
             GatewayError::NoHealthyServer => ("server_error", "no_healthy_server"),
+            GatewayError::TokensExceeded { .. } | GatewayError::RequestTooLargeForBudget { .. } => {
+                ("tokens", "rate_limit_exceeded")
+            }
             GatewayError::KeyRefused(KeyRefusal::Missing | KeyRefusal::Unknown) => {
                 ("invalid_request_error", "invalid_api_key")
             }
@@ -235,6 +253,7 @@ impl GatewayError {
                 Rejection::QueueFull { retry_after } | Rejection::QueueTimeout { retry_after },
             ) => Some(*retry_after),
             GatewayError::RateLimited { retry_after_secs, .. } => Some(*retry_after_secs),
+            GatewayError::TokensExceeded { retry_after_secs } => Some(*retry_after_secs),
             GatewayError::NoHealthyServer => Some(1),
             _ => None,
         };

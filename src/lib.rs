@@ -15,6 +15,7 @@ mod canary;
 mod client;
 mod compress;
 pub mod config;
+mod cost;
 mod error;
 pub mod error_log;
 #[cfg(test)]

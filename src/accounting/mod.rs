@@ -8,6 +8,7 @@
 pub(crate) mod access_log;
 
 use crate::client::ClientInfo;
+use crate::cost;
 use crate::error::BoxError;
 use crate::error::{ErrorCode, StreamTimedOut};
 use crate::metrics::LocationMetrics;
@@ -228,7 +229,7 @@ impl Record {
             stream.first_token = Some(now.duration_since(started));
         }
         stream.last_event = Some(now);
-        if let Some(tokens) = completion_tokens(data) {
+        if let Some(tokens) = cost::usage_field(data, cost::COMPLETION_TOKENS) {
             stream.output_tokens = Some(tokens);
         }
     }
@@ -236,15 +237,6 @@ impl Record {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|window| window == needle)
-}
-
-/// `"completion_tokens": N` in an OpenAI `usage` object.
-fn completion_tokens(data: &[u8]) -> Option<u64> {
-    const KEY: &[u8] = b"\"completion_tokens\":";
-    let at = data.windows(KEY.len()).position(|window| window == KEY)? + KEY.len();
-    let digits: Vec<u8> =
-        data[at..].iter().skip_while(|b| b.is_ascii_whitespace()).take_while(|b| b.is_ascii_digit()).copied().collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
 /// A request being accounted: created with the request, routed to its location's account, and
@@ -430,7 +422,10 @@ mod tests {
     #[test]
     fn usage_reports_completion_tokens() {
         let chunk = br#"data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens": 42,"total_tokens":51}}"#;
-        assert_eq!(completion_tokens(chunk), Some(42));
-        assert_eq!(completion_tokens(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}"), None);
+        assert_eq!(cost::usage_field(chunk, cost::COMPLETION_TOKENS), Some(42));
+        assert_eq!(
+            cost::usage_field(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}", cost::COMPLETION_TOKENS),
+            None
+        );
     }
 }

@@ -65,8 +65,22 @@ impl ModelRouter {
         inference: Inference,
     ) -> Result<Response<Proxied>, GatewayError> {
         let (head, body, model) = read_model(request, self.limits).await?;
-        let upstream =
-            self.routes.get(&model).ok_or_else(|| GatewayError::UnknownModel { model, known: self.known.clone() })?;
+        self.route(head, body, &model, client, inference).await
+    }
+
+    /// Forwards a request whose body (naming `model`) was read already.
+    pub(crate) async fn route(
+        &self,
+        head: ClientRequest,
+        body: Bytes,
+        model: &str,
+        client: &ClientInfo,
+        inference: Inference,
+    ) -> Result<Response<Proxied>, GatewayError> {
+        let upstream = self
+            .routes
+            .get(model)
+            .ok_or_else(|| GatewayError::UnknownModel { model: model.to_string(), known: self.known.clone() })?;
         // A request naming a model is a generation, unless the location says otherwise.
         let inference = head.method() == Method::POST && inference != Inference::Never;
         proxy::forward_buffered(head, body, client, upstream, inference).await

@@ -441,6 +441,10 @@ pub(crate) struct ApiKeyConfig {
     pub(crate) burst: u64,
     /// Requests in flight at once (default unlimited).
     pub(crate) max_concurrent: Option<usize>,
+    /// Tokens (prompt and completion) per minute, refilled continuously (default unlimited).
+    pub(crate) tokens_per_minute: Option<u64>,
+    /// Tokens per day, refilled continuously (default unlimited).
+    pub(crate) tokens_per_day: Option<u64>,
     /// Its place in an upstream's admission queue: `"high"`, `"normal"` (default) or `"low"`.
     #[serde(default)]
     pub(crate) priority: KeyPriority,

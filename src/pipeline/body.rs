@@ -5,6 +5,7 @@
 use crate::accounting::{TrackedBody, UpstreamInfo};
 use crate::compress::CompressedBody;
 use crate::error::BoxError;
+use crate::keys::meter::Metered;
 use crate::proxy::UpstreamBody;
 use crate::static_files::FileBody;
 use bytes::Bytes;
@@ -29,6 +30,8 @@ pub(crate) enum ResponseBody {
     Compressed { inner: Box<CompressedBody<ResponseBody>> },
     /// A static file, read as the client takes it.
     File { inner: Box<FileBody> },
+    /// A body whose tokens settle its API key's reservation when it ends.
+    Metered { inner: Box<Metered<ResponseBody>> },
 }
 
 impl ResponseBody {
@@ -38,6 +41,7 @@ impl ResponseBody {
             ResponseBody::Upstream { inner } => inner.info(),
             ResponseBody::Compressed { inner } => inner.source().upstream_info(),
             ResponseBody::Tracked { inner } => inner.source().upstream_info(),
+            ResponseBody::Metered { inner } => inner.source().upstream_info(),
             ResponseBody::Empty | ResponseBody::Full { .. } | ResponseBody::File { .. } => None,
         }
     }
@@ -45,6 +49,11 @@ impl ResponseBody {
     /// A body whose end is accounted.
     pub(crate) fn tracked(body: Box<TrackedBody<ResponseBody>>) -> Self {
         ResponseBody::Tracked { inner: body }
+    }
+
+    /// A body metered for its API key's token budgets.
+    pub(crate) fn metered(body: Metered<ResponseBody>) -> Self {
+        ResponseBody::Metered { inner: Box::new(body) }
     }
 
     /// A static file's body, or none.
@@ -86,6 +95,7 @@ impl Body for ResponseBody {
             ResponseBody::Tracked { inner } => Pin::new(&mut **inner).poll_frame(cx),
             ResponseBody::Compressed { inner } => Pin::new(&mut **inner).poll_frame(cx),
             ResponseBody::File { inner } => Pin::new(&mut **inner).poll_frame(cx),
+            ResponseBody::Metered { inner } => Pin::new(&mut **inner).poll_frame(cx),
         }
     }
 
@@ -97,6 +107,7 @@ impl Body for ResponseBody {
             ResponseBody::Tracked { inner } => inner.is_end_stream(),
             ResponseBody::Compressed { inner } => inner.is_end_stream(),
             ResponseBody::File { inner } => inner.is_end_stream(),
+            ResponseBody::Metered { inner } => inner.is_end_stream(),
         }
     }
 
@@ -108,6 +119,7 @@ impl Body for ResponseBody {
             ResponseBody::Tracked { inner } => inner.size_hint(),
             ResponseBody::Compressed { .. } => SizeHint::default(),
             ResponseBody::File { inner } => inner.size_hint(),
+            ResponseBody::Metered { inner } => inner.size_hint(),
         }
     }
 }

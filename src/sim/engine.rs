@@ -65,11 +65,6 @@ impl LatencyModel {
     }
 }
 
-/// Image tokens for a `width` x `height` image: 14-pixel patches merged 2x2, so one token per 28x28.
-pub(crate) fn image_tokens(width: usize, height: usize) -> u32 {
-    u32::try_from((width / 28).max(1) * (height / 28).max(1)).unwrap_or(u32::MAX)
-}
-
 /// Counters the tests and the bench read from `GET /stats`.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
@@ -187,7 +182,7 @@ mod tests {
     fn defaults_match_the_seed() {
         let model = LatencyModel::default();
         assert!(model.prefill(64, 0) < Duration::from_millis(200), "text first token under 200 ms");
-        let big = model.prefill(32, image_tokens(1024, 1024));
+        let big = model.prefill(32, crate::cost::image_tokens(1024, 1024));
         assert!((1100..=1300).contains(&big.as_millis()), "1024x1024 about 1.2 s, got {big:?}");
         let eight = model.decode_interval(8).as_secs_f64() / model.decode_interval(1).as_secs_f64();
         assert!((1.1..1.3).contains(&eight), "8 streams cost ~20 % more per token");
@@ -195,13 +190,6 @@ mod tests {
         let per_request = model.prefill(20, 0) + model.decode_interval(8) * 32;
         let rps = 8.0 / per_request.as_secs_f64();
         assert!((7.0..=10.5).contains(&rps), "{rps} requests/s");
-    }
-
-    #[test]
-    fn image_tokens_follow_the_28_pixel_grid() {
-        assert_eq!(image_tokens(448, 448), 256);
-        assert_eq!(image_tokens(1024, 1024), 1296);
-        assert_eq!(image_tokens(10, 10), 1);
     }
 
     #[tokio::test(start_paused = true)]

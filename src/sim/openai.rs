@@ -1,8 +1,8 @@
 //! OpenAI's chat completion shapes, as vLLM and SGLang serve them: reading a request (text and
 //! `image_url` parts) and writing responses and SSE chunks.
 
-use super::engine::{image_tokens, LatencyModel};
-use base64::Engine as _;
+use super::engine::LatencyModel;
+use crate::cost;
 use serde_json::{json, Value};
 
 /// What the latency model needs from a chat request.
@@ -24,73 +24,18 @@ pub(crate) struct ChatRequest {
     pub(crate) image_tokens: u32,
 }
 
-/// Images given by http(s) URL are counted as this size, never fetched.
-const REMOTE_IMAGE_SIDE: usize = 448;
-
 /// Reads an OpenAI chat completion body; errors say what is wrong for a 400.
 pub(crate) fn parse_chat(body: &[u8], model: &LatencyModel, default_model: &str) -> Result<ChatRequest, String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
-    let object = value.as_object().ok_or("the body must be a JSON object")?;
-    let messages = object.get("messages").and_then(Value::as_array).ok_or("`messages` must be an array")?;
-    if messages.is_empty() {
-        return Err("`messages` must not be empty".into());
-    }
-    let (mut text_chars, mut images) = (0usize, 0u32);
-    for (i, message) in messages.iter().enumerate() {
-        message.get("role").and_then(Value::as_str).ok_or_else(|| format!("messages[{i}].role must be a string"))?;
-        match message.get("content") {
-            Some(Value::String(text)) => text_chars += text.chars().count(),
-            Some(Value::Array(parts)) => {
-                for (j, part) in parts.iter().enumerate() {
-                    match part.get("type").and_then(Value::as_str) {
-                        Some("text") => {
-                            text_chars += part.get("text").and_then(Value::as_str).map_or(0, |t| t.chars().count())
-                        }
-                        Some("image_url") => {
-                            let url = part
-                                .get("image_url")
-                                .and_then(|u| u.get("url").or(Some(u)))
-                                .and_then(Value::as_str)
-                                .ok_or_else(|| format!("messages[{i}].content[{j}].image_url.url must be a string"))?;
-                            images = images.saturating_add(
-                                image_url_tokens(url).map_err(|e| format!("messages[{i}].content[{j}]: {e}"))?,
-                            );
-                        }
-                        _ => return Err(format!("messages[{i}].content[{j}].type must be \"text\" or \"image_url\"")),
-                    }
-                }
-            }
-            Some(Value::Null) | None => {}
-            Some(_) => return Err(format!("messages[{i}].content must be a string or an array of parts")),
-        }
-    }
-    let requested = object.get("max_completion_tokens").or_else(|| object.get("max_tokens")).and_then(Value::as_u64);
-    let stream = object.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage =
-        object.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
+    let (object, cost) = cost::read_chat(body)?;
     Ok(ChatRequest {
         model: object.get("model").and_then(Value::as_str).unwrap_or(default_model).to_string(),
-        stream,
-        include_usage,
-        max_tokens: requested.map_or(model.default_max_tokens, |n| u32::try_from(n).unwrap_or(u32::MAX)).max(1),
-        limited: requested.is_some(),
-        text_tokens: u32::try_from(text_chars.div_ceil(4)).unwrap_or(u32::MAX).max(1),
-        image_tokens: images,
+        stream: cost.stream,
+        include_usage: cost.include_usage,
+        max_tokens: cost.max_tokens.unwrap_or(model.default_max_tokens).max(1),
+        limited: cost.max_tokens.is_some(),
+        text_tokens: cost.text_tokens,
+        image_tokens: cost.image_tokens,
     })
-}
-
-/// Image tokens of a `data:` URL (size read from the decoded image header) or a remote URL.
-fn image_url_tokens(url: &str) -> Result<u32, String> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        return Ok(image_tokens(REMOTE_IMAGE_SIDE, REMOTE_IMAGE_SIDE));
-    }
-    let data = url.strip_prefix("data:").ok_or("image_url must be a data: URL or an http(s) URL")?;
-    let (_, encoded) = data.split_once(";base64,").ok_or("data: URL must be base64-encoded")?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .map_err(|e| format!("invalid base64 image: {e}"))?;
-    let size = imagesize::blob_size(&bytes).map_err(|e| format!("unreadable image: {e}"))?;
-    Ok(image_tokens(size.width, size.height))
 }
 
 /// The words the simulated model says, one per token.
@@ -186,6 +131,7 @@ pub(crate) fn error(message: &str, kind: &str, code: u16) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     fn png(width: u32, height: u32) -> String {
         // A PNG signature and IHDR chunk are all imagesize reads.

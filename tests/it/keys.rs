@@ -273,3 +273,79 @@ async fn the_official_openai_sdk_sees_openais_errors_for_keys() {
     assert!(output.status.success(), "openai SDK check failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("openai SDK with keys: ok"));
 }
+
+/// A chat request for the sim, its own `max_tokens`, streamed or not.
+fn sim_chat(secret: &str, max_tokens: u32, stream: bool) -> Request<TestBody> {
+    let body = serde_json::json!({"model": "glm-4v-flash", "max_tokens": max_tokens, "stream": stream,
+        "messages": [{"role": "user", "content": "hi"}]});
+    Request::post("/v1/chat/completions")
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {secret}"))
+        .body(full(body.to_string()))
+        .unwrap()
+}
+
+fn remaining_tokens(headers: &http::HeaderMap) -> u64 {
+    headers["x-ratelimit-remaining-tokens"].to_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_budgets_reserve_settle_on_usage_and_refuse_when_spent() {
+    use infergate::sim::engine::LatencyModel;
+    use infergate::sim::{Sim, SimOptions};
+    let model = LatencyModel { prefill_base_ms: 1.0, decode_ms: 20.0, ..LatencyModel::default() };
+    let sim = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
+    // 100 tokens a day: what refills during the test is far below one token.
+    let keys = key("metered", ALICE, "tokens_per_day = 100");
+    let gw = TestGateway::start(&config(&sim.addr.to_string(), &keys)).await;
+    let addr = gw.addr("127.0.0.1:0");
+
+    // "hi" is one prompt token: 1 + 5 reserved, then settled on the sim's usage (1 + 5).
+    let (status, headers, body) = send(&mut http1(addr).await, sim_chat(ALICE, 5, false)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((&headers["x-ratelimit-limit-tokens"], remaining_tokens(&headers)), (&http::HeaderValue::from(100), 94));
+    let usage: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 5);
+
+    // A stream reserves 1 + 30 and ends after its 30 tokens: 31 used.
+    let (status, headers, _) = send(&mut http1(addr).await, sim_chat(ALICE, 30, true)).await;
+    assert_eq!((status, remaining_tokens(&headers)), (StatusCode::OK, 94 - 31));
+
+    // A client that leaves after two tokens of a 40-token stream pays for the prompt and those two.
+    let mut client = http1(addr).await;
+    let response = client.send_request(sim_chat(ALICE, 40, true)).await.unwrap();
+    assert_eq!(remaining_tokens(response.headers()), 63 - 41, "the whole estimate is reserved first");
+    let mut body = response.into_body();
+    let mut deltas = 0;
+    while deltas < 2 {
+        let frame = http_body_util::BodyExt::frame(&mut body).await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(frame.data_ref().unwrap()).into_owned();
+        deltas += text.matches("\"content\":\"").filter(|_| !text.contains("\"content\":\"\"")).count();
+    }
+    drop(body);
+    drop(client);
+    // The gateway closed the stream's request to the model; its reservation is settled by then.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sim.stats()["aborted"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "the model never saw the client leave");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // A request reserving one token shows what is left: 63 - (1 prompt + the 2-4 tokens that passed
+    // the gateway before it saw the close) - 1.
+    let (_, headers, _) = send(&mut http1(addr).await, sim_chat(ALICE, 0, false)).await;
+    let left = remaining_tokens(&headers);
+    assert!((63 - 1 - 4 - 1..=63 - 1 - 2 - 1).contains(&left), "charged the prompt and the tokens received: {left}");
+
+    // More than is left is refused with 429, OpenAI's `tokens` error and when to retry; more than the
+    // whole budget too.
+    let (status, headers, body) = send(&mut http1(addr).await, sim_chat(ALICE, 90, false)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (error["error"]["type"].as_str(), error["error"]["code"].as_str()),
+        (Some("tokens"), Some("rate_limit_exceeded"))
+    );
+    assert!(headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() > 60, "a day's budget refills slowly");
+    let (status, _, body) = send(&mut http1(addr).await, sim_chat(ALICE, 500, false)).await;
+    assert_eq!((status, error_code(&body).as_str()), (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"));
+}

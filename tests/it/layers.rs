@@ -1,6 +1,6 @@
 //! The layers of docs/ARCHITECTURE.md, kept: the picture there is the one table of which module may use
 //! which, and every `crate::` path in `src/` is checked against it. A module may use only those after
-//! it in the picture (read top to bottom, left to right); the modules beside the gateway use none.
+//! it in the picture (read top to bottom, left to right).
 //!
 //! Written by hand: the import graph of one crate's own modules is a few lines of text scanning, and
 //! no maintained crate checks imports against a layer table.
@@ -8,37 +8,29 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// The modules in the picture's order, and those drawn beside the gateway.
+/// The modules in the picture's order.
 struct Layers {
     order: Vec<String>,
-    beside: Vec<String>,
 }
 
 /// Reads the picture between the `<!-- layers` and `<!-- /layers -->` markers: rows
-/// `│ N label   a · b · c │` (a row without a number continues the one above), then `beside   x`.
+/// `│ N label   a · b · c │` (a row without a number continues the one above).
 fn parse_layers(doc: &str) -> Layers {
     let start = doc.find("<!-- layers").expect("docs/ARCHITECTURE.md has a layers picture");
     let end = doc[start..].find("<!-- /layers -->").expect("the layers picture ends") + start;
-    let mut layers = Layers { order: Vec::new(), beside: Vec::new() };
+    let mut layers = Layers { order: Vec::new() };
     for line in doc[start..end].lines() {
+        if !line.trim_start().starts_with('│') {
+            continue;
+        }
         let text = line.trim().trim_matches(|c| "│┌┐└┘├┤─`".contains(c)).trim();
         let mut words = text.split_whitespace().peekable();
-        let into_beside = match words.peek() {
-            Some(&"beside") => true,
-            Some(word) if word.starts_with(|c: char| c.is_ascii_digit()) => {
-                words.next();
-                words.next();
-                false
-            }
-            Some(_) if !layers.order.is_empty() && line.trim_start().starts_with('│') => false,
-            _ => continue,
-        };
-        let modules = words.filter(|word| *word != "·" && *word != "beside").map(str::to_string);
-        if into_beside {
-            layers.beside.extend(modules);
-        } else {
-            layers.order.extend(modules);
+        if words.peek().is_some_and(|word| word.starts_with(|c: char| c.is_ascii_digit())) {
+            // The layer's number and label.
+            words.next();
+            words.next();
         }
+        layers.order.extend(words.filter(|word| *word != "·").map(str::to_string));
     }
     layers
 }
@@ -100,8 +92,7 @@ fn violations(sources: &[(String, String)], layers: &Layers) -> Vec<String> {
     let mut found = Vec::new();
     for (path, text) in sources {
         let Some(module) = module_of(path) else { continue };
-        let beside = layers.beside.iter().any(|m| m == module);
-        let Some(&own) = position.get(module).filter(|_| !beside).or(beside.then_some(&usize::MAX)) else {
+        let Some(&own) = position.get(module) else {
             found.push(format!("{path}: module `{module}` is not in the layers picture of docs/ARCHITECTURE.md"));
             continue;
         };
@@ -109,7 +100,7 @@ fn violations(sources: &[(String, String)], layers: &Layers) -> Vec<String> {
             if used == module {
                 continue;
             }
-            let allowed = !beside && position.get(used.as_str()).is_some_and(|&theirs| theirs > own);
+            let allowed = position.get(used.as_str()).is_some_and(|&theirs| theirs > own);
             if !allowed {
                 found.push(format!(
                     "{path}:{line}: `{module}` uses `{used}`, which is not after it in docs/ARCHITECTURE.md's layers"
@@ -163,7 +154,7 @@ fn every_module_uses_only_the_layers_after_it() {
 fn the_picture_places_every_module_once() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let layers = project_layers();
-    let mut placed: Vec<String> = layers.order.iter().chain(&layers.beside).cloned().collect();
+    let mut placed = layers.order.clone();
     placed.sort();
     let mut declared = declared_modules(&std::fs::read_to_string(root.join("src/lib.rs")).unwrap());
     declared.sort();
@@ -181,7 +172,7 @@ fn a_wrong_import_is_reported_with_its_place() {
         ),
         source("src/upstream/extra.rs", "use crate::{\n    config::Balance,\n    pipeline::ResponseBody,\n};\n"),
         source("src/metrics/extra.rs", "fn f() { let _ = crate::accounting::BodyEnd::Complete; }\n"),
-        source("src/sim/extra.rs", "use crate::error::GatewayError;\n"),
+        source("src/template.rs", "use crate::uri::normalize_path;\n"),
         source("src/newcomer.rs", "use crate::error::GatewayError;\n"),
     ];
     let found = violations(&wrong, &layers);
@@ -191,7 +182,7 @@ fn a_wrong_import_is_reported_with_its_place() {
             "src/wire/extra.rs:4: `wire` uses `proxy`, which is not after it in docs/ARCHITECTURE.md's layers",
             "src/upstream/extra.rs:1: `upstream` uses `pipeline`, which is not after it in docs/ARCHITECTURE.md's layers",
             "src/metrics/extra.rs:1: `metrics` uses `accounting`, which is not after it in docs/ARCHITECTURE.md's layers",
-            "src/sim/extra.rs:1: `sim` uses `error`, which is not after it in docs/ARCHITECTURE.md's layers",
+            "src/template.rs:1: `template` uses `uri`, which is not after it in docs/ARCHITECTURE.md's layers",
             "src/newcomer.rs: module `newcomer` is not in the layers picture of docs/ARCHITECTURE.md",
         ]
     );
@@ -210,5 +201,5 @@ fn the_picture_reads_in_order() {
     assert_eq!(layers.order.first().map(String::as_str), Some("admin"));
     assert!(at("server") < at("pipeline") && at("pipeline") < at("runtime") && at("runtime") < at("proxy"));
     assert!(at("metrics") < at("error_log") && at("error_log") < at("config") && at("config") < at("client"));
-    assert_eq!(layers.beside, ["sim"]);
+    assert_eq!(layers.order.last().map(String::as_str), Some("fuzzing"));
 }

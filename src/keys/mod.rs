@@ -8,6 +8,9 @@
 //! The store is built at config load; a reload builds a new one, and a key that stays (same name and
 //! digest) keeps its rate and concurrency counts, so adding or revoking keys drops no request.
 
+pub(crate) mod budget;
+pub(crate) mod meter;
+
 use crate::config::{parse_rate, parse_sha256, parse_time, ApiKeyConfig, KeyPriority, ZoneKey};
 use crate::error::{GatewayError, KeyRefusal};
 use crate::policy::connlimit::ConnCounter;
@@ -16,6 +19,7 @@ use crate::policy::{self, ConnLimit, RateLimit};
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::digest::{digest, SHA256};
 use http::{HeaderMap, StatusCode};
+use meter::KeyBudgets;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -41,6 +45,8 @@ pub(crate) struct ApiKey {
     pub(crate) expires: Option<SystemTime>,
     /// Refused while true.
     pub(crate) disabled: bool,
+    /// Its token budgets, if it has any.
+    pub(crate) budgets: Option<Arc<KeyBudgets>>,
 }
 
 impl ApiKey {
@@ -49,9 +55,10 @@ impl ApiKey {
         self.models.iter().any(|pattern| glob_matches(pattern, model))
     }
 
-    /// Whether a model restriction applies at all (a key for every model needs no body read).
-    pub(crate) fn restricts_models(&self) -> bool {
-        !self.models.iter().any(|pattern| pattern == "*")
+    /// Whether its requests' bodies are read before they are forwarded: for the model they name
+    /// (a key limited to some models) or the tokens they may cost (a key with budgets).
+    pub(crate) fn reads_body(&self) -> bool {
+        self.budgets.is_some() || !self.models.iter().any(|pattern| pattern == "*")
     }
 }
 
@@ -124,6 +131,10 @@ impl KeyStore {
                 client_priority: config.client_priority,
                 expires: config.expires.as_ref().and_then(|e| parse_time(e.get_ref())),
                 disabled: config.disabled,
+                budgets: kept
+                    .and_then(|k| k.budgets.clone())
+                    .filter(|b| b.same_limits(config.tokens_per_minute, config.tokens_per_day))
+                    .or_else(|| KeyBudgets::new(config.tokens_per_minute, config.tokens_per_day).map(Arc::new)),
             });
             store.by_prefix.entry(prefix(&digest)).or_default().push(key.clone());
             store.keys.push(key);
@@ -233,6 +244,7 @@ mod tests {
             client_priority: false,
             expires,
             disabled,
+            budgets: None,
         }
     }
 
@@ -270,7 +282,7 @@ mod tests {
         ] {
             assert_eq!(glob_matches(pattern, name), matches, "{pattern} ~ {name}");
         }
-        assert!(key.restricts_models());
+        assert!(key.reads_body());
     }
 
     #[test]
