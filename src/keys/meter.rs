@@ -2,7 +2,9 @@
 //! estimate up front (`KeyBudgets::reserve`); its response body is wrapped in a `Metered` body that
 //! reads the backend's `usage` as it passes (a JSON answer's, or a stream's last chunk) and, when the
 //! body ends or is dropped, settles the reservation with what was used: the backend's prompt and
-//! completion tokens; without them, the prompt estimate and the tokens the client received.
+//! completion tokens; without them, the prompt estimate and the tokens the client received. A stream
+//! whose client did not ask for its usage is asked for it (`stream_options.include_usage`), and the
+//! usage chunk the client did not ask for is taken out of what it receives.
 
 use super::budget::{Bucket, Shortfall};
 use crate::cost::{self, COMPLETION_TOKENS, PROMPT_TOKENS};
@@ -140,6 +142,8 @@ pub(crate) struct Metered<B> {
     completion: Option<u64>,
     /// Content deltas of an event stream received so far: the tokens a client that left received.
     received: u64,
+    /// The usage chunk is the gateway's, not the client's: it is taken out of the stream.
+    strip_usage: bool,
     /// The end of the previous frame, so a `usage` field split across two frames is still read.
     tail: Vec<u8>,
 }
@@ -150,7 +154,21 @@ const TAIL: usize = 48;
 impl<B> Metered<B> {
     /// `inner`, settling `reservation` when it ends.
     pub(crate) fn new(inner: B, reservation: Reservation) -> Metered<B> {
-        Metered { inner, reservation: Some(reservation), prompt: None, completion: None, received: 0, tail: Vec::new() }
+        Metered {
+            inner,
+            reservation: Some(reservation),
+            prompt: None,
+            completion: None,
+            received: 0,
+            strip_usage: false,
+            tail: Vec::new(),
+        }
+    }
+
+    /// Takes the stream's usage chunk out of what the client receives (the gateway asked for it).
+    pub(crate) fn stripping_usage(mut self, strip: bool) -> Metered<B> {
+        self.strip_usage = strip;
+        self
     }
 
     /// The body being metered.
@@ -179,6 +197,47 @@ impl<B> Metered<B> {
     }
 }
 
+/// A chat request's body asking for its stream's usage (`stream_options.include_usage`), when it
+/// streams without asking; `None` when it needs no change (not a stream, asked already, not JSON).
+pub(crate) fn asking_for_usage(body: &[u8]) -> Option<Bytes> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let object = value.as_object_mut()?;
+    if object.get("stream").and_then(serde_json::Value::as_bool) != Some(true) {
+        return None;
+    }
+    let options = object.entry("stream_options").or_insert_with(|| serde_json::json!({}));
+    let options = options.as_object_mut()?;
+    if options.get("include_usage").and_then(serde_json::Value::as_bool) == Some(true) {
+        return None;
+    }
+    options.insert("include_usage".into(), serde_json::Value::Bool(true));
+    serde_json::to_vec(&value).ok().map(Bytes::from)
+}
+
+/// `data` without its usage-only SSE events (`"choices":[]` with a `usage`); only a frame that has
+/// one is copied. An event split across frames is passed on as it is.
+fn without_usage_events(data: Bytes) -> Bytes {
+    if !contains(&data, b"\"choices\":[]") {
+        return data;
+    }
+    let mut kept = Vec::with_capacity(data.len());
+    let mut rest = &data[..];
+    while !rest.is_empty() {
+        let end = rest.windows(2).position(|w| w == b"\n\n").map_or(rest.len(), |at| at + 2);
+        let (event, after) = rest.split_at(end);
+        let usage_only = contains(event, b"\"choices\":[]") && contains(event, PROMPT_TOKENS);
+        if !usage_only {
+            kept.extend_from_slice(event);
+        }
+        rest = after;
+    }
+    Bytes::from(kept)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle)
+}
+
 fn count(haystack: &[u8], needle: &[u8]) -> u64 {
     haystack.windows(needle.len()).filter(|window| *window == needle).count() as u64
 }
@@ -189,13 +248,20 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for Metered<B> {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let polled = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let Some(Ok(frame)) = &polled {
-            if let Some(data) = frame.data_ref() {
-                this.observe(data);
+        loop {
+            let polled = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+            let Some(Ok(frame)) = polled else { return Poll::Ready(polled) };
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => return Poll::Ready(Some(Ok(frame))),
+            };
+            this.observe(&data);
+            let data = if this.strip_usage { without_usage_events(data) } else { data };
+            // A frame that held only the usage chunk is not sent at all.
+            if !data.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
             }
         }
-        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -255,6 +321,20 @@ mod tests {
         metered.frame().await.unwrap().unwrap();
         drop(metered);
         assert_eq!(remaining(&budgets), 10_000 - 42 - 22);
+    }
+
+    #[test]
+    fn a_stream_is_asked_for_its_usage_and_the_chunk_taken_out() {
+        let asked = asking_for_usage(br#"{"stream":true,"messages":[]}"#).unwrap();
+        let asked: serde_json::Value = serde_json::from_slice(&asked).unwrap();
+        assert_eq!(asked["stream_options"]["include_usage"], true);
+        assert!(asking_for_usage(br#"{"stream":true,"stream_options":{"include_usage":true}}"#).is_none());
+        assert!(asking_for_usage(br#"{"stream":false}"#).is_none());
+        let end = "data: {\"choices\":[{\"finish_reason\":\"length\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
+        let kept = without_usage_events(Bytes::from(end));
+        assert_eq!(&kept[..], b"data: {\"choices\":[{\"finish_reason\":\"length\"}]}\n\ndata: [DONE]\n\n");
+        let plain = Bytes::from_static(b"data: {\"choices\":[{\"delta\":{}}]}\n\n");
+        assert_eq!(without_usage_events(plain.clone()), plain);
     }
 
     #[tokio::test(start_paused = true)]

@@ -26,7 +26,7 @@ use crate::client::{ClientBody, ClientRequest};
 use crate::compress::RequestCodings;
 use crate::error::ErrorFormat;
 use crate::error::GatewayError;
-use crate::keys::meter::Metered;
+use crate::keys::meter::{self, Metered};
 use crate::keys::Caller;
 use crate::policy;
 use crate::policy::connlimit::ConnGuard;
@@ -212,11 +212,17 @@ async fn read_first(
     request: ClientRequest,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let key = request.extensions().get::<Caller>().map(|caller| caller.0.clone());
-    let (head, body, model) = ai::read_model(request, location.body).await?;
+    let (head, mut body, model) = ai::read_model(request, location.body).await?;
     let reservation = match key.as_ref().and_then(|key| key.budgets.as_ref()) {
         Some(budgets) => Some(budgets.reserve_for(&body)?),
         None => None,
     };
+    // A budgeted stream settles on the backend's own usage: asked for when the client did not ask.
+    let asked = reservation.as_ref().and_then(|_| meter::asking_for_usage(&body));
+    let strip_usage = asked.is_some();
+    if let Some(asked) = asked {
+        body = asked;
+    }
     let response = match &location.handler {
         Handler::Models(router) => router.route(head, body, &model, client, location.inference).await?,
         _ => {
@@ -228,7 +234,9 @@ async fn read_first(
     };
     let response = proxied(response);
     Ok(match reservation {
-        Some(reservation) => response.map(|body| ResponseBody::metered(Metered::new(body, reservation))),
+        Some(reservation) => {
+            response.map(|body| ResponseBody::metered(Metered::new(body, reservation).stripping_usage(strip_usage)))
+        }
         None => response,
     })
 }

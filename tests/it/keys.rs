@@ -307,14 +307,26 @@ async fn token_budgets_reserve_settle_on_usage_and_refuse_when_spent() {
     let usage: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(usage["usage"]["completion_tokens"], 5);
 
-    // A stream reserves 1 + 30 and ends after its 30 tokens: 31 used.
-    let (status, headers, _) = send(&mut http1(addr).await, sim_chat(ALICE, 30, true)).await;
+    // A stream reserves 1 + 30 and ends after its 30 tokens: 31 used. The gateway asked the model for
+    // the usage the client did not ask for, and took that chunk out of what the client received.
+    let (status, headers, text) = send(&mut http1(addr).await, sim_chat(ALICE, 30, true)).await;
     assert_eq!((status, remaining_tokens(&headers)), (StatusCode::OK, 94 - 31));
+    // (Its chunks say `"usage":null`, as they do for a client that asks.)
+    assert!(text.ends_with("data: [DONE]\n\n") && !text.contains("\"usage\":{"), "{text}");
+    let asked = serde_json::json!({"model": "m", "max_tokens": 2, "stream": true,
+        "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "hi"}]});
+    let mut request = sim_chat(ALICE, 2, true);
+    *request.body_mut() = full(asked.to_string());
+    let (_, headers, text) = send(&mut http1(addr).await, request).await;
+    assert!(text.contains("\"usage\":{"), "a client that asked gets its usage chunk: {text}");
+    assert_eq!(remaining_tokens(&headers), 63 - 3, "31 settled exactly on the model's usage");
+    let (_, headers, _) = send(&mut http1(addr).await, sim_chat(ALICE, 0, false)).await;
+    assert_eq!(remaining_tokens(&headers), 60 - 1, "and this stream's 3 too");
 
     // A client that leaves after two tokens of a 40-token stream pays for the prompt and those two.
     let mut client = http1(addr).await;
     let response = client.send_request(sim_chat(ALICE, 40, true)).await.unwrap();
-    assert_eq!(remaining_tokens(response.headers()), 63 - 41, "the whole estimate is reserved first");
+    assert_eq!(remaining_tokens(response.headers()), 58 - 41, "the whole estimate is reserved first");
     let mut body = response.into_body();
     let mut deltas = 0;
     while deltas < 2 {
@@ -330,11 +342,11 @@ async fn token_budgets_reserve_settle_on_usage_and_refuse_when_spent() {
         assert!(std::time::Instant::now() < deadline, "the model never saw the client leave");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    // A request reserving one token shows what is left: 63 - (1 prompt + the 2-4 tokens that passed
+    // A request reserving one token shows what is left: 58 - (1 prompt + the 2-4 tokens that passed
     // the gateway before it saw the close) - 1.
     let (_, headers, _) = send(&mut http1(addr).await, sim_chat(ALICE, 0, false)).await;
     let left = remaining_tokens(&headers);
-    assert!((63 - 1 - 4 - 1..=63 - 1 - 2 - 1).contains(&left), "charged the prompt and the tokens received: {left}");
+    assert!((58 - 1 - 4 - 1..=58 - 1 - 2 - 1).contains(&left), "charged the prompt and the tokens received: {left}");
 
     // More than is left is refused with 429, OpenAI's `tokens` error and when to retry; more than the
     // whole budget too.
