@@ -98,7 +98,7 @@ impl KeyBudgets {
 }
 
 /// A duration as OpenAI's `x-ratelimit-reset-*` headers write it: `20ms`, `7s`, `6m0s`.
-fn reset_text(ms: u64) -> String {
+pub(crate) fn reset_text(ms: u64) -> String {
     match ms {
         0..1_000 => format!("{ms}ms"),
         1_000..60_000 => format!("{}s", ms.div_ceil(1000)),

@@ -18,7 +18,7 @@ use crate::policy::ratelimit::{Limit, Zone};
 use crate::policy::{self, ConnLimit, RateLimit};
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::digest::{digest, SHA256};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use meter::KeyBudgets;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,6 +53,22 @@ impl ApiKey {
     /// Whether the key may name `model`.
     pub(crate) fn allows_model(&self, model: &str) -> bool {
         self.models.iter().any(|pattern| glob_matches(pattern, model))
+    }
+
+    /// OpenAI's request headers for an answer to this key, presented as `secret`: its rate per minute,
+    /// the requests it may still send at once, and when that is back to its whole burst. None without
+    /// a `rate`.
+    pub(crate) fn rate_headers(&self, secret: &[u8]) -> Vec<(HeaderName, HeaderValue)> {
+        let Some(limit) = self.limits.first() else { return Vec::new() };
+        let (per_minute, remaining, reset_ms) = limit.zone.standing(secret, limit.limit.burst);
+        let mut headers = vec![
+            (HeaderName::from_static("x-ratelimit-limit-requests"), HeaderValue::from(per_minute)),
+            (HeaderName::from_static("x-ratelimit-remaining-requests"), HeaderValue::from(remaining)),
+        ];
+        if let Ok(reset) = HeaderValue::try_from(meter::reset_text(reset_ms)) {
+            headers.push((HeaderName::from_static("x-ratelimit-reset-requests"), reset));
+        }
+        headers
     }
 
     /// Whether its requests' bodies are read before they are forwarded: for the model they name

@@ -93,11 +93,19 @@ async fn serve_identified(
     let (mut response, places, caller) = match request_policies(location, client, &mut request).await {
         Ok(places) => {
             let caller = request.extensions().get::<Caller>().cloned();
-            (handle(location, server, client, request).await, places, caller)
+            // Where the key's rate stands once this request counted, for OpenAI's request headers.
+            let rate_headers = caller
+                .as_ref()
+                .zip(policy::api_key(request.headers()))
+                .map(|(caller, secret)| caller.0.rate_headers(secret))
+                .unwrap_or_default();
+            let mut response = handle(location, server, client, request).await;
+            response.headers_mut().extend(rate_headers);
+            (response, places, caller)
         }
         Err(error) => (error.to_response(location.errors).map(ResponseBody::from), Vec::new(), None),
     };
-    // OpenAI's token headers on every answer to a key with budgets.
+    // OpenAI's token headers on every answer to a key with budgets (its request headers are above).
     if let Some(budgets) = caller.as_ref().and_then(|c| c.0.budgets.as_ref()) {
         budgets.headers(response.headers_mut());
     }

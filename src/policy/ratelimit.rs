@@ -92,6 +92,19 @@ impl Zone {
         (Verdict::Accept(delay), Some(KeyState { excess, last_ms }))
     }
 
+    /// Where `key` stands now, for OpenAI's request headers: requests per minute, requests that would
+    /// still pass at once with `burst`, and milliseconds until its excess has drained.
+    pub(crate) fn standing(&self, key: &[u8], burst: u64) -> (u64, u64, u64) {
+        let now_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let excess = self.keys.lock().unwrap_or_else(|p| p.into_inner()).peek(key).map_or(0, |state| {
+            let drained = self.rate_milli.saturating_mul(now_ms.saturating_sub(state.last_ms)) / 1000;
+            state.excess.saturating_sub(drained)
+        });
+        let per_minute = self.rate_milli * 60 / 1000;
+        let remaining = (burst * 1000).saturating_sub(excess) / 1000;
+        (per_minute, remaining, excess.saturating_mul(1000).div_ceil(self.rate_milli))
+    }
+
     /// Stores the state `check` computed for an accepted request.
     pub(crate) fn commit(&self, key: &[u8], state: KeyState) {
         self.keys.lock().unwrap_or_else(|p| p.into_inner()).put(key.into(), state);
@@ -156,6 +169,21 @@ mod tests {
         // at 1000 ok (excess 1000 - 1000 + 1000).
         let verdicts = replay("60r/m", Limit { burst: 1, delay: None }, &[0, 0, 500, 1000]).await;
         assert_eq!(verdicts, vec![Some(0), Some(0), None, Some(0)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keys_standing_counts_down_and_drains() {
+        let zone = Zone::new(parse_rate("60r/m").unwrap(), 10, false);
+        let limit = Limit { burst: 2, delay: None };
+        assert_eq!(zone.standing(b"k", 2), (60, 2, 0), "an unseen key may send its burst");
+        for _ in 0..2 {
+            let (_, state) = zone.check(b"k", limit);
+            zone.commit(b"k", state.unwrap());
+        }
+        // The first request of a key passes without excess; the second leaves 1000 milli-requests.
+        assert_eq!(zone.standing(b"k", 2), (60, 1, 1000));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(zone.standing(b"k", 2), (60, 1, 500));
     }
 
     #[test]

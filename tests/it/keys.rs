@@ -257,14 +257,16 @@ async fn the_official_openai_sdk_sees_openais_errors_for_keys() {
     use infergate::sim::{Sim, SimOptions};
     let model = LatencyModel { prefill_base_ms: 1.0, decode_ms: 1.0, ..LatencyModel::default() };
     let sim = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
-    let keys = [key("app", ALICE, ""), key("limited", BOB, "rate = \"1r/m\"")].join("\n");
+    let keys =
+        [key("app", ALICE, ""), key("limited", BOB, "rate = \"1r/m\""), key("budgeted", CAROL, "tokens_per_day = 20")]
+            .join("\n");
     let gw = TestGateway::start(&config(&sim.addr.to_string(), &keys)).await;
     let base = format!("http://{}/v1", gw.addr("127.0.0.1:0"));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_sdk_keys.py");
     // The interpreter of scripts/test.sh's virtual environment, where the SDK is installed.
     let python = std::env::var("INFERGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let output = tokio::process::Command::new(&python)
-        .args([script, &base, ALICE, BOB])
+        .args([script, &base, ALICE, BOB, CAROL])
         .output()
         .await
         .unwrap_or_else(|e| panic!("cannot run {python} (scripts/test.sh sets up a Python with the SDK): {e}"));
@@ -360,4 +362,24 @@ async fn token_budgets_reserve_settle_on_usage_and_refuse_when_spent() {
     assert!(headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() > 60, "a day's budget refills slowly");
     let (status, _, body) = send(&mut http1(addr).await, sim_chat(ALICE, 500, false)).await;
     assert_eq!((status, error_code(&body).as_str()), (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"));
+}
+
+#[tokio::test]
+async fn a_keys_rate_is_told_in_openais_request_headers() {
+    let backend = Backend::hello().await;
+    let keys = [key("paced", ALICE, "rate = \"6r/m\"\nburst = 2"), key("free", BOB, "")].join("\n");
+    let gw = TestGateway::start(&config(&backend.authority(), &keys)).await;
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let (status, headers, _) = send(&mut client, chat(Some(ALICE), "bearer", "m")).await;
+        assert_eq!((status, &headers["x-ratelimit-limit-requests"]), (StatusCode::OK, &http::HeaderValue::from(6)));
+        remaining.push(headers["x-ratelimit-remaining-requests"].to_str().unwrap().to_string());
+        assert!(headers.contains_key("x-ratelimit-reset-requests"));
+    }
+    assert_eq!(remaining, ["2", "1", "0"], "they count down to the refusal");
+    let (status, _, _) = send(&mut http1(gw.addr("127.0.0.1:0")).await, chat(Some(ALICE), "bearer", "m")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (_, headers, _) = send(&mut client, chat(Some(BOB), "bearer", "m")).await;
+    assert!(!headers.contains_key("x-ratelimit-limit-requests"), "a key without a rate has none");
 }
