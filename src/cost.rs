@@ -5,7 +5,7 @@
 //! (token budgets) and the simulated model (its prefill time), so the two agree.
 
 use base64::Engine as _;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// The estimate of one chat completion request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +33,8 @@ impl PromptCost {
 const REMOTE_IMAGE_SIDE: usize = 448;
 
 /// Reads an OpenAI chat completion body and estimates its prompt; errors say what is wrong, for a
-/// 400. Returns the body's object too, for the fields a caller reads besides these.
-pub(crate) fn read_chat(body: &[u8]) -> Result<(Map<String, Value>, PromptCost), String> {
+/// 400. Returns the body's `model` too.
+pub(crate) fn read_chat(body: &[u8]) -> Result<(Option<String>, PromptCost), String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
     let object = value.as_object().ok_or("the body must be a JSON object")?;
     let messages = object.get("messages").and_then(Value::as_array).ok_or("`messages` must be an array")?;
@@ -81,7 +81,7 @@ pub(crate) fn read_chat(body: &[u8]) -> Result<(Map<String, Value>, PromptCost),
         stream,
         include_usage,
     };
-    Ok((object.clone(), cost))
+    Ok((object.get("model").and_then(Value::as_str).map(str::to_string), cost))
 }
 
 /// Image tokens of a `data:` URL (size read from the decoded image header) or a remote URL.
@@ -106,7 +106,7 @@ pub(crate) const PROMPT_TOKENS: &[u8] = b"\"prompt_tokens\":";
 /// The number after `key` (`COMPLETION_TOKENS` or `PROMPT_TOKENS`) in `data`, an SSE event or a JSON
 /// body, if there is one.
 pub(crate) fn usage_field(data: &[u8], key: &[u8]) -> Option<u64> {
-    let at = data.windows(key.len()).position(|window| window == key)? + key.len();
+    let at = memchr::memmem::find(data, key)? + key.len();
     let digits: Vec<u8> =
         data[at..].iter().skip_while(|b| b.is_ascii_whitespace()).take_while(|b| b.is_ascii_digit()).copied().collect();
     std::str::from_utf8(&digits).ok()?.parse().ok()

@@ -77,10 +77,14 @@ impl KeyBudgets {
     /// Reserves what the request with `body` may cost: its prompt and `max_tokens` as `cost` estimates
     /// them for a chat completion; a body that is not one (embeddings) costs its length over four,
     /// with no output.
-    pub(crate) fn reserve_for(self: &Arc<Self>, body: &[u8]) -> Result<Reservation, GatewayError> {
+    /// Also says whether the body is a stream that did not ask for its usage.
+    pub(crate) fn reserve_for(self: &Arc<Self>, body: &[u8]) -> Result<(Reservation, bool), GatewayError> {
         match cost::read_chat(body) {
-            Ok((_, estimate)) => self.reserve(estimate.prompt_tokens(), estimate.max_tokens.map(u64::from)),
-            Err(_) => self.reserve((body.len() as u64).div_ceil(4), Some(0)),
+            Ok((_, estimate)) => {
+                let reservation = self.reserve(estimate.prompt_tokens(), estimate.max_tokens.map(u64::from))?;
+                Ok((reservation, estimate.stream && !estimate.include_usage))
+            }
+            Err(_) => Ok((self.reserve((body.len() as u64).div_ceil(4), Some(0))?, false)),
         }
     }
 
@@ -178,15 +182,22 @@ impl<B> Metered<B> {
 
     fn observe(&mut self, data: &[u8]) {
         self.received += count(data, b"\"content\":\"") - count(data, b"\"content\":\"\"");
-        let mut joined = std::mem::take(&mut self.tail);
-        joined.extend_from_slice(&data[..data.len().min(TAIL)]);
-        for window in [&joined[..], data] {
-            self.prompt = cost::usage_field(window, PROMPT_TOKENS).or(self.prompt);
-            self.completion = cost::usage_field(window, COMPLETION_TOKENS).or(self.completion);
+        if contains(data, b"_tokens\"") {
+            self.prompt = cost::usage_field(data, PROMPT_TOKENS).or(self.prompt);
+            self.completion = cost::usage_field(data, COMPLETION_TOKENS).or(self.completion);
         }
-        joined.clear();
-        joined.extend_from_slice(&data[data.len().saturating_sub(TAIL)..]);
-        self.tail = joined;
+        if !self.tail.is_empty() {
+            // A field split across this frame and the last one.
+            let mut joined = [0u8; 2 * TAIL];
+            let head = &data[..data.len().min(TAIL)];
+            joined[..self.tail.len()].copy_from_slice(&self.tail);
+            joined[self.tail.len()..self.tail.len() + head.len()].copy_from_slice(head);
+            let joined = &joined[..self.tail.len() + head.len()];
+            self.prompt = self.prompt.or_else(|| cost::usage_field(joined, PROMPT_TOKENS));
+            self.completion = self.completion.or_else(|| cost::usage_field(joined, COMPLETION_TOKENS));
+        }
+        self.tail.clear();
+        self.tail.extend_from_slice(&data[data.len().saturating_sub(TAIL)..]);
     }
 
     /// Tokens used: the backend's `usage` when it reported one, else the estimate of the prompt and
@@ -235,11 +246,11 @@ fn without_usage_events(data: Bytes) -> Bytes {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|window| window == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> u64 {
-    haystack.windows(needle.len()).filter(|window| *window == needle).count() as u64
+    memchr::memmem::find_iter(haystack, needle).count() as u64
 }
 
 impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for Metered<B> {

@@ -27,7 +27,7 @@ use crate::compress::RequestCodings;
 use crate::error::ErrorFormat;
 use crate::error::GatewayError;
 use crate::keys::meter::{self, Metered};
-use crate::keys::Caller;
+use crate::keys::{ApiKey, Caller};
 use crate::policy;
 use crate::policy::connlimit::ConnGuard;
 use crate::policy::headers::HeaderEdits;
@@ -91,13 +91,12 @@ async fn serve_identified(
     let mut request = request;
     let codings = location.compress.as_ref().map(|_| RequestCodings::of(&request));
     let (mut response, places, caller) = match request_policies(location, client, &mut request).await {
-        Ok(places) => {
-            let caller = request.extensions().get::<Caller>().cloned();
+        Ok((places, caller)) => {
             // Where the key's rate stands once this request counted, for OpenAI's request headers.
             let rate_headers = caller
                 .as_ref()
                 .zip(policy::api_key(request.headers()))
-                .map(|(caller, secret)| caller.0.rate_headers(secret))
+                .map(|(key, secret)| key.rate_headers(secret))
                 .unwrap_or_default();
             let mut response = handle(location, server, client, request).await;
             response.headers_mut().extend(rate_headers);
@@ -106,7 +105,7 @@ async fn serve_identified(
         Err(error) => (error.to_response(location.errors).map(ResponseBody::from), Vec::new(), None),
     };
     // OpenAI's token headers on every answer to a key with budgets (its request headers are above).
-    if let Some(budgets) = caller.as_ref().and_then(|c| c.0.budgets.as_ref()) {
+    if let Some(budgets) = caller.as_ref().and_then(|key| key.budgets.as_ref()) {
         budgets.headers(response.headers_mut());
     }
     finish(&mut response, &location.response_headers);
@@ -140,31 +139,34 @@ fn route<'a>(server: &'a VirtualServer, request: &Request<ClientBody>) -> Result
 /// body size limit on the declared `Content-Length`, then `proxy_set_header`. A limit may reject (in
 /// the location's error format: 429 and `Retry-After`, or 413 before any byte of the body is read)
 /// or hold the request for its delay; the returned places are held until the response ends. Changes
-/// the request headers `proxy_set_header` names, and puts the key (`keys::Caller`) and its queue
-/// priority in the request's extensions.
+/// the request headers `proxy_set_header` names, and puts the key's queue priority in the request's
+/// extensions (and the key itself, `keys::Caller`, when its body is to be read). Returns the places
+/// and the key.
 async fn request_policies(
     location: &Location,
     client: &ClientInfo,
     request: &mut Request<ClientBody>,
-) -> Result<Vec<ConnGuard>, GatewayError> {
+) -> Result<(Vec<ConnGuard>, Option<Arc<ApiKey>>), GatewayError> {
     let caller = match &location.keys {
         Some(keys) => Some(keys.authenticate(request.headers(), SystemTime::now())?.clone()),
         None => None,
     };
     policy::limit_requests(&location.limits, client, request).await?;
     let mut places = policy::hold_places(&location.conn_limits, client, request)?;
-    if let Some(key) = caller {
+    if let Some(key) = &caller {
         policy::limit_requests(&key.limits, client, request).await?;
         places.extend(policy::hold_places(&key.conn_limits, client, request)?);
         let priority = QueuePriority { level: key.priority, header_believed: key.client_priority };
         request.extensions_mut().insert(priority);
-        request.extensions_mut().insert(Caller(key));
+        if key.reads_body() {
+            request.extensions_mut().insert(Caller(key.clone()));
+        }
     }
     if request.body().declared_length().is_some_and(|length| length > location.body.max) {
         return Err(GatewayError::BodyTooLarge(location.body.max));
     }
     location.request_headers.apply(request.headers_mut());
-    Ok(places)
+    Ok((places, caller))
 }
 
 /// Phase 4: runs the location's handler. It owns the request from here; a proxied response's body is
@@ -221,12 +223,12 @@ async fn read_first(
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let key = request.extensions().get::<Caller>().map(|caller| caller.0.clone());
     let (head, mut body, model) = ai::read_model(request, location.body).await?;
-    let reservation = match key.as_ref().and_then(|key| key.budgets.as_ref()) {
-        Some(budgets) => Some(budgets.reserve_for(&body)?),
-        None => None,
+    let (reservation, unasked_stream) = match key.as_ref().and_then(|key| key.budgets.as_ref()) {
+        Some(budgets) => budgets.reserve_for(&body).map(|(reservation, unasked)| (Some(reservation), unasked))?,
+        None => (None, false),
     };
     // A budgeted stream settles on the backend's own usage: asked for when the client did not ask.
-    let asked = reservation.as_ref().and_then(|_| meter::asking_for_usage(&body));
+    let asked = unasked_stream.then(|| meter::asking_for_usage(&body)).flatten();
     let strip_usage = asked.is_some();
     if let Some(asked) = asked {
         body = asked;

@@ -26,9 +26,9 @@ pub(crate) struct ChatRequest {
 
 /// Reads an OpenAI chat completion body; errors say what is wrong for a 400.
 pub(crate) fn parse_chat(body: &[u8], model: &LatencyModel, default_model: &str) -> Result<ChatRequest, String> {
-    let (object, cost) = cost::read_chat(body)?;
+    let (named, cost) = cost::read_chat(body)?;
     Ok(ChatRequest {
-        model: object.get("model").and_then(Value::as_str).unwrap_or(default_model).to_string(),
+        model: named.unwrap_or_else(|| default_model.to_string()),
         stream: cost.stream,
         include_usage: cost.include_usage,
         max_tokens: cost.max_tokens.unwrap_or(model.default_max_tokens).max(1),

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# What API keys and token budgets cost: one gateway in front of the same backend, loaded in turn with
+# the same small chat completion POST: to a location without `auth` (off), to an `auth = "api_key"`
+# location with a key of no limits (keys), and with a key that has a token budget (budgets: the body
+# is read, its cost estimated and reserved, the answer metered and settled). Prints medians of the
+# rounds: rps and the gateway's CPU per request, each over off.
+#
+#   bench/keys.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds of 6 s)
+#
+# Then the steady figure: user-space instructions per request of each, one worker under valgrind's
+# callgrind (3 s of wrk -c8 counted per variant, after a 1 s warm-up that is not).
+#
+# Load: wrk, HTTP/1.1 keep-alive, 50 connections, 2 threads, the body sent with each request. The
+# gateway is the plain release build. Everything listens on 127.0.0.1; the script stops what it
+# started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+
+ROUNDS=${1:-5} SECONDS_PER_RUN=${2:-6}
+BACKEND=18380 GATEWAY=18382 COUNTED=18383
+digest() { printf %s "$1" | sha256sum | cut -d' ' -f1; }
+
+install_tools
+need valgrind || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
+cargo build --release -q
+start_backend $BACKEND
+# config PORT WORKERS: the gateway's config.
+config() {
+  echo "[http]
+workers = $2
+keepalive_requests = 1000000
+
+[admin]
+enabled = false
+
+[[upstream]]
+name = \"backend\"
+servers = [{ addr = \"127.0.0.1:$BACKEND\" }]
+keepalive = 32
+
+[[server]]
+listen = [\"127.0.0.1:$1\"]
+
+  [[server.location]]
+  prefix = \"/off/\"
+  proxy = \"backend\"
+
+  [[server.location]]
+  prefix = \"/keyed/\"
+  proxy = \"backend\"
+  auth = \"api_key\"
+
+[[api_key]]
+name = \"plain\"
+sha256 = \"$(digest ig-bench-plain)\"
+
+[[api_key]]
+name = \"budgeted\"
+sha256 = \"$(digest ig-bench-budgeted)\"
+tokens_per_minute = 1000000000000"
+}
+GATEWAY_BIN=target/release/infergate start_gateway keys "$(config $GATEWAY 0)"
+for port in $BACKEND $GATEWAY; do wait_port $port; done
+
+# script NAME KEY: a wrk script POSTing the chat request with KEY.
+script() {
+  cat > "$WORK/$1.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"model":"glm-4v-flash","max_tokens":16,"messages":[{"role":"user","content":"What is in this image?"}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $2"
+LUA
+}
+script plain ig-bench-plain
+script budgeted ig-bench-budgeted
+
+# run PATH SCRIPT -> "rps us_cpu_per_request"
+run() {
+  local before after out rps
+  before=$(ticks "$GATEWAY_PID")
+  out=$(wrk -t2 -c50 -d"${SECONDS_PER_RUN}s" -s "$WORK/$2.lua" "http://127.0.0.1:$GATEWAY$1")
+  after=$(ticks "$GATEWAY_PID")
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  echo "$out" | grep -E "Non-2xx|Socket errors" >&2 || true
+  awk -v r="$rps" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v s="$SECONDS_PER_RUN" \
+    'BEGIN { printf "%.0f %.1f\n", r, (t / hz) / (r * s) * 1e6 }'
+}
+
+echo "keys and budgets over off: chat POST, wrk -t2 -c50, ${SECONDS_PER_RUN}s x $ROUNDS rounds, $(nproc) cores"
+: > "$WORK/off.txt"; : > "$WORK/keys.txt"; : > "$WORK/budgets.txt"
+for round in $(seq "$ROUNDS"); do
+  # The order turns each round: on a shared machine, load drifts within a round.
+  order=(off keys budgets); [ $((round % 2)) = 0 ] && order=(budgets keys off)
+  for variant in "${order[@]}"; do
+    case $variant in
+      off) result=$(run /off/v1/chat/completions plain) ;;
+      keys) result=$(run /keyed/v1/chat/completions plain) ;;
+      budgets) result=$(run /keyed/v1/chat/completions budgeted) ;;
+    esac
+    echo "$result" >> "$WORK/$variant.txt"
+  done
+  echo "  round $round: off $(tail -1 "$WORK/off.txt")  keys $(tail -1 "$WORK/keys.txt")  budgets $(tail -1 "$WORK/budgets.txt")  (rps us/req)"
+done
+off_rps=$(cut -d' ' -f1 "$WORK/off.txt" | median); off_cpu=$(cut -d' ' -f2 "$WORK/off.txt" | median)
+printf '\n%-8s %12s %16s %14s %14s\n' "" "median rps" "us CPU/request" "rps over off" "CPU over off"
+for variant in off keys budgets; do
+  rps=$(cut -d' ' -f1 "$WORK/$variant.txt" | median); cpu=$(cut -d' ' -f2 "$WORK/$variant.txt" | median)
+  printf '%-8s %12s %16s %14s %14s\n' "$variant" "$rps" "$cpu" "$(ratio "$rps" "$off_rps")" "$(ratio "$cpu" "$off_cpu")"
+done
+
+# The steady figure: instructions per request, one variant after the other in one counted gateway.
+config $COUNTED 1 > "$WORK/counted.toml"
+valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/counted.out" \
+  target/release/infergate run --config "$WORK/counted.toml" >"$WORK/valgrind.log" 2>&1 &
+COUNTED_PID=$!
+PIDS+=("$COUNTED_PID")
+for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$COUNTED") 2>/dev/null && break; sleep 0.1; done
+dump=0
+printf '\n%-8s %14s %14s\n' "" "instr/request" "over off"
+for variant in off keys budgets; do
+  case $variant in
+    off) path=/off/v1/chat/completions lua=plain ;;
+    keys) path=/keyed/v1/chat/completions lua=plain ;;
+    budgets) path=/keyed/v1/chat/completions lua=budgeted ;;
+  esac
+  wrk -t1 -c8 -d1s -s "$WORK/$lua.lua" "http://127.0.0.1:$COUNTED$path" >/dev/null
+  callgrind_control -z "$COUNTED_PID" >/dev/null 2>&1
+  callgrind_control -i on "$COUNTED_PID" >/dev/null 2>&1
+  out=$(wrk -t1 -c8 -d3s -s "$WORK/$lua.lua" "http://127.0.0.1:$COUNTED$path")
+  callgrind_control -i off "$COUNTED_PID" >/dev/null 2>&1
+  callgrind_control -d "$COUNTED_PID" >/dev/null 2>&1
+  dump=$((dump + 1))
+  requests=$(echo "$out" | awk '/requests in/ {print $1}')
+  instructions=$(callgrind_annotate "$WORK/counted.out.$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  per=$((instructions / requests))
+  [ "$variant" = off ] && off_per=$per
+  printf '%-8s %14s %14s\n' "$variant" "$per" "$(ratio "$per" "$off_per")"
+done
