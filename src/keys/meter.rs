@@ -10,7 +10,7 @@ use super::budget::{Bucket, Shortfall};
 use crate::cost::{self, COMPLETION_TOKENS, PROMPT_TOKENS};
 use crate::error::{BoxError, GatewayError};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -93,13 +93,18 @@ impl KeyBudgets {
     pub(crate) fn headers(&self, headers: &mut HeaderMap) {
         let Some(bucket) = self.minute.as_ref().or(self.day.as_ref()) else { return };
         let now = self.now_ms();
-        headers.insert("x-ratelimit-limit-tokens", HeaderValue::from(bucket.limit()));
-        headers.insert("x-ratelimit-remaining-tokens", HeaderValue::from(bucket.remaining(now)));
+        headers.insert(LIMIT_TOKENS, HeaderValue::from(bucket.limit()));
+        headers.insert(REMAINING_TOKENS, HeaderValue::from(bucket.remaining(now)));
         if let Ok(reset) = HeaderValue::try_from(reset_text(bucket.full_in_ms(now))) {
-            headers.insert("x-ratelimit-reset-tokens", reset);
+            headers.insert(RESET_TOKENS, reset);
         }
     }
 }
+
+// OpenAI's token headers; constants, so that no request parses their names.
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 
 /// A duration as OpenAI's `x-ratelimit-reset-*` headers write it: `20ms`, `7s`, `6m0s`.
 pub(crate) fn reset_text(ms: u64) -> String {

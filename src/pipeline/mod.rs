@@ -148,7 +148,7 @@ async fn request_policies(
     request: &mut Request<ClientBody>,
 ) -> Result<(Vec<ConnGuard>, Option<Arc<ApiKey>>), GatewayError> {
     let caller = match &location.keys {
-        Some(keys) => Some(keys.authenticate(request.headers(), SystemTime::now())?.clone()),
+        Some(keys) => Some(keys.authenticate(request.headers(), SystemTime::now())?),
         None => None,
     };
     policy::limit_requests(&location.limits, client, request).await?;
