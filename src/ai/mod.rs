@@ -9,8 +9,9 @@ pub(crate) use inference::Inference;
 use crate::client::ClientInfo;
 use crate::client::{ClientBody, ClientRequest};
 use crate::error::{GatewayError, KeyRefusal};
-use crate::keys::Caller;
+use crate::keys::ApiKey;
 use crate::proxy::{self, BodyLimits, Proxied, RequestBody};
+use crate::upstream::QueuePriority;
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response};
@@ -63,9 +64,10 @@ impl ModelRouter {
         request: ClientRequest,
         client: &ClientInfo,
         inference: Inference,
+        priority: Option<QueuePriority>,
     ) -> Result<Response<Proxied>, GatewayError> {
-        let (head, body, model) = read_model(request, self.limits).await?;
-        self.route(head, body, &model, client, inference).await
+        let (head, body, model) = read_model(request, self.limits, None).await?;
+        self.route(head, body, &model, client, inference, priority).await
     }
 
     /// Forwards a request whose body (naming `model`) was read already.
@@ -76,6 +78,7 @@ impl ModelRouter {
         model: &str,
         client: &ClientInfo,
         inference: Inference,
+        priority: Option<QueuePriority>,
     ) -> Result<Response<Proxied>, GatewayError> {
         let upstream = self
             .routes
@@ -83,16 +86,17 @@ impl ModelRouter {
             .ok_or_else(|| GatewayError::UnknownModel { model: model.to_string(), known: self.known.clone() })?;
         // A request naming a model is a generation, unless the location says otherwise.
         let inference = head.method() == Method::POST && inference != Inference::Never;
-        proxy::forward_buffered(head, body, client, upstream, inference).await
+        proxy::forward_buffered(head, body, client, upstream, inference, priority).await
     }
 }
 
 /// Reads a request's body in full (up to `limits`) and the `model` it names, refused with 403 when
-/// the request's API key may not use it. Answers 400 for a body that is not a JSON object naming a
+/// `key` (the request's API key) may not use it. Answers 400 for a body that is not a JSON object naming a
 /// model, 413 for one larger than the limit.
 pub(crate) async fn read_model(
     mut head: ClientRequest,
     limits: BodyLimits,
+    key: Option<&ApiKey>,
 ) -> Result<(ClientRequest, Bytes, String), GatewayError> {
     if head.body().declared_length().is_some_and(|length| length > limits.max) {
         return Err(GatewayError::BodyTooLarge(limits.max));
@@ -102,10 +106,8 @@ pub(crate) async fn read_model(
     let field: ModelField = serde_json::from_slice(&body)
         .map_err(|e| GatewayError::BadRequest(format!("the body is not a JSON object: {e}")))?;
     let model = field.model.ok_or_else(|| GatewayError::BadRequest("the body names no `model`".into()))?;
-    if let Some(Caller(key)) = head.extensions().get::<Caller>() {
-        if !key.allows_model(&model) {
-            return Err(GatewayError::KeyRefused(KeyRefusal::ModelNotAllowed));
-        }
+    if key.is_some_and(|key| !key.allows_model(&model)) {
+        return Err(GatewayError::KeyRefused(KeyRefusal::ModelNotAllowed));
     }
     Ok((head, body, model))
 }

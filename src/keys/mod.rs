@@ -116,11 +116,6 @@ thread_local! {
         RefCell::new(RecentKeys { generation: 0, hasher: RandomState::new(), entries: HashMap::new() });
 }
 
-/// The key a request names, if it names one, as the caller of an authenticated location; it rides in
-/// the request's extensions for what runs after the policies (model checks, queue priority).
-#[derive(Clone)]
-pub(crate) struct Caller(pub(crate) Arc<ApiKey>);
-
 impl KeyStore {
     /// Compiles validated `[[api_key]]` tables; a key of `previous` with the same name and digest keeps
     /// its rate and concurrency counts.
@@ -223,8 +218,13 @@ impl KeyStore {
         candidates.iter().find(|key| verify_slices_are_equal(&key.digest, presented).is_ok())
     }
 
-    /// The caller of a request to an authenticated location, at `now`, or why it is refused.
-    pub(crate) fn authenticate(&self, headers: &HeaderMap, now: SystemTime) -> Result<Arc<ApiKey>, GatewayError> {
+    /// The key of a request to an authenticated location, or why it is refused; `now` is read only
+    /// for a key that expires.
+    pub(crate) fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        now: impl FnOnce() -> SystemTime,
+    ) -> Result<Arc<ApiKey>, GatewayError> {
         let presented = policy::api_key(headers);
         let key = presented.and_then(|secret| self.find(secret));
         verdict(presented.is_some(), key.as_deref(), now).map_err(GatewayError::KeyRefused)?;
@@ -234,14 +234,14 @@ impl KeyStore {
 
 /// Whether a request may pass, from what it presented and the key found for it: the decision alone,
 /// without headers or clocks, so every case is a row of a table.
-fn verdict(presented: bool, key: Option<&ApiKey>, now: SystemTime) -> Result<(), KeyRefusal> {
+fn verdict(presented: bool, key: Option<&ApiKey>, now: impl FnOnce() -> SystemTime) -> Result<(), KeyRefusal> {
     let Some(key) = key else {
         return Err(if presented { KeyRefusal::Unknown } else { KeyRefusal::Missing });
     };
     if key.disabled {
         return Err(KeyRefusal::Disabled);
     }
-    if key.expires.is_some_and(|expires| now >= expires) {
+    if key.expires.is_some_and(|expires| now() >= expires) {
         return Err(KeyRefusal::Expired);
     }
     Ok(())
@@ -331,7 +331,7 @@ mod tests {
             (true, Some(key(true, future)), Err(KeyRefusal::Disabled)),
         ];
         for (presented, key, expected) in rows {
-            assert_eq!(verdict(presented, key.as_ref(), now), expected, "presented {presented}");
+            assert_eq!(verdict(presented, key.as_ref(), || now), expected, "presented {presented}");
         }
     }
 
@@ -371,6 +371,6 @@ mod tests {
         assert!(revoked.find(secret.as_bytes()).is_none());
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", secret.parse().unwrap());
-        assert!(store.authenticate(&headers, SystemTime::now()).is_ok());
+        assert!(store.authenticate(&headers, SystemTime::now).is_ok());
     }
 }

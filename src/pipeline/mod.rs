@@ -27,7 +27,7 @@ use crate::compress::RequestCodings;
 use crate::error::ErrorFormat;
 use crate::error::GatewayError;
 use crate::keys::meter::{self, Metered};
-use crate::keys::{ApiKey, Caller};
+use crate::keys::ApiKey;
 use crate::policy;
 use crate::policy::connlimit::ConnGuard;
 use crate::policy::headers::HeaderEdits;
@@ -95,10 +95,11 @@ async fn serve_identified(
             // Where the key's rate stands once this request counted, for OpenAI's request headers.
             let rate_headers = caller
                 .as_ref()
+                .filter(|key| !key.limits.is_empty())
                 .zip(policy::api_key(request.headers()))
                 .map(|(key, secret)| key.rate_headers(secret))
                 .unwrap_or_default();
-            let mut response = handle(location, server, client, request).await;
+            let mut response = handle(location, server, client, request, caller.as_ref()).await;
             response.headers_mut().extend(rate_headers);
             (response, places, caller)
         }
@@ -139,16 +140,14 @@ fn route<'a>(server: &'a VirtualServer, request: &Request<ClientBody>) -> Result
 /// body size limit on the declared `Content-Length`, then `proxy_set_header`. A limit may reject (in
 /// the location's error format: 429 and `Retry-After`, or 413 before any byte of the body is read)
 /// or hold the request for its delay; the returned places are held until the response ends. Changes
-/// the request headers `proxy_set_header` names, and puts the key's queue priority in the request's
-/// extensions (and the key itself, `keys::Caller`, when its body is to be read). Returns the places
-/// and the key.
+/// only the request headers `proxy_set_header` names. Returns the places and the request's key.
 async fn request_policies(
     location: &Location,
     client: &ClientInfo,
     request: &mut Request<ClientBody>,
 ) -> Result<(Vec<ConnGuard>, Option<Arc<ApiKey>>), GatewayError> {
     let caller = match &location.keys {
-        Some(keys) => Some(keys.authenticate(request.headers(), SystemTime::now())?),
+        Some(keys) => Some(keys.authenticate(request.headers(), SystemTime::now)?),
         None => None,
     };
     policy::limit_requests(&location.limits, client, request).await?;
@@ -156,11 +155,6 @@ async fn request_policies(
     if let Some(key) = &caller {
         policy::limit_requests(&key.limits, client, request).await?;
         places.extend(policy::hold_places(&key.conn_limits, client, request)?);
-        let priority = QueuePriority { level: key.priority, header_believed: key.client_priority };
-        request.extensions_mut().insert(priority);
-        if key.reads_body() {
-            request.extensions_mut().insert(Caller(key.clone()));
-        }
     }
     if request.body().declared_length().is_some_and(|length| length > location.body.max) {
         return Err(GatewayError::BodyTooLarge(location.body.max));
@@ -176,22 +170,24 @@ async fn handle(
     server: &VirtualServer,
     client: &ClientInfo,
     request: ClientRequest,
+    key: Option<&Arc<ApiKey>>,
 ) -> Response<ResponseBody> {
+    let priority = key.map(|key| QueuePriority { level: key.priority, header_believed: key.client_priority });
     // Boxed: handler futures are kilobytes. Inline, they made the request future hyper allocates and
     // moves for every request 12 KB instead of 2 (measured: 5 % of small-request throughput).
     let work = crate::boxed::pinned(|| async {
         match &location.handler {
-            Handler::Proxy(_) | Handler::Models(_) if reads_body(&request) => {
-                read_first(location, client, request).await
+            Handler::Proxy(_) | Handler::Models(_) if key.is_some_and(|key| key.reads_body()) => {
+                read_first(location, client, request, key, priority).await
             }
             Handler::Proxy(target) => {
                 let upstream = target.choose(&request, &client.ip);
                 let inference = location.inference.covers(request.method(), request.uri().path());
-                proxy::forward(request, client, upstream, location.body, inference).await.map(proxied)
+                proxy::forward(request, client, upstream, location.body, inference, priority).await.map(proxied)
             }
             Handler::Models(router) => match router.listing(&request) {
                 Some(listing) => Ok(listing.map(ResponseBody::from)),
-                None => router.forward(request, client, location.inference).await.map(proxied),
+                None => router.forward(request, client, location.inference, priority).await.map(proxied),
             },
             Handler::Return { status, body, content_type } => {
                 let mut response = Response::new(ResponseBody::full(body.clone()));
@@ -206,11 +202,6 @@ async fn handle(
     answer(work, location.errors).await
 }
 
-/// Whether the request's key needs its body read before it is forwarded (see `read_first`).
-fn reads_body(request: &Request<ClientBody>) -> bool {
-    request.extensions().get::<Caller>().is_some_and(|caller| caller.0.reads_body())
-}
-
 /// Phase 4 for a proxy or models location's request whose key is limited to some models or has token
 /// budgets: the body is read first (up to `client_max_body_size`), the model it names checked
 /// against the key (403), the tokens it may cost reserved against the key's budgets (429 with
@@ -220,10 +211,11 @@ async fn read_first(
     location: &Location,
     client: &ClientInfo,
     request: ClientRequest,
+    key: Option<&Arc<ApiKey>>,
+    priority: Option<QueuePriority>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    let key = request.extensions().get::<Caller>().map(|caller| caller.0.clone());
-    let (head, mut body, model) = ai::read_model(request, location.body).await?;
-    let (reservation, unasked_stream) = match key.as_ref().and_then(|key| key.budgets.as_ref()) {
+    let (head, mut body, model) = ai::read_model(request, location.body, key.map(|key| &**key)).await?;
+    let (reservation, unasked_stream) = match key.and_then(|key| key.budgets.as_ref()) {
         Some(budgets) => budgets.reserve_for(&body).map(|(reservation, unasked)| (Some(reservation), unasked))?,
         None => (None, false),
     };
@@ -234,12 +226,12 @@ async fn read_first(
         body = asked;
     }
     let response = match &location.handler {
-        Handler::Models(router) => router.route(head, body, &model, client, location.inference).await?,
+        Handler::Models(router) => router.route(head, body, &model, client, location.inference, priority).await?,
         _ => {
             let Handler::Proxy(target) = &location.handler else { return Err(GatewayError::Internal) };
             let upstream = target.choose(&head, &client.ip);
             let inference = location.inference.covers(head.method(), head.uri().path());
-            proxy::forward_buffered(head, body, client, upstream, inference).await?
+            proxy::forward_buffered(head, body, client, upstream, inference, priority).await?
         }
     };
     let response = proxied(response);

@@ -332,10 +332,10 @@ impl Upstream {
     pub(crate) fn facts(
         &self,
         headers: &http::HeaderMap,
-        extensions: &http::Extensions,
+        given: Option<QueuePriority>,
         client_ip: &http::HeaderValue,
     ) -> BalanceFacts {
-        let priority = match extensions.get::<QueuePriority>() {
+        let priority = match given {
             Some(given) if !given.header_believed || self.priority_header.is_none() => given.level,
             _ => self.priority(headers),
         };
