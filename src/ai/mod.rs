@@ -91,23 +91,43 @@ impl ModelRouter {
 }
 
 /// Reads a request's body in full (up to `limits`) and the `model` it names, refused with 403 when
-/// `key` (the request's API key) may not use it. Answers 400 for a body that is not a JSON object naming a
-/// model, 413 for one larger than the limit.
+/// `key` (the request's API key) may not use it. Answers 400 for a body that is not a JSON object
+/// naming a model, 413 for one larger than the limit.
 pub(crate) async fn read_model(
-    mut head: ClientRequest,
+    head: ClientRequest,
     limits: BodyLimits,
     key: Option<&ApiKey>,
 ) -> Result<(ClientRequest, Bytes, String), GatewayError> {
+    let (head, body) = read_body(head, limits).await?;
+    let model = model_of(&body)?;
+    check_model(key, &model)?;
+    Ok((head, body, model))
+}
+
+/// Reads a request's body in full, up to `limits` (413 past it).
+pub(crate) async fn read_body(
+    mut head: ClientRequest,
+    limits: BodyLimits,
+) -> Result<(ClientRequest, Bytes), GatewayError> {
     if head.body().declared_length().is_some_and(|length| length > limits.max) {
         return Err(GatewayError::BodyTooLarge(limits.max));
     }
     let body = std::mem::replace(head.body_mut(), ClientBody::Empty);
     let body = RequestBody::new(body, limits).collect().await.map_err(proxy::body_error)?.to_bytes();
-    let field: ModelField = serde_json::from_slice(&body)
+    Ok((head, body))
+}
+
+/// The `model` a JSON body names (400 when it is not a JSON object naming one).
+pub(crate) fn model_of(body: &[u8]) -> Result<String, GatewayError> {
+    let field: ModelField = serde_json::from_slice(body)
         .map_err(|e| GatewayError::BadRequest(format!("the body is not a JSON object: {e}")))?;
-    let model = field.model.ok_or_else(|| GatewayError::BadRequest("the body names no `model`".into()))?;
-    if key.is_some_and(|key| !key.allows_model(&model)) {
-        return Err(GatewayError::KeyRefused(KeyRefusal::ModelNotAllowed));
+    field.model.ok_or_else(|| GatewayError::BadRequest("the body names no `model`".into()))
+}
+
+/// Whether `key` may use `model` (403 otherwise).
+pub(crate) fn check_model(key: Option<&ApiKey>, model: &str) -> Result<(), GatewayError> {
+    match key {
+        Some(key) if !key.allows_model(model) => Err(GatewayError::KeyRefused(KeyRefusal::ModelNotAllowed)),
+        _ => Ok(()),
     }
-    Ok((head, body, model))
 }

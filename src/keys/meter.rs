@@ -7,7 +7,7 @@
 //! usage chunk the client did not ask for is taken out of what it receives.
 
 use super::budget::{Bucket, Shortfall};
-use crate::cost::{self, COMPLETION_TOKENS, PROMPT_TOKENS};
+use crate::cost::{self, PromptCost, COMPLETION_TOKENS, PROMPT_TOKENS};
 use crate::error::{BoxError, GatewayError};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -77,14 +77,19 @@ impl KeyBudgets {
     /// Reserves what the request with `body` may cost: its prompt and `max_tokens` as `cost` estimates
     /// them for a chat completion; a body that is not one (embeddings) costs its length over four,
     /// with no output.
-    /// Also says whether the body is a stream that did not ask for its usage.
-    pub(crate) fn reserve_for(self: &Arc<Self>, body: &[u8]) -> Result<(Reservation, bool), GatewayError> {
-        match cost::read_chat(body) {
-            Ok((_, estimate)) => {
+    /// `chat` is the body read as a chat completion (`cost::read_chat`), if it is one. Also says
+    /// whether the body is a stream that did not ask for its usage.
+    pub(crate) fn reserve_for(
+        self: &Arc<Self>,
+        body: &[u8],
+        chat: Option<&PromptCost>,
+    ) -> Result<(Reservation, bool), GatewayError> {
+        match chat {
+            Some(estimate) => {
                 let reservation = self.reserve(estimate.prompt_tokens(), estimate.max_tokens.map(u64::from))?;
                 Ok((reservation, estimate.stream && !estimate.include_usage))
             }
-            Err(_) => Ok((self.reserve((body.len() as u64).div_ceil(4), Some(0))?, false)),
+            None => Ok((self.reserve((body.len() as u64).div_ceil(4), Some(0))?, false)),
         }
     }
 

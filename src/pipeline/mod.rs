@@ -24,6 +24,7 @@ use crate::ai;
 use crate::client::ClientInfo;
 use crate::client::{ClientBody, ClientRequest};
 use crate::compress::RequestCodings;
+use crate::cost;
 use crate::error::ErrorFormat;
 use crate::error::GatewayError;
 use crate::keys::meter::{self, Metered};
@@ -214,9 +215,20 @@ async fn read_first(
     key: Option<&Arc<ApiKey>>,
     priority: Option<QueuePriority>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    let (head, mut body, model) = ai::read_model(request, location.body, key.map(|key| &**key)).await?;
-    let (reservation, unasked_stream) = match key.and_then(|key| key.budgets.as_ref()) {
-        Some(budgets) => budgets.reserve_for(&body).map(|(reservation, unasked)| (Some(reservation), unasked))?,
+    let (head, mut body) = ai::read_body(request, location.body).await?;
+    let budgets = key.and_then(|key| key.budgets.as_ref());
+    // A chat completion is read once, for its model and its cost; anything else for its model alone.
+    let chat = budgets.and_then(|_| cost::read_chat(&body).ok());
+    let model = match chat.as_ref().and_then(|(model, _)| model.clone()) {
+        Some(model) => model,
+        None => ai::model_of(&body)?,
+    };
+    ai::check_model(key.map(|key| &**key), &model)?;
+    let (reservation, unasked_stream) = match budgets {
+        Some(budgets) => {
+            let (reservation, unasked) = budgets.reserve_for(&body, chat.as_ref().map(|(_, cost)| cost))?;
+            (Some(reservation), unasked)
+        }
         None => (None, false),
     };
     // A budgeted stream settles on the backend's own usage: asked for when the client did not ask.
