@@ -18,23 +18,7 @@ BACKEND=18280 GATEWAY=18282
 install_tools
 start_backend $BACKEND
 wait_port $BACKEND
-CONFIG="[http]
-keepalive_requests = 1000000
-
-[admin]
-enabled = false
-
-[[upstream]]
-name = \"backend\"
-servers = [{ addr = \"127.0.0.1:$BACKEND\" }]
-keepalive = 32
-
-[[server]]
-listen = [\"127.0.0.1:$GATEWAY\"]
-
-  [[server.location]]
-  prefix = \"/\"
-  proxy = \"backend\""
+CONFIG=$(gateway_config $GATEWAY $BACKEND)
 
 # rps BIN: starts the gateway BIN, loads it, stops it; prints its requests per second.
 rps() {

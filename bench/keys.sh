@@ -25,27 +25,9 @@ install_tools
 need valgrind || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
 cargo build --release -q
 start_backend $BACKEND
-# config PORT WORKERS: the gateway's config.
+# config PORT: the gateway's config: `/` without auth, `/keyed/` with it, and the two keys.
 config() {
-  echo "[http]
-workers = $2
-keepalive_requests = 1000000
-
-[admin]
-enabled = false
-
-[[upstream]]
-name = \"backend\"
-servers = [{ addr = \"127.0.0.1:$BACKEND\" }]
-keepalive = 32
-
-[[server]]
-listen = [\"127.0.0.1:$1\"]
-
-  [[server.location]]
-  prefix = \"/off/\"
-  proxy = \"backend\"
-
+  gateway_config "$1" $BACKEND "
   [[server.location]]
   prefix = \"/keyed/\"
   proxy = \"backend\"
@@ -60,7 +42,7 @@ name = \"budgeted\"
 sha256 = \"$(digest ig-bench-budgeted)\"
 tokens_per_minute = 1000000000000"
 }
-GATEWAY_BIN=target/release/infergate start_gateway keys "$(config $GATEWAY 0)"
+GATEWAY_BIN=target/release/infergate start_gateway keys "$(config $GATEWAY)"
 for port in $BACKEND $GATEWAY; do wait_port $port; done
 
 # script NAME KEY: a wrk script POSTing the chat request with KEY.
@@ -110,7 +92,7 @@ for variant in off keys budgets; do
 done
 
 # The steady figure: instructions per request, one variant after the other in one counted gateway.
-config $COUNTED 1 > "$WORK/counted.toml"
+WORKERS=1 config $COUNTED > "$WORK/counted.toml"
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/counted.out" \
   target/release/infergate run --config "$WORK/counted.toml" >"$WORK/valgrind.log" 2>&1 &
 COUNTED_PID=$!

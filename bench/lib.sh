@@ -71,6 +71,31 @@ build_gateway() {
   fi
 }
 
+# gateway_config LISTEN_PORT BACKEND_PORT [MORE]: the config every plain proxy benchmark gives the
+# gateway (keep-alive pool of 32, no admin API, WORKERS worker threads or one per core), with MORE
+# after it (more tables).
+gateway_config() {
+  printf '%s\n' "[http]
+workers = ${WORKERS:-0}
+keepalive_requests = 1000000
+
+[admin]
+enabled = false
+
+[[upstream]]
+name = \"backend\"
+servers = [{ addr = \"127.0.0.1:$2\" }]
+keepalive = 32
+
+[[server]]
+listen = [\"127.0.0.1:$1\"]
+
+  [[server.location]]
+  prefix = \"/\"
+  proxy = \"backend\"
+${3:-}"
+}
+
 # start_gateway NAME CONFIG_TEXT: runs infergate (GATEWAY_BIN) with the config; sets GATEWAY_PID.
 #
 # In a session of its own (setsid), as nginx is once it daemonizes and as a service manager starts a

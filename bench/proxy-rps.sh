@@ -25,23 +25,7 @@ start_nginx proxy "upstream backend { server 127.0.0.1:$BACKEND; keepalive 32; }
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\";
       proxy_set_header Host \$host; proxy_set_header X-Real-IP \$remote_addr;
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto \$scheme; } }"
-start_gateway proxy "[http]
-keepalive_requests = 1000000
-
-[admin]
-enabled = false
-
-[[upstream]]
-name = \"backend\"
-servers = [{ addr = \"127.0.0.1:$BACKEND\" }]
-keepalive = 32
-
-[[server]]
-listen = [\"127.0.0.1:$GATEWAY\"]
-
-  [[server.location]]
-  prefix = \"/\"
-  proxy = \"backend\""
+start_gateway proxy "$(gateway_config $GATEWAY $BACKEND)"
 for port in $BACKEND $NGINX $GATEWAY; do wait_port $port; done
 
 # run PORT PIDS... -> "rps us_cpu_per_request"

@@ -262,17 +262,7 @@ async fn the_official_openai_sdk_sees_openais_errors_for_keys() {
             .join("\n");
     let gw = TestGateway::start(&config(&sim.addr.to_string(), &keys)).await;
     let base = format!("http://{}/v1", gw.addr("127.0.0.1:0"));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_sdk_keys.py");
-    // The interpreter of scripts/test.sh's virtual environment, where the SDK is installed.
-    let python = std::env::var("INFERGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let output = tokio::process::Command::new(&python)
-        .args([script, &base, ALICE, BOB, CAROL])
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run {python} (scripts/test.sh sets up a Python with the SDK): {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "openai SDK check failed:\n{stdout}\n{stderr}");
+    let stdout = run_sdk_script("openai_sdk_keys.py", &[&base, ALICE, BOB, CAROL]).await;
     assert!(stdout.contains("openai SDK with keys: ok"));
 }
 

@@ -162,18 +162,7 @@ async fn the_official_openai_sdk_reads_the_sims_answers_through_the_gateway() {
     let model = LatencyModel { prefill_base_ms: 1.0, decode_ms: 1.0, ..LatencyModel::default() };
     let (sim, gw) = sim_behind_gateway(SimOptions { latency: model, ..SimOptions::default() }).await;
     let base = format!("http://{}/v1", gw.addr("127.0.0.1:0"));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_sdk.py");
-    // The interpreter of scripts/test.sh's virtual environment, where the SDK is installed.
-    let python = std::env::var("INFERGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let output = tokio::process::Command::new(&python)
-        .arg(script)
-        .arg(&base)
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run {python} (scripts/test.sh sets up a Python with the SDK): {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "openai SDK check failed:\n{stdout}\n{stderr}");
+    let stdout = run_sdk_script("openai_sdk.py", &[&base]).await;
     assert!(stdout.contains("openai SDK: ok"));
     assert_eq!(sim.stats()["completed"], 2);
 }

@@ -365,3 +365,21 @@ pub async fn tls_connect(
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
     connector.connect(name, stream).await.unwrap()
 }
+
+/// Runs a script of `tests/` with the Python of scripts/test.sh's virtual environment (where the
+/// official `openai` SDK is installed; `INFERGATE_TEST_PYTHON`, else `python3`) and `args`; panics
+/// with its output unless it succeeds. Returns what it printed.
+pub async fn run_sdk_script(script: &str, args: &[&str]) -> String {
+    let script = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var("INFERGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {python} (scripts/test.sh sets up a Python with the SDK): {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "openai SDK check failed:\n{stdout}\n{stderr}");
+    stdout
+}
