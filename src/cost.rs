@@ -5,8 +5,10 @@
 //! (token budgets) and the simulated model (its prefill time), so the two agree.
 
 use base64::Engine as _;
+use memchr::memmem::Finder;
 use serde::Deserialize;
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 /// The estimate of one chat completion request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,15 +179,17 @@ fn image_url_tokens(url: &str) -> Result<u32, String> {
     Ok(image_tokens(size.width, size.height))
 }
 
-/// `usage.completion_tokens` of an OpenAI answer, as `usage_field` looks for it.
-pub(crate) const COMPLETION_TOKENS: &[u8] = b"\"completion_tokens\":";
+/// `usage.completion_tokens` of an OpenAI answer, as `usage_field` looks for it. Searchers are built
+/// once: building one per search was most of what a search cost.
+pub(crate) static COMPLETION_TOKENS: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"completion_tokens\":"));
 /// `usage.prompt_tokens`.
-pub(crate) const PROMPT_TOKENS: &[u8] = b"\"prompt_tokens\":";
+pub(crate) static PROMPT_TOKENS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"prompt_tokens\":"));
 
 /// The number after `key` (`COMPLETION_TOKENS` or `PROMPT_TOKENS`) in `data`, an SSE event or a JSON
 /// body, if there is one.
-pub(crate) fn usage_field(data: &[u8], key: &[u8]) -> Option<u64> {
-    let at = memchr::memmem::find(data, key)? + key.len();
+pub(crate) fn usage_field(data: &[u8], key: &Finder) -> Option<u64> {
+    let at = key.find(data)? + key.needle().len();
     let digits: Vec<u8> =
         data[at..].iter().skip_while(|b| b.is_ascii_whitespace()).take_while(|b| b.is_ascii_digit()).copied().collect();
     std::str::from_utf8(&digits).ok()?.parse().ok()

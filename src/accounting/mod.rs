@@ -229,7 +229,7 @@ impl Record {
             stream.first_token = Some(now.duration_since(started));
         }
         stream.last_event = Some(now);
-        if let Some(tokens) = cost::usage_field(data, cost::COMPLETION_TOKENS) {
+        if let Some(tokens) = cost::usage_field(data, &cost::COMPLETION_TOKENS) {
             stream.output_tokens = Some(tokens);
         }
     }
@@ -422,9 +422,9 @@ mod tests {
     #[test]
     fn usage_reports_completion_tokens() {
         let chunk = br#"data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens": 42,"total_tokens":51}}"#;
-        assert_eq!(cost::usage_field(chunk, cost::COMPLETION_TOKENS), Some(42));
+        assert_eq!(cost::usage_field(chunk, &cost::COMPLETION_TOKENS), Some(42));
         assert_eq!(
-            cost::usage_field(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}", cost::COMPLETION_TOKENS),
+            cost::usage_field(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}", &cost::COMPLETION_TOKENS),
             None
         );
     }

@@ -12,8 +12,9 @@ use crate::error::{BoxError, GatewayError};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
+use memchr::memmem::Finder;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use tokio::time::Instant;
 
@@ -191,10 +192,10 @@ impl<B> Metered<B> {
     }
 
     fn observe(&mut self, data: &[u8]) {
-        self.received += count(data, b"\"content\":\"") - count(data, b"\"content\":\"\"");
-        if contains(data, b"_tokens\"") {
-            self.prompt = cost::usage_field(data, PROMPT_TOKENS).or(self.prompt);
-            self.completion = cost::usage_field(data, COMPLETION_TOKENS).or(self.completion);
+        self.received += count(data, &CONTENT) - count(data, &EMPTY_CONTENT);
+        if TOKENS.find(data).is_some() {
+            self.prompt = cost::usage_field(data, &PROMPT_TOKENS).or(self.prompt);
+            self.completion = cost::usage_field(data, &COMPLETION_TOKENS).or(self.completion);
         }
         if !self.tail.is_empty() {
             // A field split across this frame and the last one.
@@ -203,8 +204,8 @@ impl<B> Metered<B> {
             joined[..self.tail.len()].copy_from_slice(&self.tail);
             joined[self.tail.len()..self.tail.len() + head.len()].copy_from_slice(head);
             let joined = &joined[..self.tail.len() + head.len()];
-            self.prompt = self.prompt.or_else(|| cost::usage_field(joined, PROMPT_TOKENS));
-            self.completion = self.completion.or_else(|| cost::usage_field(joined, COMPLETION_TOKENS));
+            self.prompt = self.prompt.or_else(|| cost::usage_field(joined, &PROMPT_TOKENS));
+            self.completion = self.completion.or_else(|| cost::usage_field(joined, &COMPLETION_TOKENS));
         }
         self.tail.clear();
         self.tail.extend_from_slice(&data[data.len().saturating_sub(TAIL)..]);
@@ -238,7 +239,7 @@ pub(crate) fn asking_for_usage(body: &[u8]) -> Option<Bytes> {
 /// `data` without its usage-only SSE events (`"choices":[]` with a `usage`); only a frame that has
 /// one is copied. An event split across frames is passed on as it is.
 fn without_usage_events(data: Bytes) -> Bytes {
-    if !contains(&data, b"\"choices\":[]") {
+    if NO_CHOICES.find(&data).is_none() {
         return data;
     }
     let mut kept = Vec::with_capacity(data.len());
@@ -246,7 +247,7 @@ fn without_usage_events(data: Bytes) -> Bytes {
     while !rest.is_empty() {
         let end = rest.windows(2).position(|w| w == b"\n\n").map_or(rest.len(), |at| at + 2);
         let (event, after) = rest.split_at(end);
-        let usage_only = contains(event, b"\"choices\":[]") && contains(event, PROMPT_TOKENS);
+        let usage_only = NO_CHOICES.find(event).is_some() && PROMPT_TOKENS.find(event).is_some();
         if !usage_only {
             kept.extend_from_slice(event);
         }
@@ -255,12 +256,14 @@ fn without_usage_events(data: Bytes) -> Bytes {
     Bytes::from(kept)
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(haystack, needle).is_some()
-}
+// What a metered body looks for, searchers built once.
+static CONTENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\":\""));
+static EMPTY_CONTENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\":\"\""));
+static TOKENS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"_tokens\""));
+static NO_CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\":[]"));
 
-fn count(haystack: &[u8], needle: &[u8]) -> u64 {
-    memchr::memmem::find_iter(haystack, needle).count() as u64
+fn count(haystack: &[u8], needle: &Finder) -> u64 {
+    needle.find_iter(haystack).count() as u64
 }
 
 impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for Metered<B> {
