@@ -58,16 +58,7 @@ script plain ig-bench-plain
 script budgeted ig-bench-budgeted
 
 # run PATH SCRIPT -> "rps us_cpu_per_request"
-run() {
-  local before after out rps
-  before=$(ticks "$GATEWAY_PID")
-  out=$(wrk -t2 -c50 -d"${SECONDS_PER_RUN}s" -s "$WORK/$2.lua" "http://127.0.0.1:$GATEWAY$1")
-  after=$(ticks "$GATEWAY_PID")
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  echo "$out" | grep -E "Non-2xx|Socket errors" >&2 || true
-  awk -v r="$rps" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v s="$SECONDS_PER_RUN" \
-    'BEGIN { printf "%.0f %.1f\n", r, (t / hz) / (r * s) * 1e6 }'
-}
+run() { WRK_SCRIPT="$WORK/$2.lua" wrk_rps "http://127.0.0.1:$GATEWAY$1" "$GATEWAY_PID"; }
 
 echo "keys and budgets over off: chat POST, wrk -t2 -c50, ${SECONDS_PER_RUN}s x $ROUNDS rounds, $(nproc) cores"
 : > "$WORK/off.txt"; : > "$WORK/keys.txt"; : > "$WORK/budgets.txt"

@@ -71,6 +71,20 @@ build_gateway() {
   fi
 }
 
+# wrk_rps URL PIDS...: SECONDS_PER_RUN seconds of wrk -t2 -c50 on URL (with the Lua script WRK_SCRIPT
+# when set); prints "rps us_cpu_per_request", the CPU being that of the processes PIDS.
+wrk_rps() {
+  local url=$1; shift
+  local before after out rps
+  before=$(ticks "$@")
+  out=$(wrk -t2 -c50 -d"${SECONDS_PER_RUN}s" ${WRK_SCRIPT:+-s "$WRK_SCRIPT"} "$url")
+  after=$(ticks "$@")
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  echo "$out" | grep -E "Non-2xx|Socket errors" >&2 || true
+  awk -v r="$rps" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v s="$SECONDS_PER_RUN" \
+    'BEGIN { printf "%.0f %.1f\n", r, (t / hz) / (r * s) * 1e6 }'
+}
+
 # gateway_config LISTEN_PORT BACKEND_PORT [MORE]: the config every plain proxy benchmark gives the
 # gateway (keep-alive pool of 32, no admin API, WORKERS worker threads or one per core), with MORE
 # after it (more tables).

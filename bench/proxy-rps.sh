@@ -29,17 +29,7 @@ start_gateway proxy "$(gateway_config $GATEWAY $BACKEND)"
 for port in $BACKEND $NGINX $GATEWAY; do wait_port $port; done
 
 # run PORT PIDS... -> "rps us_cpu_per_request"
-run() {
-  local port=$1; shift
-  local before after out rps
-  before=$(ticks "$@")
-  out=$(wrk -t2 -c50 -d"${SECONDS_PER_RUN}s" "http://127.0.0.1:$port/v1/chat/completions")
-  after=$(ticks "$@")
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  echo "$out" | grep -E "Non-2xx|Socket errors" >&2 || true
-  awk -v r="$rps" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v s="$SECONDS_PER_RUN" \
-    'BEGIN { printf "%.0f %.1f\n", r, (t / hz) / (r * s) * 1e6 }'
-}
+run() { local port=$1; shift; wrk_rps "http://127.0.0.1:$port/v1/chat/completions" "$@"; }
 
 echo "proxy throughput: small JSON, HTTP/1.1 keep-alive, wrk -t2 -c50, ${SECONDS_PER_RUN}s x $ROUNDS rounds, $(nproc) cores"
 echo "infergate: $GATEWAY_BUILD"
