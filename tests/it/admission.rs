@@ -165,6 +165,53 @@ async fn the_priority_header_orders_the_queue() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_api_keys_priority_orders_the_queue_whatever_its_header_says() {
+    let model = LatencyModel { prefill_base_ms: 100.0, decode_ms: 1.0, ..LatencyModel::default() };
+    let sim = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
+    let queue = r#"{ max = 8, timeout = "60s", priority_header = "X-Priority" }"#;
+    let keys: String = [("first", "normal"), ("low", "low"), ("high", "high")]
+        .iter()
+        .map(|(name, priority)| {
+            format!("[[api_key]]\nname = \"{name}\"\nsha256 = \"{}\"\npriority = \"{priority}\"\n", sha256_hex(name))
+        })
+        .collect();
+    let config = admission_config(&sim, 1, queue)
+        .replace("proxy = \"model\"", "proxy = \"model\"\n  auth = \"api_key\"")
+        + &keys;
+    let gw = TestGateway::start(&config).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let admission = gw.gateway.runtime().upstreams["model"].admission.as_ref().unwrap().clone();
+    let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut requests = Vec::new();
+    // Each sends the header that would put it the other way round: the key's priority stands.
+    for (name, header) in [("first", "normal"), ("low", "high"), ("high", "low")] {
+        let finished = finished.clone();
+        requests.push(tokio::spawn(async move {
+            let body = json!({"max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+            let request = Request::post("/v1/chat/completions")
+                .header("host", "h")
+                .header("authorization", format!("Bearer {name}"))
+                .header("x-priority", header)
+                .body(full(body))
+                .unwrap();
+            let (status, _, _) = send(&mut http1(addr).await, request).await;
+            finished.lock().unwrap().push((name, status));
+        }));
+        let expected = requests.len();
+        while admission.queued() + admission.inflight()[0] < expected {
+            tokio::task::yield_now().await;
+        }
+    }
+    for request in requests {
+        request.await.unwrap();
+    }
+    let finished = finished.lock().unwrap();
+    assert!(finished.iter().all(|(_, status)| *status == StatusCode::OK), "{finished:?}");
+    let order: Vec<&str> = finished.iter().map(|(name, _)| *name).collect();
+    assert_eq!(order, vec!["first", "high", "low"]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn under_6x_overload_the_model_survives_and_the_rest_is_told_at_once() {
     // 2 slots, and the model dies above 4 requests present (as a GPU out of memory).
     let model = LatencyModel { slots: 2, prefill_base_ms: 100.0, decode_ms: 25.0, ..LatencyModel::default() };

@@ -383,3 +383,14 @@ pub async fn run_sdk_script(script: &str, args: &[&str]) -> String {
     assert!(output.status.success(), "openai SDK check failed:\n{stdout}\n{stderr}");
     stdout
 }
+
+/// SHA-256 of an API key's secret as `[[api_key]] sha256` writes it, computed with the library the
+/// gateway uses.
+pub fn sha256_hex(secret: &str) -> String {
+    use std::fmt::Write as _;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
+    digest.as_ref().iter().fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
