@@ -9,6 +9,9 @@
 //! | `POST /reload` | as SIGHUP: the new version, or 400 with the errors (`FILE:LINE:COL: ...`) |
 //! | `POST /upstreams/NAME/servers/ADDR/drain` | takes the server out of rotation; its streams get `drain_timeout` |
 //! | `POST /upstreams/NAME/servers/ADDR/undrain` | puts it back (a server with `drain = true` in the config stays out) |
+//! | `GET /keys` | each API key's name and settings, never a secret or digest |
+//! | `POST /keys/reload` | as `POST /reload` (re-reads the config and its keys file) |
+//! | `GET /usage` | each key's requests and tokens by model, since start and over the last hour |
 //!
 //! A drain by hand lasts across reloads, until undrained.
 
@@ -92,6 +95,7 @@ async fn handle(gateway: &Arc<Gateway>, token: Option<&str>, request: Request<In
         }
         (&Method::GET, ["status"]) => reply(StatusCode::OK, status(gateway)),
         (&Method::GET, ["keys"]) => reply(StatusCode::OK, keys(&runtime)),
+        (&Method::GET, ["usage"]) => reply(StatusCode::OK, runtime.keys.usage().report()),
         (&Method::POST, ["reload"] | ["keys", "reload"]) => match gateway.reload().await {
             Ok(version) => reply(StatusCode::OK, json!({"version": version})),
             Err(errors) => {
@@ -112,7 +116,7 @@ async fn handle(gateway: &Arc<Gateway>, token: Option<&str>, request: Request<In
             server.load.drain_by_hand(*action == "drain", runtime.http.drain_timeout.0);
             reply(StatusCode::OK, json!({"upstream": name, "server": addr, "draining": server.is_draining()}))
         }
-        (_, ["metrics" | "status" | "keys"])
+        (_, ["metrics" | "status" | "keys" | "usage"])
         | (_, ["reload"] | ["keys", "reload"])
         | (_, ["upstreams", _, "servers", _, "drain" | "undrain"]) => {
             reply(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "method not allowed"}))

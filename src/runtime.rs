@@ -152,6 +152,7 @@ impl Runtime {
         let version: Gauge = Gauge::default();
         version.set(self.version as i64);
         registry.register("config_version", "Loads of the config since start (1 for the first)", version);
+        self.keys.usage().register(&mut registry);
         registry
     }
 
@@ -208,7 +209,9 @@ impl Runtime {
         };
         let zone_configs: HashMap<&str, &LimitZoneConfig> =
             config.limit_zones.iter().map(|(n, z)| (n.get_ref().as_str(), z)).collect();
-        let keys = Arc::new(KeyStore::build(&config.api_keys, previous.map(|p| &*p.keys)));
+        let routed_models = config.servers.iter().flat_map(|s| s.locations.iter()).flat_map(|l| l.models.keys());
+        let keys =
+            Arc::new(KeyStore::build(&config.api_keys, previous.map(|p| &*p.keys), routed_models.map(String::as_str)));
         let context = Context {
             upstreams: &upstreams,
             zones: &zones,
@@ -291,7 +294,7 @@ impl Runtime {
             conn_zones,
             trusted_proxies,
             ledger: Ledger {
-                enabled: (config.admin.enabled && config.admin.metrics) || access_logs.any(),
+                enabled: (config.admin.enabled && config.admin.metrics) || access_logs.any() || !keys.keys().is_empty(),
                 metrics_kept: config.admin.enabled && config.admin.metrics,
                 access_logs,
                 accounts: context_accounts,

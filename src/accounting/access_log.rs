@@ -1,7 +1,8 @@
 //! Access logs: nginx's `main` and `combined` formats, custom formats with nginx variables, and JSON
 //! lines. A request's line is formatted on its worker and handed to the file's writer thread, which
 //! batches lines into one write whenever its queue runs empty: a request never waits on the disk. The
-//! file is reopened on SIGUSR1, as nginx does for log rotation.
+//! file is reopened on SIGUSR1, as nginx does for log rotation. The usage log (`[http] usage_log`)
+//! is written the same way: one JSON line per request made with an API key that reached a model.
 
 use super::{BodyEnd, LoggedRequest, Record};
 use crate::config::{AccessLogSetting, Config, ConfigError, Source};
@@ -50,11 +51,21 @@ enum Var {
     UpstreamHeaderTime,
     /// How the response ended: `complete`, `client_closed`, `timeout` or `error` (infergate's own).
     ResponseEnd,
+    /// The name of the request's API key.
+    ApiKeyName,
+    /// The model the request named (read for requests made with an API key).
+    Model,
+    /// Prompt tokens: the backend's usage, else the gateway's estimate.
+    PromptTokens,
+    /// Completion tokens: the backend's usage, else the tokens the client received.
+    CompletionTokens,
+    /// Image tokens among the prompt's, as the gateway estimates them.
+    ImageTokens,
     /// `$http_NAME`: a request header.
     Header(HeaderName),
 }
 
-const VARIABLES: [(&str, Var); 22] = [
+const VARIABLES: [(&str, Var); 27] = [
     ("remote_addr", Var::RemoteAddr),
     ("remote_user", Var::RemoteUser),
     ("time_local", Var::TimeLocal),
@@ -77,6 +88,11 @@ const VARIABLES: [(&str, Var); 22] = [
     ("upstream_response_time", Var::UpstreamResponseTime),
     ("upstream_header_time", Var::UpstreamHeaderTime),
     ("response_end", Var::ResponseEnd),
+    ("api_key_name", Var::ApiKeyName),
+    ("model", Var::Model),
+    ("prompt_tokens", Var::PromptTokens),
+    ("completion_tokens", Var::CompletionTokens),
+    ("image_tokens", Var::ImageTokens),
 ];
 
 /// A compiled log format.
@@ -202,7 +218,23 @@ fn push_var(line: &mut String, var: &Var, record: &Record, request: &LoggedReque
         Var::UpstreamResponseTime => push_seconds(line, record.upstream_response_time()),
         Var::UpstreamHeaderTime => push_seconds(line, record.upstream.as_ref().map(|u| u.header_time)),
         Var::ResponseEnd => line.push_str(record.end.as_str()),
+        Var::ApiKeyName => dash(line, record.key.as_ref().map_or("", |key| key.name.as_str())),
+        Var::Model => dash(line, record.reading.as_ref().map_or("", |reading| reading.model.as_str())),
+        Var::PromptTokens => push_count(line, record.reading.as_ref().map(|r| r.spend.prompt)),
+        Var::CompletionTokens => push_count(line, record.reading.as_ref().map(|r| r.spend.completion)),
+        Var::ImageTokens => push_count(line, record.reading.as_ref().map(|r| r.spend.image)),
         Var::Header(name) => dash(line, request.header(name).unwrap_or("")),
+    }
+}
+
+/// A count, or `-`.
+fn push_count(line: &mut String, count: Option<u64>) {
+    use std::fmt::Write as _;
+    match count {
+        Some(count) => {
+            let _ = write!(line, "{count}");
+        }
+        None => line.push('-'),
     }
 }
 
@@ -238,7 +270,37 @@ fn json_line(record: &Record, request: &LoggedRequest) -> String {
     for (field, header) in JSON_HEADERS {
         object[field] = request.header(&HeaderName::from_static(header)).into();
     }
+    if let Some(key) = &record.key {
+        object["api_key_name"] = key.name.as_str().into();
+    }
+    if let Some(reading) = &record.reading {
+        object["model"] = reading.model.as_str().into();
+        object["prompt_tokens"] = reading.spend.prompt.into();
+        object["completion_tokens"] = reading.spend.completion.into();
+    }
     object.to_string()
+}
+
+/// The usage log's line of a request made with an API key: who, which model, what it used, how long
+/// it took and how it ended.
+pub(crate) fn usage_line(record: &Record, request: &LoggedRequest) -> String {
+    let key = record.key.as_deref();
+    let reading = record.reading.as_ref();
+    serde_json::json!({
+        "time": time_iso8601(record.ended_at),
+        "request_id": request.request_id.to_str().unwrap_or(""),
+        "key": key.map(|key| key.name.as_str()),
+        "team": key.and_then(|key| key.team.as_deref()),
+        "model": reading.map(|r| r.model.as_str()),
+        "status": record.status,
+        "prompt_tokens": reading.map(|r| r.spend.prompt),
+        "completion_tokens": reading.map(|r| r.spend.completion),
+        "image_tokens": reading.map(|r| r.spend.image),
+        "ttft": record.stream.as_ref().and_then(|s| s.first_token).map(|t| t.as_secs_f64()),
+        "duration": record.duration.as_secs_f64(),
+        "end": record.end.as_str(),
+    })
+    .to_string()
 }
 
 /// `26/Nov/2026:20:11:08 +0000` (nginx's `$time_local`; infergate logs in UTC).
@@ -363,6 +425,8 @@ pub struct AccessLogs {
     logs: HashMap<(PathBuf, String), Arc<AccessLog>>,
     /// Request headers any format reads.
     keep_headers: Vec<HeaderName>,
+    /// The usage log's writer.
+    usage: Option<Arc<LogWriter>>,
 }
 
 impl AccessLogs {
@@ -407,18 +471,14 @@ impl AccessLogs {
                 },
             };
             let path = source.resolve(&key.0);
-            let writer = match logs.writers.get(&path).or_else(|| previous?.writers.get(&path)) {
-                Some(writer) => writer.clone(),
-                None => match LogWriter::open(&path) {
-                    Ok(writer) => writer,
-                    Err(error) => {
-                        let message = format!("cannot open access log {}: {error}", path.display());
-                        errors.push(source.error(log.path.span(), message));
-                        continue;
-                    }
-                },
+            let writer = match logs.writer(&path, previous) {
+                Ok(writer) => writer,
+                Err(error) => {
+                    let message = format!("cannot open access log {}: {error}", path.display());
+                    errors.push(source.error(log.path.span(), message));
+                    continue;
+                }
             };
-            logs.writers.insert(path, writer.clone());
             for name in format.headers() {
                 if !logs.keep_headers.contains(&name) {
                     logs.keep_headers.push(name);
@@ -426,11 +486,34 @@ impl AccessLogs {
             }
             logs.logs.insert(key, Arc::new(AccessLog { writer, format }));
         }
+        if let Some(path) = &config.http.usage_log {
+            let resolved = source.resolve(path.get_ref());
+            match logs.writer(&resolved, previous) {
+                Ok(writer) => logs.usage = Some(writer),
+                Err(error) => errors
+                    .push(source.error(path.span(), format!("cannot open usage log {}: {error}", resolved.display()))),
+            }
+        }
         if errors.is_empty() {
             Ok(logs)
         } else {
             Err(errors)
         }
+    }
+
+    /// The writer of `path`: this config's, `previous`'s, or a new one.
+    fn writer(&mut self, path: &Path, previous: Option<&AccessLogs>) -> std::io::Result<Arc<LogWriter>> {
+        let writer = match self.writers.get(path).or_else(|| previous?.writers.get(path)) {
+            Some(writer) => writer.clone(),
+            None => LogWriter::open(path)?,
+        };
+        self.writers.insert(path.to_path_buf(), writer.clone());
+        Ok(writer)
+    }
+
+    /// The usage log, if one is configured.
+    pub(crate) fn usage_log(&self) -> Option<&Arc<LogWriter>> {
+        self.usage.as_ref()
     }
 
     /// The log for a place configured by `settings`, innermost first (location, server, `[http]`):
@@ -449,9 +532,9 @@ impl AccessLogs {
         &self.keep_headers
     }
 
-    /// Whether anything is logged at all.
+    /// Whether anything is logged at all (an access log or the usage log).
     pub(crate) fn any(&self) -> bool {
-        !self.logs.is_empty()
+        !self.logs.is_empty() || self.usage.is_some()
     }
 
     /// Reopens every log file (SIGUSR1, after rotation).

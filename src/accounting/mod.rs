@@ -3,7 +3,9 @@
 //! the metrics, so they never disagree. Costs nothing when neither is configured.
 //!
 //! Accounting reads the running config through `Books` (the runtime is one), and wraps whatever
-//! response body the pipeline hands it, so it names no module above its own layer.
+//! response body the pipeline hands it, so it names no module above its own layer. A request made
+//! with an API key adds its key's usage (`keys::usage`) from the body's meter reading, and a line to
+//! the usage log.
 
 pub(crate) mod access_log;
 
@@ -11,6 +13,8 @@ use crate::client::ClientInfo;
 use crate::cost;
 use crate::error::BoxError;
 use crate::error::{ErrorCode, StreamTimedOut};
+use crate::keys::meter::MeterReading;
+use crate::keys::ApiKey;
 use crate::metrics::LocationMetrics;
 use crate::policy::connlimit::ConnGuard;
 use access_log::{AccessLog, AccessLogs};
@@ -43,6 +47,13 @@ pub struct Ledger {
     pub access_logs: AccessLogs,
     /// Where each location's (and each server's no-match) requests are accounted, by `Account` id.
     pub(crate) accounts: Vec<Account>,
+}
+
+/// A response body that may carry a meter reading (`keys::meter`): the model and tokens of a request
+/// made with an API key.
+pub(crate) trait Metering {
+    /// The reading, taken once, when the response ends.
+    fn take_reading(&mut self) -> Option<MeterReading>;
 }
 
 /// What accounting reads of the running config for the requests it records: its ledger, and the
@@ -168,6 +179,10 @@ pub(crate) struct Record {
     pub(crate) stream: Option<StreamStats>,
     /// How the response ended.
     pub(crate) end: BodyEnd,
+    /// The API key the request was made with.
+    pub(crate) key: Option<Arc<ApiKey>>,
+    /// What its response used, for a request that named a key's model.
+    pub(crate) reading: Option<MeterReading>,
     /// The config the request ran on (the connection's own handle, so cloning it is free of
     /// cross-core traffic) and its account there, once routed.
     books: Arc<dyn Books>,
@@ -205,10 +220,22 @@ impl Record {
             }
         }
         let books = self.books.clone();
-        let log = self.account.and_then(|id| books.ledger().accounts.get(id)?.log.as_ref());
-        if let (Some(log), Some(request)) = (log, &self.request) {
+        let ledger = books.ledger();
+        let log = self.account.and_then(|id| ledger.accounts.get(id)?.log.as_ref());
+        let usage_log = ledger.access_logs.usage_log().filter(|_| self.reading.is_some());
+        if (log.is_some() || usage_log.is_some()) && self.request.is_some() {
             self.ended_at = SystemTime::now();
-            log.log(self, request);
+        }
+        if let (Some(key), Some(reading)) = (&self.key, &self.reading) {
+            key.usage.add(&reading.label, &reading.spend);
+        }
+        if let Some(request) = &self.request {
+            if let Some(log) = log {
+                log.log(self, request);
+            }
+            if let Some(usage_log) = usage_log {
+                usage_log.write(access_log::usage_line(self, request));
+            }
         }
     }
 
@@ -243,9 +270,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// attached to the response body. Its record lives from the start in the box that becomes the
 /// response body's wrapper, so accounting costs one allocation. Dropped before a response exists
 /// (the client left), it records a 499.
-pub(crate) struct Accounting<B: Body + Default>(Option<Box<TrackedBody<B>>>);
+pub(crate) struct Accounting<B: Body + Metering + Default>(Option<Box<TrackedBody<B>>>);
 
-impl<B: Body + Default> Accounting<B> {
+impl<B: Body + Metering + Default> Accounting<B> {
     /// Starts the record when the runtime accounts requests (metrics or an access log are on),
     /// keeping the request headers the log formats read.
     pub(crate) fn begin<R>(
@@ -289,6 +316,8 @@ impl<B: Body + Default> Accounting<B> {
             upstream: None,
             stream: None,
             end: BodyEnd::ClientClosed,
+            key: None,
+            reading: None,
             books: books.clone(),
             account: None,
             metrics_on: ledger.metrics_kept,
@@ -306,6 +335,13 @@ impl<B: Body + Default> Accounting<B> {
     pub(crate) fn route(&mut self, account: usize) {
         if let Some(record) = self.0.as_mut().and_then(|tracked| tracked.record.as_mut()) {
             record.account = Some(account);
+        }
+    }
+
+    /// Notes the API key the request was made with.
+    pub(crate) fn key(&mut self, key: &Arc<ApiKey>) {
+        if let Some(record) = self.0.as_mut().and_then(|tracked| tracked.record.as_mut()) {
+            record.key = Some(key.clone());
         }
     }
 
@@ -344,7 +380,7 @@ impl<B: Body + Default> Accounting<B> {
     }
 }
 
-impl<B: Body + Default> Drop for Accounting<B> {
+impl<B: Body + Metering + Default> Drop for Accounting<B> {
     fn drop(&mut self) {
         if let Some(mut tracked) = self.0.take() {
             // The client left before a response existed; the body's drop finishes the record.
@@ -355,21 +391,21 @@ impl<B: Body + Default> Drop for Accounting<B> {
 
 /// A response body that counts its bytes and, when it ends or is dropped, releases the request's
 /// concurrency places and finishes its record.
-pub(crate) struct TrackedBody<B: Body> {
+pub(crate) struct TrackedBody<B: Body + Metering> {
     inner: B,
     places: Vec<ConnGuard>,
     record: Option<Record>,
     end: Option<BodyEnd>,
 }
 
-impl<B: Body> TrackedBody<B> {
+impl<B: Body + Metering> TrackedBody<B> {
     /// The body being tracked.
     pub(crate) fn source(&self) -> &B {
         &self.inner
     }
 }
 
-impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for TrackedBody<B> {
+impl<B: Body<Data = Bytes, Error = BoxError> + Metering + Unpin> Body for TrackedBody<B> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -400,10 +436,11 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for TrackedBody<B> {
     }
 }
 
-impl<B: Body> Drop for TrackedBody<B> {
+impl<B: Body + Metering> Drop for TrackedBody<B> {
     fn drop(&mut self) {
         self.places.clear();
         if let Some(mut record) = self.record.take() {
+            record.reading = self.inner.take_reading();
             let end = match self.end {
                 Some(end) => end,
                 // hyper does not poll a body that is empty from the start.

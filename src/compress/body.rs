@@ -38,6 +38,11 @@ impl<B> CompressedBody<B> {
     pub(crate) fn source(&self) -> &B {
         &self.inner
     }
+
+    /// The body being compressed, to take its meter reading.
+    pub(crate) fn source_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
 }
 
 impl<B> Body for CompressedBody<B>

@@ -65,6 +65,9 @@ pub struct HttpSettings {
     /// A file of more `[[api_key]]` tables (default none), read with the config, so a reload (or the
     /// admin API's `POST /keys/reload`) adds and revokes keys.
     pub(crate) api_keys_file: Option<Spanned<PathBuf>>,
+    /// The usage log (default none): one JSON line per request made with an API key that reached a
+    /// model, for billing.
+    pub(crate) usage_log: Option<Spanned<PathBuf>>,
     /// Where error and event logs go and from which level (nginx `error_log`; default stderr, `info`).
     /// Read at start only.
     pub error_log: Option<ErrorLogConfig>,
@@ -149,6 +152,7 @@ impl Default for HttpSettings {
             access_log: None,
             log_format: BTreeMap::new(),
             api_keys_file: None,
+            usage_log: None,
             error_log: None,
         }
     }

@@ -1,12 +1,14 @@
-//! A key's token spend, settled when its response ends. A request to a key with budgets reserves its
-//! estimate up front (`KeyBudgets::reserve`); its response body is wrapped in a `Metered` body that
-//! reads the backend's `usage` as it passes (a JSON answer's, or a stream's last chunk) and, when the
-//! body ends or is dropped, settles the reservation with what was used: the backend's prompt and
-//! completion tokens; without them, the prompt estimate and the tokens the client received. A stream
-//! whose client did not ask for its usage is asked for it (`stream_options.include_usage`), and the
-//! usage chunk the client did not ask for is taken out of what it receives.
+//! A key's token spend, read as its response passes. The response of a request that names an API
+//! key's model is wrapped in a `Metered` body that reads the backend's `usage` (a JSON answer's, or a
+//! stream's last chunk); what was used is the backend's prompt and completion tokens, without them
+//! the prompt estimate and the tokens the client received. That reading is the request's usage
+//! (`usage`, taken by accounting when the response ends), and for a key with budgets it settles the
+//! reservation made up front (`KeyBudgets::reserve`) when the body ends or is dropped. A stream whose
+//! client did not ask for its usage is asked for it (`stream_options.include_usage`), and the usage
+//! chunk the client did not ask for is taken out of what it receives.
 
 use super::budget::{Bucket, Shortfall};
+use super::usage::Spend;
 use crate::cost::{self, PromptCost, COMPLETION_TOKENS, PROMPT_TOKENS};
 use crate::error::{BoxError, GatewayError};
 use bytes::Bytes;
@@ -72,26 +74,12 @@ impl KeyBudgets {
         for bucket in self.buckets() {
             bucket.take(tokens, now);
         }
-        Ok(Reservation { budgets: self.clone(), reserved: tokens, prompt_estimate: prompt, settled: false })
+        Ok(Reservation { budgets: self.clone(), reserved: tokens, settled: false })
     }
 
-    /// Reserves what the request with `body` may cost: its prompt and `max_tokens` as `cost` estimates
-    /// them for a chat completion; a body that is not one (embeddings) costs its length over four,
-    /// with no output.
-    /// `chat` is the body read as a chat completion (`cost::read_chat`), if it is one. Also says
-    /// whether the body is a stream that did not ask for its usage.
-    pub(crate) fn reserve_for(
-        self: &Arc<Self>,
-        body: &[u8],
-        chat: Option<&PromptCost>,
-    ) -> Result<(Reservation, bool), GatewayError> {
-        match chat {
-            Some(estimate) => {
-                let reservation = self.reserve(estimate.prompt_tokens(), estimate.max_tokens.map(u64::from))?;
-                Ok((reservation, estimate.stream && !estimate.include_usage))
-            }
-            None => Ok((self.reserve((body.len() as u64).div_ceil(4), Some(0))?, false)),
-        }
+    /// Reserves what a request may cost: `estimate`'s prompt and the output it may ask for.
+    pub(crate) fn reserve_for(self: &Arc<Self>, estimate: &Estimate) -> Result<Reservation, GatewayError> {
+        self.reserve(estimate.prompt, estimate.max_tokens)
     }
 
     /// OpenAI's token headers for an answer: the first budget's limit, what remains of it, and when it
@@ -126,7 +114,6 @@ pub(crate) fn reset_text(ms: u64) -> String {
 pub(crate) struct Reservation {
     budgets: Arc<KeyBudgets>,
     reserved: u64,
-    prompt_estimate: u64,
     settled: bool,
 }
 
@@ -148,10 +135,58 @@ impl Drop for Reservation {
     }
 }
 
-/// A response body that settles its request's reservation when it ends or is dropped (see the
-/// module doc).
+/// What the gateway estimated of a request before it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Estimate {
+    /// Prompt tokens, images included.
+    pub(crate) prompt: u64,
+    /// Image tokens among them.
+    pub(crate) image: u64,
+    /// The output it may ask for (`max_tokens`; `None`: it sets none).
+    pub(crate) max_tokens: Option<u64>,
+    /// It streams without asking for its usage.
+    pub(crate) unasked_stream: bool,
+}
+
+impl Estimate {
+    /// The estimate of a request with `body`: its prompt and `max_tokens` as `cost` estimates them for
+    /// a chat completion (`chat`: the body read as one); a body that is not one (embeddings) costs its
+    /// length over four, with no output.
+    pub(crate) fn of(body: &[u8], chat: Option<&PromptCost>) -> Estimate {
+        match chat {
+            Some(chat) => Estimate {
+                prompt: chat.prompt_tokens(),
+                image: u64::from(chat.image_tokens),
+                max_tokens: chat.max_tokens.map(u64::from),
+                unasked_stream: chat.stream && !chat.include_usage,
+            },
+            None => Estimate {
+                prompt: (body.len() as u64).div_ceil(4),
+                image: 0,
+                max_tokens: Some(0),
+                unasked_stream: false,
+            },
+        }
+    }
+}
+
+/// What a metered response used, for its request's record.
+pub(crate) struct MeterReading {
+    /// The model the request named (empty when it named none).
+    pub(crate) model: String,
+    /// Its usage label (`usage::ModelLabels`).
+    pub(crate) label: Arc<str>,
+    /// The tokens it spent.
+    pub(crate) spend: Spend,
+}
+
+/// A response body whose tokens are read as it passes (see the module doc).
 pub(crate) struct Metered<B> {
     inner: B,
+    estimate: Estimate,
+    /// The request's model and label, until accounting takes them.
+    model: Option<(String, Arc<str>)>,
+    /// The key's budgets' reservation, settled when the body ends.
     reservation: Option<Reservation>,
     prompt: Option<u64>,
     completion: Option<u64>,
@@ -167,17 +202,25 @@ pub(crate) struct Metered<B> {
 const TAIL: usize = 48;
 
 impl<B> Metered<B> {
-    /// `inner`, settling `reservation` when it ends.
-    pub(crate) fn new(inner: B, reservation: Reservation) -> Metered<B> {
+    /// `inner`, the response of a request for `model` (counted under `label`) estimated as `estimate`.
+    pub(crate) fn new(inner: B, model: String, label: Arc<str>, estimate: Estimate) -> Metered<B> {
         Metered {
             inner,
-            reservation: Some(reservation),
+            estimate,
+            model: Some((model, label)),
+            reservation: None,
             prompt: None,
             completion: None,
             received: 0,
             strip_usage: false,
             tail: Vec::new(),
         }
+    }
+
+    /// Settles `reservation` with what was used when the body ends.
+    pub(crate) fn settling(mut self, reservation: Option<Reservation>) -> Metered<B> {
+        self.reservation = reservation;
+        self
     }
 
     /// Takes the stream's usage chunk out of what the client receives (the gateway asked for it).
@@ -189,6 +232,12 @@ impl<B> Metered<B> {
     /// The body being metered.
     pub(crate) fn source(&self) -> &B {
         &self.inner
+    }
+
+    /// What the response used so far, once: the request's record takes it when the response ends.
+    pub(crate) fn take_reading(&mut self) -> Option<MeterReading> {
+        let (model, label) = self.model.take()?;
+        Some(MeterReading { model, label, spend: self.spend() })
     }
 
     fn observe(&mut self, data: &[u8]) {
@@ -213,9 +262,12 @@ impl<B> Metered<B> {
 
     /// Tokens used: the backend's `usage` when it reported one, else the estimate of the prompt and
     /// the output the client received.
-    fn used(&self, reservation: &Reservation) -> u64 {
-        let prompt = self.prompt.unwrap_or(reservation.prompt_estimate);
-        prompt + self.completion.unwrap_or(self.received)
+    fn spend(&self) -> Spend {
+        Spend {
+            prompt: self.prompt.unwrap_or(self.estimate.prompt),
+            completion: self.completion.unwrap_or(self.received),
+            image: self.estimate.image,
+        }
     }
 }
 
@@ -300,8 +352,8 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for Metered<B> {
 impl<B> Drop for Metered<B> {
     fn drop(&mut self) {
         if let Some(mut reservation) = self.reservation.take() {
-            let used = self.used(&reservation);
-            reservation.settle(used);
+            let spend = self.spend();
+            reservation.settle(spend.prompt + spend.completion);
         }
     }
 }
@@ -321,30 +373,43 @@ mod tests {
         budgets.minute.as_ref().unwrap().remaining(budgets.now_ms())
     }
 
+    const ESTIMATE: Estimate = Estimate { prompt: 20, image: 8, max_tokens: Some(100), unasked_stream: false };
+
+    fn metered(
+        chunks: &[&'static str],
+        budgets: &Arc<KeyBudgets>,
+    ) -> Metered<impl Body<Data = Bytes, Error = BoxError>> {
+        let reservation = budgets.reserve_for(&ESTIMATE).unwrap();
+        Metered::new(body(chunks), "glm-4v".into(), Arc::from("glm-4v"), ESTIMATE).settling(Some(reservation))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_reservation_settles_on_the_backends_usage_or_on_what_was_received() {
         let budgets = Arc::new(KeyBudgets::new(Some(10_000), None).unwrap());
         // Reserved 20 + 100; the usage, split across two frames, says 12 + 30.
-        let reservation = budgets.reserve(20, Some(100)).unwrap();
+        let mut answer = metered(&["{\"usage\":{\"prompt_tokens\":12,\"compl", "etion_tokens\":30}}"], &budgets);
         assert_eq!(remaining(&budgets), 10_000 - 120);
-        let metered =
-            Metered::new(body(&["{\"usage\":{\"prompt_tokens\":12,\"compl", "etion_tokens\":30}}"]), reservation);
-        metered.collect().await.unwrap();
+        while answer.frame().await.is_some() {}
+        let reading = answer.take_reading().unwrap();
+        assert_eq!((reading.model.as_str(), reading.spend), ("glm-4v", Spend { prompt: 12, completion: 30, image: 8 }));
+        assert!(answer.take_reading().is_none(), "read once");
+        drop(answer);
         assert_eq!(remaining(&budgets), 10_000 - 42);
         // A stream the client leaves after two tokens: the prompt estimate and the two it got.
-        let reservation = budgets.reserve(20, Some(100)).unwrap();
-        let mut metered = Metered::new(
-            body(&[
+        let mut stream = metered(
+            &[
                 "data: {\"choices\":[{\"delta\":{\"content\":\"The\"}}]}\n\n",
                 "data: {\"choices\":[{\"delta\":{\"content\":\" image\"}}]}\n\n",
                 "data: more",
-            ]),
-            reservation,
+            ],
+            &budgets,
         );
-        metered.frame().await.unwrap().unwrap();
-        metered.frame().await.unwrap().unwrap();
-        drop(metered);
+        stream.frame().await.unwrap().unwrap();
+        stream.frame().await.unwrap().unwrap();
+        assert_eq!(stream.take_reading().unwrap().spend, Spend { prompt: 20, completion: 2, image: 8 });
+        drop(stream);
         assert_eq!(remaining(&budgets), 10_000 - 42 - 22);
+        assert_eq!(Estimate::of(b"12345678", None).prompt, 2, "a body that is no chat: its length over four");
     }
 
     #[test]

@@ -6,10 +6,12 @@
 //! to requests in flight, and sets its requests' place in an upstream's admission queue.
 //!
 //! The store is built at config load; a reload builds a new one, and a key that stays (same name and
-//! digest) keeps its rate and concurrency counts, so adding or revoking keys drops no request.
+//! digest) keeps its rate and concurrency counts, so adding or revoking keys drops no request. What
+//! each key used is kept in the store's `usage::UsageBook`, which reloads hand on.
 
 pub(crate) mod budget;
 pub(crate) mod meter;
+pub(crate) mod usage;
 
 use crate::config::{parse_rate, parse_sha256, parse_time, ApiKeyConfig, KeyPriority, ZoneKey};
 use crate::error::{GatewayError, KeyRefusal};
@@ -26,6 +28,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
+use usage::{KeyUsage, ModelLabels, UsageBook};
 
 // OpenAI's request headers; constants, so that no request parses their names.
 const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
@@ -55,6 +58,8 @@ pub(crate) struct ApiKey {
     pub(crate) disabled: bool,
     /// Its token budgets, if it has any.
     pub(crate) budgets: Option<Arc<KeyBudgets>>,
+    /// What it used, by model.
+    pub(crate) usage: Arc<KeyUsage>,
 }
 
 impl ApiKey {
@@ -77,10 +82,9 @@ impl ApiKey {
         headers
     }
 
-    /// Whether its requests' bodies are read before they are forwarded: for the model they name
-    /// (a key limited to some models) or the tokens they may cost (a key with budgets).
-    pub(crate) fn reads_body(&self) -> bool {
-        self.budgets.is_some() || !self.models.iter().any(|pattern| pattern == "*")
+    /// Whether it may name only some models: its requests must then name one.
+    pub(crate) fn limits_models(&self) -> bool {
+        !self.models.iter().any(|pattern| pattern == "*")
     }
 }
 
@@ -93,6 +97,10 @@ pub(crate) struct KeyStore {
     by_prefix: HashMap<u64, Vec<Arc<ApiKey>>>,
     /// Which build of the keys this is: a worker's cache of recent keys holds entries of one.
     generation: u64,
+    /// What every key used since start, handed from store to store.
+    usage: Arc<UsageBook>,
+    /// The models the config names, for usage labels.
+    labels: ModelLabels,
 }
 
 /// Builds of a `KeyStore` so far, for `KeyStore::generation`.
@@ -118,9 +126,20 @@ thread_local! {
 
 impl KeyStore {
     /// Compiles validated `[[api_key]]` tables; a key of `previous` with the same name and digest keeps
-    /// its rate and concurrency counts.
-    pub(crate) fn build(configs: &[ApiKeyConfig], previous: Option<&KeyStore>) -> KeyStore {
-        let mut store = KeyStore { generation: GENERATIONS.fetch_add(1, Ordering::Relaxed), ..KeyStore::default() };
+    /// its rate and concurrency counts, and every key's usage carries on. `models` are the model names
+    /// the rest of the config routes, which (with the keys' own, globs left out) label usage.
+    pub(crate) fn build<'a>(
+        configs: &'a [ApiKeyConfig],
+        previous: Option<&KeyStore>,
+        models: impl IntoIterator<Item = &'a str>,
+    ) -> KeyStore {
+        let key_models = configs.iter().flat_map(|key| key.models.iter().map(|m| m.get_ref().as_str()));
+        let mut store = KeyStore {
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            usage: previous.map(|p| p.usage.clone()).unwrap_or_default(),
+            labels: ModelLabels::new(models.into_iter().chain(key_models)),
+            ..KeyStore::default()
+        };
         for config in configs {
             let Some(digest) = parse_sha256(config.sha256.get_ref()) else { continue };
             let name = config.name.get_ref().clone();
@@ -157,7 +176,6 @@ impl KeyStore {
                 .into_iter()
                 .collect();
             let key = Arc::new(ApiKey {
-                name,
                 team: config.team.clone(),
                 digest,
                 models: config.models.iter().map(|m| m.get_ref().clone()).collect(),
@@ -175,6 +193,8 @@ impl KeyStore {
                     .and_then(|k| k.budgets.clone())
                     .filter(|b| b.same_limits(config.tokens_per_minute, config.tokens_per_day))
                     .or_else(|| KeyBudgets::new(config.tokens_per_minute, config.tokens_per_day).map(Arc::new)),
+                usage: store.usage.key(&name),
+                name,
             });
             store.by_prefix.entry(prefix(&digest)).or_default().push(key.clone());
             store.keys.push(key);
@@ -185,6 +205,16 @@ impl KeyStore {
     /// The keys in config order.
     pub(crate) fn keys(&self) -> &[Arc<ApiKey>] {
         &self.keys
+    }
+
+    /// What every key used since start.
+    pub(crate) fn usage(&self) -> &UsageBook {
+        &self.usage
+    }
+
+    /// The label `model`'s usage is counted under.
+    pub(crate) fn model_label(&self, model: &str) -> Arc<str> {
+        self.labels.label(model)
     }
 
     /// The key whose secret is `secret`, if any.
@@ -313,6 +343,7 @@ mod tests {
             expires,
             disabled,
             budgets: None,
+            usage: UsageBook::default().key("k"),
         }
     }
 
@@ -350,7 +381,7 @@ mod tests {
         ] {
             assert_eq!(glob_matches(pattern, name), matches, "{pattern} ~ {name}");
         }
-        assert!(key.reads_body());
+        assert!(key.limits_models());
     }
 
     #[test]
@@ -362,12 +393,12 @@ mod tests {
         let source = crate::config::Source { name: "k.toml".into(), dir: Default::default(), text };
         let (configs, errors) = crate::config::parse_keys(&source);
         assert!(errors.is_empty(), "{errors:?}");
-        let store = KeyStore::build(&configs, None);
+        let store = KeyStore::build(&configs, None, []);
         assert_eq!(store.find(secret.as_bytes()).map(|k| k.name.clone()), Some("a".to_string()));
         assert_eq!(store.find(secret.as_bytes()).map(|k| k.name.clone()), Some("a".to_string()), "from the cache");
         assert!(store.find(b"ig-wrong").is_none());
         // A worker's cache never outlives the store it came from: a rebuild without the key revokes it.
-        let revoked = KeyStore::build(&[], Some(&store));
+        let revoked = KeyStore::build(&[], Some(&store), []);
         assert!(revoked.find(secret.as_bytes()).is_none());
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", secret.parse().unwrap());

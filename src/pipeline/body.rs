@@ -2,10 +2,10 @@
 //! wrapper. An enum of small variants rather than a boxed trait object: fixed answers allocate nothing
 //! for their body, and the response hyper and the pipeline move around stays small.
 
-use crate::accounting::{TrackedBody, UpstreamInfo};
+use crate::accounting::{Metering, TrackedBody, UpstreamInfo};
 use crate::compress::CompressedBody;
 use crate::error::BoxError;
-use crate::keys::meter::Metered;
+use crate::keys::meter::{MeterReading, Metered};
 use crate::proxy::UpstreamBody;
 use crate::static_files::FileBody;
 use bytes::Bytes;
@@ -30,7 +30,7 @@ pub(crate) enum ResponseBody {
     Compressed { inner: Box<CompressedBody<ResponseBody>> },
     /// A static file, read as the client takes it.
     File { inner: Box<FileBody> },
-    /// A body whose tokens settle its API key's reservation when it ends.
+    /// A body whose tokens are read for its API key's usage and budgets.
     Metered { inner: Box<Metered<ResponseBody>> },
 }
 
@@ -51,7 +51,7 @@ impl ResponseBody {
         ResponseBody::Tracked { inner: body }
     }
 
-    /// A body metered for its API key's token budgets.
+    /// A body metered for its API key's usage and budgets.
     pub(crate) fn metered(body: Metered<ResponseBody>) -> Self {
         ResponseBody::Metered { inner: Box::new(body) }
     }
@@ -73,6 +73,17 @@ impl ResponseBody {
             ResponseBody::Empty
         } else {
             ResponseBody::Full { data: Some(data) }
+        }
+    }
+}
+
+impl Metering for ResponseBody {
+    /// A metered body's reading, through compression (accounting wraps the rest).
+    fn take_reading(&mut self) -> Option<MeterReading> {
+        match self {
+            ResponseBody::Metered { inner } => inner.take_reading(),
+            ResponseBody::Compressed { inner } => inner.source_mut().take_reading(),
+            _ => None,
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::compress::RequestCodings;
 use crate::cost;
 use crate::error::ErrorFormat;
 use crate::error::GatewayError;
-use crate::keys::meter::{self, Metered};
+use crate::keys::meter::{self, Estimate, Metered};
 use crate::keys::ApiKey;
 use crate::policy;
 use crate::policy::connlimit::ConnGuard;
@@ -40,7 +40,7 @@ use crate::template::Vars;
 use crate::upstream::QueuePriority;
 use crate::uri;
 use futures_util::FutureExt;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -93,6 +93,9 @@ async fn serve_identified(
     let codings = location.compress.as_ref().map(|_| RequestCodings::of(&request));
     let (mut response, places, caller) = match request_policies(location, client, &mut request).await {
         Ok((places, caller)) => {
+            if let Some(key) = &caller {
+                account.key(key);
+            }
             // Where the key's rate stands once this request counted, for OpenAI's request headers.
             let rate_headers = caller
                 .as_ref()
@@ -178,7 +181,7 @@ async fn handle(
     // moves for every request 12 KB instead of 2 (measured: 5 % of small-request throughput).
     let work = crate::boxed::pinned(|| async {
         match &location.handler {
-            Handler::Proxy(_) | Handler::Models(_) if key.is_some_and(|key| key.reads_body()) => {
+            Handler::Proxy(_) | Handler::Models(_) if key.is_some() && request.method() == Method::POST => {
                 read_first(location, client, request, key, priority).await
             }
             Handler::Proxy(target) => {
@@ -203,11 +206,12 @@ async fn handle(
     answer(work, location.errors).await
 }
 
-/// Phase 4 for a proxy or models location's request whose key is limited to some models or has token
-/// budgets: the body is read first (up to `client_max_body_size`), the model it names checked
-/// against the key (403), the tokens it may cost reserved against the key's budgets (429 with
-/// `Retry-After`), then the request forwarded whole; its response settles the reservation when it
-/// ends (`keys::meter`).
+/// Phase 4 for a POST to a proxy or models location made with an API key: the body is read first
+/// (up to `client_max_body_size`), the model it names checked against the key (403), the tokens it
+/// may cost reserved against the key's budgets (429 with `Retry-After`), then the request forwarded
+/// whole; its response is metered for the key's usage and settles the reservation when it ends
+/// (`keys::meter`). A body that names no model passes (a file upload) unless the key may name only
+/// some models or the location routes by model.
 async fn read_first(
     location: &Location,
     client: &ClientInfo,
@@ -215,24 +219,24 @@ async fn read_first(
     key: Option<&Arc<ApiKey>>,
     priority: Option<QueuePriority>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
+    let (Some(key), Some(store)) = (key, &location.keys) else { return Err(GatewayError::Internal) };
     let (head, mut body) = ai::read_body(request, location.body).await?;
-    let budgets = key.and_then(|key| key.budgets.as_ref());
     // A chat completion is read once, for its model and its cost; anything else for its model alone.
-    let chat = budgets.and_then(|_| cost::read_chat(&body).ok());
-    let model = match chat.as_ref().and_then(|(model, _)| model.clone()) {
-        Some(model) => model,
-        None => ai::model_of(&body)?,
+    let (named, chat) = match cost::read_chat(&body) {
+        Ok((model, chat)) => (model, Some(chat)),
+        Err(_) => (None, None),
     };
-    ai::check_model(key.map(|key| &**key), &model)?;
-    let (reservation, unasked_stream) = match budgets {
-        Some(budgets) => {
-            let (reservation, unasked) = budgets.reserve_for(&body, chat.as_ref().map(|(_, cost)| cost))?;
-            (Some(reservation), unasked)
-        }
-        None => (None, false),
+    let routes_by_model = matches!(location.handler, Handler::Models(_));
+    let model = match named.map_or_else(|| ai::model_of(&body), Ok) {
+        Ok(model) => model,
+        Err(_) if !key.limits_models() && !routes_by_model => String::new(),
+        Err(error) => return Err(error),
     };
-    // A budgeted stream settles on the backend's own usage: asked for when the client did not ask.
-    let asked = unasked_stream.then(|| meter::asking_for_usage(&body)).flatten();
+    ai::check_model(Some(key), &model)?;
+    let estimate = Estimate::of(&body, chat.as_ref());
+    let reservation = key.budgets.as_ref().map(|budgets| budgets.reserve_for(&estimate)).transpose()?;
+    // A stream is metered on the backend's own usage: asked for when the client did not ask.
+    let asked = estimate.unasked_stream.then(|| meter::asking_for_usage(&body)).flatten();
     let strip_usage = asked.is_some();
     if let Some(asked) = asked {
         body = asked;
@@ -246,13 +250,11 @@ async fn read_first(
             proxy::forward_buffered(head, body, client, upstream, inference, priority).await?
         }
     };
-    let response = proxied(response);
-    Ok(match reservation {
-        Some(reservation) => {
-            response.map(|body| ResponseBody::metered(Metered::new(body, reservation).stripping_usage(strip_usage)))
-        }
-        None => response,
-    })
+    let label = store.model_label(&model);
+    Ok(proxied(response).map(|body| {
+        let metered = Metered::new(body, model, label, estimate).settling(reservation).stripping_usage(strip_usage);
+        ResponseBody::metered(metered)
+    }))
 }
 
 /// A proxied response with its body as the pipeline serves it.

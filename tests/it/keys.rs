@@ -363,3 +363,97 @@ async fn a_keys_rate_is_told_in_openais_request_headers() {
     let (_, headers, _) = send(&mut client, chat(Some(BOB), "bearer", "m")).await;
     assert!(!headers.contains_key("x-ratelimit-limit-requests"), "a key without a rate has none");
 }
+
+/// Waits until the file at `path` has `lines` lines (its writer thread batches them), and returns them.
+async fn wait_lines(path: &std::path::Path, lines: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= lines {
+            return text.lines().map(str::to_string).collect();
+        }
+        assert!(std::time::Instant::now() < deadline, "{} has {text:?}", path.display());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_counted_by_key_and_model_in_the_admin_api_metrics_and_logs() {
+    use infergate::sim::{Sim, SimOptions};
+    let sim = Sim::start(SimOptions::default()).await.unwrap();
+    let logs = r#"
+[http]
+usage_log = "usage.jsonl"
+access_log = { path = "access.log", format = "keyed" }
+log_format = { keyed = "$api_key_name $model $prompt_tokens $completion_tokens $status" }
+
+[admin]
+listen = "127.0.0.1:0"
+"#;
+    let keys = [key("alice", ALICE, "team = \"search\"\nmodels = [\"glm-4v-flash\"]"), key("bob", BOB, "")].join("\n");
+    let gw = TestGateway::start(&format!("{logs}{}", config(&sim.addr.to_string(), &keys))).await;
+    let addr = gw.addr("127.0.0.1:0");
+
+    // alice: one answer of 5 tokens and one stream of 7 that did not ask for its usage; bob: a stream
+    // that asked, of a model the config does not name, and a GET (no model: not counted).
+    let (status, _, body) = send(&mut http1(addr).await, sim_chat(ALICE, 5, false)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, _, text) = send(&mut http1(addr).await, sim_chat(ALICE, 7, true)).await;
+    assert!(!text.contains("\"usage\":{"), "the usage the gateway asked for is not the client's: {text}");
+    let asked = serde_json::json!({"model": "llama-x", "max_tokens": 4, "stream": true,
+        "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "a longer question"}]});
+    let mut request = sim_chat(BOB, 4, true);
+    *request.body_mut() = full(asked.to_string());
+    let (_, _, text) = send(&mut http1(addr).await, request).await;
+    // What the model itself reported, for comparison with what the gateway recorded.
+    let chunk = text.lines().find(|line| line.contains("\"usage\":{")).expect(&text);
+    let reported: Value = serde_json::from_str(chunk.trim_start_matches("data: ")).unwrap();
+    let reported = (reported["usage"]["prompt_tokens"].clone(), reported["usage"]["completion_tokens"].clone());
+    let get = Request::get("/v1/models").header("host", "localhost").header("authorization", format!("Bearer {BOB}"));
+    send(&mut http1(addr).await, get.body(full("")).unwrap()).await;
+
+    let admin = infergate::admin::start(gw.gateway.clone()).await.unwrap().unwrap();
+    let (status, _, body) = fetch(admin, "/usage").await;
+    assert_eq!(status, StatusCode::OK);
+    let usage: Value = serde_json::from_str(&body).unwrap();
+    let rows = usage["usage"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{body}");
+    let (alice, bob) = (&rows[0], &rows[1]);
+    assert_eq!((&alice["key"], &alice["model"]), (&Value::from("alice"), &Value::from("glm-4v-flash")));
+    let alice_total = &alice["since_start"];
+    assert_eq!((&alice_total["requests"], &alice_total["completion_tokens"]), (&Value::from(2), &Value::from(12)));
+    assert_eq!(alice_total["prompt_tokens"], 2, "\"hi\" is one prompt token, twice");
+    assert_eq!(&alice["last_hour"], alice_total, "all of it within the hour");
+    assert_eq!((&bob["key"], &bob["model"]), (&Value::from("bob"), &Value::from("other")), "bounded labels");
+    assert_eq!(
+        (bob["since_start"]["prompt_tokens"].clone(), bob["since_start"]["completion_tokens"].clone()),
+        reported,
+        "a stream's recorded usage is the model's own"
+    );
+
+    let (_, _, metrics) = fetch(admin, "/metrics").await;
+    for line in [
+        r#"infergate_api_key_requests_total{key="alice",model="glm-4v-flash"} 2"#,
+        r#"infergate_api_key_tokens_total{key="alice",model="glm-4v-flash",kind="completion"} 12"#,
+        r#"infergate_api_key_requests_total{key="bob",model="other"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+
+    let lines = wait_lines(&gw.path("usage.jsonl"), 3).await;
+    assert_eq!(lines.len(), 3, "one line per request that reached a model: {lines:?}");
+    let stream: Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(
+        (&stream["key"], &stream["team"], &stream["model"]),
+        (&"alice".into(), &"search".into(), &"glm-4v-flash".into())
+    );
+    assert_eq!(
+        (&stream["status"], &stream["completion_tokens"], &stream["end"]),
+        (&200.into(), &7.into(), &"complete".into())
+    );
+    assert!(stream["ttft"].as_f64().is_some() && stream["duration"].as_f64() >= stream["ttft"].as_f64());
+    assert!(stream["request_id"].as_str().is_some_and(|id| !id.is_empty()) && stream["time"].is_string());
+    let access = wait_lines(&gw.path("access.log"), 4).await;
+    assert_eq!(access[..2], ["alice glm-4v-flash 1 5 200", "alice glm-4v-flash 1 7 200"]);
+    assert!(access[3].starts_with("bob - - - "), "a GET names no model: {}", access[3]);
+}
