@@ -245,14 +245,22 @@ async fn the_keys_example_runs_as_shipped() {
 async fn the_official_openai_sdk_sees_openais_errors_for_keys() {
     use infergate::sim::engine::LatencyModel;
     use infergate::sim::{Sim, SimOptions};
-    let model = LatencyModel { prefill_base_ms: 1.0, decode_ms: 1.0, ..LatencyModel::default() };
+    let model = LatencyModel { prefill_base_ms: 1.0, decode_ms: 5.0, ..LatencyModel::default() };
     let sim = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
-    let keys =
-        [key("app", ALICE, ""), key("limited", BOB, "rate = \"1r/m\""), key("budgeted", CAROL, "tokens_per_day = 20")]
-            .join("\n");
-    let gw = TestGateway::start(&config(&sim.addr.to_string(), &keys)).await;
+    let keys = [
+        key("app", ALICE, ""),
+        key("limited", BOB, "rate = \"1r/m\""),
+        key("budgeted", CAROL, "tokens_per_day = 20"),
+        key("streaming", "ig-streaming", ""),
+        key("leaving", "ig-leaving", ""),
+    ]
+    .join("\n");
+    let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let gw = TestGateway::start(&format!("{admin}{}", config(&sim.addr.to_string(), &keys))).await;
+    let admin = infergate::admin::start(gw.gateway.clone()).await.unwrap().unwrap();
     let base = format!("http://{}/v1", gw.addr("127.0.0.1:0"));
-    let stdout = run_sdk_script("openai_sdk_keys.py", &[&base, ALICE, BOB, CAROL]).await;
+    let args = [&base, &format!("http://{admin}"), ALICE, BOB, CAROL, "ig-streaming", "ig-leaving"];
+    let stdout = run_sdk_script("openai_sdk_keys.py", &args).await;
     assert!(stdout.contains("openai SDK with keys: ok"));
 }
 
