@@ -449,6 +449,14 @@ pub(crate) struct ApiKeyConfig {
     pub(crate) tokens_per_minute: Option<u64>,
     /// Tokens per day, refilled continuously (default unlimited).
     pub(crate) tokens_per_day: Option<u64>,
+    /// Prompt tokens alone per minute (default unlimited).
+    pub(crate) prompt_tokens_per_minute: Option<u64>,
+    /// Prompt tokens alone per day (default unlimited).
+    pub(crate) prompt_tokens_per_day: Option<u64>,
+    /// Completion tokens alone per minute (default unlimited).
+    pub(crate) completion_tokens_per_minute: Option<u64>,
+    /// Completion tokens alone per day (default unlimited).
+    pub(crate) completion_tokens_per_day: Option<u64>,
     /// Its place in an upstream's admission queue: `"high"`, `"normal"` (default) or `"low"`.
     #[serde(default)]
     pub(crate) priority: KeyPriority,
@@ -464,6 +472,40 @@ pub(crate) struct ApiKeyConfig {
     /// Where this table is in its file.
     #[serde(skip)]
     pub(crate) span: std::ops::Range<usize>,
+}
+
+/// What a key's token budget counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counted {
+    /// Prompt and completion tokens together.
+    Tokens,
+    /// Prompt tokens alone.
+    Prompt,
+    /// Completion tokens alone.
+    Completion,
+}
+
+/// One configured token budget: what it counts, its window in milliseconds, its limit.
+pub(crate) type BudgetLimit = (Counted, u64, u64);
+
+impl ApiKeyConfig {
+    /// Its token budgets, in the order answers' headers prefer them (the per-minute one of all tokens
+    /// first).
+    pub(crate) fn budgets(&self) -> Vec<BudgetLimit> {
+        const MINUTE: u64 = 60_000;
+        const DAY: u64 = 86_400_000;
+        [
+            (Counted::Tokens, MINUTE, self.tokens_per_minute),
+            (Counted::Tokens, DAY, self.tokens_per_day),
+            (Counted::Prompt, MINUTE, self.prompt_tokens_per_minute),
+            (Counted::Prompt, DAY, self.prompt_tokens_per_day),
+            (Counted::Completion, MINUTE, self.completion_tokens_per_minute),
+            (Counted::Completion, DAY, self.completion_tokens_per_day),
+        ]
+        .into_iter()
+        .filter_map(|(counted, window, limit)| Some((counted, window, limit?)))
+        .collect()
+    }
 }
 
 fn every_model() -> Vec<Spanned<String>> {

@@ -61,7 +61,7 @@ pub(crate) fn validate_keys(keys: &[ApiKeyConfig], source: &Source, seen: &mut K
                 ));
             }
         }
-        if key.tokens_per_minute == Some(0) || key.tokens_per_day == Some(0) {
+        if key.budgets().iter().any(|(_, _, limit)| *limit == 0) {
             errors.push(source.error(key.span.clone(), format!("api_key `{name}`: token budgets must be above zero")));
         }
         if key.max_concurrent == Some(0) {

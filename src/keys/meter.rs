@@ -9,6 +9,7 @@
 
 use super::budget::{Bucket, Shortfall};
 use super::usage::Spend;
+use crate::config::{BudgetLimit, Counted};
 use crate::cost::{self, PromptCost, COMPLETION_TOKENS, PROMPT_TOKENS};
 use crate::error::{BoxError, GatewayError};
 use bytes::Bytes;
@@ -20,10 +21,13 @@ use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use tokio::time::Instant;
 
-/// A key's token budgets (per minute, per day), kept across reloads while their limits stay.
+/// A key's token budgets (of all tokens, of prompt or of completion tokens, per minute or per day),
+/// kept across reloads while their limits stay.
 pub(crate) struct KeyBudgets {
-    pub(crate) minute: Option<Bucket>,
-    pub(crate) day: Option<Bucket>,
+    /// Each budget with what it counts, in the order of `ApiKeyConfig::budgets`.
+    buckets: Vec<(Counted, Bucket)>,
+    /// The limits they were made of, to tell whether a reload changed them.
+    limits: Vec<BudgetLimit>,
     /// The budgets' clock starts here.
     epoch: Instant,
 }
@@ -31,48 +35,61 @@ pub(crate) struct KeyBudgets {
 /// Tokens a request may produce when it sets no `max_tokens`, for its reservation.
 pub(crate) const DEFAULT_MAX_TOKENS: u64 = 1024;
 
+/// The tokens of a request, prompt and completion apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Tokens {
+    prompt: u64,
+    completion: u64,
+}
+
+impl Tokens {
+    /// What a budget counting `counted` counts of them.
+    fn counted(self, counted: Counted) -> u64 {
+        match counted {
+            Counted::Tokens => self.prompt.saturating_add(self.completion),
+            Counted::Prompt => self.prompt,
+            Counted::Completion => self.completion,
+        }
+    }
+}
+
 impl KeyBudgets {
-    /// Budgets of `per_minute` and `per_day` tokens; `None` when the key has neither.
-    pub(crate) fn new(per_minute: Option<u64>, per_day: Option<u64>) -> Option<KeyBudgets> {
-        if per_minute.is_none() && per_day.is_none() {
+    /// The budgets of `limits` (`ApiKeyConfig::budgets`); `None` when there are none.
+    pub(crate) fn new(limits: Vec<BudgetLimit>) -> Option<KeyBudgets> {
+        if limits.is_empty() {
             return None;
         }
-        Some(KeyBudgets {
-            minute: per_minute.map(|limit| Bucket::new(limit, 60_000, 0)),
-            day: per_day.map(|limit| Bucket::new(limit, 86_400_000, 0)),
-            epoch: Instant::now(),
-        })
+        let buckets = limits.iter().map(|&(counted, window, limit)| (counted, Bucket::new(limit, window, 0))).collect();
+        Some(KeyBudgets { buckets, limits, epoch: Instant::now() })
     }
 
     /// Whether these budgets have these limits (a reload keeps them then).
-    pub(crate) fn same_limits(&self, per_minute: Option<u64>, per_day: Option<u64>) -> bool {
-        self.minute.as_ref().map(Bucket::limit) == per_minute && self.day.as_ref().map(Bucket::limit) == per_day
+    pub(crate) fn same_limits(&self, limits: &[BudgetLimit]) -> bool {
+        self.limits == limits
     }
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn buckets(&self) -> impl Iterator<Item = &Bucket> {
-        self.minute.iter().chain(self.day.iter())
-    }
-
     /// Reserves `prompt` tokens and the output a request may ask for in every budget, or answers why
     /// not: 429 with the seconds until it fits.
     pub(crate) fn reserve(self: &Arc<Self>, prompt: u64, max_tokens: Option<u64>) -> Result<Reservation, GatewayError> {
-        let tokens = prompt.saturating_add(max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
+        let tokens = Tokens { prompt, completion: max_tokens.unwrap_or(DEFAULT_MAX_TOKENS) };
         let now = self.now_ms();
-        for bucket in self.buckets() {
-            match bucket.check(tokens, now) {
+        for (counted, bucket) in &self.buckets {
+            match bucket.check(tokens.counted(*counted), now) {
                 Ok(()) => {}
                 Err(Shortfall::RetryAfterMs(ms)) => {
                     return Err(GatewayError::TokensExceeded { retry_after_secs: ms.div_ceil(1000).max(1) })
                 }
-                Err(Shortfall::TooLarge) => return Err(GatewayError::RequestTooLargeForBudget { tokens }),
+                Err(Shortfall::TooLarge) => {
+                    return Err(GatewayError::RequestTooLargeForBudget { tokens: tokens.counted(*counted) })
+                }
             }
         }
-        for bucket in self.buckets() {
-            bucket.take(tokens, now);
+        for (counted, bucket) in &self.buckets {
+            bucket.take(tokens.counted(*counted), now);
         }
         Ok(Reservation { budgets: self.clone(), reserved: tokens, settled: false })
     }
@@ -82,11 +99,14 @@ impl KeyBudgets {
         self.reserve(estimate.prompt, estimate.max_tokens)
     }
 
-    /// OpenAI's token headers for an answer: the first budget's limit, what remains of it, and when it
-    /// is full again.
+    /// OpenAI's token headers for an answer, of the budget with the fewest tokens left (the first of
+    /// those): its limit, what remains of it, and when it is full again.
     pub(crate) fn headers(&self, headers: &mut HeaderMap) {
-        let Some(bucket) = self.minute.as_ref().or(self.day.as_ref()) else { return };
         let now = self.now_ms();
+        let Some(bucket) = self.buckets.iter().map(|(_, bucket)| bucket).min_by_key(|bucket| bucket.remaining(now))
+        else {
+            return;
+        };
         headers.insert(LIMIT_TOKENS, HeaderValue::from(bucket.limit()));
         headers.insert(REMAINING_TOKENS, HeaderValue::from(bucket.remaining(now)));
         if let Ok(reset) = HeaderValue::try_from(reset_text(bucket.full_in_ms(now))) {
@@ -113,25 +133,25 @@ pub(crate) fn reset_text(ms: u64) -> String {
 /// request got no answer from the model), all of it comes back.
 pub(crate) struct Reservation {
     budgets: Arc<KeyBudgets>,
-    reserved: u64,
+    reserved: Tokens,
     settled: bool,
 }
 
 impl Reservation {
-    fn settle(&mut self, used: u64) {
+    fn settle(&mut self, used: Tokens) {
         if std::mem::replace(&mut self.settled, true) {
             return;
         }
         let now = self.budgets.now_ms();
-        for bucket in self.budgets.buckets() {
-            bucket.settle(self.reserved, used, now);
+        for (counted, bucket) in &self.budgets.buckets {
+            bucket.settle(self.reserved.counted(*counted), used.counted(*counted), now);
         }
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.settle(0);
+        self.settle(Tokens::default());
     }
 }
 
@@ -353,7 +373,7 @@ impl<B> Drop for Metered<B> {
     fn drop(&mut self) {
         if let Some(mut reservation) = self.reservation.take() {
             let spend = self.spend();
-            reservation.settle(spend.prompt + spend.completion);
+            reservation.settle(Tokens { prompt: spend.prompt, completion: spend.completion });
         }
     }
 }
@@ -370,8 +390,10 @@ mod tests {
     }
 
     fn remaining(budgets: &KeyBudgets) -> u64 {
-        budgets.minute.as_ref().unwrap().remaining(budgets.now_ms())
+        budgets.buckets[0].1.remaining(budgets.now_ms())
     }
+
+    const MINUTE: u64 = 60_000;
 
     const ESTIMATE: Estimate = Estimate { prompt: 20, image: 8, max_tokens: Some(100), unasked_stream: false };
 
@@ -385,7 +407,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_reservation_settles_on_the_backends_usage_or_on_what_was_received() {
-        let budgets = Arc::new(KeyBudgets::new(Some(10_000), None).unwrap());
+        let budgets = Arc::new(KeyBudgets::new(vec![(Counted::Tokens, MINUTE, 10_000)]).unwrap());
         // Reserved 20 + 100; the usage, split across two frames, says 12 + 30.
         let mut answer = metered(&["{\"usage\":{\"prompt_tokens\":12,\"compl", "etion_tokens\":30}}"], &budgets);
         assert_eq!(remaining(&budgets), 10_000 - 120);
@@ -412,6 +434,23 @@ mod tests {
         assert_eq!(Estimate::of(b"12345678", None).prompt, 2, "a body that is no chat: its length over four");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn prompt_and_completion_caps_count_their_own_tokens() {
+        let limits = vec![(Counted::Prompt, MINUTE, 50), (Counted::Completion, MINUTE, 100)];
+        let budgets = Arc::new(KeyBudgets::new(limits).unwrap());
+        let left = |i: usize| budgets.buckets[i].1.remaining(budgets.now_ms());
+        let mut first = budgets.reserve(40, Some(90)).unwrap();
+        assert_eq!((left(0), left(1)), (10, 10));
+        assert!(
+            matches!(budgets.reserve(20, Some(5)), Err(GatewayError::TokensExceeded { .. })),
+            "the prompt cap is short"
+        );
+        assert!(matches!(budgets.reserve(5, None), Err(GatewayError::RequestTooLargeForBudget { tokens: 1024 })));
+        first.settle(Tokens { prompt: 40, completion: 10 });
+        assert_eq!((left(0), left(1)), (10, 90), "unused completion tokens come back; the prompt was spent");
+        assert!(budgets.reserve(10, Some(90)).is_ok());
+    }
+
     #[test]
     fn a_stream_is_asked_for_its_usage_and_the_chunk_taken_out() {
         let asked = asking_for_usage(br#"{"stream":true,"messages":[]}"#).unwrap();
@@ -428,7 +467,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_reservation_that_does_not_fit_says_when_it_will() {
-        let budgets = Arc::new(KeyBudgets::new(Some(600), Some(100_000)).unwrap());
+        let budgets = Arc::new(
+            KeyBudgets::new(vec![(Counted::Tokens, MINUTE, 600), (Counted::Tokens, 1440 * MINUTE, 100_000)]).unwrap(),
+        );
         let held = budgets.reserve(500, Some(0)).unwrap();
         match budgets.reserve(200, Some(0)) {
             Err(GatewayError::TokensExceeded { retry_after_secs }) => {

@@ -191,8 +191,8 @@ impl KeyStore {
                 disabled: config.disabled,
                 budgets: kept
                     .and_then(|k| k.budgets.clone())
-                    .filter(|b| b.same_limits(config.tokens_per_minute, config.tokens_per_day))
-                    .or_else(|| KeyBudgets::new(config.tokens_per_minute, config.tokens_per_day).map(Arc::new)),
+                    .filter(|b| b.same_limits(&config.budgets()))
+                    .or_else(|| KeyBudgets::new(config.budgets()).map(Arc::new)),
                 usage: store.usage.key(&name),
                 name,
             });

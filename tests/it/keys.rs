@@ -465,3 +465,23 @@ listen = "127.0.0.1:0"
     assert_eq!(access[..2], ["alice glm-4v-flash 1 5 200", "alice glm-4v-flash 1 7 200"]);
     assert!(access[3].starts_with("bob - - - "), "a GET names no model: {}", access[3]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_cap_counts_completion_tokens_alone() {
+    use infergate::sim::{Sim, SimOptions};
+    let sim = Sim::start(SimOptions::default()).await.unwrap();
+    let keys = key("capped", ALICE, "completion_tokens_per_day = 10\nprompt_tokens_per_day = 1000");
+    let gw = TestGateway::start(&config(&sim.addr.to_string(), &keys)).await;
+    let addr = gw.addr("127.0.0.1:0");
+    // Each answer is 5 completion tokens: the cap holds two; its headers are the first budget's.
+    for left in [5, 0] {
+        let (status, headers, body) = send(&mut http1(addr).await, sim_chat(ALICE, 5, false)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            (&headers["x-ratelimit-limit-tokens"], remaining_tokens(&headers)),
+            (&http::HeaderValue::from(10), left)
+        );
+    }
+    let (status, _, body) = send(&mut http1(addr).await, sim_chat(ALICE, 1, false)).await;
+    assert_eq!((status, error_code(&body).as_str()), (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"));
+}
