@@ -1,9 +1,11 @@
 //! What a chat request will cost the model, estimated before it runs, in the model's own units:
-//! prompt text at about four characters a token, each image by its pixel size as GLM-4V and Qwen-VL
-//! count it (14-pixel patches merged 2x2: one token per 28x28 pixels, the size read from the image's
-//! header, never a full decode), and the output tokens it asks for. One estimator for the gateway
-//! (token budgets) and the simulated model (its prefill time), so the two agree.
+//! prompt text at about four characters a token, each image by its pixel size as the model counts it
+//! (`ImageCost`; by default as GLM-4V and Qwen-VL do, 14-pixel patches merged 2x2: one token per 28x28
+//! pixels; the size read from the image's header, never a full decode), and the output tokens it asks
+//! for. One estimator for the gateway (token budgets, usage) and the simulated model (its prefill
+//! time), so the two agree.
 
+use crate::glob;
 use base64::Engine as _;
 use memchr::memmem::Finder;
 use serde::Deserialize;
@@ -35,14 +37,64 @@ impl PromptCost {
 /// Images given by http(s) URL are counted as this size, never fetched.
 const REMOTE_IMAGE_SIDE: usize = 448;
 
-/// Reads an OpenAI chat completion body and estimates its prompt; errors say what is wrong, for a
-/// 400. Returns the body's `model` too. Read into borrowed, typed fields rather than a JSON tree:
-/// the tree's allocations were most of what a budgeted request cost (callgrind).
-pub(crate) fn read_chat(body: &[u8]) -> Result<(Option<String>, PromptCost), String> {
+/// How a model counts an image's tokens: one per `side` x `side` pixels (at least one along each
+/// side), at most `max` (a model that scales larger images down), plus `extra` (its markers around
+/// an image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ImageCost {
+    pub(crate) side: u32,
+    pub(crate) max: Option<u32>,
+    pub(crate) extra: u32,
+}
+
+impl Default for ImageCost {
+    /// GLM-4V's and Qwen-VL's: 14-pixel patches merged 2x2, one token per 28x28 pixels.
+    fn default() -> ImageCost {
+        ImageCost { side: 28, max: None, extra: 0 }
+    }
+}
+
+impl ImageCost {
+    /// Tokens of a `width` x `height` image.
+    pub(crate) fn tokens(&self, width: usize, height: usize) -> u32 {
+        let side = self.side.max(1) as usize;
+        let grid = u32::try_from((width / side).max(1) * (height / side).max(1)).unwrap_or(u32::MAX);
+        self.max.map_or(grid, |max| grid.min(max)).saturating_add(self.extra)
+    }
+}
+
+/// Image costs by model (`[[image_cost]]`): the first rule with a glob that matches, else the default.
+#[derive(Debug, Default)]
+pub(crate) struct ImageCosts {
+    rules: Vec<(Vec<String>, ImageCost)>,
+}
+
+impl ImageCosts {
+    /// Rules of model globs and their cost, in order.
+    pub(crate) fn new(rules: Vec<(Vec<String>, ImageCost)>) -> ImageCosts {
+        ImageCosts { rules }
+    }
+
+    /// How `model` counts images.
+    pub(crate) fn of(&self, model: Option<&str>) -> ImageCost {
+        let Some(model) = model else { return ImageCost::default() };
+        self.rules
+            .iter()
+            .find(|(globs, _)| globs.iter().any(|pattern| glob::matches(pattern, model)))
+            .map_or_else(ImageCost::default, |(_, cost)| *cost)
+    }
+}
+
+/// Reads an OpenAI chat completion body and estimates its prompt, images counted as `costs` says for
+/// its model; errors say what is wrong, for a 400. Returns the body's `model` too. Read into
+/// borrowed, typed fields rather than a JSON tree: the tree's allocations were most of what a
+/// budgeted request cost (callgrind).
+pub(crate) fn read_chat(body: &[u8], costs: &ImageCosts) -> Result<(Option<String>, PromptCost), String> {
     let chat: ChatBody = serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
     if chat.messages.is_empty() {
         return Err("`messages` must not be empty".into());
     }
+    let image_cost = costs.of(chat.model.as_deref());
     let (mut text_chars, mut images) = (0usize, 0u32);
     for (i, message) in chat.messages.iter().enumerate() {
         match &message.content {
@@ -52,7 +104,7 @@ pub(crate) fn read_chat(body: &[u8]) -> Result<(Option<String>, PromptCost), Str
                     match (part.kind.as_ref(), &part.image_url) {
                         ("text", _) => text_chars += part.text.as_ref().map_or(0, |t| t.chars().count()),
                         ("image_url", Some(image)) => {
-                            let tokens = image_url_tokens(image.url())
+                            let tokens = image_url_tokens(image.url(), &image_cost)
                                 .map_err(|e| format!("messages[{i}].content[{j}]: {e}"))?;
                             images = images.saturating_add(tokens);
                         }
@@ -166,9 +218,9 @@ impl ImageUrl<'_> {
 }
 
 /// Image tokens of a `data:` URL (size read from the decoded image header) or a remote URL.
-fn image_url_tokens(url: &str) -> Result<u32, String> {
+fn image_url_tokens(url: &str, cost: &ImageCost) -> Result<u32, String> {
     if url.starts_with("http://") || url.starts_with("https://") {
-        return Ok(image_tokens(REMOTE_IMAGE_SIDE, REMOTE_IMAGE_SIDE));
+        return Ok(cost.tokens(REMOTE_IMAGE_SIDE, REMOTE_IMAGE_SIDE));
     }
     let data = url.strip_prefix("data:").ok_or("image_url must be a data: URL or an http(s) URL")?;
     let (_, encoded) = data.split_once(";base64,").ok_or("data: URL must be base64-encoded")?;
@@ -176,7 +228,7 @@ fn image_url_tokens(url: &str) -> Result<u32, String> {
         .decode(encoded.trim())
         .map_err(|e| format!("invalid base64 image: {e}"))?;
     let size = imagesize::blob_size(&bytes).map_err(|e| format!("unreadable image: {e}"))?;
-    Ok(image_tokens(size.width, size.height))
+    Ok(cost.tokens(size.width, size.height))
 }
 
 /// `usage.completion_tokens` of an OpenAI answer, as `usage_field` looks for it. Searchers are built
@@ -195,20 +247,18 @@ pub(crate) fn usage_field(data: &[u8], key: &Finder) -> Option<u64> {
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
-/// Image tokens for a `width` x `height` image: 14-pixel patches merged 2x2, so one token per 28x28.
-pub(crate) fn image_tokens(width: usize, height: usize) -> u32 {
-    u32::try_from((width / 28).max(1) * (height / 28).max(1)).unwrap_or(u32::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn image_tokens_follow_the_28_pixel_grid() {
-        assert_eq!(image_tokens(448, 448), 256);
-        assert_eq!(image_tokens(1024, 1024), 1296);
-        assert_eq!(image_tokens(10, 10), 1);
+    fn image_tokens_follow_the_models_grid() {
+        let glm = ImageCost::default();
+        assert_eq!((glm.tokens(448, 448), glm.tokens(1024, 1024), glm.tokens(10, 10)), (256, 1296, 1));
+        let capped = ImageCost { side: 14, max: Some(1000), extra: 2 };
+        assert_eq!((capped.tokens(140, 28), capped.tokens(4000, 4000)), (22, 1002));
+        let costs = ImageCosts::new(vec![(vec!["llava*".into()], capped)]);
+        assert_eq!((costs.of(Some("llava-1.6")), costs.of(Some("glm-4v")), costs.of(None)), (capped, glm, glm));
     }
 
     #[test]
@@ -223,14 +273,20 @@ mod tests {
                 {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
             ]},
         ]});
-        let (_, cost) = read_chat(body.to_string().as_bytes()).unwrap();
+        let (_, cost) = read_chat(body.to_string().as_bytes(), &ImageCosts::default()).unwrap();
         assert_eq!(
             cost,
             PromptCost { text_tokens: 3, image_tokens: 512, max_tokens: Some(7), stream: true, include_usage: false }
         );
         assert_eq!(cost.prompt_tokens(), 515);
-        let (_, bare) = read_chat(br#"{"messages": [{"role": "user", "content": "hi"}]}"#).unwrap();
+        let per_image = ImageCosts::new(vec![(vec!["m".into()], ImageCost { side: 28, max: Some(100), extra: 0 })]);
+        assert_eq!(read_chat(body.to_string().as_bytes(), &per_image).unwrap().1.image_tokens, 200, "the model's own");
+        let (_, bare) =
+            read_chat(br#"{"messages": [{"role": "user", "content": "hi"}]}"#, &ImageCosts::default()).unwrap();
         assert_eq!((bare.text_tokens, bare.max_tokens), (1, None));
-        assert!(read_chat(b"[]").unwrap_err().starts_with("invalid JSON body"), "an array is no chat request");
+        assert!(
+            read_chat(b"[]", &ImageCosts::default()).unwrap_err().starts_with("invalid JSON body"),
+            "an array is no chat request"
+        );
     }
 }

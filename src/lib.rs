@@ -20,6 +20,7 @@ mod error;
 pub mod error_log;
 #[cfg(test)]
 mod fuzzing;
+mod glob;
 pub mod keys;
 mod metrics;
 mod pipeline;

@@ -6,6 +6,7 @@ use crate::ai::Inference;
 use crate::ai::ModelRouter;
 use crate::canary::ProxyTarget;
 use crate::compress::CompressPolicy;
+use crate::cost::ImageCosts;
 use crate::error::ErrorFormat;
 use crate::keys::KeyStore;
 use crate::policy::headers::HeaderEdits;
@@ -60,6 +61,8 @@ pub(crate) struct Location {
     pub(crate) inference: Inference,
     /// The API keys a request must present one of (`auth = "api_key"`); `None`: no authentication.
     pub(crate) keys: Option<Arc<KeyStore>>,
+    /// How the models count images (`[[image_cost]]`), for the estimates of requests' cost.
+    pub(crate) image_costs: Arc<ImageCosts>,
 }
 
 /// Locations of one server, indexed for nginx's matching order.
@@ -198,6 +201,7 @@ mod tests {
             body: BodyLimits { max: u64::MAX, idle: std::time::Duration::from_secs(60) },
             inference: Inference::default(),
             keys: None,
+            image_costs: Default::default(),
             compress: None,
             account: 0,
             limits: Vec::new(),

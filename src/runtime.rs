@@ -12,6 +12,7 @@ use crate::config::{
     self, parse_net, parse_rate, AccessLogSetting, AdminConfig, Auth, CompressConfig, Config, ConfigError,
     ConfigErrors, Encoding, HttpSettings, LimitZoneConfig, LocationConfig, ServerConfig, Source,
 };
+use crate::cost::{ImageCost, ImageCosts};
 use crate::error::ErrorFormat;
 use crate::keys::KeyStore;
 use crate::metrics::{LocationMetrics, Metrics, ServerLabels, UpstreamLabels};
@@ -212,6 +213,17 @@ impl Runtime {
         let routed_models = config.servers.iter().flat_map(|s| s.locations.iter()).flat_map(|l| l.models.keys());
         let keys =
             Arc::new(KeyStore::build(&config.api_keys, previous.map(|p| &*p.keys), routed_models.map(String::as_str)));
+        let image_costs = Arc::new(ImageCosts::new(
+            config
+                .image_costs
+                .iter()
+                .map(|rule| {
+                    let cost =
+                        ImageCost { side: *rule.token_side.get_ref(), max: rule.max_tokens, extra: rule.extra_tokens };
+                    (rule.models.get_ref().clone(), cost)
+                })
+                .collect(),
+        ));
         let context = Context {
             upstreams: &upstreams,
             zones: &zones,
@@ -223,6 +235,7 @@ impl Runtime {
             client_body_timeout: config.http.client_body_timeout.0,
             metrics: &metrics,
             keys: &keys,
+            image_costs: &image_costs,
             accounts: std::cell::RefCell::new(Vec::new()),
         };
 
@@ -357,6 +370,8 @@ struct Context<'a> {
     metrics: &'a Metrics,
     /// The API keys, for `auth = "api_key"` locations.
     keys: &'a Arc<KeyStore>,
+    /// How models count images, for every location.
+    image_costs: &'a Arc<ImageCosts>,
     /// The accounts made so far; a location or server keeps its index.
     accounts: std::cell::RefCell<Vec<Account>>,
 }
@@ -525,6 +540,7 @@ fn compile_location(
         errors,
         inference: Inference::of(location.inference),
         keys: (location.auth == Some(Auth::ApiKey)).then(|| context.keys.clone()),
+        image_costs: context.image_costs.clone(),
     })
 }
 

@@ -2,7 +2,8 @@
 //! the errors of the others. Every error carries the file, line and column it points at.
 
 use super::schema::{
-    AdminConfig, ApiKeyConfig, Config, HttpSettings, LimitZoneConfig, LocationConfig, ServerConfig, UpstreamConfig,
+    AdminConfig, ApiKeyConfig, Config, HttpSettings, ImageCostConfig, LimitZoneConfig, LocationConfig, ServerConfig,
+    UpstreamConfig,
 };
 use serde::Deserialize;
 use std::fmt;
@@ -145,11 +146,19 @@ pub(crate) fn parse(source: &Source) -> (Config, Vec<ConfigError>, bool) {
                 }
             }
             "api_key" => config.api_keys.extend(decode_keys(value, &mut push)),
+            "image_cost" => {
+                for item in array_items(value, "image_cost", &mut push) {
+                    match decode::<ImageCostConfig>(item) {
+                        Ok(cost) => config.image_costs.push(cost),
+                        Err((span, message)) => push(span, message),
+                    }
+                }
+            }
             other => push(
                 key_span,
                 format!(
-                    "unknown section `{other}` (expected `http`, `admin`, `upstream`, `server`, `limit_zone` or \
-                     `api_key`)"
+                    "unknown section `{other}` (expected `http`, `admin`, `upstream`, `server`, `limit_zone`, \
+                     `api_key` or `image_cost`)"
                 ),
             ),
         }

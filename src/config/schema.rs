@@ -25,6 +25,8 @@ pub struct Config {
     /// `[[api_key]]`: the API keys of `auth = "api_key"` locations, with those of `[http]
     /// api_keys_file`, which the loader reads in too.
     pub(crate) api_keys: Vec<ApiKeyConfig>,
+    /// `[[image_cost]]`: how models count an image's tokens, for estimates (default GLM-4V's).
+    pub(crate) image_costs: Vec<ImageCostConfig>,
     /// Some `[[upstream]]` table failed to parse: a location naming an unknown upstream may name that
     /// one, so that is not reported as a second error.
     pub(crate) upstreams_incomplete: bool,
@@ -472,6 +474,26 @@ pub(crate) struct ApiKeyConfig {
     /// Where this table is in its file.
     #[serde(skip)]
     pub(crate) span: std::ops::Range<usize>,
+}
+
+/// `[[image_cost]]`: how the models its globs match count an image's tokens.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ImageCostConfig {
+    /// Model globs (`*` matches any run of characters).
+    pub(crate) models: Spanned<Vec<String>>,
+    /// Pixels per token along each side (default 28: 14-pixel patches merged 2x2).
+    #[serde(default = "default_token_side")]
+    pub(crate) token_side: Spanned<u32>,
+    /// Tokens one image costs at most (a model that scales larger images down; default none).
+    pub(crate) max_tokens: Option<u32>,
+    /// Tokens each image adds besides its pixels (markers around it; default 0).
+    #[serde(default)]
+    pub(crate) extra_tokens: u32,
+}
+
+fn default_token_side() -> Spanned<u32> {
+    Spanned::new(0..0, 28)
 }
 
 /// What a key's token budget counts.

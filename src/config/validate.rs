@@ -74,6 +74,14 @@ pub(crate) fn validate_keys(keys: &[ApiKeyConfig], source: &Source, seen: &mut K
 /// Runs every whole-file check and returns all errors found.
 pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErrors> {
     let mut errors = Vec::new();
+    for cost in &config.image_costs {
+        if *cost.token_side.get_ref() == 0 {
+            errors.push(source.error(cost.token_side.span(), "image_cost: token_side must be above zero"));
+        }
+        if cost.models.get_ref().is_empty() {
+            errors.push(source.error(cost.models.span(), "image_cost: `models` must name at least one glob"));
+        }
+    }
     let mut upstream_names = HashSet::new();
     for upstream in &config.upstreams {
         let name = upstream.name.get_ref();

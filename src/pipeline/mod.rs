@@ -222,7 +222,7 @@ async fn read_first(
     let (Some(key), Some(store)) = (key, &location.keys) else { return Err(GatewayError::Internal) };
     let (head, mut body) = ai::read_body(request, location.body).await?;
     // A chat completion is read once, for its model and its cost; anything else for its model alone.
-    let (named, chat) = match cost::read_chat(&body) {
+    let (named, chat) = match cost::read_chat(&body, &location.image_costs) {
         Ok((model, chat)) => (model, Some(chat)),
         Err(_) => (None, None),
     };

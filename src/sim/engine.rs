@@ -182,7 +182,7 @@ mod tests {
     fn defaults_match_the_seed() {
         let model = LatencyModel::default();
         assert!(model.prefill(64, 0) < Duration::from_millis(200), "text first token under 200 ms");
-        let big = model.prefill(32, crate::cost::image_tokens(1024, 1024));
+        let big = model.prefill(32, crate::cost::ImageCost::default().tokens(1024, 1024));
         assert!((1100..=1300).contains(&big.as_millis()), "1024x1024 about 1.2 s, got {big:?}");
         let eight = model.decode_interval(8).as_secs_f64() / model.decode_interval(1).as_secs_f64();
         assert!((1.1..1.3).contains(&eight), "8 streams cost ~20 % more per token");

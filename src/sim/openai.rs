@@ -24,9 +24,10 @@ pub(crate) struct ChatRequest {
     pub(crate) image_tokens: u32,
 }
 
-/// Reads an OpenAI chat completion body; errors say what is wrong for a 400.
+/// Reads an OpenAI chat completion body, images counted as GLM-4V counts them; errors say what is
+/// wrong for a 400.
 pub(crate) fn parse_chat(body: &[u8], model: &LatencyModel, default_model: &str) -> Result<ChatRequest, String> {
-    let (named, cost) = cost::read_chat(body)?;
+    let (named, cost) = cost::read_chat(body, &cost::ImageCosts::default())?;
     Ok(ChatRequest {
         model: named.unwrap_or_else(|| default_model.to_string()),
         stream: cost.stream,

@@ -485,3 +485,49 @@ async fn a_completion_cap_counts_completion_tokens_alone() {
     let (status, _, body) = send(&mut http1(addr).await, sim_chat(ALICE, 1, false)).await;
     assert_eq!((status, error_code(&body).as_str()), (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"));
 }
+
+#[tokio::test]
+async fn images_cost_what_their_models_image_cost_says() {
+    let backend = Backend::hello().await;
+    // A 448x448 PNG's header.
+    let png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAcAAAAHACAYAAAAAAAAA";
+    let costs = r#"
+[[image_cost]]
+models = ["tiny-*"]
+token_side = 56
+extra_tokens = 2
+
+[[image_cost]]
+models = ["capped-vl"]
+max_tokens = 100
+
+[admin]
+listen = "127.0.0.1:0"
+"#;
+    let models = "models = [\"tiny-vl\", \"capped-vl\", \"glm-4v\"]";
+    let text = format!("{costs}{}", config(&backend.authority(), &key("alice", ALICE, models)));
+    let gw = TestGateway::start(&text).await;
+    let addr = gw.addr("127.0.0.1:0");
+    for model in ["tiny-vl", "capped-vl", "glm-4v"] {
+        let body = serde_json::json!({"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": png}}]}]});
+        let request = Request::post("/v1/chat/completions")
+            .header("host", "localhost")
+            .header("authorization", format!("Bearer {ALICE}"))
+            .body(full(body.to_string()))
+            .unwrap();
+        assert_eq!(send(&mut http1(addr).await, request).await.0, StatusCode::OK);
+    }
+    let admin = infergate::admin::start(gw.gateway.clone()).await.unwrap().unwrap();
+    let (_, _, body) = fetch(admin, "/usage").await;
+    let usage: Value = serde_json::from_str(&body).unwrap();
+    let images: Vec<&Value> =
+        usage["usage"].as_array().unwrap().iter().map(|row| &row["since_start"]["image_tokens"]).collect();
+    // 8x8 tokens + 2; 16x16 capped at 100; 16x16 (GLM-4V's 28-pixel grid, the default).
+    assert_eq!(images, [64 + 2, 100, 256], "{body}");
+
+    let broken = text.replace("token_side = 56", "token_side = 0");
+    let source = infergate::config::Source { name: "t.toml".into(), dir: gw.dir.path().into(), text: broken };
+    let errors = infergate::runtime::Runtime::load(&source, None).err().unwrap().to_string();
+    assert!(errors.contains("t.toml:4:14: image_cost: token_side must be above zero"), "{errors}");
+}
