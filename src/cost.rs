@@ -242,9 +242,9 @@ pub(crate) static PROMPT_TOKENS: LazyLock<Finder<'static>> = LazyLock::new(|| Fi
 /// body, if there is one.
 pub(crate) fn usage_field(data: &[u8], key: &Finder) -> Option<u64> {
     let at = key.find(data)? + key.needle().len();
-    let digits: Vec<u8> =
-        data[at..].iter().skip_while(|b| b.is_ascii_whitespace()).take_while(|b| b.is_ascii_digit()).copied().collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
+    let mut digits = data[at..].iter().skip_while(|b| b.is_ascii_whitespace()).take_while(|b| b.is_ascii_digit());
+    let first = digits.next()?;
+    digits.try_fold(u64::from(first - b'0'), |n, digit| n.checked_mul(10)?.checked_add(u64::from(digit - b'0')))
 }
 
 #[cfg(test)]

@@ -4,18 +4,22 @@
 
 /// Whether `name` matches `pattern`, where `*` stands for any run of characters (none included).
 pub(crate) fn matches(pattern: &str, name: &str) -> bool {
-    let mut pieces = pattern.split('*');
-    let first = pieces.next().unwrap_or("");
+    // Split at the first and last `*`: the head and tail must match the name's ends; the pieces
+    // between, in order, what lies between them.
+    let Some((first, after)) = pattern.split_once('*') else { return pattern == name };
+    let (middle, last) = after.rsplit_once('*').unwrap_or(("", after));
     let Some(mut rest) = name.strip_prefix(first) else { return false };
-    let pieces: Vec<&str> = pieces.collect();
-    let Some((last, middle)) = pieces.split_last() else { return rest.is_empty() };
-    for piece in middle {
+    if rest.len() < last.len() || !rest.ends_with(last) {
+        return false;
+    }
+    rest = &rest[..rest.len() - last.len()];
+    for piece in middle.split('*') {
         match rest.find(piece) {
             Some(at) => rest = &rest[at + piece.len()..],
             None => return false,
         }
     }
-    rest.len() >= last.len() && rest.ends_with(last)
+    true
 }
 
 #[cfg(test)]
@@ -30,6 +34,12 @@ mod tests {
             ("a*b*c", "acb", false),
             ("*-vl", "qwen-vl", true),
             ("a*a", "a", false),
+            ("a*a", "aa", true),
+            ("glm-4v", "glm-4v", true),
+            ("glm-4v", "glm-4v-flash", false),
+            ("*b*", "abc", true),
+            ("a**c", "ac", true),
+            ("ab*bc", "abc", false),
         ] {
             assert_eq!(matches(pattern, name), expected, "{pattern} ~ {name}");
         }

@@ -13,7 +13,7 @@ use crate::keys::ApiKey;
 use crate::proxy::{self, BodyLimits, Proxied, RequestBody};
 use crate::upstream::QueuePriority;
 use crate::upstream::Upstream;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
 use std::collections::{BTreeMap, HashMap};
@@ -113,8 +113,25 @@ pub(crate) async fn read_body(
         return Err(GatewayError::BodyTooLarge(limits.max));
     }
     let body = std::mem::replace(head.body_mut(), ClientBody::Empty);
-    let body = RequestBody::new(body, limits).collect().await.map_err(proxy::body_error)?.to_bytes();
-    Ok((head, body))
+    let mut body = RequestBody::new(body, limits);
+    // Most bodies arrive in one frame, kept as it is; `collect` would first queue every frame (and
+    // any trailers) in buffers of its own.
+    let mut first = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(proxy::body_error)?.into_data() else { continue };
+        match &mut joined {
+            Some(joined) => joined.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut both = BytesMut::with_capacity(first.len() + data.len());
+                both.extend_from_slice(&first);
+                both.extend_from_slice(&data);
+                joined = Some(both);
+            }
+        }
+    }
+    Ok((head, joined.map_or(first, BytesMut::freeze)))
 }
 
 /// The `model` a JSON body names (400 when it is not a JSON object naming one).

@@ -42,11 +42,6 @@ impl Bucket {
         Bucket { limit, window_ms, state: Mutex::new(Level { level: full, at_ms: now_ms }) }
     }
 
-    /// The budget's tokens per window.
-    pub(crate) fn limit(&self) -> u64 {
-        self.limit
-    }
-
     fn full(&self) -> i128 {
         i128::from(self.limit) * i128::from(self.window_ms)
     }

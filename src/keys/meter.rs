@@ -24,12 +24,21 @@ use tokio::time::Instant;
 /// A key's token budgets (of all tokens, of prompt or of completion tokens, per minute or per day),
 /// kept across reloads while their limits stay.
 pub(crate) struct KeyBudgets {
-    /// Each budget with what it counts, in the order of `ApiKeyConfig::budgets`.
-    buckets: Vec<(Counted, Bucket)>,
+    /// In the order of `ApiKeyConfig::budgets`.
+    budgets: Vec<Budget>,
     /// The limits they were made of, to tell whether a reload changed them.
     limits: Vec<BudgetLimit>,
     /// The budgets' clock starts here.
     epoch: Instant,
+}
+
+/// One of a key's budgets.
+struct Budget {
+    /// What it counts.
+    counted: Counted,
+    bucket: Bucket,
+    /// Its limit as `x-ratelimit-limit-tokens` says it, made once.
+    limit_header: HeaderValue,
 }
 
 /// Tokens a request may produce when it sets no `max_tokens`, for its reservation.
@@ -59,8 +68,15 @@ impl KeyBudgets {
         if limits.is_empty() {
             return None;
         }
-        let buckets = limits.iter().map(|&(counted, window, limit)| (counted, Bucket::new(limit, window, 0))).collect();
-        Some(KeyBudgets { buckets, limits, epoch: Instant::now() })
+        let budgets = limits
+            .iter()
+            .map(|&(counted, window, limit)| Budget {
+                counted,
+                bucket: Bucket::new(limit, window, 0),
+                limit_header: HeaderValue::from(limit),
+            })
+            .collect();
+        Some(KeyBudgets { budgets, limits, epoch: Instant::now() })
     }
 
     /// Whether these budgets have these limits (a reload keeps them then).
@@ -77,19 +93,19 @@ impl KeyBudgets {
     pub(crate) fn reserve(self: &Arc<Self>, prompt: u64, max_tokens: Option<u64>) -> Result<Reservation, GatewayError> {
         let tokens = Tokens { prompt, completion: max_tokens.unwrap_or(DEFAULT_MAX_TOKENS) };
         let now = self.now_ms();
-        for (counted, bucket) in &self.buckets {
-            match bucket.check(tokens.counted(*counted), now) {
+        for budget in &self.budgets {
+            match budget.bucket.check(tokens.counted(budget.counted), now) {
                 Ok(()) => {}
                 Err(Shortfall::RetryAfterMs(ms)) => {
                     return Err(GatewayError::TokensExceeded { retry_after_secs: ms.div_ceil(1000).max(1) })
                 }
                 Err(Shortfall::TooLarge) => {
-                    return Err(GatewayError::RequestTooLargeForBudget { tokens: tokens.counted(*counted) })
+                    return Err(GatewayError::RequestTooLargeForBudget { tokens: tokens.counted(budget.counted) })
                 }
             }
         }
-        for (counted, bucket) in &self.buckets {
-            bucket.take(tokens.counted(*counted), now);
+        for budget in &self.budgets {
+            budget.bucket.take(tokens.counted(budget.counted), now);
         }
         Ok(Reservation { budgets: self.clone(), reserved: tokens, settled: false })
     }
@@ -103,15 +119,12 @@ impl KeyBudgets {
     /// those): its limit, what remains of it, and when it is full again.
     pub(crate) fn headers(&self, headers: &mut HeaderMap) {
         let now = self.now_ms();
-        let Some(bucket) = self.buckets.iter().map(|(_, bucket)| bucket).min_by_key(|bucket| bucket.remaining(now))
-        else {
-            return;
-        };
-        headers.insert(LIMIT_TOKENS, HeaderValue::from(bucket.limit()));
-        headers.insert(REMAINING_TOKENS, HeaderValue::from(bucket.remaining(now)));
-        if let Ok(reset) = HeaderValue::try_from(reset_text(bucket.full_in_ms(now))) {
-            headers.insert(RESET_TOKENS, reset);
-        }
+        let least =
+            self.budgets.iter().map(|budget| (budget, budget.bucket.remaining(now))).min_by_key(|(_, left)| *left);
+        let Some((budget, left)) = least else { return };
+        headers.insert(LIMIT_TOKENS, budget.limit_header.clone());
+        headers.insert(REMAINING_TOKENS, HeaderValue::from(left));
+        headers.insert(RESET_TOKENS, reset_value(budget.bucket.full_in_ms(now)));
     }
 }
 
@@ -120,13 +133,33 @@ const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-toke
 const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
 const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 
-/// A duration as OpenAI's `x-ratelimit-reset-*` headers write it: `20ms`, `7s`, `6m0s`.
-pub(crate) fn reset_text(ms: u64) -> String {
+/// A duration as OpenAI's `x-ratelimit-reset-*` headers write it: `20ms`, `7s`, `6m0s`. Written with
+/// `itoa` into a buffer on the stack: the formatter was a fifth of what a budget's headers cost.
+pub(crate) fn reset_value(ms: u64) -> HeaderValue {
+    let mut text = [0u8; 32];
+    let mut len = 0;
+    let mut push = |bytes: &[u8]| {
+        text[len..len + bytes.len()].copy_from_slice(bytes);
+        len += bytes.len();
+    };
+    let mut number = itoa::Buffer::new();
     match ms {
-        0..1_000 => format!("{ms}ms"),
-        1_000..60_000 => format!("{}s", ms.div_ceil(1000)),
-        _ => format!("{}m{}s", ms / 60_000, (ms % 60_000).div_ceil(1000)),
+        0..1_000 => {
+            push(number.format(ms).as_bytes());
+            push(b"ms");
+        }
+        1_000..60_000 => {
+            push(number.format(ms.div_ceil(1000)).as_bytes());
+            push(b"s");
+        }
+        _ => {
+            push(number.format(ms / 60_000).as_bytes());
+            push(b"m");
+            push(number.format((ms % 60_000).div_ceil(1000)).as_bytes());
+            push(b"s");
+        }
     }
+    HeaderValue::from_bytes(&text[..len]).unwrap_or(HeaderValue::from_static("0s"))
 }
 
 /// Tokens taken from a key's budgets for one request, until it settles. Dropped unsettled (the
@@ -143,8 +176,8 @@ impl Reservation {
             return;
         }
         let now = self.budgets.now_ms();
-        for (counted, bucket) in &self.budgets.buckets {
-            bucket.settle(self.reserved.counted(*counted), used.counted(*counted), now);
+        for budget in &self.budgets.budgets {
+            budget.bucket.settle(self.reserved.counted(budget.counted), used.counted(budget.counted), now);
         }
     }
 }
@@ -164,6 +197,8 @@ pub(crate) struct Estimate {
     pub(crate) image: u64,
     /// The output it may ask for (`max_tokens`; `None`: it sets none).
     pub(crate) max_tokens: Option<u64>,
+    /// It streams: its answer's content deltas are counted, for a client that leaves.
+    pub(crate) stream: bool,
     /// It streams without asking for its usage.
     pub(crate) unasked_stream: bool,
 }
@@ -178,12 +213,14 @@ impl Estimate {
                 prompt: chat.prompt_tokens(),
                 image: u64::from(chat.image_tokens),
                 max_tokens: chat.max_tokens.map(u64::from),
+                stream: chat.stream,
                 unasked_stream: chat.stream && !chat.include_usage,
             },
             None => Estimate {
                 prompt: (body.len() as u64).div_ceil(4),
                 image: 0,
                 max_tokens: Some(0),
+                stream: false,
                 unasked_stream: false,
             },
         }
@@ -214,8 +251,10 @@ pub(crate) struct Metered<B> {
     received: u64,
     /// The usage chunk is the gateway's, not the client's: it is taken out of the stream.
     strip_usage: bool,
-    /// The end of the previous frame, so a `usage` field split across two frames is still read.
-    tail: Vec<u8>,
+    /// The end of the previous frame (`tail_len` bytes), so a `usage` field split across two frames
+    /// is still read.
+    tail: [u8; TAIL],
+    tail_len: usize,
 }
 
 /// How many bytes of a frame are kept to read a field split across frames.
@@ -233,7 +272,8 @@ impl<B> Metered<B> {
             completion: None,
             received: 0,
             strip_usage: false,
-            tail: Vec::new(),
+            tail: [0; TAIL],
+            tail_len: 0,
         }
     }
 
@@ -261,23 +301,26 @@ impl<B> Metered<B> {
     }
 
     fn observe(&mut self, data: &[u8]) {
-        self.received += count(data, &CONTENT) - count(data, &EMPTY_CONTENT);
+        if self.estimate.stream {
+            self.received += count(data, &CONTENT) - count(data, &EMPTY_CONTENT);
+        }
         if TOKENS.find(data).is_some() {
             self.prompt = cost::usage_field(data, &PROMPT_TOKENS).or(self.prompt);
             self.completion = cost::usage_field(data, &COMPLETION_TOKENS).or(self.completion);
         }
-        if !self.tail.is_empty() {
+        if self.tail_len > 0 {
             // A field split across this frame and the last one.
             let mut joined = [0u8; 2 * TAIL];
             let head = &data[..data.len().min(TAIL)];
-            joined[..self.tail.len()].copy_from_slice(&self.tail);
-            joined[self.tail.len()..self.tail.len() + head.len()].copy_from_slice(head);
-            let joined = &joined[..self.tail.len() + head.len()];
+            joined[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+            joined[self.tail_len..self.tail_len + head.len()].copy_from_slice(head);
+            let joined = &joined[..self.tail_len + head.len()];
             self.prompt = self.prompt.or_else(|| cost::usage_field(joined, &PROMPT_TOKENS));
             self.completion = self.completion.or_else(|| cost::usage_field(joined, &COMPLETION_TOKENS));
         }
-        self.tail.clear();
-        self.tail.extend_from_slice(&data[data.len().saturating_sub(TAIL)..]);
+        let end = &data[data.len().saturating_sub(TAIL)..];
+        self.tail[..end.len()].copy_from_slice(end);
+        self.tail_len = end.len();
     }
 
     /// Tokens used: the backend's `usage` when it reported one, else the estimate of the prompt and
@@ -390,12 +433,13 @@ mod tests {
     }
 
     fn remaining(budgets: &KeyBudgets) -> u64 {
-        budgets.buckets[0].1.remaining(budgets.now_ms())
+        budgets.budgets[0].bucket.remaining(budgets.now_ms())
     }
 
     const MINUTE: u64 = 60_000;
 
-    const ESTIMATE: Estimate = Estimate { prompt: 20, image: 8, max_tokens: Some(100), unasked_stream: false };
+    const ESTIMATE: Estimate =
+        Estimate { prompt: 20, image: 8, max_tokens: Some(100), stream: true, unasked_stream: false };
 
     fn metered(
         chunks: &[&'static str],
@@ -438,7 +482,7 @@ mod tests {
     async fn prompt_and_completion_caps_count_their_own_tokens() {
         let limits = vec![(Counted::Prompt, MINUTE, 50), (Counted::Completion, MINUTE, 100)];
         let budgets = Arc::new(KeyBudgets::new(limits).unwrap());
-        let left = |i: usize| budgets.buckets[i].1.remaining(budgets.now_ms());
+        let left = |i: usize| budgets.budgets[i].bucket.remaining(budgets.now_ms());
         let mut first = budgets.reserve(40, Some(90)).unwrap();
         assert_eq!((left(0), left(1)), (10, 10));
         assert!(
@@ -488,7 +532,7 @@ mod tests {
         assert_eq!(headers["x-ratelimit-reset-tokens"], "50s");
         drop(held);
         assert_eq!(remaining(&budgets), 600, "a request that got no answer costs nothing");
-        assert_eq!(reset_text(20), "20ms");
-        assert_eq!(reset_text(360_000), "6m0s");
+        assert_eq!((reset_value(20), reset_value(7_000), reset_value(360_000)), ("20ms", "7s", "6m0s"));
+        assert_eq!(reset_value(61_500), "1m2s");
     }
 }

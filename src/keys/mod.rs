@@ -77,9 +77,7 @@ impl ApiKey {
         let (per_minute, remaining, reset_ms) = limit.zone.standing(secret, limit.limit.burst);
         let mut headers =
             vec![(LIMIT_REQUESTS, HeaderValue::from(per_minute)), (REMAINING_REQUESTS, HeaderValue::from(remaining))];
-        if let Ok(reset) = HeaderValue::try_from(meter::reset_text(reset_ms)) {
-            headers.push((RESET_REQUESTS, reset));
-        }
+        headers.push((RESET_REQUESTS, meter::reset_value(reset_ms)));
         headers
     }
 

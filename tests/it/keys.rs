@@ -404,7 +404,15 @@ listen = "127.0.0.1:0"
 
     // alice: one answer of 5 tokens and one stream of 7 that did not ask for its usage; bob: a stream
     // that asked, of a model the config does not name, and a GET (no model: not counted).
-    let (status, _, body) = send(&mut http1(addr).await, sim_chat(ALICE, 5, false)).await;
+    // The first body arrives in three chunks (chunked encoding): read whole all the same.
+    let mut request = sim_chat(ALICE, 5, false);
+    let whole =
+        http_body_util::BodyExt::collect(std::mem::replace(request.body_mut(), full(""))).await.unwrap().to_bytes();
+    let pieces: Vec<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>> =
+        whole.chunks(whole.len() / 3 + 1).map(|piece| Ok(hyper::body::Frame::data(whole.slice_ref(piece)))).collect();
+    *request.body_mut() =
+        http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(pieces)));
+    let (status, _, body) = send(&mut http1(addr).await, request).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, _, text) = send(&mut http1(addr).await, sim_chat(ALICE, 7, true)).await;
     assert!(!text.contains("\"usage\":{"), "the usage the gateway asked for is not the client's: {text}");
