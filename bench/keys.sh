@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # What API keys and token budgets cost: one gateway in front of the same backend, loaded in turn with
 # the same small chat completion POST: to a location without `auth` (off), to an `auth = "api_key"`
-# location with a key of no limits (keys), and with a key that has a token budget (budgets: the body
-# is read, its cost estimated and reserved, the answer metered and settled). Prints medians of the
-# rounds: rps and the gateway's CPU per request, each over off.
+# location with a key of no limits (keys: the body is read for its model, the answer metered for the
+# key's usage), and with a key that has a token budget (budgets: its cost also estimated, reserved
+# and settled). Prints medians of the rounds: rps and the gateway's CPU per request, each over off.
+# Then the same three with streams: 200-token streams from the simulated model, 100 at once, the
+# gateway's CPU per streamed token over off.
 #
 #   bench/keys.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds of 6 s)
 #
@@ -23,7 +25,7 @@ digest() { printf %s "$1" | sha256sum | cut -d' ' -f1; }
 
 install_tools
 need valgrind || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
-cargo build --release -q
+cargo build --release -q --workspace
 start_backend $BACKEND
 # config PORT: the gateway's config: `/` without auth, `/keyed/` with it, and the two keys.
 config() {
@@ -81,6 +83,87 @@ for variant in off keys budgets; do
   rps=$(cut -d' ' -f1 "$WORK/$variant.txt" | median); cpu=$(cut -d' ' -f2 "$WORK/$variant.txt" | median)
   printf '%-8s %12s %16s %14s %14s\n' "$variant" "$rps" "$cpu" "$(ratio "$rps" "$off_rps")" "$(ratio "$cpu" "$off_cpu")"
 done
+
+# Streams: the same three, each request a 200-token stream from the simulated model (a token a
+# millisecond, no prefill to speak of), 100 clients at once; the gateway's CPU per streamed token.
+SIM=18384 STREAM_OFF=18385 STREAM_KEYED=18386 STREAM_TOKENS=200
+target/release/infergate sim --listen "127.0.0.1:$SIM" --slots 1000 --prefill-base-ms 1 \
+  --prefill-per-token-ms 0 --decode-ms 1 --decode-slowdown 0 2>"$WORK/sim.log" &
+PIDS+=("$!")
+streams_config() {
+  printf '%s\n' "[http]
+workers = ${WORKERS:-0}
+keepalive_requests = 1000000
+
+[admin]
+enabled = false
+
+[[upstream]]
+name = \"sim\"
+servers = [{ addr = \"127.0.0.1:$SIM\" }]
+keepalive = 128
+
+[[server]]
+listen = [\"127.0.0.1:$STREAM_OFF\"]
+
+  [[server.location]]
+  prefix = \"/\"
+  proxy = \"sim\"
+
+[[server]]
+listen = [\"127.0.0.1:$STREAM_KEYED\"]
+
+  [[server.location]]
+  prefix = \"/\"
+  proxy = \"sim\"
+  auth = \"api_key\"
+
+[[api_key]]
+name = \"plain\"
+sha256 = \"$(digest ig-bench-plain)\"
+
+[[api_key]]
+name = \"budgeted\"
+sha256 = \"$(digest ig-bench-budgeted)\"
+tokens_per_minute = 1000000000000"
+}
+GATEWAY_BIN=target/release/infergate start_gateway streams "$(streams_config)"
+STREAMS_PID=$GATEWAY_PID
+for port in $SIM $STREAM_OFF $STREAM_KEYED; do wait_port $port; done
+# stream PORT [KEY] -> "tokens_per_second ns_cpu_per_token"
+stream() {
+  local before after out ok
+  before=$(ticks "$STREAMS_PID")
+  out=$(target/release/infergate-load chat --addr "127.0.0.1:$1" --clients 100 --duration "${SECONDS_PER_RUN}s" \
+    --stream --max-tokens $STREAM_TOKENS ${2:+--key "$2"})
+  after=$(ticks "$STREAMS_PID")
+  ok=$(echo "$out" | sed -n 's/.*ok=\([0-9]*\).*/\1/p')
+  echo "$out" | grep -v "failed=0" >&2 || true
+  awk -v ok="$ok" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v s="$SECONDS_PER_RUN" -v n=$STREAM_TOKENS \
+    'BEGIN { printf "%.0f %.0f\n", ok * n / s, (t / hz) / (ok * n) * 1e9 }'
+}
+echo
+echo "streams: ${STREAM_TOKENS}-token streams at 1 ms a token, 100 clients, ${SECONDS_PER_RUN}s x $ROUNDS rounds"
+: > "$WORK/s-off.txt"; : > "$WORK/s-keys.txt"; : > "$WORK/s-budgets.txt"
+for round in $(seq "$ROUNDS"); do
+  order=(off keys budgets); [ $((round % 2)) = 0 ] && order=(budgets keys off)
+  for variant in "${order[@]}"; do
+    case $variant in
+      off) result=$(stream $STREAM_OFF) ;;
+      keys) result=$(stream $STREAM_KEYED ig-bench-plain) ;;
+      budgets) result=$(stream $STREAM_KEYED ig-bench-budgeted) ;;
+    esac
+    echo "$result" >> "$WORK/s-$variant.txt"
+  done
+  echo "  round $round: off $(tail -1 "$WORK/s-off.txt")  keys $(tail -1 "$WORK/s-keys.txt")  budgets $(tail -1 "$WORK/s-budgets.txt")  (tokens/s ns/token)"
+done
+off_cpu=$(cut -d' ' -f2 "$WORK/s-off.txt" | median)
+printf '\n%-8s %14s %16s %14s\n' "" "tokens/s" "ns CPU/token" "CPU over off"
+for variant in off keys budgets; do
+  tps=$(cut -d' ' -f1 "$WORK/s-$variant.txt" | median); cpu=$(cut -d' ' -f2 "$WORK/s-$variant.txt" | median)
+  printf '%-8s %14s %16s %14s\n' "$variant" "$tps" "$cpu" "$(ratio "$cpu" "$off_cpu")"
+done
+kill "$STREAMS_PID" 2>/dev/null || true
 
 # The steady figure: instructions per request, one variant after the other in one counted gateway.
 WORKERS=1 config $COUNTED > "$WORK/counted.toml"

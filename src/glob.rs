@@ -4,6 +4,9 @@
 
 /// Whether `name` matches `pattern`, where `*` stands for any run of characters (none included).
 pub(crate) fn matches(pattern: &str, name: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
     // Split at the first and last `*`: the head and tail must match the name's ends; the pieces
     // between, in order, what lies between them.
     let Some((first, after)) = pattern.split_once('*') else { return pattern == name };
@@ -13,7 +16,7 @@ pub(crate) fn matches(pattern: &str, name: &str) -> bool {
         return false;
     }
     rest = &rest[..rest.len() - last.len()];
-    for piece in middle.split('*') {
+    for piece in middle.split('*').filter(|piece| !piece.is_empty()) {
         match rest.find(piece) {
             Some(at) => rest = &rest[at + piece.len()..],
             None => return false,

@@ -57,7 +57,7 @@ enum Var {
     Model,
     /// Prompt tokens: the backend's usage, else the gateway's estimate.
     PromptTokens,
-    /// Completion tokens: the backend's usage, else the tokens the client received.
+    /// Completion tokens: the backend's usage, else the events the client received.
     CompletionTokens,
     /// Image tokens among the prompt's, as the gateway estimates them.
     ImageTokens,

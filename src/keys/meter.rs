@@ -1,8 +1,8 @@
 //! A key's token spend, read as its response passes. The response of a request that names an API
 //! key's model is wrapped in a `Metered` body that reads the backend's `usage` (a JSON answer's, or a
 //! stream's last chunk); what was used is the backend's prompt and completion tokens, without them
-//! the prompt estimate and the tokens the client received. That reading is the request's usage
-//! (`usage`, taken by accounting when the response ends), and for a key with budgets it settles the
+//! the prompt estimate and the events (about one a token) the client received. That reading is the
+//! request's usage (`usage`, taken by accounting when the response ends), and for a key with budgets it settles the
 //! reservation made up front (`KeyBudgets::reserve`) when the body ends or is dropped. A stream whose
 //! client did not ask for its usage is asked for it (`stream_options.include_usage`), and the usage
 //! chunk the client did not ask for is taken out of what it receives.
@@ -15,7 +15,7 @@ use crate::error::{BoxError, GatewayError};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
-use memchr::memmem::Finder;
+use memchr::memmem::{Finder, FinderRev};
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
@@ -238,6 +238,10 @@ pub(crate) struct MeterReading {
 }
 
 /// A response body whose tokens are read as it passes (see the module doc).
+///
+/// A frame costs little: its events are counted by their blank lines (`memchr`), and its last bytes
+/// join a window of the body's end, where the backend's `usage` is read once, when the body ends:
+/// searching every frame for it cost a third of what a streamed token cost the gateway (callgrind).
 pub(crate) struct Metered<B> {
     inner: B,
     estimate: Estimate,
@@ -245,20 +249,22 @@ pub(crate) struct Metered<B> {
     model: Option<(String, Arc<str>)>,
     /// The key's budgets' reservation, settled when the body ends.
     reservation: Option<Reservation>,
-    prompt: Option<u64>,
-    completion: Option<u64>,
-    /// Content deltas of an event stream received so far: the tokens a client that left received.
-    received: u64,
+    /// The backend's `usage` (prompt, completion), once read from the window.
+    usage: Option<(Option<u64>, Option<u64>)>,
+    /// Line feeds of an event stream so far: two an event (`\n\n`, or `\r\n\r\n`), about one event a
+    /// token, so half of them is what a client that left received.
+    line_feeds: u64,
     /// The usage chunk is the gateway's, not the client's: it is taken out of the stream.
     strip_usage: bool,
-    /// The end of the previous frame (`tail_len` bytes), so a `usage` field split across two frames
-    /// is still read.
-    tail: [u8; TAIL],
-    tail_len: usize,
+    /// The body's last bytes, where its `usage` is: filled up to `WINDOW` bytes (allocated with the
+    /// first frame), then a ring written at `window_at`.
+    window: Vec<u8>,
+    window_at: usize,
 }
 
-/// How many bytes of a frame are kept to read a field split across frames.
-const TAIL: usize = 48;
+/// How much of the body's end is kept to read its `usage` from: a usage object with OpenAI's
+/// details and what follows it (`system_fingerprint`, `[DONE]`) is about 500 bytes.
+const WINDOW: usize = 1024;
 
 impl<B> Metered<B> {
     /// `inner`, the response of a request for `model` (counted under `label`) estimated as `estimate`.
@@ -268,12 +274,11 @@ impl<B> Metered<B> {
             estimate,
             model: Some((model, label)),
             reservation: None,
-            prompt: None,
-            completion: None,
-            received: 0,
+            usage: None,
+            line_feeds: 0,
             strip_usage: false,
-            tail: [0; TAIL],
-            tail_len: 0,
+            window: Vec::new(),
+            window_at: 0,
         }
     }
 
@@ -302,33 +307,53 @@ impl<B> Metered<B> {
 
     fn observe(&mut self, data: &[u8]) {
         if self.estimate.stream {
-            self.received += count(data, &CONTENT) - count(data, &EMPTY_CONTENT);
+            // memchr's count is one vectorized pass, not a search stopping at each match.
+            self.line_feeds += memchr::memchr_iter(b'\n', data).count() as u64;
         }
-        if TOKENS.find(data).is_some() {
-            self.prompt = cost::usage_field(data, &PROMPT_TOKENS).or(self.prompt);
-            self.completion = cost::usage_field(data, &COMPLETION_TOKENS).or(self.completion);
+        self.keep_end(data);
+    }
+
+    /// Writes `data`'s end into the window.
+    fn keep_end(&mut self, data: &[u8]) {
+        let mut data = &data[data.len().saturating_sub(WINDOW)..];
+        if self.window.len() < WINDOW {
+            self.window.reserve_exact(WINDOW);
+            let (fits, more) = data.split_at((WINDOW - self.window.len()).min(data.len()));
+            self.window.extend_from_slice(fits);
+            data = more;
         }
-        if self.tail_len > 0 {
-            // A field split across this frame and the last one.
-            let mut joined = [0u8; 2 * TAIL];
-            let head = &data[..data.len().min(TAIL)];
-            joined[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
-            joined[self.tail_len..self.tail_len + head.len()].copy_from_slice(head);
-            let joined = &joined[..self.tail_len + head.len()];
-            self.prompt = self.prompt.or_else(|| cost::usage_field(joined, &PROMPT_TOKENS));
-            self.completion = self.completion.or_else(|| cost::usage_field(joined, &COMPLETION_TOKENS));
+        let (first, wrapped) = data.split_at((WINDOW - self.window_at).min(data.len()));
+        self.window[self.window_at..self.window_at + first.len()].copy_from_slice(first);
+        self.window[..wrapped.len()].copy_from_slice(wrapped);
+        self.window_at = (self.window_at + data.len()) % WINDOW;
+    }
+
+    /// The backend's prompt and completion tokens: of the last `usage` object in the body's end.
+    fn usage(&mut self) -> (Option<u64>, Option<u64>) {
+        if let Some(usage) = self.usage {
+            return usage;
         }
-        let end = &data[data.len().saturating_sub(TAIL)..];
-        self.tail[..end.len()].copy_from_slice(end);
-        self.tail_len = end.len();
+        // The ring in order: its oldest bytes (from the write position on) first.
+        self.window.rotate_left(self.window_at);
+        self.window_at = 0;
+        let end = &self.window[..];
+        let usage = match USAGE.rfind(end) {
+            Some(at) => {
+                (cost::usage_field(&end[at..], &PROMPT_TOKENS), cost::usage_field(&end[at..], &COMPLETION_TOKENS))
+            }
+            None => (None, None),
+        };
+        self.usage = Some(usage);
+        usage
     }
 
     /// Tokens used: the backend's `usage` when it reported one, else the estimate of the prompt and
-    /// the output the client received.
-    fn spend(&self) -> Spend {
+    /// the events the client received.
+    fn spend(&mut self) -> Spend {
+        let (prompt, completion) = self.usage();
         Spend {
-            prompt: self.prompt.unwrap_or(self.estimate.prompt),
-            completion: self.completion.unwrap_or(self.received),
+            prompt: prompt.unwrap_or(self.estimate.prompt),
+            completion: completion.unwrap_or(self.line_feeds / 2),
             image: self.estimate.image,
         }
     }
@@ -352,9 +377,11 @@ pub(crate) fn asking_for_usage(body: &[u8]) -> Option<Bytes> {
 }
 
 /// `data` without its usage-only SSE events (`"choices":[]` with a `usage`); only a frame that has
-/// one is copied. An event split across frames is passed on as it is.
+/// one is copied, and only a frame with an empty array (`[]`, found with `memchr`) is looked into. An
+/// event split across frames is passed on as it is.
 fn without_usage_events(data: Bytes) -> Bytes {
-    if NO_CHOICES.find(&data).is_none() {
+    let empty_array = memchr::memchr_iter(b']', &data).any(|at| at > 0 && data[at - 1] == b'[');
+    if !empty_array || NO_CHOICES.find(&data).is_none() {
         return data;
     }
     let mut kept = Vec::with_capacity(data.len());
@@ -372,14 +399,8 @@ fn without_usage_events(data: Bytes) -> Bytes {
 }
 
 // What a metered body looks for, searchers built once.
-static CONTENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\":\""));
-static EMPTY_CONTENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\":\"\""));
-static TOKENS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"_tokens\""));
+static USAGE: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"usage\":{"));
 static NO_CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\":[]"));
-
-fn count(haystack: &[u8], needle: &Finder) -> u64 {
-    needle.find_iter(haystack).count() as u64
-}
 
 impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for Metered<B> {
     type Data = Bytes;
@@ -476,6 +497,26 @@ mod tests {
         drop(stream);
         assert_eq!(remaining(&budgets), 10_000 - 42 - 22);
         assert_eq!(Estimate::of(b"12345678", None).prompt, 2, "a body that is no chat: its length over four");
+    }
+
+    #[tokio::test]
+    async fn events_are_counted_by_their_blank_lines_and_usage_read_from_the_end() {
+        let budgets = Arc::new(KeyBudgets::new(vec![(Counted::Tokens, MINUTE, 10_000)]).unwrap());
+        // CRLF separators (sse-starlette's), an event's end straddling two frames, and a body far
+        // longer than the window with its usage (and a later `usage` of continuous stats) at the end.
+        let long = Box::leak(format!("data: {}\r\n\r\n", "x".repeat(3 * WINDOW)).into_boxed_str());
+        let mut stream = metered(
+            &[
+                "data: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\r\n\r\ndata: b\r\n",
+                "\r\n",
+                long,
+                "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n",
+            ],
+            &budgets,
+        );
+        while stream.frame().await.is_some() {}
+        assert_eq!(stream.line_feeds / 2, 5);
+        assert_eq!(stream.take_reading().unwrap().spend, Spend { prompt: 3, completion: 4, image: 8 });
     }
 
     #[tokio::test(start_paused = true)]

@@ -58,8 +58,8 @@ enum Mode {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
         slo: Duration,
     },
-    /// Closed-loop clients of non-streamed chat completions for a while: every answer that is not a
-    /// whole 200 counts as failed.
+    /// Closed-loop clients of chat completions (JSON answers, or streams) for a while: every answer
+    /// that is not a whole 200 counts as failed.
     Chat {
         #[arg(long)]
         addr: SocketAddr,
@@ -67,6 +67,15 @@ enum Mode {
         clients: usize,
         #[arg(long, value_parser = humantime::parse_duration, default_value = "6s")]
         duration: Duration,
+        /// Streamed answers (`stream: true`) instead of JSON ones.
+        #[arg(long)]
+        stream: bool,
+        /// `max_tokens` of each request.
+        #[arg(long, default_value_t = 8)]
+        max_tokens: u32,
+        /// An API key, sent as `Authorization: Bearer KEY`.
+        #[arg(long)]
+        key: Option<String>,
     },
     /// Opens idle keep-alive connections (one request each, then silence) and holds them.
     Idle {
@@ -303,10 +312,19 @@ async fn overload(
     Ok(())
 }
 
-async fn chat_load(addr: SocketAddr, clients: usize, duration: Duration) -> Result<(), String> {
+/// What each request of `chat` load asks for.
+#[derive(Clone)]
+struct ChatShape {
+    stream: bool,
+    max_tokens: u32,
+    key: Option<String>,
+}
+
+async fn chat_load(addr: SocketAddr, clients: usize, duration: Duration, shape: ChatShape) -> Result<(), String> {
     let end = Instant::now() + duration;
     let mut tasks = Vec::with_capacity(clients);
     for _ in 0..clients {
+        let shape = shape.clone();
         tasks.push(tokio::spawn(async move {
             let (mut ok, mut failed) = (0u64, 0u64);
             let mut sender: Option<Sender> = None;
@@ -319,10 +337,16 @@ async fn chat_load(addr: SocketAddr, clients: usize, duration: Duration) -> Resu
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
-                // Each answer must come whole within 10 s (a request takes about 0.3 s).
+                // Each answer must come whole within 10 s (a request takes about 0.3 s; a stream of
+                // 200 tokens at 1 ms, about as long).
                 let result = tokio::time::timeout(Duration::from_secs(10), async {
                     client.ready().await.map_err(|_| ())?;
-                    let response = client.send_request(chat(false, 8)).await.map_err(|_| ())?;
+                    let mut request = chat(shape.stream, shape.max_tokens);
+                    if let Some(key) = &shape.key {
+                        let value = format!("Bearer {key}").parse().map_err(|_| ())?;
+                        request.headers_mut().insert(http::header::AUTHORIZATION, value);
+                    }
+                    let response = client.send_request(request).await.map_err(|_| ())?;
                     let status = response.status();
                     response.into_body().collect().await.map_err(|_| ())?;
                     Ok::<_, ()>(status)
@@ -375,7 +399,9 @@ async fn main() {
         Mode::Cancel { addr, sim, requests } => cancel(addr, sim, requests).await,
         Mode::Overload { addr, sim, clients, duration, slo } => overload(addr, sim, clients, duration, slo).await,
         Mode::Idle { addr, connections, hold } => idle(addr, connections, hold).await,
-        Mode::Chat { addr, clients, duration } => chat_load(addr, clients, duration).await,
+        Mode::Chat { addr, clients, duration, stream, max_tokens, key } => {
+            chat_load(addr, clients, duration, ChatShape { stream, max_tokens, key }).await
+        }
     };
     if let Err(e) = result {
         eprintln!("infergate-load: {e}");
