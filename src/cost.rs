@@ -6,7 +6,7 @@
 //! time), so the two agree.
 
 use crate::glob;
-use base64::Engine as _;
+use crate::images::{self, Image};
 use memchr::memmem::Finder;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -85,19 +85,30 @@ impl ImageCosts {
     }
 }
 
+/// A chat completion body, read: its model, its estimate, and its images with their places.
+#[derive(Debug)]
+pub(crate) struct ChatReading {
+    /// The body's `model`.
+    pub(crate) model: Option<String>,
+    /// What it will cost.
+    pub(crate) cost: PromptCost,
+    /// Its images in order, each with its message's and its part's index.
+    pub(crate) images: Vec<((usize, usize), Image)>,
+}
+
 /// Reads an OpenAI chat completion body and estimates its prompt, images counted as `costs` says for
-/// its model; errors say what is wrong, for a 400. Returns the body's `model` too. Read into
-/// borrowed, typed fields rather than a JSON tree: the tree's allocations were most of what a
-/// budgeted request cost (callgrind). The body is checked as UTF-8 once, whole: read from bytes,
-/// serde_json checks every string on its own, at twice the cost.
-pub(crate) fn read_chat(body: &[u8], costs: &ImageCosts) -> Result<(Option<String>, PromptCost), String> {
+/// its model; errors say what is wrong, for a 400. Read into borrowed, typed fields rather than a
+/// JSON tree: the tree's allocations were most of what a budgeted request cost (callgrind). The body
+/// is checked as UTF-8 once, whole: read from bytes, serde_json checks every string on its own, at
+/// twice the cost.
+pub(crate) fn read_chat(body: &[u8], costs: &ImageCosts) -> Result<ChatReading, String> {
     let text = std::str::from_utf8(body).map_err(|e| format!("invalid JSON body: {e}"))?;
     let chat: ChatBody = serde_json::from_str(text).map_err(|e| format!("invalid JSON body: {e}"))?;
     if chat.messages.is_empty() {
         return Err("`messages` must not be empty".into());
     }
     let image_cost = costs.of(chat.model.as_deref());
-    let (mut text_chars, mut images) = (0usize, 0u32);
+    let (mut text_chars, mut image_tokens, mut images) = (0usize, 0u32, Vec::new());
     for (i, message) in chat.messages.iter().enumerate() {
         match &message.content {
             Some(Content::Text(text)) => text_chars += text.chars().count(),
@@ -106,9 +117,14 @@ pub(crate) fn read_chat(body: &[u8], costs: &ImageCosts) -> Result<(Option<Strin
                     match (part.kind.as_ref(), &part.image_url) {
                         ("text", _) => text_chars += part.text.as_ref().map_or(0, |t| t.chars().count()),
                         ("image_url", Some(image)) => {
-                            let tokens = image_url_tokens(image.url(), &image_cost)
-                                .map_err(|e| format!("messages[{i}].content[{j}]: {e}"))?;
-                            images = images.saturating_add(tokens);
+                            let image =
+                                images::read(image.url()).map_err(|e| format!("messages[{i}].content[{j}]: {e}"))?;
+                            let tokens = match image {
+                                Image::Inline(inline) => image_cost.tokens(inline.width, inline.height),
+                                Image::Remote => image_cost.tokens(REMOTE_IMAGE_SIDE, REMOTE_IMAGE_SIDE),
+                            };
+                            image_tokens = image_tokens.saturating_add(tokens);
+                            images.push(((i, j), image));
                         }
                         ("image_url", None) => {
                             return Err(format!("messages[{i}].content[{j}].image_url.url must be a string"))
@@ -123,12 +139,12 @@ pub(crate) fn read_chat(body: &[u8], costs: &ImageCosts) -> Result<(Option<Strin
     let requested = chat.max_completion_tokens.or(chat.max_tokens);
     let cost = PromptCost {
         text_tokens: u32::try_from(text_chars.div_ceil(4)).unwrap_or(u32::MAX).max(1),
-        image_tokens: images,
+        image_tokens,
         max_tokens: requested.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
         stream: chat.stream.unwrap_or(false),
         include_usage: chat.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
     };
-    Ok((chat.model.map(Cow::into_owned), cost))
+    Ok(ChatReading { model: chat.model.map(Cow::into_owned), cost, images })
 }
 
 /// The fields of a chat completion body the estimate reads; the others are skipped unread.
@@ -219,20 +235,6 @@ impl ImageUrl<'_> {
     }
 }
 
-/// Image tokens of a `data:` URL (size read from the decoded image header) or a remote URL.
-fn image_url_tokens(url: &str, cost: &ImageCost) -> Result<u32, String> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        return Ok(cost.tokens(REMOTE_IMAGE_SIDE, REMOTE_IMAGE_SIDE));
-    }
-    let data = url.strip_prefix("data:").ok_or("image_url must be a data: URL or an http(s) URL")?;
-    let (_, encoded) = data.split_once(";base64,").ok_or("data: URL must be base64-encoded")?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .map_err(|e| format!("invalid base64 image: {e}"))?;
-    let size = imagesize::blob_size(&bytes).map_err(|e| format!("unreadable image: {e}"))?;
-    Ok(cost.tokens(size.width, size.height))
-}
-
 /// `usage.completion_tokens` of an OpenAI answer, as `usage_field` looks for it. Searchers are built
 /// once: building one per search was most of what a search cost.
 pub(crate) static COMPLETION_TOKENS: LazyLock<Finder<'static>> =
@@ -275,16 +277,22 @@ mod tests {
                 {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
             ]},
         ]});
-        let (_, cost) = read_chat(body.to_string().as_bytes(), &ImageCosts::default()).unwrap();
+        let reading = read_chat(body.to_string().as_bytes(), &ImageCosts::default()).unwrap();
+        assert_eq!(reading.images.iter().map(|(at, _)| *at).collect::<Vec<_>>(), [(1, 1), (1, 2)]);
+        let cost = reading.cost;
         assert_eq!(
             cost,
             PromptCost { text_tokens: 3, image_tokens: 512, max_tokens: Some(7), stream: true, include_usage: false }
         );
         assert_eq!(cost.prompt_tokens(), 515);
         let per_image = ImageCosts::new(vec![(vec!["m".into()], ImageCost { side: 28, max: Some(100), extra: 0 })]);
-        assert_eq!(read_chat(body.to_string().as_bytes(), &per_image).unwrap().1.image_tokens, 200, "the model's own");
-        let (_, bare) =
-            read_chat(br#"{"messages": [{"role": "user", "content": "hi"}]}"#, &ImageCosts::default()).unwrap();
+        assert_eq!(
+            read_chat(body.to_string().as_bytes(), &per_image).unwrap().cost.image_tokens,
+            200,
+            "the model's own"
+        );
+        let bare =
+            read_chat(br#"{"messages": [{"role": "user", "content": "hi"}]}"#, &ImageCosts::default()).unwrap().cost;
         assert_eq!((bare.text_tokens, bare.max_tokens), (1, None));
         assert!(
             read_chat(b"[]", &ImageCosts::default()).unwrap_err().starts_with("invalid JSON body"),

@@ -66,6 +66,16 @@ impl StreamTimedOut {
     }
 }
 
+/// Why a location refuses a request's image (`images`): the status (400, or 413 for an image too
+/// large), OpenAI's `code` and `param` (the image's place in `messages`), and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ImageRefusal {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) param: String,
+    pub(crate) message: String,
+}
+
 /// Why an authenticated location refuses a request: 401 for a key missing or unknown, 403 for a
 /// key that may not do this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +187,9 @@ pub(crate) enum GatewayError {
     /// An authenticated location refused the request's key.
     #[error("{}", .0.message())]
     KeyRefused(KeyRefusal),
+    /// A location's image limits refused an image of the request.
+    #[error("{}: {}", .0.param, .0.message)]
+    ImageRefused(ImageRefusal),
     /// A bug: a request handler panicked. Logged; the process lives on.
     #[error("internal error")]
     Internal,
@@ -206,6 +219,7 @@ impl GatewayError {
             }
             GatewayError::KeyRefused(KeyRefusal::Missing | KeyRefusal::Unknown) => StatusCode::UNAUTHORIZED,
             GatewayError::KeyRefused(_) => StatusCode::FORBIDDEN,
+            GatewayError::ImageRefused(refusal) => refusal.status,
         }
     }
 
@@ -240,13 +254,18 @@ impl GatewayError {
             GatewayError::KeyRefused(KeyRefusal::Disabled) => ("permission_error", "api_key_disabled"),
             GatewayError::KeyRefused(KeyRefusal::Expired) => ("permission_error", "api_key_expired"),
             GatewayError::KeyRefused(KeyRefusal::ModelNotAllowed) => ("permission_error", "model_not_allowed"),
+            GatewayError::ImageRefused(refusal) => ("invalid_request_error", refusal.code),
         }
     }
 
     /// The response for this error in the location's format.
     pub(crate) fn to_response(&self, format: ErrorFormat) -> Response<Bytes> {
         let (kind, code) = self.kind();
-        let mut response = error_response(self.status(), kind, code, &self.to_string(), format);
+        let param = match self {
+            GatewayError::ImageRefused(refusal) => Some(refusal.param.as_str()),
+            _ => None,
+        };
+        let mut response = error_response(self.status(), kind, code, param, &self.to_string(), format);
         response.extensions_mut().insert(ErrorCode(code));
         let retry_after = match self {
             GatewayError::Overloaded(
@@ -271,16 +290,18 @@ impl GatewayError {
 }
 
 /// Builds an error response; also used for errors that have no `GatewayError` (e.g. hyper's own).
+/// `param` is OpenAI's: the request field at fault, when there is one.
 pub(crate) fn error_response(
     status: StatusCode,
     kind: &str,
     code: &str,
+    param: Option<&str>,
     message: &str,
     format: ErrorFormat,
 ) -> Response<Bytes> {
     let (content_type, body) = match format {
         ErrorFormat::Json => {
-            let body = serde_json::json!({"error": {"message": message, "type": kind, "code": code}});
+            let body = serde_json::json!({"error": {"message": message, "type": kind, "code": code, "param": param}});
             ("application/json", body.to_string())
         }
         ErrorFormat::Text => {

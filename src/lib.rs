@@ -21,6 +21,7 @@ pub mod error_log;
 #[cfg(test)]
 mod fuzzing;
 mod glob;
+mod images;
 pub mod keys;
 mod metrics;
 mod pipeline;

@@ -2,6 +2,7 @@
 //! in nginx's order — exact match, else the longest prefix (final if it says `skip_regex`), else the
 //! first matching regex in config order, else that longest prefix.
 
+use crate::ai::images::ImageLimits;
 use crate::ai::Inference;
 use crate::ai::ModelRouter;
 use crate::canary::ProxyTarget;
@@ -63,6 +64,8 @@ pub(crate) struct Location {
     pub(crate) keys: Option<Arc<KeyStore>>,
     /// How the models count images (`[[image_cost]]`), for the estimates of requests' cost.
     pub(crate) image_costs: Arc<ImageCosts>,
+    /// Limits on the images of chat requests (`images`); `None` when off or not an API location.
+    pub(crate) images: Option<ImageLimits>,
 }
 
 /// Locations of one server, indexed for nginx's matching order.
@@ -202,6 +205,7 @@ mod tests {
             inference: Inference::default(),
             keys: None,
             image_costs: Default::default(),
+            images: None,
             compress: None,
             account: 0,
             limits: Vec::new(),

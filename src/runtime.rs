@@ -4,6 +4,7 @@
 
 use crate::accounting::access_log::{AccessLog, AccessLogs};
 use crate::accounting::{Account, Books, Ledger};
+use crate::ai::images::ImageLimits;
 use crate::ai::Inference;
 use crate::ai::ModelRouter;
 use crate::canary::{Canary, ProxyTarget};
@@ -528,6 +529,10 @@ fn compile_location(
         .collect();
     let metrics = context.metrics.location(&server_label(server), &location_label(location), &upstreams);
     let account = context.account(metrics, access_log);
+    let reads_bodies = matches!(handler, Handler::Models(_)) || location.auth == Some(Auth::ApiKey);
+    let images = matches!(handler, Handler::Proxy(_) | Handler::Models(_))
+        .then(|| ImageLimits::new(&location.images, reads_bodies))
+        .flatten();
     Some(Location {
         handler,
         request_headers,
@@ -541,6 +546,7 @@ fn compile_location(
         inference: Inference::of(location.inference),
         keys: (location.auth == Some(Auth::ApiKey)).then(|| context.keys.clone()),
         image_costs: context.image_costs.clone(),
+        images,
     })
 }
 

@@ -476,6 +476,40 @@ pub(crate) struct ApiKeyConfig {
     pub(crate) span: std::ops::Range<usize>,
 }
 
+/// `images = { ... }` of a location: what the images of an OpenAI chat request may be. Checked
+/// before the backend sees a byte; sizes are read from the images' headers.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ImagesConfig {
+    /// Whether requests' images are checked here (default: where the body is read whole anyway, on a
+    /// `models` location or one with `auth = "api_key"`; `true` reads a `proxy` location's inference
+    /// POSTs whole too).
+    pub(crate) enabled: Option<bool>,
+    /// Images per request (default 16).
+    pub(crate) max_count: usize,
+    /// Bytes of one image, decoded (default 20m).
+    pub(crate) max_bytes: Size,
+    /// Pixels of one image, width times height (default 50,000,000: a 48-megapixel photo passes).
+    pub(crate) max_pixels: u64,
+    /// Pixels of all of a request's images together (default 200,000,000).
+    pub(crate) max_request_pixels: u64,
+    /// Formats accepted, of `png`, `jpeg`, `webp`, `gif` (default all four).
+    pub(crate) formats: Spanned<Vec<String>>,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            enabled: None,
+            max_count: 16,
+            max_bytes: Size(20 << 20),
+            max_pixels: 50_000_000,
+            max_request_pixels: 200_000_000,
+            formats: Spanned::new(0..0, ["png", "jpeg", "webp", "gif"].map(String::from).to_vec()),
+        }
+    }
+}
+
 /// `[[image_cost]]`: how the models its globs match count an image's tokens.
 #[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -791,6 +825,10 @@ pub(crate) struct LocationConfig {
     pub(crate) proxy_hide_header: Vec<String>,
     /// Response compression here, replacing the server's table.
     pub(crate) compress: Option<CompressConfig>,
+    /// Limits on the images of OpenAI chat requests (default `ImagesConfig::default`: on where the
+    /// body is read anyway, a `models` location or `auth = "api_key"`).
+    #[serde(default)]
+    pub(crate) images: ImagesConfig,
     /// Access log here (default the server's); `"off"` logs nothing here.
     pub(crate) access_log: Option<AccessLogSetting>,
     /// Rate limits (nginx `limit_req`): one table or an array.

@@ -82,6 +82,16 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
             errors.push(source.error(cost.models.span(), "image_cost: `models` must name at least one glob"));
         }
     }
+    for location in config.servers.iter().flat_map(|server| &server.locations) {
+        for format in location.images.formats.get_ref() {
+            if crate::images::Format::named(format).is_none() {
+                errors.push(source.error(
+                    location.images.formats.span(),
+                    format!("images.formats: unknown format `{format}` (expected png, jpeg, webp or gif)"),
+                ));
+            }
+        }
+    }
     let mut upstream_names = HashSet::new();
     for upstream in &config.upstreams {
         let name = upstream.name.get_ref();

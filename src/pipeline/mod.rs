@@ -41,9 +41,10 @@ use crate::upstream::QueuePriority;
 use crate::uri;
 use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use memchr::memmem::Finder;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::SystemTime;
 use tracing::Instrument;
 
@@ -181,7 +182,7 @@ async fn handle(
     // moves for every request 12 KB instead of 2 (measured: 5 % of small-request throughput).
     let work = crate::boxed::pinned(|| async {
         match &location.handler {
-            Handler::Proxy(_) | Handler::Models(_) if key.is_some() && request.method() == Method::POST => {
+            Handler::Proxy(_) | Handler::Models(_) if reads_first(location, &request, key.is_some()) => {
                 read_first(location, client, request, key, priority).await
             }
             Handler::Proxy(target) => {
@@ -206,12 +207,18 @@ async fn handle(
     answer(work, location.errors).await
 }
 
-/// Phase 4 for a POST to a proxy or models location made with an API key: the body is read first
-/// (up to `client_max_body_size`), the model it names checked against the key (403), the tokens it
-/// may cost reserved against the key's budgets (429 with `Retry-After`), then the request forwarded
-/// whole; its response is metered for the key's usage and settles the reservation when it ends
-/// (`keys::meter`). A body that names no model passes (a file upload) unless the key may name only
-/// some models or the location routes by model.
+/// Whether a request to a proxy or models location is read whole before it is forwarded: a POST
+/// made with an API key, or one whose images the location checks.
+fn reads_first(location: &Location, request: &ClientRequest, keyed: bool) -> bool {
+    request.method() == Method::POST && (keyed || location.images.is_some())
+}
+
+/// Phase 4 for a POST that `reads_first`: the body is read first (up to `client_max_body_size`), its
+/// images checked against the location's limits (400 or 413 naming the image), the model it names
+/// checked against the key (403), the tokens it may cost reserved against the key's budgets (429 with
+/// `Retry-After`), then the request forwarded whole; a keyed request's response is metered for the
+/// key's usage and settles the reservation when it ends (`keys::meter`). A body that names no model
+/// passes (a file upload) unless the key may name only some models or the location routes by model.
 async fn read_first(
     location: &Location,
     client: &ClientInfo,
@@ -219,14 +226,34 @@ async fn read_first(
     key: Option<&Arc<ApiKey>>,
     priority: Option<QueuePriority>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    let (Some(key), Some(store)) = (key, &location.keys) else { return Err(GatewayError::Internal) };
     let (head, mut body) = ai::read_body(request, location.body).await?;
-    // A chat completion is read once, for its model and its cost; anything else for its model alone.
-    let (named, chat) = match cost::read_chat(&body, &location.image_costs) {
-        Ok((model, chat)) => (model, Some(chat)),
-        Err(_) => (None, None),
+    // A chat completion is read once, for its images, its model and its cost; without a key, only a
+    // body that may hold an image is read (one with a backslash may spell `image_url` escaped).
+    let images =
+        location.images.as_ref().filter(|_| memchr::memchr(b'\\', &body).is_some() || IMAGE_URL.find(&body).is_some());
+    let reading = match (key.is_some() || images.is_some()).then(|| cost::read_chat(&body, &location.image_costs)) {
+        Some(Ok(reading)) => Some(reading),
+        // A body with an image that cannot be read whole is refused, never passed on unchecked.
+        Some(Err(error)) if images.is_some() && IMAGE_URL.find(&body).is_some() => {
+            return Err(GatewayError::BadRequest(error))
+        }
+        Some(Err(_)) | None => None,
     };
+    if let (Some(limits), Some(reading)) = (images, &reading) {
+        limits.check(&reading.images)?;
+    }
+    let (named, chat) = reading.map_or((None, None), |reading| (reading.model, Some(reading.cost)));
     let routes_by_model = matches!(location.handler, Handler::Models(_));
+    let Some((key, store)) = key.zip(location.keys.as_ref()) else {
+        let response = match &location.handler {
+            Handler::Models(router) => {
+                let model = named.map_or_else(|| ai::model_of(&body), Ok)?;
+                router.route(head, body, &model, client, location.inference, priority).await?
+            }
+            _ => forward_read(location, head, body, client, priority).await?,
+        };
+        return Ok(proxied(response));
+    };
     let model = match named.map_or_else(|| ai::model_of(&body), Ok) {
         Ok(model) => model,
         Err(_) if !key.limits_models() && !routes_by_model => String::new(),
@@ -243,18 +270,30 @@ async fn read_first(
     }
     let response = match &location.handler {
         Handler::Models(router) => router.route(head, body, &model, client, location.inference, priority).await?,
-        _ => {
-            let Handler::Proxy(target) = &location.handler else { return Err(GatewayError::Internal) };
-            let upstream = target.choose(&head, &client.ip);
-            let inference = location.inference.covers(head.method(), head.uri().path());
-            proxy::forward_buffered(head, body, client, upstream, inference, priority).await?
-        }
+        _ => forward_read(location, head, body, client, priority).await?,
     };
     let label = store.model_label(&model);
     Ok(proxied(response).map(|body| {
         let metered = Metered::new(body, model, label, estimate).settling(reservation).stripping_usage(strip_usage);
         ResponseBody::metered(metered)
     }))
+}
+
+/// `image_url`, the key of an image part, found before a body is parsed for its images.
+static IMAGE_URL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"image_url"));
+
+/// Forwards a proxy location's request whose body was read.
+async fn forward_read(
+    location: &Location,
+    head: ClientRequest,
+    body: bytes::Bytes,
+    client: &ClientInfo,
+    priority: Option<QueuePriority>,
+) -> Result<Response<Proxied>, GatewayError> {
+    let Handler::Proxy(target) = &location.handler else { return Err(GatewayError::Internal) };
+    let upstream = target.choose(&head, &client.ip);
+    let inference = location.inference.covers(head.method(), head.uri().path());
+    proxy::forward_buffered(head, body, client, upstream, inference, priority).await
 }
 
 /// A proxied response with its body as the pipeline serves it.

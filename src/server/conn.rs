@@ -339,6 +339,7 @@ async fn respond(state: Arc<ConnState>, max_requests: u64, request: ClientReques
             http::StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
             "listener_removed",
+            None,
             "this address no longer serves",
             crate::error::ErrorFormat::Text,
         )

@@ -27,9 +27,10 @@ pub(crate) struct ChatRequest {
 /// Reads an OpenAI chat completion body, images counted as GLM-4V counts them; errors say what is
 /// wrong for a 400.
 pub(crate) fn parse_chat(body: &[u8], model: &LatencyModel, default_model: &str) -> Result<ChatRequest, String> {
-    let (named, cost) = cost::read_chat(body, &cost::ImageCosts::default())?;
+    let reading = cost::read_chat(body, &cost::ImageCosts::default())?;
+    let cost = reading.cost;
     Ok(ChatRequest {
-        model: named.unwrap_or_else(|| default_model.to_string()),
+        model: reading.model.unwrap_or_else(|| default_model.to_string()),
         stream: cost.stream,
         include_usage: cost.include_usage,
         max_tokens: cost.max_tokens.unwrap_or(model.default_max_tokens).max(1),

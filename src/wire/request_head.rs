@@ -49,7 +49,7 @@ impl HeadRejection {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_too_large", "request header too large")
             }
         };
-        error_response(status, "invalid_request_error", code, message, ErrorFormat::Text)
+        error_response(status, "invalid_request_error", code, None, message, ErrorFormat::Text)
     }
 }
 

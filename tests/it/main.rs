@@ -12,6 +12,7 @@ mod compression;
 mod edge;
 mod health;
 mod hostile;
+mod images;
 mod keys;
 mod layers;
 mod models;

@@ -1,0 +1,139 @@
+//! A location's limits on the images of OpenAI chat requests (`images`): how many, how large decoded,
+//! how many pixels each and all together, which formats, and no remote URLs (the gateway does not
+//! fetch images, and a backend that does could be made to reach any address). Checked on the images
+//! `cost::read_chat` read from their headers, before the backend sees a byte of the request.
+
+use crate::config::ImagesConfig;
+use crate::error::{GatewayError, ImageRefusal};
+use crate::images::{Format, Image};
+use http::StatusCode;
+
+/// `images` of a location, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ImageLimits {
+    max_count: usize,
+    max_bytes: u64,
+    max_pixels: u64,
+    max_request_pixels: u64,
+    formats: Vec<Format>,
+}
+
+impl ImageLimits {
+    /// The limits of a validated `images` table, for a location that reads its requests' bodies
+    /// whole anyway (`reads_bodies`) or not; `None` when they are off there.
+    pub(crate) fn new(config: &ImagesConfig, reads_bodies: bool) -> Option<ImageLimits> {
+        config.enabled.unwrap_or(reads_bodies).then(|| ImageLimits {
+            max_count: config.max_count,
+            max_bytes: config.max_bytes.0,
+            max_pixels: config.max_pixels,
+            max_request_pixels: config.max_request_pixels,
+            formats: config.formats.get_ref().iter().filter_map(|name| Format::named(name)).collect(),
+        })
+    }
+
+    /// Whether a request's images, each with its message's and part's index, pass; the first that does
+    /// not is named in the refusal (400, or 413 for one too large).
+    pub(crate) fn check(&self, images: &[((usize, usize), Image)]) -> Result<(), GatewayError> {
+        let refuse = |&(i, j): &(usize, usize), status, code, message: String| {
+            Err(GatewayError::ImageRefused(ImageRefusal {
+                status,
+                code,
+                param: format!("messages[{i}].content[{j}]"),
+                message,
+            }))
+        };
+        if let Some((at, _)) = images.get(self.max_count) {
+            let message =
+                format!("{} images in one request; this location takes at most {}", images.len(), self.max_count);
+            return refuse(at, StatusCode::BAD_REQUEST, "too_many_images", message);
+        }
+        let mut pixels = 0u64;
+        for (at, image) in images {
+            let Image::Inline(image) = image else {
+                let message = "image URLs are not accepted here; send the image inline as a data: URL".to_string();
+                return refuse(at, StatusCode::BAD_REQUEST, "image_url_not_allowed", message);
+            };
+            if !self.formats.contains(&image.format) {
+                let allowed: Vec<&str> = self.formats.iter().map(|format| format.name()).collect();
+                let message =
+                    format!("{} images are not accepted here (accepted: {})", image.format.name(), allowed.join(", "));
+                return refuse(at, StatusCode::BAD_REQUEST, "image_format_not_allowed", message);
+            }
+            if image.bytes > self.max_bytes {
+                let message =
+                    format!("the image is {} bytes; this location takes at most {}", image.bytes, self.max_bytes);
+                return refuse(at, StatusCode::PAYLOAD_TOO_LARGE, "image_too_large", message);
+            }
+            if image.pixels() > self.max_pixels {
+                let message = format!(
+                    "the image is {}x{} ({} pixels); this location takes at most {} pixels an image",
+                    image.width,
+                    image.height,
+                    image.pixels(),
+                    self.max_pixels
+                );
+                return refuse(at, StatusCode::BAD_REQUEST, "image_too_many_pixels", message);
+            }
+            pixels = pixels.saturating_add(image.pixels());
+            if pixels > self.max_request_pixels {
+                let message = format!(
+                    "the images come to {pixels} pixels; this location takes at most {} a request",
+                    self.max_request_pixels
+                );
+                return refuse(at, StatusCode::BAD_REQUEST, "images_too_many_pixels", message);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::Inline;
+
+    fn image(format: Format, width: usize, height: usize, bytes: u64) -> Image {
+        Image::Inline(Inline { format, width, height, bytes })
+    }
+
+    #[test]
+    fn each_limit_refuses_the_first_image_past_it() {
+        let config = ImagesConfig {
+            max_count: 2,
+            max_bytes: crate::config::Size(1_000),
+            max_pixels: 100,
+            max_request_pixels: 150,
+            formats: toml::Spanned::new(0..0, vec!["png".into(), "jpeg".into()]),
+            ..ImagesConfig::default()
+        };
+        let limits = ImageLimits::new(&config, true).unwrap();
+        let png = image(Format::Png, 10, 10, 500);
+        // The images of a request, and the refusal: (param, code, status), or none.
+        type Refused = Option<(&'static str, &'static str, u16)>;
+        let rows: [(Vec<Image>, Refused); 7] = [
+            (vec![png, png], Some(("messages[0].content[1]", "images_too_many_pixels", 400))),
+            (vec![png], None),
+            (vec![png, image(Format::Jpeg, 5, 5, 10)], None),
+            (vec![png, png, png], Some(("messages[0].content[2]", "too_many_images", 400))),
+            (vec![image(Format::Webp, 1, 1, 1)], Some(("messages[0].content[0]", "image_format_not_allowed", 400))),
+            (vec![image(Format::Png, 1, 1, 1_001)], Some(("messages[0].content[0]", "image_too_large", 413))),
+            (vec![png, Image::Remote], Some(("messages[0].content[1]", "image_url_not_allowed", 400))),
+        ];
+        for (images, expected) in rows {
+            let placed: Vec<_> = images.into_iter().enumerate().map(|(j, image)| ((0, j), image)).collect();
+            let refusal = match limits.check(&placed) {
+                Ok(()) => None,
+                Err(GatewayError::ImageRefused(refusal)) => Some(refusal),
+                Err(other) => panic!("{other}"),
+            };
+            let got = refusal.as_ref().map(|r| (r.param.as_str(), r.code, r.status.as_u16()));
+            assert_eq!(got, expected, "{placed:?}");
+        }
+        let tall = [((3, 1), image(Format::Png, 20, 10, 1))];
+        let Err(GatewayError::ImageRefused(refusal)) = limits.check(&tall) else { panic!() };
+        assert_eq!(refusal.message, "the image is 20x10 (200 pixels); this location takes at most 100 pixels an image");
+        assert!(ImageLimits::new(&ImagesConfig::default(), false).is_none(), "off where bodies stream");
+        assert!(ImageLimits::new(&ImagesConfig { enabled: Some(true), ..ImagesConfig::default() }, false).is_some());
+        assert!(ImageLimits::new(&ImagesConfig { enabled: Some(false), ..ImagesConfig::default() }, true).is_none());
+    }
+}
