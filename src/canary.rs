@@ -37,6 +37,11 @@ impl ProxyTarget {
         ProxyTarget { primary, canaries, sticky, hasher: Default::default() }
     }
 
+    /// Whether any of its upstreams balances by the request's body (`hash_key = "image"`).
+    pub(crate) fn hashes_bodies(&self) -> bool {
+        self.primary.hashes_bodies() || self.canaries.iter().any(|canary| canary.upstream.hashes_bodies())
+    }
+
     /// The upstream for this request.
     pub(crate) fn choose<B>(&self, request: &Request<B>, client_ip: &HeaderValue) -> &Arc<Upstream> {
         if self.canaries.is_empty() {

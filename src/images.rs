@@ -4,6 +4,8 @@
 //! may behind its metadata). What the cost estimate (`cost`) and a location's image limits read.
 
 use base64::Engine as _;
+use memchr::memmem::Finder;
+use std::sync::LazyLock;
 
 /// Image formats by their header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +99,41 @@ pub(crate) fn read(url: &str) -> Result<Image, String> {
     Err("unreadable image".into())
 }
 
+/// What names a request's first image, for `hash_key = "image"`: its `data:` URL's base64 text (at
+/// most the first `AFFINITY_IMAGE` bytes of it) or its `http(s)` URL; without one, the first
+/// `AFFINITY_PROMPT` bytes of the body from its `messages` on. Found by substring search, not by
+/// parsing: the body may be any JSON, and affinity only needs the same bytes for the same image.
+pub(crate) fn affinity_key(body: &[u8]) -> Option<&[u8]> {
+    let url = IMAGE_URL.find(body).and_then(|at| {
+        let rest = &body[at..];
+        let start = URL_START.find(rest)? + URL_START.needle().len();
+        let url = &rest[start..];
+        let end = memchr::memchr(b'"', url).unwrap_or(url.len());
+        let url = &url[..end];
+        Some(match BASE64.find(url) {
+            Some(data) => {
+                &url[data + BASE64.needle().len()..][..(url.len() - data - BASE64.needle().len()).min(AFFINITY_IMAGE)]
+            }
+            None => url,
+        })
+    });
+    url.or_else(|| {
+        let at = MESSAGES.find(body)?;
+        Some(&body[at..body.len().min(at + AFFINITY_PROMPT)])
+    })
+}
+
+/// How much of an image's base64 text names it.
+const AFFINITY_IMAGE: usize = 256 << 10;
+/// How much of the messages names a request without images.
+const AFFINITY_PROMPT: usize = 4 << 10;
+
+static IMAGE_URL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"image_url\""));
+/// The start of a URL string after `image_url`: `"url":"...` or the string itself.
+static URL_START: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b":\""));
+static BASE64: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b";base64,"));
+static MESSAGES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"messages\""));
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +152,24 @@ mod tests {
         assert!(read("data:image/png;base64,AAAA").unwrap_err().starts_with("unreadable image"));
         assert!(read("file:///etc/passwd").is_err());
         assert_eq!((Format::named("webp"), Format::named("bmp")), (Some(Format::Webp), None));
+    }
+
+    #[test]
+    fn an_image_is_named_by_its_data_whatever_the_question() {
+        let ask = |question: &str, url: &str| {
+            serde_json::json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [
+                {"type": "text", "text": question}, {"type": "image_url", "image_url": {"url": url}}]}]})
+            .to_string()
+        };
+        let (cat, dog) =
+            (ask("What is it?", "data:image/png;base64,Q0FU"), ask("And its colour?", "data:image/png;base64,Q0FU"));
+        assert_eq!(affinity_key(cat.as_bytes()), Some(&b"Q0FU"[..]));
+        assert_eq!(affinity_key(cat.as_bytes()), affinity_key(dog.as_bytes()));
+        assert_eq!(affinity_key(ask("?", "https://x/cat.png").as_bytes()), Some(&b"https://x/cat.png"[..]));
+        let text = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        assert_eq!(affinity_key(text.as_bytes()), Some(&br#""messages":[{"role":"user","content":"hi"}]}"#[..]));
+        assert_eq!(affinity_key(b"{}"), None);
+        let sorted = r#"{"messages":[{"content":[{"text":"what?","type":"text"},{"image_url":{"url":"data:image/png;base64,AAAA"},"type":"image_url"}],"role":"user"}],"model":"m"}"#;
+        assert_eq!(affinity_key(sorted.as_bytes()), Some(&b"AAAA"[..]));
     }
 }

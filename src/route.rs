@@ -66,6 +66,9 @@ pub(crate) struct Location {
     pub(crate) image_costs: Arc<ImageCosts>,
     /// Limits on the images of chat requests (`images`); `None` when off or not an API location.
     pub(crate) images: Option<ImageLimits>,
+    /// Whether a proxy or models location reads POST bodies whole before forwarding them (see
+    /// `pipeline::read_first`).
+    pub(crate) reads_posts: bool,
 }
 
 /// Locations of one server, indexed for nginx's matching order.
@@ -206,6 +209,7 @@ mod tests {
             keys: None,
             image_costs: Default::default(),
             images: None,
+            reads_posts: false,
             compress: None,
             account: 0,
             limits: Vec::new(),

@@ -529,7 +529,14 @@ fn compile_location(
         .collect();
     let metrics = context.metrics.location(&server_label(server), &location_label(location), &upstreams);
     let account = context.account(metrics, access_log);
-    let reads_bodies = matches!(handler, Handler::Models(_)) || location.auth == Some(Auth::ApiKey);
+    // POSTs are read whole before they are forwarded: to route them by model, to hash them by image,
+    // for their API key; image checks are on there by default.
+    let hashes_bodies = matches!(&handler, Handler::Proxy(target) if target.hashes_bodies());
+    let reads_bodies = match &handler {
+        Handler::Models(_) => true,
+        Handler::Proxy(_) => hashes_bodies || location.auth == Some(Auth::ApiKey),
+        _ => false,
+    };
     let images = matches!(handler, Handler::Proxy(_) | Handler::Models(_))
         .then(|| ImageLimits::new(&location.images, reads_bodies))
         .flatten();
@@ -546,6 +553,7 @@ fn compile_location(
         inference: Inference::of(location.inference),
         keys: (location.auth == Some(Auth::ApiKey)).then(|| context.keys.clone()),
         image_costs: context.image_costs.clone(),
+        reads_posts: reads_bodies || images.is_some(),
         images,
     })
 }

@@ -22,11 +22,14 @@ pub(crate) enum Balance {
     Hash,
 }
 
-/// What `hash` balancing keys on: `hash_key = "client_ip" | "header:NAME" | "cookie:NAME"`.
+/// What `hash` balancing keys on: `hash_key = "client_ip" | "header:NAME" | "cookie:NAME" | "image"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HashKey {
     /// The client's address.
     ClientIp,
+    /// A chat request's first image (else the start of its messages), so that questions about one
+    /// image reach the replica that has it cached.
+    Image,
     /// A request header (a session or API key).
     Header(http::HeaderName),
     /// A cookie's value.
@@ -38,6 +41,7 @@ impl HashKey {
     pub(crate) fn parse(text: &str) -> Option<HashKey> {
         match text.split_once(':') {
             None if text == "client_ip" => Some(HashKey::ClientIp),
+            None if text == "image" => Some(HashKey::Image),
             Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes()).ok().map(HashKey::Header),
             Some(("cookie", name)) if !name.trim().is_empty() => Some(HashKey::Cookie(name.trim().to_string())),
             _ => None,

@@ -51,6 +51,14 @@ impl RequestBody {
         RequestBody { source: Supply::Buffered((!bytes.is_empty()).then_some(bytes)) }
     }
 
+    /// The whole body, when it was read before forwarding.
+    pub(crate) fn whole(&self) -> Option<&[u8]> {
+        match &self.source {
+            Supply::Buffered(bytes) => bytes.as_deref(),
+            Supply::Streaming { .. } => None,
+        }
+    }
+
     /// The same body again, for sending the request to another server: possible unless it streams.
     pub(crate) fn replay(&self) -> Option<RequestBody> {
         match &self.source {

@@ -119,7 +119,7 @@ async fn forward_body(
     let total = upstream.timeouts.total.map(|t| (started + t.0, t.0));
     let waits = HeadWaits { first_byte: upstream.timeouts.first_byte(), total, from: started };
     let retry_deadline = upstream.retry_timeout.map(|t| started + t);
-    let facts = upstream.facts(head.headers(), priority, &client.ip);
+    let facts = upstream.facts(head.headers(), priority, &client.ip, body.whole());
 
     let mut tried = Tried::default();
     loop {

@@ -13,9 +13,16 @@ use std::time::Duration;
 /// Balancing's side of the config's hash key: hashing a request by it.
 impl HashKey {
     /// The hash of this request's key; requests without one get `None` (then any server will do).
-    pub(crate) fn of(&self, headers: &http::HeaderMap, client_ip: &http::HeaderValue) -> Option<u64> {
+    /// `body` is the request's body when it was read whole (`hash_key = "image"` needs it).
+    pub(crate) fn of(
+        &self,
+        headers: &http::HeaderMap,
+        client_ip: &http::HeaderValue,
+        body: Option<&[u8]>,
+    ) -> Option<u64> {
         match self {
             HashKey::ClientIp => Some(hash(client_ip.as_bytes())),
+            HashKey::Image => body.and_then(crate::images::affinity_key).map(hash),
             HashKey::Header(name) => headers.get(name).map(|v| hash(v.as_bytes())),
             HashKey::Cookie(name) => headers
                 .get_all(http::header::COOKIE)

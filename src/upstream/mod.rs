@@ -322,24 +322,30 @@ impl Upstream {
         }
     }
 
+    /// Whether balancing reads requests' bodies (`hash_key = "image"`): its locations read them whole.
+    pub(crate) fn hashes_bodies(&self) -> bool {
+        matches!(self.hashing, Some((_, HashKey::Image)))
+    }
+
     /// Whether requests are counted in flight per server (the balance method needs it).
     pub(crate) fn tracks_load(&self) -> bool {
         matches!(self.balance, Balance::LeastInflight | Balance::Hash)
     }
 
     /// What balancing and queueing need to know of a request: its `QueuePriority` when it has one
-    /// (its API key's), else its priority header.
+    /// (its API key's), else its priority header; its hash key (`body`: the body, when read whole).
     pub(crate) fn facts(
         &self,
         headers: &http::HeaderMap,
         given: Option<QueuePriority>,
         client_ip: &http::HeaderValue,
+        body: Option<&[u8]>,
     ) -> BalanceFacts {
         let priority = match given {
             Some(given) if !given.header_believed || self.priority_header.is_none() => given.level,
             _ => self.priority(headers),
         };
-        BalanceFacts { priority, key: self.hashing.as_ref().and_then(|(_, key)| key.of(headers, client_ip)) }
+        BalanceFacts { priority, key: self.hashing.as_ref().and_then(|(_, key)| key.of(headers, client_ip, body)) }
     }
 
     /// The ring's server for a hash key, when balancing by hash.

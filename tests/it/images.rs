@@ -152,3 +152,127 @@ sha256 = "{}"
     assert_eq!(status, StatusCode::OK);
     assert_eq!(backend.request_count(), 2);
 }
+
+/// Three backends behind `balance = "hash"` on `hash_key = "image"`; each holds its answers while
+/// `hold` says so.
+async fn image_affinity() -> (Vec<Backend>, TestGateway, tokio::sync::watch::Sender<bool>) {
+    let (hold, held) = tokio::sync::watch::channel(false);
+    let mut backends = Vec::new();
+    for _ in 0..3 {
+        let held = held.clone();
+        backends.push(
+            Backend::start(move |_| {
+                let mut held = held.clone();
+                async move {
+                    let _ = held.wait_for(|hold| !hold).await;
+                    http::Response::new(full("ok"))
+                }
+            })
+            .await,
+        );
+    }
+    let servers: Vec<String> = backends.iter().map(|b| format!("{{ addr = \"{}\" }}", b.authority())).collect();
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[upstream]]
+name = "model"
+balance = "hash"
+hash_key = "image"
+servers = [{}]
+
+[[server]]
+listen = ["127.0.0.1:0"]
+
+  [[server.location]]
+  prefix = "/"
+  proxy = "model"
+"#,
+        servers.join(", ")
+    );
+    (backends, TestGateway::start(&config).await, hold)
+}
+
+/// Waits (at most 5 s) until no server has a request in flight, as the admin API's `/status` says.
+async fn settle(admin: std::net::SocketAddr) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, _, body) = fetch(admin, "/status").await;
+        let status: Value = serde_json::from_str(&body).unwrap();
+        let servers = status["upstreams"][0]["servers"].as_array().unwrap();
+        if servers.iter().all(|server| server["in_flight"] == 0) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "still in flight: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+fn counts(backends: &[Backend]) -> Vec<usize> {
+    backends.iter().map(Backend::request_count).collect()
+}
+
+fn question(image: &str, text: &str) -> Request<TestBody> {
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": image}}]}]});
+    Request::post("/v1/chat/completions").header("host", "localhost").body(full(body.to_string())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn questions_about_one_image_reach_one_server_until_it_is_busy_or_drained() {
+    let (backends, gw, hold) = image_affinity().await;
+    let addr = gw.addr("127.0.0.1:0");
+    let cat = png(32, 32);
+    let admin = infergate::admin::start(gw.gateway.clone()).await.unwrap().unwrap();
+    // Ten questions about one image, one after the other: one server takes them all. (Each waits for
+    // the last to leave the servers' in-flight counts, which it does just after its client has the
+    // answer: a server one over the ring's load bound passes the key on.)
+    for i in 0..10 {
+        let (status, _, _) = send(&mut http1(addr).await, question(&cat, &format!("question {i}"))).await;
+        assert_eq!(status, StatusCode::OK);
+        settle(admin).await;
+    }
+    let after_cat = counts(&backends);
+    let home = after_cat.iter().position(|&n| n == 10).unwrap_or_else(|| panic!("spread: {after_cat:?}"));
+    // Other images spread over the servers.
+    for side in 2..26 {
+        send(&mut http1(addr).await, question(&png(side, side), "what?")).await;
+    }
+    let spread = counts(&backends);
+    assert!(spread.iter().zip(&after_cat).all(|(now, before)| now > before), "24 images on all three: {spread:?}");
+
+    // Bounded load: while the cat's server holds six answers at once, it passes new cat questions on.
+    hold.send_replace(true);
+    let before = counts(&backends);
+    let mut pending = Vec::new();
+    for i in 0..6 {
+        let mut client = http1(addr).await;
+        let request = question(&cat, &format!("busy {i}"));
+        pending.push(tokio::spawn(async move { send(&mut client, request).await.0 }));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let busy = counts(&backends);
+    hold.send_replace(false);
+    for request in pending {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    let home_took = busy[home] - before[home];
+    assert!((1..6).contains(&home_took), "the hot image's server took {home_took} of 6 at once: {busy:?}");
+
+    // Drained, its images move to one other server, and stay there.
+    let drain = Request::post(format!("/upstreams/model/servers/{}/drain", backends[home].authority()))
+        .header("host", "localhost")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(send(&mut http1(admin).await, drain).await.0, StatusCode::OK);
+    let before = counts(&backends);
+    for i in 0..5 {
+        send(&mut http1(addr).await, question(&cat, &format!("drained {i}"))).await;
+        settle(admin).await;
+    }
+    let moved: Vec<usize> = counts(&backends).iter().zip(&before).map(|(now, then)| now - then).collect();
+    assert_eq!(moved[home], 0, "{moved:?}");
+    assert_eq!(moved.iter().filter(|&&n| n == 5).count(), 1, "one other server takes them all: {moved:?}");
+}
