@@ -84,6 +84,8 @@ pub(crate) struct Stats {
     pub(crate) last_abort_ms: AtomicU64,
     /// Requests answered with an error.
     pub(crate) errors: AtomicU64,
+    /// Questions about an image the replica had cached (`--image-cache`).
+    pub(crate) image_cache_hits: AtomicU64,
 }
 
 /// The shared engine: slots, model and counters.

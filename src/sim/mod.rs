@@ -1,7 +1,9 @@
 //! `infergate sim`: a simulated vision-language model server with the interface of vLLM's and
 //! SGLang's OpenAI-compatible servers (and the seed's FastAPI app), so the gateway can be tried,
 //! tested and measured without a GPU. Timing comes from `engine`, request and response shapes from
-//! `openai`. It notices clients that leave (waiting, in prefill, mid-stream) and counts them.
+//! `openai`. It notices clients that leave (waiting, in prefill, mid-stream) and counts them. With
+//! `--image-cache` a replica remembers the images it saw last, as an encoder or prefix cache does, so
+//! affinity by image (`hash_key = "image"`) can be measured.
 
 pub mod engine;
 pub(crate) mod openai;
@@ -12,12 +14,14 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
+use lru::LruCache;
 use openai::ChatRequest;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -47,6 +51,10 @@ pub struct SimOptions {
     /// Answer 503 (loading) for this long after start, like a model still loading its weights.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub slow_start: Option<Duration>,
+    /// Images this replica keeps encoded, as an encoder or prefix cache does (0: none): a question
+    /// about one of the last N images it saw prefills that image's tokens at a tenth of their cost.
+    #[arg(long, default_value_t = 0)]
+    pub image_cache: usize,
 }
 
 impl Default for SimOptions {
@@ -59,6 +67,7 @@ impl Default for SimOptions {
             fail_rate: 0.0,
             stall_after: None,
             slow_start: None,
+            image_cache: 0,
         }
     }
 }
@@ -83,6 +92,8 @@ struct Shared {
     crash: watch::Sender<bool>,
     /// Exit the process on a crash (the command); in-process sims close every connection instead.
     exit_on_crash: bool,
+    /// The images seen last (`--image-cache`), by the hash of what names them.
+    image_cache: Option<Mutex<LruCache<u64, ()>>>,
 }
 
 impl Sim {
@@ -97,7 +108,9 @@ impl Sim {
         let addr = listener.local_addr()?;
         let engine = Engine::new(options.latency.clone());
         let (crash, crashed) = watch::channel(false);
+        let image_cache = NonZeroUsize::new(options.image_cache).map(|size| Mutex::new(LruCache::new(size)));
         let shared = Arc::new(Shared {
+            image_cache,
             options,
             engine: engine.clone(),
             ttft: Histogram::default(),
@@ -230,7 +243,11 @@ async fn chat(shared: Arc<Shared>, request: Request<Incoming>) -> Response<SimBo
     };
     let admitted = shared.engine.admit().await;
     let arrived = tokio::time::Instant::now();
-    tokio::time::sleep(shared.engine.model.prefill(chat.text_tokens, chat.image_tokens)).await;
+    let image_tokens = match cached_image(&shared, &body, chat.image_tokens) {
+        true => chat.image_tokens / 10,
+        false => chat.image_tokens,
+    };
+    tokio::time::sleep(shared.engine.model.prefill(chat.text_tokens, image_tokens)).await;
     shared.ttft.observe(arrived.elapsed());
     let id = format!("chatcmpl-{}", shared.next_id.fetch_add(1, Ordering::Relaxed));
     let created = unix_time();
@@ -304,6 +321,19 @@ fn unix_time() -> u64 {
 }
 
 /// The counters as `GET /stats` returns them.
+/// Whether a request's first image is in the replica's cache (it is from now on), counting the hit.
+fn cached_image(shared: &Shared, body: &[u8], image_tokens: u32) -> bool {
+    let (Some(cache), true) = (&shared.image_cache, image_tokens > 0) else { return false };
+    let Some(key) = crate::images::affinity_key(body) else { return false };
+    let key =
+        std::hash::BuildHasher::hash_one(&std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default(), key);
+    let hit = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).put(key, ()).is_some();
+    if hit {
+        shared.engine.stats.image_cache_hits.fetch_add(1, Ordering::AcqRel);
+    }
+    hit
+}
+
 pub(crate) fn stats_json(engine: &Engine) -> Value {
     let s = &engine.stats;
     let last_abort = s.last_abort_ms.load(Ordering::Acquire);
@@ -316,6 +346,7 @@ pub(crate) fn stats_json(engine: &Engine) -> Value {
         "aborted": s.aborted.load(Ordering::Acquire),
         "last_abort_ms": if last_abort == 0 { Value::Null } else { json!(last_abort) },
         "errors": s.errors.load(Ordering::Acquire),
+        "image_cache_hits": s.image_cache_hits.load(Ordering::Acquire),
         "uptime_ms": engine.uptime_ms(),
     })
 }

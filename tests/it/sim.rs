@@ -83,6 +83,39 @@ async fn first_token_and_token_gaps_follow_the_latency_model() {
     assert_eq!(arrivals[3] - arrivals[2], Duration::from_millis(20));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_replica_with_an_image_cache_prefills_an_image_it_saw_for_a_tenth() {
+    let model = LatencyModel {
+        prefill_base_ms: 10.0,
+        prefill_per_token_ms: 0.0,
+        prefill_per_image_token_ms: 1.0,
+        ..LatencyModel::default()
+    };
+    let (sim, gw) = sim_behind_gateway(SimOptions { latency: model, image_cache: 4, ..SimOptions::default() }).await;
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    // 448x448 PNG headers: 256 image tokens; the second image differs in a byte after its header.
+    let (first, second) =
+        ("iVBORw0KGgoAAAANSUhEUgAAAcAAAAHACAYAAAAAAAAA", "iVBORw0KGgoAAAANSUhEUgAAAcAAAAHACAYAAAAAAAAB");
+    let mut first_tokens = Vec::new();
+    for image in [first, first, second, first] {
+        let body = json!({"stream": true, "max_tokens": 1, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{image}")}}]}]});
+        let started = Instant::now();
+        let response = client.send_request(chat(body)).await.unwrap();
+        let mut body = response.into_body();
+        let mut at = None;
+        while let Some(frame) = body.frame().await {
+            if at.is_none() && frame.unwrap().data_ref().is_some() {
+                at = Some(started.elapsed());
+            }
+        }
+        first_tokens.push(at.unwrap());
+    }
+    let ms = |n| Duration::from_millis(n);
+    assert_eq!(first_tokens, [ms(10 + 256), ms(10 + 25), ms(10 + 256), ms(10 + 25)]);
+    assert_eq!(sim.stats()["image_cache_hits"], 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sim_records_a_client_leaving_mid_stream_or_while_waiting() {
     let model = LatencyModel { slots: 1, prefill_base_ms: 1.0, decode_ms: 5.0, ..LatencyModel::default() };
