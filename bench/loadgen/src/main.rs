@@ -1,8 +1,9 @@
 //! `infergate-load`: the load client behind `bench/run.sh` for what wrk cannot measure — time to
 //! first token of SSE streams, how fast a client's disconnect reaches the model, goodput under
-//! overload, holding many idle keep-alive connections, and requests lost while a model dies
-//! (`bench/failover.sh`). Every mode is bounded in count and time,
-//! talks to the address it is given (loopback in the benchmarks), and prints `key=value` figures.
+//! overload, holding many idle keep-alive connections, requests lost while a model dies
+//! (`bench/failover.sh`), and questions about repeated images (`bench/affinity.sh`). Every mode is
+//! bounded in count and time, talks to the address it is given (loopback in the benchmarks), and
+//! prints `key=value` figures.
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
@@ -77,6 +78,21 @@ enum Mode {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Closed-loop clients asking streamed questions about `images` distinct images (PNGs of `side`
+    /// x `side` pixels, each client taking them in turn from its own start), for a while: time to
+    /// first token, and how many were answered.
+    Images {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 12)]
+        clients: usize,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        duration: Duration,
+        #[arg(long, default_value_t = 12)]
+        images: usize,
+        #[arg(long, default_value_t = 896)]
+        side: u32,
+    },
     /// Opens idle keep-alive connections (one request each, then silence) and holds them.
     Idle {
         #[arg(long)]
@@ -133,10 +149,13 @@ fn summary(name: &str, mut values: Vec<f64>) {
 }
 
 /// Sends a streamed request and waits for the first frame carrying a non-empty content delta.
-async fn first_token(sender: &mut Sender, max_tokens: u32) -> Result<(hyper::body::Incoming, Duration), String> {
+async fn first_token(
+    sender: &mut Sender,
+    request: Request<Full<Bytes>>,
+) -> Result<(hyper::body::Incoming, Duration), String> {
     sender.ready().await.map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let response = sender.send_request(chat(true, max_tokens)).await.map_err(|e| e.to_string())?;
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
     if response.status() != StatusCode::OK {
         return Err(format!("status {}", response.status()));
     }
@@ -159,7 +178,7 @@ async fn ttft(addr: SocketAddr, requests: usize) -> Result<(), String> {
     let mut sender = connect(addr).await.map_err(|e| e.to_string())?;
     let mut times = Vec::with_capacity(requests);
     for _ in 0..requests {
-        let (body, elapsed) = first_token(&mut sender, 16).await?;
+        let (body, elapsed) = first_token(&mut sender, chat(true, 16)).await?;
         body.collect().await.map_err(|e| e.to_string())?;
         times.push(elapsed.as_secs_f64() * 1000.0);
     }
@@ -181,7 +200,7 @@ async fn cancel(addr: SocketAddr, sim: SocketAddr, requests: usize) -> Result<()
         let before = sim_stats(sim).await?["aborted"].as_u64().unwrap_or(0);
         let mut sender = connect(addr).await.map_err(|e| e.to_string())?;
         // A long answer, so the client leaves mid-stream whatever the proxy buffers.
-        let (body, _) = first_token(&mut sender, 4000).await?;
+        let (body, _) = first_token(&mut sender, chat(true, 4000)).await?;
         drop(body);
         drop(sender);
         let closed = Instant::now();
@@ -373,6 +392,87 @@ async fn chat_load(addr: SocketAddr, clients: usize, duration: Duration, shape: 
     Ok(())
 }
 
+/// A streamed question about image `index`: a PNG of `side` x `side` (its header, then 16 KB that
+/// differ per image: the gateway hashes them, the sim reads the header).
+fn image_question(index: usize, side: u32) -> Request<Full<Bytes>> {
+    use base64::Engine as _;
+    let mut png = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13, b'I', b'H', b'D', b'R'];
+    png.extend_from_slice(&side.to_be_bytes());
+    png.extend_from_slice(&side.to_be_bytes());
+    png.extend_from_slice(&[8, 2, 0, 0, 0, 0, 0, 0, 0]);
+    png.extend((0..16 << 10).map(|i| (i * 31 + index * 7) as u8));
+    let url = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(&png));
+    let body = serde_json::json!({
+        "model": "glm-4v-flash",
+        "stream": true,
+        "max_tokens": 4,
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is in this image?"},
+            {"type": "image_url", "image_url": {"url": url}},
+        ]}],
+    });
+    Request::post("/v1/chat/completions")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("static request")
+}
+
+async fn image_questions(
+    addr: SocketAddr,
+    clients: usize,
+    duration: Duration,
+    images: usize,
+    side: u32,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let end = started + duration;
+    let mut tasks = Vec::with_capacity(clients);
+    for client in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let (mut times, mut failed) = (Vec::new(), 0u64);
+            let mut sender: Option<Sender> = None;
+            // Every image in turn, each client starting at its own.
+            let mut next = client * 5;
+            while Instant::now() < end {
+                if sender.is_none() {
+                    sender = connect(addr).await.ok();
+                }
+                let Some(client) = sender.as_mut() else {
+                    failed += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                next = (next + 1) % images.max(1);
+                let asked = tokio::time::timeout(Duration::from_secs(30), async {
+                    let (body, took) = first_token(client, image_question(next, side)).await?;
+                    body.collect().await.map_err(|e| e.to_string())?;
+                    Ok::<_, String>(took)
+                })
+                .await;
+                match asked {
+                    Ok(Ok(took)) => times.push(took.as_secs_f64() * 1000.0),
+                    _ => {
+                        failed += 1;
+                        sender = None;
+                    }
+                }
+            }
+            (times, failed)
+        }));
+    }
+    let (mut times, mut failed) = (Vec::new(), 0);
+    for task in tasks {
+        let (t, f) = task.await.map_err(|e| e.to_string())?;
+        times.extend(t);
+        failed += f;
+    }
+    let answered = times.len();
+    summary("ttft", times);
+    println!("answered={answered} failed={failed} rps={:.2}", answered as f64 / started.elapsed().as_secs_f64());
+    Ok(())
+}
+
 async fn idle(addr: SocketAddr, connections: usize, hold: Duration) -> Result<(), String> {
     let mut held = Vec::with_capacity(connections);
     let started = Instant::now();
@@ -399,6 +499,7 @@ async fn main() {
         Mode::Cancel { addr, sim, requests } => cancel(addr, sim, requests).await,
         Mode::Overload { addr, sim, clients, duration, slo } => overload(addr, sim, clients, duration, slo).await,
         Mode::Idle { addr, connections, hold } => idle(addr, connections, hold).await,
+        Mode::Images { addr, clients, duration, images, side } => image_questions(addr, clients, duration, images, side).await,
         Mode::Chat { addr, clients, duration, stream, max_tokens, key } => {
             chat_load(addr, clients, duration, ChatShape { stream, max_tokens, key }).await
         }
