@@ -499,7 +499,9 @@ async fn main() {
         Mode::Cancel { addr, sim, requests } => cancel(addr, sim, requests).await,
         Mode::Overload { addr, sim, clients, duration, slo } => overload(addr, sim, clients, duration, slo).await,
         Mode::Idle { addr, connections, hold } => idle(addr, connections, hold).await,
-        Mode::Images { addr, clients, duration, images, side } => image_questions(addr, clients, duration, images, side).await,
+        Mode::Images { addr, clients, duration, images, side } => {
+            image_questions(addr, clients, duration, images, side).await
+        }
         Mode::Chat { addr, clients, duration, stream, max_tokens, key } => {
             chat_load(addr, clients, duration, ChatShape { stream, max_tokens, key }).await
         }
