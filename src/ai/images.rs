@@ -3,10 +3,13 @@
 //! fetch images, and a backend that does could be made to reach any address). Checked on the images
 //! `cost::read_chat` read from their headers, before the backend sees a byte of the request.
 
+use super::resize::Resize;
 use crate::config::ImagesConfig;
 use crate::error::{GatewayError, ImageRefusal};
 use crate::images::{Format, Image};
+use bytes::Bytes;
 use http::StatusCode;
+use std::sync::Arc;
 
 /// `images` of a location, compiled.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +19,8 @@ pub(crate) struct ImageLimits {
     max_pixels: u64,
     max_request_pixels: u64,
     formats: Vec<Format>,
+    /// Images above these sizes are scaled down (`resize`).
+    resize: Option<Arc<Resize>>,
 }
 
 impl ImageLimits {
@@ -28,7 +33,21 @@ impl ImageLimits {
             max_pixels: config.max_pixels,
             max_request_pixels: config.max_request_pixels,
             formats: config.formats.get_ref().iter().filter_map(|name| Format::named(name)).collect(),
+            resize: config.resize.as_ref().map(|resize| Arc::new(Resize::new(resize.get_ref()))),
         })
+    }
+
+    /// `body` with its images that are larger than `resize` allows scaled down, on tokio's blocking
+    /// pool; `None` when none is (or there is no `resize`).
+    pub(crate) async fn scale_down(
+        &self,
+        body: &Bytes,
+        images: &[((usize, usize), Image)],
+    ) -> Result<Option<Bytes>, GatewayError> {
+        let Some(resize) = self.resize.clone().filter(|resize| resize.applies(images)) else { return Ok(None) };
+        let (body, images) = (body.clone(), images.to_vec());
+        let scaled = tokio::task::spawn_blocking(move || resize.apply(&body, &images));
+        scaled.await.map_err(|_| GatewayError::Internal)?.map(Some)
     }
 
     /// Whether a request's images, each with its message's and part's index, pass; the first that does

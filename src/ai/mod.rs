@@ -4,6 +4,7 @@
 
 pub(crate) mod images;
 mod inference;
+mod resize;
 
 pub(crate) use inference::Inference;
 

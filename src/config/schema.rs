@@ -495,6 +495,27 @@ pub(crate) struct ImagesConfig {
     pub(crate) max_request_pixels: u64,
     /// Formats accepted, of `png`, `jpeg`, `webp`, `gif` (default all four).
     pub(crate) formats: Spanned<Vec<String>>,
+    /// Images above these sizes are scaled down before they are forwarded (default none).
+    pub(crate) resize: Option<Spanned<ResizeConfig>>,
+}
+
+/// `images.resize = { max_side = N, max_pixels = N, format = "..." }`: how large a forwarded image
+/// may be; larger ones are decoded, scaled down (Lanczos 3, aspect kept) and encoded again.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResizeConfig {
+    /// The longer side at most, in pixels (default none).
+    pub(crate) max_side: Option<u32>,
+    /// Width times height at most (default none).
+    pub(crate) max_pixels: Option<u64>,
+    /// The format of a scaled image: `keep` (default; a GIF becomes a PNG), `png`, `jpeg`, `webp`
+    /// (lossless).
+    #[serde(default = "default_resize_format")]
+    pub(crate) format: Spanned<String>,
+}
+
+fn default_resize_format() -> Spanned<String> {
+    Spanned::new(0..0, "keep".into())
 }
 
 impl Default for ImagesConfig {
@@ -506,6 +527,7 @@ impl Default for ImagesConfig {
             max_pixels: 50_000_000,
             max_request_pixels: 200_000_000,
             formats: Spanned::new(0..0, ["png", "jpeg", "webp", "gif"].map(String::from).to_vec()),
+            resize: None,
         }
     }
 }

@@ -83,6 +83,21 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
         }
     }
     for location in config.servers.iter().flat_map(|server| &server.locations) {
+        if let Some(spanned) = &location.images.resize {
+            let resize = spanned.get_ref();
+            if !["keep", "png", "jpeg", "webp"].contains(&resize.format.get_ref().as_str()) {
+                let message =
+                    format!("images.resize.format: `{}` (expected keep, png, jpeg or webp)", resize.format.get_ref());
+                errors.push(source.error(resize.format.span(), message));
+            }
+            if resize.max_side == Some(0)
+                || resize.max_pixels == Some(0)
+                || (resize.max_side, resize.max_pixels) == (None, None)
+            {
+                let message = "images.resize needs max_side or max_pixels, above zero";
+                errors.push(source.error(spanned.span(), message));
+            }
+        }
         for format in location.images.formats.get_ref() {
             if crate::images::Format::named(format).is_none() {
                 errors.push(source.error(

@@ -240,8 +240,14 @@ async fn read_first(
         }
         Some(Err(_)) | None => None,
     };
-    if let (Some(limits), Some(reading)) = (images, &reading) {
-        limits.check(&reading.images)?;
+    let mut reading = reading;
+    if let (Some(limits), Some(read)) = (images, &reading) {
+        limits.check(&read.images)?;
+        // Scaled down, the images cost what the model will see of them.
+        if let Some(scaled) = limits.scale_down(&body, &read.images).await? {
+            body = scaled;
+            reading = cost::read_chat(&body, &location.image_costs).ok();
+        }
     }
     let (named, chat) = reading.map_or((None, None), |reading| (reading.model, Some(reading.cost)));
     let routes_by_model = matches!(location.handler, Handler::Models(_));

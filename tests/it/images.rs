@@ -276,3 +276,78 @@ async fn questions_about_one_image_reach_one_server_until_it_is_busy_or_drained(
     assert_eq!(moved[home], 0, "{moved:?}");
     assert_eq!(moved.iter().filter(|&&n| n == 5).count(), 1, "one other server takes them all: {moved:?}");
 }
+
+#[tokio::test]
+async fn images_above_the_resize_limit_reach_the_backend_scaled_down() {
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<bytes::Bytes>::new()));
+    let seen = bodies.clone();
+    let backend = Backend::start(move |request| {
+        let seen = seen.clone();
+        async move {
+            let body = http_body_util::BodyExt::collect(request.into_body()).await.unwrap().to_bytes();
+            seen.lock().unwrap().push(body);
+            http::Response::new(full("ok"))
+        }
+    })
+    .await;
+    let config = format!(
+        r#"
+[[upstream]]
+name = "model"
+servers = [{{ addr = "{}" }}]
+
+[[server]]
+listen = ["127.0.0.1:0"]
+
+  [[server.location]]
+  prefix = "/as-jpeg/"
+  proxy = "model"
+  images = {{ enabled = true, resize = {{ max_side = 64, format = "jpeg" }} }}
+
+  [[server.location]]
+  prefix = "/"
+  proxy = "model"
+  images = {{ enabled = true, resize = {{ max_side = 64, max_pixels = 1024 }} }}
+"#,
+        backend.authority()
+    );
+    let gw = TestGateway::start(&config).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let webp = image(image::ImageFormat::WebP, 300, 100, true);
+    let small = png(20, 20);
+    for (path, urls) in [("/", vec![png(256, 128), webp, small.clone()]), ("/as-jpeg/", vec![png(300, 300)])] {
+        let (status, _, body) = send(&mut http1(addr).await, chat(path, &urls)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // What the backend received: each image decoded from the forwarded body.
+    let forwarded: Vec<Vec<(image::ImageFormat, u32, u32, String)>> = bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|body| {
+            let chat: Value = serde_json::from_slice(body).unwrap();
+            let parts = chat["messages"][0]["content"].as_array().unwrap().clone();
+            parts[1..]
+                .iter()
+                .map(|part| {
+                    let url = part["image_url"]["url"].as_str().unwrap().to_string();
+                    let bytes =
+                        base64::engine::general_purpose::STANDARD.decode(url.split_once(",").unwrap().1).unwrap();
+                    let format = image::guess_format(&bytes).unwrap();
+                    let decoded = image::load_from_memory(&bytes).unwrap();
+                    (format, decoded.width(), decoded.height(), url)
+                })
+                .collect()
+        })
+        .collect();
+    let shape = |images: &[(image::ImageFormat, u32, u32, String)]| {
+        images.iter().map(|(format, w, h, _)| (*format, *w, *h)).collect::<Vec<_>>()
+    };
+    // 256x128 within 64 a side and 1,024 pixels: 45x22; 300x100: 55x18, still WebP; 20x20 untouched.
+    assert_eq!(
+        shape(&forwarded[0]),
+        [(image::ImageFormat::Png, 45, 22), (image::ImageFormat::WebP, 55, 18), (image::ImageFormat::Png, 20, 20)]
+    );
+    assert_eq!(forwarded[0][2].3, small, "an image within the limits is forwarded as it came");
+    assert_eq!(shape(&forwarded[1]), [(image::ImageFormat::Jpeg, 64, 64)]);
+}
