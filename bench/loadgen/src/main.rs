@@ -93,6 +93,16 @@ enum Mode {
         #[arg(long, default_value_t = 896)]
         side: u32,
     },
+    /// Streamed questions, one at a time, about one photo-like JPEG of `side` x `side` pixels: time
+    /// to first token (what `images.resize` saves the model's prefill).
+    Photo {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 2048)]
+        side: u32,
+        #[arg(long, default_value_t = 5)]
+        requests: usize,
+    },
     /// Opens idle keep-alive connections (one request each, then silence) and holds them.
     Idle {
         #[arg(long)]
@@ -473,6 +483,44 @@ async fn image_questions(
     Ok(())
 }
 
+/// A JPEG of `side` x `side` with the texture of a photo (smooth gradients, fine noise), as a
+/// `data:` URL, made once.
+fn photo_url(side: u32) -> String {
+    use base64::Engine as _;
+    let pixels = image::RgbImage::from_fn(side, side, |x, y| {
+        let noise = ((x.wrapping_mul(7919) ^ y.wrapping_mul(104_729)) % 23) as u8;
+        image::Rgb([(x * 255 / side) as u8 ^ noise, (y * 255 / side) as u8, ((x + y) % 256) as u8 / 2 + noise])
+    });
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(pixels).write_to(&mut jpeg, image::ImageFormat::Jpeg).expect("encodes");
+    format!("data:image/jpeg;base64,{}", base64::engine::general_purpose::STANDARD.encode(jpeg.into_inner()))
+}
+
+async fn photo(addr: SocketAddr, side: u32, requests: usize) -> Result<(), String> {
+    let url = photo_url(side);
+    let body = serde_json::json!({
+        "model": "glm-4v-flash", "stream": true, "max_tokens": 2,
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is in this photo?"}, {"type": "image_url", "image_url": {"url": url}}]}],
+    })
+    .to_string();
+    let mut sender = connect(addr).await.map_err(|e| e.to_string())?;
+    let mut times = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let request = Request::post("/v1/chat/completions")
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.clone())))
+            .expect("static request");
+        let (rest, took) = first_token(&mut sender, request).await?;
+        rest.collect().await.map_err(|e| e.to_string())?;
+        times.push(took.as_secs_f64() * 1000.0);
+    }
+    println!("body_bytes={}", body.len());
+    summary("ttft", times);
+    Ok(())
+}
+
 async fn idle(addr: SocketAddr, connections: usize, hold: Duration) -> Result<(), String> {
     let mut held = Vec::with_capacity(connections);
     let started = Instant::now();
@@ -499,6 +547,7 @@ async fn main() {
         Mode::Cancel { addr, sim, requests } => cancel(addr, sim, requests).await,
         Mode::Overload { addr, sim, clients, duration, slo } => overload(addr, sim, clients, duration, slo).await,
         Mode::Idle { addr, connections, hold } => idle(addr, connections, hold).await,
+        Mode::Photo { addr, side, requests } => photo(addr, side, requests).await,
         Mode::Images { addr, clients, duration, images, side } => {
             image_questions(addr, clients, duration, images, side).await
         }
