@@ -69,6 +69,8 @@ pub(crate) struct Location {
     /// Whether a proxy or models location reads POST bodies whole before forwarding them (see
     /// `pipeline::read_first`).
     pub(crate) reads_posts: bool,
+    /// Keep-alive comments for a streamed request the model is slow to answer (`sse_keepalive`).
+    pub(crate) sse_keepalive: Option<std::time::Duration>,
 }
 
 /// Locations of one server, indexed for nginx's matching order.
@@ -210,6 +212,7 @@ mod tests {
             image_costs: Default::default(),
             images: None,
             reads_posts: false,
+            sse_keepalive: None,
             compress: None,
             account: 0,
             limits: Vec::new(),

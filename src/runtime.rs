@@ -553,7 +553,8 @@ fn compile_location(
         inference: Inference::of(location.inference),
         keys: (location.auth == Some(Auth::ApiKey)).then(|| context.keys.clone()),
         image_costs: context.image_costs.clone(),
-        reads_posts: reads_bodies || images.is_some(),
+        reads_posts: reads_bodies || images.is_some() || location.sse_keepalive.is_some(),
+        sse_keepalive: location.sse_keepalive.as_ref().map(|interval| interval.get_ref().0),
         images,
     })
 }

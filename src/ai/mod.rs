@@ -82,13 +82,23 @@ impl ModelRouter {
         inference: Inference,
         priority: Option<QueuePriority>,
     ) -> Result<Response<Proxied>, GatewayError> {
+        let (upstream, inference) = self.upstream(model, head.method(), inference)?;
+        proxy::forward_buffered(head, body, client, &upstream, inference, priority).await
+    }
+
+    /// The upstream serving `model` (404 for one not served here), and whether a request of `method`
+    /// to it is an inference request: one naming a model is, unless the location says otherwise.
+    pub(crate) fn upstream(
+        &self,
+        model: &str,
+        method: &Method,
+        inference: Inference,
+    ) -> Result<(Arc<Upstream>, bool), GatewayError> {
         let upstream = self
             .routes
             .get(model)
             .ok_or_else(|| GatewayError::UnknownModel { model: model.to_string(), known: self.known.clone() })?;
-        // A request naming a model is a generation, unless the location says otherwise.
-        let inference = head.method() == Method::POST && inference != Inference::Never;
-        proxy::forward_buffered(head, body, client, upstream, inference, priority).await
+        Ok((upstream.clone(), method == Method::POST && inference != Inference::Never))
     }
 }
 

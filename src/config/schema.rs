@@ -864,6 +864,10 @@ pub(crate) struct LocationConfig {
     /// Whether POSTs here are inference requests, safe to send to another server before their first
     /// response byte (default: those to the OpenAI-compatible generation paths).
     pub(crate) inference: Option<bool>,
+    /// For a streamed chat request that waits (in an admission queue, in prefill) this long without
+    /// a response head: answer the head at once and send `: keep-alive` comments at this interval
+    /// until the model's first event (default off).
+    pub(crate) sse_keepalive: Option<Spanned<Span>>,
     /// `"api_key"`: every request needs a configured key (`Authorization: Bearer KEY` or
     /// `X-API-Key: KEY`); default none.
     pub(crate) auth: Option<Auth>,

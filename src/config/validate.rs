@@ -83,6 +83,9 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
         }
     }
     for location in config.servers.iter().flat_map(|server| &server.locations) {
+        if let Some(interval) = location.sse_keepalive.as_ref().filter(|interval| interval.get_ref().0.is_zero()) {
+            errors.push(source.error(interval.span(), "sse_keepalive must be above zero"));
+        }
         if let Some(spanned) = &location.images.resize {
             let resize = spanned.get_ref();
             if !["keep", "png", "jpeg", "webp"].contains(&resize.format.get_ref().as_str()) {

@@ -2,6 +2,7 @@
 //! wrapper. An enum of small variants rather than a boxed trait object: fixed answers allocate nothing
 //! for their body, and the response hyper and the pipeline move around stays small.
 
+use super::keepalive::WaitingBody;
 use crate::accounting::{Metering, TrackedBody, UpstreamInfo};
 use crate::compress::CompressedBody;
 use crate::error::BoxError;
@@ -32,6 +33,8 @@ pub(crate) enum ResponseBody {
     File { inner: Box<FileBody> },
     /// A body whose tokens are read for its API key's usage and budgets.
     Metered { inner: Box<Metered<ResponseBody>> },
+    /// A streamed answer whose head went out before the model's (`sse_keepalive`).
+    Waiting { inner: Box<WaitingBody> },
 }
 
 impl ResponseBody {
@@ -42,6 +45,7 @@ impl ResponseBody {
             ResponseBody::Compressed { inner } => inner.source().upstream_info(),
             ResponseBody::Tracked { inner } => inner.source().upstream_info(),
             ResponseBody::Metered { inner } => inner.source().upstream_info(),
+            ResponseBody::Waiting { inner } => inner.streaming().and_then(ResponseBody::upstream_info),
             ResponseBody::Empty | ResponseBody::Full { .. } | ResponseBody::File { .. } => None,
         }
     }
@@ -107,6 +111,7 @@ impl Body for ResponseBody {
             ResponseBody::Compressed { inner } => Pin::new(&mut **inner).poll_frame(cx),
             ResponseBody::File { inner } => Pin::new(&mut **inner).poll_frame(cx),
             ResponseBody::Metered { inner } => Pin::new(&mut **inner).poll_frame(cx),
+            ResponseBody::Waiting { inner } => Pin::new(&mut **inner).poll_frame(cx),
         }
     }
 
@@ -119,6 +124,7 @@ impl Body for ResponseBody {
             ResponseBody::Compressed { inner } => inner.is_end_stream(),
             ResponseBody::File { inner } => inner.is_end_stream(),
             ResponseBody::Metered { inner } => inner.is_end_stream(),
+            ResponseBody::Waiting { inner } => inner.is_end_stream(),
         }
     }
 
@@ -131,6 +137,7 @@ impl Body for ResponseBody {
             ResponseBody::Compressed { .. } => SizeHint::default(),
             ResponseBody::File { inner } => inner.size_hint(),
             ResponseBody::Metered { inner } => inner.size_hint(),
+            ResponseBody::Waiting { .. } => SizeHint::default(),
         }
     }
 }

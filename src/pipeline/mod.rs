@@ -16,6 +16,7 @@
 //! Each phase says when it runs and what it may change.
 
 mod body;
+mod keepalive;
 
 pub(crate) use body::ResponseBody;
 
@@ -41,11 +42,12 @@ use crate::upstream::QueuePriority;
 use crate::uri;
 use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use keepalive::Forwarding;
 use memchr::memmem::Finder;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, LazyLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tracing::Instrument;
 
 /// Serves one request that arrived on `listener` under `runtime`. Its record (access log) is
@@ -232,7 +234,9 @@ async fn read_first(
     // body that may hold an image is read (one with a backslash may spell `image_url` escaped).
     let images =
         location.images.as_ref().filter(|_| memchr::memchr(b'\\', &body).is_some() || IMAGE_URL.find(&body).is_some());
-    let reading = match (key.is_some() || images.is_some()).then(|| cost::read_chat(&body, &location.image_costs)) {
+    // A stream that may wait is read too: it is answered with keep-alive comments meanwhile.
+    let parse = key.is_some() || images.is_some() || location.sse_keepalive.is_some();
+    let mut reading = match parse.then(|| cost::read_chat(&body, &location.image_costs)) {
         Some(Ok(reading)) => Some(reading),
         // A body with an image that cannot be read whole is refused, never passed on unchecked.
         Some(Err(error)) if images.is_some() && IMAGE_URL.find(&body).is_some() => {
@@ -240,7 +244,6 @@ async fn read_first(
         }
         Some(Err(_)) | None => None,
     };
-    let mut reading = reading;
     if let (Some(limits), Some(read)) = (images, &reading) {
         limits.check(&read.images)?;
         // Scaled down, the images cost what the model will see of them.
@@ -251,15 +254,13 @@ async fn read_first(
     }
     let (named, chat) = reading.map_or((None, None), |reading| (reading.model, Some(reading.cost)));
     let routes_by_model = matches!(location.handler, Handler::Models(_));
+    let keep_alive = location.sse_keepalive.filter(|_| chat.as_ref().is_some_and(|chat| chat.stream));
     let Some((key, store)) = key.zip(location.keys.as_ref()) else {
-        let response = match &location.handler {
-            Handler::Models(router) => {
-                let model = named.map_or_else(|| ai::model_of(&body), Ok)?;
-                router.route(head, body, &model, client, location.inference, priority).await?
-            }
-            _ => forward_read(location, head, body, client, priority).await?,
+        let model = match routes_by_model {
+            true => named.map_or_else(|| ai::model_of(&body), Ok)?,
+            false => String::new(),
         };
-        return Ok(proxied(response));
+        return model_answer(forwarding(location, head, body, &model, client, priority)?, keep_alive).await;
     };
     let model = match named.map_or_else(|| ai::model_of(&body), Ok) {
         Ok(model) => model,
@@ -275,12 +276,9 @@ async fn read_first(
     if let Some(asked) = asked {
         body = asked;
     }
-    let response = match &location.handler {
-        Handler::Models(router) => router.route(head, body, &model, client, location.inference, priority).await?,
-        _ => forward_read(location, head, body, client, priority).await?,
-    };
+    let response = model_answer(forwarding(location, head, body, &model, client, priority)?, keep_alive).await?;
     let label = store.model_label(&model);
-    Ok(proxied(response).map(|body| {
+    Ok(response.map(|body| {
         let metered = Metered::new(body, model, label, estimate).settling(reservation).stripping_usage(strip_usage);
         ResponseBody::metered(metered)
     }))
@@ -289,18 +287,37 @@ async fn read_first(
 /// `image_url`, the key of an image part, found before a body is parsed for its images.
 static IMAGE_URL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"image_url"));
 
-/// Forwards a proxy location's request whose body was read.
-async fn forward_read(
+/// The forwarding of a request whose body was read (naming `model`, for a models location), owned,
+/// so that a keep-alive stream may finish it.
+fn forwarding(
     location: &Location,
     head: ClientRequest,
     body: bytes::Bytes,
+    model: &str,
     client: &ClientInfo,
     priority: Option<QueuePriority>,
-) -> Result<Response<Proxied>, GatewayError> {
-    let Handler::Proxy(target) = &location.handler else { return Err(GatewayError::Internal) };
-    let upstream = target.choose(&head, &client.ip);
-    let inference = location.inference.covers(head.method(), head.uri().path());
-    proxy::forward_buffered(head, body, client, upstream, inference, priority).await
+) -> Result<Forwarding, GatewayError> {
+    let (upstream, inference) = match &location.handler {
+        Handler::Models(router) => router.upstream(model, head.method(), location.inference)?,
+        Handler::Proxy(target) => {
+            (target.choose(&head, &client.ip).clone(), location.inference.covers(head.method(), head.uri().path()))
+        }
+        _ => return Err(GatewayError::Internal),
+    };
+    let client = client.clone();
+    Ok(Box::pin(async move { proxy::forward_buffered(head, body, &client, &upstream, inference, priority).await }))
+}
+
+/// The model's response; for a stream with `keep_alive`, a keep-alive stream when the model is slow
+/// to answer (`keepalive`).
+async fn model_answer(
+    forwarding: Forwarding,
+    keep_alive: Option<Duration>,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    match keep_alive {
+        Some(interval) => keepalive::answer_streamed(forwarding, interval).await,
+        None => forwarding.await.map(proxied),
+    }
 }
 
 /// A proxied response with its body as the pipeline serves it.

@@ -375,3 +375,86 @@ listen = ["127.0.0.1:0"]
         assert!(answer.starts_with("HTTP/1.1 200 ") && answer.ends_with("read 13 bytes"), "{path}: {answer}");
     }
 }
+
+/// A backend that waits `delay` (the model's queue and prefill), then answers `status` with an event
+/// stream of one token.
+async fn slow_model(delay: Duration, status: StatusCode) -> Backend {
+    Backend::start(move |_| async move {
+        tokio::time::sleep(delay).await;
+        let events = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n";
+        Response::builder().status(status).header("content-type", "text/event-stream").body(full(events)).unwrap()
+    })
+    .await
+}
+
+fn streamed_chat() -> Request<TestBody> {
+    let body = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    Request::post("/v1/chat/completions").header("host", "localhost").body(full(body)).unwrap()
+}
+
+/// Each frame of `response`'s body with the seconds (paused clock) since `started` it came at.
+async fn timed_frames(response: Response<hyper::body::Incoming>, started: Instant) -> Vec<(u64, String)> {
+    let mut body = response.into_body();
+    let mut frames = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            frames.push((started.elapsed().as_secs(), String::from_utf8_lossy(&data).into_owned()));
+        }
+    }
+    frames
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_stream_gets_its_head_and_keep_alive_comments_until_the_first_event() {
+    let keepalive = |backend: &Backend| {
+        proxy_config(&backend.authority(), TIMEOUTS)
+            .replace("  proxy = \"backend\"", "  proxy = \"backend\"\n  sse_keepalive = \"15s\"")
+    };
+    let model = slow_model(Duration::from_secs(40), StatusCode::OK).await;
+    let gw = TestGateway::start(&keepalive(&model)).await;
+    let started = Instant::now();
+    let response = http1(gw.addr("127.0.0.1:0")).await.send_request(streamed_chat()).await.unwrap();
+    assert_eq!(
+        (response.status(), started.elapsed().as_secs()),
+        (StatusCode::OK, 15),
+        "the head at the first interval"
+    );
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let frames = timed_frames(response, started).await;
+    assert_eq!(frames[0], (15, ": keep-alive\n\n".to_string()));
+    assert_eq!(frames[1], (30, ": keep-alive\n\n".to_string()));
+    assert_eq!(frames[2].0, 40, "then the model's events as they come: {frames:?}");
+    assert!(frames[2..].iter().map(|(_, text)| text.as_str()).collect::<String>().ends_with("data: [DONE]\n\n"));
+
+    // The model's error after the head arrives as an SSE error event.
+    let failing = slow_model(Duration::from_secs(20), StatusCode::SERVICE_UNAVAILABLE).await;
+    let gw = TestGateway::start(&keepalive(&failing)).await;
+    let started = Instant::now();
+    let response = http1(gw.addr("127.0.0.1:0")).await.send_request(streamed_chat()).await.unwrap();
+    let frames = timed_frames(response, started).await;
+    assert_eq!(frames[0], (15, ": keep-alive\n\n".to_string()));
+    let (at, event) = &frames[1];
+    assert_eq!(*at, 20);
+    assert!(
+        event.starts_with("event: error\ndata: {") && event.contains("\"bad_gateway\"") && event.contains("503"),
+        "{event}"
+    );
+    assert_eq!(frames.len(), 2);
+
+    // A stream the model answers in time, and a request that does not stream, are answered as they were.
+    let quick = slow_model(Duration::from_secs(2), StatusCode::OK).await;
+    let gw = TestGateway::start(&keepalive(&quick)).await;
+    let started = Instant::now();
+    let response = http1(gw.addr("127.0.0.1:0")).await.send_request(streamed_chat()).await.unwrap();
+    assert_eq!(started.elapsed().as_secs(), 2);
+    assert!(!timed_frames(response, started).await.iter().any(|(_, text)| text.contains("keep-alive")));
+    let gw = TestGateway::start(&keepalive(&model)).await;
+    let started = Instant::now();
+    let json = Request::post("/v1/chat/completions")
+        .header("host", "localhost")
+        .body(full(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#))
+        .unwrap();
+    let response = http1(gw.addr("127.0.0.1:0")).await.send_request(json).await.unwrap();
+    assert_eq!(started.elapsed().as_secs(), 40, "no early head for an answer that does not stream");
+    drop(response);
+}
