@@ -1,8 +1,10 @@
 //! A location's limits on the images of OpenAI chat requests (`images`): how many, how large decoded,
-//! how many pixels each and all together, which formats, and no remote URLs (the gateway does not
-//! fetch images, and a backend that does could be made to reach any address). Checked on the images
-//! `cost::read_chat` read from their headers, before the backend sees a byte of the request.
+//! how many pixels each and all together, which formats, and remote URLs refused (a backend that
+//! fetches them could be made to reach any address) or fetched by the gateway itself (`fetch`).
+//! Checked on the images `cost::read_chat` read from their headers, before the backend sees a byte
+//! of the request.
 
+use super::fetch::{self, FetchPolicy};
 use super::resize::Resize;
 use crate::config::ImagesConfig;
 use crate::error::{GatewayError, ImageRefusal};
@@ -21,6 +23,8 @@ pub(crate) struct ImageLimits {
     formats: Vec<Format>,
     /// Images above these sizes are scaled down (`resize`).
     resize: Option<Arc<Resize>>,
+    /// How remote images are fetched (`remote = "fetch"`); `None`: they are refused.
+    fetch: Option<FetchPolicy>,
 }
 
 impl ImageLimits {
@@ -34,7 +38,25 @@ impl ImageLimits {
             max_request_pixels: config.max_request_pixels,
             formats: config.formats.get_ref().iter().filter_map(|name| Format::named(name)).collect(),
             resize: config.resize.as_ref().map(|resize| Arc::new(Resize::new(resize.get_ref()))),
+            fetch: (config.remote.get_ref() == "fetch").then_some(FetchPolicy {
+                timeout: config.fetch_timeout.0,
+                max_bytes: config.max_bytes.0,
+                private: config.fetch_private,
+            }),
         })
+    }
+
+    /// `body` with its remote images fetched and put inline (`remote = "fetch"`); `None` when it has
+    /// none, or remote images are refused here (`check` refuses them).
+    pub(crate) async fn inline_remote(
+        &self,
+        body: &Bytes,
+        images: &[((usize, usize), Image)],
+    ) -> Result<Option<Bytes>, GatewayError> {
+        match &self.fetch {
+            Some(policy) => fetch::inline_remote(body, images, policy).await,
+            None => Ok(None),
+        }
     }
 
     /// `body` with its images that are larger than `resize` allows scaled down, on tokio's blocking
@@ -69,6 +91,10 @@ impl ImageLimits {
         let mut pixels = 0u64;
         for (at, image) in images {
             let Image::Inline(image) = image else {
+                if self.fetch.is_some() {
+                    // Fetched, then checked as the image it is.
+                    continue;
+                }
                 let message = "image URLs are not accepted here; send the image inline as a data: URL".to_string();
                 return refuse(at, StatusCode::BAD_REQUEST, "image_url_not_allowed", message);
             };

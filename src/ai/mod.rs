@@ -2,6 +2,7 @@
 //! JSON body names, answering `GET /v1/models` from the config, and telling inference requests
 //! (`inference`) from the rest.
 
+mod fetch;
 pub(crate) mod images;
 mod inference;
 mod resize;

@@ -497,6 +497,14 @@ pub(crate) struct ImagesConfig {
     pub(crate) formats: Spanned<Vec<String>>,
     /// Images above these sizes are scaled down before they are forwarded (default none).
     pub(crate) resize: Option<Spanned<ResizeConfig>>,
+    /// `http(s)` image URLs: `"refuse"` (default) or `"fetch"` (the gateway fetches them and
+    /// forwards them inline).
+    pub(crate) remote: Spanned<String>,
+    /// The longest a fetch may take (default 10 s).
+    pub(crate) fetch_timeout: Span,
+    /// Whether a fetch may reach loopback, private and link-local addresses (default false: no
+    /// request can make the gateway reach inside its own network).
+    pub(crate) fetch_private: bool,
 }
 
 /// `images.resize = { max_side = N, max_pixels = N, format = "..." }`: how large a forwarded image
@@ -528,6 +536,9 @@ impl Default for ImagesConfig {
             max_request_pixels: 200_000_000,
             formats: Spanned::new(0..0, ["png", "jpeg", "webp", "gif"].map(String::from).to_vec()),
             resize: None,
+            remote: Spanned::new(0..0, "refuse".into()),
+            fetch_timeout: Span(std::time::Duration::from_secs(10)),
+            fetch_private: false,
         }
     }
 }

@@ -101,6 +101,10 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
                 errors.push(source.error(spanned.span(), message));
             }
         }
+        if !["refuse", "fetch"].contains(&location.images.remote.get_ref().as_str()) {
+            let message = format!("images.remote: `{}` (expected refuse or fetch)", location.images.remote.get_ref());
+            errors.push(source.error(location.images.remote.span(), message));
+        }
         for format in location.images.formats.get_ref() {
             if crate::images::Format::named(format).is_none() {
                 errors.push(source.error(

@@ -246,6 +246,15 @@ async fn read_first(
     };
     if let (Some(limits), Some(read)) = (images, &reading) {
         limits.check(&read.images)?;
+        // Remote images fetched are checked as the images they are.
+        if let Some(inlined) = limits.inline_remote(&body, &read.images).await? {
+            body = inlined;
+            let fetched = cost::read_chat(&body, &location.image_costs).map_err(GatewayError::BadRequest)?;
+            limits.check(&fetched.images)?;
+            reading = Some(fetched);
+        }
+    }
+    if let (Some(limits), Some(read)) = (images, &reading) {
         // Scaled down, the images cost what the model will see of them.
         if let Some(scaled) = limits.scale_down(&body, &read.images).await? {
             body = scaled;

@@ -351,3 +351,86 @@ listen = ["127.0.0.1:0"]
     assert_eq!(forwarded[0][2].3, small, "an image within the limits is forwarded as it came");
     assert_eq!(shape(&forwarded[1]), [(image::ImageFormat::Jpeg, 64, 64)]);
 }
+
+#[tokio::test]
+async fn remote_images_are_fetched_by_the_gateway_and_never_from_inside_unless_allowed() {
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<bytes::Bytes>::new()));
+    let seen = bodies.clone();
+    let model = Backend::start(move |request| {
+        let seen = seen.clone();
+        async move {
+            let body = http_body_util::BodyExt::collect(request.into_body()).await.unwrap().to_bytes();
+            seen.lock().unwrap().push(body);
+            http::Response::new(full("ok"))
+        }
+    })
+    .await;
+    // The image server, on loopback: a small PNG, a large one, and a 404.
+    let small = base64::engine::general_purpose::STANDARD.decode(png(40, 20).split_once(',').unwrap().1).unwrap();
+    let large = base64::engine::general_purpose::STANDARD
+        .decode(image(image::ImageFormat::Png, 300, 300, true).split_once(',').unwrap().1)
+        .unwrap();
+    let images = Backend::start(move |request| {
+        let (small, large) = (small.clone(), large.clone());
+        async move {
+            match request.uri().path() {
+                "/cat.png" => http::Response::new(full(small)),
+                "/big.png" => http::Response::new(full(large)),
+                _ => http::Response::builder().status(404).body(full("")).unwrap(),
+            }
+        }
+    })
+    .await;
+    let config = format!(
+        r#"
+[[upstream]]
+name = "model"
+servers = [{{ addr = "{}" }}]
+
+[[server]]
+listen = ["127.0.0.1:0"]
+
+  [[server.location]]
+  prefix = "/inside/"
+  proxy = "model"
+  images = {{ enabled = true, remote = "fetch", fetch_private = true, max_bytes = "20k" }}
+
+  [[server.location]]
+  prefix = "/"
+  proxy = "model"
+  images = {{ enabled = true, remote = "fetch" }}
+"#,
+        model.authority()
+    );
+    let gw = TestGateway::start(&config).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let url = |path: &str| format!("http://{}{path}", images.authority());
+    let rows = [
+        ("/", url("/cat.png"), StatusCode::BAD_REQUEST, "image_url_not_allowed"),
+        ("/", "http://169.254.169.254/latest/meta-data".to_string(), StatusCode::BAD_REQUEST, "image_url_not_allowed"),
+        ("/", "http://[::ffff:127.0.0.1]:1/x.png".to_string(), StatusCode::BAD_REQUEST, "image_url_not_allowed"),
+        ("/inside/", url("/missing.png"), StatusCode::BAD_REQUEST, "image_fetch_failed"),
+        ("/inside/", url("/big.png"), StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
+    ];
+    for (path, image_url, status, code) in rows {
+        let (got, _, body) = send(&mut http1(addr).await, chat(path, std::slice::from_ref(&image_url))).await;
+        assert_eq!(got, status, "{image_url}: {body}");
+        let error: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (error["error"]["code"].as_str(), error["error"]["param"].as_str()),
+            (Some(code), Some("messages[0].content[1]")),
+            "{body}"
+        );
+    }
+    assert_eq!(images.request_count(), 2, "nothing was fetched from inside without leave");
+    assert!(bodies.lock().unwrap().is_empty());
+    // Allowed, the image reaches the model inline.
+    let (status, _, body) = send(&mut http1(addr).await, chat("/inside/", &[url("/cat.png")])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let forwarded: Value = serde_json::from_slice(&bodies.lock().unwrap()[0]).unwrap();
+    let inline = forwarded["messages"][0]["content"][1]["image_url"]["url"].as_str().unwrap();
+    assert!(inline.starts_with("data:image/png;base64,"), "{inline}");
+    let decoded =
+        image::load_from_memory(&base64::engine::general_purpose::STANDARD.decode(&inline[22..]).unwrap()).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (40, 20));
+}
