@@ -27,6 +27,15 @@ install_tools
 need valgrind || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
 cargo build --release -q --workspace
 start_backend $BACKEND
+# The two keys: one without limits, one with a token budget it never spends.
+KEYS="[[api_key]]
+name = \"plain\"
+sha256 = \"$(digest ig-bench-plain)\"
+
+[[api_key]]
+name = \"budgeted\"
+sha256 = \"$(digest ig-bench-budgeted)\"
+tokens_per_minute = 1000000000000"
 # config PORT: the gateway's config: `/` without auth, `/keyed/` with it, and the two keys.
 config() {
   gateway_config "$1" $BACKEND "
@@ -35,14 +44,7 @@ config() {
   proxy = \"backend\"
   auth = \"api_key\"
 
-[[api_key]]
-name = \"plain\"
-sha256 = \"$(digest ig-bench-plain)\"
-
-[[api_key]]
-name = \"budgeted\"
-sha256 = \"$(digest ig-bench-budgeted)\"
-tokens_per_minute = 1000000000000"
+$KEYS"
 }
 GATEWAY_BIN=target/release/infergate start_gateway keys "$(config $GATEWAY)"
 for port in $BACKEND $GATEWAY; do wait_port $port; done
@@ -118,14 +120,7 @@ listen = [\"127.0.0.1:$STREAM_KEYED\"]
   proxy = \"sim\"
   auth = \"api_key\"
 
-[[api_key]]
-name = \"plain\"
-sha256 = \"$(digest ig-bench-plain)\"
-
-[[api_key]]
-name = \"budgeted\"
-sha256 = \"$(digest ig-bench-budgeted)\"
-tokens_per_minute = 1000000000000"
+$KEYS"
 }
 GATEWAY_BIN=target/release/infergate start_gateway streams "$(streams_config)"
 STREAMS_PID=$GATEWAY_PID

@@ -42,7 +42,6 @@ use crate::upstream::QueuePriority;
 use crate::uri;
 use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use keepalive::Forwarding;
 use memchr::memmem::Finder;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -305,7 +304,7 @@ fn forwarding(
     model: &str,
     client: &ClientInfo,
     priority: Option<QueuePriority>,
-) -> Result<Forwarding, GatewayError> {
+) -> Result<impl Future<Output = Result<Response<Proxied>, GatewayError>> + Send + 'static, GatewayError> {
     let (upstream, inference) = match &location.handler {
         Handler::Models(router) => router.upstream(model, head.method(), location.inference)?,
         Handler::Proxy(target) => {
@@ -314,17 +313,18 @@ fn forwarding(
         _ => return Err(GatewayError::Internal),
     };
     let client = client.clone();
-    Ok(Box::pin(async move { proxy::forward_buffered(head, body, &client, &upstream, inference, priority).await }))
+    Ok(async move { proxy::forward_buffered(head, body, &client, &upstream, inference, priority).await })
 }
 
 /// The model's response; for a stream with `keep_alive`, a keep-alive stream when the model is slow
 /// to answer (`keepalive`).
 async fn model_answer(
-    forwarding: Forwarding,
+    forwarding: impl Future<Output = Result<Response<Proxied>, GatewayError>> + Send + 'static,
     keep_alive: Option<Duration>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     match keep_alive {
-        Some(interval) => keepalive::answer_streamed(forwarding, interval).await,
+        // Boxed only here, where a body may have to finish it.
+        Some(interval) => keepalive::answer_streamed(Box::pin(forwarding), interval).await,
         None => forwarding.await.map(proxied),
     }
 }

@@ -277,11 +277,11 @@ async fn questions_about_one_image_reach_one_server_until_it_is_busy_or_drained(
     assert_eq!(moved.iter().filter(|&&n| n == 5).count(), 1, "one other server takes them all: {moved:?}");
 }
 
-#[tokio::test]
-async fn images_above_the_resize_limit_reach_the_backend_scaled_down() {
+/// A model that answers `ok` and keeps every request body it received.
+async fn recording_model() -> (Backend, std::sync::Arc<std::sync::Mutex<Vec<bytes::Bytes>>>) {
     let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<bytes::Bytes>::new()));
     let seen = bodies.clone();
-    let backend = Backend::start(move |request| {
+    let model = Backend::start(move |request| {
         let seen = seen.clone();
         async move {
             let body = http_body_util::BodyExt::collect(request.into_body()).await.unwrap().to_bytes();
@@ -290,6 +290,12 @@ async fn images_above_the_resize_limit_reach_the_backend_scaled_down() {
         }
     })
     .await;
+    (model, bodies)
+}
+
+#[tokio::test]
+async fn images_above_the_resize_limit_reach_the_backend_scaled_down() {
+    let (backend, bodies) = recording_model().await;
     let config = format!(
         r#"
 [[upstream]]
@@ -354,17 +360,7 @@ listen = ["127.0.0.1:0"]
 
 #[tokio::test]
 async fn remote_images_are_fetched_by_the_gateway_and_never_from_inside_unless_allowed() {
-    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<bytes::Bytes>::new()));
-    let seen = bodies.clone();
-    let model = Backend::start(move |request| {
-        let seen = seen.clone();
-        async move {
-            let body = http_body_util::BodyExt::collect(request.into_body()).await.unwrap().to_bytes();
-            seen.lock().unwrap().push(body);
-            http::Response::new(full("ok"))
-        }
-    })
-    .await;
+    let (model, bodies) = recording_model().await;
     // The image server, on loopback: a small PNG, a large one, and a 404.
     let small = base64::engine::general_purpose::STANDARD.decode(png(40, 20).split_once(',').unwrap().1).unwrap();
     let large = base64::engine::general_purpose::STANDARD

@@ -116,6 +116,18 @@ enum Mode {
 
 type Sender = SendRequest<Full<Bytes>>;
 
+/// A closed-loop client's connection, opened anew when it has none; `None`, after a pause, when it
+/// cannot be.
+async fn connection(sender: &mut Option<Sender>, addr: SocketAddr) -> Option<&mut Sender> {
+    if sender.is_none() {
+        *sender = connect(addr).await.ok();
+        if sender.is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    sender.as_mut()
+}
+
 async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
@@ -358,12 +370,8 @@ async fn chat_load(addr: SocketAddr, clients: usize, duration: Duration, shape: 
             let (mut ok, mut failed) = (0u64, 0u64);
             let mut sender: Option<Sender> = None;
             while Instant::now() < end {
-                if sender.is_none() {
-                    sender = connect(addr).await.ok();
-                }
-                let Some(client) = sender.as_mut() else {
+                let Some(client) = connection(&mut sender, addr).await else {
                     failed += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 // Each answer must come whole within 10 s (a request takes about 0.3 s; a stream of
@@ -445,12 +453,8 @@ async fn image_questions(
             // Every image in turn, each client starting at its own.
             let mut next = client * 5;
             while Instant::now() < end {
-                if sender.is_none() {
-                    sender = connect(addr).await.ok();
-                }
-                let Some(client) = sender.as_mut() else {
+                let Some(client) = connection(&mut sender, addr).await else {
                     failed += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 next = (next + 1) % images.max(1);
