@@ -19,12 +19,12 @@ use std::time::Duration;
 use tokio::time::Sleep;
 
 /// The forwarding of a request, owned, so that a response body may finish it.
-pub(crate) type Forwarding = Pin<Box<dyn Future<Output = Result<Response<Proxied>, GatewayError>> + Send>>;
+pub(crate) type PendingAnswer = Pin<Box<dyn Future<Output = Result<Response<Proxied>, GatewayError>> + Send>>;
 
 /// The response to a streamed request: the model's, when it answers within `interval`; else a
 /// keep-alive stream that carries the model's events once they come.
 pub(crate) async fn answer_streamed(
-    mut forwarding: Forwarding,
+    mut forwarding: PendingAnswer,
     interval: Duration,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     match tokio::time::timeout(interval, &mut forwarding).await {
@@ -53,7 +53,7 @@ pub(crate) struct WaitingBody {
 }
 
 enum State {
-    Waiting(Forwarding),
+    Waiting(PendingAnswer),
     Streaming(ResponseBody),
     Ended,
 }

@@ -38,7 +38,7 @@ use crate::request_id;
 use crate::route::{Handler, Location, VirtualServer};
 use crate::runtime::{ListenerSpec, Runtime, RuntimeRef};
 use crate::template::Vars;
-use crate::upstream::QueuePriority;
+use crate::upstream::{QueuePriority, Upstream};
 use crate::uri;
 use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -268,7 +268,7 @@ async fn read_first(
             true => named.map_or_else(|| ai::model_of(&body), Ok)?,
             false => String::new(),
         };
-        return model_answer(forwarding(location, head, body, &model, client, priority)?, keep_alive).await;
+        return ReadRequest::new(location, head, body, &model, client, priority)?.answer(keep_alive).await;
     };
     let model = match named.map_or_else(|| ai::model_of(&body), Ok) {
         Ok(model) => model,
@@ -284,7 +284,7 @@ async fn read_first(
     if let Some(asked) = asked {
         body = asked;
     }
-    let response = model_answer(forwarding(location, head, body, &model, client, priority)?, keep_alive).await?;
+    let response = ReadRequest::new(location, head, body, &model, client, priority)?.answer(keep_alive).await?;
     let label = store.model_label(&model);
     Ok(response.map(|body| {
         let metered = Metered::new(body, model, label, estimate).settling(reservation).stripping_usage(strip_usage);
@@ -295,37 +295,49 @@ async fn read_first(
 /// `image_url`, the key of an image part, found before a body is parsed for its images.
 static IMAGE_URL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"image_url"));
 
-/// The forwarding of a request whose body was read (naming `model`, for a models location), owned,
-/// so that a keep-alive stream may finish it.
-fn forwarding(
-    location: &Location,
+/// A request whose body was read, with the upstream it goes to, owned: so that a keep-alive stream
+/// may finish its forwarding.
+struct ReadRequest {
     head: ClientRequest,
     body: bytes::Bytes,
-    model: &str,
-    client: &ClientInfo,
+    client: ClientInfo,
+    upstream: Arc<Upstream>,
+    inference: bool,
     priority: Option<QueuePriority>,
-) -> Result<impl Future<Output = Result<Response<Proxied>, GatewayError>> + Send + 'static, GatewayError> {
-    let (upstream, inference) = match &location.handler {
-        Handler::Models(router) => router.upstream(model, head.method(), location.inference)?,
-        Handler::Proxy(target) => {
-            (target.choose(&head, &client.ip).clone(), location.inference.covers(head.method(), head.uri().path()))
-        }
-        _ => return Err(GatewayError::Internal),
-    };
-    let client = client.clone();
-    Ok(async move { proxy::forward_buffered(head, body, &client, &upstream, inference, priority).await })
 }
 
-/// The model's response; for a stream with `keep_alive`, a keep-alive stream when the model is slow
-/// to answer (`keepalive`).
-async fn model_answer(
-    forwarding: impl Future<Output = Result<Response<Proxied>, GatewayError>> + Send + 'static,
-    keep_alive: Option<Duration>,
-) -> Result<Response<ResponseBody>, GatewayError> {
-    match keep_alive {
-        // Boxed only here, where a body may have to finish it.
-        Some(interval) => keepalive::answer_streamed(Box::pin(forwarding), interval).await,
-        None => forwarding.await.map(proxied),
+impl ReadRequest {
+    /// `head` and `body` (naming `model`, for a models location), for the location's upstream.
+    fn new(
+        location: &Location,
+        head: ClientRequest,
+        body: bytes::Bytes,
+        model: &str,
+        client: &ClientInfo,
+        priority: Option<QueuePriority>,
+    ) -> Result<ReadRequest, GatewayError> {
+        let (upstream, inference) = match &location.handler {
+            Handler::Models(router) => router.upstream(model, head.method(), location.inference)?,
+            Handler::Proxy(target) => {
+                (target.choose(&head, &client.ip).clone(), location.inference.covers(head.method(), head.uri().path()))
+            }
+            _ => return Err(GatewayError::Internal),
+        };
+        Ok(ReadRequest { head, body, client: client.clone(), upstream, inference, priority })
+    }
+
+    async fn forward(self) -> Result<Response<Proxied>, GatewayError> {
+        proxy::forward_buffered(self.head, self.body, &self.client, &self.upstream, self.inference, self.priority).await
+    }
+
+    /// The model's response; for a stream with `keep_alive`, a keep-alive stream when the model is
+    /// slow to answer (`keepalive`).
+    async fn answer(self, keep_alive: Option<Duration>) -> Result<Response<ResponseBody>, GatewayError> {
+        match keep_alive {
+            // Boxed only here, where a body may have to finish it.
+            Some(interval) => keepalive::answer_streamed(Box::pin(self.forward()), interval).await,
+            None => self.forward().await.map(proxied),
+        }
     }
 }
 
