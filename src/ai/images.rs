@@ -6,21 +6,46 @@
 
 use super::fetch::{self, FetchPolicy};
 use super::resize::Resize;
-use crate::config::ImagesConfig;
+use crate::config::{ImageBoundsConfig, ImagesConfig};
 use crate::error::{GatewayError, ImageRefusal};
 use crate::images::{Format, Image};
 use bytes::Bytes;
 use http::StatusCode;
 use std::sync::Arc;
 
-/// `images` of a location, compiled.
+/// What a request's images may be.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ImageLimits {
+struct Bounds {
     max_count: usize,
     max_bytes: u64,
     max_pixels: u64,
     max_request_pixels: u64,
     formats: Vec<Format>,
+}
+
+impl Bounds {
+    /// `config`'s bounds, what it leaves out taken from `base`.
+    fn over(base: &Bounds, config: &ImageBoundsConfig) -> Bounds {
+        Bounds {
+            max_count: config.max_count.unwrap_or(base.max_count),
+            max_bytes: config.max_bytes.map_or(base.max_bytes, |size| size.0),
+            max_pixels: config.max_pixels.unwrap_or(base.max_pixels),
+            max_request_pixels: config.max_request_pixels.unwrap_or(base.max_request_pixels),
+            formats: config.formats.as_ref().map_or_else(|| base.formats.clone(), |names| formats(names)),
+        }
+    }
+}
+
+fn formats(names: &[String]) -> Vec<Format> {
+    names.iter().filter_map(|name| Format::named(name)).collect()
+}
+
+/// `images` of a location, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ImageLimits {
+    bounds: Bounds,
+    /// Models' own bounds, by glob, longest glob first.
+    per_model: Vec<(String, Bounds)>,
     /// Images above these sizes are scaled down (`resize`).
     resize: Option<Arc<Resize>>,
     /// How remote images are fetched (`remote = "fetch"`); `None`: they are refused.
@@ -31,12 +56,22 @@ impl ImageLimits {
     /// The limits of a validated `images` table, for a location that reads its requests' bodies
     /// whole anyway (`reads_bodies`) or not; `None` when they are off there.
     pub(crate) fn new(config: &ImagesConfig, reads_bodies: bool) -> Option<ImageLimits> {
-        config.enabled.unwrap_or(reads_bodies).then(|| ImageLimits {
+        if !config.enabled.unwrap_or(reads_bodies) {
+            return None;
+        }
+        let bounds = Bounds {
             max_count: config.max_count,
             max_bytes: config.max_bytes.0,
             max_pixels: config.max_pixels,
             max_request_pixels: config.max_request_pixels,
-            formats: config.formats.get_ref().iter().filter_map(|name| Format::named(name)).collect(),
+            formats: formats(config.formats.get_ref()),
+        };
+        let mut per_model: Vec<(String, Bounds)> =
+            config.models.iter().map(|(glob, model)| (glob.clone(), Bounds::over(&bounds, model))).collect();
+        per_model.sort_by_key(|(glob, _)| std::cmp::Reverse(glob.len()));
+        Some(ImageLimits {
+            bounds,
+            per_model,
             resize: config.resize.as_ref().map(|resize| Arc::new(Resize::new(resize.get_ref()))),
             fetch: (config.remote.get_ref() == "fetch").then_some(FetchPolicy {
                 timeout: config.fetch_timeout.0,
@@ -44,6 +79,12 @@ impl ImageLimits {
                 private: config.fetch_private,
             }),
         })
+    }
+
+    /// The bounds for `model`: its longest matching glob's, else the location's.
+    fn bounds(&self, model: Option<&str>) -> &Bounds {
+        let matching = |(glob, _): &&(String, Bounds)| model.is_some_and(|model| crate::glob::matches(glob, model));
+        self.per_model.iter().find(matching).map_or(&self.bounds, |(_, bounds)| bounds)
     }
 
     /// `body` with its remote images fetched and put inline (`remote = "fetch"`); `None` when it has
@@ -72,9 +113,10 @@ impl ImageLimits {
         scaled.await.map_err(|_| GatewayError::Internal)?.map(Some)
     }
 
-    /// Whether a request's images, each with its message's and part's index, pass; the first that does
-    /// not is named in the refusal (400, or 413 for one too large).
-    pub(crate) fn check(&self, images: &[((usize, usize), Image)]) -> Result<(), GatewayError> {
+    /// Whether a request's images, each with its message's and part's index, pass for `model`; the
+    /// first that does not is named in the refusal (400, or 413 for one too large).
+    pub(crate) fn check(&self, images: &[((usize, usize), Image)], model: Option<&str>) -> Result<(), GatewayError> {
+        let bounds = self.bounds(model);
         let refuse = |&(i, j): &(usize, usize), status, code, message: String| {
             Err(GatewayError::ImageRefused(ImageRefusal {
                 status,
@@ -83,9 +125,9 @@ impl ImageLimits {
                 message,
             }))
         };
-        if let Some((at, _)) = images.get(self.max_count) {
+        if let Some((at, _)) = images.get(bounds.max_count) {
             let message =
-                format!("{} images in one request; this location takes at most {}", images.len(), self.max_count);
+                format!("{} images in one request; this location takes at most {}", images.len(), bounds.max_count);
             return refuse(at, StatusCode::BAD_REQUEST, "too_many_images", message);
         }
         let mut pixels = 0u64;
@@ -98,32 +140,32 @@ impl ImageLimits {
                 let message = "image URLs are not accepted here; send the image inline as a data: URL".to_string();
                 return refuse(at, StatusCode::BAD_REQUEST, "image_url_not_allowed", message);
             };
-            if !self.formats.contains(&image.format) {
-                let allowed: Vec<&str> = self.formats.iter().map(|format| format.name()).collect();
+            if !bounds.formats.contains(&image.format) {
+                let allowed: Vec<&str> = bounds.formats.iter().map(|format| format.name()).collect();
                 let message =
                     format!("{} images are not accepted here (accepted: {})", image.format.name(), allowed.join(", "));
                 return refuse(at, StatusCode::BAD_REQUEST, "image_format_not_allowed", message);
             }
-            if image.bytes > self.max_bytes {
+            if image.bytes > bounds.max_bytes {
                 let message =
-                    format!("the image is {} bytes; this location takes at most {}", image.bytes, self.max_bytes);
+                    format!("the image is {} bytes; this location takes at most {}", image.bytes, bounds.max_bytes);
                 return refuse(at, StatusCode::PAYLOAD_TOO_LARGE, "image_too_large", message);
             }
-            if image.pixels() > self.max_pixels {
+            if image.pixels() > bounds.max_pixels {
                 let message = format!(
                     "the image is {}x{} ({} pixels); this location takes at most {} pixels an image",
                     image.width,
                     image.height,
                     image.pixels(),
-                    self.max_pixels
+                    bounds.max_pixels
                 );
                 return refuse(at, StatusCode::BAD_REQUEST, "image_too_many_pixels", message);
             }
             pixels = pixels.saturating_add(image.pixels());
-            if pixels > self.max_request_pixels {
+            if pixels > bounds.max_request_pixels {
                 let message = format!(
                     "the images come to {pixels} pixels; this location takes at most {} a request",
-                    self.max_request_pixels
+                    bounds.max_request_pixels
                 );
                 return refuse(at, StatusCode::BAD_REQUEST, "images_too_many_pixels", message);
             }
@@ -166,7 +208,7 @@ mod tests {
         ];
         for (images, expected) in rows {
             let placed: Vec<_> = images.into_iter().enumerate().map(|(j, image)| ((0, j), image)).collect();
-            let refusal = match limits.check(&placed) {
+            let refusal = match limits.check(&placed, None) {
                 Ok(()) => None,
                 Err(GatewayError::ImageRefused(refusal)) => Some(refusal),
                 Err(other) => panic!("{other}"),
@@ -175,8 +217,26 @@ mod tests {
             assert_eq!(got, expected, "{placed:?}");
         }
         let tall = [((3, 1), image(Format::Png, 20, 10, 1))];
-        let Err(GatewayError::ImageRefused(refusal)) = limits.check(&tall) else { panic!() };
+        let Err(GatewayError::ImageRefused(refusal)) = limits.check(&tall, None) else { panic!() };
         assert_eq!(refusal.message, "the image is 20x10 (200 pixels); this location takes at most 100 pixels an image");
+        // A model's own limits: the longest matching glob's, the rest the location's.
+        let mut models = std::collections::BTreeMap::new();
+        models.insert("qwen*".to_string(), ImageBoundsConfig { max_count: Some(1), ..ImageBoundsConfig::default() });
+        models.insert(
+            "qwen2-vl*".to_string(),
+            ImageBoundsConfig {
+                max_count: Some(3),
+                formats: Some(vec!["webp".into()]),
+                ..ImageBoundsConfig::default()
+            },
+        );
+        let limits = ImageLimits::new(&ImagesConfig { models, ..config.clone() }, true).unwrap();
+        let two_png = [((0, 0), png), ((0, 1), image(Format::Png, 1, 1, 1))];
+        let two_webp = [((0, 0), image(Format::Webp, 1, 1, 1)), ((0, 1), image(Format::Webp, 1, 1, 1))];
+        assert!(limits.check(&two_png, None).is_ok(), "the location's: two");
+        assert!(limits.check(&two_png, Some("qwen-vl")).is_err(), "qwen*: one");
+        assert!(limits.check(&two_webp, Some("qwen2-vl-7b")).is_ok(), "qwen2-vl*: three, webp");
+        assert!(limits.check(&two_png, Some("qwen2-vl-7b")).is_err(), "qwen2-vl*: webp only");
         assert!(ImageLimits::new(&ImagesConfig::default(), false).is_none(), "off where bodies stream");
         assert!(ImageLimits::new(&ImagesConfig { enabled: Some(true), ..ImagesConfig::default() }, false).is_some());
         assert!(ImageLimits::new(&ImagesConfig { enabled: Some(false), ..ImagesConfig::default() }, true).is_none());

@@ -505,6 +505,20 @@ pub(crate) struct ImagesConfig {
     /// Whether a fetch may reach loopback, private and link-local addresses (default false: no
     /// request can make the gateway reach inside its own network).
     pub(crate) fetch_private: bool,
+    /// Other limits for the models a glob matches (the longest matching glob decides; what a
+    /// table leaves out is the location's).
+    pub(crate) models: BTreeMap<String, ImageBoundsConfig>,
+}
+
+/// `images.models.GLOB`: a model's own image limits.
+#[derive(Debug, Deserialize, Clone, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ImageBoundsConfig {
+    pub(crate) max_count: Option<usize>,
+    pub(crate) max_bytes: Option<Size>,
+    pub(crate) max_pixels: Option<u64>,
+    pub(crate) max_request_pixels: Option<u64>,
+    pub(crate) formats: Option<Vec<String>>,
 }
 
 /// `images.resize = { max_side = N, max_pixels = N, format = "..." }`: how large a forwarded image
@@ -539,6 +553,7 @@ impl Default for ImagesConfig {
             remote: Spanned::new(0..0, "refuse".into()),
             fetch_timeout: Span(std::time::Duration::from_secs(10)),
             fetch_private: false,
+            models: BTreeMap::new(),
         }
     }
 }

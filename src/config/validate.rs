@@ -105,7 +105,8 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
             let message = format!("images.remote: `{}` (expected refuse or fetch)", location.images.remote.get_ref());
             errors.push(source.error(location.images.remote.span(), message));
         }
-        for format in location.images.formats.get_ref() {
+        let model_formats = location.images.models.values().flat_map(|bounds| bounds.formats.iter().flatten());
+        for format in location.images.formats.get_ref().iter().chain(model_formats) {
             if crate::images::Format::named(format).is_none() {
                 errors.push(source.error(
                     location.images.formats.span(),

@@ -244,12 +244,12 @@ async fn read_first(
         Some(Err(_)) | None => None,
     };
     if let (Some(limits), Some(read)) = (images, &reading) {
-        limits.check(&read.images)?;
+        limits.check(&read.images, read.model.as_deref())?;
         // Remote images fetched are checked as the images they are.
         if let Some(inlined) = limits.inline_remote(&body, &read.images).await? {
             body = inlined;
             let fetched = cost::read_chat(&body, &location.image_costs).map_err(GatewayError::BadRequest)?;
-            limits.check(&fetched.images)?;
+            limits.check(&fetched.images, fetched.model.as_deref())?;
             reading = Some(fetched);
         }
     }

@@ -59,6 +59,11 @@ listen = ["127.0.0.1:0"]
   images = {{ enabled = true, max_bytes = "1k" }}
 
   [[server.location]]
+  prefix = "/per-model/"
+  proxy = "model"
+  images = {{ enabled = true, models = {{ "glm-*" = {{ max_count = 1 }} }} }}
+
+  [[server.location]]
   prefix = "/keyed/"
   proxy = "model"
   auth = "api_key"
@@ -120,6 +125,12 @@ sha256 = "{}"
             vec![remote.clone()],
             StatusCode::BAD_REQUEST,
             Some(("image_url_not_allowed", "messages[0].content[1]")),
+        ),
+        (
+            "/per-model/",
+            vec![png(2, 2); 2],
+            StatusCode::BAD_REQUEST,
+            Some(("too_many_images", "messages[0].content[2]")),
         ),
     ];
     for (path, urls, status, refusal) in rows {
