@@ -92,32 +92,15 @@ SIM=18384 STREAM_OFF=18385 STREAM_KEYED=18386 STREAM_TOKENS=200
 target/release/infergate sim --listen "127.0.0.1:$SIM" --slots 1000 --prefill-base-ms 1 \
   --prefill-per-token-ms 0 --decode-ms 1 --decode-slowdown 0 2>"$WORK/sim.log" &
 PIDS+=("$!")
+# The streams' gateway: the sim without auth on one port, with it on another.
 streams_config() {
-  printf '%s\n' "[http]
-workers = ${WORKERS:-0}
-keepalive_requests = 1000000
-
-[admin]
-enabled = false
-
-[[upstream]]
-name = \"sim\"
-servers = [{ addr = \"127.0.0.1:$SIM\" }]
-keepalive = 128
-
-[[server]]
-listen = [\"127.0.0.1:$STREAM_OFF\"]
-
-  [[server.location]]
-  prefix = \"/\"
-  proxy = \"sim\"
-
+  gateway_config $STREAM_OFF $SIM "
 [[server]]
 listen = [\"127.0.0.1:$STREAM_KEYED\"]
 
   [[server.location]]
   prefix = \"/\"
-  proxy = \"sim\"
+  proxy = \"backend\"
   auth = \"api_key\"
 
 $KEYS"

@@ -8,6 +8,11 @@ use base64::Engine as _;
 use http::{Request, StatusCode};
 use serde_json::{json, Value};
 
+/// A gateway config proxying `locations` (location tables) to the upstream `model` at `model`.
+fn model_config(model: &Backend, locations: &str) -> String {
+    format!("[[upstream]]\nname = \"model\"\nservers = [{{ addr = \"{}\" }}]\n\n[[server]]\nlisten = [\"127.0.0.1:0\"]\n{locations}", model.authority())
+}
+
 /// An image of `width` x `height` in `format`, noise or flat, as a `data:` URL.
 fn image(format: image::ImageFormat, width: u32, height: u32, noise: bool) -> String {
     let pixels = image::RgbImage::from_fn(width, height, |x, y| {
@@ -39,15 +44,8 @@ fn chat(path: &str, urls: &[String]) -> Request<TestBody> {
 #[tokio::test]
 async fn each_image_limit_refuses_before_the_backend_sees_a_byte() {
     let backend = Backend::hello().await;
-    let config = format!(
+    let locations = format!(
         r#"
-[[upstream]]
-name = "model"
-servers = [{{ addr = "{}" }}]
-
-[[server]]
-listen = ["127.0.0.1:0"]
-
   [[server.location]]
   prefix = "/limited/"
   proxy = "model"
@@ -76,9 +74,9 @@ listen = ["127.0.0.1:0"]
 name = "images"
 sha256 = "{}"
 "#,
-        backend.authority(),
         sha256_hex("ig-images")
     );
+    let config = model_config(&backend, &locations);
     let gw = TestGateway::start(&config).await;
     let addr = gw.addr("127.0.0.1:0");
     let jpeg = image(image::ImageFormat::Jpeg, 100, 50, false);
@@ -307,27 +305,18 @@ async fn recording_model() -> (Backend, std::sync::Arc<std::sync::Mutex<Vec<byte
 #[tokio::test]
 async fn images_above_the_resize_limit_reach_the_backend_scaled_down() {
     let (backend, bodies) = recording_model().await;
-    let config = format!(
-        r#"
-[[upstream]]
-name = "model"
-servers = [{{ addr = "{}" }}]
-
-[[server]]
-listen = ["127.0.0.1:0"]
-
+    let locations = r#"
   [[server.location]]
   prefix = "/as-jpeg/"
   proxy = "model"
-  images = {{ enabled = true, resize = {{ max_side = 64, format = "jpeg" }} }}
+  images = { enabled = true, resize = { max_side = 64, format = "jpeg" } }
 
   [[server.location]]
   prefix = "/"
   proxy = "model"
-  images = {{ enabled = true, resize = {{ max_side = 64, max_pixels = 1024 }} }}
-"#,
-        backend.authority()
-    );
+  images = { enabled = true, resize = { max_side = 64, max_pixels = 1024 } }
+"#;
+    let config = model_config(&backend, locations);
     let gw = TestGateway::start(&config).await;
     let addr = gw.addr("127.0.0.1:0");
     let webp = image(image::ImageFormat::WebP, 300, 100, true);
@@ -388,27 +377,18 @@ async fn remote_images_are_fetched_by_the_gateway_and_never_from_inside_unless_a
         }
     })
     .await;
-    let config = format!(
-        r#"
-[[upstream]]
-name = "model"
-servers = [{{ addr = "{}" }}]
-
-[[server]]
-listen = ["127.0.0.1:0"]
-
+    let locations = r#"
   [[server.location]]
   prefix = "/inside/"
   proxy = "model"
-  images = {{ enabled = true, remote = "fetch", fetch_private = true, max_bytes = "20k" }}
+  images = { enabled = true, remote = "fetch", fetch_private = true, max_bytes = "20k" }
 
   [[server.location]]
   prefix = "/"
   proxy = "model"
-  images = {{ enabled = true, remote = "fetch" }}
-"#,
-        model.authority()
-    );
+  images = { enabled = true, remote = "fetch" }
+"#;
+    let config = model_config(&model, locations);
     let gw = TestGateway::start(&config).await;
     let addr = gw.addr("127.0.0.1:0");
     let url = |path: &str| format!("http://{}{path}", images.authority());
