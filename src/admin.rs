@@ -156,6 +156,7 @@ fn status(gateway: &Gateway) -> Value {
         .into_iter()
         .map(|upstream| {
             let admitted = upstream.admission.as_ref().map(|a| a.inflight());
+            let held = upstream.admission.as_ref().filter(|a| a.weighs_tokens()).map(|a| a.inflight_tokens());
             let servers: Vec<Value> = upstream
                 .servers
                 .iter()
@@ -168,6 +169,8 @@ fn status(gateway: &Gateway) -> Value {
                         "draining": server.is_draining(),
                         "in_flight": in_flight,
                         "max_inflight": server.max_inflight,
+                        "in_flight_tokens": held.as_ref().map(|tokens| tokens[index]),
+                        "max_inflight_tokens": server.max_inflight_tokens,
                     })
                 })
                 .collect();

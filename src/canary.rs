@@ -37,9 +37,9 @@ impl ProxyTarget {
         ProxyTarget { primary, canaries, sticky, hasher: Default::default() }
     }
 
-    /// Whether any of its upstreams balances by the request's body (`hash_key = "image"`).
-    pub(crate) fn hashes_bodies(&self) -> bool {
-        self.primary.hashes_bodies() || self.canaries.iter().any(|canary| canary.upstream.hashes_bodies())
+    /// Its upstreams: the primary, then the canaries'.
+    pub(crate) fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        std::iter::once(&self.primary).chain(self.canaries.iter().map(|canary| &canary.upstream))
     }
 
     /// The upstream for this request.

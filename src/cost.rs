@@ -32,6 +32,12 @@ impl PromptCost {
     pub(crate) fn prompt_tokens(&self) -> u64 {
         u64::from(self.text_tokens) + u64::from(self.image_tokens)
     }
+
+    /// What the request holds of a model while it runs, for `max_inflight_tokens`: its prompt tokens
+    /// and the output it may ask for (`max_tokens`, when it sets one).
+    pub(crate) fn held_tokens(&self) -> u64 {
+        self.prompt_tokens() + u64::from(self.max_tokens.unwrap_or(0))
+    }
 }
 
 /// Images given by http(s) URL are counted as this size, never fetched.

@@ -15,6 +15,7 @@ use crate::policy::{ConnLimit, RateLimit};
 use crate::proxy::BodyLimits;
 use crate::static_files::StaticFiles;
 use crate::template::Template;
+use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use regex::Regex;
@@ -34,6 +35,17 @@ pub(crate) enum Handler {
     Return { status: StatusCode, body: Bytes, content_type: HeaderValue },
     /// Answer a redirect to a URL built from the request.
     Redirect { status: StatusCode, url: Template },
+}
+
+impl Handler {
+    /// Whether any upstream it forwards to passes `test`.
+    pub(crate) fn any_upstream(&self, test: impl Fn(&Upstream) -> bool) -> bool {
+        match self {
+            Handler::Proxy(target) => target.upstreams().any(|upstream| test(upstream)),
+            Handler::Models(router) => router.upstreams().any(|upstream| test(upstream)),
+            Handler::Static(_) | Handler::Return { .. } | Handler::Redirect { .. } => false,
+        }
+    }
 }
 
 /// A compiled `[[server.location]]`.
@@ -69,6 +81,9 @@ pub(crate) struct Location {
     /// Whether a proxy or models location reads POST bodies whole before forwarding them (see
     /// `pipeline::read_first`).
     pub(crate) reads_posts: bool,
+    /// Whether an upstream here holds requests' estimated tokens (`max_inflight_tokens`): its POSTs
+    /// are estimated.
+    pub(crate) weighs_tokens: bool,
     /// Keep-alive comments for a streamed request the model is slow to answer (`sse_keepalive`).
     pub(crate) sse_keepalive: Option<std::time::Duration>,
 }
@@ -212,6 +227,7 @@ mod tests {
             image_costs: Default::default(),
             images: None,
             reads_posts: false,
+            weighs_tokens: false,
             sse_keepalive: None,
             compress: None,
             account: 0,

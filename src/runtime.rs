@@ -126,16 +126,21 @@ impl Runtime {
         let healthy = Family::<ServerLabels, Gauge>::default();
         let draining = Family::<ServerLabels, Gauge>::default();
         let queued = Family::<UpstreamLabels, Gauge>::default();
+        let held_tokens = Family::<ServerLabels, Gauge>::default();
         let mut upstreams: Vec<_> = self.upstreams.values().collect();
         upstreams.sort_by(|a, b| a.name.cmp(&b.name));
         for upstream in upstreams {
             let admitted = upstream.admission.as_ref().map(|a| a.inflight());
+            let held = upstream.admission.as_ref().filter(|a| a.weighs_tokens()).map(|a| a.inflight_tokens());
             for (index, server) in upstream.servers.iter().enumerate() {
                 let labels = ServerLabels { upstream: upstream.name.to_string(), server: server.authority.to_string() };
                 let count = admitted.as_ref().map_or_else(|| server.load.inflight(), |counts| counts[index]);
                 in_flight.get_or_create(&labels).set(count as i64);
                 healthy.get_or_create(&labels).set(i64::from(server.health.is_up()));
                 draining.get_or_create(&labels).set(i64::from(server.is_draining()));
+                if let Some(held) = &held {
+                    held_tokens.get_or_create(&labels).set(i64::try_from(held[index]).unwrap_or(i64::MAX));
+                }
             }
             if let Some(admission) = &upstream.admission {
                 queued
@@ -151,6 +156,11 @@ impl Runtime {
         );
         registry.register("upstream_draining", "1 while a server is drained", draining);
         registry.register("upstream_queue_length", "Requests waiting for a slot", queued);
+        registry.register(
+            "upstream_in_flight_tokens",
+            "Estimated tokens of the requests in flight per server (max_inflight_tokens)",
+            held_tokens,
+        );
         let version: Gauge = Gauge::default();
         version.set(self.version as i64);
         registry.register("config_version", "Loads of the config since start (1 for the first)", version);
@@ -531,10 +541,13 @@ fn compile_location(
     let account = context.account(metrics, access_log);
     // POSTs are read whole before they are forwarded: to route them by model, to hash them by image,
     // for their API key; image checks are on there by default.
-    let hashes_bodies = matches!(&handler, Handler::Proxy(target) if target.hashes_bodies());
+    // And where admission holds their estimated tokens.
+    let weighs_tokens = handler.any_upstream(Upstream::weighs_tokens);
     let reads_bodies = match &handler {
         Handler::Models(_) => true,
-        Handler::Proxy(_) => hashes_bodies || location.auth == Some(Auth::ApiKey),
+        Handler::Proxy(_) => {
+            handler.any_upstream(Upstream::hashes_bodies) || weighs_tokens || location.auth == Some(Auth::ApiKey)
+        }
         _ => false,
     };
     let images = matches!(handler, Handler::Proxy(_) | Handler::Models(_))
@@ -554,6 +567,7 @@ fn compile_location(
         keys: (location.auth == Some(Auth::ApiKey)).then(|| context.keys.clone()),
         image_costs: context.image_costs.clone(),
         reads_posts: reads_bodies || images.is_some() || location.sse_keepalive.is_some(),
+        weighs_tokens,
         sse_keepalive: location.sse_keepalive.as_ref().map(|interval| interval.get_ref().0),
         images,
     })

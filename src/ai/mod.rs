@@ -14,7 +14,7 @@ use crate::client::{ClientBody, ClientRequest};
 use crate::error::{GatewayError, KeyRefusal};
 use crate::keys::ApiKey;
 use crate::proxy::{self, BodyLimits, Proxied, RequestBody};
-use crate::upstream::QueuePriority;
+use crate::upstream::Claim;
 use crate::upstream::Upstream;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Response};
@@ -61,16 +61,21 @@ impl ModelRouter {
         Some(response)
     }
 
+    /// The upstreams it routes to.
+    pub(crate) fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.routes.values()
+    }
+
     /// Forwards a request of a model-routing location to the upstream of the model its body names.
     pub(crate) async fn forward(
         &self,
         request: ClientRequest,
         client: &ClientInfo,
         inference: Inference,
-        priority: Option<QueuePriority>,
+        claim: Claim,
     ) -> Result<Response<Proxied>, GatewayError> {
         let (head, body, model) = read_model(request, self.limits, None).await?;
-        self.route(head, body, &model, client, inference, priority).await
+        self.route(head, body, &model, client, inference, claim).await
     }
 
     /// Forwards a request whose body (naming `model`) was read already.
@@ -81,10 +86,10 @@ impl ModelRouter {
         model: &str,
         client: &ClientInfo,
         inference: Inference,
-        priority: Option<QueuePriority>,
+        claim: Claim,
     ) -> Result<Response<Proxied>, GatewayError> {
         let (upstream, inference) = self.upstream(model, head.method(), inference)?;
-        proxy::forward_buffered(head, body, client, &upstream, inference, priority).await
+        proxy::forward_buffered(head, body, client, &upstream, inference, claim).await
     }
 
     /// The upstream serving `model` (404 for one not served here), and whether a request of `method`

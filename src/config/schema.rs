@@ -349,6 +349,8 @@ pub(crate) struct UpstreamServerConfig {
     pub(crate) addr: Spanned<String>,
     /// Most requests sent to this server at once (its batch slots); unset: no limit.
     pub(crate) max_inflight: Option<Spanned<usize>>,
+    /// Most estimated tokens (prompt, images, `max_tokens`) of requests sent to it at once; unset: no limit.
+    pub(crate) max_inflight_tokens: Option<Spanned<u64>>,
     /// Send this server no new requests; those in flight finish (blue/green switches, maintenance).
     #[serde(default)]
     pub(crate) drain: bool,

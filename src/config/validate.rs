@@ -172,6 +172,11 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
                         .push(source.error(max.span(), "max_inflight must be at least 1 (leave it out for no limit)"));
                 }
             }
+            if let Some(max) = server.max_inflight_tokens.as_ref().filter(|max| *max.get_ref() == 0) {
+                errors.push(
+                    source.error(max.span(), "max_inflight_tokens must be at least 1 (leave it out for no limit)"),
+                );
+            }
             if !is_host_port(server.addr.get_ref()) {
                 errors.push(source.error(
                     server.addr.span(),

@@ -38,7 +38,7 @@ use crate::request_id;
 use crate::route::{Handler, Location, VirtualServer};
 use crate::runtime::{ListenerSpec, Runtime, RuntimeRef};
 use crate::template::Vars;
-use crate::upstream::{QueuePriority, Upstream};
+use crate::upstream::{Claim, QueuePriority, Upstream};
 use crate::uri;
 use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -179,21 +179,22 @@ async fn handle(
     key: Option<&Arc<ApiKey>>,
 ) -> Response<ResponseBody> {
     let priority = key.map(|key| QueuePriority { level: key.priority, header_believed: key.client_priority });
+    let claim = Claim { priority, tokens: 0 };
     // Boxed: handler futures are kilobytes. Inline, they made the request future hyper allocates and
     // moves for every request 12 KB instead of 2 (measured: 5 % of small-request throughput).
     let work = crate::boxed::pinned(|| async {
         match &location.handler {
             Handler::Proxy(_) | Handler::Models(_) if reads_first(location, &request) => {
-                read_first(location, client, request, key, priority).await
+                read_first(location, client, request, key, claim).await
             }
             Handler::Proxy(target) => {
                 let upstream = target.choose(&request, &client.ip);
                 let inference = location.inference.covers(request.method(), request.uri().path());
-                proxy::forward(request, client, upstream, location.body, inference, priority).await.map(proxied)
+                proxy::forward(request, client, upstream, location.body, inference, claim).await.map(proxied)
             }
             Handler::Models(router) => match router.listing(&request) {
                 Some(listing) => Ok(listing.map(ResponseBody::from)),
-                None => router.forward(request, client, location.inference, priority).await.map(proxied),
+                None => router.forward(request, client, location.inference, claim).await.map(proxied),
             },
             Handler::Return { status, body, content_type } => {
                 let mut response = Response::new(ResponseBody::full(body.clone()));
@@ -226,15 +227,16 @@ async fn read_first(
     client: &ClientInfo,
     request: ClientRequest,
     key: Option<&Arc<ApiKey>>,
-    priority: Option<QueuePriority>,
+    mut claim: Claim,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let (head, mut body) = ai::read_body(request, location.body).await?;
     // A chat completion is read once, for its images, its model and its cost; without a key, only a
     // body that may hold an image is read (one with a backslash may spell `image_url` escaped).
     let images =
         location.images.as_ref().filter(|_| memchr::memchr(b'\\', &body).is_some() || IMAGE_URL.find(&body).is_some());
-    // A stream that may wait is read too: it is answered with keep-alive comments meanwhile.
-    let parse = key.is_some() || images.is_some() || location.sse_keepalive.is_some();
+    // A stream that may wait is read too (it is answered with keep-alive comments meanwhile), and a
+    // request whose tokens admission holds.
+    let parse = key.is_some() || images.is_some() || location.sse_keepalive.is_some() || location.weighs_tokens;
     let mut reading = match parse.then(|| cost::read_chat(&body, &location.image_costs)) {
         Some(Ok(reading)) => Some(reading),
         // A body with an image that cannot be read whole is refused, never passed on unchecked.
@@ -261,6 +263,7 @@ async fn read_first(
         }
     }
     let (named, chat) = reading.map_or((None, None), |reading| (reading.model, Some(reading.cost)));
+    claim.tokens = chat.as_ref().map_or(0, cost::PromptCost::held_tokens);
     let routes_by_model = matches!(location.handler, Handler::Models(_));
     let keep_alive = location.sse_keepalive.filter(|_| chat.as_ref().is_some_and(|chat| chat.stream));
     let Some((key, store)) = key.zip(location.keys.as_ref()) else {
@@ -268,7 +271,7 @@ async fn read_first(
             true => named.map_or_else(|| ai::model_of(&body), Ok)?,
             false => String::new(),
         };
-        return ReadRequest::new(location, head, body, &model, client, priority)?.answer(keep_alive).await;
+        return ReadRequest::new(location, head, body, &model, client, claim)?.answer(keep_alive).await;
     };
     let model = match named.map_or_else(|| ai::model_of(&body), Ok) {
         Ok(model) => model,
@@ -284,7 +287,7 @@ async fn read_first(
     if let Some(asked) = asked {
         body = asked;
     }
-    let response = ReadRequest::new(location, head, body, &model, client, priority)?.answer(keep_alive).await?;
+    let response = ReadRequest::new(location, head, body, &model, client, claim)?.answer(keep_alive).await?;
     let label = store.model_label(&model);
     Ok(response.map(|body| {
         let metered = Metered::new(body, model, label, estimate).settling(reservation).stripping_usage(strip_usage);
@@ -303,7 +306,7 @@ struct ReadRequest {
     client: ClientInfo,
     upstream: Arc<Upstream>,
     inference: bool,
-    priority: Option<QueuePriority>,
+    claim: Claim,
 }
 
 impl ReadRequest {
@@ -314,7 +317,7 @@ impl ReadRequest {
         body: bytes::Bytes,
         model: &str,
         client: &ClientInfo,
-        priority: Option<QueuePriority>,
+        claim: Claim,
     ) -> Result<ReadRequest, GatewayError> {
         let (upstream, inference) = match &location.handler {
             Handler::Models(router) => router.upstream(model, head.method(), location.inference)?,
@@ -323,11 +326,11 @@ impl ReadRequest {
             }
             _ => return Err(GatewayError::Internal),
         };
-        Ok(ReadRequest { head, body, client: client.clone(), upstream, inference, priority })
+        Ok(ReadRequest { head, body, client: client.clone(), upstream, inference, claim })
     }
 
     async fn forward(self) -> Result<Response<Proxied>, GatewayError> {
-        proxy::forward_buffered(self.head, self.body, &self.client, &self.upstream, self.inference, self.priority).await
+        proxy::forward_buffered(self.head, self.body, &self.client, &self.upstream, self.inference, self.claim).await
     }
 
     /// The model's response; for a stream with `keep_alive`, a keep-alive stream when the model is

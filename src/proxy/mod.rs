@@ -14,8 +14,8 @@ use crate::client::{ClientBody, ClientInfo, ClientRequest};
 use crate::error::BoxError;
 use crate::error::GatewayError;
 use crate::upstream::{
-    BalanceFacts, ConnectError, ExchangeError, FailureReport, HeadWait, Lease, QueuePriority, SendTimedOut, Tried,
-    Unavailable, Upstream, UpstreamConnection, UpstreamRequest, UpstreamServer,
+    BalanceFacts, Claim, ConnectError, ExchangeError, FailureReport, HeadWait, Lease, SendTimedOut, Tried, Unavailable,
+    Upstream, UpstreamConnection, UpstreamRequest, UpstreamServer,
 };
 use crate::wire::upgrade::PendingUpgrade;
 use bytes::Bytes;
@@ -37,7 +37,7 @@ pub(crate) type Proxied = Option<Box<UpstreamBody>>;
 /// counts against nobody. `inference` marks a request that is safe to send again before its first
 /// response byte (see `retry`).
 ///
-/// `priority` is the request's place in an admission queue when its API key sets it.
+/// `claim` is what admission knows of the request before it arrives (its API key's queue place).
 ///
 /// A body that grows past `limits.max` (`client_max_body_size`; a declared length was checked
 /// before) is cut off there and answered 413; one whose client sends nothing for `limits.idle`
@@ -48,7 +48,7 @@ pub(crate) async fn forward(
     upstream: &Upstream,
     limits: BodyLimits,
     inference: bool,
-    priority: Option<QueuePriority>,
+    claim: Claim,
 ) -> Result<Response<Proxied>, GatewayError> {
     // Only an HTTP/1.1 head that asked for an upgrade carries one (no header lookups for the others);
     // it is taken if the headers still ask for it after the location's header edits.
@@ -67,9 +67,9 @@ pub(crate) async fn forward(
     if upgrade.is_none() && may_resend && declared.is_some_and(|length| length > 0 && length <= upstream.retry_body_max)
     {
         let bytes = RequestBody::new(body, limits).collect().await.map_err(body_error)?.to_bytes();
-        return forward_body(request, RequestBody::buffered(bytes), None, client, upstream, kind, priority).await;
+        return forward_body(request, RequestBody::buffered(bytes), None, client, upstream, kind, claim).await;
     }
-    forward_body(request, RequestBody::new(body, limits), upgrade, client, upstream, kind, priority).await
+    forward_body(request, RequestBody::new(body, limits), upgrade, client, upstream, kind, claim).await
 }
 
 /// As `forward`, for a request whose body was read in full (by a model router; the request's own
@@ -80,11 +80,11 @@ pub(crate) async fn forward_buffered(
     client: &ClientInfo,
     upstream: &Upstream,
     inference: bool,
-    priority: Option<QueuePriority>,
+    claim: Claim,
 ) -> Result<Response<Proxied>, GatewayError> {
     let kind =
         RequestKind { idempotent: head.method().is_idempotent(), inference, any_method: upstream.retry_non_idempotent };
-    forward_body(head, RequestBody::buffered(body), None, client, upstream, kind, priority).await
+    forward_body(head, RequestBody::buffered(body), None, client, upstream, kind, claim).await
 }
 
 /// Forwards the request `head` (its body is `body`) with the retries `forward` describes. Each try
@@ -106,7 +106,7 @@ async fn forward_body(
     client: &ClientInfo,
     upstream: &Upstream,
     kind: RequestKind,
-    priority: Option<QueuePriority>,
+    claim: Claim,
 ) -> Result<Response<Proxied>, GatewayError> {
     // `Host` as the client sent it; an HTTP/2 client sends the authority instead.
     let host = match head.headers().contains_key(header::HOST) {
@@ -119,7 +119,7 @@ async fn forward_body(
     let total = upstream.timeouts.total.map(|t| (started + t.0, t.0));
     let waits = HeadWaits { first_byte: upstream.timeouts.first_byte(), total, from: started };
     let retry_deadline = upstream.retry_timeout.map(|t| started + t);
-    let facts = upstream.facts(head.headers(), priority, &client.ip, body.whole());
+    let facts = upstream.facts(head.headers(), claim, &client.ip, body.whole());
 
     let mut tried = Tried::default();
     loop {

@@ -76,6 +76,10 @@ pub(crate) struct Stats {
     pub(crate) waiting: AtomicUsize,
     /// Most requests ever running at once.
     pub(crate) max_running: AtomicUsize,
+    /// Prompt tokens (text and images) of the requests running now.
+    pub(crate) running_prompt_tokens: AtomicU64,
+    /// Most prompt tokens ever running at once.
+    pub(crate) max_running_prompt_tokens: AtomicU64,
     /// Requests finished normally.
     pub(crate) completed: AtomicU64,
     /// Requests whose client left before the end.
@@ -105,9 +109,10 @@ impl Engine {
         Arc::new(Engine { model, stats: Stats::default(), slots, started: tokio::time::Instant::now() })
     }
 
-    /// Waits (FIFO) for a batch slot. The returned guard counts the request as running until dropped,
-    /// and records an abort unless `finish` was called first.
-    pub(crate) async fn admit(self: &Arc<Self>) -> Admitted {
+    /// Waits (FIFO) for a batch slot for a request of `prompt_tokens`. The returned guard counts the
+    /// request (and its tokens) as running until dropped, and records an abort unless `finish` was
+    /// called first.
+    pub(crate) async fn admit(self: &Arc<Self>, prompt_tokens: u64) -> Admitted {
         let mut waiting = Waiting { engine: self.clone(), admitted: false };
         self.stats.waiting.fetch_add(1, Ordering::AcqRel);
         let permit = self.slots.clone().acquire_owned().await.ok();
@@ -115,7 +120,9 @@ impl Engine {
         drop(waiting);
         let running = self.stats.running.fetch_add(1, Ordering::AcqRel) + 1;
         self.stats.max_running.fetch_max(running, Ordering::AcqRel);
-        Admitted { engine: self.clone(), _permit: permit, finished: false }
+        let held = self.stats.running_prompt_tokens.fetch_add(prompt_tokens, Ordering::AcqRel) + prompt_tokens;
+        self.stats.max_running_prompt_tokens.fetch_max(held, Ordering::AcqRel);
+        Admitted { engine: self.clone(), _permit: permit, prompt_tokens, finished: false }
     }
 
     /// Records that a client left a request that never got a slot.
@@ -151,6 +158,7 @@ impl Drop for Waiting {
 pub(crate) struct Admitted {
     engine: Arc<Engine>,
     _permit: Option<OwnedSemaphorePermit>,
+    prompt_tokens: u64,
     finished: bool,
 }
 
@@ -170,6 +178,7 @@ impl Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.engine.stats.running.fetch_sub(1, Ordering::AcqRel);
+        self.engine.stats.running_prompt_tokens.fetch_sub(self.prompt_tokens, Ordering::AcqRel);
         if !self.finished {
             self.engine.record_abort();
         }
@@ -197,13 +206,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn slots_are_granted_in_arrival_order() {
         let engine = Engine::new(LatencyModel { slots: 1, ..LatencyModel::default() });
-        let first = engine.admit().await;
+        let first = engine.admit(10).await;
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut waiters = Vec::new();
         for i in 0..3 {
             let (engine, order) = (engine.clone(), order.clone());
             waiters.push(tokio::spawn(async move {
-                let admitted = engine.admit().await;
+                let admitted = engine.admit(10).await;
                 order.lock().unwrap().push(i);
                 admitted.finish();
             }));
@@ -216,6 +225,8 @@ mod tests {
         }
         assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
         assert_eq!(engine.stats.max_running.load(Ordering::Acquire), 1);
+        assert_eq!(engine.stats.max_running_prompt_tokens.load(Ordering::Acquire), 10);
+        assert_eq!(engine.stats.running_prompt_tokens.load(Ordering::Acquire), 0);
         assert_eq!(engine.stats.completed.load(Ordering::Acquire), 4);
     }
 }

@@ -241,7 +241,7 @@ async fn chat(shared: Arc<Shared>, request: Request<Incoming>) -> Response<SimBo
             return json_response(StatusCode::BAD_REQUEST, &openai::error(&message, "invalid_request_error", 400));
         }
     };
-    let admitted = shared.engine.admit().await;
+    let admitted = shared.engine.admit(u64::from(chat.text_tokens) + u64::from(chat.image_tokens)).await;
     let arrived = tokio::time::Instant::now();
     let image_tokens = match cached_image(&shared, &body, chat.image_tokens) {
         true => chat.image_tokens / 10,
@@ -342,6 +342,7 @@ pub(crate) fn stats_json(engine: &Engine) -> Value {
         "running": s.running.load(Ordering::Acquire),
         "waiting": s.waiting.load(Ordering::Acquire),
         "max_running": s.max_running.load(Ordering::Acquire),
+        "max_running_prompt_tokens": s.max_running_prompt_tokens.load(Ordering::Acquire),
         "completed": s.completed.load(Ordering::Acquire),
         "aborted": s.aborted.load(Ordering::Acquire),
         "last_abort_ms": if last_abort == 0 { Value::Null } else { json!(last_abort) },

@@ -17,7 +17,7 @@ use balance::{Ring, Weighted};
 pub(crate) use balance::{ServerInFlight, ServerLoad};
 pub(crate) use health::{spawn_checks, ActiveCheck, FailPolicy, FailureReport, ServerHealth};
 
-pub(crate) use admission::{Admission, Ask, Permit};
+pub(crate) use admission::{Admission, Ask, Permit, ServerLimit};
 pub(crate) use connector::{ConnectError, Connector, SendTimedOut};
 pub(crate) use http1::{ExchangeError, HeadWait, OutgoingBody, UpgradedBackend, UpstreamRequest};
 pub(crate) use pool::{PoolKey, PoolSettings, ServerPool, UpstreamConnection};
@@ -43,6 +43,8 @@ pub struct UpstreamServer {
     pub load: Arc<ServerLoad>,
     /// Its `max_inflight`.
     pub(crate) max_inflight: Option<usize>,
+    /// Its `max_inflight_tokens`.
+    pub(crate) max_inflight_tokens: Option<u64>,
     /// Marked `drain = true`: no new requests.
     pub(crate) draining: bool,
 }
@@ -66,7 +68,7 @@ pub struct Upstream {
     pub servers: Vec<UpstreamServer>,
     /// nginx-style timeouts; connect and send live in each pool's connector, read is applied per request.
     pub(crate) timeouts: UpstreamTimeouts,
-    /// Slots and queue, when some server has `max_inflight`.
+    /// Slots and queue, when some server has `max_inflight` or `max_inflight_tokens`.
     pub admission: Option<Arc<Admission>>,
     /// When a server counts as failed, and for how long it is skipped.
     pub(crate) fail_policy: FailPolicy,
@@ -116,6 +118,16 @@ pub(crate) struct QueuePriority {
     pub(crate) level: u8,
     /// Whether the request's own priority header, when the upstream reads one, wins.
     pub(crate) header_believed: bool,
+}
+
+/// What admission knows of a request before it reaches the upstream: its place in the queue when its
+/// API key sets one, and its estimated tokens when its body was read (`cost`; 0: not estimated).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Claim {
+    /// Its API key's queue place.
+    pub(crate) priority: Option<QueuePriority>,
+    /// Held against `max_inflight_tokens` while it runs.
+    pub(crate) tokens: u64,
 }
 
 /// After a reload: servers the new config removed or marks `drain = true` leave rotation and their
@@ -188,6 +200,8 @@ pub(crate) struct BalanceFacts {
     pub(crate) priority: u8,
     /// Hash of the `hash_key`, when balancing by hash and the request has one.
     pub(crate) key: Option<u64>,
+    /// Estimated tokens, for `max_inflight_tokens`.
+    pub(crate) tokens: u64,
 }
 
 /// Why no server was chosen.
@@ -227,12 +241,14 @@ impl Upstream {
                 old.map_or_else(|| Arc::new(ServerHealth::new(name, authority.clone())), |old| old.health.clone());
             let load = old.map_or_else(|| Arc::new(ServerLoad::default()), |old| old.load.clone());
             let max_inflight = server.max_inflight.as_ref().map(|m| *m.get_ref());
-            servers.push(UpstreamServer { authority, pool, health, load, max_inflight, draining: server.drain });
+            let max_inflight_tokens = server.max_inflight_tokens.as_ref().map(|m| *m.get_ref());
+            let draining = server.drain;
+            servers.push(UpstreamServer { authority, pool, health, load, max_inflight, max_inflight_tokens, draining });
         }
-        let limits: Vec<Option<usize>> =
-            config.servers.iter().map(|s| s.max_inflight.as_ref().map(|m| *m.get_ref())).collect();
+        let limits: Vec<ServerLimit> =
+            servers.iter().map(|s| ServerLimit { requests: s.max_inflight, tokens: s.max_inflight_tokens }).collect();
         let (queue_max, queue_timeout) = (config.queue.max, config.queue.timeout.0);
-        let admission = limits.iter().any(Option::is_some).then(|| {
+        let admission = limits.iter().any(ServerLimit::is_set).then(|| {
             // In-flight counts survive a reload when the servers and limits are the same.
             let same_servers =
                 |old: &Upstream| old.servers.iter().map(|s| &s.authority).eq(servers.iter().map(|s| &s.authority));
@@ -315,6 +331,7 @@ impl Upstream {
                     wait: tried.is_empty(),
                     priority: facts.priority,
                     prefer: preferred,
+                    tokens: facts.tokens,
                 };
                 let permit = admission.acquire(eligible, ask).await.map_err(Unavailable::Overloaded)?;
                 Ok((permit.server(), Some(permit)))
@@ -327,25 +344,33 @@ impl Upstream {
         matches!(self.hashing, Some((_, HashKey::Image)))
     }
 
+    /// Whether admission holds requests' estimated tokens (`max_inflight_tokens`): its locations read
+    /// and estimate them.
+    pub(crate) fn weighs_tokens(&self) -> bool {
+        self.admission.as_ref().is_some_and(|admission| admission.weighs_tokens())
+    }
+
     /// Whether requests are counted in flight per server (the balance method needs it).
     pub(crate) fn tracks_load(&self) -> bool {
         matches!(self.balance, Balance::LeastInflight | Balance::Hash)
     }
 
-    /// What balancing and queueing need to know of a request: its `QueuePriority` when it has one
-    /// (its API key's), else its priority header; its hash key (`body`: the body, when read whole).
+    /// What balancing and queueing need to know of a request: its claim's `QueuePriority` when it
+    /// has one (its API key's), else its priority header; its hash key (`body`: the body, when read
+    /// whole); its claim's tokens.
     pub(crate) fn facts(
         &self,
         headers: &http::HeaderMap,
-        given: Option<QueuePriority>,
+        claim: Claim,
         client_ip: &http::HeaderValue,
         body: Option<&[u8]>,
     ) -> BalanceFacts {
-        let priority = match given {
+        let priority = match claim.priority {
             Some(given) if !given.header_believed || self.priority_header.is_none() => given.level,
             _ => self.priority(headers),
         };
-        BalanceFacts { priority, key: self.hashing.as_ref().and_then(|(_, key)| key.of(headers, client_ip, body)) }
+        let key = self.hashing.as_ref().and_then(|(_, key)| key.of(headers, client_ip, body));
+        BalanceFacts { priority, key, tokens: claim.tokens }
     }
 
     /// The ring's server for a hash key, when balancing by hash.

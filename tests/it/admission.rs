@@ -246,3 +246,63 @@ async fn under_6x_overload_the_model_survives_and_the_rest_is_told_at_once() {
     assert!(!sim.crashed(), "the model survived");
     assert_eq!(sim.stats()["max_running"], 2);
 }
+
+/// A request about a 1024x1024 image (1,296 image tokens) or a short text, of 4 output tokens.
+fn question(image: Option<&str>) -> Request<TestBody> {
+    let mut parts = vec![json!({"type": "text", "text": "What is in this image?"})];
+    parts.extend(image.map(|url| json!({"type": "image_url", "image_url": {"url": url}})));
+    let body = json!({"model": "glm", "max_tokens": 4, "messages": [{"role": "user", "content": parts}]});
+    Request::post("/v1/chat/completions").header("host", "localhost").body(full(body.to_string())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_inflight_tokens_holds_the_images_a_model_prefills_at_once() {
+    let model = LatencyModel {
+        slots: 32,
+        prefill_base_ms: 30.0,
+        prefill_per_image_token_ms: 0.05,
+        decode_ms: 5.0,
+        ..LatencyModel::default()
+    };
+    let image = crate::images::png(1024, 1024);
+    for limit in [Some(3000), None] {
+        let sim = Sim::start(SimOptions { latency: model.clone(), ..SimOptions::default() }).await.unwrap();
+        let server = match limit {
+            Some(tokens) => format!("{{ addr = \"{}\", max_inflight_tokens = {tokens} }}", sim.addr),
+            None => format!("{{ addr = \"{}\" }}", sim.addr),
+        };
+        let config = format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[upstream]]\nname = \"model\"\nservers = [{server}]\n\n[[server]]\nlisten = [\"127.0.0.1:0\"]\n  [[server.location]]\n  prefix = \"/\"\n  proxy = \"model\"\n"
+        );
+        let gw = TestGateway::start(&config).await;
+        let addr = gw.addr("127.0.0.1:0");
+        let requests: Vec<_> = (0..12)
+            .map(|i| {
+                let request = question((i % 2 == 0).then_some(image.as_str()));
+                tokio::spawn(async move { send(&mut http1(addr).await, request).await })
+            })
+            .collect();
+        for request in requests {
+            let (status, _, body) = request.await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        let stats = sim.stats();
+        assert_eq!(stats["completed"], 12);
+        let peak = stats["max_running_prompt_tokens"].as_u64().unwrap();
+        match limit {
+            // Two images and the texts beside them fit in 3,000 tokens; a third image never did.
+            Some(_) => assert!((2 * 1296..=3000).contains(&peak), "{peak} prompt tokens at once"),
+            None => assert!(peak > 3 * 1296, "without the limit, {peak} prompt tokens at once"),
+        }
+        if limit.is_some() {
+            let admin = infergate::admin::start(gw.gateway.clone()).await.unwrap().unwrap();
+            let (_, _, status) = send(&mut http1(admin).await, get("/status")).await;
+            let status: Value = serde_json::from_str(&status).unwrap();
+            let server = &status["upstreams"][0]["servers"][0];
+            assert_eq!(
+                (server["max_inflight_tokens"].as_u64(), server["in_flight_tokens"].as_u64()),
+                (Some(3000), Some(0))
+            );
+        }
+    }
+}

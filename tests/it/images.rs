@@ -25,7 +25,7 @@ fn image(format: image::ImageFormat, width: u32, height: u32, noise: bool) -> St
     format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes.into_inner()))
 }
 
-fn png(width: u32, height: u32) -> String {
+pub(crate) fn png(width: u32, height: u32) -> String {
     image(image::ImageFormat::Png, width, height, false)
 }
 
