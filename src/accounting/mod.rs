@@ -54,6 +54,9 @@ pub struct Ledger {
 pub(crate) trait Metering {
     /// The reading, taken once, when the response ends.
     fn take_reading(&mut self) -> Option<MeterReading>;
+    /// The backend exchange the body comes from, through any wrapper; for a body whose head went
+    /// out before the backend's (`sse_keepalive`), once the backend answered.
+    fn upstream_info(&self) -> Option<UpstreamInfo>;
 }
 
 /// What accounting reads of the running config for the requests it records: its ledger, and the
@@ -239,6 +242,16 @@ impl Record {
         }
     }
 
+    /// Notes the backend exchange of a stream that answered after its head went out: its figures
+    /// (`$upstream_*`, the stream's token timing) are recorded as if it had answered at once, the
+    /// stream's first token timed from the request's start, as the client saw it.
+    fn answered_late(&mut self, upstream: Option<UpstreamInfo>) {
+        self.upstream = upstream;
+        if upstream.is_some_and(|upstream| upstream.event_stream) {
+            self.stream = Some(StreamStats::default());
+        }
+    }
+
     /// Notes a data frame of an event stream: the first token's time, the gap since the last event,
     /// and the token count once `usage` arrives.
     fn observe_event(&mut self, data: &[u8]) {
@@ -415,6 +428,10 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Metering + Unpin> Body for Tracke
         match &polled {
             Some(Ok(frame)) => {
                 if let (Some(record), Some(data)) = (&mut this.record, frame.data_ref()) {
+                    if record.upstream.is_none() && record.status == 200 {
+                        // A keep-alive stream's backend answers after its head went out.
+                        record.answered_late(this.inner.upstream_info());
+                    }
                     record.body_bytes += data.len() as u64;
                     record.observe_event(data);
                 }

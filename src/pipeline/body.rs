@@ -38,18 +38,6 @@ pub(crate) enum ResponseBody {
 }
 
 impl ResponseBody {
-    /// The backend exchange this body comes from, through any wrapper (compression, accounting).
-    pub(crate) fn upstream_info(&self) -> Option<UpstreamInfo> {
-        match self {
-            ResponseBody::Upstream { inner } => inner.info(),
-            ResponseBody::Compressed { inner } => inner.source().upstream_info(),
-            ResponseBody::Tracked { inner } => inner.source().upstream_info(),
-            ResponseBody::Metered { inner } => inner.source().upstream_info(),
-            ResponseBody::Waiting { inner } => inner.streaming().and_then(ResponseBody::upstream_info),
-            ResponseBody::Empty | ResponseBody::Full { .. } | ResponseBody::File { .. } => None,
-        }
-    }
-
     /// A body whose end is accounted.
     pub(crate) fn tracked(body: Box<TrackedBody<ResponseBody>>) -> Self {
         ResponseBody::Tracked { inner: body }
@@ -88,6 +76,19 @@ impl Metering for ResponseBody {
             ResponseBody::Metered { inner } => inner.take_reading(),
             ResponseBody::Compressed { inner } => inner.source_mut().take_reading(),
             _ => None,
+        }
+    }
+
+    /// The backend exchange this body comes from, through any wrapper (compression, accounting, a
+    /// keep-alive stream once the model answered).
+    fn upstream_info(&self) -> Option<UpstreamInfo> {
+        match self {
+            ResponseBody::Upstream { inner } => inner.info(),
+            ResponseBody::Compressed { inner } => inner.source().upstream_info(),
+            ResponseBody::Tracked { inner } => inner.source().upstream_info(),
+            ResponseBody::Metered { inner } => inner.source().upstream_info(),
+            ResponseBody::Waiting { inner } => inner.streaming().and_then(ResponseBody::upstream_info),
+            ResponseBody::Empty | ResponseBody::Full { .. } | ResponseBody::File { .. } => None,
         }
     }
 }

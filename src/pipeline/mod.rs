@@ -20,7 +20,7 @@ mod keepalive;
 
 pub(crate) use body::ResponseBody;
 
-use crate::accounting::Accounting;
+use crate::accounting::{Accounting, Metering};
 use crate::ai;
 use crate::client::ClientInfo;
 use crate::client::{ClientBody, ClientRequest};

@@ -5,22 +5,6 @@
 use crate::support::*;
 use http::{Request, Response, StatusCode};
 use serde_json::Value;
-use std::path::Path;
-use std::time::{Duration, Instant};
-
-/// Waits (bounded, without sleeping) until `path` holds `count` lines, and returns them.
-async fn lines(path: &Path, count: usize) -> Vec<String> {
-    let started = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(String::from).collect();
-        if lines.len() >= count {
-            return lines;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{} holds {} lines: {text}", path.display(), lines.len());
-        tokio::task::yield_now().await;
-    }
-}
 
 fn config(backend: &Backend) -> String {
     format!(

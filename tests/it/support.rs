@@ -394,3 +394,19 @@ pub fn sha256_hex(secret: &str) -> String {
         hex
     })
 }
+
+/// Waits (bounded by the wall clock, without sleeping, so also on a paused clock) until `path` holds
+/// `count` lines, and returns them.
+pub async fn lines(path: &std::path::Path, count: usize) -> Vec<String> {
+    let started = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(String::from).collect();
+        if lines.len() >= count {
+            return lines;
+        }
+        let waited = started.elapsed();
+        assert!(waited < std::time::Duration::from_secs(10), "{} holds {} lines: {text}", path.display(), lines.len());
+        tokio::task::yield_now().await;
+    }
+}

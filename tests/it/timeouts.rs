@@ -407,8 +407,11 @@ async fn timed_frames(response: Response<hyper::body::Incoming>, started: Instan
 #[tokio::test(start_paused = true)]
 async fn a_slow_stream_gets_its_head_and_keep_alive_comments_until_the_first_event() {
     let keepalive = |backend: &Backend| {
-        proxy_config(&backend.authority(), TIMEOUTS)
-            .replace("  proxy = \"backend\"", "  proxy = \"backend\"\n  sse_keepalive = \"15s\"")
+        let logged = "[admin]\nlisten = \"127.0.0.1:0\"\n[http]\naccess_log = { path = \"access.log\", format = \"upstream\" }\n\
+                      log_format = { upstream = \"$status $upstream_addr $upstream_status $upstream_header_time $response_end\" }\n";
+        logged.to_string()
+            + &proxy_config(&backend.authority(), TIMEOUTS)
+                .replace("  proxy = \"backend\"", "  proxy = \"backend\"\n  sse_keepalive = \"15s\"")
     };
     let model = slow_model(Duration::from_secs(40), StatusCode::OK).await;
     let gw = TestGateway::start(&keepalive(&model)).await;
@@ -425,6 +428,19 @@ async fn a_slow_stream_gets_its_head_and_keep_alive_comments_until_the_first_eve
     assert_eq!(frames[1], (30, ": keep-alive\n\n".to_string()));
     assert_eq!(frames[2].0, 40, "then the model's events as they come: {frames:?}");
     assert!(frames[2..].iter().map(|(_, text)| text.as_str()).collect::<String>().ends_with("data: [DONE]\n\n"));
+    // The model's figures are recorded as for any stream: its exchange, and the first token as the
+    // client saw it, 40 s after the request.
+    let logged = lines(&gw.path("access.log"), 1).await;
+    assert_eq!(logged[0], format!("200 {} 200 40.000 complete", model.authority()));
+    let admin = infergate::admin::start(gw.gateway.clone()).await.unwrap().unwrap();
+    let (_, _, metrics) = send(&mut http1(admin).await, get("/metrics")).await;
+    let sample = |name: &str| {
+        let mut lines = metrics.lines().filter(|line| line.starts_with(name) && line.contains("location=\"/\""));
+        let line = lines.next().unwrap_or_else(|| panic!("{name}: {metrics}"));
+        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap()
+    };
+    assert_eq!(sample("infergate_time_to_first_token_seconds_count"), 1.0);
+    assert!((40.0..40.1).contains(&sample("infergate_time_to_first_token_seconds_sum")), "{metrics}");
 
     // The model's error after the head arrives as an SSE error event.
     let failing = slow_model(Duration::from_secs(20), StatusCode::SERVICE_UNAVAILABLE).await;
