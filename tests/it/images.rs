@@ -421,3 +421,28 @@ async fn remote_images_are_fetched_by_the_gateway_and_never_from_inside_unless_a
         image::load_from_memory(&base64::engine::general_purpose::STANDARD.decode(&inline[22..]).unwrap()).unwrap();
     assert_eq!((decoded.width(), decoded.height()), (40, 20));
 }
+
+#[tokio::test]
+async fn an_https_image_is_fetched_over_tls_and_a_certificate_no_web_root_signed_is_refused() {
+    let (model, bodies) = recording_model().await;
+    // The image server: a gateway serving a PNG over TLS, with a certificate of a test CA.
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path(), "images", &["127.0.0.1"]);
+    std::fs::create_dir(dir.path().join("site")).unwrap();
+    let cat = base64::engine::general_purpose::STANDARD.decode(png(40, 20).split_once(',').unwrap().1).unwrap();
+    std::fs::write(dir.path().join("site/cat.png"), cat).unwrap();
+    let site = "[[server]]\nlisten = [\"127.0.0.1:0\"]\ntls = { cert = \"images.crt\", key = \"images.key\" }\n\
+                \n  [[server.location]]\n  prefix = \"/\"\n  root = \"site\"\n";
+    let images = TestGateway::start_in(dir, site).await;
+    let url = format!("https://{}/cat.png", images.addr("127.0.0.1:0"));
+    let locations = "\n  [[server.location]]\n  prefix = \"/\"\n  proxy = \"model\"\n  \
+                     images = { enabled = true, remote = \"fetch\", fetch_private = true }\n";
+    let gw = TestGateway::start(&model_config(&model, locations)).await;
+    let (status, _, body) = send(&mut http1(gw.addr("127.0.0.1:0")).await, chat("/", &[url])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], "image_fetch_failed", "{body}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.ends_with("TLS with 127.0.0.1: invalid peer certificate: UnknownIssuer"), "{message}");
+    assert!(bodies.lock().unwrap().is_empty(), "the model saw nothing");
+}
