@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
 # The whole test suite on a machine with only Rust: sets up what the tests beyond Rust need (a
-# Python virtual environment under target/ with the official `openai` SDK, pinned; Debian's python3
-# and venv when missing and this runs as root), checks formatting and lints, builds the whole
-# workspace (bench/loadgen included), then runs every test, the ones marked `#[ignore]` for needing
-# that set-up included. Plain `cargo test` runs everything that needs Rust alone.
+# Python virtual environment under target/ with the official `openai` SDK, pinned; playwright-core,
+# pinned, under tests/browser/; Debian's python3 and venv, Node.js and Chromium when missing and this
+# runs as root), checks formatting and lints, builds the whole workspace (bench/loadgen included),
+# then runs every test, the ones marked `#[ignore]` for needing that set-up included (the SDK tests,
+# and the web pages in headless Chromium, screenshots in target/browser-screenshots/). Plain
+# `cargo test` runs everything that needs Rust alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OPENAI_VERSION=3.57.0
 venv=target/test-venv
 
-if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+chromium=${INFERGATE_TEST_CHROMIUM:-/usr/bin/chromium}
+missing=()
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv)
+{ command -v node && command -v npm; } >/dev/null 2>&1 || missing+=(nodejs npm)
+[ -x "$chromium" ] || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "scripts/test.sh: python3 with venv is needed (Debian: apt-get install python3 python3-venv)" >&2
+    echo "scripts/test.sh: needs ${missing[*]} (Debian: apt-get install ${missing[*]})" >&2
     exit 1
   fi
 fi
@@ -25,12 +32,19 @@ if ! "$venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION"
 fi
 
+# The browser tests' driver, pinned by tests/browser/package-lock.json.
+playwright=$(node -p 'require("./tests/browser/package-lock.json").packages["node_modules/playwright-core"].version')
+if [ "$(node -p 'try { require("./tests/browser/node_modules/playwright-core/package.json").version } catch { "" }')" != "$playwright" ]; then
+  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+fi
+
 cargo --version
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets --workspace -- -D warnings
 cargo build --locked --workspace --all-targets
 log=target/test-output.txt
-INFERGATE_TEST_PYTHON="$PWD/$venv/bin/python" cargo test --locked --workspace -- --include-ignored 2>&1 | tee "$log"
+INFERGATE_TEST_PYTHON="$PWD/$venv/bin/python" INFERGATE_TEST_NODE="$(command -v node)" INFERGATE_TEST_CHROMIUM="$chromium" \
+  cargo test --locked --workspace -- --include-ignored 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary, the last often a doc-test
 # binary with nothing in it).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }

@@ -4,6 +4,7 @@
 //!
 //! | request | answer |
 //! |---|---|
+//! | `GET /` | the dashboard (`pages`; no token needed for the document, its reads send it) |
 //! | `GET /metrics` | the exposition (OpenMetrics text) |
 //! | `GET /status` | config version and load time, uptime, upstreams with their servers |
 //! | `POST /reload` | as SIGHUP: the new version, or 400 with the errors (`FILE:LINE:COL: ...`) |
@@ -16,6 +17,7 @@
 //! A drain by hand lasts across reloads, until undrained.
 
 use crate::config::parse_listen;
+use crate::pages::Page;
 use crate::runtime::Runtime;
 use crate::server::Gateway;
 use aws_lc_rs::constant_time::verify_slices_are_equal;
@@ -74,6 +76,10 @@ pub async fn start(gateway: Arc<Gateway>) -> std::io::Result<Option<SocketAddr>>
 
 async fn handle(gateway: &Arc<Gateway>, token: Option<&str>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let runtime = gateway.runtime();
+    // The dashboard's document holds no data: it reads the API below, with the token.
+    if request.uri().path() == "/" {
+        return Page::dashboard().serve(request.method()).map(Full::new);
+    }
     if let Some(expected) = token {
         let given = request.headers().get(header::AUTHORIZATION).map_or(&b""[..], HeaderValue::as_bytes);
         if verify_slices_are_equal(given, expected.as_bytes()).is_err() {

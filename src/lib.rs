@@ -24,6 +24,7 @@ mod glob;
 mod images;
 pub mod keys;
 mod metrics;
+mod pages;
 mod pipeline;
 pub mod policy;
 mod proxy;

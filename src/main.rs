@@ -151,9 +151,13 @@ fn demo(options: DemoOptions) -> anyhow::Result<ExitCode> {
         };
         let gateway_addr = gateway.bound_addrs().into_values().next().context("the demo config has no listener")?;
         let admin_addr = admin::start(gateway.clone()).await.context("cannot start the admin API")?;
+        eprintln!("infergate demo: open http://{gateway_addr}/ and ask about an image (the gateway's page)");
+        if let Some(addr) = admin_addr {
+            eprintln!("infergate demo: the live dashboard is on http://{addr}/");
+        }
         eprintln!("infergate demo: simulated model (infergate sim) on http://{}", sim.addr);
         eprintln!("infergate demo: gateway on http://{gateway_addr} -> model");
-        eprintln!("infergate demo: try a streamed answer through the gateway:");
+        eprintln!("infergate demo: or stream an answer with curl:");
         eprintln!(
             "  curl -N http://{gateway_addr}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\": \"glm-4v-flash\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"What is in this image?\"}}]}}'"
         );

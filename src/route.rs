@@ -10,6 +10,7 @@ use crate::compress::CompressPolicy;
 use crate::cost::ImageCosts;
 use crate::error::ErrorFormat;
 use crate::keys::KeyStore;
+use crate::pages::ChatPage;
 use crate::policy::headers::HeaderEdits;
 use crate::policy::{ConnLimit, RateLimit};
 use crate::proxy::BodyLimits;
@@ -35,6 +36,8 @@ pub(crate) enum Handler {
     Return { status: StatusCode, body: Bytes, content_type: HeaderValue },
     /// Answer a redirect to a URL built from the request.
     Redirect { status: StatusCode, url: Template },
+    /// Serve a built-in web page (`page`).
+    Page(ChatPage),
 }
 
 impl Handler {
@@ -43,7 +46,7 @@ impl Handler {
         match self {
             Handler::Proxy(target) => target.upstreams().any(|upstream| test(upstream)),
             Handler::Models(router) => router.upstreams().any(|upstream| test(upstream)),
-            Handler::Static(_) | Handler::Return { .. } | Handler::Redirect { .. } => false,
+            Handler::Static(_) | Handler::Return { .. } | Handler::Redirect { .. } | Handler::Page(_) => false,
         }
     }
 }
@@ -117,6 +120,11 @@ impl LocationTable {
     pub(crate) fn add_regex(&mut self, regex: Regex, location: Location) {
         let index = self.push(location);
         self.regexes.push((regex, index));
+    }
+
+    /// Every location, in the order added.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<Location>> {
+        self.locations.iter()
     }
 
     fn push(&mut self, location: Location) -> usize {

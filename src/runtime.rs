@@ -17,6 +17,7 @@ use crate::cost::{ImageCost, ImageCosts};
 use crate::error::ErrorFormat;
 use crate::keys::KeyStore;
 use crate::metrics::{LocationMetrics, Metrics, ServerLabels, UpstreamLabels};
+use crate::pages::ChatPage;
 use crate::policy::connlimit::ConnCounter;
 use crate::policy::headers::HeaderEdits;
 use crate::policy::ratelimit::{Limit, Zone};
@@ -411,6 +412,7 @@ fn compile_server(server: &ServerConfig, context: &Context) -> VirtualServer {
             locations.add_regex(regex, compiled);
         }
     }
+    settle_pages(&locations);
     VirtualServer {
         primary_name: server.server_name.first().cloned().unwrap_or_default(),
         locations,
@@ -420,6 +422,20 @@ fn compile_server(server: &ServerConfig, context: &Context) -> VirtualServer {
         ),
         response_headers: server_headers,
         errors: server.errors.unwrap_or(ErrorFormat::Text),
+    }
+}
+
+/// Assembles a server's chat pages with what the location of their API allows: its key, its image
+/// bounds (the defaults where no API location reads images).
+fn settle_pages(locations: &LocationTable) {
+    for location in locations.all() {
+        let Handler::Page(page) = &location.handler else { continue };
+        let api = locations.find(&format!("{}/chat/completions", page.api));
+        let key_required = api.is_some_and(|api| api.keys.is_some());
+        let default_bounds = || (config::ImagesConfig::default().max_pixels, None);
+        let bounds =
+            api.and_then(|api| api.images.as_ref()).map_or_else(default_bounds, |images| images.upload_bounds());
+        page.settle(key_required, bounds);
     }
 }
 
@@ -480,6 +496,8 @@ fn compile_location(
             precompressed: location.precompressed.unwrap_or(true),
             allow_symlinks_outside: location.allow_symlinks_outside.unwrap_or(false),
         }))
+    } else if location.page.is_some() {
+        Handler::Page(ChatPage::new(location.page_api.as_ref().map_or("/v1", |api| api.get_ref().as_str())))
     } else if let Some(ret) = &location.return_ {
         let content_type = ret.content_type.as_deref().unwrap_or("text/plain; charset=utf-8");
         Handler::Return {

@@ -216,6 +216,10 @@ impl Record {
     fn finish(&mut self, end: BodyEnd) {
         self.end = end;
         self.duration = self.started.elapsed();
+        // A metered stream's usage, when the gateway asked for it, never reached the client's bytes.
+        if let (Some(stream), Some(reading)) = (&mut self.stream, &self.reading) {
+            stream.output_tokens.get_or_insert(reading.spend.completion);
+        }
         if let Some(metrics) = self.metrics() {
             metrics.request(self.upstream.map(|u| u.upstream), self.status, self.duration, self.error_code);
             if let Some(stream) = &self.stream {

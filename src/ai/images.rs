@@ -53,6 +53,16 @@ pub(crate) struct ImageLimits {
 }
 
 impl ImageLimits {
+    /// The largest image worth uploading here, for a client that scales images down before it
+    /// sends them: the `resize` bounds when set (pixels, longer side), else the pixels an image may
+    /// have.
+    pub(crate) fn upload_bounds(&self) -> (u64, Option<u32>) {
+        match self.resize.as_ref().map(|resize| resize.bounds()) {
+            Some((side, pixels)) => (pixels.unwrap_or(self.bounds.max_pixels).min(self.bounds.max_pixels), side),
+            None => (self.bounds.max_pixels, None),
+        }
+    }
+
     /// The limits of a validated `images` table, for a location that reads its requests' bodies
     /// whole anyway (`reads_bodies`) or not; `None` when they are off there.
     pub(crate) fn new(config: &ImagesConfig, reads_bodies: bool) -> Option<ImageLimits> {

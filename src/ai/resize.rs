@@ -33,6 +33,11 @@ impl Resize {
         Resize { max_side: config.max_side, max_pixels: config.max_pixels, format }
     }
 
+    /// Its limits: on the longer side, and in pixels.
+    pub(crate) fn bounds(&self) -> (Option<u32>, Option<u64>) {
+        (self.max_side, self.max_pixels)
+    }
+
     /// The size a `width` x `height` image is scaled to, or `None` when it fits: one scale for both
     /// sides (the aspect kept), the largest that meets both limits, each side at least 1.
     pub(crate) fn target(&self, width: u32, height: u32) -> Option<(u32, u32)> {

@@ -626,6 +626,14 @@ pub(crate) enum Auth {
     ApiKey,
 }
 
+/// A built-in web page a location serves (`page`).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum PageKind {
+    /// The image question page, talking to an OpenAI-compatible API of the same server.
+    Chat,
+}
+
 /// A key's place in the admission queue.
 #[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -858,6 +866,10 @@ pub(crate) struct LocationConfig {
     /// Handler: redirect (nginx `return 301 URL`), with `$scheme`, `$host`, `$server_name`,
     /// `$request_uri`, `$uri` and `$args`.
     pub(crate) redirect: Option<RedirectConfig>,
+    /// Handler: a built-in web page (`"chat"`, the image question page).
+    pub(crate) page: Option<PageKind>,
+    /// With `page = "chat"`: the OpenAI-compatible base path it calls, on the same server (`/v1`).
+    pub(crate) page_api: Option<Spanned<String>>,
     /// Response headers added here, on top of the server's.
     #[serde(default)]
     pub(crate) add_header: BTreeMap<String, String>,

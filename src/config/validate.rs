@@ -466,10 +466,11 @@ fn validate_location(
         !location.models.is_empty(),
         location.root.is_some(),
         location.alias.is_some(),
+        location.page.is_some(),
     ];
     if handlers.iter().filter(|h| **h).count() != 1 {
         let message =
-            "a location needs exactly one handler: `proxy`, `models`, `return`, `redirect`, `root` or `alias`";
+            "a location needs exactly one handler: `proxy`, `models`, `return`, `redirect`, `root`, `alias` or `page`";
         errors.push(source.error(span.clone(), message));
     }
     if let (Some(alias), Some(_)) = (&location.alias, &location.regex) {
@@ -536,6 +537,16 @@ fn validate_location(
                 proxy.span(),
                 format!("unknown upstream `{}` (defined: {})", proxy.get_ref(), known.join(", ")),
             ));
+        }
+    }
+    if let Some(api) = &location.page_api {
+        if location.page.is_none() {
+            errors.push(source.error(api.span(), "`page_api` needs `page` on the same location"));
+        }
+        if !api.get_ref().starts_with('/') || api.get_ref().contains(['?', '#']) {
+            errors.push(
+                source.error(api.span(), format!("page_api {:?} must be a path starting with `/`", api.get_ref())),
+            );
         }
     }
     if let Some(ret) = &location.return_ {

@@ -204,6 +204,7 @@ async fn handle(
             }
             Handler::Redirect { status, url } => redirect(*status, url, server, client, &request),
             Handler::Static(files) => files.serve(&request).await.map(|response| response.map(ResponseBody::file)),
+            Handler::Page(page) => Ok(page.serve(request.method()).map(ResponseBody::from)),
         }
     });
     answer(work, location.errors).await

@@ -78,7 +78,7 @@ fn without_a_config_the_embedded_default_is_used() {
 fn url_addr(line: &str) -> std::net::SocketAddr {
     line.split("http://")
         .nth(1)
-        .and_then(|rest| rest.split(' ').next())
+        .and_then(|rest| rest.split([' ', '/']).next())
         .and_then(|addr| addr.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
 }
@@ -192,7 +192,7 @@ async fn run_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_starts_the_sim_and_the_gateway_and_streams_an_answer() {
+async fn demo_starts_the_sim_and_the_gateway_points_to_its_pages_and_streams_an_answer() {
     let mut running = Running::spawn(&[
         "demo",
         "--listen",
@@ -202,8 +202,19 @@ async fn demo_starts_the_sim_and_the_gateway_and_streams_an_answer() {
         "--admin-listen",
         "127.0.0.1:0",
     ]);
+    // Its first lines point to the question page and the dashboard.
+    let page = url_addr(&running.wait_for("infergate demo: open http://"));
+    let dashboard = url_addr(&running.wait_for("infergate demo: the live dashboard is on http://"));
     let addr = url_addr(&running.wait_for("infergate demo: gateway on http://"));
+    assert_eq!(page, addr);
     running.wait_for("curl -N");
+    for (at, title) in [(page, "<title>Ask about an image</title>"), (dashboard, "<title>infergate dashboard</title>")]
+    {
+        let (status, headers, html) = fetch(at, "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(html.contains(title), "{html}");
+        assert!(headers["content-security-policy"].to_str().unwrap().starts_with("default-src 'none'"));
+    }
     let body = r#"{"model": "glm-4v-flash", "stream": true, "max_tokens": 3, "messages": [{"role": "user", "content": "What is in this image?"}]}"#;
     let request = http::Request::post("/v1/chat/completions").header("host", "localhost").body(full(body)).unwrap();
     let (status, headers, text) = send(&mut http1(addr).await, request).await;

@@ -452,6 +452,8 @@ listen = "127.0.0.1:0"
         r#"infergate_api_key_requests_total{key="alice",model="glm-4v-flash"} 2"#,
         r#"infergate_api_key_tokens_total{key="alice",model="glm-4v-flash",kind="completion"} 12"#,
         r#"infergate_api_key_requests_total{key="bob",model="other"} 1"#,
+        // The location's token figure counts both streams, the one whose usage the gateway asked for too.
+        r#"infergate_output_tokens_total{server="127.0.0.1:0",location="/v1/"} 11"#,
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
