@@ -188,6 +188,7 @@ function renderUpstreams(status) {
     table.append(head);
     for (const server of upstream.servers) {
       const row = el("tr");
+      row.dataset.upstream = upstream.name;
       row.dataset.server = server.addr;
       row.append(el("td", server.addr));
       row.append(el("td", server.healthy ? "up" : "down", server.healthy ? "up" : "down"));

@@ -24,10 +24,11 @@ const problems = [];
 try {
   const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
   const page = await context.newPage();
-  // Any script error or refused resource (a CSP violation among them) fails the run.
+  // Any script error or refused resource (a CSP violation among them) fails the run; the statuses
+  // the steps below provoke are expected.
   page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
   page.on("console", (message) => {
-    if (message.type() === "error" && !/status of 40[13]|status of 429/.test(message.text())) {
+    if (message.type() === "error" && !/status of (401|413|429|503)/.test(message.text())) {
       problems.push(`console: ${message.text()}`);
     }
   });
@@ -49,7 +50,7 @@ try {
   await key.fill(env("KEY_GOOD"));
   await key.press("Tab");
   const models = page.getByLabel("Model", { exact: true });
-  await page.waitForFunction(() => document.getElementById("model").options.length === 2);
+  await page.waitForFunction(() => document.getElementById("model").options.length === 3);
   await models.selectOption("glm");
   step("with the key, the models load");
 
@@ -115,6 +116,38 @@ try {
   assert.equal(await page.evaluate(() => window.__pwned), undefined);
   step("markdown is rendered, and the model's HTML stays text");
 
+  await models.selectOption("glm");
+  await question.evaluate((area) => {
+    area.value = "Why? ".repeat(2_000_000);
+  });
+  await page.getByRole("button", { name: "Ask", exact: true }).click();
+  await notice.filter({ hasText: "too large for this gateway" }).waitFor();
+  await question.fill("");
+  step("a body over client_max_body_size is told so (413)");
+
+  // The busy model's one slot and one queue place taken: the page's request is told 503.
+  const holders = Array.from({ length: 2 }, () => new AbortController());
+  const hold = (controller) =>
+    fetch(new URL("/v1/chat/completions", CHAT_URL), {
+      method: "POST",
+      headers: { authorization: `Bearer ${env("KEY_GOOD")}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: "busy", stream: true, max_tokens: 400, messages: [{ role: "user", content: "hold" }] }),
+      signal: controller.signal,
+    }).then((response) => response.body.getReader().read(), () => null);
+  await hold(holders[0]);
+  const queued = hold(holders[1]);
+  await page.waitForTimeout(300);
+  await models.selectOption("busy");
+  await question.fill("Are you there?");
+  await question.press("Enter");
+  const busy = notice.filter({ hasText: "The model is busy" });
+  await busy.waitFor();
+  assert.match(await busy.textContent(), /Try again in \d+ s/);
+  holders.forEach((controller) => controller.abort());
+  await queued.catch(() => null);
+  step("a full queue is told so, with its Retry-After (503)");
+  await busy.filter({ hasText: "You can ask again now" }).waitFor({ timeout: 65000 });
+
   // A key of one request a minute: the second request (its model list may be the first) is refused.
   await key.fill(env("KEY_LIMITED"));
   await key.press("Tab");
@@ -153,7 +186,7 @@ try {
   await dashboard.getByLabel("Admin token", { exact: true }).fill(env("ADMIN_TOKEN"));
   await dashboard.getByRole("button", { name: "Use token", exact: true }).click();
   const server = env("SIM_SERVER");
-  const row = dashboard.locator(`tr[data-server="${server}"]`);
+  const row = dashboard.locator(`tr[data-upstream="sim"][data-server="${server}"]`);
   await row.waitFor();
   assert.ok(await dashboard.getByLabel("Admin token", { exact: true }).isHidden(), "signed in");
   // Traffic while it watches: streamed answers through the gateway, a few at a time.

@@ -48,6 +48,12 @@ token = "admin-secret"
 name = "sim"
 servers = [{{ addr = "{sim}", max_inflight = 4 }}]
 
+# One slot and one place in the queue: a third request is told 503 with Retry-After.
+[[upstream]]
+name = "busy"
+servers = [{{ addr = "{sim}", max_inflight = 1 }}]
+queue = {{ max = 1, timeout = "60s" }}
+
 [[upstream]]
 name = "markdown"
 servers = [{{ addr = "{markdown}" }}]
@@ -61,8 +67,9 @@ listen = ["127.0.0.1:0"]
 
   [[server.location]]
   prefix = "/v1/"
-  models = {{ glm = "sim", markdown = "markdown" }}
+  models = {{ glm = "sim", markdown = "markdown", busy = "busy" }}
   auth = "api_key"
+  client_max_body_size = "8m"
   images = {{ resize = {{ max_pixels = 1048576 }} }}
 
 [[api_key]]
