@@ -435,5 +435,8 @@ ui.question.addEventListener("keydown", (event) => {
 ui.stop.addEventListener("click", () => {
   if (state.controller) state.controller.abort();
 });
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && state.controller) state.controller.abort();
+});
 
 loadModels();

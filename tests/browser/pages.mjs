@@ -54,13 +54,35 @@ try {
   await models.selectOption("glm");
   step("with the key, the models load");
 
-  await page.getByLabel("Image file", { exact: true }).setInputFiles(env("PHOTO"));
+  // An image dropped, then one pasted, each replaces the last; then one chosen from the keyboard.
   const help = page.locator("#drop-help");
+  const transfer = (name) =>
+    page.evaluateHandle(async (name) => {
+      const canvas = document.createElement("canvas");
+      [canvas.width, canvas.height] = [64, 48];
+      canvas.getContext("2d").fillRect(0, 0, 32, 24);
+      const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+      const data = new DataTransfer();
+      data.items.add(new File([blob], name, { type: "image/png" }));
+      return data;
+    }, name);
+  await page.dispatchEvent("#drop", "drop", { dataTransfer: await transfer("dropped.png") });
+  await help.filter({ hasText: "dropped.png: 64×48" }).waitFor();
+  const pasted = await transfer("pasted.png");
+  await page.evaluate((data) => document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: data })), pasted);
+  await help.filter({ hasText: "pasted.png: 64×48" }).waitFor();
+  await page.getByRole("button", { name: "Remove image", exact: true }).click();
+  assert.ok(await page.locator("#preview").isHidden());
+  step("an image can be dropped, pasted and removed");
+  const chooser = page.waitForEvent("filechooser");
+  await page.getByRole("button", { name: "Image: drop, paste or choose one", exact: true }).focus();
+  await page.keyboard.press("Enter");
+  await (await chooser).setFiles(env("PHOTO"));
   await help.filter({ hasText: "scaled down from 3000×2000" }).waitFor();
   const [width, height] = (/: (\d+)×(\d+)/.exec(await help.textContent()) || []).slice(1).map(Number);
   assert.ok(width * height <= 1048576 && width * height > 1000000, `scaled to ${width}x${height}`);
   assert.equal(Math.round((width / height) * 10), 15, "the aspect is kept");
-  step(`the 3000x2000 image is scaled in the browser to ${width}x${height}`);
+  step(`a 3000x2000 image chosen from the keyboard is scaled in the browser to ${width}x${height}`);
 
   await question.fill("What is in this image?");
   await question.press("Enter");
@@ -92,6 +114,7 @@ try {
   await answers.nth(2).locator(".answer p").waitFor();
   await page.getByRole("button", { name: "Stop", exact: true }).click();
   await answers.nth(2).locator(".meta", { hasText: "Stopped" }).waitFor();
+  assert.ok(await page.getByRole("button", { name: "Ask", exact: true }).isEnabled(), "ready for the next question");
   let aborted = abortedBefore;
   for (let i = 0; i < 50 && aborted === abortedBefore; i += 1) {
     await page.waitForTimeout(100);
