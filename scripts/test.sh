@@ -32,7 +32,11 @@ if ! "$venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION"
 fi
 
-# The browser tests' driver, pinned by tests/browser/package-lock.json.
+# The browser tests' driver, pinned by tests/browser/package-lock.json; it needs Node.js 20 or later.
+if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+  echo "scripts/test.sh: playwright-core needs Node.js 20 or later, not $(node --version)" >&2
+  exit 1
+fi
 playwright=$(node -p 'require("./tests/browser/package-lock.json").packages["node_modules/playwright-core"].version')
 if [ "$(node -p 'try { require("./tests/browser/node_modules/playwright-core/package.json").version } catch { "" }')" != "$playwright" ]; then
   npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
