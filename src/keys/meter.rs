@@ -15,7 +15,7 @@ use crate::error::{BoxError, GatewayError};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
-use memchr::memmem::{Finder, FinderRev};
+use memchr::memmem::Finder;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
@@ -337,7 +337,9 @@ impl<B> Metered<B> {
         self.window.rotate_left(self.window_at);
         self.window_at = 0;
         let end = &self.window[..];
-        let usage = match USAGE.rfind(end) {
+        // The last match by forward, vectorized searches: memchr's reverse searcher is not
+        // vectorized, and most bodies' ends hold one `usage` or none.
+        let usage = match USAGE.find_iter(end).last() {
             Some(at) => {
                 (cost::usage_field(&end[at..], &PROMPT_TOKENS), cost::usage_field(&end[at..], &COMPLETION_TOKENS))
             }
@@ -399,7 +401,7 @@ fn without_usage_events(data: Bytes) -> Bytes {
 }
 
 // What a metered body looks for, searchers built once.
-static USAGE: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"usage\":{"));
+static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\":{"));
 static NO_CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\":[]"));
 
 impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for Metered<B> {
