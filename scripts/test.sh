@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite on a machine with only Rust: sets up what the tests beyond Rust need (a
 # Python virtual environment under target/ with the official `openai` SDK, pinned; playwright-core,
-# pinned, under tests/browser/; Debian's python3 and venv, Node.js and Chromium when missing and this
-# runs as root), checks formatting and lints, builds the whole workspace (bench/loadgen included),
-# then runs every test, the ones marked `#[ignore]` for needing that set-up included (the SDK tests,
-# and the web pages in headless Chromium, screenshots in target/browser-screenshots/). Plain
+# pinned, under tests/browser/; Debian's python3 and venv, Node.js, Chromium and redis-server when
+# missing and this runs as root), checks formatting and lints, builds the whole workspace
+# (bench/loadgen included), then runs every test, the ones marked `#[ignore]` for needing that
+# set-up included (the SDK tests, the web pages in headless Chromium, screenshots in
+# target/browser-screenshots/, and the limits shared through a real redis-server). Plain
 # `cargo test` runs everything that needs Rust alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ missing=()
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv)
 { command -v node && command -v npm; } >/dev/null 2>&1 || missing+=(nodejs npm)
 [ -x "$chromium" ] || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq
@@ -48,6 +50,7 @@ cargo clippy --locked --all-targets --workspace -- -D warnings
 cargo build --locked --workspace --all-targets
 log=target/test-output.txt
 INFERGATE_TEST_PYTHON="$PWD/$venv/bin/python" INFERGATE_TEST_NODE="$(command -v node)" INFERGATE_TEST_CHROMIUM="$chromium" \
+  INFERGATE_TEST_REDIS="$(command -v redis-server)" \
   cargo test --locked --workspace -- --include-ignored 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary, the last often a doc-test
 # binary with nothing in it).

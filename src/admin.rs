@@ -192,6 +192,7 @@ fn status(gateway: &Gateway) -> Value {
         "config_loaded_at": runtime.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         "uptime_seconds": gateway.started.elapsed().as_secs(),
         "upstreams": upstreams,
+        "redis": runtime.shared.as_ref().map(|store| store.status()),
     })
 }
 

@@ -172,6 +172,12 @@ pub(crate) enum GatewayError {
         /// Seconds until the request would fit the limit.
         retry_after_secs: u64,
     },
+    /// A shared zone with `fallback = "refuse"` could not reach its Redis.
+    #[error("the shared rate limits cannot be checked now; retry after {retry_after_secs} s")]
+    LimitsUnavailable {
+        /// Seconds until Redis is tried again.
+        retry_after_secs: u64,
+    },
     /// The request's key has not enough tokens left in a budget for this request's estimate.
     #[error("the API key's token budget is spent for now; retry after {retry_after_secs} s")]
     TokensExceeded {
@@ -212,7 +218,9 @@ impl GatewayError {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            GatewayError::Overloaded(_) | GatewayError::NoHealthyServer => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Overloaded(_) | GatewayError::NoHealthyServer | GatewayError::LimitsUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::RateLimited { status, .. } => *status,
             GatewayError::TokensExceeded { .. } | GatewayError::RequestTooLargeForBudget { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -245,6 +253,7 @@ impl GatewayError {
             GatewayError::Overloaded(Rejection::QueueTimeout { .. }) => ("server_error", "queue_timeout"),
             GatewayError::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
             GatewayError::NoHealthyServer => ("server_error", "no_healthy_server"),
+            GatewayError::LimitsUnavailable { .. } => ("server_error", "shared_limits_unavailable"),
             GatewayError::TokensExceeded { .. } | GatewayError::RequestTooLargeForBudget { .. } => {
                 ("tokens", "rate_limit_exceeded")
             }
@@ -271,8 +280,9 @@ impl GatewayError {
             GatewayError::Overloaded(
                 Rejection::QueueFull { retry_after } | Rejection::QueueTimeout { retry_after },
             ) => Some(*retry_after),
-            GatewayError::RateLimited { retry_after_secs, .. } => Some(*retry_after_secs),
-            GatewayError::TokensExceeded { retry_after_secs } => Some(*retry_after_secs),
+            GatewayError::RateLimited { retry_after_secs, .. }
+            | GatewayError::LimitsUnavailable { retry_after_secs }
+            | GatewayError::TokensExceeded { retry_after_secs } => Some(*retry_after_secs),
             GatewayError::NoHealthyServer => Some(1),
             _ => None,
         };

@@ -32,6 +32,7 @@ mod request_id;
 mod route;
 pub mod runtime;
 pub mod server;
+mod shared;
 pub mod sim;
 mod static_files;
 mod template;

@@ -22,9 +22,11 @@ use crate::policy::connlimit::ConnCounter;
 use crate::policy::headers::HeaderEdits;
 use crate::policy::ratelimit::{Limit, Zone};
 use crate::policy::realip::TrustedProxies;
+use crate::policy::shared_zone::SharedZone;
 use crate::policy::{ConnLimit, RateLimit};
 use crate::proxy::BodyLimits;
 use crate::route::{Handler, Location, LocationTable, NameTable, VirtualServer};
+use crate::shared::SharedStore;
 use crate::static_files::{StaticFiles, StaticSettings};
 use crate::template::Template;
 use crate::tls::{self, TlsSite};
@@ -73,6 +75,8 @@ pub struct Runtime {
     pub(crate) zones: HashMap<String, Arc<Zone>>,
     /// Concurrency counts by zone name, kept by reloads.
     pub conn_zones: HashMap<String, Arc<ConnCounter>>,
+    /// The Redis of `[redis]`, kept by reloads that keep its settings.
+    pub(crate) shared: Option<Arc<SharedStore>>,
     /// Whose forwarding headers name the client.
     pub(crate) trusted_proxies: TrustedProxies,
     /// Metric families, kept by reloads.
@@ -166,6 +170,9 @@ impl Runtime {
         version.set(self.version as i64);
         registry.register("config_version", "Loads of the config since start (1 for the first)", version);
         self.keys.usage().register(&mut registry);
+        if let Some(store) = &self.shared {
+            store.register(&mut registry);
+        }
         registry
     }
 
@@ -205,6 +212,26 @@ impl Runtime {
             let built = kept.cloned().unwrap_or_else(|| Arc::new(Zone::new(rate, zone.max_keys, zone.dry_run)));
             zones.insert(name.get_ref().clone(), built);
         }
+        let shared = config.redis.as_ref().and_then(|redis| {
+            let kept = previous.and_then(|p| p.shared.clone()).filter(|store| store.same_config(redis));
+            match kept.map_or_else(|| SharedStore::new(redis), Ok) {
+                Ok(store) => Some(store),
+                Err(e) => {
+                    errors.push(source.error(redis.url.span(), format!("invalid Redis URL: {e}")));
+                    None
+                }
+            }
+        });
+        let shared_zones: HashMap<&str, Arc<SharedZone>> = config
+            .limit_zones
+            .iter()
+            .filter(|(_, zone)| *zone.shared.get_ref())
+            .filter_map(|(name, zone)| {
+                let hashed = config::ZoneKey::parse(zone.key.get_ref()) != Some(config::ZoneKey::ClientIp);
+                let store = shared.clone()?;
+                Some((name.get_ref().as_str(), Arc::new(SharedZone::new(store, name.get_ref(), hashed, zone.fallback))))
+            })
+            .collect();
         let conn_zones: HashMap<String, Arc<ConnCounter>> = config
             .limit_zones
             .iter()
@@ -239,6 +266,7 @@ impl Runtime {
         let context = Context {
             upstreams: &upstreams,
             zones: &zones,
+            shared_zones: &shared_zones,
             conn_zones: &conn_zones,
             zone_configs: &zone_configs,
             source,
@@ -316,6 +344,7 @@ impl Runtime {
             listeners,
             upstreams,
             zones,
+            shared,
             conn_zones,
             trusted_proxies,
             ledger: Ledger {
@@ -371,6 +400,7 @@ fn compress_policy(config: &CompressConfig) -> CompressPolicy {
 struct Context<'a> {
     upstreams: &'a HashMap<String, Arc<Upstream>>,
     zones: &'a HashMap<String, Arc<Zone>>,
+    shared_zones: &'a HashMap<&'a str, Arc<SharedZone>>,
     conn_zones: &'a HashMap<String, Arc<ConnCounter>>,
     zone_configs: &'a HashMap<&'a str, &'a LimitZoneConfig>,
     /// For paths relative to the config file's folder.
@@ -528,6 +558,7 @@ fn compile_location(
             key: config::ZoneKey::parse(zone_config.key.get_ref())?,
             limit: Limit { burst: limit.burst, delay: (!limit.nodelay).then_some(limit.delay) },
             status: StatusCode::from_u16(*zone_config.status.get_ref()).ok()?,
+            shared: context.shared_zones.get(name.as_str()).cloned(),
         });
     }
     let mut conn_limits = Vec::with_capacity(location.limit_conn.len());

@@ -2,8 +2,8 @@
 //! the errors of the others. Every error carries the file, line and column it points at.
 
 use super::schema::{
-    AdminConfig, ApiKeyConfig, Config, HttpSettings, ImageCostConfig, LimitZoneConfig, LocationConfig, ServerConfig,
-    UpstreamConfig,
+    AdminConfig, ApiKeyConfig, Config, HttpSettings, ImageCostConfig, LimitZoneConfig, LocationConfig, RedisConfig,
+    ServerConfig, UpstreamConfig,
 };
 use serde::Deserialize;
 use std::fmt;
@@ -111,6 +111,10 @@ pub(crate) fn parse(source: &Source) -> (Config, Vec<ConfigError>, bool) {
                 Ok(admin) => config.admin = admin,
                 Err((span, message)) => push(span, message),
             },
+            "redis" => match decode::<RedisConfig>(value) {
+                Ok(redis) => config.redis = Some(redis),
+                Err((span, message)) => push(span, message),
+            },
             "upstream" => {
                 for item in array_items(value, "upstream", &mut push) {
                     match decode::<UpstreamConfig>(item) {
@@ -157,8 +161,8 @@ pub(crate) fn parse(source: &Source) -> (Config, Vec<ConfigError>, bool) {
             other => push(
                 key_span,
                 format!(
-                    "unknown section `{other}` (expected `http`, `admin`, `upstream`, `server`, `limit_zone`, \
-                     `api_key` or `image_cost`)"
+                    "unknown section `{other}` (expected `http`, `admin`, `redis`, `upstream`, `server`, \
+                     `limit_zone`, `api_key` or `image_cost`)"
                 ),
             ),
         }

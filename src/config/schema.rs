@@ -20,6 +20,8 @@ pub struct Config {
     pub(crate) upstreams: Vec<UpstreamConfig>,
     /// `[[server]]`: virtual servers, each with listeners and locations.
     pub(crate) servers: Vec<ServerConfig>,
+    /// `[redis]`: the Redis that zones with `shared = true` keep their counts in (default none).
+    pub(crate) redis: Option<RedisConfig>,
     /// `[limit_zone.NAME]`: rate limit zones (nginx `limit_req_zone`), by name.
     pub(crate) limit_zones: Vec<(Spanned<String>, LimitZoneConfig)>,
     /// `[[api_key]]`: the API keys of `auth = "api_key"` locations, with those of `[http]
@@ -418,6 +420,56 @@ pub(crate) struct LimitZoneConfig {
     /// Status of a rejection (nginx `limit_req_status`; 429 here, nginx's default is 503).
     #[serde(default = "default_limit_status")]
     pub(crate) status: Spanned<u16>,
+    /// Keep the counts in `[redis]`, shared by every gateway that names it (default false).
+    #[serde(default = "unshared")]
+    pub(crate) shared: Spanned<bool>,
+    /// What a shared zone does while Redis cannot be reached (default `local`).
+    #[serde(default)]
+    pub(crate) fallback: SharedFallback,
+}
+
+/// What a shared zone does while its Redis cannot be reached.
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SharedFallback {
+    /// Counts on in this gateway alone, at the zone's rate.
+    #[default]
+    Local,
+    /// Refuses the zone's requests (503).
+    Refuse,
+}
+
+/// `[redis]`: where shared zones keep their counts.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RedisConfig {
+    /// `redis://[USER:PASSWORD@]HOST:PORT[/DB]`.
+    pub(crate) url: Spanned<String>,
+    /// Longest wait for one command before the zone falls back (50 ms).
+    #[serde(default = "default_redis_timeout")]
+    pub(crate) timeout: Span,
+    /// After a failure, how long zones stay on their fallback before Redis is tried again (1 s).
+    #[serde(default = "default_redis_retry")]
+    pub(crate) retry: Span,
+    /// Prefix of every key the gateway writes (`"infergate:"`).
+    #[serde(default = "default_redis_prefix")]
+    pub(crate) prefix: String,
+}
+
+fn default_redis_timeout() -> Span {
+    Span(Duration::from_millis(50))
+}
+
+fn default_redis_retry() -> Span {
+    Span(Duration::from_secs(1))
+}
+
+fn default_redis_prefix() -> String {
+    "infergate:".into()
+}
+
+fn unshared() -> Spanned<bool> {
+    Spanned::new(0..0, false)
 }
 
 fn default_max_keys() -> usize {

@@ -224,8 +224,12 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
     }
     let mut zone_names = HashSet::new();
     let mut rated_zones = HashSet::new();
+    let mut shared_zones = HashSet::new();
     for (name, zone) in &config.limit_zones {
         zone_names.insert(name.get_ref().as_str());
+        if *zone.shared.get_ref() {
+            shared_zones.insert(name.get_ref().as_str());
+        }
         if zone.rate.is_some() {
             rated_zones.insert(name.get_ref().as_str());
         }
@@ -252,6 +256,19 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
         }
         if zone.max_keys == 0 {
             errors.push(source.error(name.span(), "max_keys must be at least 1"));
+        }
+        if *zone.shared.get_ref() && config.redis.is_none() {
+            let message = "a shared zone needs `[redis]` (its `url`) to keep its counts in";
+            errors.push(source.error(zone.shared.span(), message));
+        }
+    }
+    if let Some(redis) = &config.redis {
+        if let Err(error) = redis::IntoConnectionInfo::into_connection_info(redis.url.get_ref().as_str()) {
+            let message = format!("invalid Redis URL: {error} (expected redis://[USER:PASSWORD@]HOST:PORT[/DB])");
+            errors.push(source.error(redis.url.span(), message));
+        }
+        if redis.timeout.0.is_zero() {
+            errors.push(source.error(redis.url.span(), "[redis] timeout must be above zero"));
         }
     }
 
@@ -350,6 +367,12 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
                 let zone = limit.zone.get_ref().as_str();
                 if !zone_names.contains(zone) {
                     let message = format!("unknown limit zone `{zone}` (define it as [limit_zone.{zone}])");
+                    errors.push(source.error(limit.zone.span(), message));
+                } else if shared_zones.contains(zone) {
+                    let message = format!(
+                        "limit zone `{zone}` is shared, and limit_conn counts only this gateway's requests \
+                         (name a zone without `shared`)"
+                    );
                     errors.push(source.error(limit.zone.span(), message));
                 }
                 if *limit.max.get_ref() == 0 {

@@ -157,6 +157,7 @@ impl KeyStore {
                         key: ZoneKey::ApiKey,
                         limit: Limit { burst: config.burst, delay: None },
                         status: StatusCode::TOO_MANY_REQUESTS,
+                        shared: None,
                     }
                 })
                 .into_iter()

@@ -6,12 +6,14 @@ pub(crate) mod connlimit;
 pub(crate) mod headers;
 pub(crate) mod ratelimit;
 pub(crate) mod realip;
+pub(crate) mod shared_zone;
 
 use crate::client::ClientInfo;
 use crate::config::ZoneKey;
 use crate::error::GatewayError;
 use http::{Request, StatusCode};
-use ratelimit::{Limit, Verdict, Zone};
+use ratelimit::{KeyState, Limit, Verdict, Zone};
+use shared_zone::{SharedVerdict, SharedZone};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +29,9 @@ pub(crate) struct RateLimit {
     pub(crate) limit: Limit,
     /// Status of a rejection (default 429).
     pub(crate) status: StatusCode,
+    /// Where the zone's counts live when it is `shared` (else only in `zone`, which is also where a
+    /// shared zone counts while its Redis is down and its fallback is local).
+    pub(crate) shared: Option<Arc<SharedZone>>,
 }
 
 /// One compiled `limit_conn` of a location.
@@ -79,7 +84,8 @@ pub(crate) fn hold_places<B>(
 }
 
 /// Applies a location's rate limits: any rejection rejects (and changes no zone); otherwise every zone
-/// is updated and the request waits for the longest delay.
+/// is updated and the request waits for the longest delay. Local zones are decided first, then the
+/// shared ones in one round trip to Redis (`shared_zone`), then the local ones are stored.
 pub(crate) async fn limit_requests<B>(
     limits: &[RateLimit],
     client: &ClientInfo,
@@ -89,26 +95,37 @@ pub(crate) async fn limit_requests<B>(
         return Ok(());
     }
     let mut accepted = Vec::with_capacity(limits.len());
+    let mut shared = Vec::new();
     let mut delay = Duration::ZERO;
     for limit in limits {
         let Some(key) = key_of(&limit.key, client, request) else { continue };
-        let (verdict, state) = limit.zone.check(key, limit.limit);
-        match verdict {
-            Verdict::Reject(retry_after) if limit.zone.dry_run => {
-                tracing::info!(zone = %limit.zone_name, ?retry_after, "rate limit would reject (dry run)");
+        match &limit.shared {
+            Some(zone) if zone.store.reachable() => shared.push((limit, key)),
+            Some(zone) => {
+                shared_zone::fall_back(zone)?;
+                delay = delay.max(check_local(limit, key, &mut accepted)?);
             }
-            Verdict::Reject(retry_after) => {
-                return Err(GatewayError::RateLimited {
-                    status: limit.status,
-                    retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
-                });
-            }
-            Verdict::Accept(wait) => {
-                if !limit.zone.dry_run {
-                    delay = delay.max(wait);
+            None => delay = delay.max(check_local(limit, key, &mut accepted)?),
+        }
+    }
+    if !shared.is_empty() {
+        match shared_zone::check(&shared).await {
+            Some(SharedVerdict::Accepted(excesses)) => {
+                for ((limit, _), excess) in shared.iter().zip(excesses) {
+                    match excess {
+                        Some(excess) if !limit.zone.dry_run => {
+                            delay = delay.max(limit.limit.delay_at(excess, limit.zone.rate_milli()));
+                        }
+                        Some(_) => {}
+                        None => tracing::info!(zone = %limit.zone_name, "rate limit would reject (dry run)"),
+                    }
                 }
-                if let Some(state) = state {
-                    accepted.push((limit, key, state));
+            }
+            Some(SharedVerdict::Rejected(index, retry_after)) => return Err(rejection(shared[index].0, retry_after)),
+            None => {
+                for (limit, key) in shared {
+                    shared_zone::fall_back(limit.shared.as_deref().ok_or(GatewayError::Internal)?)?;
+                    delay = delay.max(check_local(limit, key, &mut accepted)?);
                 }
             }
         }
@@ -120,6 +137,37 @@ pub(crate) async fn limit_requests<B>(
         tokio::time::sleep(delay).await;
     }
     Ok(())
+}
+
+/// Decides `limit` for `key` on the gateway's own counts: the delay of an accepted request, whose
+/// state joins `accepted` to be stored once every limit accepted.
+fn check_local<'a>(
+    limit: &'a RateLimit,
+    key: &'a [u8],
+    accepted: &mut Vec<(&'a RateLimit, &'a [u8], KeyState)>,
+) -> Result<Duration, GatewayError> {
+    let (verdict, state) = limit.zone.check(key, limit.limit);
+    match verdict {
+        Verdict::Reject(retry_after) if limit.zone.dry_run => {
+            tracing::info!(zone = %limit.zone_name, ?retry_after, "rate limit would reject (dry run)");
+            Ok(Duration::ZERO)
+        }
+        Verdict::Reject(retry_after) => Err(rejection(limit, retry_after)),
+        Verdict::Accept(wait) => {
+            if let Some(state) = state {
+                accepted.push((limit, key, state));
+            }
+            Ok(if limit.zone.dry_run { Duration::ZERO } else { wait })
+        }
+    }
+}
+
+/// The answer to a request `limit` rejected, which fits again after `retry_after`.
+fn rejection(limit: &RateLimit, retry_after: Duration) -> GatewayError {
+    GatewayError::RateLimited {
+        status: limit.status,
+        retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+    }
 }
 
 #[cfg(test)]

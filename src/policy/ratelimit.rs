@@ -39,6 +39,18 @@ pub(crate) struct Limit {
     pub(crate) delay: Option<u64>,
 }
 
+impl Limit {
+    /// How long an accepted request whose key's excess is now `excess` (milli-requests) waits, at
+    /// `rate_milli`: nothing with `nodelay` or within `delay`, else until the excess above it drained.
+    pub(crate) fn delay_at(&self, excess: u64, rate_milli: u64) -> Duration {
+        match self.delay {
+            None => Duration::ZERO,
+            Some(free) if excess <= free * 1000 => Duration::ZERO,
+            Some(free) => Duration::from_millis((excess - free * 1000) * 1000 / rate_milli.max(1)),
+        }
+    }
+}
+
 /// What a zone says about one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -84,12 +96,12 @@ impl Zone {
             return (Verdict::Reject(Duration::from_millis(wait_ms)), None);
         }
         let last_ms = if elapsed > 0 { now_ms } else { state.last_ms };
-        let delay = match limit.delay {
-            None => Duration::ZERO,
-            Some(free) if excess <= free * 1000 => Duration::ZERO,
-            Some(free) => Duration::from_millis((excess - free * 1000) * 1000 / self.rate_milli),
-        };
-        (Verdict::Accept(delay), Some(KeyState { excess, last_ms }))
+        (Verdict::Accept(limit.delay_at(excess, self.rate_milli)), Some(KeyState { excess, last_ms }))
+    }
+
+    /// Requests per second times 1000.
+    pub(crate) fn rate_milli(&self) -> u64 {
+        self.rate_milli
     }
 
     /// Where `key` stands now, for OpenAI's request headers: requests per minute, requests that would

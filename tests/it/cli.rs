@@ -3,17 +3,10 @@
 
 use crate::support::*;
 use http::{Response, StatusCode};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_infergate");
-/// Guard against a hang; a healthy run answers in milliseconds.
-const GUARD: Duration = Duration::from_secs(20);
+use std::process::Command;
 
 fn check(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
-    let output = Command::new(BINARY).arg("check").args(args).current_dir(dir).output().unwrap();
+    let output = Command::new(GATEWAY_BINARY).arg("check").args(args).current_dir(dir).output().unwrap();
     (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
@@ -86,72 +79,6 @@ fn url_addr(line: &str) -> std::net::SocketAddr {
 /// `config` with the admin API on a free port (its default, 127.0.0.1:9901, is not for tests).
 fn with_admin(config: &str) -> String {
     format!("{config}\n[admin]\nlisten = \"127.0.0.1:0\"\n")
-}
-
-/// A running `infergate` child whose stderr lines arrive on a channel.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Running {
-    fn start(config: &std::path::Path) -> Running {
-        Running::spawn(&["run".as_ref(), "--config".as_ref(), config.as_os_str()])
-    }
-
-    fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Running {
-        let mut child = Command::new(BINARY)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Running { child, lines }
-    }
-
-    /// Waits for a stderr line containing `needle` and returns it.
-    fn wait_for(&self, needle: &str) -> String {
-        loop {
-            let line = self.lines.recv_timeout(GUARD).unwrap_or_else(|_| panic!("no line with {needle:?}"));
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-
-    /// Waits (bounded) for the process to exit.
-    async fn exit_status(&mut self) -> std::process::ExitStatus {
-        let started = std::time::Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(started.elapsed() < GUARD, "the process did not exit");
-            tokio::task::yield_now().await;
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,7 +195,7 @@ async fn sigusr1_reopens_the_access_and_error_logs_after_rotation() {
             if text.contains(needle) {
                 return text;
             }
-            assert!(started.elapsed() < GUARD, "{name} never held {needle:?}: {text}");
+            assert!(started.elapsed() < PROCESS_GUARD, "{name} never held {needle:?}: {text}");
             std::thread::yield_now();
         }
     };

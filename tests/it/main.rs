@@ -22,6 +22,7 @@ mod proxy;
 mod ratelimit;
 mod reload;
 mod seed;
+mod shared;
 mod sim;
 mod static_files;
 mod streaming;

@@ -12,10 +12,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use infergate::server::{ConfigOrigin, Gateway};
 use std::convert::Infallible;
 use std::future::Future;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A body any test backend may answer with.
@@ -408,5 +410,148 @@ pub async fn lines(path: &std::path::Path, count: usize) -> Vec<String> {
         let waited = started.elapsed();
         assert!(waited < std::time::Duration::from_secs(10), "{} holds {} lines: {text}", path.display(), lines.len());
         tokio::task::yield_now().await;
+    }
+}
+
+/// The gateway's binary, as a user runs it.
+pub const GATEWAY_BINARY: &str = env!("CARGO_BIN_EXE_infergate");
+/// Guard against a child process that hangs; a healthy one answers in milliseconds.
+pub const PROCESS_GUARD: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A running `infergate` child whose stderr lines arrive on a channel.
+pub struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    pub fn start(config: &std::path::Path) -> Running {
+        Running::spawn(&["run".as_ref(), "--config".as_ref(), config.as_os_str()])
+    }
+
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Running {
+        let mut child = Command::new(GATEWAY_BINARY)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// Waits for a stderr line containing `needle` and returns it.
+    pub fn wait_for(&self, needle: &str) -> String {
+        loop {
+            let line = self.lines.recv_timeout(PROCESS_GUARD).unwrap_or_else(|_| panic!("no line with {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub async fn exit_status(&mut self) -> std::process::ExitStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < PROCESS_GUARD, "the process did not exit");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real `redis-server` on a free port of 127.0.0.1, without persistence: `INFERGATE_TEST_REDIS`,
+/// else `redis-server` on the PATH (scripts/test.sh provisions Debian's). Killed when dropped.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut server = RedisServer { child: None, port };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (what it held is lost).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server on its port, empty, and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let binary = std::env::var("INFERGATE_TEST_REDIS").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(&binary)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {binary} (scripts/test.sh installs redis-server): {e}"));
+        self.child = Some(child);
+        let started = std::time::Instant::now();
+        loop {
+            use std::io::{Read, Write};
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                let mut answer = [0u8; 5];
+                if stream.write_all(b"PING\r\n").is_ok()
+                    && stream.read_exact(&mut answer).is_ok()
+                    && &answer == b"+PONG"
+                {
+                    return;
+                }
+            }
+            assert!(started.elapsed() < PROCESS_GUARD, "redis-server did not answer on port {}", self.port);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Runs one command and returns its answer.
+    pub async fn command<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        command.query_async(&mut connection).await.unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

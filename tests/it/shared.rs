@@ -1,0 +1,215 @@
+//! Limits shared by several gateways through a real `redis-server` (`[redis]`, `shared = true`):
+//! nginx's `limit_req` kept in Redis, one zone counted once across three gateway processes, and a
+//! Redis killed and started again: zones fall back as configured and are shared again after.
+//! scripts/test.sh provisions Debian's redis-server; plain `cargo test` skips these.
+
+use crate::support::*;
+use http::StatusCode;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// Zones of every kind on `return` locations, with `redis`'s URL.
+fn config(redis: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[redis]
+url = "{redis}"
+retry = "200ms"
+
+[limit_zone.seed]
+key = "client_ip"
+rate = "10r/s"
+shared = true
+
+[limit_zone.strict]
+key = "header:x-user"
+rate = "1r/m"
+shared = true
+fallback = "refuse"
+
+[limit_zone.mine]
+key = "client_ip"
+rate = "1r/m"
+
+[limit_zone.preview]
+key = "client_ip"
+rate = "1r/m"
+shared = true
+dry_run = true
+
+[[server]]
+listen = ["127.0.0.1:0"]
+
+  [[server.location]]
+  prefix = "/seed/"
+  return = {{ status = 200, body = "ok" }}
+  errors = "json"
+  limit_req = {{ zone = "seed", burst = 20, nodelay = true }}
+
+  [[server.location]]
+  prefix = "/strict/"
+  return = {{ status = 200, body = "ok" }}
+  errors = "json"
+  limit_req = {{ zone = "strict" }}
+
+  [[server.location]]
+  prefix = "/both/"
+  return = {{ status = 200, body = "ok" }}
+  limit_req = [{{ zone = "mine" }}, {{ zone = "strict" }}]
+
+  [[server.location]]
+  prefix = "/preview/"
+  return = {{ status = 200, body = "ok" }}
+  limit_req = {{ zone = "preview" }}
+"#
+    )
+}
+
+fn user(path: &str, name: &str) -> http::Request<TestBody> {
+    http::Request::get(path).header("host", "localhost").header("x-user", name).body(full("")).unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/test.sh provisions it"]
+async fn a_shared_zone_keeps_nginx_s_limit_req_in_redis() {
+    let redis = RedisServer::start();
+    let gw = TestGateway::start(&config(&redis.url())).await;
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    // The seed's 10r/s burst=20 nodelay: 21 at once pass, the 22nd is told when to come back.
+    for i in 1..=21 {
+        assert_eq!(send(&mut client, get("/seed/")).await.0, StatusCode::OK, "request {i}");
+    }
+    let (status, headers, body) = send(&mut client, get("/seed/")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["code"], "rate_limit_exceeded");
+    // The zone's state is in Redis, under the prefix, by client address; it expires once drained.
+    let excess: u64 = redis.command(&["HGET", "infergate:limit_req:seed:127.0.0.1", "excess"]).await;
+    assert!((19_000..=20_000).contains(&excess), "excess {excess}");
+    let ttl: i64 = redis.command(&["PTTL", "infergate:limit_req:seed:127.0.0.1"]).await;
+    assert!((2_000..=3_100).contains(&ttl), "expires in {ttl} ms");
+
+    // A header's value is a key of its own, and stored as its SHA-256 (it may be a secret).
+    assert_eq!(send(&mut client, user("/strict/", "ann")).await.0, StatusCode::OK);
+    assert_eq!(send(&mut client, user("/strict/", "ann")).await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(send(&mut client, user("/strict/", "bob")).await.0, StatusCode::OK);
+    let stored: Vec<String> = redis.command(&["KEYS", "infergate:limit_req:strict:*"]).await;
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert!(stored.contains(&format!("infergate:limit_req:strict:{}", sha256_hex("ann"))), "{stored:?}");
+
+    // A local zone that rejects keeps the shared one from counting the request: `cid` may ask again.
+    assert_eq!(send(&mut client, user("/both/", "cid")).await.0, StatusCode::OK);
+    assert_eq!(send(&mut client, user("/both/", "dee")).await.0, StatusCode::TOO_MANY_REQUESTS);
+    let dee = format!("infergate:limit_req:strict:{}", sha256_hex("dee"));
+    assert_eq!(redis.command::<i64>(&["EXISTS", &dee]).await, 0, "the rejected request was not counted");
+
+    // A dry run's zone never refuses.
+    for _ in 0..3 {
+        assert_eq!(send(&mut client, get("/preview/")).await.0, StatusCode::OK);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: scripts/test.sh provisions it"]
+async fn three_gateways_admit_a_shared_zones_rate_in_all() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("infergate.toml");
+    let zone = config(&redis.url()).replace("burst = 20, nodelay = true", "nodelay = true");
+    std::fs::write(&path, format!("[http]\nkeepalive_requests = 10000\n{zone}")).unwrap();
+    let gateways: Vec<Running> = (0..3).map(|_| Running::start(&path)).collect();
+    let addrs: Vec<std::net::SocketAddr> = gateways
+        .iter()
+        .map(|gateway| gateway.wait_for("infergate: listening on ").rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    // Each gateway asked as fast as one client can for 2 s (at most 5,000 requests each): 10 r/s with
+    // no burst admits one request a tenth of a second in all, not in each.
+    let window = Duration::from_secs(2);
+    let clients = addrs.iter().map(|&addr| {
+        tokio::spawn(async move {
+            let mut client = http1(addr).await;
+            let (started, mut admitted, mut asked) = (Instant::now(), 0, 0);
+            while started.elapsed() < window && asked < 5_000 {
+                asked += 1;
+                match send(&mut client, get("/seed/")).await.0 {
+                    StatusCode::OK => admitted += 1,
+                    StatusCode::TOO_MANY_REQUESTS => {}
+                    other => panic!("answered {other}"),
+                }
+            }
+            (admitted, asked)
+        })
+    });
+    let mut admitted = 0;
+    for client in clients.collect::<Vec<_>>() {
+        let (ok, asked) = client.await.unwrap();
+        assert!(asked > 20, "a client asked only {asked} times");
+        admitted += ok;
+    }
+    // 2 s at 10 r/s: 20, and the first; three unshared zones would admit three times as many.
+    assert!((17..=23).contains(&admitted), "admitted {admitted} in 2 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: scripts/test.sh provisions it"]
+async fn without_redis_zones_fall_back_as_configured_and_share_again_when_it_returns() {
+    let mut redis = RedisServer::start();
+    let gw = TestGateway::start(&config(&redis.url())).await;
+    let admin = infergate::admin::start(gw.gateway.clone()).await.unwrap().unwrap();
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    assert_eq!(send(&mut client, user("/strict/", "ann")).await.0, StatusCode::OK);
+    assert_eq!(fetch(admin, "/status").await.2.parse::<Value>().unwrap()["redis"]["up"], true);
+
+    redis.stop();
+    // The first request after Redis went finds it gone and falls back; so do the ones after, at once.
+    let (status, headers, body) = send(&mut client, user("/strict/", "bob")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "fallback = \"refuse\"");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["code"], "shared_limits_unavailable");
+    // fallback = "local": the zone counts in this gateway, at its rate (burst 20: 21 pass at once).
+    for i in 1..=21 {
+        assert_eq!(send(&mut client, get("/seed/")).await.0, StatusCode::OK, "request {i} on local counts");
+    }
+    assert_eq!(send(&mut client, get("/seed/")).await.0, StatusCode::TOO_MANY_REQUESTS);
+    let status: Value = fetch(admin, "/status").await.2.parse().unwrap();
+    assert_eq!(status["redis"]["up"], false, "{status}");
+    assert!(status["redis"]["fallbacks"].as_u64().unwrap() >= 23, "{status}");
+    assert!(status["redis"]["last_error"].is_string(), "{status}");
+    let metrics = fetch(admin, "/metrics").await.2;
+    assert!(metrics.contains("infergate_redis_up 0"), "{metrics}");
+    assert!(metrics.contains("infergate_redis_errors_total 1"), "{metrics}");
+
+    // Redis returns, empty: within `retry` the gateway finds it, and the zones count there again.
+    redis.restart();
+    let started = Instant::now();
+    while fetch(admin, "/status").await.2.parse::<Value>().unwrap()["redis"]["up"] != true {
+        assert!(started.elapsed() < Duration::from_secs(10), "Redis was not found again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(send(&mut client, user("/strict/", "bob")).await.0, StatusCode::OK);
+    assert_eq!(send(&mut client, user("/strict/", "bob")).await.0, StatusCode::TOO_MANY_REQUESTS);
+    let bob = format!("infergate:limit_req:strict:{}", sha256_hex("bob"));
+    assert_eq!(redis.command::<i64>(&["EXISTS", &bob]).await, 1, "counted in Redis again");
+    assert!(fetch(admin, "/metrics").await.2.contains("infergate_redis_up 1"));
+}
+
+#[test]
+fn a_shared_zone_needs_redis_and_limit_conn_stays_local() {
+    let source = |text: String| infergate::config::Source { name: "t.toml".into(), dir: ".".into(), text };
+    let without_redis = config("redis://127.0.0.1:1").replace("[redis]", "[unused]");
+    let errors = infergate::config::load(&source(without_redis)).unwrap_err().to_string();
+    assert!(errors.contains("a shared zone needs `[redis]`"), "{errors}");
+    let bad_url = config("http://nowhere");
+    let errors = infergate::config::load(&source(bad_url)).unwrap_err().to_string();
+    assert!(errors.contains("t.toml:6:7: invalid Redis URL"), "{errors}");
+    let conn = config("redis://127.0.0.1:1")
+        .replace("limit_req = { zone = \"preview\" }", "limit_conn = { zone = \"preview\", max = 1 }");
+    let errors = infergate::config::load(&source(conn)).unwrap_err().to_string();
+    assert!(
+        errors.contains("limit zone `preview` is shared, and limit_conn counts only this gateway's requests"),
+        "{errors}"
+    );
+}
