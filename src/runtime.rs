@@ -250,8 +250,13 @@ impl Runtime {
         let zone_configs: HashMap<&str, &LimitZoneConfig> =
             config.limit_zones.iter().map(|(n, z)| (n.get_ref().as_str(), z)).collect();
         let routed_models = config.servers.iter().flat_map(|s| s.locations.iter()).flat_map(|l| l.models.keys());
-        let keys =
-            Arc::new(KeyStore::build(&config.api_keys, previous.map(|p| &*p.keys), routed_models.map(String::as_str)));
+        let shares_keys = shared.as_ref().filter(|_| config.redis.as_ref().is_some_and(|redis| redis.share_api_keys));
+        let keys = Arc::new(KeyStore::build(
+            &config.api_keys,
+            previous.map(|p| &*p.keys),
+            routed_models.map(String::as_str),
+            shares_keys,
+        ));
         let image_costs = Arc::new(ImageCosts::new(
             config
                 .image_costs

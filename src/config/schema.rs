@@ -454,6 +454,9 @@ pub(crate) struct RedisConfig {
     /// Prefix of every key the gateway writes (`"infergate:"`).
     #[serde(default = "default_redis_prefix")]
     pub(crate) prefix: String,
+    /// Keep every API key's rate and token budgets here too (default false).
+    #[serde(default)]
+    pub(crate) share_api_keys: bool,
 }
 
 fn default_redis_timeout() -> Span {
@@ -641,6 +644,17 @@ pub(crate) enum Counted {
     Prompt,
     /// Completion tokens alone.
     Completion,
+}
+
+impl Counted {
+    /// What it counts, in a word.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Counted::Tokens => "tokens",
+            Counted::Prompt => "prompt",
+            Counted::Completion => "completion",
+        }
+    }
 }
 
 /// One configured token budget: what it counts, its window in milliseconds, its limit.

@@ -84,6 +84,18 @@ impl Bucket {
         state.level = (state.level + back).min(self.full());
     }
 
+    /// Its limit (tokens per window) and window (ms).
+    pub(crate) fn limit_and_window(&self) -> (u64, u64) {
+        (self.limit, self.window_ms)
+    }
+
+    /// Takes `level` (tokens times milliseconds) as the level now: what the shared budget in
+    /// Redis answered (`shared_budget`).
+    pub(crate) fn mirror(&self, level: i128, now_ms: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        *state = Level { level: level.min(self.full()), at_ms: now_ms };
+    }
+
     /// Whole tokens available now (none while in debt).
     pub(crate) fn remaining(&self, now_ms: u64) -> u64 {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -8,10 +8,12 @@
 //! chunk the client did not ask for is taken out of what it receives.
 
 use super::budget::{Bucket, Shortfall};
+use super::shared_budget::{Reserved, SharedBudgets};
 use super::usage::Spend;
 use crate::config::{BudgetLimit, Counted};
 use crate::cost::{self, PromptCost, COMPLETION_TOKENS, PROMPT_TOKENS};
 use crate::error::{BoxError, GatewayError};
+use crate::shared::SharedStore;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
@@ -30,6 +32,9 @@ pub(crate) struct KeyBudgets {
     limits: Vec<BudgetLimit>,
     /// The budgets' clock starts here.
     epoch: Instant,
+    /// Where the budgets are kept when gateways share them; `budgets` then mirror Redis's levels as
+    /// last answered, and count alone while Redis is down (`shared_budget`).
+    shared: Option<SharedBudgets>,
 }
 
 /// One of a key's budgets.
@@ -39,6 +44,15 @@ struct Budget {
     bucket: Bucket,
     /// Its limit as `x-ratelimit-limit-tokens` says it, made once.
     limit_header: HeaderValue,
+}
+
+/// The 429 of a budget that has room again in `ms`.
+fn too_soon(ms: u64) -> GatewayError {
+    GatewayError::TokensExceeded { retry_after_secs: ms.div_ceil(1000).max(1) }
+}
+
+fn signed(tokens: u64) -> i64 {
+    i64::try_from(tokens).unwrap_or(i64::MAX)
 }
 
 /// Tokens a request may produce when it sets no `max_tokens`, for its reservation.
@@ -52,6 +66,11 @@ struct Tokens {
 }
 
 impl Tokens {
+    /// What a request reserves: `prompt`, and `max_tokens` or the default.
+    fn asked(prompt: u64, max_tokens: Option<u64>) -> Tokens {
+        Tokens { prompt, completion: max_tokens.unwrap_or(DEFAULT_MAX_TOKENS) }
+    }
+
     /// What a budget counting `counted` counts of them.
     fn counted(self, counted: Counted) -> u64 {
         match counted {
@@ -63,8 +82,9 @@ impl Tokens {
 }
 
 impl KeyBudgets {
-    /// The budgets of `limits` (`ApiKeyConfig::budgets`); `None` when there are none.
-    pub(crate) fn new(limits: Vec<BudgetLimit>) -> Option<KeyBudgets> {
+    /// The budgets of `limits` (`ApiKeyConfig::budgets`), kept in `shared` (the store, and the key's
+    /// name) when gateways share them; `None` when there are none.
+    pub(crate) fn new(limits: Vec<BudgetLimit>, shared: Option<(&Arc<SharedStore>, &str)>) -> Option<KeyBudgets> {
         if limits.is_empty() {
             return None;
         }
@@ -76,29 +96,34 @@ impl KeyBudgets {
                 limit_header: HeaderValue::from(limit),
             })
             .collect();
-        Some(KeyBudgets { budgets, limits, epoch: Instant::now() })
+        let shared = shared.map(|(store, name)| {
+            let named: Vec<(&str, u64, u64)> =
+                limits.iter().map(|&(counted, window, limit)| (counted.name(), limit, window)).collect();
+            SharedBudgets::new(store.clone(), name, &named)
+        });
+        Some(KeyBudgets { budgets, limits, epoch: Instant::now(), shared })
     }
 
-    /// Whether these budgets have these limits (a reload keeps them then).
-    pub(crate) fn same_limits(&self, limits: &[BudgetLimit]) -> bool {
-        self.limits == limits
+    /// Whether these budgets have these limits and are kept where `shared` says (a reload keeps
+    /// them then).
+    pub(crate) fn same(&self, limits: &[BudgetLimit], shared: Option<&Arc<SharedStore>>) -> bool {
+        let store = self.shared.as_ref().map(|shared| &shared.store);
+        self.limits == limits && store.map(Arc::as_ptr) == shared.map(Arc::as_ptr)
     }
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Reserves `prompt` tokens and the output a request may ask for in every budget, or answers why
-    /// not: 429 with the seconds until it fits.
+    /// Reserves `prompt` tokens and the output a request may ask for in every budget of this
+    /// gateway's, or answers why not: 429 with the seconds until it fits.
     pub(crate) fn reserve(self: &Arc<Self>, prompt: u64, max_tokens: Option<u64>) -> Result<Reservation, GatewayError> {
-        let tokens = Tokens { prompt, completion: max_tokens.unwrap_or(DEFAULT_MAX_TOKENS) };
+        let tokens = Tokens::asked(prompt, max_tokens);
         let now = self.now_ms();
         for budget in &self.budgets {
             match budget.bucket.check(tokens.counted(budget.counted), now) {
                 Ok(()) => {}
-                Err(Shortfall::RetryAfterMs(ms)) => {
-                    return Err(GatewayError::TokensExceeded { retry_after_secs: ms.div_ceil(1000).max(1) })
-                }
+                Err(Shortfall::RetryAfterMs(ms)) => return Err(too_soon(ms)),
                 Err(Shortfall::TooLarge) => {
                     return Err(GatewayError::RequestTooLargeForBudget { tokens: tokens.counted(budget.counted) })
                 }
@@ -107,11 +132,32 @@ impl KeyBudgets {
         for budget in &self.budgets {
             budget.bucket.take(tokens.counted(budget.counted), now);
         }
-        Ok(Reservation { budgets: self.clone(), reserved: tokens, settled: false })
+        Ok(Reservation { budgets: self.clone(), reserved: tokens, settled: false, in_redis: false })
     }
 
-    /// Reserves what a request may cost: `estimate`'s prompt and the output it may ask for.
-    pub(crate) fn reserve_for(self: &Arc<Self>, estimate: &Estimate) -> Result<Reservation, GatewayError> {
+    /// Reserves what a request may cost: `estimate`'s prompt and the output it may ask for; in Redis
+    /// when the budgets are shared and it answers, else in this gateway's.
+    pub(crate) async fn reserve_for(self: &Arc<Self>, estimate: &Estimate) -> Result<Reservation, GatewayError> {
+        let Some(shared) = &self.shared else { return self.reserve(estimate.prompt, estimate.max_tokens) };
+        let tokens = Tokens::asked(estimate.prompt, estimate.max_tokens);
+        if let Some(budget) = self.budgets.iter().find(|b| tokens.counted(b.counted) > b.bucket.limit_and_window().0) {
+            return Err(GatewayError::RequestTooLargeForBudget { tokens: tokens.counted(budget.counted) });
+        }
+        if shared.store.reachable() {
+            let counts: Vec<i64> = self.budgets.iter().map(|b| signed(tokens.counted(b.counted))).collect();
+            match shared.reserve(&counts).await {
+                Some(Reserved::Levels(levels)) => {
+                    let now = self.now_ms();
+                    for (budget, level) in self.budgets.iter().zip(levels) {
+                        budget.bucket.mirror(level, now);
+                    }
+                    return Ok(Reservation { budgets: self.clone(), reserved: tokens, settled: false, in_redis: true });
+                }
+                Some(Reserved::Short(_, ms)) => return Err(too_soon(ms)),
+                None => {}
+            }
+        }
+        shared.store.fell_back();
         self.reserve(estimate.prompt, estimate.max_tokens)
     }
 
@@ -168,6 +214,8 @@ pub(crate) struct Reservation {
     budgets: Arc<KeyBudgets>,
     reserved: Tokens,
     settled: bool,
+    /// Reserved in Redis (shared budgets), not only in this gateway's.
+    in_redis: bool,
 }
 
 impl Reservation {
@@ -179,6 +227,33 @@ impl Reservation {
         for budget in &self.budgets.budgets {
             budget.bucket.settle(self.reserved.counted(budget.counted), used.counted(budget.counted), now);
         }
+        if self.budgets.shared.is_none() {
+            return;
+        }
+        // Shared (settled from a body's end, always on a worker's runtime): Redis took the reservation (so the difference is due), or nothing (so all of it).
+        let taken = if self.in_redis { self.reserved } else { Tokens::default() };
+        let due: Vec<i64> = self
+            .budgets
+            .budgets
+            .iter()
+            .map(|b| signed(used.counted(b.counted)).saturating_sub(signed(taken.counted(b.counted))))
+            .collect();
+        if due.iter().all(|tokens| *tokens == 0) {
+            return;
+        }
+        let (Some(shared), Ok(runtime)) = (&self.budgets.shared, tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        if !shared.store.reachable() {
+            shared.keep_unwritten(&due);
+            return;
+        }
+        let budgets = self.budgets.clone();
+        runtime.spawn(async move {
+            if let Some(shared) = &budgets.shared {
+                shared.settle(due).await;
+            }
+        });
     }
 }
 
@@ -468,13 +543,13 @@ mod tests {
         chunks: &[&'static str],
         budgets: &Arc<KeyBudgets>,
     ) -> Metered<impl Body<Data = Bytes, Error = BoxError>> {
-        let reservation = budgets.reserve_for(&ESTIMATE).unwrap();
+        let reservation = budgets.reserve(ESTIMATE.prompt, ESTIMATE.max_tokens).unwrap();
         Metered::new(body(chunks), "glm-4v".into(), Arc::from("glm-4v"), ESTIMATE).settling(Some(reservation))
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_reservation_settles_on_the_backends_usage_or_on_what_was_received() {
-        let budgets = Arc::new(KeyBudgets::new(vec![(Counted::Tokens, MINUTE, 10_000)]).unwrap());
+        let budgets = Arc::new(KeyBudgets::new(vec![(Counted::Tokens, MINUTE, 10_000)], None).unwrap());
         // Reserved 20 + 100; the usage, split across two frames, says 12 + 30.
         let mut answer = metered(&["{\"usage\":{\"prompt_tokens\":12,\"compl", "etion_tokens\":30}}"], &budgets);
         assert_eq!(remaining(&budgets), 10_000 - 120);
@@ -503,7 +578,7 @@ mod tests {
 
     #[tokio::test]
     async fn events_are_counted_by_their_blank_lines_and_usage_read_from_the_end() {
-        let budgets = Arc::new(KeyBudgets::new(vec![(Counted::Tokens, MINUTE, 10_000)]).unwrap());
+        let budgets = Arc::new(KeyBudgets::new(vec![(Counted::Tokens, MINUTE, 10_000)], None).unwrap());
         // CRLF separators (sse-starlette's), an event's end straddling two frames, and a body far
         // longer than the window with its usage (and a later `usage` of continuous stats) at the end.
         let long = Box::leak(format!("data: {}\r\n\r\n", "x".repeat(3 * WINDOW)).into_boxed_str());
@@ -524,7 +599,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn prompt_and_completion_caps_count_their_own_tokens() {
         let limits = vec![(Counted::Prompt, MINUTE, 50), (Counted::Completion, MINUTE, 100)];
-        let budgets = Arc::new(KeyBudgets::new(limits).unwrap());
+        let budgets = Arc::new(KeyBudgets::new(limits, None).unwrap());
         let left = |i: usize| budgets.budgets[i].bucket.remaining(budgets.now_ms());
         let mut first = budgets.reserve(40, Some(90)).unwrap();
         assert_eq!((left(0), left(1)), (10, 10));
@@ -555,7 +630,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_reservation_that_does_not_fit_says_when_it_will() {
         let budgets = Arc::new(
-            KeyBudgets::new(vec![(Counted::Tokens, MINUTE, 600), (Counted::Tokens, 1440 * MINUTE, 100_000)]).unwrap(),
+            KeyBudgets::new(vec![(Counted::Tokens, MINUTE, 600), (Counted::Tokens, 1440 * MINUTE, 100_000)], None)
+                .unwrap(),
         );
         let held = budgets.reserve(500, Some(0)).unwrap();
         match budgets.reserve(200, Some(0)) {

@@ -11,14 +11,17 @@
 
 pub(crate) mod budget;
 pub(crate) mod meter;
+pub(crate) mod shared_budget;
 pub(crate) mod usage;
 
-use crate::config::{parse_rate, parse_sha256, parse_time, ApiKeyConfig, KeyPriority, ZoneKey};
+use crate::config::{parse_rate, parse_sha256, parse_time, ApiKeyConfig, KeyPriority, SharedFallback, ZoneKey};
 use crate::error::{GatewayError, KeyRefusal};
 use crate::glob;
 use crate::policy::connlimit::ConnCounter;
 use crate::policy::ratelimit::{Limit, Zone};
+use crate::policy::shared_zone::SharedZone;
 use crate::policy::{self, ConnLimit, RateLimit};
+use crate::shared::SharedStore;
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::digest::{digest, SHA256};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -126,11 +129,13 @@ thread_local! {
 impl KeyStore {
     /// Compiles validated `[[api_key]]` tables; a key of `previous` with the same name and digest keeps
     /// its rate and concurrency counts, and every key's usage carries on. `models` are the model names
-    /// the rest of the config routes, which (with the keys' own, globs left out) label usage.
+    /// the rest of the config routes, which (with the keys' own, globs left out) label usage. With
+    /// `shared` (`[redis] share_api_keys`), each key's rate and token budgets are kept there.
     pub(crate) fn build<'a>(
         configs: &'a [ApiKeyConfig],
         previous: Option<&KeyStore>,
         models: impl IntoIterator<Item = &'a str>,
+        shared: Option<&Arc<SharedStore>>,
     ) -> KeyStore {
         let key_models = configs.iter().flat_map(|key| key.models.iter().map(|m| m.get_ref().as_str()));
         let mut store = KeyStore {
@@ -151,13 +156,16 @@ impl KeyStore {
                         .map(|l| l.zone.clone())
                         .filter(|zone| zone.same_settings(rate, 1, false))
                         .unwrap_or_else(|| Arc::new(Zone::new(rate, 1, false)));
+                    let zone_name = format!("api_key:{name}");
+                    let shared = shared
+                        .map(|store| Arc::new(SharedZone::new(store.clone(), &zone_name, true, SharedFallback::Local)));
                     RateLimit {
-                        zone_name: format!("api_key:{name}"),
+                        zone_name,
                         zone,
                         key: ZoneKey::ApiKey,
                         limit: Limit { burst: config.burst, delay: None },
                         status: StatusCode::TOO_MANY_REQUESTS,
-                        shared: None,
+                        shared,
                     }
                 })
                 .into_iter()
@@ -189,10 +197,9 @@ impl KeyStore {
                 client_priority: config.client_priority,
                 expires: config.expires.as_ref().and_then(|e| parse_time(e.get_ref())),
                 disabled: config.disabled,
-                budgets: kept
-                    .and_then(|k| k.budgets.clone())
-                    .filter(|b| b.same_limits(&config.budgets()))
-                    .or_else(|| KeyBudgets::new(config.budgets()).map(Arc::new)),
+                budgets: kept.and_then(|k| k.budgets.clone()).filter(|b| b.same(&config.budgets(), shared)).or_else(
+                    || KeyBudgets::new(config.budgets(), shared.map(|store| (store, name.as_str()))).map(Arc::new),
+                ),
                 usage: store.usage.key(&name),
                 name,
             });
@@ -365,12 +372,12 @@ mod tests {
         let source = crate::config::Source { name: "k.toml".into(), dir: Default::default(), text };
         let (configs, errors) = crate::config::parse_keys(&source);
         assert!(errors.is_empty(), "{errors:?}");
-        let store = KeyStore::build(&configs, None, []);
+        let store = KeyStore::build(&configs, None, [], None);
         assert_eq!(store.find(secret.as_bytes()).map(|k| k.name.clone()), Some("a".to_string()));
         assert_eq!(store.find(secret.as_bytes()).map(|k| k.name.clone()), Some("a".to_string()), "from the cache");
         assert!(store.find(b"ig-wrong").is_none());
         // A worker's cache never outlives the store it came from: a rebuild without the key revokes it.
-        let revoked = KeyStore::build(&[], Some(&store), []);
+        let revoked = KeyStore::build(&[], Some(&store), [], None);
         assert!(revoked.find(secret.as_bytes()).is_none());
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", secret.parse().unwrap());

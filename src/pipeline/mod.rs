@@ -281,7 +281,10 @@ async fn read_first(
     };
     ai::check_model(Some(key), &model)?;
     let estimate = Estimate::of(&body, chat.as_ref());
-    let reservation = key.budgets.as_ref().map(|budgets| budgets.reserve_for(&estimate)).transpose()?;
+    let reservation = match &key.budgets {
+        Some(budgets) => Some(budgets.reserve_for(&estimate).await?),
+        None => None,
+    };
     // A stream is metered on the backend's own usage: asked for when the client did not ask.
     let asked = estimate.unasked_stream.then(|| meter::asking_for_usage(&body)).flatten();
     let strip_usage = asked.is_some();

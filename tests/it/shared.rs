@@ -213,3 +213,136 @@ fn a_shared_zone_needs_redis_and_limit_conn_stays_local() {
         "{errors}"
     );
 }
+
+/// A gateway config whose one key may spend 1,000 tokens a minute, shared through `redis`, in front
+/// of `backend`.
+fn budget_config(redis: &str, backend: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[redis]
+url = "{redis}"
+retry = "200ms"
+share_api_keys = true
+
+[[api_key]]
+name = "app"
+sha256 = "{}"
+tokens_per_minute = 1000
+
+[[upstream]]
+name = "model"
+servers = [{{ addr = "{backend}" }}]
+
+[[server]]
+listen = ["127.0.0.1:0"]
+
+  [[server.location]]
+  prefix = "/v1/"
+  proxy = "model"
+  auth = "api_key"
+"#,
+        sha256_hex("ig-app")
+    )
+}
+
+/// A model whose every answer used 100 prompt and 100 completion tokens.
+async fn model() -> Backend {
+    Backend::start(|_| async {
+        http::Response::new(full(
+            r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"ok"}}],"usage":{"prompt_tokens":100,"completion_tokens":100,"total_tokens":200}}"#,
+        ))
+    })
+    .await
+}
+
+/// A chat completion of the key `app` that reserves 101 tokens (a one-token prompt, `max_tokens`).
+fn ask() -> http::Request<TestBody> {
+    http::Request::post("/v1/chat/completions")
+        .header("host", "localhost")
+        .header("authorization", "Bearer ig-app")
+        .header("content-type", "application/json")
+        .body(full(r#"{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#))
+        .unwrap()
+}
+
+/// The key's budget in Redis, in whole tokens (its level is kept in tokens times milliseconds).
+async fn budget_left(redis: &RedisServer) -> i64 {
+    let level: String = redis.command(&["HGET", "infergate:budget:app:tokens:1000/60000", "level"]).await;
+    level.parse::<i64>().unwrap() / 60_000
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: scripts/test.sh provisions it"]
+async fn one_keys_budget_is_spent_once_across_gateways() {
+    let redis = RedisServer::start();
+    let backend = model().await;
+    let (a, b) = (
+        TestGateway::start(&budget_config(&redis.url(), &backend.authority())).await,
+        TestGateway::start(&budget_config(&redis.url(), &backend.authority())).await,
+    );
+    let mut clients = [http1(a.addr("127.0.0.1:0")).await, http1(b.addr("127.0.0.1:0")).await];
+    // Each answer costs 200 tokens: five fit in 1,000, taken in turn from either gateway; each
+    // gateway's headers count what both spent.
+    let mut remaining = Vec::new();
+    for i in 0..5 {
+        let (status, headers, body) = send(&mut clients[i % 2], ask()).await;
+        assert_eq!(status, StatusCode::OK, "request {i}: {body}");
+        remaining.push(headers["x-ratelimit-remaining-tokens"].to_str().unwrap().parse::<i64>().unwrap());
+    }
+    assert!(remaining.windows(2).all(|pair| pair[1] <= pair[0] - 150), "{remaining:?}");
+    for client in &mut clients {
+        let (status, headers, body) = send(client, ask()).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert!(headers.contains_key("retry-after"));
+    }
+    // The reservations settled on the backend's usage: 5 x 200 spent, nothing held.
+    let started = Instant::now();
+    while budget_left(&redis).await > 10 {
+        assert!(started.elapsed() < Duration::from_secs(5), "left {}", budget_left(&redis).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: scripts/test.sh provisions it"]
+async fn what_a_key_spends_while_redis_is_down_is_written_when_it_returns() {
+    let mut redis = RedisServer::start();
+    let backend = model().await;
+    let gw = TestGateway::start(&budget_config(&redis.url(), &backend.authority())).await;
+    let admin = infergate::admin::start(gw.gateway.clone()).await.unwrap().unwrap();
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    assert_eq!(send(&mut client, ask()).await.0, StatusCode::OK);
+
+    // Down: the gateway's copy of the budget (800 left, as Redis last said) counts alone.
+    redis.stop();
+    for _ in 0..2 {
+        let (status, headers, _) = send(&mut client, ask()).await;
+        assert_eq!(status, StatusCode::OK);
+        let left: i64 = headers["x-ratelimit-remaining-tokens"].to_str().unwrap().parse().unwrap();
+        assert!(left < 800, "counted from Redis's last level: {left}");
+    }
+    let status: Value = fetch(admin, "/status").await.2.parse().unwrap();
+    assert!(status["redis"]["fallbacks"].as_u64().unwrap() >= 2, "{status}");
+
+    // Back, empty (a restart without persistence lost the first request's 200): the 400 spent
+    // meanwhile is written with the next request, which spends 200 more.
+    redis.restart();
+    let started = Instant::now();
+    while fetch(admin, "/status").await.2.parse::<Value>().unwrap()["redis"]["up"] != true {
+        assert!(started.elapsed() < Duration::from_secs(10), "Redis was not found again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(send(&mut client, ask()).await.0, StatusCode::OK);
+    let started = Instant::now();
+    loop {
+        let left = budget_left(&redis).await;
+        if (395..=410).contains(&left) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "Redis holds {left} tokens, not 1000 - 600");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
