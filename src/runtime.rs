@@ -186,12 +186,22 @@ impl Runtime {
     pub(crate) fn build(config: &Config, source: &Source, previous: Option<&Runtime>) -> Result<Runtime, ConfigErrors> {
         let mut errors: Vec<ConfigError> = Vec::new();
         let metrics = previous.map_or_else(Metrics::new, |p| p.metrics.clone());
+        let shared = config.redis.as_ref().and_then(|redis| {
+            let kept = previous.and_then(|p| p.shared.clone()).filter(|store| store.same_config(redis));
+            match kept.map_or_else(|| SharedStore::new(redis), Ok) {
+                Ok(store) => Some(store),
+                Err(e) => {
+                    errors.push(source.error(redis.url.span(), format!("invalid Redis URL: {e}")));
+                    None
+                }
+            }
+        });
         let mut upstreams = HashMap::new();
         let mut upstream_list = Vec::new();
         for upstream in &config.upstreams {
             let name = upstream.name.get_ref();
             let old = previous.and_then(|p| p.upstreams.get(name)).map(Arc::as_ref);
-            match Upstream::build(upstream, old, &metrics, upstream_list.len()) {
+            match Upstream::build(upstream, old, &metrics, upstream_list.len(), shared.as_ref()) {
                 Ok(built) => {
                     let built = Arc::new(built);
                     upstream_list.push(built.clone());
@@ -212,16 +222,6 @@ impl Runtime {
             let built = kept.cloned().unwrap_or_else(|| Arc::new(Zone::new(rate, zone.max_keys, zone.dry_run)));
             zones.insert(name.get_ref().clone(), built);
         }
-        let shared = config.redis.as_ref().and_then(|redis| {
-            let kept = previous.and_then(|p| p.shared.clone()).filter(|store| store.same_config(redis));
-            match kept.map_or_else(|| SharedStore::new(redis), Ok) {
-                Ok(store) => Some(store),
-                Err(e) => {
-                    errors.push(source.error(redis.url.span(), format!("invalid Redis URL: {e}")));
-                    None
-                }
-            }
-        });
         let shared_zones: HashMap<&str, Arc<SharedZone>> = config
             .limit_zones
             .iter()

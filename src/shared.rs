@@ -13,8 +13,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{FromRedisValue, ScriptInvocation};
+use redis::{Cmd, FromRedisValue, RedisResult, ScriptInvocation};
 use serde_json::{json, Value};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -82,6 +83,11 @@ impl SharedStore {
         self.down_until_ms.load(Ordering::Relaxed) <= self.now_ms()
     }
 
+    /// How long a slot lease outlives a gateway that stopped renewing it (`lease_ttl`).
+    pub(crate) fn lease_ttl(&self) -> Duration {
+        self.config.lease_ttl.0
+    }
+
     /// Seconds a client refused while Redis is down should wait: until it is tried again.
     pub(crate) fn retry_after_secs(&self) -> u64 {
         self.config.retry.0.as_secs_f64().ceil().max(1.0) as u64
@@ -96,7 +102,17 @@ impl SharedStore {
     /// it is marked down, see the module doc).
     pub(crate) async fn run<T: FromRedisValue>(self: &Arc<Self>, invocation: &ScriptInvocation<'_>) -> Option<T> {
         let mut connection = self.connection.clone();
-        let error = match tokio::time::timeout(self.config.timeout.0, invocation.invoke_async(&mut connection)).await {
+        self.within(invocation.invoke_async(&mut connection)).await
+    }
+
+    /// Runs one command within `timeout`, as `run` does.
+    pub(crate) async fn query<T: FromRedisValue>(self: &Arc<Self>, command: &Cmd) -> Option<T> {
+        let mut connection = self.connection.clone();
+        self.within(command.query_async(&mut connection)).await
+    }
+
+    async fn within<T>(self: &Arc<Self>, answer: impl Future<Output = RedisResult<T>>) -> Option<T> {
+        let error = match tokio::time::timeout(self.config.timeout.0, answer).await {
             Ok(Ok(value)) => return Some(value),
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no answer within {:?}", self.config.timeout.0),

@@ -232,6 +232,10 @@ pub(crate) struct UpstreamConfig {
     /// not idempotent, as a POST to a model is (nginx `proxy_next_upstream non_idempotent`; false).
     #[serde(default)]
     pub(crate) next_upstream_non_idempotent: bool,
+    /// Count `max_inflight` across every gateway that names the same `[redis]` (slot leases there;
+    /// default false).
+    #[serde(default = "unshared")]
+    pub(crate) shared_admission: Spanned<bool>,
 }
 
 fn default_retry_body_max() -> Size {
@@ -457,6 +461,13 @@ pub(crate) struct RedisConfig {
     /// Keep every API key's rate and token budgets here too (default false).
     #[serde(default)]
     pub(crate) share_api_keys: bool,
+    /// How long a slot lease of `shared_admission` outlives a gateway that stopped renewing it (10 s).
+    #[serde(default = "default_lease_ttl")]
+    pub(crate) lease_ttl: Span,
+}
+
+fn default_lease_ttl() -> Span {
+    Span(Duration::from_secs(10))
 }
 
 fn default_redis_timeout() -> Span {

@@ -262,6 +262,14 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
             errors.push(source.error(zone.shared.span(), message));
         }
     }
+    for upstream in &config.upstreams {
+        let shared = &upstream.shared_admission;
+        if *shared.get_ref() && config.redis.is_none() {
+            errors.push(source.error(shared.span(), "shared admission needs `[redis]` (its `url`) to lease slots in"));
+        } else if *shared.get_ref() && upstream.servers.iter().all(|server| server.max_inflight.is_none()) {
+            errors.push(source.error(shared.span(), "shared admission shares `max_inflight`, and no server sets one"));
+        }
+    }
     if let Some(redis) = &config.redis {
         if let Err(error) = redis::IntoConnectionInfo::into_connection_info(redis.url.get_ref().as_str()) {
             let message = format!("invalid Redis URL: {error} (expected redis://[USER:PASSWORD@]HOST:PORT[/DB])");
@@ -269,6 +277,9 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
         }
         if redis.timeout.0.is_zero() {
             errors.push(source.error(redis.url.span(), "[redis] timeout must be above zero"));
+        }
+        if redis.lease_ttl.0 < std::time::Duration::from_millis(300) {
+            errors.push(source.error(redis.url.span(), "[redis] lease_ttl must be at least 300ms"));
         }
     }
 

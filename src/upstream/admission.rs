@@ -4,6 +4,7 @@
 //! ends or its client leaves; what it frees goes straight to the waiters at the head of the queue
 //! that now fit. This is what keeps a burst of image requests from running a GPU out of memory.
 
+use super::shared_slots::SharedSlot;
 use crate::error::Rejection;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -78,12 +79,20 @@ pub(crate) struct Permit {
     server: usize,
     tokens: u64,
     armed: bool,
+    /// Its lease in Redis, with `shared_admission` (given back when dropped).
+    shared: Option<SharedSlot>,
 }
 
 impl Permit {
     /// Index of the server this slot is on, in the upstream's server order.
     pub(crate) fn server(&self) -> usize {
         self.server
+    }
+
+    /// The slot, holding `shared` too (its lease in Redis) until it is released.
+    pub(crate) fn with_shared(mut self, shared: Option<SharedSlot>) -> Permit {
+        self.shared = shared;
+        self
     }
 }
 
@@ -121,6 +130,11 @@ impl Admission {
     /// Whether this admission can carry over a reload to servers with `limits` and this queue.
     pub(crate) fn same_shape(&self, limits: &[ServerLimit], queue_max: usize, queue_timeout: Duration) -> bool {
         self.limits == limits && self.queue_max == queue_max && self.queue_timeout == queue_timeout
+    }
+
+    /// How long a request may wait for a slot (`queue.timeout`).
+    pub(crate) fn queue_timeout(&self) -> Duration {
+        self.queue_timeout
     }
 
     /// Whether some server limits estimated tokens: requests to it are estimated before they go.
@@ -180,7 +194,7 @@ impl Admission {
     fn hold(self: &Arc<Self>, state: &mut State, server: usize, tokens: u64) -> Permit {
         state.inflight[server] += 1;
         state.tokens[server] += tokens;
-        Permit { admission: self.clone(), server, tokens, armed: true }
+        Permit { admission: self.clone(), server, tokens, armed: true, shared: None }
     }
 
     fn free_server(

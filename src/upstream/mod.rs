@@ -10,6 +10,7 @@ mod http1;
 mod metrics_scrape;
 mod pool;
 mod probe;
+mod shared_slots;
 
 pub(crate) use metrics_scrape::{spawn_scrapes, LoadMetrics};
 
@@ -25,7 +26,9 @@ pub(crate) use pool::{PoolKey, PoolSettings, ServerPool, UpstreamConnection};
 use crate::config::{Balance, HashKey, UpstreamConfig, UpstreamTimeouts};
 use crate::error::Rejection;
 use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::shared::SharedStore;
 use http::uri::Authority;
+use shared_slots::SharedSlots;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -70,6 +73,8 @@ pub struct Upstream {
     pub(crate) timeouts: UpstreamTimeouts,
     /// Slots and queue, when some server has `max_inflight` or `max_inflight_tokens`.
     pub admission: Option<Arc<Admission>>,
+    /// With `shared_admission`: `max_inflight` leased in Redis, across gateways.
+    shared_slots: Option<Arc<SharedSlots>>,
     /// When a server counts as failed, and for how long it is skipped.
     pub(crate) fail_policy: FailPolicy,
     /// How a server is chosen.
@@ -221,6 +226,7 @@ impl Upstream {
         previous: Option<&Upstream>,
         metrics: &Metrics,
         id: usize,
+        shared: Option<&Arc<SharedStore>>,
     ) -> Result<Upstream, String> {
         let settings = PoolSettings {
             max_idle: config.keepalive,
@@ -258,6 +264,10 @@ impl Upstream {
                 .filter(|old| old.same_shape(&limits, queue_max, queue_timeout))
                 .unwrap_or_else(|| Admission::new(limits.clone(), queue_max, queue_timeout))
         });
+        let shared_slots = shared.filter(|_| *config.shared_admission.get_ref()).map(|store| {
+            let addrs: Vec<&str> = config.servers.iter().map(|s| s.addr.get_ref().as_str()).collect();
+            SharedSlots::new(store.clone(), config.name.get_ref(), &addrs, store.lease_ttl())
+        });
         Ok(Upstream {
             id,
             name: config.name.get_ref().as_str().into(),
@@ -265,6 +275,7 @@ impl Upstream {
             servers,
             timeouts: config.timeouts,
             admission,
+            shared_slots,
             fail_policy: FailPolicy { max_fails: config.max_fails, fail_timeout: config.fail_timeout.0 },
             balance: config.balance,
             weighted: {
@@ -333,8 +344,20 @@ impl Upstream {
                     prefer: preferred,
                     tokens: facts.tokens,
                 };
+                let deadline = ask.wait.then(|| tokio::time::Instant::now() + admission.queue_timeout());
                 let permit = admission.acquire(eligible, ask).await.map_err(Unavailable::Overloaded)?;
-                Ok((permit.server(), Some(permit)))
+                let server = permit.server();
+                let permit = match (&self.shared_slots, self.servers[server].max_inflight) {
+                    (Some(slots), Some(max)) => match slots.lease(server, max, deadline).await {
+                        Ok(slot) => permit.with_shared(slot),
+                        Err(()) if ask.wait => {
+                            return Err(Unavailable::Overloaded(Rejection::QueueTimeout { retry_after: 1 }))
+                        }
+                        Err(()) => return Err(Unavailable::Overloaded(Rejection::QueueFull { retry_after: 1 })),
+                    },
+                    _ => permit,
+                };
+                Ok((server, Some(permit)))
             }
         }
     }

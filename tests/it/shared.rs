@@ -346,3 +346,112 @@ async fn what_a_key_spends_while_redis_is_down_is_written_when_it_returns() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Gateways in front of `sim` with 3 slots leased through `redis`, their leases living 1 s.
+fn admission_config(redis: &str, sim: &infergate::sim::Sim) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[redis]
+url = "{redis}"
+lease_ttl = "1s"
+
+[[upstream]]
+name = "model"
+servers = [{{ addr = "{}", max_inflight = 3 }}]
+queue = {{ max = 64, timeout = "5s" }}
+shared_admission = true
+
+[[server]]
+listen = ["127.0.0.1:0"]
+
+  [[server.location]]
+  prefix = "/"
+  proxy = "model"
+"#,
+        sim.addr
+    )
+}
+
+fn generate(max_tokens: u32) -> http::Request<TestBody> {
+    let body =
+        serde_json::json!({"stream": true, "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]});
+    http::Request::post("/v1/chat/completions").header("host", "localhost").body(full(body.to_string())).unwrap()
+}
+
+/// Gateway processes started on `config`, with their traffic addresses.
+fn gateways(count: usize, config: &str) -> (tempfile::TempDir, Vec<Running>, Vec<std::net::SocketAddr>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("infergate.toml");
+    std::fs::write(&path, config).unwrap();
+    let running: Vec<Running> = (0..count).map(|_| Running::start(&path)).collect();
+    let addrs = running
+        .iter()
+        .map(|gateway| gateway.wait_for("infergate: listening on ").rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    (dir, running, addrs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: scripts/test.sh provisions it"]
+async fn three_gateways_never_admit_more_than_the_models_slots_together() {
+    use infergate::sim::{engine::LatencyModel, Sim, SimOptions};
+    let redis = RedisServer::start();
+    let model = LatencyModel { slots: 100, prefill_base_ms: 30.0, decode_ms: 10.0, ..LatencyModel::default() };
+    let sim = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
+    let (_dir, _running, addrs) = gateways(3, &admission_config(&redis.url(), &sim));
+    // 18 requests at once, 6 through each gateway: each gateway alone would send 3 at a time.
+    let requests: Vec<_> = (0..18)
+        .map(|i| {
+            let addr = addrs[i % 3];
+            tokio::spawn(async move { send(&mut http1(addr).await, generate(8)).await })
+        })
+        .collect();
+    for request in requests {
+        let (status, _, body) = request.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(sim.stats()["completed"], 18);
+    assert_eq!(sim.stats()["max_running"], 3, "the model saw its max_inflight at most, from three gateways");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: scripts/test.sh provisions it"]
+async fn a_gateway_that_dies_gives_its_slots_back_within_the_leases_life() {
+    use infergate::sim::{engine::LatencyModel, Sim, SimOptions};
+    let redis = RedisServer::start();
+    let model = LatencyModel { slots: 100, prefill_base_ms: 10.0, decode_ms: 10.0, ..LatencyModel::default() };
+    let sim = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
+    let (_dir, mut running, addrs) = gateways(2, &admission_config(&redis.url(), &sim));
+    // The first gateway holds every slot with three long streams (1,000 tokens: 10 s).
+    let long: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = addrs[0];
+            tokio::spawn(async move {
+                // Read to its end (or the gateway's death): dropped, the stream would end at once.
+                let _ = send(&mut http1(addr).await, generate(1000)).await;
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    while sim.stats()["running"] != 3 {
+        assert!(started.elapsed() < Duration::from_secs(10), "{}", sim.stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (second, asked) = (addrs[1], Instant::now());
+    let waiting = tokio::spawn(async move { send(&mut http1(second).await, generate(4)).await });
+    // Longer than a lease's life: the first gateway renews its leases while its streams run.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!waiting.is_finished(), "the second gateway waits: the first holds the model's three slots");
+    // Killed, the first renews nothing: its leases lapse within 1 s and the waiting request is served.
+    drop(running.remove(0));
+    let (status, _, body) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(asked.elapsed() < Duration::from_secs(5), "served within its queue's timeout");
+    assert!(sim.stats()["max_running"].as_u64().unwrap() <= 3, "{}", sim.stats());
+    for stream in long {
+        stream.abort();
+    }
+}
