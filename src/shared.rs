@@ -5,8 +5,9 @@
 //! the first answer marks it up again. Said in /status and in the metrics `infergate_redis_up`,
 //! `infergate_redis_errors_total` and `infergate_redis_fallbacks_total`.
 //!
-//! The connection's own task runs on the runtime that loaded the config (the main thread's), so a
-//! worker's command crosses one thread on its way; a command is a round trip to Redis anyway.
+//! The connection is made on first use (so `infergate check` and a gateway whose Redis is down both
+//! start), and its own task runs on the runtime of that first use, a worker's: the other workers'
+//! commands cross one thread on their way; a command is a round trip to Redis anyway.
 
 use crate::config::RedisConfig;
 use prometheus_client::metrics::counter::Counter;
@@ -17,7 +18,7 @@ use redis::{Cmd, FromRedisValue, RedisResult, ScriptInvocation};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -26,7 +27,8 @@ pub(crate) struct SharedStore {
     config: RedisConfig,
     /// The URL without its password, for /status and logs.
     shown_url: String,
-    connection: ConnectionManager,
+    client: redis::Client,
+    connection: OnceLock<Result<ConnectionManager, String>>,
     /// While `now_ms` is below this, Redis is taken as down (0: up).
     down_until_ms: AtomicU64,
     epoch: Instant,
@@ -38,19 +40,14 @@ pub(crate) struct SharedStore {
 }
 
 impl SharedStore {
-    /// The store `config` names; it connects on first use, so a gateway starts while its Redis is
-    /// down. Must run inside a tokio runtime, which then drives the connection.
+    /// The store `config` names; it connects on first use.
     pub(crate) fn new(config: &RedisConfig) -> Result<Arc<SharedStore>, String> {
         let client = redis::Client::open(config.url.get_ref().as_str()).map_err(|e| e.to_string())?;
-        let settings = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.timeout.0))
-            .set_connection_timeout(Some(config.timeout.0.max(Duration::from_millis(200))))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(client, settings).map_err(|e| e.to_string())?;
         Ok(Arc::new(SharedStore {
             config: config.clone(),
             shown_url: without_password(config.url.get_ref()),
-            connection,
+            client,
+            connection: OnceLock::new(),
             down_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             probing: AtomicBool::new(false),
@@ -98,16 +95,34 @@ impl SharedStore {
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The connection, made on first use (inside a tokio runtime, which then drives it).
+    fn connection(self: &Arc<Self>) -> Option<ConnectionManager> {
+        let made = self.connection.get_or_init(|| {
+            let settings = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(self.config.timeout.0))
+                .set_connection_timeout(Some(self.config.timeout.0.max(Duration::from_millis(200))))
+                .set_number_of_retries(1);
+            ConnectionManager::new_lazy_with_config(self.client.clone(), settings).map_err(|e| e.to_string())
+        });
+        match made {
+            Ok(connection) => Some(connection.clone()),
+            Err(error) => {
+                self.mark_down(error.clone());
+                None
+            }
+        }
+    }
+
     /// Runs a script invocation within `timeout`; `None` when Redis failed or took too long (then
     /// it is marked down, see the module doc).
     pub(crate) async fn run<T: FromRedisValue>(self: &Arc<Self>, invocation: &ScriptInvocation<'_>) -> Option<T> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection()?;
         self.within(invocation.invoke_async(&mut connection)).await
     }
 
     /// Runs one command within `timeout`, as `run` does.
     pub(crate) async fn query<T: FromRedisValue>(self: &Arc<Self>, command: &Cmd) -> Option<T> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection()?;
         self.within(command.query_async(&mut connection)).await
     }
 
@@ -172,7 +187,8 @@ async fn probe(store: Weak<SharedStore>) {
         let Some(wait) = store.upgrade().map(|store| store.config.retry.0) else { return };
         tokio::time::sleep(wait).await;
         let Some(store) = store.upgrade() else { return };
-        let mut connection = store.connection.clone();
+        // Made before the first failure; an error making it is a config's, and lasts until a reload.
+        let Some(Ok(mut connection)) = store.connection.get().cloned() else { return };
         let ping = redis::cmd("PING");
         let answered = matches!(
             tokio::time::timeout(store.config.timeout.0, ping.query_async::<String>(&mut connection)).await,

@@ -10,6 +10,7 @@ mod canary;
 mod cli;
 mod client_wire;
 mod compression;
+mod deploy;
 mod edge;
 mod health;
 mod hostile;
