@@ -1,13 +1,13 @@
 //! The Redis that several gateways share their limits through (`[redis]`). One multiplexed
-//! connection per config (redis-rs's `ConnectionManager`, which reconnects by itself), every command
+//! connection per worker thread (redis-rs's `ConnectionManager`, which reconnects by itself), every command
 //! bounded by `timeout`. When a command fails or times out the store is marked down: for `retry`
 //! every shared limit takes its fallback at once, without waiting on Redis, while one task pings it;
 //! the first answer marks it up again. Said in /status and in the metrics `infergate_redis_up`,
 //! `infergate_redis_errors_total` and `infergate_redis_fallbacks_total`.
 //!
-//! The connection is made on first use (so `infergate check` and a gateway whose Redis is down both
-//! start), and its own task runs on the runtime of that first use, a worker's: the other workers'
-//! commands cross one thread on their way; a command is a round trip to Redis anyway.
+//! A thread's connection is made on its first use (so `infergate check` and a gateway whose Redis is
+//! down both start), and its own task runs on that thread's runtime: a request's command crosses no
+//! thread, as nothing else on the request path does, and no worker waits on another's turn.
 
 use crate::config::RedisConfig;
 use prometheus_client::metrics::counter::Counter;
@@ -18,7 +18,8 @@ use redis::{Cmd, FromRedisValue, RedisResult, ScriptInvocation};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::thread::ThreadId;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -28,7 +29,8 @@ pub(crate) struct SharedStore {
     /// The URL without its password, for /status and logs.
     shown_url: String,
     client: redis::Client,
-    connection: OnceLock<Result<ConnectionManager, String>>,
+    /// Per thread that used the store: its connection (made on first use).
+    connections: Mutex<Vec<(ThreadId, ConnectionManager)>>,
     /// While `now_ms` is below this, Redis is taken as down (0: up).
     down_until_ms: AtomicU64,
     epoch: Instant,
@@ -47,7 +49,7 @@ impl SharedStore {
             config: config.clone(),
             shown_url: without_password(config.url.get_ref()),
             client,
-            connection: OnceLock::new(),
+            connections: Mutex::new(Vec::new()),
             down_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             probing: AtomicBool::new(false),
@@ -95,19 +97,25 @@ impl SharedStore {
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The connection, made on first use (inside a tokio runtime, which then drives it).
+    /// This thread's connection, made on its first use (inside a tokio runtime, which then drives it).
     fn connection(self: &Arc<Self>) -> Option<ConnectionManager> {
-        let made = self.connection.get_or_init(|| {
-            let settings = ConnectionManagerConfig::new()
-                .set_response_timeout(Some(self.config.timeout.0))
-                .set_connection_timeout(Some(self.config.timeout.0.max(Duration::from_millis(200))))
-                .set_number_of_retries(1);
-            ConnectionManager::new_lazy_with_config(self.client.clone(), settings).map_err(|e| e.to_string())
-        });
-        match made {
-            Ok(connection) => Some(connection.clone()),
+        let thread = std::thread::current().id();
+        let mut connections = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, connection)) = connections.iter().find(|(owner, _)| *owner == thread) {
+            return Some(connection.clone());
+        }
+        let settings = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.config.timeout.0))
+            .set_connection_timeout(Some(self.config.timeout.0.max(Duration::from_millis(200))))
+            .set_number_of_retries(1);
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), settings) {
+            Ok(connection) => {
+                connections.push((thread, connection.clone()));
+                Some(connection)
+            }
             Err(error) => {
-                self.mark_down(error.clone());
+                drop(connections);
+                self.mark_down(error.to_string());
                 None
             }
         }
@@ -187,8 +195,7 @@ async fn probe(store: Weak<SharedStore>) {
         let Some(wait) = store.upgrade().map(|store| store.config.retry.0) else { return };
         tokio::time::sleep(wait).await;
         let Some(store) = store.upgrade() else { return };
-        // Made before the first failure; an error making it is a config's, and lasts until a reload.
-        let Some(Ok(mut connection)) = store.connection.get().cloned() else { return };
+        let Some(mut connection) = store.connection() else { return };
         let ping = redis::cmd("PING");
         let answered = matches!(
             tokio::time::timeout(store.config.timeout.0, ping.query_async::<String>(&mut connection)).await,
