@@ -124,24 +124,36 @@ impl SharedStore {
     /// Runs a script invocation within `timeout`; `None` when Redis failed or took too long (then
     /// it is marked down, see the module doc).
     pub(crate) async fn run<T: FromRedisValue>(self: &Arc<Self>, invocation: &ScriptInvocation<'_>) -> Option<T> {
-        let mut connection = self.connection()?;
-        self.within(invocation.invoke_async(&mut connection)).await
+        self.within(|mut connection| async move { invocation.invoke_async(&mut connection).await }).await
     }
 
     /// Runs one command within `timeout`, as `run` does.
     pub(crate) async fn query<T: FromRedisValue>(self: &Arc<Self>, command: &Cmd) -> Option<T> {
-        let mut connection = self.connection()?;
-        self.within(command.query_async(&mut connection)).await
+        self.within(|mut connection| async move { command.query_async(&mut connection).await }).await
     }
 
-    async fn within<T>(self: &Arc<Self>, answer: impl Future<Output = RedisResult<T>>) -> Option<T> {
-        let error = match tokio::time::timeout(self.config.timeout.0, answer).await {
-            Ok(Ok(value)) => return Some(value),
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => format!("no answer within {:?}", self.config.timeout.0),
-        };
-        self.mark_down(error);
-        None
+    /// `attempt` on this thread's connection within `timeout`. A connection Redis dropped (it
+    /// restarted since this thread last asked) is made again and asked once more: each thread's
+    /// connection finds out on its own, and the first command after a restart is not lost to it.
+    async fn within<T, Answer>(self: &Arc<Self>, attempt: impl Fn(ConnectionManager) -> Answer) -> Option<T>
+    where
+        Answer: Future<Output = RedisResult<T>>,
+    {
+        let deadline = Instant::now() + self.config.timeout.0;
+        let mut again = true;
+        loop {
+            let error = match tokio::time::timeout_at(deadline, attempt(self.connection()?)).await {
+                Ok(Ok(value)) => return Some(value),
+                Ok(Err(error)) if again && error.is_connection_dropped() => {
+                    again = false;
+                    continue;
+                }
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => format!("no answer within {:?}", self.config.timeout.0),
+            };
+            self.mark_down(error);
+            return None;
+        }
     }
 
     /// Marks Redis down for `retry` and starts the task that pings it, unless one runs.

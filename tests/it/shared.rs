@@ -292,7 +292,9 @@ async fn one_keys_budget_is_spent_once_across_gateways() {
         assert_eq!(status, StatusCode::OK, "request {i}: {body}");
         remaining.push(headers["x-ratelimit-remaining-tokens"].to_str().unwrap().parse::<i64>().unwrap());
     }
-    assert!(remaining.windows(2).all(|pair| pair[1] <= pair[0] - 150), "{remaining:?}");
+    // Each reservation takes 101 (a settlement may land after the next reservation: it is sent on
+    // its own, perhaps by another worker).
+    assert!(remaining.windows(2).all(|pair| pair[1] <= pair[0] - 100), "{remaining:?}");
     for client in &mut clients {
         let (status, headers, body) = send(client, ask()).await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
@@ -315,6 +317,11 @@ async fn what_a_key_spends_while_redis_is_down_is_written_when_it_returns() {
     let admin = infergate::admin::start(gw.gateway.clone()).await.unwrap().unwrap();
     let mut client = http1(gw.addr("127.0.0.1:0")).await;
     assert_eq!(send(&mut client, ask()).await.0, StatusCode::OK);
+    let started = Instant::now();
+    while budget_left(&redis).await > 800 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the first request did not settle");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // Down: the gateway's copy of the budget (800 left, as Redis last said) counts alone.
     redis.stop();
