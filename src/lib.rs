@@ -25,6 +25,7 @@ mod images;
 pub mod keys;
 mod metrics;
 mod pages;
+mod pem;
 mod pipeline;
 pub mod policy;
 mod proxy;

@@ -201,13 +201,21 @@ impl Runtime {
         for upstream in &config.upstreams {
             let name = upstream.name.get_ref();
             let old = previous.and_then(|p| p.upstreams.get(name)).map(Arc::as_ref);
-            match Upstream::build(upstream, old, &metrics, upstream_list.len(), shared.as_ref()) {
-                Ok(built) => {
+            match Upstream::build(upstream, old, &metrics, upstream_list.len(), shared.as_ref(), source) {
+                Ok(mut built) => {
+                    built.request_headers = request_edits(&upstream.proxy_set_header);
                     let built = Arc::new(built);
                     upstream_list.push(built.clone());
                     upstreams.insert(name.clone(), built);
                 }
                 Err(e) => errors.push(source.error(upstream.name.span(), e)),
+            }
+        }
+        // Fallbacks, once every upstream is built (validation allows one step, so no cycle).
+        for upstream in &config.upstreams {
+            let fallback = upstream.fallback.as_ref().and_then(|name| upstreams.get(name.get_ref()));
+            if let (Some(built), Some(fallback)) = (upstreams.get(upstream.name.get_ref()), fallback) {
+                let _ = built.fallback.set(fallback.clone());
             }
         }
 

@@ -8,8 +8,6 @@
 use crate::config::{ConfigError, Source, TlsConfig};
 use crate::route::NameTable;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::SupportedCipherSuite;
@@ -28,14 +26,8 @@ pub(crate) struct TlsSite<'a> {
 pub(crate) fn load_certified_key(tls: &TlsConfig, source: &Source) -> Result<Arc<CertifiedKey>, ConfigError> {
     let cert_path = source.resolve(tls.cert.get_ref());
     let key_path = source.resolve(tls.key.get_ref());
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .and_then(|certs| certs.collect::<Result<_, _>>())
-        .map_err(|e| source.error(tls.cert.span(), format!("cannot load certificate {}: {e}", cert_path.display())))?;
-    if chain.is_empty() {
-        return Err(source.error(tls.cert.span(), format!("no certificate in {} (expected PEM)", cert_path.display())));
-    }
-    let key = PrivateKeyDer::from_pem_file(&key_path)
-        .map_err(|e| source.error(tls.key.span(), format!("cannot load private key {}: {e}", key_path.display())))?;
+    let chain = crate::pem::certificates(&cert_path).map_err(|e| source.error(tls.cert.span(), e))?;
+    let key = crate::pem::private_key(&key_path).map_err(|e| source.error(tls.key.span(), e))?;
     let provider = aws_lc_rs::default_provider();
     let certified = CertifiedKey::from_der(chain, key, &provider)
         .map_err(|e| source.error(tls.key.span(), format!("certificate and key do not fit together: {e}")))?;

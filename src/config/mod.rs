@@ -12,7 +12,9 @@ pub use load::{ConfigError, ConfigErrors, Source};
 pub use schema::*;
 pub(crate) use units::Size;
 pub(crate) use validate::{parse_header_match, parse_listen, validate, validate_keys};
-pub(crate) use values::{parse_net, parse_rate, parse_sha256, parse_time, Balance, Encoding, HashKey, ZoneKey};
+pub(crate) use values::{
+    parse_net, parse_rate, parse_sha256, parse_time, Balance, Encoding, HashKey, ServerAddr, ZoneKey,
+};
 
 /// The config used when no `--config` is given and `./infergate.toml` does not exist: the seed's model
 /// service on 127.0.0.1:8080 behind a gateway on 127.0.0.1:8000.

@@ -236,6 +236,31 @@ pub(crate) struct UpstreamConfig {
     /// default false).
     #[serde(default = "unshared")]
     pub(crate) shared_admission: Spanned<bool>,
+    /// How `https://` servers are reached: roots, server name, client certificate (default: the
+    /// system's roots, the server's host name, none).
+    #[serde(default)]
+    pub(crate) tls: UpstreamTlsConfig,
+    /// The upstream a request goes to when every server of this one is down or its queue is full
+    /// (default none).
+    pub(crate) fallback: Option<Spanned<String>>,
+    /// Request headers set on every request sent to this upstream, `""` removing one (a hosted
+    /// provider's API key; default none).
+    #[serde(default)]
+    pub(crate) proxy_set_header: BTreeMap<String, String>,
+}
+
+/// `tls = { ca, server_name, cert, key }` of an upstream, for its `https://` servers.
+#[derive(Debug, Deserialize, Clone, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamTlsConfig {
+    /// PEM file of the roots that may sign the servers' certificates (default: the system's).
+    pub(crate) ca: Option<Spanned<PathBuf>>,
+    /// The name sent (SNI) and checked in the certificate (default: each server's host).
+    pub(crate) server_name: Option<Spanned<String>>,
+    /// PEM certificate chain presented to servers that ask for one (with `key`).
+    pub(crate) cert: Option<Spanned<PathBuf>>,
+    /// PEM private key of `cert`.
+    pub(crate) key: Option<Spanned<PathBuf>>,
 }
 
 fn default_retry_body_max() -> Size {
@@ -351,7 +376,8 @@ fn default_pool_idle() -> Span {
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpstreamServerConfig {
-    /// `host:port` of the backend, e.g. `"127.0.0.1:8080"`.
+    /// `host:port` of the backend, e.g. `"127.0.0.1:8080"`, or `https://host[:port]` (443 by
+    /// default) for one reached over TLS.
     pub(crate) addr: Spanned<String>,
     /// Most requests sent to this server at once (its batch slots); unset: no limit.
     pub(crate) max_inflight: Option<Spanned<usize>>,

@@ -3,7 +3,7 @@
 
 use super::load::{ConfigError, ConfigErrors, Source};
 use super::schema::{ApiKeyConfig, CompressConfig, Config, LocationConfig};
-use super::values::{parse_net, parse_rate, parse_sha256, parse_time, Balance, Encoding, HashKey, ZoneKey};
+use super::values::{parse_net, parse_rate, parse_sha256, parse_time, Balance, Encoding, HashKey, ServerAddr, ZoneKey};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
@@ -129,6 +129,29 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
                 format!("upstream `{name}` has no servers (expected at least one `{{ addr = \"host:port\" }}`)"),
             ));
         }
+        if let Some(fallback) = &upstream.fallback {
+            let target = config.upstreams.iter().find(|other| other.name.get_ref() == fallback.get_ref());
+            match target {
+                None if !config.upstreams_incomplete => errors.push(source.error(
+                    fallback.span(),
+                    format!("unknown fallback upstream `{}` (define it as an [[upstream]])", fallback.get_ref()),
+                )),
+                Some(other) if other.name.get_ref() == name => {
+                    errors.push(source.error(fallback.span(), "an upstream cannot be its own fallback"))
+                }
+                Some(other) if other.fallback.is_some() => errors.push(source.error(
+                    fallback.span(),
+                    format!("fallback upstream `{}` has a fallback of its own (one step only)", fallback.get_ref()),
+                )),
+                _ => {}
+            }
+        }
+        if upstream.tls.cert.is_some() != upstream.tls.key.is_some() {
+            errors.push(
+                source.error(upstream.name.span(), "tls: a client `cert` needs its `key`, and a `key` its `cert`"),
+            );
+        }
+        check_headers(&BTreeMap::new(), &upstream.proxy_set_header, &[], &upstream.name.span(), source, &mut errors);
         if let Some(health) = &upstream.health {
             if !health.path.get_ref().starts_with('/') {
                 errors.push(source.error(health.path.span(), "health.path must start with `/`"));
@@ -177,10 +200,13 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
                     source.error(max.span(), "max_inflight_tokens must be at least 1 (leave it out for no limit)"),
                 );
             }
-            if !is_host_port(server.addr.get_ref()) {
+            if ServerAddr::parse(server.addr.get_ref()).is_none() {
                 errors.push(source.error(
                     server.addr.span(),
-                    format!("invalid upstream server address {:?} (expected host:port)", server.addr.get_ref()),
+                    format!(
+                        "invalid upstream server address {:?} (expected host:port or https://host[:port])",
+                        server.addr.get_ref()
+                    ),
                 ));
             }
         }
@@ -403,13 +429,6 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
 pub(crate) fn parse_header_match(text: &str) -> Option<(http::HeaderName, http::HeaderValue)> {
     let (name, value) = text.split_once(':')?;
     Some((http::HeaderName::from_bytes(name.trim().as_bytes()).ok()?, http::HeaderValue::from_str(value.trim()).ok()?))
-}
-
-fn is_host_port(text: &str) -> bool {
-    match text.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
-        None => false,
-    }
 }
 
 /// Checks `add_header`, `proxy_set_header` and `proxy_hide_header` of a server or location.

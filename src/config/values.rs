@@ -9,6 +9,40 @@ use serde::Deserialize;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
+/// An upstream server's `addr`: `host:port` or `http://host:port` in cleartext, `https://host[:port]`
+/// (port 443 unless given) over TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServerAddr {
+    /// `host:port`.
+    pub(crate) authority: String,
+    /// Reached over TLS.
+    pub(crate) tls: bool,
+}
+
+impl ServerAddr {
+    /// Parses the forms above; `None` for anything else (a path, a port of 0).
+    pub(crate) fn parse(text: &str) -> Option<ServerAddr> {
+        let (rest, tls) = match text.split_once("://") {
+            Some(("https", rest)) => (rest, true),
+            Some(("http", rest)) => (rest, false),
+            Some(_) => return None,
+            None => (text, false),
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() => (host, port.parse::<u16>().ok().filter(|&p| p != 0)?),
+            None if tls && !rest.is_empty() => (rest, 443),
+            _ => return None,
+        };
+        (!host.contains('/')).then(|| ServerAddr { authority: format!("{host}:{port}"), tls })
+    }
+
+    /// The host, without its port.
+    pub(crate) fn host(&self) -> &str {
+        self.authority.rsplit_once(':').map_or(&self.authority, |(host, _)| host)
+    }
+}
+
 /// `balance = "round_robin" | "least_inflight"` of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -156,6 +190,21 @@ impl Encoding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_addresses_are_host_port_or_urls() {
+        let addr = |text| ServerAddr::parse(text).map(|a| (a.authority, a.tls));
+        assert_eq!(addr("127.0.0.1:8080"), Some(("127.0.0.1:8080".into(), false)));
+        assert_eq!(addr("http://model:8000"), Some(("model:8000".into(), false)));
+        assert_eq!(addr("https://api.openai.com"), Some(("api.openai.com:443".into(), true)));
+        assert_eq!(addr("https://api.openai.com/"), Some(("api.openai.com:443".into(), true)));
+        assert_eq!(addr("https://10.0.0.5:8443"), Some(("10.0.0.5:8443".into(), true)));
+        assert_eq!(addr("[::1]:8080"), Some(("[::1]:8080".into(), false)));
+        for bad in ["model", "http://model", "ftp://x:1", "h:0", "https://x/v1", ":80", "h:port"] {
+            assert_eq!(addr(bad), None, "{bad}");
+        }
+        assert_eq!(ServerAddr::parse("https://api.openai.com").unwrap().host(), "api.openai.com");
+    }
 
     #[test]
     fn rates_parse_like_nginx() {

@@ -124,6 +124,7 @@ pub(crate) struct Metrics {
     upstream_connect_time: Histograms<UpstreamLabels>,
     queue_wait: Histograms<UpstreamLabels>,
     retries: Counters<UpstreamLabels>,
+    fallbacks: Counters<UpstreamLabels>,
     pool_connections: Counters<PoolLabels>,
     gateway_added: ShardedHistogram,
     rejections: Counters<ReasonLabels>,
@@ -153,6 +154,7 @@ impl Metrics {
             upstream_connect_time: histograms(|| ShardedHistogram::new(&CONNECT_BUCKETS)),
             queue_wait: histograms(|| ShardedHistogram::new(&QUEUE_BUCKETS)),
             retries: Family::default(),
+            fallbacks: Family::default(),
             pool_connections: Family::default(),
             gateway_added: ShardedHistogram::new(&GATEWAY_BUCKETS),
             rejections: Family::default(),
@@ -214,6 +216,11 @@ impl Metrics {
             metrics.queue_wait.clone(),
         );
         registry.register("upstream_retries", "Requests sent again to another server", metrics.retries.clone());
+        registry.register(
+            "upstream_fallbacks",
+            "Requests sent to an upstream's fallback: every server down, or its queue full",
+            metrics.fallbacks.clone(),
+        );
         registry.register(
             "upstream_connections",
             "Backend connections used, reused from the pool or new",
@@ -291,6 +298,7 @@ impl Metrics {
             connect_time: self.upstream_connect_time.get_or_create_owned(&labels),
             queue_wait: self.queue_wait.get_or_create_owned(&labels),
             retries: self.retries.get_or_create_owned(&labels),
+            fallbacks: self.fallbacks.get_or_create_owned(&labels),
             reused: pool("reused"),
             opened: pool("new"),
         }
@@ -402,6 +410,8 @@ pub(crate) struct UpstreamMetrics {
     pub(crate) queue_wait: ShardedHistogram,
     /// Requests sent again.
     pub(crate) retries: ShardedCounter,
+    /// Requests this upstream sent to its fallback.
+    pub(crate) fallbacks: ShardedCounter,
     /// Pooled connections reused.
     pub(crate) reused: ShardedCounter,
     /// Connections opened.

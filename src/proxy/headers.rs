@@ -61,11 +61,20 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// `Host`, as a forwarding header: what a server reached over TLS is sent instead of the client's.
+pub(super) static HOST: HeaderName = header::HOST;
+
 /// The headers the proxy adds to a forwarded request: `X-Forwarded-For` (the client appended to any
 /// it came with), `X-Real-IP`, `X-Forwarded-Proto`. The upstream connection writes them after the
 /// request's own headers, which lose any of these names: they never enter the request's map, which
 /// saved three insertions and the map's growth per request.
 pub(crate) type Forwarding = [(&'static HeaderName, HeaderValue); 3];
+
+/// `forwarding` with `Host: host` (a server reached over TLS is sent its own name).
+pub(super) fn with_host(forwarding: &Forwarding, host: &HeaderValue) -> [(&'static HeaderName, HeaderValue); 4] {
+    let [first, second, third] = forwarding.clone();
+    [first, second, third, (&HOST, host.clone())]
+}
 
 /// Rewrites a client request's headers for the backend: hop-by-hop headers go, `Host` stays as the
 /// client sent it (port kept; `host` is set when the request carried none, as HTTP/2 requests carry

@@ -113,6 +113,7 @@ async fn forward_body(
         true => None,
         false => head.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
+    upstream.request_headers.apply(head.headers_mut());
     let forwarding = headers::to_upstream(head.headers_mut(), host, &client.ip, client.https, upgrade.is_some());
     let request = UpstreamRequest { head: &head, forwarding: &forwarding, hidden: &headers::HIDDEN_RESPONSE };
     let started = tokio::time::Instant::now();
@@ -123,8 +124,23 @@ async fn forward_body(
 
     let mut tried = Tried::default();
     loop {
-        let (index, lease, try_started) = admit(upstream, &mut tried, facts, started).await?;
+        let admitted = admit(upstream, &mut tried, facts, started).await;
+        // Every server down, or the queue full, before any try: the fallback takes the request whole.
+        let unavailable = matches!(admitted, Err(GatewayError::Overloaded(_) | GatewayError::NoHealthyServer));
+        if let Some(fallback) = upstream.fallback.get().filter(|_| unavailable && tried.is_empty()) {
+            upstream.metrics.fallbacks.inc();
+            return Box::pin(forward_body(head, body, upgrade, client, fallback, kind, claim)).await;
+        }
+        let (index, lease, try_started) = admitted?;
         let server = &upstream.servers[index];
+        let hosted;
+        let request = match &server.host {
+            Some(host) => {
+                hosted = headers::with_host(&forwarding, host);
+                UpstreamRequest { forwarding: &hosted, ..request }
+            }
+            None => request,
+        };
         let step = Try {
             upstream,
             server,

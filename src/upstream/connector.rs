@@ -30,6 +30,62 @@ pub(crate) enum ConnectError {
 #[error("upstream send timed out")]
 pub(crate) struct SendTimedOut;
 
+/// A connection to a backend: cleartext, or TLS over it (`tls_client`).
+pub(crate) enum BackendIo {
+    Plain(TimedStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TimedStream>>),
+}
+
+impl AsyncRead for BackendIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            BackendIo::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendIo::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            BackendIo::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendIo::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            BackendIo::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            BackendIo::Plain(io) => io.is_write_vectored(),
+            BackendIo::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendIo::Plain(io) => Pin::new(io).poll_flush(cx),
+            BackendIo::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendIo::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            BackendIo::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Opens backend connections with nginx's connect and send timeouts.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Connector {

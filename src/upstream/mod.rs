@@ -11,6 +11,7 @@ mod metrics_scrape;
 mod pool;
 mod probe;
 mod shared_slots;
+mod tls_client;
 
 pub(crate) use metrics_scrape::{spawn_scrapes, LoadMetrics};
 
@@ -23,15 +24,16 @@ pub(crate) use connector::{ConnectError, Connector, SendTimedOut};
 pub(crate) use http1::{ExchangeError, HeadWait, OutgoingBody, UpgradedBackend, UpstreamRequest};
 pub(crate) use pool::{PoolKey, PoolSettings, ServerPool, UpstreamConnection};
 
-use crate::config::{Balance, HashKey, UpstreamConfig, UpstreamTimeouts};
+use crate::config::{Balance, HashKey, ServerAddr, Source, UpstreamConfig, UpstreamTimeouts};
 use crate::error::Rejection;
 use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::policy::headers::HeaderEdits;
 use crate::shared::SharedStore;
 use http::uri::Authority;
 use shared_slots::SharedSlots;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// One backend server.
@@ -50,6 +52,9 @@ pub struct UpstreamServer {
     pub(crate) max_inflight_tokens: Option<u64>,
     /// Marked `drain = true`: no new requests.
     pub(crate) draining: bool,
+    /// The `Host` its requests carry when it is reached over TLS (its own name, as a hosted API
+    /// expects); `None`: the client's.
+    pub(crate) host: Option<http::HeaderValue>,
 }
 
 impl UpstreamServer {
@@ -75,6 +80,11 @@ pub struct Upstream {
     pub admission: Option<Arc<Admission>>,
     /// With `shared_admission`: `max_inflight` leased in Redis, across gateways.
     shared_slots: Option<Arc<SharedSlots>>,
+    /// `proxy_set_header` of the upstream: set on every request sent to it (after the location's).
+    pub(crate) request_headers: HeaderEdits,
+    /// Where a request goes when every server is down or the queue is full (`fallback`), linked
+    /// once every upstream of the config is built.
+    pub(crate) fallback: OnceLock<Arc<Upstream>>,
     /// When a server counts as failed, and for how long it is skipped.
     pub(crate) fail_policy: FailPolicy,
     /// How a server is chosen.
@@ -227,20 +237,48 @@ impl Upstream {
         metrics: &Metrics,
         id: usize,
         shared: Option<&Arc<SharedStore>>,
+        source: &Source,
     ) -> Result<Upstream, String> {
         let settings = PoolSettings {
             max_idle: config.keepalive,
             idle_timeout: config.keepalive_timeout.0,
             connector: Connector { connect_timeout: config.timeouts.connect.0, send_timeout: config.timeouts.send.0 },
         };
+        let addrs: Vec<ServerAddr> = config
+            .servers
+            .iter()
+            .map(|s| {
+                ServerAddr::parse(s.addr.get_ref()).ok_or_else(|| format!("invalid address {:?}", s.addr.get_ref()))
+            })
+            .collect::<Result<_, _>>()?;
+        let tls = match addrs.iter().any(|addr| addr.tls) {
+            true => Some(tls_client::client_config(&config.tls, source)?),
+            false => None,
+        };
         let mut servers = Vec::with_capacity(config.servers.len());
-        for server in &config.servers {
-            let addr = server.addr.get_ref();
-            let authority: Authority = addr.parse().map_err(|e| format!("invalid address {addr:?}: {e}"))?;
+        for (server, addr) in config.servers.iter().zip(&addrs) {
+            let authority: Authority =
+                addr.authority.parse().map_err(|e| format!("invalid address {:?}: {e}", server.addr.get_ref()))?;
+            let server_tls = match (&tls, addr.tls) {
+                (Some(client), true) => Some(tls_client::UpstreamTls::new(client.clone(), addr.host(), &config.tls)?),
+                _ => None,
+            };
+            let same_tls =
+                |pool: &ServerPool| pool.tls.as_ref().map(|t| &t.settings) == server_tls.as_ref().map(|t| &t.settings);
             let kept = previous
-                .and_then(|old| old.servers.iter().find(|s| s.authority == authority && s.pool.settings == settings))
+                .and_then(|old| {
+                    old.servers
+                        .iter()
+                        .find(|s| s.authority == authority && s.pool.settings == settings && same_tls(&s.pool))
+                })
                 .map(|old| old.pool.clone());
-            let pool = kept.unwrap_or_else(|| ServerPool::new(authority.clone(), settings));
+            // The host a TLS server's requests name: its own, without the default port.
+            let host = addr.tls.then(|| {
+                let host = addr.authority.strip_suffix(":443").unwrap_or(&addr.authority);
+                http::HeaderValue::from_str(host).map_err(|e| format!("invalid host {host:?}: {e}"))
+            });
+            let host = host.transpose()?;
+            let pool = kept.unwrap_or_else(|| ServerPool::new(authority.clone(), settings, server_tls));
             let old = previous.and_then(|old| old.servers.iter().find(|s| s.authority == authority));
             let name: Arc<str> = config.name.get_ref().as_str().into();
             let health =
@@ -249,7 +287,16 @@ impl Upstream {
             let max_inflight = server.max_inflight.as_ref().map(|m| *m.get_ref());
             let max_inflight_tokens = server.max_inflight_tokens.as_ref().map(|m| *m.get_ref());
             let draining = server.drain;
-            servers.push(UpstreamServer { authority, pool, health, load, max_inflight, max_inflight_tokens, draining });
+            servers.push(UpstreamServer {
+                authority,
+                pool,
+                health,
+                load,
+                max_inflight,
+                max_inflight_tokens,
+                draining,
+                host,
+            });
         }
         let limits: Vec<ServerLimit> =
             servers.iter().map(|s| ServerLimit { requests: s.max_inflight, tokens: s.max_inflight_tokens }).collect();
@@ -276,6 +323,8 @@ impl Upstream {
             timeouts: config.timeouts,
             admission,
             shared_slots,
+            request_headers: HeaderEdits::default(),
+            fallback: OnceLock::new(),
             fail_policy: FailPolicy { max_fails: config.max_fails, fail_timeout: config.fail_timeout.0 },
             balance: config.balance,
             weighted: {

@@ -5,8 +5,9 @@
 //! at twice nginx's CPU per request. An idle connection waits in a per-thread LIFO stack, unpolled;
 //! before reuse it is checked once: a connection the backend closed while idle is thrown away then.
 
-use super::connector::{ConnectError, Connector};
+use super::connector::{BackendIo, ConnectError, Connector};
 pub(crate) use super::http1::UpstreamConnection;
+use super::tls_client::UpstreamTls;
 use http::uri::Authority;
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,6 +49,8 @@ pub(crate) struct ServerPool {
     authority: Authority,
     /// The settings this pool was built with.
     pub(crate) settings: PoolSettings,
+    /// TLS over each connection, for an `https://` server.
+    pub(crate) tls: Option<UpstreamTls>,
 }
 
 /// What checking a connection back in needs: plain values, so a response body can carry it without
@@ -92,11 +95,11 @@ impl PoolKey {
 }
 
 impl ServerPool {
-    /// An empty pool for `authority`.
-    pub(crate) fn new(authority: Authority, settings: PoolSettings) -> Arc<ServerPool> {
+    /// An empty pool for `authority`, its connections over `tls` when given.
+    pub(crate) fn new(authority: Authority, settings: PoolSettings, tls: Option<UpstreamTls>) -> Arc<ServerPool> {
         let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
         let key = PoolKey { id, max_idle: settings.max_idle, idle_timeout: settings.idle_timeout };
-        Arc::new(ServerPool { key, authority, settings })
+        Arc::new(ServerPool { key, authority, settings, tls })
     }
 
     /// The key to check connections of this pool back in with.
@@ -126,7 +129,21 @@ impl ServerPool {
 
     /// A new connection, never pooled before (also for upgrades, which leave the pool for good).
     pub(crate) async fn connect(&self) -> Result<Box<UpstreamConnection>, ConnectError> {
-        Ok(Box::new(UpstreamConnection::new(self.settings.connector.connect(&self.authority).await?)))
+        let started = Instant::now();
+        let stream = self.settings.connector.connect(&self.authority).await?;
+        let io = match &self.tls {
+            None => BackendIo::Plain(stream),
+            Some(tls) => {
+                let target = self.authority.as_str();
+                // The handshake counts against the connect timeout, as nginx's does.
+                let left = self.settings.connector.connect_timeout.saturating_sub(started.elapsed());
+                match tokio::time::timeout(left, tls.handshake(stream, target)).await {
+                    Ok(tls) => BackendIo::Tls(Box::new(tls?)),
+                    Err(_) => return Err(ConnectError::TimedOut(target.to_owned())),
+                }
+            }
+        };
+        Ok(Box::new(UpstreamConnection::new(io)))
     }
 }
 

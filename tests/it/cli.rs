@@ -49,7 +49,7 @@ listen = ["127.0.0.1:8000", "127.0.0.1:8000"]
     assert_eq!(code, 1);
     for expected in [
         "bad.toml:2:25: invalid duration \"sometime\"",
-        "bad.toml:6:21: invalid upstream server address \"127.0.0.1\" (expected host:port)",
+        "bad.toml:6:21: invalid upstream server address \"127.0.0.1\" (expected host:port or https://host[:port])",
         "bad.toml:6:56: max_inflight_tokens must be at least 1 (leave it out for no limit)",
         "bad.toml:9:29: duplicate listener 127.0.0.1:8000 in this server",
         "bad.toml:13:11: unknown upstream `gml` (defined: glm)",

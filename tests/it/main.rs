@@ -29,5 +29,6 @@ mod static_files;
 mod streaming;
 mod timeouts;
 mod tls;
+mod upstream_tls;
 mod upstream_wire;
 mod websocket;

@@ -10,7 +10,7 @@
 //! `wire::request_head`, the response's parsed by `wire::response_head` (with httparse, the parser
 //! hyper uses).
 
-use super::connector::TimedStream;
+use super::connector::BackendIo;
 use crate::client::ClientBody;
 use crate::error::BoxError;
 use crate::wire::framing::{BodyReader, Framing};
@@ -57,7 +57,7 @@ pub(crate) struct HeadWait {
 
 /// One keep-alive HTTP/1.1 connection to a backend server.
 pub(crate) struct UpstreamConnection {
-    io: TimedStream,
+    io: BackendIo,
     /// Bytes read from the backend and not yet handed on.
     read_buf: BytesMut,
     /// Where request heads are written; its memory is reused once the previous head is sent.
@@ -114,7 +114,7 @@ pub(crate) enum ExchangeError<B> {
 
 impl UpstreamConnection {
     /// A connection that has served nothing yet.
-    pub(crate) fn new(io: TimedStream) -> UpstreamConnection {
+    pub(crate) fn new(io: BackendIo) -> UpstreamConnection {
         UpstreamConnection {
             io,
             read_buf: BytesMut::new(),
@@ -333,7 +333,7 @@ impl<B: OutgoingBody> Outgoing<B> {
     }
 
     /// Writes what it can; `Ok` when the request is sent or the socket or body makes it wait.
-    fn poll_send(&mut self, io: &mut TimedStream, cx: &mut Context<'_>) -> Result<(), SendError> {
+    fn poll_send(&mut self, io: &mut BackendIo, cx: &mut Context<'_>) -> Result<(), SendError> {
         loop {
             // The head and the first body frame go out in one write when the frame is at hand.
             if self.pending.room() >= 4 {
@@ -402,4 +402,4 @@ impl<B: OutgoingBody> Outgoing<B> {
 }
 
 /// The backend side of a tunnel after `101`: bytes the backend sent along with its head come first.
-pub(crate) type UpgradedBackend = Rewound<TimedStream>;
+pub(crate) type UpgradedBackend = Rewound<BackendIo>;
