@@ -16,6 +16,7 @@ mod client;
 mod compress;
 pub mod config;
 mod cost;
+mod discovery;
 mod error;
 pub mod error_log;
 #[cfg(test)]

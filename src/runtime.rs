@@ -14,6 +14,7 @@ use crate::config::{
     ConfigErrors, Encoding, HttpSettings, LimitZoneConfig, LocationConfig, ServerConfig, Source,
 };
 use crate::cost::{ImageCost, ImageCosts};
+use crate::discovery::Discovery;
 use crate::error::ErrorFormat;
 use crate::keys::KeyStore;
 use crate::metrics::{LocationMetrics, Metrics, ServerLabels, UpstreamLabels};
@@ -30,6 +31,7 @@ use crate::shared::SharedStore;
 use crate::static_files::{StaticFiles, StaticSettings};
 use crate::template::Template;
 use crate::tls::{self, TlsSite};
+use crate::upstream;
 use crate::upstream::Upstream;
 use crate::wire::{HeadLimits, HEADER_SLOTS};
 use bytes::Bytes;
@@ -77,6 +79,10 @@ pub struct Runtime {
     pub conn_zones: HashMap<String, Arc<ConnCounter>>,
     /// The Redis of `[redis]`, kept by reloads that keep its settings.
     pub(crate) shared: Option<Arc<SharedStore>>,
+    /// Servers found by DNS and their answers, kept by reloads that keep `[http] resolver`.
+    pub(crate) discovery: Arc<Discovery>,
+    /// The config this was compiled from, compiled again when DNS answers change.
+    pub(crate) source: Source,
     /// Whose forwarding headers name the client.
     pub(crate) trusted_proxies: TrustedProxies,
     /// Metric families, kept by reloads.
@@ -196,12 +202,20 @@ impl Runtime {
                 }
             }
         });
+        let nameserver = config.http.resolver.as_ref().and_then(|r| r.get_ref().parse().ok());
+        let discovery = previous
+            .map(|p| p.discovery.clone())
+            .filter(|kept| kept.nameserver() == nameserver)
+            .unwrap_or_else(|| Arc::new(Discovery::new(nameserver)));
+        discovery.keep(config.upstreams.iter().flat_map(|u| u.servers.iter()).filter_map(upstream::lookup_of));
+        let upstream_context =
+            upstream::BuildContext { metrics: &metrics, shared: shared.as_ref(), source, discovery: &discovery };
         let mut upstreams = HashMap::new();
         let mut upstream_list = Vec::new();
         for upstream in &config.upstreams {
             let name = upstream.name.get_ref();
             let old = previous.and_then(|p| p.upstreams.get(name)).map(Arc::as_ref);
-            match Upstream::build(upstream, old, &metrics, upstream_list.len(), shared.as_ref(), source) {
+            match Upstream::build(upstream, old, upstream_list.len(), &upstream_context) {
                 Ok(mut built) => {
                     built.request_headers = request_edits(&upstream.proxy_set_header);
                     let built = Arc::new(built);
@@ -358,6 +372,8 @@ impl Runtime {
             upstreams,
             zones,
             shared,
+            discovery,
+            source: source.clone(),
             conn_zones,
             trusted_proxies,
             ledger: Ledger {

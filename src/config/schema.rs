@@ -75,6 +75,9 @@ pub struct HttpSettings {
     /// Where error and event logs go and from which level (nginx `error_log`; default stderr, `info`).
     /// Read at start only.
     pub error_log: Option<ErrorLogConfig>,
+    /// The DNS server (`IP:PORT`) that finds servers with `resolve` or `srv` (nginx `resolver`;
+    /// default the system's, from `/etc/resolv.conf`).
+    pub(crate) resolver: Option<Spanned<String>>,
 }
 
 /// `access_log = "off"` or `access_log = { path = "FILE", format = "NAME" }`.
@@ -158,6 +161,7 @@ impl Default for HttpSettings {
             api_keys_file: None,
             usage_log: None,
             error_log: None,
+            resolver: None,
         }
     }
 }
@@ -389,6 +393,14 @@ pub(crate) struct UpstreamServerConfig {
     /// Its share under `round_robin` and `hash` (nginx `weight`, 1).
     #[serde(default = "one")]
     pub(crate) weight: Spanned<u32>,
+    /// `addr` names a host whose A and AAAA records are the servers, asked again on their TTL (nginx
+    /// `server ... resolve`; default false).
+    #[serde(default = "unshared")]
+    pub(crate) resolve: Spanned<bool>,
+    /// `addr` names SRV records (`_service._proto.name`, no port): their targets and ports are the
+    /// servers, asked again on their TTL (default false).
+    #[serde(default = "unshared")]
+    pub(crate) srv: Spanned<bool>,
 }
 
 fn one() -> Spanned<u32> {

@@ -200,7 +200,16 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
                     source.error(max.span(), "max_inflight_tokens must be at least 1 (leave it out for no limit)"),
                 );
             }
-            if ServerAddr::parse(server.addr.get_ref()).is_none() {
+            let srv = *server.srv.get_ref();
+            if *server.resolve.get_ref() && srv {
+                errors.push(source.error(server.srv.span(), "a server is `resolve` (A/AAAA) or `srv`, not both"));
+            } else if srv && !server.addr.get_ref().starts_with('_') {
+                let message = format!(
+                    "an `srv` server names SRV records, as `_service._proto.name` (not {:?})",
+                    server.addr.get_ref()
+                );
+                errors.push(source.error(server.addr.span(), message));
+            } else if !srv && ServerAddr::parse(server.addr.get_ref()).is_none() {
                 errors.push(source.error(
                     server.addr.span(),
                     format!(
@@ -294,6 +303,12 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
             errors.push(source.error(shared.span(), "shared admission needs `[redis]` (its `url`) to lease slots in"));
         } else if *shared.get_ref() && upstream.servers.iter().all(|server| server.max_inflight.is_none()) {
             errors.push(source.error(shared.span(), "shared admission shares `max_inflight`, and no server sets one"));
+        }
+    }
+    if let Some(resolver) = &config.http.resolver {
+        if resolver.get_ref().parse::<SocketAddr>().is_err() {
+            let message = format!("invalid resolver {:?} (expected IP:PORT, e.g. \"10.0.0.2:53\")", resolver.get_ref());
+            errors.push(source.error(resolver.span(), message));
         }
     }
     if let Some(redis) = &config.redis {

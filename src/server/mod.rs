@@ -88,7 +88,11 @@ impl Gateway {
     /// As `start`, serving connections on the given worker runtimes.
     pub async fn start_on(origin: ConfigOrigin, workers: Vec<Handle>) -> Result<Arc<Gateway>, ConfigErrors> {
         let source = origin.read()?;
-        let runtime = Runtime::load(&source, None)?;
+        let mut runtime = Runtime::load(&source, None)?;
+        // Servers found by DNS are looked up before the first request.
+        if runtime.discovery.refresh().await {
+            runtime = Runtime::load(&source, Some(&runtime))?;
+        }
         let (shutdown, _) = watch::channel(false);
         let gateway = Arc::new(Gateway {
             origin,
@@ -104,6 +108,7 @@ impl Gateway {
         gateway.sync_listeners(&runtime, &source).await?;
         runtime.upstreams.values().for_each(spawn_checks);
         runtime.upstreams.values().for_each(spawn_scrapes);
+        tokio::spawn(rediscover(Arc::downgrade(&gateway)));
         Ok(gateway)
     }
 
@@ -140,9 +145,23 @@ impl Gateway {
 
     async fn reload_from(self: &Arc<Self>, current: &Arc<Runtime>) -> Result<u64, ConfigErrors> {
         let source = self.origin.read()?;
-        let next = Arc::new(Runtime::load(&source, Some(current))?);
+        self.replace(current, &source).await
+    }
+
+    /// Compiles the running config again, with what DNS answers now (servers found by DNS).
+    async fn recompile(self: &Arc<Self>) {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let current = self.runtime();
+        if let Err(errors) = self.replace(&current, &current.source).await {
+            tracing::warn!(%errors, "recompiling the config after a DNS change failed; the running one stays");
+        }
+    }
+
+    /// Compiles `source` (with `current` as the previous runtime) and puts it in `current`'s place.
+    async fn replace(self: &Arc<Self>, current: &Arc<Runtime>, source: &Source) -> Result<u64, ConfigErrors> {
+        let next = Arc::new(Runtime::load(source, Some(current))?);
         // Bind new addresses before publishing, so a failed bind leaves everything as it was.
-        self.bind_new(&next, &source).await?;
+        self.bind_new(&next, source).await?;
         self.runtime.store(next.clone());
         mark_drains(&current.upstreams, &next.upstreams, next.http.drain_timeout.0);
         // Checks of the replaced upstreams end on their own when those are dropped.
@@ -280,6 +299,32 @@ async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener, configured: S
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Looks up the servers found by DNS as their answers fall due, and compiles the config again when
+/// one changed; ends at shutdown or when the gateway is gone. Without such servers it looks every
+/// second whether a reload added some.
+async fn rediscover(gateway: std::sync::Weak<Gateway>) {
+    loop {
+        let Some((due, mut shutdown)) =
+            gateway.upgrade().map(|gateway| (gateway.runtime().discovery.next_due(), gateway.shutdown_signal()))
+        else {
+            return;
+        };
+        if *shutdown.borrow() {
+            return;
+        }
+        let wait = due.unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+        drop(shutdown);
+        let Some(gateway) = gateway.upgrade() else { return };
+        if due.is_some() && gateway.runtime().discovery.refresh().await {
+            gateway.recompile().await;
         }
     }
 }

@@ -24,7 +24,8 @@ pub(crate) use connector::{ConnectError, Connector, SendTimedOut};
 pub(crate) use http1::{ExchangeError, HeadWait, OutgoingBody, UpgradedBackend, UpstreamRequest};
 pub(crate) use pool::{PoolKey, PoolSettings, ServerPool, UpstreamConnection};
 
-use crate::config::{Balance, HashKey, ServerAddr, Source, UpstreamConfig, UpstreamTimeouts};
+use crate::config::{Balance, HashKey, ServerAddr, Source, UpstreamConfig, UpstreamServerConfig, UpstreamTimeouts};
+use crate::discovery::{Discovery, Lookup};
 use crate::error::Rejection;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::policy::headers::HeaderEdits;
@@ -108,6 +109,57 @@ pub struct Upstream {
     /// A request that reached a server may be sent to another even if its method is not idempotent.
     pub(crate) retry_non_idempotent: bool,
     next: AtomicUsize,
+}
+
+/// What compiling an upstream may read besides its own table.
+pub(crate) struct BuildContext<'a> {
+    pub(crate) metrics: &'a Metrics,
+    /// `[redis]`, for `shared_admission`.
+    pub(crate) shared: Option<&'a Arc<SharedStore>>,
+    /// For `tls` files, relative to the config's folder.
+    pub(crate) source: &'a Source,
+    /// The answers of servers found by DNS.
+    pub(crate) discovery: &'a Discovery,
+}
+
+/// One server of an upstream: its config entry, where it is (a resolved address, for a server found
+/// by DNS), and its name (the entry's own host, for TLS and `Host`).
+struct Entry<'a> {
+    server: &'a UpstreamServerConfig,
+    addr: ServerAddr,
+    name: ServerAddr,
+}
+
+/// The lookup a server entry needs, if it is found by DNS.
+pub(crate) fn lookup_of(server: &UpstreamServerConfig) -> Option<Lookup> {
+    if *server.srv.get_ref() {
+        return Some(Lookup::Service(server.addr.get_ref().clone()));
+    }
+    let addr = ServerAddr::parse(server.addr.get_ref()).filter(|_| *server.resolve.get_ref())?;
+    let port = addr.authority.rsplit_once(':').and_then(|(_, port)| port.parse().ok())?;
+    Some(Lookup::Address { host: addr.host().to_string(), port })
+}
+
+/// The servers of `configs`: each as configured, or one per address DNS last gave for it.
+fn expand<'a>(configs: &'a [UpstreamServerConfig], discovery: &Discovery) -> Result<Vec<Entry<'a>>, String> {
+    let mut entries = Vec::with_capacity(configs.len());
+    for server in configs {
+        let name = match lookup_of(server) {
+            Some(Lookup::Service(_)) => ServerAddr { authority: server.addr.get_ref().clone(), tls: false },
+            _ => ServerAddr::parse(server.addr.get_ref())
+                .ok_or_else(|| format!("invalid address {:?}", server.addr.get_ref()))?,
+        };
+        match lookup_of(server) {
+            None => entries.push(Entry { server, addr: name.clone(), name }),
+            Some(lookup) => {
+                for found in discovery.addresses(&lookup) {
+                    let addr = ServerAddr { authority: found.to_string(), tls: name.tls };
+                    entries.push(Entry { server, addr, name: name.clone() });
+                }
+            }
+        }
+    }
+    Ok(entries)
 }
 
 /// What a request holds on its server until its response ends: a slot (admission control), a place
@@ -234,33 +286,25 @@ impl Upstream {
     pub(crate) fn build(
         config: &UpstreamConfig,
         previous: Option<&Upstream>,
-        metrics: &Metrics,
         id: usize,
-        shared: Option<&Arc<SharedStore>>,
-        source: &Source,
+        context: &BuildContext,
     ) -> Result<Upstream, String> {
         let settings = PoolSettings {
             max_idle: config.keepalive,
             idle_timeout: config.keepalive_timeout.0,
             connector: Connector { connect_timeout: config.timeouts.connect.0, send_timeout: config.timeouts.send.0 },
         };
-        let addrs: Vec<ServerAddr> = config
-            .servers
-            .iter()
-            .map(|s| {
-                ServerAddr::parse(s.addr.get_ref()).ok_or_else(|| format!("invalid address {:?}", s.addr.get_ref()))
-            })
-            .collect::<Result<_, _>>()?;
-        let tls = match addrs.iter().any(|addr| addr.tls) {
-            true => Some(tls_client::client_config(&config.tls, source)?),
+        let entries = expand(&config.servers, context.discovery)?;
+        let tls = match entries.iter().any(|entry| entry.addr.tls) {
+            true => Some(tls_client::client_config(&config.tls, context.source)?),
             false => None,
         };
-        let mut servers = Vec::with_capacity(config.servers.len());
-        for (server, addr) in config.servers.iter().zip(&addrs) {
+        let mut servers = Vec::with_capacity(entries.len());
+        for Entry { server, addr, name } in &entries {
             let authority: Authority =
                 addr.authority.parse().map_err(|e| format!("invalid address {:?}: {e}", server.addr.get_ref()))?;
             let server_tls = match (&tls, addr.tls) {
-                (Some(client), true) => Some(tls_client::UpstreamTls::new(client.clone(), addr.host(), &config.tls)?),
+                (Some(client), true) => Some(tls_client::UpstreamTls::new(client.clone(), name.host(), &config.tls)?),
                 _ => None,
             };
             let same_tls =
@@ -274,27 +318,26 @@ impl Upstream {
                 .map(|old| old.pool.clone());
             // The host a TLS server's requests name: its own, without the default port.
             let host = addr.tls.then(|| {
-                let host = addr.authority.strip_suffix(":443").unwrap_or(&addr.authority);
+                let host = name.authority.strip_suffix(":443").unwrap_or(&name.authority);
                 http::HeaderValue::from_str(host).map_err(|e| format!("invalid host {host:?}: {e}"))
             });
             let host = host.transpose()?;
             let pool = kept.unwrap_or_else(|| ServerPool::new(authority.clone(), settings, server_tls));
             let old = previous.and_then(|old| old.servers.iter().find(|s| s.authority == authority));
-            let name: Arc<str> = config.name.get_ref().as_str().into();
-            let health =
-                old.map_or_else(|| Arc::new(ServerHealth::new(name, authority.clone())), |old| old.health.clone());
+            let upstream_name: Arc<str> = config.name.get_ref().as_str().into();
+            let health = old.map_or_else(
+                || Arc::new(ServerHealth::new(upstream_name, authority.clone())),
+                |old| old.health.clone(),
+            );
             let load = old.map_or_else(|| Arc::new(ServerLoad::default()), |old| old.load.clone());
-            let max_inflight = server.max_inflight.as_ref().map(|m| *m.get_ref());
-            let max_inflight_tokens = server.max_inflight_tokens.as_ref().map(|m| *m.get_ref());
-            let draining = server.drain;
             servers.push(UpstreamServer {
                 authority,
                 pool,
                 health,
                 load,
-                max_inflight,
-                max_inflight_tokens,
-                draining,
+                max_inflight: server.max_inflight.as_ref().map(|m| *m.get_ref()),
+                max_inflight_tokens: server.max_inflight_tokens.as_ref().map(|m| *m.get_ref()),
+                draining: server.drain,
                 host,
             });
         }
@@ -311,14 +354,14 @@ impl Upstream {
                 .filter(|old| old.same_shape(&limits, queue_max, queue_timeout))
                 .unwrap_or_else(|| Admission::new(limits.clone(), queue_max, queue_timeout))
         });
-        let shared_slots = shared.filter(|_| *config.shared_admission.get_ref()).map(|store| {
-            let addrs: Vec<&str> = config.servers.iter().map(|s| s.addr.get_ref().as_str()).collect();
+        let shared_slots = context.shared.filter(|_| *config.shared_admission.get_ref()).map(|store| {
+            let addrs: Vec<&str> = entries.iter().map(|entry| entry.addr.authority.as_str()).collect();
             SharedSlots::new(store.clone(), config.name.get_ref(), &addrs, store.lease_ttl())
         });
         Ok(Upstream {
             id,
             name: config.name.get_ref().as_str().into(),
-            metrics: metrics.upstream(config.name.get_ref()),
+            metrics: context.metrics.upstream(config.name.get_ref()),
             servers,
             timeouts: config.timeouts,
             admission,
@@ -328,14 +371,14 @@ impl Upstream {
             fail_policy: FailPolicy { max_fails: config.max_fails, fail_timeout: config.fail_timeout.0 },
             balance: config.balance,
             weighted: {
-                let weights: Vec<u32> = config.servers.iter().map(|s| *s.weight.get_ref()).collect();
+                let weights: Vec<u32> = entries.iter().map(|entry| *entry.server.weight.get_ref()).collect();
                 (config.balance == Balance::RoundRobin && weights.iter().any(|&w| w != 1))
                     .then(|| Weighted::new(weights))
             },
             hashing: match (config.balance, config.hash_key.as_ref().and_then(|k| HashKey::parse(k.get_ref()))) {
                 (Balance::Hash, Some(key)) => {
-                    let names: Vec<String> = config.servers.iter().map(|s| s.addr.get_ref().clone()).collect();
-                    let weights: Vec<u32> = config.servers.iter().map(|s| *s.weight.get_ref()).collect();
+                    let names: Vec<String> = entries.iter().map(|entry| entry.addr.authority.clone()).collect();
+                    let weights: Vec<u32> = entries.iter().map(|entry| *entry.server.weight.get_ref()).collect();
                     Some((Ring::new(&names, &weights), key))
                 }
                 _ => None,
@@ -358,8 +401,7 @@ impl Upstream {
                 rise: h.rise,
                 fall: h.fall,
             }),
-            tries: if config.next_upstream_tries == 0 { config.servers.len() } else { config.next_upstream_tries }
-                .max(1),
+            tries: if config.next_upstream_tries == 0 { entries.len() } else { config.next_upstream_tries }.max(1),
             retry_timeout: config.next_upstream_timeout.map(|t| t.0),
             retry_body_max: config.next_upstream_body_max.0,
             retry_non_idempotent: config.next_upstream_non_idempotent,

@@ -11,6 +11,7 @@ mod cli;
 mod client_wire;
 mod compression;
 mod deploy;
+mod discovery;
 mod edge;
 mod health;
 mod hostile;
