@@ -599,6 +599,7 @@ fn compile_location(
             key: config::ZoneKey::parse(zone_config.key.get_ref())?,
             max: *limit.max.get_ref(),
             status: StatusCode::from_u16(*zone_config.status.get_ref()).ok()?,
+            shared: context.shared_zones.get(name.as_str()).cloned(),
         });
     }
     let errors = location.errors.or(server.errors).unwrap_or(default_format);

@@ -259,12 +259,8 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
     }
     let mut zone_names = HashSet::new();
     let mut rated_zones = HashSet::new();
-    let mut shared_zones = HashSet::new();
     for (name, zone) in &config.limit_zones {
         zone_names.insert(name.get_ref().as_str());
-        if *zone.shared.get_ref() {
-            shared_zones.insert(name.get_ref().as_str());
-        }
         if zone.rate.is_some() {
             rated_zones.insert(name.get_ref().as_str());
         }
@@ -419,12 +415,6 @@ pub(crate) fn validate(config: &Config, source: &Source) -> Result<(), ConfigErr
                 let zone = limit.zone.get_ref().as_str();
                 if !zone_names.contains(zone) {
                     let message = format!("unknown limit zone `{zone}` (define it as [limit_zone.{zone}])");
-                    errors.push(source.error(limit.zone.span(), message));
-                } else if shared_zones.contains(zone) {
-                    let message = format!(
-                        "limit zone `{zone}` is shared, and limit_conn counts only this gateway's requests \
-                         (name a zone without `shared`)"
-                    );
                     errors.push(source.error(limit.zone.span(), message));
                 }
                 if *limit.max.get_ref() == 0 {

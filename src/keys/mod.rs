@@ -149,6 +149,11 @@ impl KeyStore {
             let name = config.name.get_ref().clone();
             let kept = previous.and_then(|p| p.keys.iter().find(|k| k.name == name && k.digest == digest));
             let rate = config.rate.as_ref().and_then(|r| parse_rate(r.get_ref()));
+            // Shared: the key's rate and requests in flight are a zone in Redis, keyed by the secret's
+            // digest.
+            let zone_name = format!("api_key:{name}");
+            let shared_zone =
+                shared.map(|store| Arc::new(SharedZone::new(store.clone(), &zone_name, true, SharedFallback::Local)));
             let limits = rate
                 .map(|rate| {
                     let zone = kept
@@ -156,16 +161,13 @@ impl KeyStore {
                         .map(|l| l.zone.clone())
                         .filter(|zone| zone.same_settings(rate, 1, false))
                         .unwrap_or_else(|| Arc::new(Zone::new(rate, 1, false)));
-                    let zone_name = format!("api_key:{name}");
-                    let shared = shared
-                        .map(|store| Arc::new(SharedZone::new(store.clone(), &zone_name, true, SharedFallback::Local)));
                     RateLimit {
-                        zone_name,
+                        zone_name: zone_name.clone(),
                         zone,
                         key: ZoneKey::ApiKey,
                         limit: Limit { burst: config.burst, delay: None },
                         status: StatusCode::TOO_MANY_REQUESTS,
-                        shared,
+                        shared: shared_zone.clone(),
                     }
                 })
                 .into_iter()
@@ -180,6 +182,7 @@ impl KeyStore {
                     key: ZoneKey::ApiKey,
                     max,
                     status: StatusCode::TOO_MANY_REQUESTS,
+                    shared: shared_zone.clone(),
                 })
                 .into_iter()
                 .collect();

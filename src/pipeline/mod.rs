@@ -157,10 +157,10 @@ async fn request_policies(
         None => None,
     };
     policy::limit_requests(&location.limits, client, request).await?;
-    let mut places = policy::hold_places(&location.conn_limits, client, request)?;
+    let mut places = policy::hold_places(&location.conn_limits, client, request).await?;
     if let Some(key) = &caller {
         policy::limit_requests(&key.limits, client, request).await?;
-        places.extend(policy::hold_places(&key.conn_limits, client, request)?);
+        places.extend(policy::hold_places(&key.conn_limits, client, request).await?);
     }
     if request.body().declared_length().is_some_and(|length| length > location.body.max) {
         return Err(GatewayError::BodyTooLarge(location.body.max));

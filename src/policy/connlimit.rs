@@ -1,7 +1,9 @@
 //! Concurrent requests per key (nginx's `limit_conn`): a request holds a place from the moment it is
 //! admitted until its response ends (a stream: its last token) or its client leaves. Only keys with
-//! requests in flight are held, so memory is bounded by concurrency.
+//! requests in flight are held, so memory is bounded by concurrency. A shared zone's places are
+//! leases in Redis (`shared::leases`), counted across gateways.
 
+use crate::shared::leases::Lease;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -12,10 +14,27 @@ pub struct ConnCounter {
 }
 
 /// A place held by one request; dropping it frees the place.
-#[derive(Debug)]
-pub(crate) struct ConnGuard {
+pub(crate) struct ConnGuard(#[expect(dead_code, reason = "held, never read: dropping it frees the place")] Place);
+
+/// Where a place is held; each frees itself when dropped, and is never read.
+enum Place {
+    /// In this gateway's counts.
+    Local(#[expect(dead_code, reason = "held, never read")] LocalPlace),
+    /// A lease in Redis.
+    Shared(#[expect(dead_code, reason = "held, never read")] Lease),
+}
+
+/// A place in a `ConnCounter`, freed when dropped.
+struct LocalPlace {
     counter: Arc<ConnCounter>,
     key: Box<[u8]>,
+}
+
+impl ConnGuard {
+    /// A place that is a lease in Redis.
+    pub(crate) fn shared(lease: Lease) -> ConnGuard {
+        ConnGuard(Place::Shared(lease))
+    }
 }
 
 impl ConnCounter {
@@ -27,7 +46,7 @@ impl ConnCounter {
             return None;
         }
         *count += 1;
-        Some(ConnGuard { counter: self.clone(), key: key.into() })
+        Some(ConnGuard(Place::Local(LocalPlace { counter: self.clone(), key: key.into() })))
     }
 
     /// Keys with requests in flight.
@@ -36,7 +55,7 @@ impl ConnCounter {
     }
 }
 
-impl Drop for ConnGuard {
+impl Drop for LocalPlace {
     fn drop(&mut self) {
         let mut counts = self.counter.counts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(count) = counts.get_mut(&self.key) {

@@ -11,6 +11,7 @@ pub(crate) mod shared_zone;
 use crate::client::ClientInfo;
 use crate::config::ZoneKey;
 use crate::error::GatewayError;
+use crate::shared::leases::Asked;
 use http::{Request, StatusCode};
 use ratelimit::{KeyState, Limit, Verdict, Zone};
 use shared_zone::{SharedVerdict, SharedZone};
@@ -44,6 +45,9 @@ pub(crate) struct ConnLimit {
     pub(crate) max: usize,
     /// Status of a rejection (the zone's, default 429).
     pub(crate) status: StatusCode,
+    /// Where the places are leased when the zone is `shared` (else only in `counter`, which is
+    /// also where a shared zone counts while its Redis is down and its fallback is local).
+    pub(crate) shared: Option<Arc<SharedZone>>,
 }
 
 /// The key of a request for a zone; `None` when the request has none (then it is not limited).
@@ -66,8 +70,9 @@ pub(crate) fn api_key(headers: &http::HeaderMap) -> Option<&[u8]> {
 }
 
 /// Takes a place in each of a location's concurrency limits; the guards must live as long as the
-/// response. Any full one rejects the request (and releases what was taken).
-pub(crate) fn hold_places<B>(
+/// response. Any full one rejects the request (and releases what was taken). A shared zone's place is
+/// a lease in Redis, asked for once.
+pub(crate) async fn hold_places<B>(
     limits: &[ConnLimit],
     client: &ClientInfo,
     request: &Request<B>,
@@ -75,6 +80,16 @@ pub(crate) fn hold_places<B>(
     let mut guards = Vec::with_capacity(limits.len());
     for limit in limits {
         let Some(key) = key_of(&limit.key, client, request) else { continue };
+        if let Some(zone) = &limit.shared {
+            match zone.leases.lease(zone.conn_key(key), limit.max, None).await {
+                Asked::Taken(lease) => {
+                    guards.push(connlimit::ConnGuard::shared(lease));
+                    continue;
+                }
+                Asked::Full => return Err(GatewayError::RateLimited { status: limit.status, retry_after_secs: 1 }),
+                Asked::Unreachable => shared_zone::fall_back(zone)?,
+            }
+        }
         match limit.counter.try_acquire(key, limit.max) {
             Some(guard) => guards.push(guard),
             None => return Err(GatewayError::RateLimited { status: limit.status, retry_after_secs: 1 }),

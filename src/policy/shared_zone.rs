@@ -1,13 +1,15 @@
-//! Rate limit zones kept in Redis (`shared = true`): every gateway that names the same Redis counts
-//! one zone, so a 10 r/s zone admits 10 r/s in all, however many gateways serve it. A request's
-//! shared zones are decided together by one Lua script (`limit_req.lua`, the algorithm of
+//! Limit zones kept in Redis (`shared = true`): every gateway that names the same Redis counts one
+//! zone, so a 10 r/s zone admits 10 r/s in all, however many gateways serve it. A request's shared
+//! `limit_req` zones are decided together by one Lua script (`limit_req.lua`, the algorithm of
 //! `ratelimit.rs` on Redis's clock): one round trip, and as locally, no zone counts a request that
-//! another rejects. While Redis cannot be reached (`shared::SharedStore`), each zone takes its
-//! `fallback`: its local counts, at the zone's rate in each gateway, or a 503.
+//! another rejects. A shared `limit_conn` place is a lease in Redis (`shared::leases`). While Redis
+//! cannot be reached (`shared::SharedStore`), each zone takes its `fallback`: its local counts (the
+//! zone's rate, or `max` places, in each gateway), or a 503.
 
 use super::RateLimit;
 use crate::config::SharedFallback;
 use crate::error::GatewayError;
+use crate::shared::leases::Leases;
 use crate::shared::SharedStore;
 use redis::Script;
 use std::sync::{Arc, LazyLock};
@@ -18,6 +20,10 @@ pub(crate) struct SharedZone {
     pub(crate) store: Arc<SharedStore>,
     /// `PREFIX` `limit_req:NAME:`, followed by a request's key.
     key_prefix: Vec<u8>,
+    /// `PREFIX` `limit_conn:NAME:`, followed by a request's key: its leases.
+    conn_prefix: Vec<u8>,
+    /// The leases of the zone's `limit_conn` places.
+    pub(crate) leases: Arc<Leases>,
     /// Keys other than the client's address are stored as their SHA-256 (they may be API keys).
     hashed: bool,
     pub(crate) fallback: SharedFallback,
@@ -27,11 +33,21 @@ impl SharedZone {
     /// The zone `name` in `store`; `hashed` when its keys may be secrets.
     pub(crate) fn new(store: Arc<SharedStore>, name: &str, hashed: bool, fallback: SharedFallback) -> SharedZone {
         let key_prefix = store.key(&[b"limit_req:", name.as_bytes(), b":"]);
-        SharedZone { store, key_prefix, hashed, fallback }
+        let conn_prefix = store.key(&[b"limit_conn:", name.as_bytes(), b":"]);
+        let leases = Leases::new(store.clone(), store.lease_ttl());
+        SharedZone { store, key_prefix, conn_prefix, leases, hashed, fallback }
     }
 
     fn redis_key(&self, key: &[u8]) -> Vec<u8> {
-        let mut redis_key = self.key_prefix.clone();
+        self.keyed(self.key_prefix.clone(), key)
+    }
+
+    /// The Redis key of `key`'s `limit_conn` leases.
+    pub(crate) fn conn_key(&self, key: &[u8]) -> Arc<[u8]> {
+        Arc::from(self.keyed(self.conn_prefix.clone(), key))
+    }
+
+    fn keyed(&self, mut redis_key: Vec<u8>, key: &[u8]) -> Vec<u8> {
         if self.hashed {
             let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key);
             for byte in digest.as_ref() {

@@ -90,8 +90,8 @@ impl Permit {
     }
 
     /// The slot, holding `shared` too (its lease in Redis) until it is released.
-    pub(crate) fn with_shared(mut self, shared: Option<SharedSlot>) -> Permit {
-        self.shared = shared;
+    pub(crate) fn with_shared(mut self, shared: SharedSlot) -> Permit {
+        self.shared = Some(shared);
         self
     }
 }

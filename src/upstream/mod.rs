@@ -29,6 +29,7 @@ use crate::discovery::{Discovery, Lookup};
 use crate::error::Rejection;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::policy::headers::HeaderEdits;
+use crate::shared::leases::Asked;
 use crate::shared::SharedStore;
 use http::uri::Authority;
 use shared_slots::SharedSlots;
@@ -80,7 +81,7 @@ pub struct Upstream {
     /// Slots and queue, when some server has `max_inflight` or `max_inflight_tokens`.
     pub admission: Option<Arc<Admission>>,
     /// With `shared_admission`: `max_inflight` leased in Redis, across gateways.
-    shared_slots: Option<Arc<SharedSlots>>,
+    shared_slots: Option<SharedSlots>,
     /// `proxy_set_header` of the upstream: set on every request sent to it (after the location's).
     pub(crate) request_headers: HeaderEdits,
     /// Where a request goes when every server is down or the queue is full (`fallback`), linked
@@ -356,7 +357,7 @@ impl Upstream {
         });
         let shared_slots = context.shared.filter(|_| *config.shared_admission.get_ref()).map(|store| {
             let addrs: Vec<&str> = entries.iter().map(|entry| entry.addr.authority.as_str()).collect();
-            SharedSlots::new(store.clone(), config.name.get_ref(), &addrs, store.lease_ttl())
+            SharedSlots::new(store, config.name.get_ref(), &addrs)
         });
         Ok(Upstream {
             id,
@@ -440,12 +441,15 @@ impl Upstream {
                 let server = permit.server();
                 let permit = match (&self.shared_slots, self.servers[server].max_inflight) {
                     (Some(slots), Some(max)) => match slots.lease(server, max, deadline).await {
-                        Ok(slot) => permit.with_shared(slot),
-                        Err(()) if ask.wait => {
+                        Asked::Taken(slot) => permit.with_shared(slot),
+                        // Redis cannot be asked: this gateway's count alone decides.
+                        Asked::Unreachable => permit,
+                        Asked::Full if ask.wait => {
                             return Err(Unavailable::Overloaded(Rejection::QueueTimeout { retry_after: 1 }))
                         }
-                        Err(()) => return Err(Unavailable::Overloaded(Rejection::QueueFull { retry_after: 1 })),
+                        Asked::Full => return Err(Unavailable::Overloaded(Rejection::QueueFull { retry_after: 1 })),
                     },
+
                     _ => permit,
                 };
                 Ok((server, Some(permit)))

@@ -197,7 +197,7 @@ async fn without_redis_zones_fall_back_as_configured_and_share_again_when_it_ret
 }
 
 #[test]
-fn a_shared_zone_needs_redis_and_limit_conn_stays_local() {
+fn a_shared_zone_needs_redis() {
     let source = |text: String| infergate::config::Source { name: "t.toml".into(), dir: ".".into(), text };
     let without_redis = config("redis://127.0.0.1:1").replace("[redis]", "[unused]");
     let errors = infergate::config::load(&source(without_redis)).unwrap_err().to_string();
@@ -205,13 +205,61 @@ fn a_shared_zone_needs_redis_and_limit_conn_stays_local() {
     let bad_url = config("http://nowhere");
     let errors = infergate::config::load(&source(bad_url)).unwrap_err().to_string();
     assert!(errors.contains("t.toml:6:7: invalid Redis URL"), "{errors}");
-    let conn = config("redis://127.0.0.1:1")
-        .replace("limit_req = { zone = \"preview\" }", "limit_conn = { zone = \"preview\", max = 1 }");
-    let errors = infergate::config::load(&source(conn)).unwrap_err().to_string();
-    assert!(
-        errors.contains("limit zone `preview` is shared, and limit_conn counts only this gateway's requests"),
-        "{errors}"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: scripts/test.sh provisions it"]
+async fn a_shared_limit_conn_counts_places_across_gateways() {
+    let redis = RedisServer::start();
+    let slow = Backend::start(|_| async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        http::Response::new(full("done"))
+    })
+    .await;
+    let config = format!(
+        r#"
+[redis]
+url = "{}"
+
+[limit_zone.one]
+key = "client_ip"
+shared = true
+
+[[upstream]]
+name = "slow"
+servers = [{{ addr = "{}" }}]
+
+[[server]]
+listen = ["127.0.0.1:0"]
+
+  [[server.location]]
+  prefix = "/"
+  proxy = "slow"
+  errors = "json"
+  limit_conn = {{ zone = "one", max = 1 }}
+"#,
+        redis.url(),
+        slow.authority()
     );
+    let (a, b) = (TestGateway::start(&config).await, TestGateway::start(&config).await);
+    let (a, b) = (a.addr("127.0.0.1:0"), b.addr("127.0.0.1:0"));
+    let held = tokio::spawn(async move { fetch(a, "/").await });
+    let started = Instant::now();
+    while slow.request_count() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The one place of 127.0.0.1 is held through the first gateway: the second refuses.
+    let (status, headers, body) = fetch(b, "/").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(held.await.unwrap().2, "done");
+    // Given back when the first answer ended: the second gateway may take it.
+    let started = Instant::now();
+    while fetch(b, "/").await.0 != StatusCode::OK {
+        assert!(started.elapsed() < Duration::from_secs(5), "the lease was not given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A gateway config whose one key may spend 1,000 tokens a minute, shared through `redis`, in front

@@ -9,6 +9,8 @@
 //! down both start), and its own task runs on that thread's runtime: a request's command crosses no
 //! thread, as nothing else on the request path does, and no worker waits on another's turn.
 
+pub(crate) mod leases;
+
 use crate::config::RedisConfig;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;

@@ -1,7 +1,7 @@
--- Slot leases of one upstream server shared by the gateways in front of it. KEYS[1] is the server's
--- leases: a sorted set of lease ids scored by when each expires (ms, Redis's clock).
--- ARGV[1] = 'take': ARGV[2] slots at most, ARGV[3] the lease's life (ms), ARGV[4] its id; drops the
---   expired leases, and takes one if fewer than the slots are held. Returns 1 (taken) or 0.
+-- Leases of one counted thing shared by the gateways (a server's slots, a key's requests in flight).
+-- KEYS[1] is its leases: a sorted set of lease ids scored by when each expires (ms, Redis's clock).
+-- ARGV[1] = 'take': ARGV[2] leases at most, ARGV[3] the lease's life (ms), ARGV[4] its id; drops the
+--   expired leases, and takes one if fewer than that are held. Returns 1 (taken) or 0.
 -- ARGV[1] = 'renew': ARGV[2] the life (ms), then the ids of leases still held; each that is still
 --   there lives on (a lease that expired meanwhile is not taken back). Returns how many lived on.
 local time = redis.call('TIME')
