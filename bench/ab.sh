@@ -5,7 +5,8 @@
 #   bench/ab.sh BASELINE_BIN CHANGED_BIN [ROUNDS] [SECONDS]     (defaults: 8 rounds of 8 s)
 #
 # Build the baseline in a worktree of the commit before the change (`git worktree add /tmp/base REV`,
-# then `cargo build --release` there). Both gateways run one at a time in front of the backend nginx
+# then `cargo build --profile production` there). Both gateways run one at a time in front of the
+# backend nginx
 # of bench/lib.sh (a fixed small JSON), with the config of bench/proxy-rps.sh; load: wrk, HTTP/1.1,
 # 50 connections, 2 threads. Everything listens on 127.0.0.1; the script stops what it started.
 set -euo pipefail

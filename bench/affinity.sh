@@ -16,8 +16,8 @@ source bench/lib.sh
 
 ROUNDS=${1:-3} SECONDS_PER_RUN=${2:-15}
 SIMS=(18501 18502 18503) GATEWAY=18500
-cargo build --release -q --workspace
-LOAD=target/release/infergate-load
+cargo build --profile production -q --workspace
+LOAD=target/production/infergate-load
 
 # sim_stats PORT: a replica's `GET /stats` (HTTP/1.0 over bash's /dev/tcp: no client needed).
 sim_stats() {
@@ -31,12 +31,12 @@ sim_stats() {
 run() {
   local pids=() port
   for port in "${SIMS[@]}"; do
-    target/release/infergate sim --listen "127.0.0.1:$port" --image-cache 4 2>>"$WORK/sim.log" &
+    target/production/infergate sim --listen "127.0.0.1:$port" --image-cache 4 2>>"$WORK/sim.log" &
     pids+=("$!")
   done
   PIDS+=("${pids[@]}")
   local hash=""; [ "$1" = hash ] && hash='hash_key = "image"'
-  GATEWAY_BIN=target/release/infergate start_gateway "affinity-$1" "[admin]
+  GATEWAY_BIN=target/production/infergate start_gateway "affinity-$1" "[admin]
 enabled = false
 
 [[upstream]]

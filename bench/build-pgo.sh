@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Builds the gateway with profile-guided optimization (PGO) into target/pgo/release/infergate: an
-# instrumented build serves a training load, and the release build then lays its code out by what
+# Builds the gateway with profile-guided optimization (PGO) into target/pgo/production/infergate: an
+# instrumented build serves a training load, and the production build then lays its code out by what
 # ran hot. The gateway's per-request work is spread over large async state machines, so its time goes
 # to instruction-cache misses more than to instructions (callgrind: 9 % more instructions than nginx
 # per proxied request, twice the I-cache misses); PGO keeps the hot paths together. Measured: 5 % more
-# requests per second than the plain release build (bench/README.md).
+# requests per second than the production build without it (bench/README.md).
 #
-#   bench/build-pgo.sh          (about 6 minutes on 2 cores the first time: two release builds and a
+#   bench/build-pgo.sh          (about 6 minutes on 2 cores the first time: two production builds and a
 #                               minute of load; seconds while the sources stay the same)
 #
 # The training load is a mix, not one benchmark: small and 20 KB JSON answers, gzip, HTTPS over
@@ -28,13 +28,13 @@ PROFDATA=$(llvm_profdata)
 PROFILE=$PWD/target/pgo/gateway.profdata
 mkdir -p target/pgo
 
-# 1. The instrumented build (its own target directory, so the plain release build stays cached).
+# 1. The instrumented build (its own target directory, so the plain production build stays cached).
 # Build scripts run instrumented too: their profiles go to a directory of their own, not used.
 echo "PGO: instrumented build" >&2
-RUSTFLAGS="-Cprofile-generate=$PWD/target/pgo-train/unused-profiles" cargo build --release -q --target-dir target/pgo-train
-cargo build --release -q -p infergate-load
-TRAIN=target/pgo-train/release/infergate
-LOAD=target/release/infergate-load
+RUSTFLAGS="-Cprofile-generate=$PWD/target/pgo-train/unused-profiles" cargo build --profile production -q --target-dir target/pgo-train
+cargo build --profile production -q -p infergate-load
+TRAIN=target/pgo-train/production/infergate
+LOAD=target/production/infergate-load
 if [ "$PROFILE" -nt "$TRAIN" ]; then
   echo "PGO: the profile is up to date" >&2
 else
@@ -112,5 +112,5 @@ fi
 # 3. The optimized build.
 echo "PGO: optimized build" >&2
 RUSTFLAGS="-Cprofile-use=$PROFILE -Cllvm-args=-pgo-warn-missing-function=false" \
-  cargo build --release -q --target-dir target/pgo
-echo "PGO: built target/pgo/release/infergate" >&2
+  cargo build --profile production -q --target-dir target/pgo
+echo "PGO: built target/pgo/production/infergate" >&2

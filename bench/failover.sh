@@ -13,9 +13,9 @@ source bench/lib.sh
 
 RUNS=${1:-5}
 install_tools
-cargo build --release -q --workspace
-GATEWAY_BIN=target/release/infergate
-LOAD=target/release/infergate-load
+cargo build --profile production -q --workspace
+GATEWAY_BIN=target/production/infergate
+LOAD=target/production/infergate-load
 SIM_A=18190 SIM_B=18191 NGINX_PORT=18192 GW_PORT=18193
 
 start_nginx failover "upstream models { server 127.0.0.1:$SIM_A; server 127.0.0.1:$SIM_B; keepalive 32; }
@@ -49,7 +49,7 @@ one_run() {
   echo "$(value ok < "$WORK/load.out") $(value failed < "$WORK/load.out")"
 }
 
-echo "failover: $(date -u +%Y-%m-%d), $(nproc) cores, nginx $(nginx -v 2>&1 | cut -d/ -f2), $RUNS runs, infergate: cargo build --release" >&2
+echo "failover: $(date -u +%Y-%m-%d), $(nproc) cores, nginx $(nginx -v 2>&1 | cut -d/ -f2), $RUNS runs, infergate: cargo build --profile production" >&2
 printf '%-5s %-22s %-22s\n' run "nginx ok/failed" "infergate ok/failed"
 for run in $(seq "$RUNS"); do
   # The two take turns going first.

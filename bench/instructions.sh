@@ -19,7 +19,7 @@ BACKEND=18180 NGINX=18181 GATEWAY=18182
 
 install_tools
 need valgrind || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
-cargo build --release -q
+cargo build --profile production -q
 
 start_backend $BACKEND
 wait_port $BACKEND
@@ -87,7 +87,7 @@ listen = ["127.0.0.1:$GATEWAY"]
 CONF
 
 read -r n_requests n_instructions < <(count nginx $NGINX nginx -c "$WORK/nginx/nginx.conf")
-read -r g_requests g_instructions < <(count infergate $GATEWAY target/release/infergate run --config "$WORK/gateway.toml")
+read -r g_requests g_instructions < <(count infergate $GATEWAY target/production/infergate run --config "$WORK/gateway.toml")
 nginx_per=$((n_instructions / n_requests)) gateway_per=$((g_instructions / g_requests))
 echo "user-space instructions per proxied request (callgrind, 1 worker, wrk -c8, ${SECONDS_COUNTED}s counted)"
 printf '%-10s %10s %14s\n' "" requests "instr/request"

@@ -13,7 +13,7 @@
 # callgrind (3 s of wrk -c8 counted per variant, after a 1 s warm-up that is not).
 #
 # Load: wrk, HTTP/1.1 keep-alive, 50 connections, 2 threads, the body sent with each request. The
-# gateway is the plain release build. Everything listens on 127.0.0.1; the script stops what it
+# gateway is the production build without PGO. Everything listens on 127.0.0.1; the script stops what it
 # started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ digest() { printf %s "$1" | sha256sum | cut -d' ' -f1; }
 
 install_tools
 need valgrind || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
-cargo build --release -q --workspace
+cargo build --profile production -q --workspace
 start_backend $BACKEND
 # The two keys: one without limits, one with a token budget it never spends.
 KEYS="[[api_key]]
@@ -46,7 +46,7 @@ config() {
 
 $KEYS"
 }
-GATEWAY_BIN=target/release/infergate start_gateway keys "$(config $GATEWAY)"
+GATEWAY_BIN=target/production/infergate start_gateway keys "$(config $GATEWAY)"
 for port in $BACKEND $GATEWAY; do wait_port $port; done
 
 # script NAME KEY: a wrk script POSTing the chat request with KEY.
@@ -89,7 +89,7 @@ done
 # Streams: the same three, each request a 200-token stream from the simulated model (a token a
 # millisecond, no prefill to speak of), 100 clients at once; the gateway's CPU per streamed token.
 SIM=18384 STREAM_OFF=18385 STREAM_KEYED=18386 STREAM_TOKENS=200
-target/release/infergate sim --listen "127.0.0.1:$SIM" --slots 1000 --prefill-base-ms 1 \
+target/production/infergate sim --listen "127.0.0.1:$SIM" --slots 1000 --prefill-base-ms 1 \
   --prefill-per-token-ms 0 --decode-ms 1 --decode-slowdown 0 2>"$WORK/sim.log" &
 PIDS+=("$!")
 # The streams' gateway: the sim without auth on one port, with it on another.
@@ -105,14 +105,14 @@ listen = [\"127.0.0.1:$STREAM_KEYED\"]
 
 $KEYS"
 }
-GATEWAY_BIN=target/release/infergate start_gateway streams "$(streams_config)"
+GATEWAY_BIN=target/production/infergate start_gateway streams "$(streams_config)"
 STREAMS_PID=$GATEWAY_PID
 for port in $SIM $STREAM_OFF $STREAM_KEYED; do wait_port $port; done
 # stream PORT [KEY] -> "tokens_per_second ns_cpu_per_token"
 stream() {
   local before after out ok
   before=$(ticks "$STREAMS_PID")
-  out=$(target/release/infergate-load chat --addr "127.0.0.1:$1" --clients 100 --duration "${SECONDS_PER_RUN}s" \
+  out=$(target/production/infergate-load chat --addr "127.0.0.1:$1" --clients 100 --duration "${SECONDS_PER_RUN}s" \
     --stream --max-tokens $STREAM_TOKENS ${2:+--key "$2"})
   after=$(ticks "$STREAMS_PID")
   ok=$(echo "$out" | sed -n 's/.*ok=\([0-9]*\).*/\1/p')
@@ -146,7 +146,7 @@ kill "$STREAMS_PID" 2>/dev/null || true
 # The steady figure: instructions per request, one variant after the other in one counted gateway.
 WORKERS=1 config $COUNTED > "$WORK/counted.toml"
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/counted.out" \
-  target/release/infergate run --config "$WORK/counted.toml" >"$WORK/valgrind.log" 2>&1 &
+  target/production/infergate run --config "$WORK/counted.toml" >"$WORK/valgrind.log" 2>&1 &
 COUNTED_PID=$!
 PIDS+=("$COUNTED_PID")
 for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$COUNTED") 2>/dev/null && break; sleep 0.1; done

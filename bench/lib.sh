@@ -60,14 +60,14 @@ nginx_pids() { local master; master=$(cat "$WORK/$1/nginx.pid"); echo "$master $
 
 # build_gateway: builds what the benchmarks run and sets GATEWAY_BIN (the gateway measured) and
 # GATEWAY_BUILD (its description). By default the gateway is the profile-guided build of
-# bench/build-pgo.sh, as a production build would be; PGO=0 measures plain `cargo build --release`.
+# bench/build-pgo.sh, as a production build would be; PGO=0 measures `cargo build --profile production`.
 build_gateway() {
-  cargo build --release -q --workspace
+  cargo build --profile production -q --workspace
   if [ "${PGO:-1}" = 0 ]; then
-    GATEWAY_BIN=target/release/infergate GATEWAY_BUILD="cargo build --release (PGO=0)"
+    GATEWAY_BIN=target/production/infergate GATEWAY_BUILD="cargo build --profile production (PGO=0)"
   else
     bench/build-pgo.sh
-    GATEWAY_BIN=target/pgo/release/infergate GATEWAY_BUILD="release with PGO (bench/build-pgo.sh)"
+    GATEWAY_BIN=target/pgo/production/infergate GATEWAY_BUILD="production with PGO (bench/build-pgo.sh)"
   fi
 }
 
@@ -118,7 +118,7 @@ ${3:-}"
 # with wrk while nginx gets a share of its own (measured: 5-10 % fewer requests per second).
 start_gateway() {
   printf '%s\n' "$2" > "$WORK/$1.toml"
-  RUST_LOG=warn setsid "${GATEWAY_BIN:-target/release/infergate}" run --config "$WORK/$1.toml" 2>"$WORK/$1.log" &
+  RUST_LOG=warn setsid "${GATEWAY_BIN:-target/production/infergate}" run --config "$WORK/$1.toml" 2>"$WORK/$1.log" &
   GATEWAY_PID=$!
   PIDS+=("$GATEWAY_PID")
 }

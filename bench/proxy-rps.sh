@@ -6,8 +6,8 @@
 #
 # The backend is a second nginx answering a fixed small JSON body (fast and identical for both).
 # Load: wrk, HTTP/1.1, 50 connections, 2 threads. CPU per request is read from /proc for the proxy's
-# processes only. The gateway is the profile-guided build (bench/build-pgo.sh); PGO=0 measures plain
-# `cargo build --release`. Everything listens on 127.0.0.1; the script stops what it started.
+# processes only. The gateway is the profile-guided build (bench/build-pgo.sh); PGO=0 measures the
+# production profile alone. Everything listens on 127.0.0.1; the script stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh

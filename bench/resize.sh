@@ -14,12 +14,12 @@ source bench/lib.sh
 
 ROUNDS=${1:-3} REQUESTS=${2:-4}
 SIM=18601 AS_SENT=18602 RESIZED=18603
-cargo build --release -q --workspace
-LOAD=target/release/infergate-load
-target/release/infergate sim --listen "127.0.0.1:$SIM" --prefill-base-ms 45 --prefill-per-image-token-ms 0.13 \
+cargo build --profile production -q --workspace
+LOAD=target/production/infergate-load
+target/production/infergate sim --listen "127.0.0.1:$SIM" --prefill-base-ms 45 --prefill-per-image-token-ms 0.13 \
   2>"$WORK/sim.log" &
 PIDS+=("$!")
-GATEWAY_BIN=target/release/infergate start_gateway resize "[admin]
+GATEWAY_BIN=target/production/infergate start_gateway resize "[admin]
 enabled = false
 
 [[upstream]]

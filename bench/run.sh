@@ -22,7 +22,7 @@ SECTIONS=${SECTIONS:-rps,ratelimit,metrics,gzip,ttft,overload,balance,memory}
 section() { [[ ",$SECTIONS," == *",$1,"* ]]; }
 install_tools
 build_gateway
-LOAD=target/release/infergate-load
+LOAD=target/production/infergate-load
 ulimit -n 65536 2>/dev/null || true
 
 BACKEND=18080 SIM=18090 SIM_SLOW=18095
@@ -178,7 +178,7 @@ for port in $BACKEND $NGINX_HTTP $GW_HTTP $NGINX_TLS $GW_TLS $GW_BARE $GW_METRIC
 
 # sim_start [ARGS...]: a fresh simulated model on $SIM; sets SIM_PID.
 sim_start() {
-  target/release/infergate sim --listen "127.0.0.1:$SIM" "$@" 2>>"$WORK/sim.log" &
+  target/production/infergate sim --listen "127.0.0.1:$SIM" "$@" 2>>"$WORK/sim.log" &
   SIM_PID=$!; PIDS+=("$SIM_PID"); wait_port $SIM
 }
 sim_stop() { kill "$SIM_PID" 2>/dev/null || true; wait "$SIM_PID" 2>/dev/null || true; }
@@ -299,7 +299,7 @@ done
 # nginx's round robin against infergate's least_inflight; infergate's own round robin for reference.
 if section balance; then
   sim_start --slots 16; FAST_PID=$SIM_PID
-  target/release/infergate sim --listen "127.0.0.1:$SIM_SLOW" --slots 16 --decode-ms 75 2>>"$WORK/sim.log" &
+  target/production/infergate sim --listen "127.0.0.1:$SIM_SLOW" --slots 16 --decode-ms 75 2>>"$WORK/sim.log" &
   SLOW_PID=$!; PIDS+=("$SLOW_PID"); wait_port $SIM_SLOW
   for round in $(seq "$ROUNDS"); do
     echo "balance round $round" >&2

@@ -8,7 +8,7 @@
 #   bench/shared.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds of 6 s)
 #
 # Load: wrk, HTTP/1.1 keep-alive, 2 threads, 50 connections (throughput) and then 8 (latency, off
-# saturation). The gateway is the plain release build. Everything listens on 127.0.0.1; the script
+# saturation). The gateway is the production build without PGO. Everything listens on 127.0.0.1; the script
 # stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,12 +19,12 @@ BACKEND=18390 GATEWAY=18392 REDIS=18393
 
 install_tools
 need redis-server || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
-cargo build --release -q --workspace
+cargo build --profile production -q --workspace
 start_backend $BACKEND
 redis-server --port $REDIS --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
 REDIS_PID=$!
 PIDS+=("$REDIS_PID")
-GATEWAY_BIN=target/release/infergate start_gateway shared "$(gateway_config $GATEWAY $BACKEND "
+GATEWAY_BIN=target/production/infergate start_gateway shared "$(gateway_config $GATEWAY $BACKEND "
   [[server.location]]
   prefix = \"/local/\"
   proxy = \"backend\"
