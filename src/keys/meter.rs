@@ -132,7 +132,7 @@ impl KeyBudgets {
         for budget in &self.budgets {
             budget.bucket.take(tokens.counted(budget.counted), now);
         }
-        Ok(Reservation { budgets: self.clone(), reserved: tokens, settled: false, in_redis: false })
+        Ok(Reservation { budgets: self.clone(), reserved: tokens, settled: false, in_redis: None })
     }
 
     /// Reserves what a request may cost: `estimate`'s prompt and the output it may ask for; in Redis
@@ -145,13 +145,19 @@ impl KeyBudgets {
         }
         if shared.store.reachable() {
             let counts: Vec<i64> = self.budgets.iter().map(|b| signed(tokens.counted(b.counted))).collect();
-            match shared.reserve(&counts).await {
+            let id = fastrand::u64(..);
+            match shared.reserve(&counts, id).await {
                 Some(Reserved::Levels(levels)) => {
                     let now = self.now_ms();
                     for (budget, level) in self.budgets.iter().zip(levels) {
                         budget.bucket.mirror(level, now);
                     }
-                    return Ok(Reservation { budgets: self.clone(), reserved: tokens, settled: false, in_redis: true });
+                    return Ok(Reservation {
+                        budgets: self.clone(),
+                        reserved: tokens,
+                        settled: false,
+                        in_redis: Some(id),
+                    });
                 }
                 Some(Reserved::Short(_, ms)) => return Err(too_soon(ms)),
                 None => {}
@@ -214,8 +220,8 @@ pub(crate) struct Reservation {
     budgets: Arc<KeyBudgets>,
     reserved: Tokens,
     settled: bool,
-    /// Reserved in Redis (shared budgets), not only in this gateway's.
-    in_redis: bool,
+    /// Reserved in Redis (shared budgets) as this reservation, not only in this gateway's.
+    in_redis: Option<u64>,
 }
 
 impl Reservation {
@@ -231,14 +237,15 @@ impl Reservation {
             return;
         }
         // Shared (settled from a body's end, always on a worker's runtime): Redis took the reservation (so the difference is due), or nothing (so all of it).
-        let taken = if self.in_redis { self.reserved } else { Tokens::default() };
+        let taken = if self.in_redis.is_some() { self.reserved } else { Tokens::default() };
         let due: Vec<i64> = self
             .budgets
             .budgets
             .iter()
             .map(|b| signed(used.counted(b.counted)).saturating_sub(signed(taken.counted(b.counted))))
             .collect();
-        if due.iter().all(|tokens| *tokens == 0) {
+        // A reservation in Redis is settled even when nothing is due: that removes its marker.
+        if self.in_redis.is_none() && due.iter().all(|tokens| *tokens == 0) {
             return;
         }
         let (Some(shared), Ok(runtime)) = (&self.budgets.shared, tokio::runtime::Handle::try_current()) else {
@@ -248,10 +255,10 @@ impl Reservation {
             shared.keep_unwritten(&due);
             return;
         }
-        let budgets = self.budgets.clone();
+        let (budgets, id) = (self.budgets.clone(), self.in_redis);
         runtime.spawn(async move {
             if let Some(shared) = &budgets.shared {
-                shared.settle(due).await;
+                shared.settle(due, id).await;
             }
         });
     }

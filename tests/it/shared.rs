@@ -510,3 +510,50 @@ async fn a_gateway_that_dies_gives_its_slots_back_within_the_leases_life() {
         stream.abort();
     }
 }
+
+// One thread: the gateway's one Redis connection, made by the first request, carries the second's
+// reservation (a connection made while Redis is stopped would not get as far as sending it).
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/test.sh provisions it"]
+async fn a_reservation_whose_answer_came_late_is_not_counted_twice() {
+    let redis = RedisServer::start();
+    let backend = model().await;
+    let gw = TestGateway::start(&budget_config(&redis.url(), &backend.authority())).await;
+    let admin = infergate::admin::start(gw.gateway.clone()).await.unwrap().unwrap();
+    let mut client = http1(gw.addr("127.0.0.1:0")).await;
+    assert_eq!(send(&mut client, ask()).await.0, StatusCode::OK);
+    let started = Instant::now();
+    while budget_left(&redis).await > 800 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the first request did not settle");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Redis stops answering (not gone): the reservation times out and is counted here, and Redis
+    // takes it when it goes on.
+    redis.signal("STOP");
+    assert_eq!(send(&mut client, ask()).await.0, StatusCode::OK);
+    redis.signal("CONT");
+    // It waits in Redis's socket until then, and is taken then.
+    let started = Instant::now();
+    while redis.command::<Vec<String>>(&["KEYS", "infergate:budget-reservation:*"]).await.len() != 1 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the late reservation never reached Redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    while fetch(admin, "/status").await.2.parse::<Value>().unwrap()["redis"]["up"] != true {
+        assert!(started.elapsed() < Duration::from_secs(10), "Redis was not found again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The next request writes what the second used (200) and cancels the late reservation (101
+    // back): three requests, 600 tokens, counted once each.
+    assert_eq!(send(&mut client, ask()).await.0, StatusCode::OK);
+    let started = Instant::now();
+    loop {
+        let left = budget_left(&redis).await;
+        let markers: Vec<String> = redis.command(&["KEYS", "infergate:budget-reservation:*"]).await;
+        if (395..=410).contains(&left) && markers.is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "Redis holds {left} tokens and {markers:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -511,6 +511,12 @@ impl RedisServer {
         }
     }
 
+    /// Stops (SIGSTOP) or continues (SIGCONT) the server: a Redis that is there and does not answer.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("a running server").id().to_string();
+        assert!(Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap().success());
+    }
+
     /// Starts the server on its port, empty, and waits until it answers.
     pub fn restart(&mut self) {
         self.stop();
