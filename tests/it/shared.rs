@@ -327,16 +327,16 @@ async fn budget_left(redis: &RedisServer) -> i64 {
 async fn one_keys_budget_is_spent_once_across_gateways() {
     let redis = RedisServer::start();
     let backend = model().await;
-    let (a, b) = (
-        TestGateway::start(&budget_config(&redis.url(), &backend.authority())).await,
-        TestGateway::start(&budget_config(&redis.url(), &backend.authority())).await,
-    );
-    let mut clients = [http1(a.addr("127.0.0.1:0")).await, http1(b.addr("127.0.0.1:0")).await];
-    // Each answer costs 200 tokens: five fit in 1,000, taken in turn from either gateway; each
-    // gateway's headers count what both spent.
+    let (_dir, _running, addrs) = gateways(3, &budget_config(&redis.url(), &backend.authority()));
+    let mut clients = Vec::new();
+    for addr in addrs {
+        clients.push(http1(addr).await);
+    }
+    // Each answer costs 200 tokens: five fit in 1,000, taken in turn from the three gateway
+    // processes; each one's headers count what all spent.
     let mut remaining = Vec::new();
     for i in 0..5 {
-        let (status, headers, body) = send(&mut clients[i % 2], ask()).await;
+        let (status, headers, body) = send(&mut clients[i % 3], ask()).await;
         assert_eq!(status, StatusCode::OK, "request {i}: {body}");
         remaining.push(headers["x-ratelimit-remaining-tokens"].to_str().unwrap().parse::<i64>().unwrap());
     }
