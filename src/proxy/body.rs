@@ -15,6 +15,48 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Sleep;
 
+/// Where a response body comes from: the request's HTTP/1.1 connection, or its stream on the
+/// worker's HTTP/2 connection to the server.
+pub(crate) enum Source {
+    Http1(Box<UpstreamConnection>),
+    Http2(hyper::body::Incoming),
+}
+
+impl Source {
+    /// The next piece of the body (an HTTP/2 stream's trailers are dropped, as HTTP/1.1's are).
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BoxError>>> {
+        match self {
+            Source::Http1(connection) => connection.poll_body(cx).map(|piece| piece.map(|r| r.map_err(BoxError::from))),
+            Source::Http2(stream) => loop {
+                match std::task::ready!(Pin::new(&mut *stream).poll_frame(cx)) {
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => return Poll::Ready(Some(Ok(data))),
+                        Err(_trailers) => continue,
+                    },
+                    Some(Err(error)) => return Poll::Ready(Some(Err(Box::new(error)))),
+                    None => return Poll::Ready(None),
+                }
+            },
+        }
+    }
+
+    /// Whether the body was read to its end.
+    pub(crate) fn body_done(&self) -> bool {
+        match self {
+            Source::Http1(connection) => connection.body_done(),
+            Source::Http2(stream) => stream.is_end_stream(),
+        }
+    }
+
+    /// Bytes left, when known.
+    fn body_left(&self) -> Option<u64> {
+        match self {
+            Source::Http1(connection) => connection.body_left(),
+            Source::Http2(stream) => stream.size_hint().exact(),
+        }
+    }
+}
+
 /// The client's request body on its way to the backend: streamed as it arrives, or already read in
 /// full (a model router read it to find the `model` field).
 pub(crate) struct RequestBody {
@@ -156,7 +198,7 @@ pub(crate) struct BodyTimeouts {
 /// response), after a final SSE `event: error` on event streams.
 pub(crate) struct UpstreamBody {
     /// `None` once the body is complete or cut.
-    connection: Option<Box<UpstreamConnection>>,
+    connection: Option<Source>,
     /// Where the connection goes back to; `None` for connections that never return (upgrades).
     pool: Option<PoolKey>,
     /// The server slot and in-flight count this response holds until it ends or is dropped.
@@ -175,12 +217,7 @@ pub(crate) struct UpstreamBody {
 impl UpstreamBody {
     /// The body still to come on `connection` (`None`: nothing is left); `pool` takes the connection
     /// back once it is read in full.
-    pub(crate) fn new(
-        connection: Option<Box<UpstreamConnection>>,
-        pool: Option<PoolKey>,
-        lease: Lease,
-        timeouts: BodyTimeouts,
-    ) -> Self {
+    pub(crate) fn new(connection: Option<Source>, pool: Option<PoolKey>, lease: Lease, timeouts: BodyTimeouts) -> Self {
         UpstreamBody { connection, pool, lease, timeouts, timer: None, failed: None, info: None, failures: None }
     }
 
@@ -205,7 +242,7 @@ impl UpstreamBody {
     }
 
     fn release_connection(&mut self) {
-        if let (Some(connection), Some(pool)) = (self.connection.take(), self.pool) {
+        if let (Some(Source::Http1(connection)), Some(pool)) = (self.connection.take(), self.pool) {
             // A body that never waited for the backend is checked in as of its head, one clock read
             // fewer: an earlier time only makes the pool retire the connection sooner, never later.
             let last_used = match (&self.timer, &self.info) {
@@ -303,7 +340,7 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Err(e))) => {
                 this.connection = None;
                 this.server_failed();
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Pending => {
                 let deadline = this.next_deadline();
@@ -318,7 +355,7 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.failed.is_none() && self.connection.as_deref().is_none_or(UpstreamConnection::body_done)
+        self.failed.is_none() && self.connection.as_ref().is_none_or(Source::body_done)
     }
 
     fn size_hint(&self) -> SizeHint {

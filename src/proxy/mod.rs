@@ -7,19 +7,19 @@ mod headers;
 pub(crate) mod retry;
 mod websocket;
 
-pub(crate) use body::{BodyLimits, BodyTimedOut, BodyTimeouts, BodyTooLarge, RequestBody, UpstreamBody};
+pub(crate) use body::{BodyLimits, BodyTimedOut, BodyTimeouts, BodyTooLarge, RequestBody, Source, UpstreamBody};
 
 use crate::accounting::UpstreamInfo;
 use crate::client::{ClientBody, ClientInfo, ClientRequest};
 use crate::error::BoxError;
 use crate::error::GatewayError;
 use crate::upstream::{
-    BalanceFacts, Claim, ConnectError, ExchangeError, FailureReport, HeadWait, Lease, SendTimedOut, Tried, Unavailable,
-    Upstream, UpstreamConnection, UpstreamRequest, UpstreamServer,
+    BalanceFacts, Checked, Claim, ConnectError, ExchangeError, FailureReport, HeadWait, Http2Body, Http2Sender, Lease,
+    SendTimedOut, Tried, Unavailable, Upstream, UpstreamConnection, UpstreamRequest, UpstreamServer,
 };
 use crate::wire::upgrade::PendingUpgrade;
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use retry::{Decision, FailedTry, Origin, Phase, RequestKind, Stop};
 use std::time::Duration;
@@ -169,14 +169,23 @@ async fn forward_body(
         // own, whose future (the exchange's inside it) every request would copy into this one.
         let attempt: Result<_, TryFailure> = 'attempt: {
             let mut connection = match server.pool.checkout(try_started).await {
-                Ok(connection) if connection.reused => {
+                Ok(Checked::Http1(connection)) if connection.reused => {
                     upstream.metrics.reused.inc();
                     connection
                 }
-                Ok(connection) => {
+                Ok(Checked::Http1(connection)) => {
                     upstream.metrics.opened.inc();
                     upstream.metrics.connect_time.observe(try_started.elapsed().as_secs_f64());
                     connection
+                }
+                Ok(Checked::Http2 { sender, reused }) => {
+                    match reused {
+                        true => upstream.metrics.reused.inc(),
+                        false => upstream.metrics.opened.inc(),
+                    }
+                    let copy = step.tries_left.then(|| body.replay()).flatten();
+                    let waits = if reused { HeadWaits { from: try_started, ..waits } } else { waits.starting_now() };
+                    break 'attempt http2_exchange(sender, server, request, body, waits, copy).await;
                 }
                 Err(error) => break 'attempt Err(TryFailure::before_sending(error, body)),
             };
@@ -199,7 +208,7 @@ async fn forward_body(
                 }
             }
             match outcome {
-                Ok(parts) => Ok((connection, parts, copy)),
+                Ok(parts) => Ok((Source::Http1(connection), parts, copy)),
                 Err(failure) => Err(TryFailure::of(failure, copy)),
             }
         };
@@ -340,7 +349,7 @@ impl Try<'_> {
     /// pool when the body is complete already), holding `lease` until it ends.
     fn respond(
         &self,
-        connection: Box<UpstreamConnection>,
+        connection: Source,
         parts: http::response::Parts,
         mut lease: Lease,
         header_time: Duration,
@@ -360,7 +369,9 @@ impl Try<'_> {
             event_stream: timeouts.sse,
         };
         let (connection, failures) = if connection.body_done() {
-            server.pool.key().checkin(connection, head_at);
+            if let Source::Http1(connection) = connection {
+                server.pool.key().checkin(connection, head_at);
+            }
             (None, None)
         } else {
             if timeouts.sse {
@@ -444,6 +455,63 @@ async fn resend_on_new_connection(
     Ok((connection, outcome))
 }
 
+/// Step 2 on the worker's HTTP/2 connection to `server`: the request as a stream of it (its
+/// `Host` as `:authority`), and its response head under the head timeouts. `copy` is the body kept
+/// for another server.
+async fn http2_exchange(
+    mut sender: Http2Sender,
+    server: &UpstreamServer,
+    request: UpstreamRequest<'_>,
+    body: RequestBody,
+    waits: HeadWaits,
+    copy: Option<RequestBody>,
+) -> Result<(Source, http::response::Parts, Option<RequestBody>), TryFailure> {
+    let head = request.head;
+    let path = head.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut outgoing = http::Request::new(Http2Body::new(body));
+    *outgoing.method_mut() = head.method().clone();
+    *outgoing.version_mut() = http::Version::HTTP_2;
+    *outgoing.uri_mut() = format!("https://{}{path}", server.authority).parse().map_err(|e| TryFailure {
+        error: GatewayError::BadGateway(format!("no URI for HTTP/2: {e}")),
+        origin: Origin::Upstream(Phase::NotSent),
+        body: None,
+    })?;
+    let headers = outgoing.headers_mut();
+    let added = |name: &HeaderName| request.forwarding.iter().any(|(forwarded, _)| *forwarded == name);
+    for (name, value) in head.headers() {
+        if name != header::HOST && !added(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    for (name, value) in request.forwarding {
+        if **name != header::HOST {
+            headers.append((*name).clone(), value.clone());
+        }
+    }
+    let deadline = waits.from + waits.first_byte;
+    let deadline = waits.total.map_or(deadline, |(total, _)| total.min(deadline));
+    match tokio::time::timeout_at(deadline, sender.send_request(outgoing)).await {
+        Ok(Ok(response)) => {
+            let (mut parts, stream) = response.into_parts();
+            for name in request.hidden {
+                parts.headers.remove(*name);
+            }
+            Ok((Source::Http2(stream), parts, copy))
+        }
+        Ok(Err(error)) => {
+            let origin = if error.is_canceled() { Phase::NotSent } else { Phase::NoAnswer };
+            Err(TryFailure {
+                error: GatewayError::BadGateway(error_chain(&error)),
+                origin: Origin::Upstream(origin),
+                body: copy,
+            })
+        }
+        Err(_) => {
+            Err(TryFailure { error: GatewayError::ReadTimeout, origin: Origin::Upstream(Phase::TimedOut), body: copy })
+        }
+    }
+}
+
 fn empty_body() -> RequestBody {
     RequestBody::buffered(Bytes::new())
 }
@@ -523,7 +591,7 @@ async fn forward_upgrade(
         None
     } else {
         let timeouts = BodyTimeouts { idle: read_timeout, total: waits.total, sse: false };
-        let connection = (!connection.body_done()).then_some(connection);
+        let connection = (!connection.body_done()).then_some(Source::Http1(connection));
         Some(Box::new(UpstreamBody::new(connection, None, lease, timeouts)))
     };
     Ok(Response::from_parts(head, body))

@@ -22,7 +22,7 @@ pub(crate) use health::{spawn_checks, ActiveCheck, FailPolicy, FailureReport, Se
 pub(crate) use admission::{Admission, Ask, Permit, ServerLimit};
 pub(crate) use connector::{ConnectError, Connector, SendTimedOut};
 pub(crate) use http1::{ExchangeError, HeadWait, OutgoingBody, UpgradedBackend, UpstreamRequest};
-pub(crate) use pool::{PoolKey, PoolSettings, ServerPool, UpstreamConnection};
+pub(crate) use pool::{Checked, Http2Body, Http2Sender, PoolKey, PoolSettings, ServerPool, UpstreamConnection};
 
 use crate::config::{Balance, HashKey, ServerAddr, Source, UpstreamConfig, UpstreamServerConfig, UpstreamTimeouts};
 use crate::discovery::{Discovery, Lookup};

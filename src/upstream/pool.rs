@@ -1,4 +1,5 @@
-//! Keep-alive connections to one backend server, used by the request's own task (see `http1`).
+//! Keep-alive connections to one backend server, used by the request's own task (see `http1`); for a
+//! server reached over TLS that picks HTTP/2, one multiplexed connection per worker thread instead.
 //!
 //! Written by hand instead of using hyper-util's pooled client: that client runs every connection in
 //! a task of its own, so each request crosses tasks (and often threads) several times, which measured
@@ -9,6 +10,7 @@ use super::connector::{BackendIo, ConnectError, Connector};
 pub(crate) use super::http1::UpstreamConnection;
 use super::tls_client::UpstreamTls;
 use http::uri::Authority;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -32,7 +34,22 @@ struct Idle {
     idle_timeout: Duration,
 }
 
+/// A request body as the HTTP/2 client takes it.
+pub(crate) type Http2Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, crate::error::BoxError>;
+/// Requests to one server on this worker's HTTP/2 connection to it.
+pub(crate) type Http2Sender = hyper::client::conn::http2::SendRequest<Http2Body>;
+
+/// A connection to send a request on.
+pub(crate) enum Checked {
+    /// An HTTP/1.1 connection of the request's own until its response ends.
+    Http1(Box<UpstreamConnection>),
+    /// The worker's HTTP/2 connection, shared (`reused`: it served before).
+    Http2 { sender: Http2Sender, reused: bool },
+}
+
 thread_local! {
+    /// This worker thread's HTTP/2 connections, by pool id.
+    static HTTP2: RefCell<Vec<Option<Http2Sender>>> = const { RefCell::new(Vec::new()) };
     /// This worker thread's idle connections, a stack per pool id. Per thread, as nginx keeps a
     /// keep-alive cache per worker: a connection is registered with the runtime of the thread that
     /// opened it, and checking it in and out never touches memory another core writes.
@@ -107,14 +124,51 @@ impl ServerPool {
         self.key
     }
 
-    /// The most recently used idle connection that is still open at `now` (a time the caller read
-    /// already: each clock read costs), else a new one. Boxed: a connection moves between the pool,
-    /// the request and its response body several times per request.
-    pub(crate) async fn checkout(&self, now: Instant) -> Result<Box<UpstreamConnection>, ConnectError> {
-        if let Some(connection) = self.take_idle(now) {
-            return Ok(connection);
+    /// This worker's HTTP/2 connection to the server when it has one open, else the most recently
+    /// used idle HTTP/1.1 connection still open at `now` (a time the caller read already: each clock
+    /// read costs), else a new connection. Boxed: a connection moves between the pool, the request
+    /// and its response body several times per request.
+    pub(crate) async fn checkout(&self, now: Instant) -> Result<Checked, ConnectError> {
+        if let Some(sender) = self.http2() {
+            return Ok(Checked::Http2 { sender, reused: true });
         }
-        self.connect().await
+        if let Some(connection) = self.take_idle(now) {
+            return Ok(Checked::Http1(connection));
+        }
+        match self.open(false).await? {
+            Opened::Http1(io) => Ok(Checked::Http1(Box::new(UpstreamConnection::new(io)))),
+            Opened::Http2(io) => {
+                let target = self.authority.as_str();
+                let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                    .handshake(TokioIo::new(io))
+                    .await
+                    .map_err(|e| ConnectError::Failed(target.to_owned(), std::io::Error::other(e)))?;
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "upstream HTTP/2 connection ended");
+                    }
+                });
+                let id = self.key.id;
+                HTTP2.with_borrow_mut(|senders| {
+                    if senders.len() <= id {
+                        senders.resize_with(id + 1, || None);
+                    }
+                    senders[id] = Some(sender.clone());
+                });
+                Ok(Checked::Http2 { sender, reused: false })
+            }
+        }
+    }
+
+    /// This worker's open HTTP/2 connection to the server, if any.
+    fn http2(&self) -> Option<Http2Sender> {
+        HTTP2.with_borrow_mut(|senders| {
+            let slot = senders.get_mut(self.key.id)?;
+            if slot.as_ref().is_some_and(Http2Sender::is_closed) {
+                *slot = None;
+            }
+            slot.clone()
+        })
     }
 
     fn take_idle(&self, now: Instant) -> Option<Box<UpstreamConnection>> {
@@ -127,24 +181,41 @@ impl ServerPool {
         }
     }
 
-    /// A new connection, never pooled before (also for upgrades, which leave the pool for good).
+    /// A new HTTP/1.1 connection, never pooled before (upgrades, which leave the pool for good, and
+    /// a request sent again after a stale kept-alive one).
     pub(crate) async fn connect(&self) -> Result<Box<UpstreamConnection>, ConnectError> {
+        match self.open(true).await? {
+            Opened::Http1(io) => Ok(Box::new(UpstreamConnection::new(io))),
+            Opened::Http2(_) => Err(ConnectError::Failed(
+                self.authority.to_string(),
+                std::io::Error::other("the server picked HTTP/2 where only HTTP/1.1 was offered"),
+            )),
+        }
+    }
+
+    /// A connection, TLS over it for an `https://` server (offering HTTP/2 unless `http1`).
+    async fn open(&self, http1: bool) -> Result<Opened, ConnectError> {
         let started = Instant::now();
         let stream = self.settings.connector.connect(&self.authority).await?;
-        let io = match &self.tls {
-            None => BackendIo::Plain(stream),
-            Some(tls) => {
-                let target = self.authority.as_str();
-                // The handshake counts against the connect timeout, as nginx's does.
-                let left = self.settings.connector.connect_timeout.saturating_sub(started.elapsed());
-                match tokio::time::timeout(left, tls.handshake(stream, target)).await {
-                    Ok(tls) => BackendIo::Tls(Box::new(tls?)),
-                    Err(_) => return Err(ConnectError::TimedOut(target.to_owned())),
-                }
-            }
+        let Some(tls) = &self.tls else { return Ok(Opened::Http1(BackendIo::Plain(stream))) };
+        let target = self.authority.as_str();
+        // The handshake counts against the connect timeout, as nginx's does.
+        let left = self.settings.connector.connect_timeout.saturating_sub(started.elapsed());
+        let stream = match tokio::time::timeout(left, tls.handshake(stream, target, http1)).await {
+            Ok(stream) => stream?,
+            Err(_) => return Err(ConnectError::TimedOut(target.to_owned())),
         };
-        Ok(Box::new(UpstreamConnection::new(io)))
+        Ok(match stream.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Opened::Http2(BackendIo::Tls(Box::new(stream))),
+            _ => Opened::Http1(BackendIo::Tls(Box::new(stream))),
+        })
     }
+}
+
+/// A connection just opened, by the protocol it speaks.
+enum Opened {
+    Http1(BackendIo),
+    Http2(BackendIo),
 }
 
 /// Closes this thread's idle connections past their lifetime even when no request comes to notice them.

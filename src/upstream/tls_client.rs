@@ -1,9 +1,11 @@
 //! TLS to upstream servers written `https://`: rustls with the aws-lc-rs provider, the system's
 //! root certificates unless the upstream names its own (`tls.ca`), the server's host name sent
 //! (SNI) and checked against its certificate unless `tls.server_name` says another, and a client
-//! certificate when `tls.cert` is set. It offers HTTP/1.1 (ALPN), the protocol of the upstream
-//! exchange (`http1`). Built once per upstream at config load; a handshake is part of connecting,
-//! within the connect timeout, and its failure answers 502 as a refused connection does.
+//! certificate when `tls.cert` is set. It offers HTTP/2 and HTTP/1.1 (ALPN); a server that picks
+//! HTTP/2 gets every request of this gateway's worker on one multiplexed connection (`pool`), one
+//! that picks HTTP/1.1 the keep-alive pool of `http1`. A WebSocket upgrade is offered HTTP/1.1 alone.
+//! Built once per upstream at config load; a handshake is part of connecting, within the connect
+//! timeout, and its failure answers 502 as a refused connection does.
 
 use super::connector::{ConnectError, TimedStream};
 use crate::config::{Source, UpstreamTlsConfig};
@@ -15,7 +17,10 @@ use tokio_rustls::TlsConnector;
 
 /// How one upstream server is reached over TLS.
 pub(crate) struct UpstreamTls {
+    /// Offers HTTP/2 and HTTP/1.1.
     connector: TlsConnector,
+    /// Offers HTTP/1.1 alone (upgrades).
+    http1_only: TlsConnector,
     /// Sent and checked: `tls.server_name`, else the server's host.
     server_name: ServerName<'static>,
     /// What it was made of, to tell whether a reload may keep its connections.
@@ -56,7 +61,7 @@ pub(crate) fn client_config(tls: &UpstreamTlsConfig, source: &Source) -> Result<
         }
         _ => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -71,16 +76,26 @@ impl UpstreamTls {
         let name = name.trim_start_matches('[').trim_end_matches(']');
         let server_name =
             ServerName::try_from(name.to_string()).map_err(|e| format!("invalid server name {name:?}: {e}"))?;
-        Ok(UpstreamTls { connector: TlsConnector::from(config), server_name, settings: settings.clone() })
+        let mut http1 = (*config).clone();
+        http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(UpstreamTls {
+            connector: TlsConnector::from(config),
+            http1_only: TlsConnector::from(Arc::new(http1)),
+            server_name,
+            settings: settings.clone(),
+        })
     }
 
-    /// The handshake on a connected `stream` to `target` (for errors).
+    /// The handshake on a connected `stream` to `target` (for errors), offering HTTP/2 unless
+    /// `http1` says HTTP/1.1 alone.
     pub(crate) async fn handshake(
         &self,
         stream: TimedStream,
         target: &str,
+        http1: bool,
     ) -> Result<TlsStream<TimedStream>, ConnectError> {
-        self.connector
+        let connector = if http1 { &self.http1_only } else { &self.connector };
+        connector
             .connect(self.server_name.clone(), stream)
             .await
             .map_err(|e| ConnectError::Failed(target.to_owned(), e))

@@ -14,9 +14,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 
-/// What a TLS backend saw of each request: the name the client sent (SNI), `Host` and
-/// `Authorization`.
+/// What a TLS backend saw of each request: the name the client sent (SNI), `Host` (HTTP/2's
+/// `:authority`) and `Authorization`.
 type Seen = Arc<Mutex<Vec<(Option<String>, String, String)>>>;
+
+/// The HTTP versions a TLS backend was spoken to in, one entry per connection.
+type Versions = Arc<Mutex<Vec<http::Version>>>;
 
 /// `der` as a PEM certificate file.
 fn pem(der: &CertificateDer) -> String {
@@ -28,6 +31,17 @@ fn pem(der: &CertificateDer) -> String {
 /// A backend on 127.0.0.1 speaking TLS with the certificate `backend.crt` for `localhost` (its CA in
 /// `backend-ca.pem` of `dir`); with `client_ca`, it asks for a client certificate signed by it.
 async fn tls_backend(dir: &std::path::Path, client_ca: Option<CertificateDer<'static>>) -> (String, Seen) {
+    let (server, seen, _) = tls_backend_with(dir, client_ca, false).await;
+    (server, seen)
+}
+
+/// As `tls_backend`; with `http2`, it offers HTTP/2 (ALPN) before HTTP/1.1 and answers a POST with
+/// its body's length, in three frames.
+async fn tls_backend_with(
+    dir: &std::path::Path,
+    client_ca: Option<CertificateDer<'static>>,
+    http2: bool,
+) -> (String, Seen, Versions) {
     let ca = write_cert(dir, "backend", &["localhost"]);
     std::fs::write(dir.join("backend-ca.pem"), pem(&ca)).unwrap();
     let chain: Vec<CertificateDer> =
@@ -43,29 +57,65 @@ async fn tls_backend(dir: &std::path::Path, client_ca: Option<CertificateDer<'st
         }
         None => builder.with_no_client_auth(),
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(builder.with_single_cert(chain, key).unwrap()));
+    let mut config = builder.with_single_cert(chain, key).unwrap();
+    if http2 {
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let seen: Seen = Arc::default();
-    let log = seen.clone();
+    let (seen, versions): (Seen, Versions) = Default::default();
+    let (log, connections) = (seen.clone(), versions.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
-            let (acceptor, log) = (acceptor.clone(), log.clone());
+            let (acceptor, log, connections) = (acceptor.clone(), log.clone(), connections.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(stream).await else { return };
                 let sni = tls.get_ref().1.server_name().map(String::from);
+                let speaks_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                connections.lock().unwrap().push(if speaks_h2 {
+                    http::Version::HTTP_2
+                } else {
+                    http::Version::HTTP_11
+                });
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let header =
                         |name| request.headers().get(name).map_or(String::new(), |v| v.to_str().unwrap().into());
-                    log.lock().unwrap().push((sni.clone(), header("host"), header("authorization")));
-                    async { Ok::<_, std::convert::Infallible>(Response::new(full(Bytes::from_static(b"over tls")))) }
+                    let host = request.uri().authority().map_or_else(|| header("host"), |a| a.to_string());
+                    log.lock().unwrap().push((sni.clone(), host, header("authorization")));
+                    async move {
+                        let answer = match request.method() {
+                            &http::Method::POST if http2 => {
+                                let length = http_body_util::BodyExt::collect(request.into_body())
+                                    .await
+                                    .unwrap()
+                                    .to_bytes()
+                                    .len();
+                                let frames = ["length ", "is ", Box::leak(length.to_string().into_boxed_str())];
+                                let stream = futures_util::stream::iter(frames.map(|f| {
+                                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(
+                                        f.as_bytes(),
+                                    )))
+                                }));
+                                http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(stream))
+                            }
+                            _ => full(Bytes::from_static(b"over tls")),
+                        };
+                        Ok::<_, std::convert::Infallible>(Response::new(answer))
+                    }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+                let io = TokioIo::new(tls);
+                if speaks_h2 {
+                    let executor = hyper_util::rt::TokioExecutor::new();
+                    let _ = hyper::server::conn::http2::Builder::new(executor).serve_connection(io, service).await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                }
             });
         }
     });
-    (format!("localhost:{}", addr.port()), seen)
+    (format!("localhost:{}", addr.port()), seen, versions)
 }
 
 fn config(server: &str, tls: &str) -> String {
@@ -214,4 +264,29 @@ async fn a_fallback_is_one_step_and_must_exist() {
         .replace("tls = { ca = \"backend-ca.pem\" }", "tls = { ca = \"backend-ca.pem\" }\nfallback = \"local\"");
     let errors = infergate::config::load(&source(chained)).unwrap_err().to_string();
     assert!(errors.contains("has a fallback of its own (one step only)"), "{errors}");
+}
+
+#[tokio::test]
+async fn a_server_that_offers_http2_is_spoken_to_over_one_http2_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, seen, versions) = tls_backend_with(dir.path(), None, true).await;
+    let gw = TestGateway::start_in(dir, &config(&server, r#"{ ca = "backend-ca.pem" }"#)).await;
+    let addr = gw.addr("127.0.0.1:0");
+    for _ in 0..3 {
+        assert_eq!(fetch(addr, "/v1/models").await.2, "over tls");
+    }
+    // A body up and a streamed answer down, on the same connection.
+    let upload =
+        Request::post("/v1/chat/completions").header("host", "localhost").body(full("x".repeat(100_000))).unwrap();
+    let (status, _, body) = send(&mut http1(addr).await, upload).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "length is 100000"));
+    assert_eq!(versions.lock().unwrap().clone(), vec![http::Version::HTTP_2], "one connection, HTTP/2");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    assert!(
+        seen.iter().all(|(sni, authority, key)| sni.as_deref() == Some("localhost")
+            && *authority == server
+            && key == "Bearer sk-provider"),
+        "{seen:?}"
+    );
 }
