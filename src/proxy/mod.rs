@@ -471,7 +471,9 @@ async fn http2_exchange(
     let mut outgoing = http::Request::new(Http2Body::new(body));
     *outgoing.method_mut() = head.method().clone();
     *outgoing.version_mut() = http::Version::HTTP_2;
-    *outgoing.uri_mut() = format!("https://{}{path}", server.authority).parse().map_err(|e| TryFailure {
+    // The server's own name (a server found by DNS is connected to by address).
+    let authority = server.host.as_ref().and_then(|host| host.to_str().ok()).unwrap_or(server.authority.as_str());
+    *outgoing.uri_mut() = format!("https://{authority}{path}").parse().map_err(|e| TryFailure {
         error: GatewayError::BadGateway(format!("no URI for HTTP/2: {e}")),
         origin: Origin::Upstream(Phase::NotSent),
         body: None,

@@ -105,11 +105,12 @@ impl Drop for Permit {
 }
 
 /// Whether a request of `tokens` fits on a server holding `inflight` requests of `held` tokens
-/// under `limit`: a free request slot, and room for its tokens (or none held: a request estimated
-/// above the limit runs alone rather than never).
+/// under `limit`: a free request slot, and room for its tokens (or nothing in flight: a request
+/// estimated above the limit runs alone rather than never; alone, not beside one whose tokens were
+/// not estimated).
 pub(crate) fn fits(limit: ServerLimit, inflight: usize, held: u64, tokens: u64) -> bool {
     limit.requests.is_none_or(|max| inflight < max)
-        && limit.tokens.is_none_or(|max| held == 0 || held.saturating_add(tokens) <= max)
+        && limit.tokens.is_none_or(|max| inflight == 0 || held.saturating_add(tokens) <= max)
 }
 
 impl Admission {
@@ -421,6 +422,9 @@ mod tests {
             (limit(None, Some(1000)), 3, 600, 401, false),
             (limit(None, Some(1000)), 0, 0, 5000, true),
             (limit(None, Some(1000)), 1, 1, 5000, false),
+            // Beside a request whose tokens were not estimated, it would not run alone.
+            (limit(None, Some(1000)), 1, 0, 5000, false),
+            (limit(None, Some(1000)), 1, 0, 1000, true),
             (limit(Some(1), Some(1000)), 1, 0, 10, false),
             (limit(None, Some(1000)), 1, u64::MAX, u64::MAX, false),
         ];
