@@ -46,8 +46,12 @@ pub(crate) fn client_config(tls: &UpstreamTlsConfig, source: &Source) -> Result<
             }
             Arc::new(roots)
         }
-        None if SYSTEM_ROOTS.is_empty() => return Err("no system root certificates found (set tls.ca)".into()),
-        None => SYSTEM_ROOTS.clone(),
+        None => {
+            if SYSTEM_ROOTS.is_empty() {
+                tracing::warn!("no system root certificates found: https:// servers are refused (set tls.ca)");
+            }
+            SYSTEM_ROOTS.clone()
+        }
     };
     let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .with_safe_default_protocol_versions()
