@@ -68,6 +68,15 @@ listen = ["127.0.0.1:0"]
     )
 }
 
+/// Waits (at most 10 s) until the gateway with the admin API `admin` says its Redis is up again.
+async fn until_redis_is_up(admin: std::net::SocketAddr) {
+    let started = Instant::now();
+    while fetch(admin, "/status").await.2.parse::<Value>().unwrap()["redis"]["up"] != true {
+        assert!(started.elapsed() < Duration::from_secs(10), "Redis was not found again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn user(path: &str, name: &str) -> http::Request<TestBody> {
     http::Request::get(path).header("host", "localhost").header("x-user", name).body(full("")).unwrap()
 }
@@ -184,11 +193,7 @@ async fn without_redis_zones_fall_back_as_configured_and_share_again_when_it_ret
 
     // Redis returns, empty: within `retry` the gateway finds it, and the zones count there again.
     redis.restart();
-    let started = Instant::now();
-    while fetch(admin, "/status").await.2.parse::<Value>().unwrap()["redis"]["up"] != true {
-        assert!(started.elapsed() < Duration::from_secs(10), "Redis was not found again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_redis_is_up(admin).await;
     assert_eq!(send(&mut client, user("/strict/", "bob")).await.0, StatusCode::OK);
     assert_eq!(send(&mut client, user("/strict/", "bob")).await.0, StatusCode::TOO_MANY_REQUESTS);
     let bob = format!("infergate:limit_req:strict:{}", sha256_hex("bob"));
@@ -322,6 +327,16 @@ async fn budget_left(redis: &RedisServer) -> i64 {
     level.parse::<i64>().unwrap() / 86_400_000
 }
 
+/// Waits (at most 5 s) until the key's budget in Redis is down to `left` tokens: the requests sent
+/// have settled.
+async fn until_settled(redis: &RedisServer, left: i64) {
+    let started = Instant::now();
+    while budget_left(redis).await > left {
+        assert!(started.elapsed() < Duration::from_secs(5), "{} tokens left, not {left}", budget_left(redis).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server: scripts/test.sh provisions it"]
 async fn one_keys_budget_is_spent_once_across_gateways() {
@@ -343,11 +358,7 @@ async fn one_keys_budget_is_spent_once_across_gateways() {
     // Each reservation takes 101 (a settlement may land after the next reservation: it is sent on
     // its own, perhaps by another worker).
     assert!(remaining.windows(2).all(|pair| pair[1] <= pair[0] - 100), "{remaining:?}");
-    let started = Instant::now();
-    while budget_left(&redis).await > 10 {
-        assert!(started.elapsed() < Duration::from_secs(5), "left {}", budget_left(&redis).await);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_settled(&redis, 10).await;
     for client in &mut clients {
         let (status, headers, body) = send(client, ask()).await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
@@ -366,11 +377,7 @@ async fn what_a_key_spends_while_redis_is_down_is_written_when_it_returns() {
     let admin = infergate::admin::start(gw.gateway.clone()).await.unwrap().unwrap();
     let mut client = http1(gw.addr("127.0.0.1:0")).await;
     assert_eq!(send(&mut client, ask()).await.0, StatusCode::OK);
-    let started = Instant::now();
-    while budget_left(&redis).await > 800 {
-        assert!(started.elapsed() < Duration::from_secs(5), "the first request did not settle");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_settled(&redis, 800).await;
 
     // Down: the gateway's copy of the budget (800 left, as Redis last said) counts alone.
     redis.stop();
@@ -386,11 +393,7 @@ async fn what_a_key_spends_while_redis_is_down_is_written_when_it_returns() {
     // Back, empty (a restart without persistence lost the first request's 200): the 400 spent
     // meanwhile is written with the next request, which spends 200 more.
     redis.restart();
-    let started = Instant::now();
-    while fetch(admin, "/status").await.2.parse::<Value>().unwrap()["redis"]["up"] != true {
-        assert!(started.elapsed() < Duration::from_secs(10), "Redis was not found again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_redis_is_up(admin).await;
     assert_eq!(send(&mut client, ask()).await.0, StatusCode::OK);
     let started = Instant::now();
     loop {
@@ -523,11 +526,7 @@ async fn a_reservation_whose_answer_came_late_is_not_counted_twice() {
     let admin = infergate::admin::start(gw.gateway.clone()).await.unwrap().unwrap();
     let mut client = http1(gw.addr("127.0.0.1:0")).await;
     assert_eq!(send(&mut client, ask()).await.0, StatusCode::OK);
-    let started = Instant::now();
-    while budget_left(&redis).await > 800 {
-        assert!(started.elapsed() < Duration::from_secs(5), "the first request did not settle");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_settled(&redis, 800).await;
     // Redis stops answering (not gone): the reservation times out and is counted here, and Redis
     // takes it when it goes on.
     redis.signal("STOP");
@@ -539,11 +538,7 @@ async fn a_reservation_whose_answer_came_late_is_not_counted_twice() {
         assert!(started.elapsed() < Duration::from_secs(5), "the late reservation never reached Redis");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let started = Instant::now();
-    while fetch(admin, "/status").await.2.parse::<Value>().unwrap()["redis"]["up"] != true {
-        assert!(started.elapsed() < Duration::from_secs(10), "Redis was not found again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_redis_is_up(admin).await;
     // The next request writes what the second used (200) and cancels the late reservation (101
     // back): three requests, 600 tokens, counted once each.
     assert_eq!(send(&mut client, ask()).await.0, StatusCode::OK);
