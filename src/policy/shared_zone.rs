@@ -50,8 +50,10 @@ impl SharedZone {
     fn keyed(&self, mut redis_key: Vec<u8>, key: &[u8]) -> Vec<u8> {
         if self.hashed {
             let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key);
+            // Hex by a table: this runs per request, and the formatter allocated a string a byte.
+            const HEX: &[u8; 16] = b"0123456789abcdef";
             for byte in digest.as_ref() {
-                redis_key.extend_from_slice(format!("{byte:02x}").as_bytes());
+                redis_key.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
             }
         } else {
             redis_key.extend_from_slice(key);
