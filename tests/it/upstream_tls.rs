@@ -192,6 +192,9 @@ async fn tls_settings_are_checked_at_load() {
 fn fallback_config(primary: &str, hosted: &str) -> String {
     format!(
         r#"
+[admin]
+listen = "127.0.0.1:0"
+
 [[upstream]]
 name = "local"
 servers = [{{ addr = "{primary}", max_inflight = 1 }}]
@@ -252,6 +255,9 @@ async fn a_primary_whose_servers_are_down_sends_to_the_fallback() {
         assert_eq!(fetch(addr, "/v1/models").await.2, "over tls");
     }
     assert_eq!(seen.lock().unwrap().len(), 2);
+    let admin = infergate::admin::start(gw.gateway.clone()).await.unwrap().unwrap();
+    let metrics = fetch(admin, "/metrics").await.2;
+    assert!(metrics.contains(r#"infergate_upstream_fallbacks_total{upstream="local"} 2"#), "{metrics}");
 }
 
 #[tokio::test]
