@@ -4,10 +4,10 @@
 #
 #   bench/run.sh [ROUNDS]        (default 3; the whole suite takes about 18 minutes, and 6 more the
 #                                first time for the profile-guided build, bench/build-pgo.sh)
-#   SECTIONS=rps,ratelimit,metrics,gzip,ttft,overload,balance,memory bench/run.sh   (a subset)
+#   SECTIONS=rps,logs,ratelimit,metrics,gzip,ttft,overload,balance,memory bench/run.sh   (a subset)
 #
-# Sections: plain proxy rps (a small and a 20 KB answer); HTTPS over HTTP/1.1 (wrk) and HTTP/2 (h2load); the cost of a rate limit
-# and of metrics;
+# Sections: plain proxy rps (a small and a 20 KB answer); HTTPS over HTTP/1.1 (wrk) and HTTP/2 (h2load); the
+# same HTTP/1.1 rows with the seed's access log on both; the cost of a rate limit and of metrics;
 # gzip of a 20 KB JSON answer with the seed's settings (rps, CPU per request, bytes); time to first token added
 # over a direct connection to the simulated model, with the seed's config (nginx `proxy_buffering on`);
 # milliseconds from a client closing a stream to the model noticing; goodput of an overloaded model
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 ROUNDS=${1:-3}
-SECTIONS=${SECTIONS:-rps,ratelimit,metrics,gzip,ttft,overload,balance,memory}
+SECTIONS=${SECTIONS:-rps,logs,ratelimit,metrics,gzip,ttft,overload,balance,memory}
 section() { [[ ",$SECTIONS," == *",$1,"* ]]; }
 install_tools
 build_gateway
@@ -27,6 +27,7 @@ ulimit -n 65536 2>/dev/null || true
 
 BACKEND=18080 SIM=18090 SIM_SLOW=18095
 NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092 GW_GUARD=18093 NGINX_PAIR=18096 GW_PAIR_RR=18097 GW_PAIR_LI=18098 NGINX_LIMIT=18099 GW_LIMIT=18100 NGINX_GZIP=18101 GW_GZIP=18102 GW_ADMIN=18103 GW_BARE=18104 GW_METRICS=18105 GW_METRICS_ADMIN=18106
+NGINX_HTTP_LOG=18107 GW_HTTP_LOG=18108 NGINX_TLS_LOG=18445 GW_TLS_LOG=18446
 RESULTS="$WORK/results.txt"; : > "$RESULTS"
 # record SECTION METRIC NGINX_VALUE INFERGATE_VALUE BETTER(higher|lower)
 record() { echo "$1|$2|$3|$4|$5" >> "$RESULTS"; }
@@ -43,6 +44,12 @@ start_nginx proxy "upstream backend { server 127.0.0.1:$BACKEND; keepalive 32; }
   upstream glm_backend { server 127.0.0.1:$SIM; keepalive 32; }
   keepalive_requests 1000000;
   server { listen 127.0.0.1:$NGINX_HTTP; location / { proxy_pass http://backend; $PROXY_HEADERS } }
+  log_format main '\$remote_addr - \$remote_user [\$time_local] "\$request" \$status \$body_bytes_sent "\$http_referer" "\$http_user_agent" "\$http_x_forwarded_for"';
+  server { listen 127.0.0.1:$NGINX_HTTP_LOG; access_log $WORK/nginx-access.log main;
+    location / { proxy_pass http://backend; $PROXY_HEADERS } }
+  server { listen 127.0.0.1:$NGINX_TLS_LOG ssl; ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers HIGH:!aNULL:!MD5; access_log $WORK/nginx-access.log main;
+    location / { proxy_pass http://backend; $PROXY_HEADERS } }
   limit_req_zone \$binary_remote_addr zone=generous:10m rate=1000000r/s;
   server { listen 127.0.0.1:$NGINX_LIMIT; location / { limit_req zone=generous burst=1000000 nodelay; proxy_pass http://backend; $PROXY_HEADERS } }
   server { listen 127.0.0.1:$NGINX_GZIP; gzip on; gzip_types text/plain application/json text/css application/javascript;
@@ -143,6 +150,21 @@ tls = { cert = \"$WORK/tls.crt\", key = \"$WORK/tls.key\", protocols = [\"1.2\",
   proxy = \"backend\"
 
 [[server]]
+listen = [\"127.0.0.1:$GW_HTTP_LOG\"]
+access_log = { path = \"$WORK/gateway-access.log\", format = \"main\" }
+  [[server.location]]
+  prefix = \"/\"
+  proxy = \"backend\"
+
+[[server]]
+listen = [\"127.0.0.1:$GW_TLS_LOG\"]
+tls = { cert = \"$WORK/tls.crt\", key = \"$WORK/tls.key\", protocols = [\"1.2\", \"1.3\"] }
+access_log = { path = \"$WORK/gateway-access.log\", format = \"main\" }
+  [[server.location]]
+  prefix = \"/\"
+  proxy = \"backend\"
+
+[[server]]
 listen = [\"127.0.0.1:$GW_SEED\"]
   [[server.location]]
   prefix = \"/\"
@@ -174,7 +196,7 @@ listen = [\"127.0.0.1:$port\"]
 done
 GATEWAY_PID=$GW_PID
 NGINX_PIDS=$(nginx_pids proxy)
-for port in $BACKEND $NGINX_HTTP $GW_HTTP $NGINX_TLS $GW_TLS $GW_BARE $GW_METRICS; do wait_port $port; done
+for port in $BACKEND $NGINX_HTTP $GW_HTTP $NGINX_TLS $GW_TLS $NGINX_HTTP_LOG $GW_HTTP_LOG $NGINX_TLS_LOG $GW_TLS_LOG $GW_BARE $GW_METRICS; do wait_port $port; done
 
 # sim_start [ARGS...]: a fresh simulated model on $SIM; sets SIM_PID.
 sim_start() {
@@ -204,6 +226,22 @@ section rps && for round in $(seq "$ROUNDS"); do
     IFS='|' read -r metric tool nginx_url gateway_url <<< "$row"
     read -r n g <<< "$(rps_pair "$round" "$tool" "$nginx_url" "$gateway_url")"
     record rps "$metric" "$n" "$g" higher
+  done
+done
+
+# 1a. The same with the seed's access log (`main`, to a file) on both, beside the rows without: rps,
+# and each proxy's rps with its log over without (the log's own cost). The files are emptied
+# before each run.
+logged_rps() { : > "$WORK/nginx-access.log"; : > "$WORK/gateway-access.log"; wrk_rps "$1"; }
+section logs && for round in $(seq "$ROUNDS"); do
+  echo "logs round $round" >&2
+  for row in "HTTP/1.1 small JSON|http://127.0.0.1:$NGINX_HTTP|http://127.0.0.1:$GW_HTTP|http://127.0.0.1:$NGINX_HTTP_LOG|http://127.0.0.1:$GW_HTTP_LOG" \
+    "HTTPS HTTP/1.1|https://127.0.0.1:$NGINX_TLS|https://127.0.0.1:$GW_TLS|https://127.0.0.1:$NGINX_TLS_LOG|https://127.0.0.1:$GW_TLS_LOG"; do
+    IFS='|' read -r metric nginx_plain gateway_plain nginx_log gateway_log <<< "$row"
+    read -r n_plain g_plain <<< "$(rps_pair "$round" wrk_rps "$nginx_plain/v1/models" "$gateway_plain/v1/models")"
+    read -r n_log g_log <<< "$(rps_pair "$round" logged_rps "$nginx_log/v1/models" "$gateway_log/v1/models")"
+    record logs "$metric, access log main (rps)" "$n_log" "$g_log" higher
+    record logs "$metric: rps with the log / without" "$(ratio "$n_log" "$n_plain")" "$(ratio "$g_log" "$g_plain")" higher
   done
 done
 

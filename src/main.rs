@@ -165,10 +165,12 @@ fn demo(options: DemoOptions) -> anyhow::Result<ExitCode> {
             eprintln!("infergate demo: metrics on http://{addr}/metrics, status on http://{addr}/status");
         }
         eprintln!("infergate demo: Ctrl-C stops both");
-        let drained = signals.run_until_stopped(gateway).await;
+        let drained = signals.run_until_stopped(gateway.clone()).await;
         if !drained {
             eprintln!("infergate: drain deadline passed with requests still open; exiting");
         }
+        // The last requests' lines, still in the workers' buffers.
+        gateway.runtime().ledger.access_logs.flush();
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -213,10 +215,12 @@ fn run(origin: ConfigOrigin, config: Option<infergate::config::Config>) -> anyho
             eprintln!("infergate: upstream {} -> {}", upstream.name, servers.join(", "));
         }
         drop(current);
-        let drained = signals.run_until_stopped(gateway).await;
+        let drained = signals.run_until_stopped(gateway.clone()).await;
         if !drained {
             eprintln!("infergate: drain deadline passed with requests still open; exiting");
         }
+        // The last requests' lines, still in the workers' buffers.
+        gateway.runtime().ledger.access_logs.flush();
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -241,7 +241,7 @@ impl Record {
                 log.log(self, request);
             }
             if let Some(usage_log) = usage_log {
-                usage_log.write(access_log::usage_line(self, request));
+                usage_log.write(|line| access_log::usage_line(line, self, request));
             }
         }
     }

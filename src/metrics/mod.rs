@@ -10,7 +10,7 @@
 
 mod sharded;
 
-pub(crate) use sharded::{ShardedCounter, ShardedHistogram};
+pub(crate) use sharded::{shard, Padded, ShardedCounter, ShardedHistogram, SHARDS};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

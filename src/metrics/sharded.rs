@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Cells per metric: threads beyond this share cells (still correct, just contended).
-const SHARDS: usize = 16;
+pub(crate) const SHARDS: usize = 16;
 
 static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
 
@@ -20,7 +20,7 @@ thread_local! {
 }
 
 /// This thread's cell index, assigned on first use.
-fn shard() -> usize {
+pub(crate) fn shard() -> usize {
     SHARD.with(|shard| {
         if shard.get() == usize::MAX {
             shard.set(NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS);
@@ -32,7 +32,7 @@ fn shard() -> usize {
 /// One cell on a cache line of its own.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct Padded<T>(T);
+pub(crate) struct Padded<T>(pub(crate) T);
 
 /// A counter with a cell per worker.
 #[derive(Debug, Clone, Default)]

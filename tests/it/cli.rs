@@ -209,3 +209,25 @@ async fn sigusr1_reopens_the_access_and_error_logs_after_rotation() {
     let text = read_when("access.log", "GET /after HTTP/1.1");
     assert!(!text.contains("/before"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_requests_access_log_lines_are_written_before_the_gateway_exits() {
+    let backend = Backend::hello().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("infergate.toml");
+    let config = proxy_config(&backend.authority(), "")
+        .replace("[[upstream]]", "[http]\naccess_log = { path = \"access.log\" }\n\n[[upstream]]");
+    std::fs::write(&path, config).unwrap();
+    let mut running = Running::start(&path);
+    let line = running.wait_for("infergate: listening on ");
+    let addr: std::net::SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    for i in 0..20 {
+        assert_eq!(fetch(addr, &format!("/last/{i}")).await.0, StatusCode::OK);
+    }
+    // At once: the lines still wait in the workers' buffers for their batch.
+    running.signal("TERM");
+    assert_eq!(running.exit_status().await.code(), Some(0));
+    let text = std::fs::read_to_string(dir.path().join("access.log")).unwrap();
+    let logged = text.lines().filter(|line| line.contains("GET /last/")).count();
+    assert_eq!(logged, 20, "{text}");
+}
