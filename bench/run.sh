@@ -4,10 +4,11 @@
 #
 #   bench/run.sh [ROUNDS]        (default 3; the whole suite takes about 18 minutes, and 6 more the
 #                                first time for the profile-guided build, bench/build-pgo.sh)
-#   SECTIONS=rps,logs,ratelimit,metrics,gzip,ttft,overload,balance,memory bench/run.sh   (a subset)
+#   SECTIONS=rps,logs,tls,ratelimit,metrics,gzip,ttft,overload,balance,memory bench/run.sh   (a subset)
 #
 # Sections: plain proxy rps (a small and a 20 KB answer); HTTPS over HTTP/1.1 (wrk) and HTTP/2 (h2load); the
-# same HTTP/1.1 rows with the seed's access log on both; the cost of a rate limit and of metrics;
+# same HTTP/1.1 rows with the seed's access log on both; TLS handshakes a second (P-256, RSA-2048); the cost
+# of a rate limit and of metrics;
 # gzip of a 20 KB JSON answer with the seed's settings (rps, CPU per request, bytes); time to first token added
 # over a direct connection to the simulated model, with the seed's config (nginx `proxy_buffering on`);
 # milliseconds from a client closing a stream to the model noticing; goodput of an overloaded model
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 ROUNDS=${1:-3}
-SECTIONS=${SECTIONS:-rps,logs,ratelimit,metrics,gzip,ttft,overload,balance,memory}
+SECTIONS=${SECTIONS:-rps,logs,tls,ratelimit,metrics,gzip,ttft,overload,balance,memory}
 section() { [[ ",$SECTIONS," == *",$1,"* ]]; }
 install_tools
 build_gateway
@@ -27,13 +28,15 @@ ulimit -n 65536 2>/dev/null || true
 
 BACKEND=18080 SIM=18090 SIM_SLOW=18095
 NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092 GW_GUARD=18093 NGINX_PAIR=18096 GW_PAIR_RR=18097 GW_PAIR_LI=18098 NGINX_LIMIT=18099 GW_LIMIT=18100 NGINX_GZIP=18101 GW_GZIP=18102 GW_ADMIN=18103 GW_BARE=18104 GW_METRICS=18105 GW_METRICS_ADMIN=18106
-NGINX_HTTP_LOG=18107 GW_HTTP_LOG=18108 NGINX_TLS_LOG=18445 GW_TLS_LOG=18446
+NGINX_HTTP_LOG=18107 GW_HTTP_LOG=18108 NGINX_TLS_LOG=18445 GW_TLS_LOG=18446 NGINX_RSA=18447 GW_RSA=18448
 RESULTS="$WORK/results.txt"; : > "$RESULTS"
 # record SECTION METRIC NGINX_VALUE INFERGATE_VALUE BETTER(higher|lower)
 record() { echo "$1|$2|$3|$4|$5" >> "$RESULTS"; }
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost -keyout "$WORK/rsa.key" -out "$WORK/rsa.crt" 2>/dev/null
 
 start_backend $BACKEND
 
@@ -47,6 +50,8 @@ start_nginx proxy "upstream backend { server 127.0.0.1:$BACKEND; keepalive 32; }
   log_format main '\$remote_addr - \$remote_user [\$time_local] "\$request" \$status \$body_bytes_sent "\$http_referer" "\$http_user_agent" "\$http_x_forwarded_for"';
   server { listen 127.0.0.1:$NGINX_HTTP_LOG; access_log $WORK/nginx-access.log main;
     location / { proxy_pass http://backend; $PROXY_HEADERS } }
+  server { listen 127.0.0.1:$NGINX_RSA ssl; ssl_certificate $WORK/rsa.crt; ssl_certificate_key $WORK/rsa.key;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers HIGH:!aNULL:!MD5; location / { proxy_pass http://backend; $PROXY_HEADERS } }
   server { listen 127.0.0.1:$NGINX_TLS_LOG ssl; ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers HIGH:!aNULL:!MD5; access_log $WORK/nginx-access.log main;
     location / { proxy_pass http://backend; $PROXY_HEADERS } }
@@ -150,6 +155,13 @@ tls = { cert = \"$WORK/tls.crt\", key = \"$WORK/tls.key\", protocols = [\"1.2\",
   proxy = \"backend\"
 
 [[server]]
+listen = [\"127.0.0.1:$GW_RSA\"]
+tls = { cert = \"$WORK/rsa.crt\", key = \"$WORK/rsa.key\", protocols = [\"1.2\", \"1.3\"] }
+  [[server.location]]
+  prefix = \"/\"
+  proxy = \"backend\"
+
+[[server]]
 listen = [\"127.0.0.1:$GW_HTTP_LOG\"]
 access_log = { path = \"$WORK/gateway-access.log\", format = \"main\" }
   [[server.location]]
@@ -196,7 +208,7 @@ listen = [\"127.0.0.1:$port\"]
 done
 GATEWAY_PID=$GW_PID
 NGINX_PIDS=$(nginx_pids proxy)
-for port in $BACKEND $NGINX_HTTP $GW_HTTP $NGINX_TLS $GW_TLS $NGINX_HTTP_LOG $GW_HTTP_LOG $NGINX_TLS_LOG $GW_TLS_LOG $GW_BARE $GW_METRICS; do wait_port $port; done
+for port in $BACKEND $NGINX_HTTP $GW_HTTP $NGINX_TLS $GW_TLS $NGINX_HTTP_LOG $GW_HTTP_LOG $NGINX_TLS_LOG $GW_TLS_LOG $NGINX_RSA $GW_RSA $GW_BARE $GW_METRICS; do wait_port $port; done
 
 # sim_start [ARGS...]: a fresh simulated model on $SIM; sets SIM_PID.
 sim_start() {
@@ -243,6 +255,27 @@ section logs && for round in $(seq "$ROUNDS"); do
     record logs "$metric, access log main (rps)" "$n_log" "$g_log" higher
     record logs "$metric: rps with the log / without" "$(ratio "$n_log" "$n_plain")" "$(ratio "$g_log" "$g_plain")" higher
   done
+done
+
+# 1a'. TLS handshakes: new connections a second (full handshakes, no resumption), two `openssl
+# s_time -new` clients at once for 5 s, with the P-256 and the RSA-2048 certificate.
+handshakes() {
+  local start end out=$WORK/s_time clients=()
+  start=$(date +%s.%N)
+  for client in 1 2; do
+    openssl s_time -connect "127.0.0.1:$1" -new -time 5 > "$out.$client" 2>&1 &
+    clients+=("$!")
+  done
+  wait "${clients[@]}"
+  end=$(date +%s.%N)
+  cat "$out.1" "$out.2" | awk -v s="$start" -v e="$end" '/connections in .* real seconds/ {n += $1} END {printf "%.0f\n", n / (e - s)}'
+}
+section tls && for round in $(seq "$ROUNDS"); do
+  echo "tls round $round" >&2
+  read -r n g <<< "$(rps_pair "$round" handshakes $NGINX_TLS $GW_TLS)"
+  record tls "TLS handshakes/s, P-256 certificate" "$n" "$g" higher
+  read -r n g <<< "$(rps_pair "$round" handshakes $NGINX_RSA $GW_RSA)"
+  record tls "TLS handshakes/s, RSA-2048 certificate" "$n" "$g" higher
 done
 
 # 1b. Cost of a per-client rate limit that never rejects: rps with it over rps without, for each.
