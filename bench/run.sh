@@ -10,7 +10,8 @@
 # same HTTP/1.1 rows with the seed's access log on both; TLS handshakes a second (P-256, RSA-2048); the cost
 # of a rate limit and of metrics;
 # gzip of a 20 KB JSON answer with the seed's settings (rps, CPU per request, bytes); time to first token added
-# over a direct connection to the simulated model, with the seed's config (nginx `proxy_buffering on`);
+# over a direct connection to the simulated model, with the seed's config (nginx `proxy_buffering on`),
+# over cleartext and over the seed's HTTPS listener (HTTP/1.1 and HTTP/2);
 # milliseconds from a client closing a stream to the model noticing; goodput of an overloaded model
 # (8 slots, dies above 24 requests, 48 clients, 20 s, SLO 5 s); memory with 10,000 idle keep-alive
 # connections. All traffic stays on 127.0.0.1.
@@ -28,15 +29,15 @@ ulimit -n 65536 2>/dev/null || true
 
 BACKEND=18080 SIM=18090 SIM_SLOW=18095
 NGINX_HTTP=18081 GW_HTTP=18082 NGINX_TLS=18443 GW_TLS=18444 NGINX_SEED=18091 GW_SEED=18092 GW_GUARD=18093 NGINX_PAIR=18096 GW_PAIR_RR=18097 GW_PAIR_LI=18098 NGINX_LIMIT=18099 GW_LIMIT=18100 NGINX_GZIP=18101 GW_GZIP=18102 GW_ADMIN=18103 GW_BARE=18104 GW_METRICS=18105 GW_METRICS_ADMIN=18106
-NGINX_HTTP_LOG=18107 GW_HTTP_LOG=18108 NGINX_TLS_LOG=18445 GW_TLS_LOG=18446 NGINX_RSA=18447 GW_RSA=18448
+NGINX_HTTP_LOG=18107 GW_HTTP_LOG=18108 NGINX_TLS_LOG=18445 GW_TLS_LOG=18446 NGINX_RSA=18447 GW_RSA=18448 NGINX_SEED_TLS=18449 GW_SEED_TLS=18450
 RESULTS="$WORK/results.txt"; : > "$RESULTS"
 # record SECTION METRIC NGINX_VALUE INFERGATE_VALUE BETTER(higher|lower)
 record() { echo "$1|$2|$3|$4|$5" >> "$RESULTS"; }
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+  -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost -keyout "$WORK/rsa.key" -out "$WORK/rsa.crt" 2>/dev/null
+  -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE -keyout "$WORK/rsa.key" -out "$WORK/rsa.crt" 2>/dev/null
 
 start_backend $BACKEND
 
@@ -65,6 +66,11 @@ start_nginx proxy "upstream backend { server 127.0.0.1:$BACKEND; keepalive 32; }
   upstream pair { server 127.0.0.1:$SIM; server 127.0.0.1:$SIM_SLOW; keepalive 32; }
   server { listen 127.0.0.1:$NGINX_PAIR; location / { proxy_pass http://pair; $PROXY_HEADERS proxy_read_timeout 120s; } }
   server { listen 127.0.0.1:$NGINX_SEED;
+    location / { proxy_pass http://glm_backend; $PROXY_HEADERS
+      proxy_connect_timeout 30s; proxy_send_timeout 60s; proxy_read_timeout 120s;
+      proxy_buffering on; proxy_buffer_size 16k; proxy_buffers 8 32k; } }
+  server { listen 127.0.0.1:$NGINX_SEED_TLS ssl http2; ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers HIGH:!aNULL:!MD5;
     location / { proxy_pass http://glm_backend; $PROXY_HEADERS
       proxy_connect_timeout 30s; proxy_send_timeout 60s; proxy_read_timeout 120s;
       proxy_buffering on; proxy_buffer_size 16k; proxy_buffers 8 32k; } }"
@@ -178,6 +184,16 @@ access_log = { path = \"$WORK/gateway-access.log\", format = \"main\" }
 
 [[server]]
 listen = [\"127.0.0.1:$GW_SEED\"]
+  [[server.location]]
+  prefix = \"/\"
+  proxy = \"glm_backend\"
+  proxy_buffering = true
+  proxy_buffer_size = \"16k\"
+  proxy_buffers = \"8 32k\"
+
+[[server]]
+listen = [\"127.0.0.1:$GW_SEED_TLS\"]
+tls = { cert = \"$WORK/tls.crt\", key = \"$WORK/tls.key\", protocols = [\"1.2\", \"1.3\"] }
   [[server.location]]
   prefix = \"/\"
   proxy = \"glm_backend\"
@@ -331,6 +347,17 @@ section ttft && sim_start && for round in $(seq "$ROUNDS"); do
     d=$(echo "$direct" | value "ttft_${p}_ms")
     n=$(echo "$via_nginx" | value "ttft_${p}_ms"); g=$(echo "$via_gw" | value "ttft_${p}_ms")
     record ttft "TTFT added over direct, $p (ms)" "$(awk -v a="$n" -v b="$d" 'BEGIN {printf "%.2f", a - b}')" "$(awk -v a="$g" -v b="$d" 'BEGIN {printf "%.2f", a - b}')" lower
+  done
+  # The seed's HTTPS listener (HTTP/1.1 and HTTP/2), where nginx's `proxy_buffering on` holds the
+  # stream back.
+  for version in "HTTP/1.1|" "HTTP/2|--http2"; do
+    IFS='|' read -r name flag <<< "$version"
+    # shellcheck disable=SC2086
+    n=$($LOAD ttft --addr 127.0.0.1:$NGINX_SEED_TLS --tls-ca "$WORK/tls.crt" $flag --requests 10 | value ttft_p50_ms)
+    # shellcheck disable=SC2086
+    g=$($LOAD ttft --addr 127.0.0.1:$GW_SEED_TLS --tls-ca "$WORK/tls.crt" $flag --requests 20 | value ttft_p50_ms)
+    d=$(echo "$direct" | value ttft_p50_ms)
+    record ttft "TTFT added, seed's HTTPS $name, p50 (ms)" "$(awk -v a="$n" -v b="$d" 'BEGIN {printf "%.2f", a - b}')" "$(awk -v a="$g" -v b="$d" 'BEGIN {printf "%.2f", a - b}')" lower
   done
   n=$($LOAD cancel --addr 127.0.0.1:$NGINX_SEED --sim 127.0.0.1:$SIM --requests 5 | value cancel_p50_ms)
   g=$($LOAD cancel --addr 127.0.0.1:$GW_SEED --sim 127.0.0.1:$SIM --requests 10 | value cancel_p50_ms)

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +32,12 @@ enum Mode {
         addr: SocketAddr,
         #[arg(long, default_value_t = 50)]
         requests: usize,
+        /// Over TLS, trusting the certificate in this PEM file (for the name `localhost`).
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
+        /// HTTP/2 (offered by ALPN; needs `--tls-ca`).
+        #[arg(long, requires = "tls_ca")]
+        http2: bool,
     },
     /// Milliseconds from closing a stream to the model recording the abort (`GET /stats` of the sim).
     Cancel {
@@ -114,7 +120,43 @@ enum Mode {
     },
 }
 
-type Sender = SendRequest<Full<Bytes>>;
+/// A connection requests are sent on: HTTP/1.1 (over TCP or TLS), or HTTP/2 (over TLS).
+enum Sender {
+    Http1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl Sender {
+    /// Until the connection can take a request.
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::Http1(sender) => sender.ready().await,
+            Sender::Http2(sender) => sender.ready().await,
+        }
+    }
+
+    /// Whether the connection has closed.
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::Http1(sender) => sender.is_closed(),
+            Sender::Http2(sender) => sender.is_closed(),
+        }
+    }
+
+    /// Sends `request` (its path; HTTP/2 is given the whole `https://localhost` URI it needs, and
+    /// no `Host` beside it: nginx refuses the two as a duplicate `Host`).
+    async fn send_request(&mut self, mut request: Request<Full<Bytes>>) -> hyper::Result<http::Response<Incoming>> {
+        match self {
+            Sender::Http1(sender) => sender.send_request(request).await,
+            Sender::Http2(sender) => {
+                let uri = format!("https://localhost{}", request.uri().path());
+                *request.uri_mut() = uri.parse().expect("a path of this client's");
+                request.headers_mut().remove(http::header::HOST);
+                sender.send_request(request).await
+            }
+        }
+    }
+}
 
 /// A closed-loop client's connection, opened anew when it has none; `None`, after a pause, when it
 /// cannot be.
@@ -134,7 +176,7 @@ async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
     let (sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
     tokio::spawn(connection);
-    Ok(sender)
+    Ok(Sender::Http1(sender))
 }
 
 fn chat(stream: bool, max_tokens: u32) -> Request<Full<Bytes>> {
@@ -196,8 +238,11 @@ fn has_token(data: &[u8]) -> bool {
     data.windows(KEY.len() + 1).any(|w| w.starts_with(KEY) && w[KEY.len()] != b'"')
 }
 
-async fn ttft(addr: SocketAddr, requests: usize) -> Result<(), String> {
-    let mut sender = connect(addr).await.map_err(|e| e.to_string())?;
+async fn ttft(addr: SocketAddr, requests: usize, tls: Option<(&std::path::Path, bool)>) -> Result<(), String> {
+    let mut sender = match tls {
+        None => connect(addr).await.map_err(|e| e.to_string())?,
+        Some((ca, http2)) => connect_tls(addr, ca, http2).await?,
+    };
     let mut times = Vec::with_capacity(requests);
     for _ in 0..requests {
         let (body, elapsed) = first_token(&mut sender, chat(true, 16)).await?;
@@ -206,6 +251,35 @@ async fn ttft(addr: SocketAddr, requests: usize) -> Result<(), String> {
     }
     summary("ttft", times);
     Ok(())
+}
+
+/// A TLS connection to `addr` as `localhost`, trusting the certificates of the PEM file `ca`: HTTP/2
+/// (offered by ALPN) with `http2`, else HTTP/1.1.
+async fn connect_tls(addr: SocketAddr, ca: &std::path::Path, http2: bool) -> Result<Sender, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+        roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("a valid name");
+    let stream = TokioIo::new(
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, stream).await.map_err(|e| e.to_string())?,
+    );
+    if http2 {
+        let (sender, connection) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        Ok(Sender::Http2(sender))
+    } else {
+        let (sender, connection) = hyper::client::conn::http1::handshake(stream).await.map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        Ok(Sender::Http1(sender))
+    }
 }
 
 async fn sim_stats(sim: SocketAddr) -> Result<serde_json::Value, String> {
@@ -547,7 +621,9 @@ async fn idle(addr: SocketAddr, connections: usize, hold: Duration) -> Result<()
 async fn main() {
     let cli = Cli::parse();
     let result = match cli.mode {
-        Mode::Ttft { addr, requests } => ttft(addr, requests).await,
+        Mode::Ttft { addr, requests, tls_ca, http2 } => {
+            ttft(addr, requests, tls_ca.as_deref().map(|ca| (ca, http2))).await
+        }
         Mode::Cancel { addr, sim, requests } => cancel(addr, sim, requests).await,
         Mode::Overload { addr, sim, clients, duration, slo } => overload(addr, sim, clients, duration, slo).await,
         Mode::Idle { addr, connections, hold } => idle(addr, connections, hold).await,
