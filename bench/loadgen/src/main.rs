@@ -1,9 +1,12 @@
 //! `infergate-load`: the load client behind `bench/run.sh` for what wrk cannot measure — time to
 //! first token of SSE streams, how fast a client's disconnect reaches the model, goodput under
 //! overload, holding many idle keep-alive connections, requests lost while a model dies
-//! (`bench/failover.sh`), and questions about repeated images (`bench/affinity.sh`). Every mode is
+//! (`bench/failover.sh`), questions about repeated images (`bench/affinity.sh`), and large uploads
+//! (`bench/uploads.sh`). Every mode is
 //! bounded in count and time, talks to the address it is given (loopback in the benchmarks), and
 //! prints `key=value` figures.
+
+mod upload;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
@@ -109,6 +112,25 @@ enum Mode {
         side: u32,
         #[arg(long, default_value_t = 5)]
         requests: usize,
+    },
+    /// Uploads of `mb` megabytes (a chat request with a base64 image) through the proxy at `addr` to
+    /// this process's own backend on `backend`: the wait from a body's last byte to its answer's first.
+    Upload {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Where to serve the backend the proxy forwards to.
+        #[arg(long)]
+        backend: SocketAddr,
+        #[arg(long, default_value_t = 10)]
+        mb: usize,
+        /// Uploads per client.
+        #[arg(long, default_value_t = 10)]
+        requests: usize,
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Each client's pace in MB a second (default: as fast as the socket takes it).
+        #[arg(long)]
+        rate_mb: Option<f64>,
     },
     /// Opens idle keep-alive connections (one request each, then silence) and holds them.
     Idle {
@@ -644,6 +666,13 @@ async fn main() {
         Mode::Cancel { addr, sim, requests } => cancel(addr, sim, requests).await,
         Mode::Overload { addr, sim, clients, duration, slo } => overload(addr, sim, clients, duration, slo).await,
         Mode::Idle { addr, connections, hold } => idle(addr, connections, hold).await,
+        Mode::Upload { addr, backend, mb, requests, clients, rate_mb } => match upload::backend(backend).await {
+            Ok(()) => {
+                let rate = rate_mb.map(|mb| mb * 1e6);
+                upload::run(upload::Uploads { addr, bytes: mb * 1_000_000, requests, clients, rate }).await
+            }
+            Err(e) => Err(format!("cannot serve the backend on {backend}: {e}")),
+        },
         Mode::Photo { addr, side, requests } => photo(addr, side, requests).await,
         Mode::Images { addr, clients, duration, images, side } => {
             image_questions(addr, clients, duration, images, side).await
