@@ -63,7 +63,7 @@ for round in $(seq "$ROUNDS"); do
     out=$($LOAD upload --addr "127.0.0.1:$port" --backend "127.0.0.1:$backend" --mb 10 --requests 1 --clients 50 --rate-mb 20)
     touch "$WORK/stop"; wait $sampler
     echo "$out" | grep -q "failed=0" || echo "  $proxy 50 x 10 MB: $out" >&2
-    echo "$proxy|50 uploads of 10 MB at once: peak memory (MB)|$(( ($(cat "$WORK/peak") - idle) / 1024 ))" >> "$RESULTS"
+    echo "$proxy|50 uploads of 10 MB at once: peak memory (kB)|$(( $(cat "$WORK/peak") - idle ))" >> "$RESULTS"
     echo "  round $round $proxy: $(grep "^$proxy|" "$RESULTS" | tail -4 | cut -d'|' -f3 | tr '\n' ' ')" >&2
   done
 done
