@@ -103,10 +103,12 @@ async fn serve_identified(
                 .as_ref()
                 .filter(|key| !key.limits.is_empty())
                 .zip(policy::api_key(request.headers()))
-                .map(|(key, secret)| key.rate_headers(secret))
-                .unwrap_or_default();
+                .map(|(key, secret)| key.rate_headers(secret));
             let mut response = handle(location, server, client, request, caller.as_ref()).await;
-            response.headers_mut().extend(rate_headers);
+            // Only a key with a rate has them: the plain path skips the map's reservation.
+            if let Some(rate_headers) = rate_headers {
+                response.headers_mut().extend(rate_headers);
+            }
             (response, places, caller)
         }
         Err(error) => (error.to_response(location.errors).map(ResponseBody::from), Vec::new(), None),
