@@ -81,7 +81,8 @@ pub(crate) async fn hold_places<B>(
     for limit in limits {
         let Some(key) = key_of(&limit.key, client, request) else { continue };
         if let Some(zone) = &limit.shared {
-            match zone.leases.lease(zone.conn_key(key), limit.max, None).await {
+            // Boxed: the Redis round trip's future would size every request's, shared or not.
+            match crate::boxed::pinned(|| zone.leases.lease(zone.conn_key(key), limit.max, None)).await {
                 Asked::Taken(lease) => {
                     guards.push(connlimit::ConnGuard::shared(lease));
                     continue;
@@ -124,7 +125,8 @@ pub(crate) async fn limit_requests<B>(
         }
     }
     if !shared.is_empty() {
-        match shared_zone::check(&shared).await {
+        // Boxed: the Redis round trip's future would size every request's, shared or not.
+        match crate::boxed::pinned(|| shared_zone::check(&shared)).await {
             Some(SharedVerdict::Accepted(excesses)) => {
                 for ((limit, _), excess) in shared.iter().zip(excesses) {
                     match excess {
