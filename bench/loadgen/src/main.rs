@@ -216,6 +216,17 @@ fn chat(stream: bool, max_tokens: u32) -> Request<Full<Bytes>> {
         .expect("static request")
 }
 
+/// The clients' timings (milliseconds) together, and how many of their requests failed.
+async fn joined(tasks: Vec<tokio::task::JoinHandle<(Vec<f64>, u64)>>) -> Result<(Vec<f64>, u64), String> {
+    let (mut times, mut failed) = (Vec::new(), 0);
+    for task in tasks {
+        let (t, f) = task.await.map_err(|e| e.to_string())?;
+        times.extend(t);
+        failed += f;
+    }
+    Ok((times, failed))
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -588,12 +599,7 @@ async fn image_questions(
             (times, failed)
         }));
     }
-    let (mut times, mut failed) = (Vec::new(), 0);
-    for task in tasks {
-        let (t, f) = task.await.map_err(|e| e.to_string())?;
-        times.extend(t);
-        failed += f;
-    }
+    let (times, failed) = joined(tasks).await?;
     let answered = times.len();
     summary("ttft", times);
     println!("answered={answered} failed={failed} rps={:.2}", answered as f64 / started.elapsed().as_secs_f64());

@@ -110,7 +110,7 @@ pub(crate) async fn run(uploads: Uploads) -> Result<(), String> {
         let (addr, requests, rate) = (uploads.addr, uploads.requests, uploads.rate);
         tasks.push(tokio::spawn(async move {
             let mut waits = Vec::new();
-            let mut failed = 0;
+            let mut failed = 0u64;
             let mut stream: Option<TcpStream> = None;
             for _ in 0..requests {
                 if stream.is_none() {
@@ -136,12 +136,7 @@ pub(crate) async fn run(uploads: Uploads) -> Result<(), String> {
             (waits, failed)
         }));
     }
-    let (mut waits, mut failed) = (Vec::new(), 0);
-    for task in tasks {
-        let (w, f) = task.await.map_err(|e| e.to_string())?;
-        waits.extend(w);
-        failed += f;
-    }
+    let (waits, failed) = crate::joined(tasks).await?;
     let ok = waits.len();
     crate::summary("wait", waits);
     println!("ok={ok} failed={failed}");
