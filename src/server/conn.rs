@@ -17,61 +17,83 @@ use http::{header, HeaderValue, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use slab::Slab;
 use std::convert::Infallible;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
-use tokio::time::Instant;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
-/// Serves a freshly accepted TCP connection that arrived on the listener configured as `listen_key`.
-pub(crate) async fn serve(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, listen_key: SocketAddr) {
-    let mut shutdown = gateway.shutdown_signal();
+/// What serves a freshly accepted TCP connection that arrived on the listener configured as
+/// `listen_key`; `None` when a reload removed that listener meanwhile. The connection's state is made
+/// here, so that the task holds only what it needs from then on (a task is sized for its future, and
+/// an idle connection's memory is mostly its task).
+pub(crate) fn accepted(
+    gateway: &Arc<Gateway>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listen_key: SocketAddr,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
     let runtime = gateway.runtime();
-    let Some(spec) = runtime.listeners.get(&listen_key).cloned() else {
-        return;
-    };
+    let spec = runtime.listeners.get(&listen_key).cloned()?;
     let metrics = runtime.metrics.clone();
     drop(runtime);
+    let shutdown = gateway.shutdown_signal();
+    let client = ClientInfo::new(peer, spec.tls.is_some());
+    let state = ConnState::new(gateway.clone(), client, listen_key, spec.limits.idle_timeout());
+    Some(serve(state, stream, spec, metrics, shutdown))
+}
+
+/// Serves the connection of `state`: the TLS handshake, or which protocol a cleartext client speaks,
+/// then its requests.
+async fn serve(
+    state: Arc<ConnState>,
+    stream: TcpStream,
+    spec: Arc<ListenerSpec>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     if spec.tls.is_some() {
         // Boxed, so a cleartext connection's task is not sized for the handshake and TLS state it
         // never has (a kilobyte and a half per idle connection).
-        crate::boxed::pinned(|| serve_tls(gateway, stream, peer, listen_key, &spec, &metrics, shutdown)).await;
-    } else {
-        // Cleartext connections may be either protocol (h2 by prior knowledge): counted as one.
-        let _open = metrics.client_connection("cleartext");
-        let client = ClientInfo::new(peer, false);
-        let protocol = if spec.http2 {
-            // The first bytes tell. A client that sends none within `client_header_timeout` is
-            // closed, as nginx closes a connection without a request; so is it on shutdown.
-            let sniffed = tokio::select! {
-                sniffed = tokio::time::timeout(spec.limits.header_timeout, is_http2_preface(&stream)) => sniffed,
-                _ = shutdown.changed() => return,
-            };
-            match sniffed {
-                Ok(true) => Protocol::Http2,
-                Ok(false) => Protocol::Http1,
-                Err(_) => return,
-            }
-        } else {
-            Protocol::Http1
-        };
-        serve_http(gateway, stream, protocol, &spec, client, listen_key, shutdown).await;
+        crate::boxed::pinned(|| serve_tls(state, stream, &spec, &metrics, shutdown)).await;
+        return;
     }
+    // Cleartext connections may be either protocol (h2 by prior knowledge): counted as one.
+    let _open = metrics.client_connection("cleartext");
+    drop(metrics);
+    let protocol = if spec.http2 {
+        // The first bytes tell. A client that sends none within `client_header_timeout` is
+        // closed, as nginx closes a connection without a request; so is it on shutdown.
+        // Boxed: the wait is over before the first request, and the task need not be sized for it.
+        let sniffed = crate::boxed::pinned(|| async {
+            tokio::select! {
+                sniffed = tokio::time::timeout(spec.limits.header_timeout, is_http2_preface(&stream)) => sniffed.ok(),
+                _ = shutdown.changed() => None,
+            }
+        });
+        match sniffed.await {
+            Some(true) => Protocol::Http2,
+            Some(false) => Protocol::Http1,
+            None => return,
+        }
+    } else {
+        Protocol::Http1
+    };
+    serve_http(state, stream, protocol, &spec, shutdown).await;
 }
 
 /// The TLS handshake (bounded by `client_header_timeout`, abandoned on shutdown), then the protocol
 /// ALPN chose.
 async fn serve_tls(
-    gateway: Arc<Gateway>,
+    state: Arc<ConnState>,
     stream: TcpStream,
-    peer: SocketAddr,
-    listen_key: SocketAddr,
     spec: &ListenerSpec,
     metrics: &Metrics,
     mut shutdown: watch::Receiver<bool>,
@@ -82,6 +104,7 @@ async fn serve_tls(
         _ = shutdown.changed() => return,
     };
     metrics.tls_handshake(matches!(handshake, Ok(Ok(_))));
+    let peer = state.client.peer;
     match handshake {
         Ok(Ok(tls)) => {
             let protocol = match tls.get_ref().1.alpn_protocol() {
@@ -89,8 +112,7 @@ async fn serve_tls(
                 _ => Protocol::Http1,
             };
             let _open = metrics.client_connection(protocol.name());
-            let client = ClientInfo::new(peer, true);
-            serve_http(gateway, tls, protocol, spec, client, listen_key, shutdown).await;
+            serve_http(state, tls, protocol, spec, shutdown).await;
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -132,8 +154,9 @@ impl Protocol {
     }
 }
 
-/// Per-connection state shared by the request service and the connection's watchdog. Only this
-/// connection's worker touches it, so its reference count and fields never bounce between cores.
+/// Per-connection state shared by the connection's task and its requests. Only this connection's
+/// worker touches it (but for `stop`, raised from elsewhere on shutdown), so its reference count and
+/// fields never bounce between cores.
 struct ConnState {
     gateway: Arc<Gateway>,
     client: ClientInfo,
@@ -143,19 +166,42 @@ struct ConnState {
     /// The configured address the connection came in on, which names its listener in a runtime.
     listen_key: SocketAddr,
     opened: Instant,
+    /// How long the connection may go without a request in flight (see `ConnLimits::idle_timeout`).
+    idle_timeout: Duration,
     requests: AtomicU64,
     in_flight: AtomicUsize,
     /// Milliseconds since `opened` when the last response finished.
     idle_since_ms: AtomicU64,
-    /// Woken when the connection should stop taking requests (requests-per-connection reached).
-    close: Notify,
-    /// Raised by the watchdog when the connection should end.
+    /// Raised when the connection should end: on shutdown (by the gateway's `OpenConnections`), or
+    /// when its requests-per-connection are used up (HTTP/2).
     stop: StopSignal,
     /// Set when the connection should end after the response in flight (HTTP/1.1).
     draining: AtomicBool,
 }
 
 impl ConnState {
+    fn new(
+        gateway: Arc<Gateway>,
+        client: ClientInfo,
+        listen_key: SocketAddr,
+        idle_timeout: Duration,
+    ) -> Arc<ConnState> {
+        let runtime = Mutex::new(Arc::new(RuntimeRef::new(gateway.runtime(), &listen_key)));
+        Arc::new(ConnState {
+            gateway,
+            client,
+            runtime,
+            listen_key,
+            opened: Instant::now(),
+            idle_timeout,
+            requests: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            stop: StopSignal::default(),
+            draining: AtomicBool::new(false),
+        })
+    }
+
     /// The runtime a new request runs on: the cached one, refreshed when a reload published another.
     fn runtime(&self) -> Arc<RuntimeRef> {
         let mut cached = self.runtime.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -171,12 +217,13 @@ impl ConnState {
         open_for.as_secs().saturating_mul(1000).saturating_add(u64::from(open_for.subsec_millis()))
     }
 
-    /// When the connection will have been idle for `timeout`, or `None` while a request is in flight.
-    fn idle_deadline(&self, timeout: std::time::Duration) -> Option<Instant> {
+    /// When the connection will have been idle for its `idle_timeout`, or `None` while a request is in
+    /// flight.
+    fn idle_deadline(&self) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
-        Some(self.opened + std::time::Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire)) + timeout)
+        Some(self.opened + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire)) + self.idle_timeout)
     }
 }
 
@@ -216,46 +263,31 @@ impl Body for Tracked {
     }
 }
 
+/// Serves the connection of `state` in `protocol` until it ends, is idle for too long, or is told to
+/// stop.
 async fn serve_http<I>(
-    gateway: Arc<Gateway>,
+    state: Arc<ConnState>,
     io: I,
     protocol: Protocol,
     spec: &ListenerSpec,
-    client: ClientInfo,
-    listen_key: SocketAddr,
     shutdown: watch::Receiver<bool>,
 ) where
     I: crate::wire::upgrade::Io,
 {
-    let runtime = Mutex::new(Arc::new(RuntimeRef::new(gateway.runtime(), &listen_key)));
-    let peer = client.peer;
-    let state = Arc::new(ConnState {
-        gateway,
-        client,
-        runtime,
-        listen_key,
-        opened: Instant::now(),
-        requests: AtomicU64::new(0),
-        in_flight: AtomicUsize::new(0),
-        idle_since_ms: AtomicU64::new(0),
-        close: Notify::new(),
-        stop: StopSignal::default(),
-        draining: AtomicBool::new(false),
-    });
+    // Told to stop on shutdown; `shutdown` stays held until the connection is done, which is what the
+    // gateway's drain waits for.
+    let _open = state.gateway.connections.add(&state, &shutdown);
     let max_requests = spec.limits.keepalive_requests;
-    // The watchdog runs beside the connection so that its timer and signals are not polled on every
-    // wake-up of the connection; `shutdown` stays held here until the connection is done, which is
-    // what the gateway's drain waits for.
-    let watchdog = tokio::spawn(watchdog(state.clone(), spec.limits.idle_timeout(), shutdown.clone()));
     let service_state = state.clone();
     let service = move |request| respond(service_state.clone(), max_requests, request);
     let outcome = match protocol {
         Protocol::Http1 => {
-            let mut connection = pin!(http1::serve(io, spec.http1, &state.draining, service));
-            let outcome = supervise(connection.as_mut(), &state.stop).await;
+            let connection = http1::Connection::new(io);
+            let mut connection = pin!(http1::serve(connection, spec.http1, &state.draining, service));
+            let outcome = Supervised::new(connection.as_mut(), &state).await;
             // Nothing in flight (an idle connection, or one whose next head is late or partial): closed
             // at once. Otherwise the response in flight finishes, and the connection ends.
-            if outcome.is_some_and(|reason| reason != IDLE && state.in_flight.load(Ordering::Acquire) > 0) {
+            if outcome.is_some_and(|reason| reason != Ending::Idle && state.in_flight.load(Ordering::Acquire) > 0) {
                 state.draining.store(true, Ordering::Relaxed);
                 drain(connection, spec.limits.drain_timeout).await;
             }
@@ -269,7 +301,7 @@ async fn serve_http<I>(
             // sized for it, HTTP/1.1 ones included (which most cleartext connections are).
             let mut connection =
                 crate::boxed::pinned(|| spec.http2_builder.serve_connection(TokioIo::new(io), service));
-            let outcome = supervise(connection.as_mut(), &state.stop).await;
+            let outcome = Supervised::new(connection.as_mut(), &state).await;
             if outcome.is_some() {
                 // GOAWAY: streams in flight finish; so does a client that never acknowledges it, at
                 // the drain deadline.
@@ -279,43 +311,125 @@ async fn serve_http<I>(
             outcome
         }
     };
-    watchdog.abort();
     if let Some(reason) = outcome {
-        tracing::debug!(%peer, reason, "client connection closed");
+        tracing::debug!(peer = %state.client.peer, reason = reason.as_str(), "client connection closed");
     }
     drop(shutdown);
 }
 
-/// The watchdog's word to its connection: why it should end, and the connection task's waker to wake
-/// with it. Per wake-up the connection stores its waker and reads the reason (two atomic steps),
-/// where it used to poll a channel; no channel is made per connection.
+/// The connections a gateway has open, each told to end on shutdown through its `StopSignal`: no
+/// connection polls the shutdown signal on its wake-ups, and none needs a task of its own to watch it.
+#[derive(Default)]
+pub(crate) struct OpenConnections(Mutex<Slab<Weak<ConnState>>>);
+
+/// A connection's place in `OpenConnections`, given up when it ends.
+struct OpenConnection<'a> {
+    open: &'a OpenConnections,
+    key: usize,
+}
+
+impl OpenConnections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slab<Weak<ConnState>>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts `state` open until the returned place is dropped; a connection that opens while the
+    /// gateway is shutting down is told at once.
+    fn add<'a>(&'a self, state: &Arc<ConnState>, shutdown: &watch::Receiver<bool>) -> OpenConnection<'a> {
+        let key = self.lock().insert(Arc::downgrade(state));
+        // After the insert: a shutdown that began before it is seen here, one that begins after it
+        // finds this connection in the set.
+        if *shutdown.borrow() {
+            state.stop.raise(Ending::Shutdown);
+        }
+        OpenConnection { open: self, key }
+    }
+
+    /// Tells every open connection to end (gracefully: requests in flight finish): on shutdown.
+    pub(crate) fn shut_down(&self) {
+        for (_, connection) in self.lock().iter() {
+            if let Some(state) = connection.upgrade() {
+                state.stop.raise(Ending::Shutdown);
+            }
+        }
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.open.lock().try_remove(self.key);
+    }
+}
+
+/// The word to a connection that it should end: why, and the connection task's waker to wake with
+/// it. Per wake-up the connection stores its waker and reads the reason (two atomic steps); no
+/// channel is made or polled per connection.
 #[derive(Default)]
 struct StopSignal {
-    reason: OnceLock<&'static str>,
+    reason: AtomicU8,
     waker: AtomicWaker,
 }
 
 impl StopSignal {
     /// Tells the connection to end, for `reason` (the first reason given stands).
-    fn raise(&self, reason: &'static str) {
-        let _ = self.reason.set(reason);
+    fn raise(&self, reason: Ending) {
+        let _ = self.reason.compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire);
         self.waker.wake();
+    }
+
+    /// Why the connection should end, once that was raised.
+    fn reason(&self) -> Option<Ending> {
+        [Ending::Idle, Ending::Shutdown, Ending::KeepaliveRequests]
+            .into_iter()
+            .find(|ending| *ending as u8 == self.reason.load(Ordering::Acquire))
     }
 }
 
-/// Runs `connection` until it ends (`None`), or until the watchdog raises `stop` (its reason).
-async fn supervise<C: Future>(mut connection: Pin<&mut C>, stop: &StopSignal) -> Option<&'static str> {
-    poll_fn(|cx| {
-        if connection.as_mut().poll(cx).is_ready() {
+pin_project_lite::pin_project! {
+    /// Runs `connection` until it ends (`None`), or until it should end (the reason): its `stop` was
+    /// raised, or nothing has been in flight for `idle` (no request, or one whose head has not fully
+    /// arrived).
+    ///
+    /// The idle timer is looked at only while nothing is in flight, and moved only when it fires: a
+    /// request costs the timer nothing, and a connection needs no second task to watch it.
+    struct Supervised<'a, C> {
+        connection: Pin<&'a mut C>,
+        #[pin]
+        idle_timer: Sleep,
+        state: &'a ConnState,
+    }
+}
+
+impl<'a, C> Supervised<'a, C> {
+    fn new(connection: Pin<&'a mut C>, state: &'a ConnState) -> Self {
+        Supervised { connection, idle_timer: tokio::time::sleep(state.idle_timeout), state }
+    }
+}
+
+impl<C: Future> Future for Supervised<'_, C> {
+    type Output = Option<Ending>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Ending>> {
+        let mut this = self.project();
+        if this.connection.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
         }
-        stop.waker.register(cx.waker());
-        match stop.reason.get() {
-            Some(reason) => Poll::Ready(Some(*reason)),
-            None => Poll::Pending,
+        let state = *this.state;
+        state.stop.waker.register(cx.waker());
+        if let Some(reason) = state.stop.reason() {
+            return Poll::Ready(Some(reason));
         }
-    })
-    .await
+        while let Some(deadline) = state.idle_deadline() {
+            if this.idle_timer.as_mut().poll(cx).is_pending() {
+                break;
+            }
+            if deadline <= Instant::now() {
+                return Poll::Ready(Some(Ending::Idle));
+            }
+            this.idle_timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
 }
 
 /// Lets a closing connection finish what is in flight, up to the drain deadline.
@@ -347,7 +461,7 @@ async fn respond(state: Arc<ConnState>, max_requests: u64, request: ClientReques
     };
     if state.requests.fetch_add(1, Ordering::AcqRel) + 1 >= max_requests {
         if version == Version::HTTP_2 {
-            state.close.notify_one();
+            state.stop.raise(Ending::KeepaliveRequests);
         } else {
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -355,24 +469,23 @@ async fn respond(state: Arc<ConnState>, max_requests: u64, request: ClientReques
     response.map(|body| Tracked { body, guard })
 }
 
-/// The watchdog's reason for a connection without a request in flight for too long.
-const IDLE: &str = "idle, or the request head late";
+/// Why a connection was ended before its client closed it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ending {
+    /// No request in flight for too long (none, or one whose head is late).
+    Idle = 1,
+    /// The gateway is shutting down.
+    Shutdown,
+    /// `keepalive_requests` were served (HTTP/2).
+    KeepaliveRequests,
+}
 
-/// Tells the connection to close gracefully, with the reason: on shutdown, when keep-alive requests
-/// are used up (HTTP/2), or after `idle` without a request in flight (no request, or one whose head
-/// has not fully arrived).
-async fn watchdog(state: Arc<ConnState>, idle: Duration, mut shutdown: watch::Receiver<bool>) {
-    let reason = loop {
-        let idle_check = state.idle_deadline(idle).unwrap_or_else(|| Instant::now() + idle);
-        tokio::select! {
-            _ = shutdown.changed() => break "shutdown",
-            () = state.close.notified() => break "keepalive_requests reached",
-            () = tokio::time::sleep_until(idle_check) => {
-                if state.idle_deadline(idle).is_some_and(|deadline| deadline <= Instant::now()) {
-                    break IDLE;
-                }
-            }
+impl Ending {
+    fn as_str(self) -> &'static str {
+        match self {
+            Ending::Idle => "idle, or the request head late",
+            Ending::Shutdown => "shutdown",
+            Ending::KeepaliveRequests => "keepalive_requests reached",
         }
-    };
-    state.stop.raise(reason);
+    }
 }

@@ -19,7 +19,7 @@ use crate::client::{ClientBody, ClientRequest};
 use crate::error::BoxError;
 use crate::server::gather;
 use crate::wire::framing::{BodyReader, Framing};
-use crate::wire::request_head::{self, HeadRejection, ParsedRequest, Spans};
+use crate::wire::request_head::{self, HeadRejection, ParsedRequest};
 use crate::wire::response_head::{self, hex, Answering, ResponseFraming};
 use crate::wire::upgrade::{Io, UpgradedClient};
 use crate::wire::{HeadLimits, Rewound, WriteQueue};
@@ -29,7 +29,7 @@ use http_body::Body;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
@@ -54,59 +54,93 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// more ready: one write for what a compressor emits at its end, not one per frame.
 const QUEUED_PIECES: usize = 17;
 
-/// Serves requests on `io` with `service` until the client closes, a response asks to close
+/// Serves requests on `connection` with `service` until the client closes, a response asks to close
 /// (`Connection: close`), `draining` is set after a response, or a request or write fails.
-pub(crate) async fn serve<I, S, F, B>(io: I, limits: HeadLimits, draining: &AtomicBool, mut service: S)
+pub(crate) async fn serve<I, S, F, B>(
+    connection: Connection<I>,
+    limits: HeadLimits,
+    draining: &AtomicBool,
+    mut service: S,
+) where
+    I: Io,
+    S: FnMut(ClientRequest) -> F,
+    F: Future<Output = Response<B>>,
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    loop {
+        let after = match poll_fn(|cx| connection.lock().poll_head(cx, limits)).await {
+            // Boxed, per request: the service's future, the response and its write queue are all of a
+            // request's state, and a connection waiting for its next request holds none of it (an
+            // allocation this size comes from the allocator's thread cache).
+            Ok(Some(head)) => crate::boxed::pinned(|| exchange(&connection, head, draining, &mut service)).await,
+            Ok(None) => return,
+            Err(rejection) => {
+                let response = rejection.response().map(crate::pipeline::ResponseBody::from);
+                let _ = crate::boxed::pinned(|| write_response(&connection, response, Answering::closing())).await;
+                After::Close
+            }
+        };
+        match after {
+            After::NextRequest => {}
+            After::Close => {
+                crate::boxed::pinned(|| connection.close()).await;
+                return;
+            }
+            After::Upgrade(upgrade) => {
+                connection.upgrade(upgrade);
+                return;
+            }
+            After::End => return,
+        }
+    }
+}
+
+/// What a connection does once a request is done.
+enum After {
+    /// Reads the next request.
+    NextRequest,
+    /// Closes gracefully (see `Connection::close`).
+    Close,
+    /// Hands the socket to the tunnel of a `101 Switching Protocols` answer.
+    Upgrade(oneshot::Sender<UpgradedClient>),
+    /// Ends at once: the client left, or a write failed.
+    End,
+}
+
+/// One request on the connection: handed to `service`, its response written as it is produced.
+async fn exchange<I, S, F, B>(
+    connection: &Connection<I>,
+    head: ParsedRequest,
+    draining: &AtomicBool,
+    service: &mut S,
+) -> After
 where
     I: Io,
     S: FnMut(ClientRequest) -> F,
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
-    let shared = Arc::new(Mutex::new(Shared {
-        io,
-        buf: BytesMut::new(),
-        body: Framing::Done,
-        continue_left: None,
-        spans: Vec::new(),
-    }));
-    let connection = Connection(shared);
-    let mut head_buf = BytesMut::new();
-    loop {
-        let head = match poll_fn(|cx| connection.lock().poll_head(cx, limits)).await {
-            Ok(Some(head)) => head,
-            Ok(None) => return,
-            Err(rejection) => {
-                let response = rejection.response().map(crate::pipeline::ResponseBody::from);
-                let _ =
-                    crate::boxed::pinned(|| write_response(&connection, &mut head_buf, response, Answering::closing()))
-                        .await;
-                connection.close().await;
-                return;
-            }
-        };
-        let ParsedRequest { mut request, inbound, keep_alive, expects_continue, upgrade } = head;
-        let has_body = !inbound.is_done();
-        // The declared length, as the head's framing already read it (none for a chunked body).
-        let declared = match inbound {
-            Framing::Length(length) => Some(length),
-            _ => None,
-        };
-        let head_request = request.method() == Method::HEAD;
-        let version = request.version();
-        {
-            let mut shared = connection.lock();
-            shared.body = inbound;
-            shared.continue_left = (expects_continue && has_body).then_some(0);
-        }
-        if has_body {
-            *request.body_mut() = ClientBody::Http1(Http1Body::new(connection.0.clone(), declared));
-        }
-        let counted = gather::WorkerInFlight::start();
-        // Boxed, per request: the service future is kilobytes, and a connection waiting for its next
-        // request holds none of it (an allocation this size comes from the allocator's thread cache).
-        let mut in_flight = crate::boxed::pinned(|| service(request));
-        let response = poll_fn(|cx| {
+    let ParsedRequest { mut request, inbound, keep_alive, expects_continue, upgrade } = head;
+    let has_body = !inbound.is_done();
+    // The declared length, as the head's framing already read it (none for a chunked body).
+    let declared = match inbound {
+        Framing::Length(length) => Some(length),
+        _ => None,
+    };
+    let head_request = request.method() == Method::HEAD;
+    let version = request.version();
+    {
+        let mut shared = connection.lock();
+        shared.body = inbound;
+        shared.continue_left = (expects_continue && has_body).then_some(0);
+    }
+    if has_body {
+        *request.body_mut() = ClientBody::Http1(Http1Body::new(connection.0.clone(), declared));
+    }
+    let counted = gather::WorkerInFlight::start();
+    let response = {
+        let mut in_flight = pin!(service(request));
+        poll_fn(|cx| {
             if let Poll::Ready(response) = in_flight.as_mut().poll(cx) {
                 return Poll::Ready(Some(response));
             }
@@ -115,53 +149,54 @@ where
                 false => Poll::Pending,
             }
         })
-        .await;
-        drop(in_flight);
-        let Some(response) = response else {
-            tracing::debug!("client closed the connection before the response");
-            return;
-        };
-        // Written with the other responses this worker finds ready in the same turn (see `gather`).
-        counted.ready().await;
-        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let answering =
-            Answering { head_request, version, keep_alive: keep_alive && !draining.load(Ordering::Relaxed) };
-        // Boxed, per response: its write queue is most of this loop's state, which every connection
-        // would otherwise hold while it waits for its next request.
-        let Ok(kept) = crate::boxed::pinned(|| write_response(&connection, &mut head_buf, response, answering)).await
-        else {
-            return;
-        };
-        if switching {
-            if let Some(upgrade) = upgrade {
-                connection.upgrade(upgrade);
-            }
-            return;
-        }
-        // A request body nobody read in full leaves the connection's framing unknown.
-        let body_read = {
-            let mut shared = connection.lock();
-            shared.release_idle_buffer();
-            shared.body.is_done()
-        };
-        if !kept || !body_read || draining.load(Ordering::Relaxed) {
-            connection.close().await;
-            return;
-        }
+        .await
+    };
+    let Some(response) = response else {
+        tracing::debug!("client closed the connection before the response");
+        return After::End;
+    };
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    // Written with the other responses this worker finds ready in the same turn (see `gather`).
+    counted.ready().await;
+    let answering = Answering { head_request, version, keep_alive: keep_alive && !draining.load(Ordering::Relaxed) };
+    let Ok(kept) = write_response(connection, response, answering).await else {
+        return After::End;
+    };
+    if switching {
+        return upgrade.map_or(After::End, After::Upgrade);
+    }
+    // A request body nobody read in full leaves the connection's framing unknown.
+    let body_read = {
+        let mut shared = connection.lock();
+        shared.release_idle_buffer();
+        shared.body.is_done()
+    };
+    if !kept || !body_read || draining.load(Ordering::Relaxed) {
+        After::Close
+    } else {
+        After::NextRequest
     }
 }
 
-/// The read buffers of connections between requests. A kept-alive connection waiting for its next
-/// request holds no read buffer (nginx frees its own too): with thousands of idle connections that is
-/// half of the memory each one holds. Its next request takes a buffer from this worker thread's spares,
-/// so a busy connection pays a pop and a push per request, not an allocation.
+/// The buffers of connections between requests. A kept-alive connection waiting for its next request
+/// holds no read buffer, response head buffer or header scratch (nginx frees its buffers too): with
+/// thousands of idle connections those were most of the memory each one held. Its next request takes
+/// buffers from this worker thread's spares, so a busy connection pays a pop and a push per request and
+/// per response, not an allocation.
 mod spare_buffers {
     use super::{READ_SIZE, SPARE_BUFFERS};
+    use crate::wire::request_head::Spans;
     use bytes::BytesMut;
     use std::cell::RefCell;
 
     thread_local! {
         static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        static SPANS: RefCell<Vec<Spans>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Runs `parse` with this worker thread's scratch space for a request head's header positions.
+    pub(super) fn with_spans<R>(parse: impl FnOnce(&mut Vec<Spans>) -> R) -> R {
+        SPANS.with_borrow_mut(parse)
     }
 
     /// An empty buffer with room for `READ_SIZE` bytes.
@@ -192,13 +227,17 @@ struct Shared<I> {
     body: Framing,
     /// `100 Continue` bytes written so far, while the answer is due (the body is first read).
     continue_left: Option<usize>,
-    /// Scratch space for parsing heads.
-    spans: Vec<Spans>,
 }
 
-struct Connection<I>(Arc<Mutex<Shared<I>>>);
+/// A client's HTTP/1.1 connection: its socket and what has been read from it.
+pub(crate) struct Connection<I>(Arc<Mutex<Shared<I>>>);
 
 impl<I: Io> Connection<I> {
+    /// A connection over `io`, before its first request.
+    pub(crate) fn new(io: I) -> Connection<I> {
+        Connection(Arc::new(Mutex::new(Shared { io, buf: BytesMut::new(), body: Framing::Done, continue_left: None })))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Shared<I>> {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -250,7 +289,8 @@ impl<I: Io> Shared<I> {
     ) -> Poll<Result<Option<ParsedRequest>, HeadRejection>> {
         loop {
             if !self.buf.is_empty() {
-                if let Some(head) = request_head::parse(&mut self.buf, &mut self.spans, limits)? {
+                let buf = &mut self.buf;
+                if let Some(head) = spare_buffers::with_spans(|spans| request_head::parse(buf, spans, limits))? {
                     return Poll::Ready(Ok(Some(head)));
                 }
                 if self.buf.len() >= limits.max_head {
@@ -341,15 +381,16 @@ impl<I: Io> BodySource for Mutex<Shared<I>> {
 /// completed (the client then sees it cut off, never a clean end).
 async fn write_response<I: Io, B>(
     connection: &Connection<I>,
-    head_buf: &mut BytesMut,
     response: Response<B>,
     answering: Answering,
 ) -> Result<bool, ()>
 where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
+    // The head and the chunks' size lines are written into a spare buffer, given back at the end.
+    let mut head_buf = spare_buffers::take();
     let (parts, mut body) = response.into_parts();
-    let (out, keep_alive) = response_head::write(head_buf, &parts, &body, answering);
+    let (out, keep_alive) = response_head::write(&mut head_buf, &parts, &body, answering);
     let mut queue = WriteQueue::<QUEUED_PIECES>::default();
     queue.push(head_buf.split().freeze());
     let mut out = out;
@@ -362,7 +403,7 @@ where
                 match Pin::new(&mut body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Ok(data) = frame.into_data() {
-                            if queue_data(&mut queue, head_buf, &mut out, data).is_err() {
+                            if queue_data(&mut queue, &mut head_buf, &mut out, data).is_err() {
                                 return Poll::Ready(Err(()));
                             }
                         }
@@ -404,6 +445,8 @@ where
     .await;
     // The body (and what it holds: the request's place, its accounting) ends only after its bytes went.
     drop(body);
+    drop(queue);
+    spare_buffers::give_back(head_buf);
     result.map(|()| keep_alive && out != ResponseFraming::UntilClose)
 }
 

@@ -74,6 +74,8 @@ pub struct Gateway {
     reload_lock: tokio::sync::Mutex<()>,
     /// Flips to `true` on shutdown; every connection holds a receiver, so `closed()` means drained.
     shutdown: watch::Sender<bool>,
+    /// The open client connections, told to end on shutdown.
+    connections: conn::OpenConnections,
     /// When the gateway started, for the admin API's uptime.
     pub(crate) started: std::time::Instant,
 }
@@ -102,6 +104,7 @@ impl Gateway {
             listeners: Mutex::new(HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             shutdown,
+            connections: conn::OpenConnections::default(),
             started: std::time::Instant::now(),
         });
         let runtime = gateway.runtime();
@@ -243,6 +246,7 @@ impl Gateway {
         self.stop_accepting().await;
         let drain: Duration = self.runtime().http.drain_timeout.0;
         self.shutdown.send_replace(true);
+        self.connections.shut_down();
         tokio::time::timeout(drain, self.shutdown.closed()).await.is_ok()
     }
 
@@ -292,7 +296,9 @@ async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener, configured: S
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
-                tokio::spawn(conn::serve(gateway.clone(), stream, peer, configured));
+                if let Some(connection) = conn::accepted(&gateway, stream, peer, configured) {
+                    tokio::spawn(connection);
+                }
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly instead of spinning.

@@ -211,6 +211,37 @@ async fn idle_keep_alive_connections_close_after_keepalive_timeout() {
     assert_eq!(started.elapsed().as_secs(), 5, "h2");
 }
 
+/// Shutdown tells every open connection at once, through the gateway's set of them: an idle kept-alive
+/// connection (HTTP/1.1 or HTTP/2) is closed without waiting for its `keepalive_timeout`, and the
+/// drain completes.
+#[tokio::test(start_paused = true)]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    let gw = TestGateway::start(&LIMITS.replace(r#"keepalive_timeout = "5s""#, r#"keepalive_timeout = "75s""#)).await;
+    let addr = gw.addr("127.0.0.1:0");
+    let mut http1 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    http1.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut answer = [0u8; 12];
+    http1.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let http2 = tokio::spawn(connection);
+    let response = sender.send_request(Request::get("http://a/").body(full("")).unwrap()).await.unwrap();
+    assert_eq!(collect(response).await.0, StatusCode::OK);
+
+    let started = Instant::now();
+    assert!(gw.gateway.shutdown().await, "the drain did not complete");
+    assert!(started.elapsed() < Duration::from_secs(1), "the drain waited {:?}", started.elapsed());
+    read_to_close(&mut http1).await;
+    http2.await.unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1), "closed after {:?}", started.elapsed());
+}
+
 #[tokio::test]
 async fn keepalive_requests_closes_the_connection_after_the_last_one() {
     let gw = TestGateway::start(LIMITS).await;
