@@ -412,20 +412,27 @@ if section balance; then
 fi
 
 # 5. Memory while holding 10,000 idle keep-alive connections: the whole resident set of the proxy's
-# processes (nginx allocates its connection slots up front, so only the total compares fairly).
+# processes (nginx allocates its connection slots up front, so the total compares fairly), and what
+# the connections added to it, per connection.
 section memory && for round in $(seq "$ROUNDS"); do
   echo "idle memory round $round" >&2
   for target in nginx gateway; do
     if [ $target = nginx ]; then port=$NGINX_HTTP; pids=$NGINX_PIDS; else port=$GW_HTTP; pids=$GATEWAY_PID; fi
+    # shellcheck disable=SC2086
+    before=$(rss_kb $pids)
     $LOAD idle --addr 127.0.0.1:$port --connections 10000 --hold 8s > "$WORK/idle.txt" &
     sleep 6
     # shellcheck disable=SC2086
-    eval "${target}_mem=$(( $(rss_kb $pids) / 1024 ))"
+    during=$(rss_kb $pids)
+    eval "${target}_mem=$(( during / 1024 ))"
+    eval "${target}_per_connection=$(( (during - before) * 1024 / 10000 ))"
     wait $!
     grep -q "idle_still_open=10000" "$WORK/idle.txt" || echo "  $target closed some idle connections: $(cat "$WORK/idle.txt")" >&2
   done
   # shellcheck disable=SC2154
   record memory "RSS holding 10,000 idle connections (MB)" "$nginx_mem" "$gateway_mem" lower
+  # shellcheck disable=SC2154
+  record memory "memory per idle connection (B)" "$nginx_per_connection" "$gateway_per_connection" lower
 done
 
 echo
