@@ -390,19 +390,22 @@ pin_project_lite::pin_project! {
     /// raised, or nothing has been in flight for `idle` (no request, or one whose head has not fully
     /// arrived).
     ///
-    /// The idle timer is looked at only while nothing is in flight, and moved only when it fires: a
-    /// request costs the timer nothing, and a connection needs no second task to watch it.
+    /// The idle timer is looked at only while nothing is in flight, polled only until it is armed
+    /// (it wakes the task when it fires), and moved only when it fires: a request costs the timer
+    /// nothing but a look, and a connection needs no second task to watch it.
     struct Supervised<'a, C> {
         connection: Pin<&'a mut C>,
         #[pin]
         idle_timer: Sleep,
         state: &'a ConnState,
+        // Whether `idle_timer` was polled since it last fired or moved: it holds the task's waker.
+        armed: bool,
     }
 }
 
 impl<'a, C> Supervised<'a, C> {
     fn new(connection: Pin<&'a mut C>, state: &'a ConnState) -> Self {
-        Supervised { connection, idle_timer: tokio::time::sleep(state.idle_timeout), state }
+        Supervised { connection, idle_timer: tokio::time::sleep(state.idle_timeout), state, armed: false }
     }
 }
 
@@ -419,15 +422,19 @@ impl<C: Future> Future for Supervised<'_, C> {
         if let Some(reason) = state.stop.reason() {
             return Poll::Ready(Some(reason));
         }
-        while let Some(deadline) = state.idle_deadline() {
-            if this.idle_timer.as_mut().poll(cx).is_pending() {
-                break;
-            }
+        let Some(deadline) = state.idle_deadline() else {
+            return Poll::Pending;
+        };
+        if *this.armed && !this.idle_timer.is_elapsed() {
+            return Poll::Pending;
+        }
+        while this.idle_timer.as_mut().poll(cx).is_ready() {
             if deadline <= Instant::now() {
                 return Poll::Ready(Some(Ending::Idle));
             }
             this.idle_timer.as_mut().reset(deadline);
         }
+        *this.armed = true;
         Poll::Pending
     }
 }
