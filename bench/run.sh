@@ -413,13 +413,15 @@ fi
 
 # 5. Memory while holding 10,000 idle keep-alive connections: the whole resident set of the proxy's
 # processes (nginx allocates its connection slots up front, so the total compares fairly), and what
-# the connections added to it, per connection.
+# the connections added to it, per connection, over the resident set before the first round (freed
+# memory stays with the process, so later rounds hold their connections in what the first one grew).
+# shellcheck disable=SC2086
+section memory && nginx_before=$(rss_kb $NGINX_PIDS) && gateway_before=$(rss_kb $GATEWAY_PID)
 section memory && for round in $(seq "$ROUNDS"); do
   echo "idle memory round $round" >&2
   for target in nginx gateway; do
     if [ $target = nginx ]; then port=$NGINX_HTTP; pids=$NGINX_PIDS; else port=$GW_HTTP; pids=$GATEWAY_PID; fi
-    # shellcheck disable=SC2086
-    before=$(rss_kb $pids)
+    before_var=${target}_before; before=${!before_var}
     $LOAD idle --addr 127.0.0.1:$port --connections 10000 --hold 8s > "$WORK/idle.txt" &
     sleep 6
     # shellcheck disable=SC2086
