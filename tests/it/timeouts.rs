@@ -211,6 +211,28 @@ async fn idle_keep_alive_connections_close_after_keepalive_timeout() {
     assert_eq!(started.elapsed().as_secs(), 5, "h2");
 }
 
+/// The idle timer counts from the end of the last response: a request 3 s into a 5 s
+/// `keepalive_timeout` keeps the connection open until 5 s after its own answer.
+#[tokio::test(start_paused = true)]
+async fn a_request_on_a_kept_alive_connection_starts_its_idle_time_again() {
+    let gw = TestGateway::start(LIMITS).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr("127.0.0.1:0")).await.unwrap();
+    let started = Instant::now();
+    for pause in [Duration::ZERO, Duration::from_secs(3)] {
+        tokio::time::sleep(pause).await;
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\nok") {
+            let mut byte = [0u8; 1];
+            assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed early: {answer:?}");
+            answer.push(byte[0]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+    }
+    assert!(read_to_close(&mut stream).await.is_empty());
+    assert_eq!(started.elapsed().as_secs(), 8);
+}
+
 /// Shutdown tells every open connection at once, through the gateway's set of them: an idle kept-alive
 /// connection (HTTP/1.1 or HTTP/2) is closed without waiting for its `keepalive_timeout`, and the
 /// drain completes.
