@@ -184,6 +184,24 @@ async fn a_connection_that_sends_nothing_is_closed_after_client_header_timeout()
     assert_eq!(started.elapsed().as_secs(), 10);
 }
 
+/// An HTTP/2 connection (prior knowledge) that has had one GET answered 200: its sender, which keeps
+/// it open from the client's side, and its task, which ends when the gateway closes it.
+async fn h2c_after_one_request(
+    addr: std::net::SocketAddr,
+) -> (hyper::client::conn::http2::SendRequest<TestBody>, tokio::task::JoinHandle<Result<(), hyper::Error>>) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let response = sender.send_request(Request::get("http://a/").body(full("")).unwrap()).await.unwrap();
+    assert_eq!(collect(response).await.0, StatusCode::OK);
+    (sender, connection)
+}
+
 #[tokio::test(start_paused = true)]
 async fn idle_keep_alive_connections_close_after_keepalive_timeout() {
     let gw = TestGateway::start(LIMITS).await;
@@ -195,17 +213,7 @@ async fn idle_keep_alive_connections_close_after_keepalive_timeout() {
     assert!(received.starts_with(b"HTTP/1.1 200"), "nothing answered");
     assert_eq!(started.elapsed().as_secs(), 5, "http/1.1");
 
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let connection = tokio::spawn(connection);
-    let response = sender.send_request(Request::get("http://a/").body(full("")).unwrap()).await.unwrap();
-    let (status, _, _) = collect(response).await;
-    assert_eq!(status, StatusCode::OK);
+    let (_sender, connection) = h2c_after_one_request(addr).await;
     let started = Instant::now();
     connection.await.unwrap().unwrap();
     assert_eq!(started.elapsed().as_secs(), 5, "h2");
@@ -245,16 +253,7 @@ async fn shutdown_closes_idle_keep_alive_connections_at_once() {
     let mut answer = [0u8; 12];
     http1.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200");
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let http2 = tokio::spawn(connection);
-    let response = sender.send_request(Request::get("http://a/").body(full("")).unwrap()).await.unwrap();
-    assert_eq!(collect(response).await.0, StatusCode::OK);
+    let (_sender, http2) = h2c_after_one_request(addr).await;
 
     let started = Instant::now();
     assert!(gw.gateway.shutdown().await, "the drain did not complete");
