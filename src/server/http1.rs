@@ -70,8 +70,8 @@ pub(crate) async fn serve<I, S, F, B>(
     loop {
         let after = match poll_fn(|cx| connection.lock().poll_head(cx, limits)).await {
             // Boxed, per request: the service's future, the response and its write queue are all of a
-            // request's state, and a connection waiting for its next request holds none of it (an
-            // allocation this size comes from the allocator's thread cache).
+            // request's state, and a connection waiting for its next request holds none of it (one
+            // box: two, the service's future apart, counted more instructions a request).
             Ok(Some(head)) => crate::boxed::pinned(|| exchange(&connection, head, draining, &mut service)).await,
             Ok(None) => return,
             Err(rejection) => {
