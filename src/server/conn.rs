@@ -165,6 +165,7 @@ struct ConnState {
     runtime: Mutex<Arc<RuntimeRef>>,
     /// The configured address the connection came in on, which names its listener in a runtime.
     listen_key: SocketAddr,
+    /// When the connection was accepted (before a TLS handshake): its first idle time counts from here.
     opened: Instant,
     /// How long the connection may go without a request in flight (see `ConnLimits::idle_timeout`).
     idle_timeout: Duration,
@@ -387,8 +388,8 @@ impl StopSignal {
 
 pin_project_lite::pin_project! {
     /// Runs `connection` until it ends (`None`), or until it should end (the reason): its `stop` was
-    /// raised, or nothing has been in flight for `idle` (no request, or one whose head has not fully
-    /// arrived).
+    /// raised, or nothing has been in flight for the connection's `idle_timeout` (no request, or one
+    /// whose head has not fully arrived).
     ///
     /// The idle timer is looked at only while nothing is in flight, polled only until it is armed
     /// (it wakes the task when it fires), and moved only when it fires: a request costs the timer
