@@ -348,8 +348,8 @@ enum Message {
     Lines,
     /// A worker's buffer reached `BATCH_BYTES`: write now.
     Full,
-    /// Write what waits, then reopen the file (log rotation).
-    Reopen,
+    /// Write what waits, reopen the file (log rotation), then answer.
+    Reopen(SyncSender<()>),
     /// Write what waits, then answer.
     Flush(SyncSender<()>),
 }
@@ -425,16 +425,23 @@ impl LogWriter {
         }
     }
 
-    /// Reopens the file (after log rotation moved it away); what waits is written to the old one.
+    /// Reopens the file (after log rotation moved it away), and returns once it is reopened (or
+    /// after a second): what waited goes to the old file, every line written after this returns to
+    /// the new one.
     pub(crate) fn reopen(&self) {
-        let _ = self.messages.send(Message::Reopen);
+        self.ask(Message::Reopen);
     }
 
     /// Writes every line waiting, and returns once they are written (or after a second).
     pub(crate) fn flush(&self) {
-        let (done, written) = sync_channel(1);
-        if self.messages.send(Message::Flush(done)).is_ok() {
-            let _ = written.recv_timeout(Duration::from_secs(1));
+        self.ask(Message::Flush);
+    }
+
+    /// Sends the thread `message` and waits, at most a second, for its answer.
+    fn ask(&self, message: fn(SyncSender<()>) -> Message) {
+        let (done, answered) = sync_channel(1);
+        if self.messages.send(message(done)).is_ok() {
+            let _ = answered.recv_timeout(Duration::from_secs(1));
         }
     }
 }
@@ -473,13 +480,14 @@ fn write_lines(path: &Path, mut file: File, buffers: &WorkerBuffers, messages: &
                 write_out(&mut file);
                 due = None;
             }
-            Ok(Message::Reopen) => {
+            Ok(Message::Reopen(done)) => {
                 write_out(&mut file);
                 due = None;
                 match open_append(path) {
                     Ok(reopened) => file = reopened,
                     Err(error) => tracing::error!(path = %path.display(), %error, "cannot reopen the access log"),
                 }
+                let _ = done.send(());
             }
             Ok(Message::Flush(done)) => {
                 write_out(&mut file);
@@ -630,7 +638,8 @@ impl AccessLogs {
         !self.logs.is_empty() || self.usage.is_some()
     }
 
-    /// Reopens every log file (SIGUSR1, after rotation).
+    /// Reopens every log file (SIGUSR1, after rotation); blocks until each is reopened, so the
+    /// lines of requests that end after this returns go to the new files.
     pub fn reopen(&self) {
         for writer in self.writers.values() {
             writer.reopen();
@@ -676,5 +685,20 @@ mod tests {
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_723_868);
         assert_eq!(time_local(at), "26/Nov/2026:20:11:08 +0000");
         assert_eq!(time_iso8601(at), "2026-11-26T20:11:08+00:00");
+    }
+
+    #[test]
+    fn lines_written_after_reopen_returns_go_to_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, moved) = (dir.path().join("a.log"), dir.path().join("a.log.1"));
+        let writer = LogWriter::open(&path).unwrap();
+        writer.write(|line| line.push_str("one"));
+        std::fs::rename(&path, &moved).unwrap();
+        writer.reopen();
+        assert!(path.exists(), "reopen returned before the new file was open");
+        writer.write(|line| line.push_str("two"));
+        writer.flush();
+        let read = |path| std::fs::read_to_string(path).unwrap();
+        assert_eq!((read(&moved), read(&path)), ("one\n".to_string(), "two\n".to_string()));
     }
 }

@@ -37,9 +37,16 @@ impl Signals {
                     Err(errors) => tracing::error!("config reload failed, the running config stays:\n{errors}"),
                 },
                 _ = reopen.recv() => {
-                    crate::error_log::reopen();
-                    gateway.runtime().ledger.access_logs.reopen();
-                    tracing::info!("log files reopened");
+                    let runtime = gateway.runtime();
+                    // Reopening waits for each log's writer thread.
+                    let reopened = tokio::task::spawn_blocking(move || {
+                        crate::error_log::reopen();
+                        runtime.ledger.access_logs.reopen();
+                    });
+                    match reopened.await {
+                        Ok(()) => tracing::info!("log files reopened"),
+                        Err(error) => tracing::error!(%error, "reopening the log files failed"),
+                    }
                 }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
