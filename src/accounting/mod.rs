@@ -54,6 +54,8 @@ pub struct Ledger {
 pub(crate) trait Metering {
     /// The reading, taken once, when the response ends.
     fn take_reading(&mut self) -> Option<MeterReading>;
+    /// Whether the body is metered: its reading will hold the stream's completion tokens.
+    fn meters_usage(&self) -> bool;
     /// The backend exchange the body comes from, through any wrapper; for a body whose head went
     /// out before the backend's (`sse_keepalive`), once the backend answered.
     fn upstream_info(&self) -> Option<UpstreamInfo>;
@@ -216,7 +218,8 @@ impl Record {
     fn finish(&mut self, end: BodyEnd) {
         self.end = end;
         self.duration = self.started.elapsed();
-        // A metered stream's usage, when the gateway asked for it, never reached the client's bytes.
+        // A metered stream's completion tokens are its reading's (its usage chunk, when the gateway
+        // asked for it, never reached the client's bytes).
         if let (Some(stream), Some(reading)) = (&mut self.stream, &self.reading) {
             stream.output_tokens.get_or_insert(reading.spend.completion);
         }
@@ -257,8 +260,8 @@ impl Record {
     }
 
     /// Notes a data frame of an event stream: the first token's time, the gap since the last event,
-    /// and the token count once `usage` arrives.
-    fn observe_event(&mut self, data: &[u8]) {
+    /// and the token count once `usage` arrives (unless the body is `metered`: its reading has it).
+    fn observe_event(&mut self, data: &[u8], metered: bool) {
         if self.stream.is_none() || !contains(data, b"data:") || data.starts_with(b"data: [DONE]") {
             return;
         }
@@ -273,6 +276,9 @@ impl Record {
             stream.first_token = Some(now.duration_since(started));
         }
         stream.last_event = Some(now);
+        if metered {
+            return;
+        }
         if let Some(tokens) = cost::usage_field(data, &cost::COMPLETION_TOKENS) {
             stream.output_tokens = Some(tokens);
         }
@@ -437,7 +443,7 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Metering + Unpin> Body for Tracke
                         record.answered_late(this.inner.upstream_info());
                     }
                     record.body_bytes += data.len() as u64;
-                    record.observe_event(data);
+                    record.observe_event(data, this.inner.meters_usage());
                 }
             }
             Some(Err(error)) => {

@@ -321,9 +321,11 @@ pub(crate) struct MeterReading {
 
 /// A response body whose tokens are read as it passes (see the module doc).
 ///
-/// A frame costs little: its events are counted by their blank lines (`memchr`), and its last bytes
-/// join a window of the body's end, where the backend's `usage` is read once, when the body ends:
-/// searching every frame for it cost a third of what a streamed token cost the gateway (callgrind).
+/// A JSON answer's last bytes join a window of the body's end, where its `usage` is read once, when
+/// the body ends. An event stream's frames are each searched once, for `"completion_tokens":`, as
+/// they pass: the one search finds the usage chunk, which is then read and, when the gateway asked
+/// for it, taken out; its events are counted by their blank lines. Accounting leaves a metered
+/// stream's search to it (`Metering::meters_usage`), so a streamed token costs one search either way.
 pub(crate) struct Metered<B> {
     inner: B,
     estimate: Estimate,
@@ -331,15 +333,17 @@ pub(crate) struct Metered<B> {
     model: Option<(String, Arc<str>)>,
     /// The key's budgets' reservation, settled when the body ends.
     reservation: Option<Reservation>,
-    /// The backend's `usage` (prompt, completion), once read from the window.
+    /// The backend's `usage` (prompt, completion): a JSON answer's once read from the window, a
+    /// stream's the last its events held.
     usage: Option<(Option<u64>, Option<u64>)>,
     /// Line feeds of an event stream so far: two an event (`\n\n`, or `\r\n\r\n`), about one event a
     /// token, so half of them is what a client that left received.
     line_feeds: u64,
     /// The usage chunk is the gateway's, not the client's: it is taken out of the stream.
     strip_usage: bool,
-    /// The body's last bytes, where its `usage` is: filled up to `WINDOW` bytes (allocated with the
-    /// first frame), then a ring written at `window_at`.
+    /// A JSON answer's last bytes, where its `usage` is: filled up to `WINDOW` bytes (allocated with
+    /// the first frame), then a ring written at `window_at`. A stream's event split across frames,
+    /// joined until a frame ends it (its last `WINDOW` bytes).
     window: Vec<u8>,
     window_at: usize,
 }
@@ -387,11 +391,46 @@ impl<B> Metered<B> {
         Some(MeterReading { model, label, spend: self.spend() })
     }
 
-    fn observe(&mut self, data: &[u8]) {
-        if self.estimate.stream {
-            self.line_feeds += line_feeds(data);
+    /// Reads a frame as it passes (`last`: the body ends with it); whether it holds a usage chunk.
+    fn observe(&mut self, data: &[u8], last: bool) -> bool {
+        if !self.estimate.stream {
+            // An answer in one frame, as most are, is read where it is.
+            match last && self.window.is_empty() {
+                true => self.usage = Some(usage_in(data)),
+                false => self.keep_end(data),
+            }
+            return false;
         }
-        self.keep_end(data);
+        self.line_feeds += line_feeds(data);
+        // Most frames end their last event: they are searched as they are.
+        let ends_event = data.ends_with(b"\n\n") || data.ends_with(b"\r\n\r\n");
+        if self.window.is_empty() && ends_event {
+            return self.read_events(data);
+        }
+        self.window.extend_from_slice(data);
+        if let Some(over) = self.window.len().checked_sub(WINDOW).filter(|&over| over > 0) {
+            self.window.drain(..over);
+        }
+        if !ends_event {
+            return false;
+        }
+        let joined = std::mem::take(&mut self.window);
+        let found = self.read_events(&joined);
+        self.window = joined;
+        self.window.clear();
+        found
+    }
+
+    /// Reads the usage of the last event in `events` that has one; whether one had.
+    fn read_events(&mut self, events: &[u8]) -> bool {
+        // Most frames have none: one search says so, before the search for the last.
+        let Some(first) = COMPLETION_TOKENS.find(events) else { return false };
+        let at = first + COMPLETION_TOKENS.find_iter(&events[first + 1..]).last().map_or(0, |after| after + 1);
+        // The event's JSON is one line: its prompt tokens are on the line of its completion tokens.
+        let line = &events[memchr::memrchr(b'\n', &events[..at]).map_or(0, |n| n + 1)..];
+        self.usage =
+            Some((cost::usage_field(line, &PROMPT_TOKENS), cost::usage_field(&events[at..], &COMPLETION_TOKENS)));
+        true
     }
 
     /// Writes `data`'s end into the window.
@@ -409,23 +448,21 @@ impl<B> Metered<B> {
         self.window_at = (self.window_at + data.len()) % WINDOW;
     }
 
-    /// The backend's prompt and completion tokens: of the last `usage` object in the body's end.
+    /// The backend's prompt and completion tokens: of the last `usage` object in a JSON answer's
+    /// end, or of a stream's events.
     fn usage(&mut self) -> (Option<u64>, Option<u64>) {
-        if let Some(usage) = self.usage {
+        if self.estimate.stream && self.usage.is_none() && !self.window.is_empty() {
+            // An unfinished event (or an answer that is no event stream) at the end.
+            let kept = std::mem::take(&mut self.window);
+            self.read_events(&kept);
+        }
+        if let Some(usage) = self.usage.or(self.estimate.stream.then_some((None, None))) {
             return usage;
         }
         // The ring in order: its oldest bytes (from the write position on) first.
         self.window.rotate_left(self.window_at);
         self.window_at = 0;
-        let end = &self.window[..];
-        // The last match by forward, vectorized searches: memchr's reverse searcher is not
-        // vectorized, and most bodies' ends hold one `usage` or none.
-        let usage = match USAGE.find_iter(end).last() {
-            Some(at) => {
-                (cost::usage_field(&end[at..], &PROMPT_TOKENS), cost::usage_field(&end[at..], &COMPLETION_TOKENS))
-            }
-            None => (None, None),
-        };
+        let usage = usage_in(&self.window);
         self.usage = Some(usage);
         usage
     }
@@ -442,15 +479,33 @@ impl<B> Metered<B> {
     }
 }
 
-/// A chat request's body asking for its stream's usage (`stream_options.include_usage`), when it
-/// streams without asking; `None` when it needs no change (not a stream, asked already, not JSON).
-pub(crate) fn asking_for_usage(body: &[u8]) -> Option<Bytes> {
-    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let object = value.as_object_mut()?;
-    if object.get("stream").and_then(serde_json::Value::as_bool) != Some(true) {
-        return None;
+/// The prompt and completion tokens of the last `usage` object in a JSON answer's `end`. The last
+/// match by forward, vectorized searches: memchr's reverse searcher is not vectorized, and most
+/// bodies' ends hold one `usage` or none.
+fn usage_in(end: &[u8]) -> (Option<u64>, Option<u64>) {
+    match USAGE.find_iter(end).last() {
+        Some(at) => (cost::usage_field(&end[at..], &PROMPT_TOKENS), cost::usage_field(&end[at..], &COMPLETION_TOKENS)),
+        None => (None, None),
     }
-    let options = object.entry("stream_options").or_insert_with(|| serde_json::json!({}));
+}
+
+/// The body of a streamed chat request that does not ask for its usage, asking for it
+/// (`stream_options.include_usage`); `None` when it cannot be changed (not a JSON object, or it asks
+/// already).
+pub(crate) fn asking_for_usage(body: &[u8]) -> Option<Bytes> {
+    // A body with no `stream_options` anywhere gets it as its first key, written in as text (the
+    // body has `stream`, so a key follows): parsed into a tree and written out again, the body cost
+    // a streamed request 8,000 instructions more (callgrind).
+    let open = body.iter().position(|b| !b.is_ascii_whitespace()).filter(|&at| body[at] == b'{')?;
+    if STREAM_OPTIONS.find(body).is_none() {
+        let mut asked = Vec::with_capacity(body.len() + ASK_FOR_USAGE.len());
+        asked.extend_from_slice(&body[..=open]);
+        asked.extend_from_slice(ASK_FOR_USAGE);
+        asked.extend_from_slice(&body[open + 1..]);
+        return Some(Bytes::from(asked));
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let options = value.as_object_mut()?.entry("stream_options").or_insert_with(|| serde_json::json!({}));
     let options = options.as_object_mut()?;
     if options.get("include_usage").and_then(serde_json::Value::as_bool) == Some(true) {
         return None;
@@ -488,6 +543,9 @@ fn without_usage_events(data: Bytes) -> Bytes {
 
 // What a metered body looks for, searchers built once.
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\":{"));
+static STREAM_OPTIONS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"stream_options\""));
+/// The key a streamed request's body is given first.
+const ASK_FOR_USAGE: &[u8] = b"\"stream_options\":{\"include_usage\":true},";
 static NO_CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\":[]"));
 
 impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for Metered<B> {
@@ -503,8 +561,8 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for Metered<B> {
                 Ok(data) => data,
                 Err(frame) => return Poll::Ready(Some(Ok(frame))),
             };
-            this.observe(&data);
-            let data = if this.strip_usage { without_usage_events(data) } else { data };
+            let usage_chunk = this.observe(&data, this.inner.is_end_stream());
+            let data = if this.strip_usage && usage_chunk { without_usage_events(data) } else { data };
             // A frame that held only the usage chunk is not sent at all.
             if !data.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -607,6 +665,22 @@ mod tests {
         assert_eq!(stream.take_reading().unwrap().spend, Spend { prompt: 3, completion: 4, image: 8 });
     }
 
+    #[tokio::test]
+    async fn a_json_answer_is_read_where_it_is_or_from_its_end() {
+        let answer = "{\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6}}";
+        let estimate = Estimate { stream: false, ..ESTIMATE };
+        let whole = http_body_util::Full::new(Bytes::from_static(answer.as_bytes())).map_err(|never| match never {});
+        let mut one = Metered::new(whole, String::new(), Arc::from(""), estimate);
+        while one.frame().await.is_some() {}
+        assert!(one.window.is_empty(), "one frame is read where it is");
+        let (head, tail) = answer.split_at(30);
+        let mut two = Metered::new(body(&[head, tail]), String::new(), Arc::from(""), estimate);
+        while two.frame().await.is_some() {}
+        for reading in [one.take_reading(), two.take_reading()] {
+            assert_eq!(reading.unwrap().spend, Spend { prompt: 5, completion: 6, image: 8 });
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn prompt_and_completion_caps_count_their_own_tokens() {
         let limits = vec![(Counted::Prompt, MINUTE, 50), (Counted::Completion, MINUTE, 100)];
@@ -626,11 +700,19 @@ mod tests {
 
     #[test]
     fn a_stream_is_asked_for_its_usage_and_the_chunk_taken_out() {
-        let asked = asking_for_usage(br#"{"stream":true,"messages":[]}"#).unwrap();
-        let asked: serde_json::Value = serde_json::from_slice(&asked).unwrap();
-        assert_eq!(asked["stream_options"]["include_usage"], true);
+        for (body, options) in [
+            (" {\"stream\":true,\"messages\":[]}", serde_json::json!({"include_usage": true})),
+            (r#"{"stream": true, "stream_options": {}}"#, serde_json::json!({"include_usage": true})),
+            (
+                r#"{"stream_options":{"x":1,"include_usage":false},"stream":true}"#,
+                serde_json::json!({"x": 1, "include_usage": true}),
+            ),
+        ] {
+            let asked: serde_json::Value = serde_json::from_slice(&asking_for_usage(body.as_bytes()).unwrap()).unwrap();
+            assert_eq!((&asked["stream_options"], &asked["stream"]), (&options, &serde_json::json!(true)), "{body}");
+        }
         assert!(asking_for_usage(br#"{"stream":true,"stream_options":{"include_usage":true}}"#).is_none());
-        assert!(asking_for_usage(br#"{"stream":false}"#).is_none());
+        assert!(asking_for_usage(b"[1]").is_none() && asking_for_usage(b"").is_none(), "no JSON object");
         let end = "data: {\"choices\":[{\"finish_reason\":\"length\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
         let kept = without_usage_events(Bytes::from(end));
         assert_eq!(&kept[..], b"data: {\"choices\":[{\"finish_reason\":\"length\"}]}\n\ndata: [DONE]\n\n");

@@ -79,6 +79,14 @@ impl Metering for ResponseBody {
         }
     }
 
+    fn meters_usage(&self) -> bool {
+        match self {
+            ResponseBody::Metered { .. } => true,
+            ResponseBody::Compressed { inner } => inner.source().meters_usage(),
+            _ => false,
+        }
+    }
+
     /// The backend exchange this body comes from, through any wrapper (compression, accounting, a
     /// keep-alive stream once the model answered).
     fn upstream_info(&self) -> Option<UpstreamInfo> {
