@@ -343,8 +343,11 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Pending => {
-                let deadline = this.next_deadline();
-                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                // A timer made already was moved on with the last frame: the clock is read only to
+                // make one.
+                let made = this.timer.take();
+                let timer =
+                    this.timer.insert(made.unwrap_or_else(|| Box::pin(tokio::time::sleep_until(this.next_deadline()))));
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }

@@ -88,11 +88,24 @@ impl ChunkedDecoder {
             if self.state == State::End {
                 return Ok(Decoded::End);
             }
-            let Some(&byte) = buf.first() else {
-                return Ok(Decoded::NeedMore);
+            // Framing bytes are stepped through in place and consumed together: advancing the
+            // buffer byte by byte cost more than the stepping (callgrind).
+            let mut used = 0;
+            let stepped = loop {
+                let Some(&byte) = buf.get(used) else { break Ok(false) };
+                used += 1;
+                match self.step(byte) {
+                    Ok(state) => self.state = state,
+                    Err(error) => break Err(error),
+                }
+                if matches!(self.state, State::Data { .. } | State::End) {
+                    break Ok(true);
+                }
             };
-            buf.advance(1);
-            self.state = self.step(byte)?;
+            buf.advance(used);
+            if !stepped? {
+                return Ok(Decoded::NeedMore);
+            }
         }
     }
 
