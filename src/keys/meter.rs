@@ -494,8 +494,8 @@ fn usage_in(end: &[u8]) -> (Option<u64>, Option<u64>) {
 /// already).
 pub(crate) fn asking_for_usage(body: &[u8]) -> Option<Bytes> {
     // A body with no `stream_options` anywhere gets it as its first key, written in as text (the
-    // body has `stream`, so a key follows): parsed into a tree and written out again, the body cost
-    // a streamed request 8,000 instructions more (callgrind).
+    // body has `stream`, so a key follows): parsed into a tree and written out again, writing the
+    // tree and dropping it alone cost a streamed request 5,600 instructions (callgrind).
     let open = body.iter().position(|b| !b.is_ascii_whitespace()).filter(|&at| body[at] == b'{')?;
     if STREAM_OPTIONS.find(body).is_none() {
         let mut asked = Vec::with_capacity(body.len() + ASK_FOR_USAGE.len());
