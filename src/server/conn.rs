@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// What serves a freshly accepted TCP connection that arrived on the listener configured as
 /// `listen_key`; `None` when a reload removed that listener meanwhile. The connection's state is made
@@ -278,14 +278,13 @@ async fn serve_http<I>(
     // Told to stop on shutdown; `shutdown` stays held until the connection is done, which is what the
     // gateway's drain waits for.
     let _open = state.gateway.connections.add(&state, &shutdown);
-    let max_requests = spec.limits.keepalive_requests;
     let service_state = state.clone();
-    let service = move |request| respond(service_state.clone(), max_requests, request);
+    let service = move |request| respond(service_state.clone(), request);
     let outcome = match protocol {
         Protocol::Http1 => {
             let connection = http1::Connection::new(io);
             let mut connection = pin!(http1::serve(connection, spec.http1, &state.draining, service));
-            let outcome = Supervised::new(connection.as_mut(), &state).await;
+            let outcome = Supervised { connection: connection.as_mut(), state: &state }.await;
             // Nothing in flight (an idle connection, or one whose next head is late or partial): closed
             // at once. Otherwise the response in flight finishes, and the connection ends.
             if outcome.is_some_and(|reason| reason != Ending::Idle && state.in_flight.load(Ordering::Acquire) > 0) {
@@ -302,7 +301,7 @@ async fn serve_http<I>(
             // sized for it, HTTP/1.1 ones included (which most cleartext connections are).
             let mut connection =
                 crate::boxed::pinned(|| spec.http2_builder.serve_connection(TokioIo::new(io), service));
-            let outcome = Supervised::new(connection.as_mut(), &state).await;
+            let outcome = Supervised { connection: connection.as_mut(), state: &state }.await;
             if outcome.is_some() {
                 // GOAWAY: streams in flight finish; so does a client that never acknowledges it, at
                 // the drain deadline.
@@ -346,6 +345,17 @@ impl OpenConnections {
         OpenConnection { open: self, key }
     }
 
+    /// Tells every connection that has had nothing in flight for its idle timeout at `now` to end.
+    pub(crate) fn close_idle(&self, now: Instant) {
+        for (_, connection) in self.lock().iter() {
+            if let Some(state) = connection.upgrade() {
+                if state.idle_deadline().is_some_and(|deadline| deadline <= now) {
+                    state.stop.raise(Ending::Idle);
+                }
+            }
+        }
+    }
+
     /// Tells every open connection to end (gracefully: requests in flight finish): on shutdown.
     pub(crate) fn shut_down(&self) {
         for (_, connection) in self.lock().iter() {
@@ -378,6 +388,11 @@ impl StopSignal {
         self.waker.wake();
     }
 
+    /// Takes `reason` back, if it is the one raised.
+    fn withdraw(&self, reason: Ending) {
+        let _ = self.reason.compare_exchange(reason as u8, 0, Ordering::AcqRel, Ordering::Acquire);
+    }
+
     /// Why the connection should end, once that was raised.
     fn reason(&self) -> Option<Ending> {
         [Ending::Idle, Ending::Shutdown, Ending::KeepaliveRequests]
@@ -386,70 +401,59 @@ impl StopSignal {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// Runs `connection` until it ends (`None`), or until it should end (the reason): its `stop` was
-    /// raised, or nothing has been in flight for the connection's `idle_timeout` (no request, or one
-    /// whose head has not fully arrived).
-    ///
-    /// The idle timer is looked at only while nothing is in flight, polled only until it is armed
-    /// (it wakes the task when it fires), and moved only when it fires: a request costs the timer
-    /// nothing but a look, and a connection needs no second task to watch it.
-    struct Supervised<'a, C> {
-        connection: Pin<&'a mut C>,
-        #[pin]
-        idle_timer: Sleep,
-        state: &'a ConnState,
-        // Whether `idle_timer` was polled since it last fired or moved: it holds the task's waker.
-        armed: bool,
-    }
-}
-
-impl<'a, C> Supervised<'a, C> {
-    fn new(connection: Pin<&'a mut C>, state: &'a ConnState) -> Self {
-        Supervised { connection, idle_timer: tokio::time::sleep(state.idle_timeout), state, armed: false }
-    }
+/// Runs `connection` until it ends (`None`), or until it should end (the reason): its `stop` was
+/// raised, on shutdown, at `keepalive_requests`, or by the gateway's sweep of idle connections
+/// (`OpenConnections::close_idle`). A connection holds no timer of its own: a timer in every task
+/// made every idle connection's task a size class larger.
+struct Supervised<'a, C> {
+    connection: Pin<&'a mut C>,
+    state: &'a ConnState,
 }
 
 impl<C: Future> Future for Supervised<'_, C> {
     type Output = Option<Ending>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Ending>> {
-        let mut this = self.project();
-        if this.connection.as_mut().poll(cx).is_ready() {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Ending>> {
+        if self.connection.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
         }
-        let state = *this.state;
+        let state = self.state;
         state.stop.waker.register(cx.waker());
-        if let Some(reason) = state.stop.reason() {
-            return Poll::Ready(Some(reason));
-        }
-        let Some(deadline) = state.idle_deadline() else {
-            return Poll::Pending;
-        };
-        if *this.armed && !this.idle_timer.is_elapsed() {
-            return Poll::Pending;
-        }
-        while this.idle_timer.as_mut().poll(cx).is_ready() {
-            if deadline <= Instant::now() {
-                return Poll::Ready(Some(Ending::Idle));
+        match state.stop.reason() {
+            None => Poll::Pending,
+            // The sweep saw it idle; a request that began since keeps it open.
+            Some(Ending::Idle) if state.idle_deadline().is_none_or(|deadline| deadline > Instant::now()) => {
+                state.stop.withdraw(Ending::Idle);
+                Poll::Pending
             }
-            this.idle_timer.as_mut().reset(deadline);
+            Some(reason) => Poll::Ready(Some(reason)),
         }
-        *this.armed = true;
-        Poll::Pending
     }
 }
 
-/// Lets a closing connection finish what is in flight, up to the drain deadline.
+/// How often the gateway sweeps its connections for idle ones (`OpenConnections::close_idle`), given
+/// the shortest idle timeout of its listeners: a fiftieth of it, within `SWEEP_EVERY`. A connection
+/// is closed that much after its idle timeout at most.
+pub(crate) fn sweep_every(shortest_idle_timeout: Option<Duration>) -> Duration {
+    let (least, most) = SWEEP_EVERY;
+    shortest_idle_timeout.map_or(most, |timeout| (timeout / 50).clamp(least, most))
+}
+
+/// The bounds of the sweep's period.
+const SWEEP_EVERY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
+
+/// Lets a closing connection finish what is in flight, up to the drain deadline. The timer is
+/// boxed: held inline, it sized every connection's task for the drain (a timer, 112 bytes).
 async fn drain<C: Future>(connection: Pin<&mut C>, deadline: Duration) {
-    if tokio::time::timeout(deadline, connection).await.is_err() {
+    if crate::boxed::pinned(|| tokio::time::timeout(deadline, connection)).await.is_err() {
         tracing::debug!("connection did not close within drain_timeout; dropped");
     }
 }
 
 /// The service of one connection: runs a request through the pipeline and counts it, in flight
-/// until its response body is done with, and against `keepalive_requests`.
-async fn respond(state: Arc<ConnState>, max_requests: u64, request: ClientRequest) -> Response<Tracked> {
+/// until its response body is done with, and against its listener's `keepalive_requests` (as the
+/// config the request ran on has it).
+async fn respond(state: Arc<ConnState>, request: ClientRequest) -> Response<Tracked> {
     state.in_flight.fetch_add(1, Ordering::AcqRel);
     let guard = ConnInFlight(state.clone());
     let version = request.version();
@@ -467,6 +471,8 @@ async fn respond(state: Arc<ConnState>, max_requests: u64, request: ClientReques
         )
         .map(ResponseBody::from),
     };
+    // The listener's limit as the running config has it (a removed listener's connection ends).
+    let max_requests = handle.listener.as_ref().map_or(0, |spec| spec.limits.keepalive_requests);
     if state.requests.fetch_add(1, Ordering::AcqRel) + 1 >= max_requests {
         if version == Version::HTTP_2 {
             state.stop.raise(Ending::KeepaliveRequests);
@@ -495,5 +501,36 @@ impl Ending {
             Ending::Shutdown => "shutdown",
             Ending::KeepaliveRequests => "keepalive_requests reached",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_comes_a_fiftieth_of_the_shortest_idle_timeout_apart_within_its_bounds() {
+        let secs = Duration::from_secs;
+        for (shortest, every) in [
+            (None, secs(1)),
+            (Some(secs(75)), secs(1)),
+            (Some(secs(10)), Duration::from_millis(200)),
+            (Some(secs(1)), Duration::from_millis(100)),
+            (Some(Duration::ZERO), Duration::from_millis(100)),
+        ] {
+            assert_eq!(sweep_every(shortest), every, "{shortest:?}");
+        }
+    }
+
+    #[test]
+    fn an_idle_ending_taken_back_leaves_any_other() {
+        let stop = StopSignal::default();
+        stop.raise(Ending::Idle);
+        stop.withdraw(Ending::Idle);
+        assert_eq!(stop.reason(), None, "a request came: the connection stays");
+        stop.raise(Ending::Shutdown);
+        stop.withdraw(Ending::Idle);
+        stop.raise(Ending::Idle);
+        assert_eq!(stop.reason(), Some(Ending::Shutdown), "the first reason stands");
     }
 }

@@ -112,6 +112,7 @@ impl Gateway {
         runtime.upstreams.values().for_each(spawn_checks);
         runtime.upstreams.values().for_each(spawn_scrapes);
         tokio::spawn(rediscover(Arc::downgrade(&gateway)));
+        tokio::spawn(sweep_idle_connections(Arc::downgrade(&gateway)));
         Ok(gateway)
     }
 
@@ -306,6 +307,22 @@ async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener, configured: S
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Closes the connections idle past their timeout, a sweep every `conn::sweep_every`, until the
+/// gateway shuts down or is gone.
+async fn sweep_idle_connections(gateway: std::sync::Weak<Gateway>) {
+    loop {
+        let every = match gateway.upgrade() {
+            Some(gateway) if !*gateway.shutdown.borrow() => {
+                conn::sweep_every(gateway.runtime().listeners.values().map(|spec| spec.limits.idle_timeout()).min())
+            }
+            _ => return,
+        };
+        tokio::time::sleep(every).await;
+        let Some(gateway) = gateway.upgrade() else { return };
+        gateway.connections.close_idle(tokio::time::Instant::now());
     }
 }
 
