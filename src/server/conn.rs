@@ -51,42 +51,45 @@ pub(crate) fn accepted(
 }
 
 /// Serves the connection of `state`: the TLS handshake, or which protocol a cleartext client speaks,
-/// then its requests.
-async fn serve(
+/// then its requests. A function returning an `async` block, not an `async fn` (see `serve_http`).
+#[expect(clippy::manual_async_fn, reason = "an `async fn` keeps room for its arguments twice (rust-lang/rust#62958)")]
+fn serve(
     state: Arc<ConnState>,
     stream: TcpStream,
     spec: Arc<ListenerSpec>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
-) {
-    if spec.tls.is_some() {
-        // Boxed, so a cleartext connection's task is not sized for the handshake and TLS state it
-        // never has (a kilobyte and a half per idle connection).
-        crate::boxed::pinned(|| serve_tls(state, stream, &spec, &metrics, shutdown)).await;
-        return;
-    }
-    // Cleartext connections may be either protocol (h2 by prior knowledge): counted as one.
-    let _open = metrics.client_connection("cleartext");
-    drop(metrics);
-    let protocol = if spec.http2 {
-        // The first bytes tell. A client that sends none within `client_header_timeout` is
-        // closed, as nginx closes a connection without a request; so is it on shutdown.
-        // Boxed: the wait is over before the first request, and the task need not be sized for it.
-        let sniffed = crate::boxed::pinned(|| async {
-            tokio::select! {
-                sniffed = tokio::time::timeout(spec.limits.header_timeout, is_http2_preface(&stream)) => sniffed.ok(),
-                _ = shutdown.changed() => None,
-            }
-        });
-        match sniffed.await {
-            Some(true) => Protocol::Http2,
-            Some(false) => Protocol::Http1,
-            None => return,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        if spec.tls.is_some() {
+            // Boxed, so a cleartext connection's task is not sized for the handshake and TLS state it
+            // never has (a kilobyte and a half per idle connection).
+            crate::boxed::pinned(|| serve_tls(state, stream, &spec, &metrics, shutdown)).await;
+            return;
         }
-    } else {
-        Protocol::Http1
-    };
-    serve_http(state, stream, protocol, &spec, shutdown).await;
+        // Cleartext connections may be either protocol (h2 by prior knowledge): counted as one.
+        let _open = metrics.client_connection("cleartext");
+        drop(metrics);
+        let protocol = if spec.http2 {
+            // The first bytes tell. A client that sends none within `client_header_timeout` is
+            // closed, as nginx closes a connection without a request; so is it on shutdown.
+            // Boxed: the wait is over before the first request, and the task need not be sized for it.
+            let sniffed = crate::boxed::pinned(|| async {
+                tokio::select! {
+                    sniffed = tokio::time::timeout(spec.limits.header_timeout, is_http2_preface(&stream)) => sniffed.ok(),
+                    _ = shutdown.changed() => None,
+                }
+            });
+            match sniffed.await {
+                Some(true) => Protocol::Http2,
+                Some(false) => Protocol::Http1,
+                None => return,
+            }
+        } else {
+            Protocol::Http1
+        };
+        serve_http(state, stream, protocol, &spec, &shutdown).await;
+    }
 }
 
 /// The TLS handshake (bounded by `client_header_timeout`, abandoned on shutdown), then the protocol
@@ -112,7 +115,7 @@ async fn serve_tls(
                 _ => Protocol::Http1,
             };
             let _open = metrics.client_connection(protocol.name());
-            serve_http(state, tls, protocol, spec, shutdown).await;
+            serve_http(state, tls, protocol, spec, &shutdown).await;
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -265,56 +268,62 @@ impl Body for Tracked {
 }
 
 /// Serves the connection of `state` in `protocol` until it ends, is idle for too long, or is told to
-/// stop.
-async fn serve_http<I>(
+/// stop. The caller holds `shutdown` until the connection is done, which is what the gateway's drain
+/// waits for.
+///
+/// Written as a function returning an `async` block, as `serve` is: an `async fn` moves its arguments
+/// from their slots into locals of its own, and its future keeps room for both (rust-lang/rust#62958):
+/// 64 bytes of every connection's task here, 72 in `serve`.
+#[expect(clippy::manual_async_fn, reason = "an `async fn` keeps room for its arguments twice (rust-lang/rust#62958)")]
+fn serve_http<'a, I>(
     state: Arc<ConnState>,
     io: I,
     protocol: Protocol,
-    spec: &ListenerSpec,
-    shutdown: watch::Receiver<bool>,
-) where
-    I: crate::wire::upgrade::Io,
+    spec: &'a ListenerSpec,
+    shutdown: &'a watch::Receiver<bool>,
+) -> impl Future<Output = ()> + 'a
+where
+    I: crate::wire::upgrade::Io + 'a,
 {
-    // Told to stop on shutdown; `shutdown` stays held until the connection is done, which is what the
-    // gateway's drain waits for.
-    let _open = state.gateway.connections.add(&state, &shutdown);
-    let service_state = state.clone();
-    let service = move |request| respond(service_state.clone(), request);
-    let outcome = match protocol {
-        Protocol::Http1 => {
-            let connection = http1::Connection::new(io);
-            let mut connection = pin!(http1::serve(connection, spec.http1, &state.draining, service));
-            let outcome = Supervised { connection: connection.as_mut(), state: &state }.await;
-            // Nothing in flight (an idle connection, or one whose next head is late or partial): closed
-            // at once. Otherwise the response in flight finishes, and the connection ends.
-            if outcome.is_some_and(|reason| reason != Ending::Idle && state.in_flight.load(Ordering::Acquire) > 0) {
-                state.draining.store(true, Ordering::Relaxed);
-                drain(connection, spec.limits.drain_timeout).await;
+    async move {
+        let _open = state.gateway.connections.add(&state, shutdown);
+        let service_state = state.clone();
+        let service = move |request| respond(service_state.clone(), request);
+        let outcome = match protocol {
+            Protocol::Http1 => {
+                let connection = http1::Connection::new(io);
+                let mut connection = pin!(http1::serve(connection, spec.http1, &state.draining, service));
+                let outcome = Supervised { connection: connection.as_mut(), state: &state }.await;
+                // Nothing in flight (an idle connection, or one whose next head is late or partial): closed
+                // at once. Otherwise the response in flight finishes, and the connection ends.
+                if outcome.is_some_and(|reason| reason != Ending::Idle && state.in_flight.load(Ordering::Acquire) > 0) {
+                    state.draining.store(true, Ordering::Relaxed);
+                    drain(connection, spec.limits.drain_timeout).await;
+                }
+                outcome
             }
-            outcome
-        }
-        Protocol::Http2 => {
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                service(Box::new(request.map(ClientBody::Http2))).map(Ok::<_, Infallible>)
-            });
-            // Boxed: hyper's HTTP/2 connection is kilobytes, and every connection's task would be
-            // sized for it, HTTP/1.1 ones included (which most cleartext connections are).
-            let mut connection =
-                crate::boxed::pinned(|| spec.http2_builder.serve_connection(TokioIo::new(io), service));
-            let outcome = Supervised { connection: connection.as_mut(), state: &state }.await;
-            if outcome.is_some() {
-                // GOAWAY: streams in flight finish; so does a client that never acknowledges it, at
-                // the drain deadline.
-                connection.as_mut().graceful_shutdown();
-                drain(connection.as_mut(), spec.limits.drain_timeout).await;
+            Protocol::Http2 => {
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    service(Box::new(request.map(ClientBody::Http2))).map(Ok::<_, Infallible>)
+                });
+                // Boxed: hyper's HTTP/2 connection is kilobytes, and every connection's task would be
+                // sized for it, HTTP/1.1 ones included (which most cleartext connections are).
+                let mut connection =
+                    crate::boxed::pinned(|| spec.http2_builder.serve_connection(TokioIo::new(io), service));
+                let outcome = Supervised { connection: connection.as_mut(), state: &state }.await;
+                if outcome.is_some() {
+                    // GOAWAY: streams in flight finish; so does a client that never acknowledges it, at
+                    // the drain deadline.
+                    connection.as_mut().graceful_shutdown();
+                    drain(connection.as_mut(), spec.limits.drain_timeout).await;
+                }
+                outcome
             }
-            outcome
+        };
+        if let Some(reason) = outcome {
+            tracing::debug!(peer = %state.client.peer, reason = reason.as_str(), "client connection closed");
         }
-    };
-    if let Some(reason) = outcome {
-        tracing::debug!(peer = %state.client.peer, reason = reason.as_str(), "client connection closed");
     }
-    drop(shutdown);
 }
 
 /// The connections a gateway has open, each told to end on shutdown through its `StopSignal`: no

@@ -55,42 +55,48 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 const QUEUED_PIECES: usize = 17;
 
 /// Serves requests on `connection` with `service` until the client closes, a response asks to close
-/// (`Connection: close`), `draining` is set after a response, or a request or write fails.
-pub(crate) async fn serve<I, S, F, B>(
+/// (`Connection: close`), `draining` is set after a response, or a request or write fails. A function
+/// returning an `async` block, not an `async fn`: the future is part of every connection's task, and
+/// an `async fn` keeps room for its arguments twice (see `conn::serve_http`).
+#[expect(clippy::manual_async_fn, reason = "an `async fn` keeps room for its arguments twice (rust-lang/rust#62958)")]
+pub(crate) fn serve<'a, I, S, F, B>(
     connection: Connection<I>,
     limits: HeadLimits,
-    draining: &AtomicBool,
+    draining: &'a AtomicBool,
     mut service: S,
-) where
-    I: Io,
-    S: FnMut(ClientRequest) -> F,
-    F: Future<Output = Response<B>>,
-    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+) -> impl Future<Output = ()> + 'a
+where
+    I: Io + 'a,
+    S: FnMut(ClientRequest) -> F + 'a,
+    F: Future<Output = Response<B>> + 'a,
+    B: Body<Data = Bytes, Error = BoxError> + Unpin + 'a,
 {
-    loop {
-        let after = match poll_fn(|cx| connection.lock().poll_head(cx, limits)).await {
-            // Boxed, per request: the service's future, the response and its write queue are all of a
-            // request's state, and a connection waiting for its next request holds none of it (one
-            // box: two, the service's future apart, counted more instructions a request).
-            Ok(Some(head)) => crate::boxed::pinned(|| exchange(&connection, head, draining, &mut service)).await,
-            Ok(None) => return,
-            Err(rejection) => {
-                let response = rejection.response().map(crate::pipeline::ResponseBody::from);
-                let _ = crate::boxed::pinned(|| write_response(&connection, response, Answering::closing())).await;
-                After::Close
+    async move {
+        loop {
+            let after = match poll_fn(|cx| connection.lock().poll_head(cx, limits)).await {
+                // Boxed, per request: the service's future, the response and its write queue are all of a
+                // request's state, and a connection waiting for its next request holds none of it (one
+                // box: two, the service's future apart, counted more instructions a request).
+                Ok(Some(head)) => crate::boxed::pinned(|| exchange(&connection, head, draining, &mut service)).await,
+                Ok(None) => return,
+                Err(rejection) => {
+                    let response = rejection.response().map(crate::pipeline::ResponseBody::from);
+                    let _ = crate::boxed::pinned(|| write_response(&connection, response, Answering::closing())).await;
+                    After::Close
+                }
+            };
+            match after {
+                After::NextRequest => {}
+                After::Close => {
+                    crate::boxed::pinned(|| connection.close()).await;
+                    return;
+                }
+                After::Upgrade(upgrade) => {
+                    connection.upgrade(upgrade);
+                    return;
+                }
+                After::End => return,
             }
-        };
-        match after {
-            After::NextRequest => {}
-            After::Close => {
-                crate::boxed::pinned(|| connection.close()).await;
-                return;
-            }
-            After::Upgrade(upgrade) => {
-                connection.upgrade(upgrade);
-                return;
-            }
-            After::End => return,
         }
     }
 }
