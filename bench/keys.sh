@@ -9,8 +9,9 @@
 #
 #   bench/keys.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds of 6 s)
 #
-# Then the steady figure: user-space instructions per request of each, one worker under valgrind's
-# callgrind (3 s of wrk -c8 counted per variant, after a 1 s warm-up that is not).
+# Then the steady figures: user-space instructions per request and per streamed token of each, one
+# worker under valgrind's callgrind (3 s of wrk -c8, or 4 s of 20 streams, counted per variant, after
+# a warm-up of the same that is not).
 #
 # Load: wrk, HTTP/1.1 keep-alive, 50 connections, 2 threads, the body sent with each request. The
 # gateway is the production build without PGO. Everything listens on 127.0.0.1; the script stops what it
@@ -92,11 +93,11 @@ SIM=18384 STREAM_OFF=18385 STREAM_KEYED=18386 STREAM_TOKENS=200
 target/production/infergate sim --listen "127.0.0.1:$SIM" --slots 1000 --prefill-base-ms 1 \
   --prefill-per-token-ms 0 --decode-ms 1 --decode-slowdown 0 2>"$WORK/sim.log" &
 PIDS+=("$!")
-# The streams' gateway: the sim without auth on one port, with it on another.
+# streams_config OFF KEYED: the streams' gateway: the sim without auth on port OFF, with it on KEYED.
 streams_config() {
-  gateway_config $STREAM_OFF $SIM "
+  gateway_config "$1" $SIM "
 [[server]]
-listen = [\"127.0.0.1:$STREAM_KEYED\"]
+listen = [\"127.0.0.1:$2\"]
 
   [[server.location]]
   prefix = \"/\"
@@ -105,7 +106,7 @@ listen = [\"127.0.0.1:$STREAM_KEYED\"]
 
 $KEYS"
 }
-GATEWAY_BIN=target/production/infergate start_gateway streams "$(streams_config)"
+GATEWAY_BIN=target/production/infergate start_gateway streams "$(streams_config $STREAM_OFF $STREAM_KEYED)"
 STREAMS_PID=$GATEWAY_PID
 for port in $SIM $STREAM_OFF $STREAM_KEYED; do wait_port $port; done
 # stream PORT [KEY] -> "tokens_per_second ns_cpu_per_token"
@@ -143,31 +144,65 @@ for variant in off keys budgets; do
 done
 kill "$STREAMS_PID" 2>/dev/null || true
 
-# The steady figure: instructions per request, one variant after the other in one counted gateway.
-WORKERS=1 config $COUNTED > "$WORK/counted.toml"
-valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/counted.out" \
-  target/production/infergate run --config "$WORK/counted.toml" >"$WORK/valgrind.log" 2>&1 &
-COUNTED_PID=$!
-PIDS+=("$COUNTED_PID")
-for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$COUNTED") 2>/dev/null && break; sleep 0.1; done
-dump=0
-printf '\n%-8s %14s %14s\n' "" "instr/request" "over off"
-for variant in off keys budgets; do
+# The steady figures: instructions per request, then per streamed token, one variant after the
+# other in a gateway of one worker counted by callgrind (one for the requests, one for the streams).
+COUNTED_STREAM_OFF=18387 COUNTED_STREAM_KEYED=18388
+# start_counted NAME CONFIG_TEXT PORT: the gateway under callgrind, counting nothing yet; sets
+# COUNTED_PID.
+start_counted() {
+  printf '%s\n' "$2" > "$WORK/$1.toml"
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/$1.out" \
+    target/production/infergate run --config "$WORK/$1.toml" >"$WORK/$1.valgrind.log" 2>&1 &
+  COUNTED_PID=$!
+  PIDS+=("$COUNTED_PID")
+  COUNTED_NAME=$1 COUNTED_DUMPS=0
+  for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$3") 2>/dev/null && break; sleep 0.1; done
+}
+# counted COMMAND...: runs COMMAND once uncounted (the warm-up), then again counted; its output is
+# in $WORK/counted.txt, the instructions it cost the gateway in $WORK/instructions.txt.
+counted() {
+  "$@" >/dev/null
+  callgrind_control -z "$COUNTED_PID" >/dev/null 2>&1
+  callgrind_control -i on "$COUNTED_PID" >/dev/null 2>&1
+  "$@" > "$WORK/counted.txt"
+  callgrind_control -i off "$COUNTED_PID" >/dev/null 2>&1
+  callgrind_control -d "$COUNTED_PID" >/dev/null 2>&1
+  COUNTED_DUMPS=$((COUNTED_DUMPS + 1))
+  callgrind_annotate "$WORK/$COUNTED_NAME.out.$COUNTED_DUMPS" 2>/dev/null \
+    | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}' > "$WORK/instructions.txt"
+}
+# wrk_for SECONDS LUA PATH: the small chat POST against the counted gateway.
+wrk_for() { wrk -t1 -c8 -d"$1"s -s "$WORK/$2.lua" "http://127.0.0.1:$COUNTED$3"; }
+# streams_for SECONDS PORT [KEY]: 20 streams at once against the counted gateway.
+streams_for() {
+  target/production/infergate-load chat --addr "127.0.0.1:$2" --clients 20 --duration "$1s" --stream \
+    --max-tokens $STREAM_TOKENS ${3:+--key "$3"}
+}
+variants=(off keys budgets)
+start_counted requests "$(WORKERS=1 config $COUNTED)" $COUNTED
+for variant in "${variants[@]}"; do
   case $variant in
     off) path=/off/v1/chat/completions lua=plain ;;
     keys) path=/keyed/v1/chat/completions lua=plain ;;
     budgets) path=/keyed/v1/chat/completions lua=budgeted ;;
   esac
-  wrk -t1 -c8 -d1s -s "$WORK/$lua.lua" "http://127.0.0.1:$COUNTED$path" >/dev/null
-  callgrind_control -z "$COUNTED_PID" >/dev/null 2>&1
-  callgrind_control -i on "$COUNTED_PID" >/dev/null 2>&1
-  out=$(wrk -t1 -c8 -d3s -s "$WORK/$lua.lua" "http://127.0.0.1:$COUNTED$path")
-  callgrind_control -i off "$COUNTED_PID" >/dev/null 2>&1
-  callgrind_control -d "$COUNTED_PID" >/dev/null 2>&1
-  dump=$((dump + 1))
-  requests=$(echo "$out" | awk '/requests in/ {print $1}')
-  instructions=$(callgrind_annotate "$WORK/counted.out.$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-  per=$((instructions / requests))
-  [ "$variant" = off ] && off_per=$per
-  printf '%-8s %14s %14s\n' "$variant" "$per" "$(ratio "$per" "$off_per")"
+  counted wrk_for 3 $lua $path
+  echo $(($(cat "$WORK/instructions.txt") / $(awk '/requests in/ {print $1}' "$WORK/counted.txt"))) > "$WORK/i-$variant.txt"
+done
+kill "$COUNTED_PID" 2>/dev/null || true
+start_counted streams "$(WORKERS=1 streams_config $COUNTED_STREAM_OFF $COUNTED_STREAM_KEYED)" $COUNTED_STREAM_KEYED
+for variant in "${variants[@]}"; do
+  case $variant in
+    off) port=$COUNTED_STREAM_OFF key= ;;
+    keys) port=$COUNTED_STREAM_KEYED key=ig-bench-plain ;;
+    budgets) port=$COUNTED_STREAM_KEYED key=ig-bench-budgeted ;;
+  esac
+  counted streams_for 4 $port $key
+  echo $(($(cat "$WORK/instructions.txt") / ($(value ok < "$WORK/counted.txt") * STREAM_TOKENS))) > "$WORK/t-$variant.txt"
+done
+printf '\n%-8s %14s %14s %14s %14s\n' "" "instr/request" "over off" "instr/token" "over off"
+for variant in "${variants[@]}"; do
+  request=$(cat "$WORK/i-$variant.txt") token=$(cat "$WORK/t-$variant.txt")
+  printf '%-8s %14s %14s %14s %14s\n' "$variant" "$request" "$(ratio "$request" "$(cat "$WORK/i-off.txt")")" \
+    "$token" "$(ratio "$token" "$(cat "$WORK/t-off.txt")")"
 done
