@@ -12,6 +12,7 @@ pub mod admin;
 mod ai;
 mod boxed;
 mod canary;
+pub mod cli;
 mod client;
 mod compress;
 pub mod config;

@@ -198,7 +198,8 @@ fn a_wrong_import_is_reported_with_its_place() {
 fn the_picture_reads_in_order() {
     let layers = project_layers();
     let at = |name: &str| layers.order.iter().position(|m| m == name).unwrap();
-    assert_eq!(layers.order.first().map(String::as_str), Some("admin"));
+    assert_eq!(layers.order.first().map(String::as_str), Some("cli"));
+    assert!(at("admin") < at("server") && at("server") < at("sim"));
     assert!(at("server") < at("pipeline") && at("pipeline") < at("runtime") && at("runtime") < at("proxy"));
     assert!(at("metrics") < at("error_log") && at("error_log") < at("config") && at("config") < at("client"));
     assert_eq!(layers.order.last().map(String::as_str), Some("fuzzing"));
