@@ -403,9 +403,13 @@ where
     let mut ended = out == ResponseFraming::None;
     let result = poll_fn(|cx| {
         let mut shared = connection.lock();
+        // Set when the body has answered `Pending` in this poll: it has the task's waker, and asking it
+        // again after a write only repeats its whole chain down to the backend's socket (a third of the
+        // body's polls a streamed token, callgrind).
+        let mut body_waits = false;
         loop {
             // A frame at hand goes out with what waits (the head and the first frame in one write).
-            if !ended && queue.room() >= 3 {
+            if !ended && !body_waits && queue.room() >= 3 {
                 match Pin::new(&mut body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Ok(data) = frame.into_data() {
@@ -428,7 +432,7 @@ where
                         }
                         continue;
                     }
-                    Poll::Pending => {}
+                    Poll::Pending => body_waits = true,
                 }
             }
             if queue.is_empty() {
@@ -494,6 +498,65 @@ fn queue_data(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Version;
+    use http_body::Frame;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::AsyncReadExt;
+    use tokio::sync::mpsc;
+
+    /// A streamed body whose frames come from a channel, counting how often it is asked for one.
+    struct Counted {
+        frames: mpsc::UnboundedReceiver<Bytes>,
+        polls: Arc<AtomicUsize>,
+    }
+
+    impl Body for Counted {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            self.frames.poll_recv(cx).map(|frame| frame.map(|data| Ok(Frame::data(data))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_frame_is_written_at_once_and_the_body_asked_once_more_until_it_wakes_the_task() {
+        let (gateway_side, mut client) = tokio::io::duplex(64 * 1024);
+        let connection = Connection::new(gateway_side);
+        let (send, frames) = mpsc::unbounded_channel();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let body = Counted { frames, polls: polls.clone() };
+        let response = Response::builder().header("content-type", "text/event-stream").body(body).unwrap();
+        let answering = Answering { head_request: false, version: Version::HTTP_11, keep_alive: true };
+        let writing = tokio::spawn(async move { write_response(&connection, response, answering).await });
+
+        let mut received = Vec::new();
+        let mut read_until = async |client: &mut tokio::io::DuplexStream, end: &[u8]| {
+            while !received.ends_with(end) {
+                let mut buf = [0; 1024];
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the connection closed early");
+                received.extend_from_slice(&buf[..n]);
+            }
+        };
+        // The head waits for nothing: the body, asked once, has no frame yet.
+        read_until(&mut client, b"\r\n\r\n").await;
+        for token in 1..=3usize {
+            send.send(Bytes::from(format!("data: {token}\n\n"))).unwrap();
+            read_until(&mut client, format!("data: {token}\n\n\r\n").as_bytes()).await;
+            tokio::task::yield_now().await;
+            // Each frame: one poll that yields it and one that finds none (before the write; none after).
+            assert_eq!(polls.load(Ordering::Relaxed), 1 + 2 * token, "polls after token {token}");
+        }
+        drop(send);
+        read_until(&mut client, b"0\r\n\r\n").await;
+        assert_eq!(writing.await.unwrap(), Ok(true));
+        let text = String::from_utf8(received).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        assert!(text.ends_with("9\r\ndata: 3\n\n\r\n0\r\n\r\n"), "{text}");
+    }
 
     #[test]
     fn spare_read_buffers_are_reused_unless_their_memory_is_still_shared() {
