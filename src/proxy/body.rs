@@ -204,7 +204,12 @@ pub(crate) struct UpstreamBody {
     /// The server slot and in-flight count this response holds until it ends or is dropped.
     lease: Lease,
     timeouts: BodyTimeouts,
+    /// Set when a frame is first not ready, for the deadline then; not moved on with every frame after
+    /// (`last_frame` is): when it goes off, a frame since puts it off to that frame's deadline, so a
+    /// stream re-arms its timer once per idle timeout, not once per token.
     timer: Option<Pin<Box<Sleep>>>,
+    /// When the last frame came, once the timer is set.
+    last_frame: Option<tokio::time::Instant>,
     /// Set once the SSE error event went out: the body yields once (so the event is flushed) and
     /// then ends with this error.
     failed: Option<(StreamTimedOut, bool)>,
@@ -218,7 +223,17 @@ impl UpstreamBody {
     /// The body still to come on `connection` (`None`: nothing is left); `pool` takes the connection
     /// back once it is read in full.
     pub(crate) fn new(connection: Option<Source>, pool: Option<PoolKey>, lease: Lease, timeouts: BodyTimeouts) -> Self {
-        UpstreamBody { connection, pool, lease, timeouts, timer: None, failed: None, info: None, failures: None }
+        UpstreamBody {
+            connection,
+            pool,
+            lease,
+            timeouts,
+            timer: None,
+            last_frame: None,
+            failed: None,
+            info: None,
+            failures: None,
+        }
     }
 
     /// The server cut the body: a failure of its own.
@@ -253,9 +268,10 @@ impl UpstreamBody {
         }
     }
 
-    /// When the next frame must have arrived: the idle limit, or the total or drain one if nearer.
-    fn next_deadline(&self) -> tokio::time::Instant {
-        let idle_deadline = tokio::time::Instant::now() + self.timeouts.idle;
+    /// When the next frame must have arrived after one at `last`: the idle limit, or the total or
+    /// drain one if nearer.
+    fn deadline_after(&self, last: tokio::time::Instant) -> tokio::time::Instant {
+        let idle_deadline = last + self.timeouts.idle;
         let deadline =
             self.timeouts.total.map_or(idle_deadline, |(total_deadline, _)| total_deadline.min(idle_deadline));
         self.drain_deadline().map_or(deadline, |drain| drain.min(deadline))
@@ -323,9 +339,13 @@ impl Body for UpstreamBody {
         match polled {
             Poll::Ready(Some(Ok(data))) => {
                 if this.timer.is_some() {
-                    let deadline = this.next_deadline();
-                    if let Some(timer) = &mut this.timer {
-                        timer.as_mut().reset(deadline);
+                    this.last_frame = Some(tokio::time::Instant::now());
+                    // A drain begun since the timer was set may end the stream sooner.
+                    let drain = this.drain_deadline();
+                    if let (Some(drain), Some(timer)) = (drain, &mut this.timer) {
+                        if drain < timer.deadline() {
+                            timer.as_mut().reset(drain);
+                        }
                     }
                 }
                 if done {
@@ -343,14 +363,27 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Pending => {
-                // A timer made already was moved on with the last frame: the clock is read only to
-                // make one.
-                let made = this.timer.take();
-                let timer =
-                    this.timer.insert(made.unwrap_or_else(|| Box::pin(tokio::time::sleep_until(this.next_deadline()))));
-                if timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
+                let mut timer = match this.timer.take() {
+                    Some(timer) => timer,
+                    None => {
+                        let now = tokio::time::Instant::now();
+                        this.last_frame = Some(now);
+                        Box::pin(tokio::time::sleep_until(this.deadline_after(now)))
+                    }
+                };
+                loop {
+                    if timer.as_mut().poll(cx).is_pending() {
+                        this.timer = Some(timer);
+                        return Poll::Pending;
+                    }
+                    // Gone off: put off to the last frame's deadline, unless that has passed too.
+                    let due = this.last_frame.map_or(timer.deadline(), |last| this.deadline_after(last));
+                    if due <= timer.deadline() {
+                        break;
+                    }
+                    timer.as_mut().reset(due);
                 }
+                this.timer = Some(timer);
                 let failure = this.expired().unwrap_or(StreamTimedOut::Idle(this.timeouts.idle));
                 this.cut(failure)
             }

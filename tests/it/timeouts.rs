@@ -336,6 +336,25 @@ mod generation {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn tokens_closer_than_the_idle_timeout_keep_a_stream_alive_past_it() {
+        // Tokens 600 ms apart, three of them, against a 1 s idle timeout: the stream outlives the
+        // timer set at its first wait, which each later token puts off.
+        let model = LatencyModel { prefill_base_ms: 100.0, decode_ms: 600.0, ..LatencyModel::default() };
+        let sim =
+            Sim::start(SimOptions { latency: model, stall_after: Some(3), ..SimOptions::default() }).await.unwrap();
+        let gw = gateway_for(&sim, r#"{ read = "120s", idle = "1s" }"#).await;
+        let started = Instant::now();
+        let response = http1(gw.addr("127.0.0.1:0")).await.send_request(stream_request()).await.unwrap();
+        let mut body = response.into_body();
+        let (event, at) = error_event(&mut body).await;
+        assert!(event.contains("upstream_idle_timeout"), "{event}");
+        // Tokens at 100, 700 and 1,300 ms, then 1 s of silence.
+        let took = at - started;
+        assert!((Duration::from_millis(2_300)..Duration::from_millis(2_305)).contains(&took), "{took:?}");
+        assert_eq!(sim.stats()["aborted"], 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_generation_past_the_total_timeout_is_ended() {
         let model = LatencyModel { prefill_base_ms: 100.0, decode_ms: 20.0, ..LatencyModel::default() };
         let sim = Sim::start(SimOptions { latency: model, ..SimOptions::default() }).await.unwrap();
