@@ -109,12 +109,16 @@ impl<const N: usize> WriteQueue<N> {
         self.wrote_any = true;
         while written > 0 {
             let piece = &mut self.pieces[self.first];
-            let step = written.min(piece.len());
-            piece.advance(step);
-            written -= step;
-            if piece.is_empty() {
-                self.first += 1;
+            if written < piece.len() {
+                piece.advance(written);
+                break;
             }
+            written -= piece.len();
+            // Let go of the piece's memory now, not when its slot is used again: a frame split off a
+            // read buffer holds all of that buffer, which is read into from its start again only
+            // once nothing holds it.
+            *piece = Bytes::new();
+            self.first += 1;
         }
         if self.is_empty() {
             self.first = 0;
@@ -161,5 +165,30 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewound<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use std::task::Waker;
+
+    #[test]
+    fn a_written_piece_lets_go_of_its_memory_at_once() {
+        let mut read = BytesMut::with_capacity(64);
+        read.extend_from_slice(b"data: 1\n\n");
+        let start = read.as_ptr();
+        let mut queue = WriteQueue::<4>::default();
+        queue.push(read.split().freeze());
+        queue.push(Bytes::from_static(b"\r\n"));
+        // Shared with the queued frame: the buffer cannot be read into from its start.
+        assert!(!read.try_reclaim(64));
+        let mut socket = Vec::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(queue.poll_write(&mut socket, &mut cx), Poll::Ready(Ok(()))));
+        assert_eq!((socket.as_slice(), queue.is_empty(), queue.wrote_any()), (&b"data: 1\n\n\r\n"[..], true, true));
+        assert!(read.try_reclaim(64), "the written frame still holds the buffer");
+        assert_eq!(read.as_ptr(), start);
     }
 }

@@ -6,7 +6,7 @@ use super::chunked::ChunkedDecoder;
 use super::framing::Framing;
 use super::message::{self, Declared, HeadFacts};
 use super::parse_content_length;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{response, Response, StatusCode, Version};
 use http_body::Body;
@@ -37,8 +37,15 @@ pub(crate) struct ParsedResponse {
 }
 
 /// Parses a response head at the start of `buf` and removes it; `None` when it is not complete yet.
-/// Header values share the head's memory instead of being copied.
-pub(crate) fn parse(buf: &mut BytesMut, rules: ResponseRules<'_>) -> io::Result<Option<ParsedResponse>> {
+/// The head is copied into `heads` (a buffer of the connection's own, reused once the last head's
+/// headers are gone) and the header values share its memory there: so the headers, which live as
+/// long as the response, do not hold `buf`, which is then read into from its start again once the
+/// body's frames have gone (a stream's tokens keep to its first page).
+pub(crate) fn parse(
+    buf: &mut BytesMut,
+    heads: &mut BytesMut,
+    rules: ResponseRules<'_>,
+) -> io::Result<Option<ParsedResponse>> {
     // Uninitialized: zeroing 128 headers cost more than parsing a small head.
     let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -64,7 +71,9 @@ pub(crate) fn parse(buf: &mut BytesMut, rules: ResponseRules<'_>) -> io::Result<
     if !message::lines_end_with_crlf(&buf[..length], spans[..count].iter().map(|span| usize::from(span.0))) {
         return Err(invalid_response("bare LF in the head (lines end with CRLF)".into()));
     }
-    let head = buf.split_to(length).freeze();
+    heads.extend_from_slice(&buf[..length]);
+    let head = heads.split().freeze();
+    buf.advance(length);
 
     let mut map = HeaderMap::with_capacity(count);
     let mut facts = HeadFacts::default();
@@ -302,13 +311,32 @@ mod tests {
     const GET: ResponseRules = ResponseRules { head_request: false, hidden: &[] };
 
     fn parse_text(text: &str) -> io::Result<Option<ParsedResponse>> {
-        parse(&mut BytesMut::from(text), GET)
+        parse(&mut BytesMut::from(text), &mut BytesMut::new(), GET)
+    }
+
+    #[test]
+    fn a_parsed_head_holds_neither_the_read_buffer_nor_its_own_once_gone() {
+        const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        let (mut buf, mut heads) = (BytesMut::with_capacity(1024), BytesMut::with_capacity(512));
+        let (read_at, heads_at) = (buf.as_ptr(), heads.as_ptr());
+        for _ in 0..3 {
+            buf.extend_from_slice(HEAD);
+            let parsed = parse(&mut buf, &mut heads, GET).unwrap().unwrap();
+            assert_eq!(parsed.parts.headers["content-type"], "text/event-stream");
+            // The headers live on, yet the read buffer is read into from its start again.
+            assert!(buf.is_empty() && buf.try_reclaim(1024));
+            assert_eq!(buf.as_ptr(), read_at);
+            drop(parsed);
+            // And the next head is copied where this one was.
+            assert!(heads.try_reclaim(512));
+            assert_eq!(heads.as_ptr(), heads_at);
+        }
     }
 
     #[test]
     fn reads_status_headers_and_framing() {
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello");
-        let head = parse(&mut buf, GET).unwrap().unwrap();
+        let head = parse(&mut buf, &mut BytesMut::new(), GET).unwrap().unwrap();
         assert_eq!(head.parts.status, StatusCode::OK);
         assert_eq!(head.parts.headers.get_all("x-a").iter().count(), 2);
         assert!(matches!(head.framing, Framing::Length(5)));
@@ -339,7 +367,11 @@ mod tests {
         assert!(matches!(framing("HTTP/1.1 204 No Content\r\n\r\n").framing, Framing::Done));
         assert!(matches!(framing("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n").framing, Framing::Done));
         let head_request = ResponseRules { head_request: true, ..GET };
-        let head = parse(&mut BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"), head_request);
+        let head = parse(
+            &mut BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"),
+            &mut BytesMut::new(),
+            head_request,
+        );
         assert!(matches!(head.unwrap().unwrap().framing, Framing::Done), "a HEAD answer has no body");
     }
 
@@ -364,7 +396,7 @@ mod tests {
     fn hidden_headers_are_dropped_whatever_their_case() {
         let rules = ResponseRules { head_request: false, hidden: &["server", "x-powered-by"] };
         let text = "HTTP/1.1 200 OK\r\nServer: uvicorn\r\nX-Powered-By: php\r\nX-Served: 1\r\nSERVER: b\r\n\r\n";
-        let head = parse(&mut BytesMut::from(text), rules).unwrap().unwrap();
+        let head = parse(&mut BytesMut::from(text), &mut BytesMut::new(), rules).unwrap().unwrap();
         let names: Vec<&str> = head.parts.headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["x-served"]);
     }
@@ -393,7 +425,7 @@ mod tests {
             let input = crate::fuzzing::mutated(u, &seeds)?;
             let rules = ResponseRules { head_request: u.arbitrary()?, hidden: &["server"] };
             let mut buf = BytesMut::from(&input[..]);
-            match parse(&mut buf, rules) {
+            match parse(&mut buf, &mut BytesMut::new(), rules) {
                 Ok(Some(head)) => {
                     assert!(buf.len() < input.len(), "a parsed head is consumed");
                     let consumed = &input[..input.len() - buf.len()];

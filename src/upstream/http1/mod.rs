@@ -62,6 +62,9 @@ pub(crate) struct UpstreamConnection {
     read_buf: BytesMut,
     /// Where request heads are written; its memory is reused once the previous head is sent.
     head_buf: BytesMut,
+    /// Where response heads are copied to, for their headers to share; its memory is reused once the
+    /// previous response's headers are gone.
+    response_heads: BytesMut,
     /// What is left of the current response body.
     body: Framing,
     /// Whether another request may follow once the current response is read in full.
@@ -82,6 +85,12 @@ impl BodyReader for UpstreamConnection {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        // Read into the buffer's start again once every frame split off it has gone: a stream then
+        // keeps to the buffer's first page, where its tokens otherwise walked through all 16 kB of
+        // it (each of them resident for the rest of the stream, and kept by the pooled connection).
+        if self.read_buf.is_empty() {
+            let _ = self.read_buf.try_reclaim(READ_SIZE);
+        }
         if self.read_buf.capacity() - self.read_buf.len() < READ_SIZE / 4 {
             self.read_buf.reserve(READ_SIZE);
         }
@@ -118,6 +127,7 @@ impl UpstreamConnection {
         UpstreamConnection {
             io,
             read_buf: BytesMut::new(),
+            response_heads: BytesMut::new(),
             head_buf: BytesMut::new(),
             body: Framing::Done,
             keep_alive: true,
@@ -256,7 +266,7 @@ impl UpstreamConnection {
     ) -> Poll<Result<response::Parts, ExchangeError<B>>> {
         loop {
             if !self.read_buf.is_empty() {
-                match response_head::parse(&mut self.read_buf, rules) {
+                match response_head::parse(&mut self.read_buf, &mut self.response_heads, rules) {
                     Ok(Some(ParsedResponse { parts, framing, keep_alive })) => {
                         if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
                             continue;
