@@ -3,7 +3,8 @@
 # setup of nginx has it), in front of one simulated model streaming 100-token answers, at 100 streams
 # at once (a token every 10 ms each) and at 1,000 (a token every 100 ms each): the same 10,000 tokens
 # a second in both. Per proxy: CPU per streamed token, the p99 time between two tokens over the same
-# straight to the model (what the proxy adds), and resident memory per stream held open.
+# straight to the model (what the proxy adds), and resident memory per stream held open (each proxy
+# started anew before each of its runs).
 #
 #   bench/streams.sh [ROUNDS] [SECONDS]      (defaults: 3 rounds of 10 s)
 #
@@ -55,6 +56,25 @@ stream() {
     'BEGIN { printf "%.0f %s %.1f\n", (t / hz) / (ok * n) * 1e9, gap, kb / c }'
 }
 
+# fresh PROXY: the proxy started anew before its run, so that its memory per stream is what these
+# streams took: in one process a round is held partly in what the rounds before it left (the first
+# rounds measured several times the later ones, for both proxies).
+fresh() {
+  if [ "$1" = nginx ]; then
+    local master; master=$(cat "$WORK/proxy/nginx.pid")
+    kill -QUIT "$master"
+    for _ in $(seq 100); do kill -0 "$master" 2>/dev/null || break; sleep 0.1; done
+    nginx -c "$WORK/proxy/nginx.conf" -e "$WORK/proxy/error.log"
+    wait_port $NGINX
+    NGINX_PIDS=$(nginx_pids proxy)
+  else
+    kill "$GATEWAY_PID"; wait "$GATEWAY_PID" 2>/dev/null || true
+    start_gateway streams "$(cat "$WORK/streams.toml")"
+    wait_port $GATEWAY
+  fi
+  sleep 0.5
+}
+
 echo "streams: $TOKENS-token answers, nginx (proxy_buffering off) and infergate, ${SECONDS_PER_RUN}s x $ROUNDS rounds, $(nproc) cores" >&2
 RESULTS="$WORK/results.txt"; : > "$RESULTS"
 for shape in "100 10" "1000 100"; do
@@ -65,6 +85,7 @@ for shape in "100 10" "1000 100"; do
     direct=$($LOAD chat --addr "127.0.0.1:$SIM" --clients "$clients" --duration "${SECONDS_PER_RUN}s" --stream --max-tokens $TOKENS | value gap_p99_ms)
     order=(nginx gateway); [ $((round % 2)) = 0 ] && order=(gateway nginx)
     for proxy in "${order[@]}"; do
+      fresh "$proxy"
       # shellcheck disable=SC2086
       if [ "$proxy" = nginx ]; then result=$(stream $NGINX "$clients" $NGINX_PIDS)
       else result=$(stream $GATEWAY "$clients" "$GATEWAY_PID"); fi
