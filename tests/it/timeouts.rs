@@ -318,40 +318,33 @@ mod generation {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_stalled_stream_ends_with_an_idle_timeout_event() {
-        let model = LatencyModel { prefill_base_ms: 100.0, decode_ms: 20.0, ..LatencyModel::default() };
+    /// Three tokens `decode_ms` apart after a 100 ms prefill, then silence, through a gateway whose
+    /// idle timeout is `idle`: how long after the request its idle-timeout event came.
+    async fn cut_after_three_tokens(decode_ms: f64, idle: &str) -> Duration {
+        let model = LatencyModel { prefill_base_ms: 100.0, decode_ms, ..LatencyModel::default() };
         let sim =
             Sim::start(SimOptions { latency: model, stall_after: Some(3), ..SimOptions::default() }).await.unwrap();
-        let gw = gateway_for(&sim, r#"{ read = "120s", idle = "30s" }"#).await;
+        let gw = gateway_for(&sim, &format!(r#"{{ read = "120s", idle = "{idle}" }}"#)).await;
         let started = Instant::now();
         let response = http1(gw.addr("127.0.0.1:0")).await.send_request(stream_request()).await.unwrap();
         let mut body = response.into_body();
         let (event, at) = error_event(&mut body).await;
         assert!(event.contains("upstream_idle_timeout"), "{event}");
-        // Prefill 100 ms, tokens at 100, 120, 140 ms, then 30 s of silence (timers round up to the ms).
-        let took = at - started;
-        assert!((Duration::from_millis(30_140)..Duration::from_millis(30_145)).contains(&took), "{took:?}");
         assert!(matches!(body.frame().await, Some(Err(_))), "then cut off");
+        assert_eq!(sim.stats()["aborted"], 1);
+        at - started
     }
 
     #[tokio::test(start_paused = true)]
-    async fn tokens_closer_than_the_idle_timeout_keep_a_stream_alive_past_it() {
-        // Tokens 600 ms apart, three of them, against a 1 s idle timeout: the stream outlives the
-        // timer set at its first wait, which each later token puts off.
-        let model = LatencyModel { prefill_base_ms: 100.0, decode_ms: 600.0, ..LatencyModel::default() };
-        let sim =
-            Sim::start(SimOptions { latency: model, stall_after: Some(3), ..SimOptions::default() }).await.unwrap();
-        let gw = gateway_for(&sim, r#"{ read = "120s", idle = "1s" }"#).await;
-        let started = Instant::now();
-        let response = http1(gw.addr("127.0.0.1:0")).await.send_request(stream_request()).await.unwrap();
-        let mut body = response.into_body();
-        let (event, at) = error_event(&mut body).await;
-        assert!(event.contains("upstream_idle_timeout"), "{event}");
-        // Tokens at 100, 700 and 1,300 ms, then 1 s of silence.
-        let took = at - started;
-        assert!((Duration::from_millis(2_300)..Duration::from_millis(2_305)).contains(&took), "{took:?}");
-        assert_eq!(sim.stats()["aborted"], 1);
+    async fn a_stalled_stream_ends_one_idle_timeout_after_its_last_token() {
+        // Tokens at 100, 120 and 140 ms against 30 s; and at 100, 700 and 1,300 ms against 1 s, where
+        // the stream outlives the timer set at its first wait, which each later token puts off.
+        // Timers round up to the millisecond.
+        for (decode_ms, idle, due_ms) in [(20.0, "30s", 30_140), (600.0, "1s", 2_300)] {
+            let took = cut_after_three_tokens(decode_ms, idle).await;
+            let due = Duration::from_millis(due_ms);
+            assert!((due..due + Duration::from_millis(5)).contains(&took), "{decode_ms} ms apart, {idle}: {took:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
