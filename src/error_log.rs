@@ -34,7 +34,7 @@ impl Write for FileWriter {
 
 /// Installs the global subscriber: `settings` (from `[http] error_log`, paths relative to `dir`), or
 /// stderr at `info`. A file that cannot be opened falls back to stderr, saying so.
-pub fn init(settings: Option<&ErrorLogConfig>, dir: &Path) {
+pub(crate) fn init(settings: Option<&ErrorLogConfig>, dir: &Path) {
     let level = settings.map_or("info", |s| s.level.get_ref().as_str()).to_string();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
     let mut failure = None;

@@ -7,7 +7,7 @@
 
 #![warn(unreachable_pub)]
 
-pub mod accounting;
+mod accounting;
 pub mod admin;
 mod ai;
 mod boxed;
@@ -19,17 +19,17 @@ pub mod config;
 mod cost;
 mod discovery;
 mod error;
-pub mod error_log;
+mod error_log;
 #[cfg(test)]
 mod fuzzing;
 mod glob;
 mod images;
-pub mod keys;
+mod keys;
 mod metrics;
 mod pages;
 mod pem;
 mod pipeline;
-pub mod policy;
+mod policy;
 mod proxy;
 mod request_id;
 mod route;
@@ -40,6 +40,6 @@ pub mod sim;
 mod static_files;
 mod template;
 mod tls;
-pub mod upstream;
+mod upstream;
 mod uri;
 mod wire;

@@ -293,7 +293,7 @@ fn prefix(digest: &[u8]) -> u64 {
 
 /// A new key for `name`: its secret, to be shown once, and the `[[api_key]]` table to add to the
 /// config (or its keys file), which holds only the secret's digest.
-pub fn new_key(name: &str) -> Result<(String, String), String> {
+pub(crate) fn new_key(name: &str) -> Result<(String, String), String> {
     if name.trim().is_empty() {
         return Err("a key needs a name".into());
     }
