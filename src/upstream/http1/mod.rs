@@ -85,16 +85,21 @@ impl BodyReader for UpstreamConnection {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        // Read into the buffer's start again once every frame split off it has gone: a stream then
-        // keeps to the buffer's first page, where its tokens otherwise walked through all 16 kB of
-        // it (each of them resident for the rest of the stream, and kept by the pooled connection).
-        if self.read_buf.is_empty() {
-            let _ = self.read_buf.try_reclaim(READ_SIZE);
-        }
-        if self.read_buf.capacity() - self.read_buf.len() < READ_SIZE / 4 {
-            self.read_buf.reserve(READ_SIZE);
-        }
+        make_room(&mut self.read_buf);
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf)
+    }
+}
+
+/// Makes room in `buf` for the next read. An emptied buffer is read into from its start again once
+/// every frame split off it has gone: a stream then keeps to the buffer's first page, where its
+/// tokens otherwise walked through all 16 kB of it (each page resident for the rest of the stream,
+/// and kept by the pooled connection).
+fn make_room(buf: &mut BytesMut) {
+    if buf.is_empty() {
+        let _ = buf.try_reclaim(READ_SIZE);
+    }
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
     }
 }
 
@@ -413,3 +418,23 @@ impl<B: OutgoingBody> Outgoing<B> {
 
 /// The backend side of a tunnel after `101`: bytes the backend sent along with its head come first.
 pub(crate) type UpgradedBackend = Rewound<BackendIo>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emptied_read_buffer_is_read_into_from_its_start_once_its_frames_are_gone() {
+        let mut buf = BytesMut::new();
+        make_room(&mut buf);
+        let start = buf.as_ptr();
+        buf.extend_from_slice(b"data: 1\n\n");
+        let frame = buf.split().freeze();
+        // A frame still on its way holds the buffer: the next read goes after it.
+        make_room(&mut buf);
+        assert_ne!(buf.as_ptr(), start);
+        drop(frame);
+        make_room(&mut buf);
+        assert_eq!((buf.as_ptr(), buf.capacity() >= READ_SIZE), (start, true));
+    }
+}
