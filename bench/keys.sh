@@ -89,6 +89,9 @@ done
 
 # Streams: the same three, each request a 200-token stream from the simulated model (a token a
 # millisecond, no prefill to speak of), 100 clients at once; the gateway's CPU per streamed token.
+# The 2 cores are saturated (about half the tokens asked for are delivered), and a run that completes
+# fewer streams takes up to a fifth more CPU a token: read the medians, and the instructions a token
+# at the end for the steady figure. (A token every 5 ms, unsaturated, swung more: 7.1-12.3 us a token.)
 SIM=18384 STREAM_OFF=18385 STREAM_KEYED=18386 STREAM_TOKENS=200
 target/production/infergate sim --listen "127.0.0.1:$SIM" --slots 1000 --prefill-base-ms 1 \
   --prefill-per-token-ms 0 --decode-ms 1 --decode-slowdown 0 2>"$WORK/sim.log" &
@@ -121,18 +124,25 @@ stream() {
   awk -v ok="$ok" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v s="$SECONDS_PER_RUN" -v n=$STREAM_TOKENS \
     'BEGIN { printf "%.0f %.0f\n", ok * n / s, (t / hz) / (ok * n) * 1e9 }'
 }
+# stream_variant VARIANT -> as `stream`, for off, keys or budgets.
+stream_variant() {
+  case $1 in
+    off) stream $STREAM_OFF ;;
+    keys) stream $STREAM_KEYED ig-bench-plain ;;
+    budgets) stream $STREAM_KEYED ig-bench-budgeted ;;
+  esac
+}
 echo
 echo "streams: ${STREAM_TOKENS}-token streams at 1 ms a token, 100 clients, ${SECONDS_PER_RUN}s x $ROUNDS rounds"
+# A run of each first, not counted: the first rounds after the sim started completed fewer streams
+# at more CPU a token (2026-12-07: the location without auth 1,200-1,300 streams in rounds 1-3, 1,400
+# after; a token 7.8-8.6 us against 6.2).
+for variant in off keys budgets; do stream_variant $variant > /dev/null; done
 : > "$WORK/s-off.txt"; : > "$WORK/s-keys.txt"; : > "$WORK/s-budgets.txt"
 for round in $(seq "$ROUNDS"); do
   order=(off keys budgets); [ $((round % 2)) = 0 ] && order=(budgets keys off)
   for variant in "${order[@]}"; do
-    case $variant in
-      off) result=$(stream $STREAM_OFF) ;;
-      keys) result=$(stream $STREAM_KEYED ig-bench-plain) ;;
-      budgets) result=$(stream $STREAM_KEYED ig-bench-budgeted) ;;
-    esac
-    echo "$result" >> "$WORK/s-$variant.txt"
+    stream_variant "$variant" >> "$WORK/s-$variant.txt"
   done
   echo "  round $round: off $(tail -1 "$WORK/s-off.txt")  keys $(tail -1 "$WORK/s-keys.txt")  budgets $(tail -1 "$WORK/s-budgets.txt")  (tokens/s ns/token)"
 done
